@@ -1,0 +1,1 @@
+//! `shardgate demo`: local clusters, the demo shard map, sample data, and the proxy.

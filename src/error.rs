@@ -1,0 +1,228 @@
+//! Errors shardgate itself raises. Each knows who is at fault, whether a retry can help
+//! and which cluster it concerns, and becomes a MySQL ERR packet with the right code and
+//! SQLSTATE. Errors a backend sends are never turned into these: they are relayed raw.
+
+use std::fmt;
+
+/// Who caused an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The client sent something wrong (bad SQL, unroutable statement, bad password).
+    Client,
+    /// A backend cluster failed or timed out.
+    Shard,
+    /// shardgate itself.
+    Proxy,
+}
+
+/// An error destined for a client as an ERR packet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyError {
+    /// MySQL error number.
+    pub code: u16,
+    /// Five-character SQLSTATE.
+    pub sqlstate: [u8; 5],
+    /// Message for the client.
+    pub message: String,
+    /// Who is at fault.
+    pub fault: Fault,
+    /// Whether sending the same statement again may succeed.
+    pub retryable: bool,
+    /// The cluster concerned, if any.
+    pub cluster: Option<String>,
+}
+
+impl fmt::Display for ProxyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "ERROR {} ({}): {}",
+            self.code,
+            String::from_utf8_lossy(&self.sqlstate),
+            self.message
+        )
+    }
+}
+
+impl std::error::Error for ProxyError {}
+
+/// MySQL error numbers shardgate raises.
+pub mod codes {
+    /// ER_CON_COUNT_ERROR
+    pub const TOO_MANY_CONNECTIONS: u16 = 1040;
+    /// ER_HANDSHAKE_ERROR
+    pub const HANDSHAKE: u16 = 1043;
+    /// ER_ACCESS_DENIED_ERROR
+    pub const ACCESS_DENIED: u16 = 1045;
+    /// ER_UNKNOWN_COM_ERROR
+    pub const UNKNOWN_COMMAND: u16 = 1047;
+    /// ER_BAD_DB_ERROR
+    pub const BAD_DB: u16 = 1049;
+    /// ER_PARSE_ERROR
+    pub const PARSE: u16 = 1064;
+    /// ER_UNKNOWN_ERROR
+    pub const UNKNOWN: u16 = 1105;
+    /// ER_NET_PACKET_TOO_LARGE
+    pub const PACKET_TOO_LARGE: u16 = 1153;
+    /// ER_NET_READ_ERROR_FROM_PIPE / generic network error from a backend
+    pub const NET_ERROR: u16 = 2013;
+    /// ER_UNSUPPORTED_PS
+    pub const UNSUPPORTED_PS: u16 = 1295;
+    /// ER_NOT_SUPPORTED_YET
+    pub const NOT_SUPPORTED_YET: u16 = 1235;
+    /// ER_STATEMENT_TIMEOUT (MariaDB max_statement_time)
+    pub const STATEMENT_TIMEOUT: u16 = 1969;
+    /// ER_CANT_DO_THIS_DURING_AN_TRANSACTION
+    pub const CANT_DO_IN_TRANSACTION: u16 = 1179;
+}
+
+impl ProxyError {
+    fn new(code: u16, sqlstate: &[u8; 5], message: impl Into<String>, fault: Fault) -> Self {
+        ProxyError {
+            code,
+            sqlstate: *sqlstate,
+            message: message.into(),
+            fault,
+            retryable: false,
+            cluster: None,
+        }
+    }
+
+    /// 1045 (28000): wrong user or password.
+    pub fn access_denied(user: &str, host: &str, using_password: bool) -> Self {
+        let using = if using_password { "YES" } else { "NO" };
+        Self::new(
+            codes::ACCESS_DENIED,
+            b"28000",
+            format!("Access denied for user '{user}'@'{host}' (using password: {using})"),
+            Fault::Client,
+        )
+    }
+
+    /// 1043 (08S01): the handshake response could not be read.
+    pub fn bad_handshake() -> Self {
+        Self::new(codes::HANDSHAKE, b"08S01", "Bad handshake", Fault::Client)
+    }
+
+    /// 1047 (08S01): a command byte shardgate does not know.
+    pub fn unknown_command(command: u8) -> Self {
+        Self::new(
+            codes::UNKNOWN_COMMAND,
+            b"08S01",
+            format!("Unknown command 0x{command:02x}"),
+            Fault::Client,
+        )
+    }
+
+    /// 1049 (42000): unknown database.
+    pub fn unknown_database(db: &str) -> Self {
+        Self::new(
+            codes::BAD_DB,
+            b"42000",
+            format!("Unknown database '{db}'"),
+            Fault::Client,
+        )
+    }
+
+    /// 1153 (08S01): a packet over the limit.
+    pub fn packet_too_large(limit: usize) -> Self {
+        Self::new(
+            codes::PACKET_TOO_LARGE,
+            b"08S01",
+            format!("Got a packet bigger than 'max_allowed_packet' bytes ({limit})"),
+            Fault::Client,
+        )
+    }
+
+    /// 1105 (HY000): a statement shardgate cannot route, with the reason.
+    pub fn unroutable(message: impl Into<String>) -> Self {
+        Self::new(codes::UNKNOWN, b"HY000", message, Fault::Client)
+    }
+
+    /// 1235 (42000): something shardgate does not support yet.
+    pub fn not_supported(what: impl Into<String>) -> Self {
+        Self::new(
+            codes::NOT_SUPPORTED_YET,
+            b"42000",
+            format!("shardgate does not support {} yet", what.into()),
+            Fault::Client,
+        )
+    }
+
+    /// 1295 (HY000): prepared statements are not supported yet.
+    pub fn prepared_statements_unsupported() -> Self {
+        Self::new(
+            codes::UNSUPPORTED_PS,
+            b"HY000",
+            "shardgate does not support the prepared statement protocol yet; use text queries",
+            Fault::Client,
+        )
+    }
+
+    /// 1040 (08004): too many client connections.
+    pub fn too_many_connections() -> Self {
+        let mut e = Self::new(
+            codes::TOO_MANY_CONNECTIONS,
+            b"08004",
+            "Too many connections",
+            Fault::Proxy,
+        );
+        e.retryable = true;
+        e
+    }
+
+    /// 1105 (HY000): a cluster could not serve (connect failed, pool exhausted, lost).
+    pub fn cluster_unavailable(cluster: &str, why: impl fmt::Display) -> Self {
+        let mut e = Self::new(
+            codes::UNKNOWN,
+            b"HY000",
+            format!("shardgate: cluster '{cluster}' is unavailable: {why}"),
+            Fault::Shard,
+        );
+        e.retryable = true;
+        e.cluster = Some(cluster.to_string());
+        e
+    }
+
+    /// 2013 (HY000): the backend connection was lost during the statement; whether it
+    /// ran is unknown.
+    pub fn lost_backend(cluster: &str, why: impl fmt::Display) -> Self {
+        let mut e = Self::new(
+            codes::NET_ERROR,
+            b"HY000",
+            format!("Lost connection to cluster '{cluster}' during query: {why}"),
+            Fault::Shard,
+        );
+        e.cluster = Some(cluster.to_string());
+        e
+    }
+
+    /// 1969 (70100): the statement ran past the configured query timeout.
+    pub fn query_timeout(cluster: &str, secs: f64) -> Self {
+        let mut e = Self::new(
+            codes::STATEMENT_TIMEOUT,
+            b"70100",
+            format!(
+                "Query execution was interrupted (shardgate query_timeout of {secs}s exceeded on cluster '{cluster}')"
+            ),
+            Fault::Shard,
+        );
+        e.cluster = Some(cluster.to_string());
+        e
+    }
+
+    /// 1179 (25000): not allowed inside a transaction.
+    pub fn in_transaction(message: impl Into<String>) -> Self {
+        Self::new(
+            codes::CANT_DO_IN_TRANSACTION,
+            b"25000",
+            message,
+            Fault::Client,
+        )
+    }
+
+    /// 1105 (HY000): shardgate's own failure.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(codes::UNKNOWN, b"HY000", message, Fault::Proxy)
+    }
+}
