@@ -1,1 +1,7 @@
-//! Backend connections and pools.
+//! Backend connections of our own to MariaDB/MySQL, pooled per cluster.
+
+pub mod conn;
+pub mod pool;
+
+pub use conn::{BackendConn, BackendError, Collected, ConnKey};
+pub use pool::{ClusterPool, Lease};

@@ -1,0 +1,345 @@
+//! One connection of our own to a MariaDB/MySQL server: handshake, login, commands,
+//! and the raw relay of responses to a client.
+
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::protocol::auth::{native_token, NATIVE_PASSWORD};
+use crate::protocol::handshake::{
+    build_handshake_response, parse_auth_switch, parse_greeting, Greeting, HandshakeResponse,
+};
+use crate::protocol::packet::{PacketConn, ReadError};
+use crate::protocol::relay::{Outcome, ProtocolViolation, ResponseKind, ResponseScanner};
+use crate::protocol::wire::{parse_err, ErrInfo};
+use crate::protocol::{caps, command};
+use crate::vschema::Cluster;
+
+/// Largest single response packet shardgate reads when it collects (not relays) a reply.
+const COLLECT_LIMIT: usize = 1 << 30;
+
+/// What makes two backend connections interchangeable: the client capabilities that
+/// shape responses, and the connection collation from the handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConnKey {
+    /// The client's bits of [`caps::RELAY_SENSITIVE`].
+    pub caps: u32,
+    /// Collation id sent in the handshake.
+    pub collation: u8,
+}
+
+/// Why a backend exchange failed.
+#[derive(Debug)]
+pub enum BackendError {
+    /// The backend connection failed (closed, reset, timed out) or broke the protocol.
+    Backend(String),
+    /// Writing to the client failed: the client is gone.
+    Client(std::io::Error),
+}
+
+impl std::fmt::Display for BackendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BackendError::Backend(m) => write!(f, "{m}"),
+            BackendError::Client(e) => write!(f, "client write failed: {e}"),
+        }
+    }
+}
+
+impl From<ReadError> for BackendError {
+    fn from(e: ReadError) -> Self {
+        BackendError::Backend(e.to_string())
+    }
+}
+
+impl From<ProtocolViolation> for BackendError {
+    fn from(e: ProtocolViolation) -> Self {
+        BackendError::Backend(format!("protocol violation: {}", e.0))
+    }
+}
+
+/// A whole response read into memory (for statements whose answers shardgate merges).
+#[derive(Debug)]
+pub struct Collected {
+    /// The raw packets (headers included), sequence ids as the backend sent them.
+    pub bytes: BytesMut,
+    /// How it ended.
+    pub outcome: Outcome,
+}
+
+impl Collected {
+    /// The backend's ERR, if the response ended in one.
+    pub fn err(&self) -> Option<ErrInfo> {
+        if !self.outcome.error {
+            return None;
+        }
+        // the ERR is the last packet
+        let mut at = 0;
+        let mut last = None;
+        while at + 4 <= self.bytes.len() {
+            let len = crate::protocol::packet::physical_payload_len(&self.bytes[at..])?;
+            last = Some(&self.bytes[at + 4..(at + 4 + len).min(self.bytes.len())]);
+            at += 4 + len;
+        }
+        last.and_then(parse_err)
+    }
+}
+
+/// A logged-in backend connection.
+pub struct BackendConn {
+    conn: PacketConn<TcpStream>,
+    /// Capabilities in force on this connection.
+    pub capabilities: u32,
+    /// Its pool key.
+    pub key: ConnKey,
+    /// The server's thread id (for `KILL QUERY`).
+    pub thread_id: u32,
+    /// The default database now in force.
+    pub database: Option<String>,
+    /// Hash of the session statements replayed on it (0 = none).
+    pub state_hash: u64,
+    /// Status flags of the last response.
+    pub status: u16,
+    /// When it was last used.
+    pub last_used: Instant,
+    /// Set when the connection can no longer be trusted; it is then closed, not pooled.
+    pub broken: bool,
+}
+
+impl BackendConn {
+    /// Connects and logs in to `cluster`'s primary with the client capabilities of `key`.
+    pub async fn connect(
+        cluster: &Cluster,
+        key: ConnKey,
+        database: Option<&str>,
+        timeout: Duration,
+    ) -> Result<(BackendConn, Greeting), String> {
+        match tokio::time::timeout(timeout, Self::connect_inner(cluster, key, database)).await {
+            Ok(r) => r,
+            Err(_) => Err(format!(
+                "connect to {} timed out after {:?}",
+                cluster.primary, timeout
+            )),
+        }
+    }
+
+    async fn connect_inner(
+        cluster: &Cluster,
+        key: ConnKey,
+        database: Option<&str>,
+    ) -> Result<(BackendConn, Greeting), String> {
+        let stream = TcpStream::connect(&cluster.primary)
+            .await
+            .map_err(|e| format!("connect to {}: {e}", cluster.primary))?;
+        stream.set_nodelay(true).map_err(|e| e.to_string())?;
+        let mut conn = PacketConn::new(stream);
+        let (_, payload) = conn
+            .read_packet(1 << 20)
+            .await
+            .map_err(|e| format!("reading greeting from {}: {e}", cluster.primary))?;
+        if payload.first() == Some(&0xff) {
+            let e = parse_err(&payload).map(|e| e.message).unwrap_or_default();
+            return Err(format!("{} refused the connection: {e}", cluster.primary));
+        }
+        let greeting = parse_greeting(&payload)
+            .ok_or_else(|| format!("{} sent a malformed greeting", cluster.primary))?;
+        if greeting.capabilities & caps::PROTOCOL_41 == 0 {
+            return Err(format!("{} does not speak protocol 4.1", cluster.primary));
+        }
+        let capabilities = (caps::BACKEND_BASE | (key.caps & caps::RELAY_SENSITIVE))
+            & (greeting.capabilities | caps::CONNECT_WITH_DB);
+        let scramble = &greeting.scramble[..greeting.scramble.len().min(20)];
+        let response = HandshakeResponse {
+            capabilities,
+            max_packet: 1 << 30,
+            collation: key.collation,
+            user: cluster.user.clone(),
+            auth_response: native_token(cluster.password.as_bytes(), scramble),
+            database: database.map(str::to_string),
+            auth_plugin: Some(NATIVE_PASSWORD.to_string()),
+            attributes: Vec::new(),
+        };
+        conn.send(1, &build_handshake_response(&response))
+            .await
+            .map_err(|e| e.to_string())?;
+        loop {
+            let (s, reply) = conn
+                .read_packet(1 << 20)
+                .await
+                .map_err(|e| format!("login to {}: {e}", cluster.primary))?;
+            let seq = s.wrapping_add(1);
+            match reply.first() {
+                Some(0x00) => break,
+                Some(0xff) => {
+                    let e = parse_err(&reply).map(|e| e.message).unwrap_or_default();
+                    return Err(format!("login to {} failed: {e}", cluster.primary));
+                }
+                Some(0xfe) => {
+                    let (plugin, data) = parse_auth_switch(&reply)
+                        .ok_or_else(|| "malformed auth switch".to_string())?;
+                    if plugin != NATIVE_PASSWORD {
+                        return Err(format!(
+                            "{} asks for auth plugin {plugin}; shardgate speaks mysql_native_password",
+                            cluster.primary
+                        ));
+                    }
+                    let token = native_token(cluster.password.as_bytes(), &data);
+                    conn.send(seq, &token).await.map_err(|e| e.to_string())?;
+                }
+                _ => {
+                    return Err(format!(
+                        "{} sent an unexpected login reply",
+                        cluster.primary
+                    ))
+                }
+            }
+        }
+        let backend = BackendConn {
+            conn,
+            capabilities,
+            key,
+            thread_id: greeting.connection_id,
+            database: database.map(str::to_string),
+            state_hash: 0,
+            status: greeting.status,
+            last_used: Instant::now(),
+            broken: false,
+        };
+        Ok((backend, greeting))
+    }
+
+    fn deprecate_eof(&self) -> bool {
+        self.capabilities & caps::DEPRECATE_EOF != 0
+    }
+
+    /// Sends a command (sequence id 0) and reads its whole response into memory.
+    pub async fn exec(&mut self, payload: &[u8], kind: ResponseKind) -> Result<Collected, BackendError> {
+        self.last_used = Instant::now();
+        if let Err(e) = self.conn.send(0, payload).await {
+            self.broken = true;
+            return Err(BackendError::Backend(e.to_string()));
+        }
+        let mut scanner = ResponseScanner::new(kind, self.deprecate_eof());
+        let mut out = BytesMut::new();
+        loop {
+            let n = match scanner.scan(&self.conn.rbuf) {
+                Ok(n) => n,
+                Err(e) => {
+                    self.broken = true;
+                    return Err(e.into());
+                }
+            };
+            out.extend_from_slice(&self.conn.rbuf[..n]);
+            self.conn.rbuf.advance(n);
+            if scanner.is_done() {
+                break;
+            }
+            if out.len() > COLLECT_LIMIT {
+                self.broken = true;
+                return Err(BackendError::Backend("response too large to collect".into()));
+            }
+            if let Err(e) = self.conn.fill().await {
+                self.broken = true;
+                return Err(e.into());
+            }
+        }
+        let outcome = scanner.outcome();
+        if let Some(st) = outcome.status {
+            self.status = st;
+        }
+        Ok(Collected { bytes: out, outcome })
+    }
+
+    /// Sends a command (sequence id 0) and streams the response to `client` unchanged,
+    /// writing whole batches of packets as they arrive.
+    pub async fn relay<W: AsyncWrite + Unpin>(
+        &mut self,
+        payload: &[u8],
+        kind: ResponseKind,
+        client: &mut W,
+    ) -> Result<Outcome, BackendError> {
+        self.last_used = Instant::now();
+        if let Err(e) = self.conn.send(0, payload).await {
+            self.broken = true;
+            return Err(BackendError::Backend(e.to_string()));
+        }
+        self.relay_response(kind, client).await
+    }
+
+    /// Streams the response to an already-sent command to `client`.
+    pub async fn relay_response<W: AsyncWrite + Unpin>(
+        &mut self,
+        kind: ResponseKind,
+        client: &mut W,
+    ) -> Result<Outcome, BackendError> {
+        let mut scanner = ResponseScanner::new(kind, self.deprecate_eof());
+        loop {
+            if !self.conn.rbuf.is_empty() {
+                let n = match scanner.scan(&self.conn.rbuf) {
+                    Ok(n) => n,
+                    Err(e) => {
+                        self.broken = true;
+                        return Err(e.into());
+                    }
+                };
+                if n > 0 {
+                    if let Err(e) = client.write_all(&self.conn.rbuf[..n]).await {
+                        // the backend is mid-response: it cannot be reused
+                        self.broken = !scanner.is_done();
+                        return Err(BackendError::Client(e));
+                    }
+                    self.conn.rbuf.advance(n);
+                }
+                if scanner.is_done() {
+                    break;
+                }
+            }
+            if let Err(e) = self.conn.fill().await {
+                self.broken = true;
+                return Err(e.into());
+            }
+        }
+        let outcome = scanner.outcome();
+        if let Some(st) = outcome.status {
+            self.status = st;
+        }
+        Ok(outcome)
+    }
+
+    /// COM_PING; false if the connection is dead.
+    pub async fn ping(&mut self) -> bool {
+        match self.exec(&[command::PING], ResponseKind::Query).await {
+            Ok(c) => !c.outcome.error,
+            Err(_) => false,
+        }
+    }
+
+    /// COM_RESET_CONNECTION: drops session variables, temporary tables, locks and any
+    /// open transaction. The default database is re-sent afterwards by the caller.
+    pub async fn reset(&mut self) -> Result<(), BackendError> {
+        let c = self.exec(&[command::RESET_CONNECTION], ResponseKind::Query).await?;
+        if c.outcome.error {
+            self.broken = true;
+            return Err(BackendError::Backend(
+                c.err().map(|e| e.message).unwrap_or_else(|| "reset failed".into()),
+            ));
+        }
+        self.state_hash = 0;
+        Ok(())
+    }
+
+    /// COM_INIT_DB; Ok(Err(collected)) carries the backend's ERR (e.g. 1049).
+    pub async fn init_db(&mut self, db: &str) -> Result<Result<(), Collected>, BackendError> {
+        let mut p = Vec::with_capacity(db.len() + 1);
+        p.push(command::INIT_DB);
+        p.extend_from_slice(db.as_bytes());
+        let c = self.exec(&p, ResponseKind::Query).await?;
+        if c.outcome.error {
+            return Ok(Err(c));
+        }
+        self.database = Some(db.to_string());
+        Ok(Ok(()))
+    }
+}

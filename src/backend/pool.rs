@@ -1,0 +1,216 @@
+//! A bounded pool of backend connections per cluster. Each cluster is a bulkhead: its
+//! own connection limit, checkout deadline and connect timeout, so a slow or dead
+//! cluster makes only its own statements wait or fail.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::conn::{BackendConn, ConnKey};
+use crate::config::PoolConfig;
+use crate::error::ProxyError;
+use crate::protocol::status;
+use crate::vschema::Cluster;
+
+/// How long a failed connect makes further checkouts fail at once instead of each
+/// waiting for its own connect timeout.
+const CONNECT_FAILURE_HOLD: Duration = Duration::from_millis(500);
+
+/// Idle connections unused for longer than this are pinged before reuse.
+const PING_AFTER_IDLE: Duration = Duration::from_secs(10);
+
+/// Connections to one cluster.
+pub struct ClusterPool {
+    /// The cluster.
+    pub cluster: Cluster,
+    config: PoolConfig,
+    slots: Arc<Semaphore>,
+    inner: Mutex<Inner>,
+}
+
+struct Inner {
+    idle: Vec<BackendConn>,
+    open: usize,
+    last_failure: Option<(Instant, String)>,
+}
+
+/// A checked-out connection. Dropping it returns the connection to the pool (or closes
+/// it when it is broken or mid-transaction).
+pub struct Lease {
+    conn: Option<BackendConn>,
+    pool: Arc<ClusterPool>,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl Lease {
+    /// The connection.
+    pub fn conn(&mut self) -> &mut BackendConn {
+        // Invariant: `conn` is Some until drop.
+        self.conn.as_mut().expect("lease holds a connection until dropped")
+    }
+
+    /// The cluster this lease belongs to.
+    pub fn cluster(&self) -> &str {
+        &self.pool.cluster.name
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            self.pool.give_back(conn);
+        }
+    }
+}
+
+impl ClusterPool {
+    /// An empty pool for `cluster`.
+    pub fn new(cluster: Cluster, config: PoolConfig) -> Arc<ClusterPool> {
+        Arc::new(ClusterPool {
+            slots: Arc::new(Semaphore::new(config.max_connections)),
+            cluster,
+            config,
+            inner: Mutex::new(Inner {
+                idle: Vec::new(),
+                open: 0,
+                last_failure: None,
+            }),
+        })
+    }
+
+    /// The pool's limits.
+    pub fn config(&self) -> &PoolConfig {
+        &self.config
+    }
+
+    /// (open connections, idle connections).
+    pub fn counts(&self) -> (usize, usize) {
+        let g = self.lock();
+        (g.open, g.idle.len())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Checks out a connection with `key`, preferring one already on `database` with
+    /// session state `state_hash`. Waits at most the checkout timeout for a free slot.
+    pub async fn checkout(
+        self: &Arc<Self>,
+        key: ConnKey,
+        database: Option<&str>,
+        state_hash: u64,
+    ) -> Result<Lease, ProxyError> {
+        let slot = match tokio::time::timeout(
+            self.config.checkout_timeout,
+            self.slots.clone().acquire_owned(),
+        )
+        .await
+        {
+            Ok(Ok(p)) => p,
+            Ok(Err(_)) => return Err(ProxyError::internal("pool closed")),
+            Err(_) => {
+                return Err(ProxyError::cluster_unavailable(
+                    &self.cluster.name,
+                    format!(
+                        "no free connection within {:?} ({} in use)",
+                        self.config.checkout_timeout, self.config.max_connections
+                    ),
+                ))
+            }
+        };
+        loop {
+            let candidate = {
+                let mut g = self.lock();
+                let pos = g
+                    .idle
+                    .iter()
+                    .rposition(|c| {
+                        c.key == key
+                            && c.database.as_deref() == database
+                            && c.state_hash == state_hash
+                    })
+                    .or_else(|| g.idle.iter().rposition(|c| c.key == key));
+                match pos {
+                    Some(i) => Some(g.idle.swap_remove(i)),
+                    None => {
+                        // Keep open <= max: make room by closing an idle connection of
+                        // another key.
+                        if g.open >= self.config.max_connections && !g.idle.is_empty() {
+                            g.idle.remove(0);
+                            g.open -= 1;
+                        }
+                        None
+                    }
+                }
+            };
+            match candidate {
+                Some(mut conn) => {
+                    let idle_for = conn.last_used.elapsed();
+                    if idle_for > self.config.idle_timeout {
+                        self.forget(conn);
+                        continue;
+                    }
+                    if idle_for > PING_AFTER_IDLE && !conn.ping().await {
+                        self.forget(conn);
+                        continue;
+                    }
+                    return Ok(Lease {
+                        conn: Some(conn),
+                        pool: self.clone(),
+                        _slot: slot,
+                    });
+                }
+                None => {
+                    let conn = self.open(key, database).await?;
+                    return Ok(Lease {
+                        conn: Some(conn),
+                        pool: self.clone(),
+                        _slot: slot,
+                    });
+                }
+            }
+        }
+    }
+
+    async fn open(&self, key: ConnKey, database: Option<&str>) -> Result<BackendConn, ProxyError> {
+        if let Some((at, why)) = &self.lock().last_failure {
+            if at.elapsed() < CONNECT_FAILURE_HOLD {
+                return Err(ProxyError::cluster_unavailable(&self.cluster.name, why));
+            }
+        }
+        match BackendConn::connect(&self.cluster, key, database, self.config.connect_timeout).await {
+            Ok((conn, _)) => {
+                let mut g = self.lock();
+                g.open += 1;
+                g.last_failure = None;
+                Ok(conn)
+            }
+            Err(why) => {
+                // A bad database is the client's error, not the cluster's.
+                if why.contains("Unknown database") {
+                    return Err(ProxyError::unknown_database(database.unwrap_or("")));
+                }
+                self.lock().last_failure = Some((Instant::now(), why.clone()));
+                Err(ProxyError::cluster_unavailable(&self.cluster.name, why))
+            }
+        }
+    }
+
+    fn forget(&self, conn: BackendConn) {
+        drop(conn);
+        let mut g = self.lock();
+        g.open = g.open.saturating_sub(1);
+    }
+
+    fn give_back(&self, conn: BackendConn) {
+        if conn.broken || conn.status & status::IN_TRANS != 0 {
+            // Closing the socket makes the server roll back whatever was open.
+            self.forget(conn);
+            return;
+        }
+        let mut g = self.lock();
+        g.idle.push(conn);
+    }
+}
