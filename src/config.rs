@@ -61,3 +61,114 @@ pub struct ProxyConfig {
     /// The shard map.
     pub vschema: VSchema,
 }
+
+/// The config file, as written (see `docs/configuration.md`).
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    listen: Option<String>,
+    vschema: String,
+    max_packet_size: Option<usize>,
+    max_client_connections: Option<usize>,
+    #[serde(default)]
+    users: Vec<UserFile>,
+    #[serde(default)]
+    pool: PoolFile,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UserFile {
+    name: String,
+    #[serde(default)]
+    password: String,
+    #[serde(default)]
+    admin: bool,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PoolFile {
+    max_connections: Option<usize>,
+    checkout_timeout_ms: Option<u64>,
+    connect_timeout_ms: Option<u64>,
+    query_timeout_ms: Option<u64>,
+    idle_timeout_s: Option<u64>,
+}
+
+/// Default listen address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:15306";
+/// Default largest client packet.
+pub const DEFAULT_MAX_PACKET: usize = 64 << 20;
+/// Default most client connections.
+pub const DEFAULT_MAX_CLIENTS: usize = 10_000;
+
+impl ProxyConfig {
+    /// A config with defaults around a vschema and users.
+    pub fn new(listen: SocketAddr, users: Vec<User>, vschema: VSchema) -> ProxyConfig {
+        ProxyConfig {
+            listen,
+            users,
+            pool: PoolConfig::default(),
+            max_packet_size: DEFAULT_MAX_PACKET,
+            max_client_connections: DEFAULT_MAX_CLIENTS,
+            vschema,
+        }
+    }
+
+    /// Reads a config file; the vschema path in it is relative to the file.
+    pub fn load(path: &std::path::Path) -> Result<ProxyConfig, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        let file: ConfigFile =
+            toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        let listen = file
+            .listen
+            .as_deref()
+            .unwrap_or(DEFAULT_LISTEN)
+            .parse::<SocketAddr>()
+            .map_err(|e| format!("{}: listen: {e}", path.display()))?;
+        let base = path.parent().unwrap_or(std::path::Path::new("."));
+        let vpath = base.join(&file.vschema);
+        let vschema = VSchema::load(&vpath).map_err(|e| format!("{}:\n{e}", vpath.display()))?;
+        if file.users.is_empty() {
+            return Err(format!("{}: no [[users]]: nobody could log in", path.display()));
+        }
+        let mut pool = PoolConfig::default();
+        let p = &file.pool;
+        if let Some(n) = p.max_connections {
+            if n == 0 {
+                return Err(format!("{}: pool.max_connections must be > 0", path.display()));
+            }
+            pool.max_connections = n;
+        }
+        if let Some(ms) = p.checkout_timeout_ms {
+            pool.checkout_timeout = Duration::from_millis(ms);
+        }
+        if let Some(ms) = p.connect_timeout_ms {
+            pool.connect_timeout = Duration::from_millis(ms);
+        }
+        if let Some(ms) = p.query_timeout_ms {
+            pool.query_timeout = (ms > 0).then(|| Duration::from_millis(ms));
+        }
+        if let Some(s) = p.idle_timeout_s {
+            pool.idle_timeout = Duration::from_secs(s);
+        }
+        Ok(ProxyConfig {
+            listen,
+            users: file
+                .users
+                .into_iter()
+                .map(|u| User {
+                    name: u.name,
+                    password: u.password,
+                    admin: u.admin,
+                })
+                .collect(),
+            pool,
+            max_packet_size: file.max_packet_size.unwrap_or(DEFAULT_MAX_PACKET),
+            max_client_connections: file.max_client_connections.unwrap_or(DEFAULT_MAX_CLIENTS),
+            vschema,
+        })
+    }
+}

@@ -1,1 +1,215 @@
-//! TODO
+//! Turns a statement's plan plus the vschema into backend targets: which cluster, which
+//! database, and (for a multi-row INSERT that spans shards) which rows go where.
+
+use crate::error::ProxyError;
+use crate::planner::{Route, ShardingSchema, StatementKind, StatementPlan};
+use crate::vschema::{Keyspace, VSchema};
+
+/// What database a session is in, as the vschema sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DbContext {
+    /// No database selected.
+    None,
+    /// A keyspace of the vschema.
+    Keyspace(String),
+    /// A database the vschema does not name, served unchanged by the default keyspace's
+    /// cluster.
+    PassThrough(String),
+}
+
+/// One backend destination.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// Cluster name.
+    pub cluster: String,
+    /// Database to be in (None: none selected).
+    pub database: Option<String>,
+    /// How to name it in messages: `app/-40` or `cluster c1`.
+    pub label: String,
+}
+
+/// Where one statement goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Dispatch {
+    /// One backend.
+    Single(Target),
+    /// An INSERT whose rows span shards: each target with the indexes of its rows.
+    SplitInsert(Vec<(Target, Vec<usize>)>),
+    /// Every shard in turn (DDL, reference-table writes).
+    Broadcast(Vec<Target>),
+}
+
+/// The planner's view of a keyspace-less or pass-through session: nothing is sharded.
+pub struct Unsharded;
+
+impl ShardingSchema for Unsharded {
+    fn is_sharded(&self) -> bool {
+        false
+    }
+    fn sharding_column(&self, _table: &str) -> Option<&str> {
+        None
+    }
+    fn is_reference(&self, _table: &str) -> bool {
+        false
+    }
+}
+
+/// The keyspace a statement runs in: the one it qualifies its tables with, if that is a
+/// keyspace, else the session's.
+pub fn statement_keyspace<'a>(
+    vs: &'a VSchema,
+    ctx: &DbContext,
+    stmt: &StatementPlan,
+) -> Option<&'a Keyspace> {
+    if let Some(q) = &stmt.qualified_schema {
+        if let Some(ks) = vs.keyspace(q) {
+            return Some(ks);
+        }
+    }
+    match ctx {
+        DbContext::Keyspace(k) => vs.keyspace(k),
+        _ => None,
+    }
+}
+
+fn shard_target(ks: &Keyspace, idx: usize) -> Target {
+    let s = &ks.shards[idx];
+    Target {
+        cluster: s.cluster.clone(),
+        database: Some(s.database.clone()),
+        label: if ks.sharded {
+            format!("{}/{}", ks.name, s.name)
+        } else {
+            ks.name.clone()
+        },
+    }
+}
+
+/// The target for a session with no keyspace: the default keyspace's cluster (in the
+/// pass-through database, if any), else the first cluster.
+fn passthrough_target(vs: &VSchema, ctx: &DbContext) -> Result<Target, ProxyError> {
+    let db = match ctx {
+        DbContext::PassThrough(d) => Some(d.clone()),
+        _ => None,
+    };
+    if let Some(ks) = vs.default_keyspace.as_deref().and_then(|k| vs.keyspace(k)) {
+        let s = &ks.shards[0];
+        let database = db.or_else(|| None::<String>);
+        return Ok(Target {
+            cluster: s.cluster.clone(),
+            label: format!("cluster {}", s.cluster),
+            database,
+        });
+    }
+    // No default keyspace: a session without a database still needs somewhere to run
+    // `SELECT 1` or `SELECT @@version`.
+    let first = vs
+        .keyspaces
+        .values()
+        .next()
+        .and_then(|k| k.shards.first())
+        .ok_or_else(|| ProxyError::internal("the vschema has no keyspaces"))?;
+    Ok(Target {
+        cluster: first.cluster.clone(),
+        label: format!("cluster {}", first.cluster),
+        database: db,
+    })
+}
+
+/// Routes one planned statement.
+pub fn route(vs: &VSchema, ctx: &DbContext, stmt: &StatementPlan) -> Result<Dispatch, ProxyError> {
+    let Some(ks) = statement_keyspace(vs, ctx, stmt) else {
+        return Ok(Dispatch::Single(passthrough_target(vs, ctx)?));
+    };
+    if !ks.sharded {
+        return Ok(Dispatch::Single(shard_target(ks, 0)));
+    }
+    match &stmt.route {
+        Route::AnyShard => Ok(Dispatch::Single(shard_target(ks, 0))),
+        Route::AllShards => Ok(Dispatch::Broadcast(
+            (0..ks.shards.len()).map(|i| shard_target(ks, i)).collect(),
+        )),
+        Route::MissingWorkspace { table, column } => Err(ProxyError::unroutable(format!(
+            "shardgate: table '{}.{}' is sharded by '{}', but this statement names no workspace; \
+             add `{} = <id>` (or `{} IN (...)`) to its WHERE clause or INSERT columns, \
+             or a /*workspace_id:<id>*/ comment",
+            ks.name, table, column, column, column
+        ))),
+        Route::Unroutable(msg) => Err(ProxyError::unroutable(format!("shardgate: {msg}"))),
+        Route::Workspaces(ids) => {
+            let mut shards: Vec<usize> = Vec::with_capacity(1);
+            for &id in ids {
+                let s = ks.shard_index_for_workspace(id);
+                if !shards.contains(&s) {
+                    shards.push(s);
+                }
+            }
+            match shards.as_slice() {
+                [] => Ok(Dispatch::Single(shard_target(ks, 0))),
+                [one] => Ok(Dispatch::Single(shard_target(ks, *one))),
+                _ => split_insert(ks, stmt, &shards, ids),
+            }
+        }
+    }
+}
+
+fn split_insert(
+    ks: &Keyspace,
+    stmt: &StatementPlan,
+    shards: &[usize],
+    ids: &[u64],
+) -> Result<Dispatch, ProxyError> {
+    let StatementKind::Insert(shape) = &stmt.kind else {
+        let names: Vec<&str> = shards.iter().map(|&i| ks.shards[i].name.as_str()).collect();
+        return Err(ProxyError::unroutable(format!(
+            "shardgate: this statement's workspaces ({}) live on different shards ({}) of keyspace '{}'; \
+             statements across shards are not supported yet (only a multi-row INSERT is split): \
+             send one statement per workspace",
+            join_ids(ids),
+            names.join(", "),
+            ks.name
+        )));
+    };
+    let mut parts: Vec<(Target, Vec<usize>)> = shards
+        .iter()
+        .map(|&i| (shard_target(ks, i), Vec::new()))
+        .collect();
+    for (row, (_, ws)) in shape.rows.iter().enumerate() {
+        let Some(ws) = ws else {
+            return Err(ProxyError::unroutable(
+                "shardgate: an INSERT row names no workspace".to_string(),
+            ));
+        };
+        let s = ks.shard_index_for_workspace(*ws);
+        let Some(pos) = shards.iter().position(|&x| x == s) else {
+            return Err(ProxyError::internal("row routed to an unplanned shard"));
+        };
+        parts[pos].1.push(row);
+    }
+    Ok(Dispatch::SplitInsert(parts))
+}
+
+fn join_ids(ids: &[u64]) -> String {
+    let mut s: Vec<String> = ids.iter().take(10).map(|i| i.to_string()).collect();
+    if ids.len() > 10 {
+        s.push("...".into());
+    }
+    s.join(", ")
+}
+
+// TEMP-SHIM: replaced by the vschema module's implementation at merge.
+impl ShardingSchema for Keyspace {
+    fn is_sharded(&self) -> bool {
+        self.sharded
+    }
+    fn sharding_column(&self, table: &str) -> Option<&str> {
+        match self.tables.get(table) {
+            Some(crate::vschema::TableKind::Sharded { column }) => Some(column),
+            Some(_) => None,
+            None => self.default_column.as_deref(),
+        }
+    }
+    fn is_reference(&self, table: &str) -> bool {
+        matches!(self.tables.get(table), Some(crate::vschema::TableKind::Reference))
+    }
+}

@@ -1,20 +1,154 @@
 //! The listener: accepts clients, caps their number, and shuts down gracefully.
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
 
+use crate::backend::{BackendConn, ClusterPool, ConnKey};
 use crate::config::ProxyConfig;
+use crate::protocol::{auth, caps};
+use crate::vschema::VSchema;
+
+/// A user as kept at run time.
+#[derive(Debug, Clone)]
+pub struct UserEntry {
+    /// SHA1(SHA1(password)); None for an empty password.
+    pub password_hash: Option<[u8; 20]>,
+    /// May run admin statements.
+    pub admin: bool,
+}
+
+/// State shared by every session: configuration, shard map, pools, users.
+pub struct Shared {
+    /// The configuration served.
+    pub config: Arc<ProxyConfig>,
+    vschema: RwLock<Arc<VSchema>>,
+    /// One pool per cluster.
+    pub pools: HashMap<String, Arc<ClusterPool>>,
+    /// Users by name.
+    pub users: HashMap<String, UserEntry>,
+    /// The version string shown to clients (the backends' own, so drivers see the
+    /// server they really talk to).
+    pub server_version: String,
+    /// Default collation shown in the greeting.
+    pub default_collation: u8,
+    next_connection_id: AtomicU32,
+}
+
+impl Shared {
+    /// Builds the shared state; asks one cluster for its version string.
+    pub async fn new(config: Arc<ProxyConfig>) -> Arc<Shared> {
+        let vs = config.vschema.clone();
+        let pools = vs
+            .clusters
+            .values()
+            .map(|c| (c.name.clone(), ClusterPool::new(c.clone(), config.pool.clone())))
+            .collect();
+        let users = config
+            .users
+            .iter()
+            .map(|u| {
+                let hash = (!u.password.is_empty()).then(|| auth::double_sha1(u.password.as_bytes()));
+                (
+                    u.name.clone(),
+                    UserEntry {
+                        password_hash: hash,
+                        admin: u.admin,
+                    },
+                )
+            })
+            .collect();
+        let (server_version, default_collation) = probe_version(&vs).await;
+        Arc::new(Shared {
+            config,
+            vschema: RwLock::new(Arc::new(vs)),
+            pools,
+            users,
+            server_version,
+            default_collation,
+            next_connection_id: AtomicU32::new(1),
+        })
+    }
+
+    /// The vschema in force now (a snapshot: a live edit swaps it, sessions keep theirs
+    /// until their next statement).
+    pub fn vschema(&self) -> Arc<VSchema> {
+        self.vschema
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// A fresh connection id for a client.
+    pub fn next_connection_id(&self) -> u32 {
+        self.next_connection_id.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// Asks the clusters, in order, for their greeting; the first answer gives the version
+/// string and collation that clients are shown.
+async fn probe_version(vs: &VSchema) -> (String, u8) {
+    let key = ConnKey {
+        caps: caps::DEPRECATE_EOF,
+        collation: 45,
+    };
+    for c in vs.clusters.values() {
+        if let Ok((_conn, greeting)) =
+            BackendConn::connect(c, key, None, Duration::from_secs(2)).await
+        {
+            return (greeting.server_version, greeting.collation);
+        }
+    }
+    ("5.5.5-10.11.0-MariaDB-shardgate".to_string(), 45)
+}
 
 /// Serves MySQL clients on `listener` until `shutdown` completes, then stops accepting,
-/// lets open sessions finish their current statement, and returns.
+/// lets open sessions finish their current statement (up to 10 s), and returns.
 pub async fn serve(
     config: Arc<ProxyConfig>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let _ = (config, listener);
-    shutdown.await;
+    let shared = Shared::new(config.clone()).await;
+    let slots = Arc::new(Semaphore::new(config.max_client_connections));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::pin!(shutdown);
+    tracing::info!(addr = %listener.local_addr()?, "shardgate listening");
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(x) => x,
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let shared = shared.clone();
+                let permit = slots.clone().try_acquire_owned().ok();
+                let stop = stop_rx.clone();
+                tokio::spawn(async move {
+                    crate::session::run(shared, stream, peer, permit, stop).await;
+                });
+            }
+        }
+    }
+    let _ = stop_tx.send(true);
+    // Wait for sessions to finish what they are doing.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while slots.available_permits() < config.max_client_connections
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     Ok(())
 }

@@ -33,8 +33,12 @@ pub struct ConnKey {
 /// Why a backend exchange failed.
 #[derive(Debug)]
 pub enum BackendError {
-    /// The backend connection failed (closed, reset, timed out) or broke the protocol.
+    /// The backend connection failed (closed, reset, timed out) or broke the protocol
+    /// before any byte of the response reached the client.
     Backend(String),
+    /// The backend connection failed after part of the response was relayed: the
+    /// client's stream is cut mid-response and cannot continue.
+    BackendMidResponse(String),
     /// Writing to the client failed: the client is gone.
     Client(std::io::Error),
 }
@@ -42,7 +46,7 @@ pub enum BackendError {
 impl std::fmt::Display for BackendError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            BackendError::Backend(m) => write!(f, "{m}"),
+            BackendError::Backend(m) | BackendError::BackendMidResponse(m) => write!(f, "{m}"),
             BackendError::Client(e) => write!(f, "client write failed: {e}"),
         }
     }
@@ -275,16 +279,25 @@ impl BackendConn {
         client: &mut W,
     ) -> Result<Outcome, BackendError> {
         let mut scanner = ResponseScanner::new(kind, self.deprecate_eof());
+        let mut wrote = false;
+        let fail = |wrote: bool, m: String| {
+            if wrote {
+                BackendError::BackendMidResponse(m)
+            } else {
+                BackendError::Backend(m)
+            }
+        };
         loop {
             if !self.conn.rbuf.is_empty() {
                 let n = match scanner.scan(&self.conn.rbuf) {
                     Ok(n) => n,
                     Err(e) => {
                         self.broken = true;
-                        return Err(e.into());
+                        return Err(fail(wrote, format!("protocol violation: {}", e.0)));
                     }
                 };
                 if n > 0 {
+                    wrote = true;
                     if let Err(e) = client.write_all(&self.conn.rbuf[..n]).await {
                         // the backend is mid-response: it cannot be reused
                         self.broken = !scanner.is_done();
@@ -298,7 +311,7 @@ impl BackendConn {
             }
             if let Err(e) = self.conn.fill().await {
                 self.broken = true;
-                return Err(e.into());
+                return Err(fail(wrote, e.to_string()));
             }
         }
         let outcome = scanner.outcome();

@@ -50,6 +50,11 @@ impl Lease {
         self.conn.as_mut().expect("lease holds a connection until dropped")
     }
 
+    /// The connection, read-only.
+    pub fn conn_ref(&self) -> &BackendConn {
+        self.conn.as_ref().expect("lease holds a connection until dropped")
+    }
+
     /// The cluster this lease belongs to.
     pub fn cluster(&self) -> &str {
         &self.pool.cluster.name
@@ -131,7 +136,13 @@ impl ClusterPool {
                             && c.database.as_deref() == database
                             && c.state_hash == state_hash
                     })
-                    .or_else(|| g.idle.iter().rposition(|c| c.key == key));
+                    .or_else(|| {
+                        // A connection that has a database selected cannot go back to
+                        // none: a session without a database needs one that never had.
+                        g.idle.iter().rposition(|c| {
+                            c.key == key && (database.is_some() || c.database.is_none())
+                        })
+                    });
                 match pos {
                     Some(i) => Some(g.idle.swap_remove(i)),
                     None => {
