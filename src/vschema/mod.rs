@@ -3,7 +3,19 @@
 //! Loaded from a TOML file (see `docs/vschema.md`), validated as a whole, and then
 //! immutable: a live edit builds a new `VSchema` and swaps the `Arc` the router reads.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+
+use crate::planner::ShardingSchema;
+
+mod keyrange;
+mod parse;
+mod validate;
+mod vindex;
+
+#[cfg(test)]
+mod tests;
 
 /// A validated shard map.
 #[derive(Debug, Clone)]
@@ -108,19 +120,25 @@ pub struct VSchemaError {
     pub message: String,
 }
 
-// ---- API (bodies are filled in by the vschema implementation) ----
+// ---- API ----
+// `KeyRange::parse`/`contains` live in `keyrange.rs`, `Vindex::keyspace_id` in `vindex.rs`.
 
 impl VSchema {
     /// Parses and validates a TOML vschema document.
     pub fn from_toml_str(text: &str) -> Result<VSchema, VSchemaErrors> {
-        let _ = text;
-        todo!()
+        let raw = parse::parse_document(text).map_err(|e| VSchemaErrors(vec![e]))?;
+        validate::build(raw)
     }
 
     /// Reads, parses and validates a vschema file.
     pub fn load(path: &std::path::Path) -> Result<VSchema, VSchemaErrors> {
-        let _ = path;
-        todo!()
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            VSchemaErrors(vec![VSchemaError {
+                at: path.display().to_string(),
+                message: format!("cannot read the vschema file: {e}"),
+            }])
+        })?;
+        VSchema::from_toml_str(&text)
     }
 
     /// The keyspace named `name`.
@@ -135,29 +153,56 @@ impl VSchema {
 
     /// A short human summary: clusters, keyspaces, shard placement, table and pin counts.
     pub fn describe(&self) -> String {
-        todo!()
-    }
-}
-
-impl Vindex {
-    /// The keyspace id of a workspace id.
-    pub fn keyspace_id(&self, workspace: u64) -> [u8; 8] {
-        let _ = workspace;
-        todo!()
-    }
-}
-
-impl KeyRange {
-    /// Parses a Vitess-style shard name (`-40`, `40-80`, `80-`, `-`).
-    pub fn parse(name: &str) -> Result<KeyRange, String> {
-        let _ = name;
-        todo!()
-    }
-
-    /// Whether the range holds keyspace id `id`.
-    pub fn contains(&self, id: &[u8; 8]) -> bool {
-        let _ = id;
-        todo!()
+        // `write!` into a String cannot fail, so its results are ignored.
+        let mut out = String::new();
+        let _ = writeln!(out, "clusters ({}):", self.clusters.len());
+        for cluster in self.clusters.values() {
+            let _ = writeln!(
+                out,
+                "  {}  {}  user {}",
+                cluster.name, cluster.primary, cluster.user
+            );
+        }
+        let _ = writeln!(out, "keyspaces ({}):", self.keyspaces.len());
+        for keyspace in self.keyspaces.values() {
+            let mut facts = Vec::new();
+            if keyspace.sharded {
+                facts.push(format!("sharded, vindex {}", keyspace.vindex.name()));
+            } else {
+                facts.push("unsharded".to_string());
+            }
+            if keyspace.default {
+                facts.push("default".to_string());
+            }
+            facts.push(plural(keyspace.shards.len(), "shard"));
+            facts.push(plural(keyspace.tables.len(), "table"));
+            if let Some(column) = &keyspace.default_column {
+                facts.push(format!("default column {column}"));
+            }
+            if keyspace.sharded {
+                facts.push(plural(keyspace.pins.len(), "pin"));
+            }
+            let _ = writeln!(out, "  {}: {}", keyspace.name, facts.join(", "));
+            let width = keyspace
+                .shards
+                .iter()
+                .map(|s| s.name.len())
+                .max()
+                .unwrap_or(0);
+            for shard in &keyspace.shards {
+                let _ = writeln!(
+                    out,
+                    "    {:<width$} -> {}/{}",
+                    shard.name, shard.cluster, shard.database
+                );
+            }
+        }
+        let _ = writeln!(
+            out,
+            "default keyspace: {}",
+            self.default_keyspace.as_deref().unwrap_or("(none)")
+        );
+        out
     }
 }
 
@@ -165,8 +210,20 @@ impl Keyspace {
     /// Index into `shards` of the shard that owns `workspace`: its pin if it has one,
     /// else the shard whose key range holds the vindex's keyspace id.
     pub fn shard_index_for_workspace(&self, workspace: u64) -> usize {
-        let _ = workspace;
-        todo!()
+        if !self.sharded {
+            return 0;
+        }
+        if let Some(&index) = self.pins.get(&workspace) {
+            return index;
+        }
+        let id = self.vindex.keyspace_id(workspace);
+        // Shards are sorted and tile the whole space, so the owner is the last shard
+        // whose start is at or below the id. The first shard starts at the beginning,
+        // so there always is one; `saturating_sub` keeps an unvalidated map from panicking.
+        let after = self.shards.partition_point(|shard| {
+            keyrange::cmp_bounds(&shard.range.start, &id) != std::cmp::Ordering::Greater
+        });
+        after.saturating_sub(1)
     }
 
     /// The shard that owns `workspace`.
@@ -178,6 +235,64 @@ impl Keyspace {
     pub fn shard_index(&self, name: &str) -> Option<usize> {
         self.shards.iter().position(|s| s.name == name)
     }
+
+    /// The listed table named `table` (exact name first, then ignoring ASCII case),
+    /// with the name it is listed under.
+    pub fn table(&self, table: &str) -> Option<(&str, &TableKind)> {
+        if let Some((name, kind)) = self.tables.get_key_value(table) {
+            return Some((name.as_str(), kind));
+        }
+        self.tables
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case(table))
+            .map(|(name, kind)| (name.as_str(), kind))
+    }
+
+    /// How `table` is placed: its entry in `tables`, else (sharded keyspaces only)
+    /// sharded by `default_column` if one is set. None: the table is not sharded
+    /// (an unsharded keyspace, or an unlisted table with no default column).
+    pub fn table_kind(&self, table: &str) -> Option<Cow<'_, TableKind>> {
+        if let Some((_, kind)) = self.table(table) {
+            return Some(Cow::Borrowed(kind));
+        }
+        if !self.sharded {
+            return None;
+        }
+        self.default_column.as_ref().map(|column| {
+            Cow::Owned(TableKind::Sharded {
+                column: column.clone(),
+            })
+        })
+    }
+}
+
+impl ShardingSchema for Keyspace {
+    fn is_sharded(&self) -> bool {
+        self.sharded
+    }
+
+    fn sharding_column(&self, table: &str) -> Option<&str> {
+        if !self.sharded {
+            return None;
+        }
+        match self.table(table) {
+            Some((_, TableKind::Sharded { column })) => Some(column.as_str()),
+            Some((_, TableKind::Reference)) => None,
+            None => self.default_column.as_deref(),
+        }
+    }
+
+    fn is_reference(&self, table: &str) -> bool {
+        matches!(self.table(table), Some((_, TableKind::Reference)))
+    }
+}
+
+fn plural(count: usize, noun: &str) -> String {
+    if count == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{count} {noun}s")
+    }
 }
 
 impl std::fmt::Display for VSchemaErrors {
@@ -188,3 +303,13 @@ impl std::fmt::Display for VSchemaErrors {
         Ok(())
     }
 }
+
+impl std::error::Error for VSchemaErrors {}
+
+impl std::fmt::Display for VSchemaError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.at, self.message)
+    }
+}
+
+impl std::error::Error for VSchemaError {}
