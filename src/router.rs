@@ -197,19 +197,3 @@ fn join_ids(ids: &[u64]) -> String {
     s.join(", ")
 }
 
-// TEMP-SHIM: replaced by the vschema module's implementation at merge.
-impl ShardingSchema for Keyspace {
-    fn is_sharded(&self) -> bool {
-        self.sharded
-    }
-    fn sharding_column(&self, table: &str) -> Option<&str> {
-        match self.tables.get(table) {
-            Some(crate::vschema::TableKind::Sharded { column }) => Some(column),
-            Some(_) => None,
-            None => self.default_column.as_deref(),
-        }
-    }
-    fn is_reference(&self, table: &str) -> bool {
-        matches!(self.tables.get(table), Some(crate::vschema::TableKind::Reference))
-    }
-}

@@ -1,0 +1,179 @@
+//! Bad input never panics the proxy or disturbs other clients: garbage handshakes,
+//! truncated packets, absurd lengths and unknown commands get an error or a clean close.
+
+mod common;
+
+use std::time::Duration;
+
+use mysql_async::prelude::*;
+use shardgate::protocol::auth::native_token;
+use shardgate::protocol::handshake::{build_handshake_response, parse_greeting, HandshakeResponse};
+use shardgate::protocol::packet::put_packet;
+use shardgate::protocol::{caps, wire};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn vschema(servers: &[shardgate::localdb::LocalMariaDb]) -> String {
+    servers[0].sql("CREATE DATABASE IF NOT EXISTS app").expect("db");
+    format!(
+        "[clusters.c1]\nprimary = \"{}\"\nuser = \"shardgate\"\npassword = \"shardgate\"\n\
+         [keyspaces.app]\ncluster = \"c1\"\ndefault = true\n",
+        servers[0].addr()
+    )
+}
+
+/// Reads one packet (header + payload) or None at end of stream / after 5 s.
+async fn read_packet(s: &mut TcpStream) -> Option<(u8, Vec<u8>)> {
+    let mut h = [0u8; 4];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut h)).await.ok()?.ok()?;
+    let len = h[0] as usize | (h[1] as usize) << 8 | (h[2] as usize) << 16;
+    let mut p = vec![0u8; len];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut p)).await.ok()?.ok()?;
+    Some((h[3], p))
+}
+
+/// Whether the server closed the connection (EOF or reset) within 5 s.
+async fn closed(s: &mut TcpStream) -> bool {
+    let mut b = [0u8; 1];
+    matches!(
+        tokio::time::timeout(Duration::from_secs(5), s.read(&mut b)).await,
+        Ok(Ok(0)) | Ok(Err(_))
+    )
+}
+
+/// Logs in with a raw socket and returns it ready for commands.
+async fn login(addr: &str) -> TcpStream {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    let (_, g) = read_packet(&mut s).await.expect("greeting");
+    let g = parse_greeting(&g).expect("valid greeting");
+    let resp = HandshakeResponse {
+        capabilities: caps::BACKEND_BASE | caps::DEPRECATE_EOF,
+        max_packet: 1 << 24,
+        collation: 45,
+        user: "app".into(),
+        auth_response: native_token(b"app", &g.scramble),
+        database: Some("app".into()),
+        auth_plugin: Some("mysql_native_password".into()),
+        attributes: vec![],
+    };
+    let mut out = bytes::BytesMut::new();
+    put_packet(&mut out, 1, &build_handshake_response(&resp));
+    s.write_all(&out).await.expect("send login");
+    let (_, ok) = read_packet(&mut s).await.expect("login reply");
+    assert_eq!(ok[0], 0, "login ok");
+    s
+}
+
+async fn ping(s: &mut TcpStream) -> bool {
+    let mut out = bytes::BytesMut::new();
+    put_packet(&mut out, 0, &[0x0e]);
+    if s.write_all(&out).await.is_err() {
+        return false;
+    }
+    matches!(read_packet(s).await, Some((1, p)) if p.first() == Some(&0))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_input_gets_an_error_or_a_clean_close_and_others_go_on() {
+    let servers = common::start_servers(1);
+    let proxy = common::start_proxy(&vschema(&servers)).await;
+    let addr = proxy.addr.to_string();
+
+    // A healthy client that must keep working throughout.
+    let mut healthy = mysql_async::Conn::new(common::mysql_opts(&addr, "app", "app", Some("app")))
+        .await
+        .expect("healthy client");
+
+    // 1. Garbage as the handshake response: ERR 1043 (08S01), then close.
+    let mut s = TcpStream::connect(&addr).await.expect("connect");
+    read_packet(&mut s).await.expect("greeting");
+    let mut out = bytes::BytesMut::new();
+    put_packet(&mut out, 1, b"\x01\x02 this is not a handshake response at all");
+    s.write_all(&out).await.expect("send");
+    let (_, err) = read_packet(&mut s).await.expect("an error packet");
+    let e = wire::parse_err(&err).expect("ERR");
+    assert_eq!((e.code, e.sqlstate.as_str()), (1043, "08S01"));
+    assert!(closed(&mut s).await);
+
+    // 2. Plain text (an HTTP request) instead of packets: refused, closed.
+    let mut s = TcpStream::connect(&addr).await.expect("connect");
+    read_packet(&mut s).await.expect("greeting");
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.expect("send");
+    let _ = s.shutdown().await;
+    assert!(closed(&mut s).await || read_packet(&mut s).await.is_some());
+
+    // 3. A truncated packet after login, then the client goes away: a clean close.
+    let mut s = login(&addr).await;
+    s.write_all(&[100, 0, 0, 0, 3, b'S', b'E']).await.expect("send");
+    drop(s);
+
+    // 4. An absurd length after login: ERR 1153, close.
+    let mut s = login(&addr).await;
+    let mut junk = vec![0xff, 0xff, 0xff, 0];
+    junk.extend(std::iter::repeat_n(b'x', 64 * 1024));
+    let _ = s.write_all(&junk).await;
+    // The proxy reads 64 MiB at most per packet; 0xffffff chains beyond that are refused.
+    let mut chain = Vec::new();
+    for seq in 1..6u8 {
+        chain.extend_from_slice(&[0xff, 0xff, 0xff, seq]);
+        chain.extend(std::iter::repeat_n(0u8, 0xff_ffff));
+    }
+    let write = s.write_all(&chain).await;
+    if write.is_ok() {
+        match read_packet(&mut s).await {
+            Some((_, p)) => assert_eq!(wire::parse_err(&p).map(|e| e.code), Some(1153)),
+            None => {} // closed
+        }
+    }
+
+    // 5. Unknown command and an empty packet: ERR 1047, the connection stays usable.
+    let mut s = login(&addr).await;
+    for payload in [&[0x7fu8][..], &[][..]] {
+        let mut out = bytes::BytesMut::new();
+        put_packet(&mut out, 0, payload);
+        s.write_all(&out).await.expect("send");
+        let (seq, p) = read_packet(&mut s).await.expect("reply");
+        assert_eq!(seq, 1);
+        assert_eq!(wire::parse_err(&p).map(|e| e.code), Some(1047));
+        assert!(ping(&mut s).await, "usable after an unknown command");
+    }
+    // Prepared statements are refused cleanly (1295) and the connection goes on.
+    let mut out = bytes::BytesMut::new();
+    put_packet(&mut out, 0, b"\x16SELECT 1");
+    s.write_all(&out).await.expect("send");
+    let (_, p) = read_packet(&mut s).await.expect("reply");
+    assert_eq!(wire::parse_err(&p).map(|e| e.code), Some(1295));
+    assert!(ping(&mut s).await);
+    // Invalid UTF-8 in a query reaches MariaDB, which answers for itself.
+    let mut out = bytes::BytesMut::new();
+    put_packet(&mut out, 0, b"\x03SELECT '\xff\xfe'");
+    s.write_all(&out).await.expect("send");
+    assert!(read_packet(&mut s).await.is_some());
+    assert!(ping(&mut s).await);
+
+    // 6. Random bytes after the greeting, many times: never a panic.
+    for round in 0..50u32 {
+        let mut s = TcpStream::connect(&addr).await.expect("connect");
+        read_packet(&mut s).await.expect("greeting");
+        let len = (round * 7919 % 300) as usize;
+        let mut bytes: Vec<u8> = (0..len).map(|i| (i as u32 * 2654435761u32 >> (round % 24)) as u8).collect();
+        if bytes.len() >= 4 {
+            bytes[3] = 1;
+        }
+        let _ = s.write_all(&bytes).await;
+        let _ = s.shutdown().await;
+    }
+
+    // The healthy client never noticed.
+    let v: Option<u32> = healthy.query_first("SELECT 41 + 1").await.expect("healthy still works");
+    assert_eq!(v, Some(42));
+    // And new clients still log in.
+    let mut fresh = mysql_async::Conn::new(common::mysql_opts(&addr, "app", "app", Some("app")))
+        .await
+        .expect("fresh client");
+    let v: Option<u32> = fresh.query_first("SELECT 7").await.expect("fresh works");
+    assert_eq!(v, Some(7));
+    drop(fresh);
+    drop(healthy);
+    proxy.stop().await;
+}
