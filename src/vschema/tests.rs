@@ -900,3 +900,29 @@ fn empty_document_is_an_empty_vschema() {
     assert!(vschema.clusters.is_empty() && vschema.keyspaces.is_empty());
     assert_eq!(vschema.default_keyspace, None);
 }
+
+#[test]
+fn database_name_longer_than_mysql_allows_is_refused() {
+    let long = "d".repeat(65);
+    assert_error(
+        &format!("{CLUSTERS}\n[keyspaces.main]\ncluster = \"c1\"\ndatabase = \"{long}\"\n"),
+        "keyspaces.main.database",
+        "longer than MySQL's 64 characters",
+    );
+    load(&format!(
+        "{CLUSTERS}\n[keyspaces.main]\ncluster = \"c1\"\ndatabase = \"{}\"\n",
+        "d".repeat(64)
+    ));
+}
+
+#[test]
+fn example_places_billing_by_id_range() {
+    let vschema = load(EXAMPLE);
+    let billing = vschema.keyspace("billing").expect("billing");
+    assert_eq!(billing.shard_for_workspace(999_999).database, "billing_old");
+    assert_eq!(billing.shard_for_workspace(1_000_000).database, "billing");
+    let chat = vschema.keyspace("chat").expect("chat");
+    assert_eq!(chat.sharding_column("audit_events"), Some("tenant_id"));
+    assert!(chat.is_reference("countries"));
+    assert_eq!(chat.shard_for_workspace(1001).name, "c0-");
+}
