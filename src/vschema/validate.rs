@@ -115,9 +115,11 @@ fn check_host_port(text: &str) -> Result<(), String> {
         }
     } else {
         match text.rsplit_once(':') {
-            Some((host, _)) if host.contains(':') => return Err(format!(
+            Some((host, _)) if host.contains(':') => {
+                return Err(format!(
                 "{text:?} is not host:port: an IPv6 address goes in brackets, like \"[::1]:3306\""
-            )),
+            ))
+            }
             Some(parts) => parts,
             None => return Err(format!("{text:?} has no port: {wanted}")),
         }
