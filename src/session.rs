@@ -127,6 +127,18 @@ async fn login(
             }
         },
     };
+    if let DbContext::PassThrough(db) = &ctx {
+        // Only the default cluster knows whether a pass-through database exists; a
+        // direct server refuses the login when it does not, and so do we.
+        let key = ConnKey {
+            caps: capabilities & caps::RELAY_SENSITIVE,
+            collation: resp.collation,
+        };
+        if let Err(e) = check_passthrough(shared, &vs, &ctx, key, db).await {
+            let _ = client.send(seq, &wire::proxy_err_payload(&e)).await;
+            return None;
+        }
+    }
     let ok = wire::ok_payload(&OkInfo {
         status: status::AUTOCOMMIT,
         ..OkInfo::default()
@@ -138,6 +150,33 @@ async fn login(
         collation: resp.collation,
         ctx,
     })
+}
+
+/// Checks that a pass-through database exists on the default cluster.
+async fn check_passthrough(
+    shared: &Arc<Shared>,
+    vs: &VSchema,
+    ctx: &DbContext,
+    key: ConnKey,
+    db: &str,
+) -> Result<(), ProxyError> {
+    let Dispatch::Single(target) = router::route(vs, ctx, &any_statement())? else {
+        return Err(ProxyError::internal("bad pass-through route"));
+    };
+    let pool = shared
+        .pools
+        .get(&target.cluster)
+        .ok_or_else(|| ProxyError::internal("no pool for the default cluster"))?;
+    let mut lease = pool.checkout(key, Some(db), 0).await?;
+    let conn = lease.conn();
+    if conn.database.as_deref() != Some(db) {
+        match conn.init_db(db).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(ProxyError::unknown_database(db)),
+            Err(e) => return Err(ProxyError::lost_backend(&target.cluster, e)),
+        }
+    }
+    Ok(())
 }
 
 /// What a database name means in the vschema, without asking a backend.
