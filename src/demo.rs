@@ -1,1 +1,0 @@
-//! `shardgate demo`: local clusters, the demo shard map, sample data, and the proxy.

@@ -1,0 +1,348 @@
+//! `shardgate demo`: local clusters, the demo shard map, sample data, and the proxy.
+//!
+//! One local MariaDB server per cluster of the shard map (ports `base_port`,
+//! `base_port + 1`, ... in cluster-name order), each shard's database created on its
+//! cluster and filled with the rows of the workspaces it owns, then the proxy in front.
+//! Ctrl-C or SIGTERM stops the proxy and every server and removes their directories.
+
+mod sample;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+use crate::config::{PoolConfig, ProxyConfig, User};
+use crate::localdb::{self, LocalDbOptions, LocalMariaDb};
+use crate::vschema::VSchema;
+
+/// The demo shard map: clusters c1..c4, keyspace `app` sharded over four shards,
+/// unsharded default keyspace `main`.
+const DEMO_VSCHEMA: &str = include_str!("../../vschema/demo.toml");
+
+/// How long the proxy may take to finish open sessions at shutdown.
+const PROXY_STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Settings of `shardgate demo`.
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    /// Where the proxy listens for MySQL clients.
+    pub listen: SocketAddr,
+    /// Port of the first cluster's server; the others follow.
+    pub base_port: u16,
+    /// Number of sample workspaces (ids 1..=N).
+    pub workspaces: u64,
+    /// A vschema file to use instead of the built-in demo map; its clusters are
+    /// started locally whatever their `primary` says.
+    pub vschema_path: Option<PathBuf>,
+}
+
+impl Default for DemoOptions {
+    fn default() -> Self {
+        DemoOptions {
+            listen: SocketAddr::from(([127, 0, 0, 1], 15306)),
+            base_port: 15401,
+            workspaces: 1000,
+            vschema_path: None,
+        }
+    }
+}
+
+/// Runs the demo until Ctrl-C or SIGTERM. Everything it started is stopped and
+/// removed on return, whether it succeeded or not.
+pub async fn run(opts: DemoOptions) -> Result<(), String> {
+    let begun = Instant::now();
+    localdb::find_mariadbd()?;
+    let mut vschema = match &opts.vschema_path {
+        Some(path) => {
+            VSchema::load(path).map_err(|e| format!("vschema {}:\n{e}", path.display()))?
+        }
+        None => VSchema::from_toml_str(DEMO_VSCHEMA)
+            .map_err(|e| format!("built-in demo vschema:\n{e}"))?,
+    };
+    // Bind first: a busy proxy port should fail before anything is started.
+    let listener = TcpListener::bind(opts.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", opts.listen))?;
+
+    let mut servers = BTreeMap::new();
+    let result = serve_demo(&opts, &mut vschema, listener, &mut servers, begun).await;
+    if !servers.is_empty() {
+        println!("stopping {} MariaDB servers...", servers.len());
+    }
+    let stopping = tokio::task::spawn_blocking(move || {
+        for (_, server) in servers {
+            server.stop();
+        }
+    });
+    let _ = stopping.await;
+    if result.is_ok() {
+        println!("demo stopped; temp directories removed");
+    }
+    result
+}
+
+async fn serve_demo(
+    opts: &DemoOptions,
+    vschema: &mut VSchema,
+    listener: TcpListener,
+    servers: &mut BTreeMap<String, LocalMariaDb>,
+    begun: Instant,
+) -> Result<(), String> {
+    start_clusters(opts, vschema, servers).await?;
+    println!(
+        "[{:>5.1}s] {} MariaDB servers up",
+        begun.elapsed().as_secs_f64(),
+        servers.len()
+    );
+    let rows = load_sample_data(opts.workspaces, vschema, servers).await?;
+    println!(
+        "[{:>5.1}s] schemas created, {} workspaces loaded ({rows} rows)",
+        begun.elapsed().as_secs_f64(),
+        opts.workspaces
+    );
+
+    let config = Arc::new(ProxyConfig {
+        listen: opts.listen,
+        users: vec![
+            User {
+                name: "app".to_string(),
+                password: "app".to_string(),
+                admin: false,
+            },
+            User {
+                name: "admin".to_string(),
+                password: "admin".to_string(),
+                admin: true,
+            },
+        ],
+        pool: PoolConfig::default(),
+        max_packet_size: 64 << 20,
+        max_client_connections: 1000,
+        vschema: vschema.clone(),
+    });
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let mut proxy = tokio::spawn(crate::server::serve(config, listener, async move {
+        let _ = stop_rx.await;
+    }));
+    print_banner(opts, vschema, servers, begun);
+
+    let outcome = tokio::select! {
+        signal = shutdown_signal() => {
+            println!("\n{signal}: shutting down");
+            Ok(())
+        }
+        ended = &mut proxy => match ended {
+            Ok(Ok(())) => Err("the proxy stopped unexpectedly".to_string()),
+            Ok(Err(e)) => Err(format!("the proxy failed: {e}")),
+            Err(e) => Err(format!("the proxy task failed: {e}")),
+        },
+    };
+    let _ = stop_tx.send(());
+    // A finished JoinHandle must not be polled again.
+    if !proxy.is_finished()
+        && tokio::time::timeout(PROXY_STOP_TIMEOUT, &mut proxy)
+            .await
+            .is_err()
+    {
+        proxy.abort();
+    }
+    outcome
+}
+
+/// Starts one server per cluster, in parallel, and points the vschema's clusters at
+/// them (with the user and password each cluster names).
+async fn start_clusters(
+    opts: &DemoOptions,
+    vschema: &mut VSchema,
+    servers: &mut BTreeMap<String, LocalMariaDb>,
+) -> Result<(), String> {
+    println!(
+        "starting {} MariaDB servers on 127.0.0.1:{}..",
+        vschema.clusters.len(),
+        opts.base_port
+    );
+    let mut starting = Vec::new();
+    for (i, (name, cluster)) in vschema.clusters.iter().enumerate() {
+        let port = u16::try_from(i)
+            .ok()
+            .and_then(|i| opts.base_port.checked_add(i))
+            .ok_or_else(|| format!("no port left for cluster {name} above {}", opts.base_port))?;
+        let db_opts = LocalDbOptions {
+            port: Some(port),
+            user: cluster.user.clone(),
+            password: cluster.password.clone(),
+            ..LocalDbOptions::default()
+        };
+        let name = name.clone();
+        starting.push(tokio::task::spawn_blocking(move || {
+            (name, LocalMariaDb::start(&db_opts))
+        }));
+    }
+    let mut errors = Vec::new();
+    for task in starting {
+        match task.await {
+            Ok((name, Ok(server))) => {
+                servers.insert(name, server);
+            }
+            Ok((name, Err(e))) => errors.push(format!("cluster {name}: {e}")),
+            Err(e) => errors.push(format!("starting a server panicked: {e}")),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(format!(
+            "could not start MariaDB:\n{}\n(is another demo running? pass a different base port)",
+            errors.join("\n")
+        ));
+    }
+    for (name, cluster) in vschema.clusters.iter_mut() {
+        if let Some(server) = servers.get(name) {
+            cluster.primary = server.addr();
+        }
+    }
+    Ok(())
+}
+
+/// Creates every keyspace's databases (with the sample tables for sharded ones) and
+/// inserts each workspace's rows on the shard that owns it: one script per server,
+/// all servers in parallel. Returns the number of workspace rows written.
+async fn load_sample_data(
+    workspaces: u64,
+    vschema: &VSchema,
+    servers: &BTreeMap<String, LocalMariaDb>,
+) -> Result<u64, String> {
+    let mut scripts: BTreeMap<String, String> = BTreeMap::new();
+    let mut loaded = 0;
+    for keyspace in vschema.keyspaces.values() {
+        // (cluster, database) -> workspaces it owns.
+        let mut owned: BTreeMap<(String, String), Vec<u64>> = BTreeMap::new();
+        for shard in &keyspace.shards {
+            owned
+                .entry((shard.cluster.clone(), shard.database.clone()))
+                .or_default();
+        }
+        if keyspace.sharded {
+            for ws in 1..=workspaces {
+                let shard = keyspace.shard_for_workspace(ws);
+                owned
+                    .entry((shard.cluster.clone(), shard.database.clone()))
+                    .or_default()
+                    .push(ws);
+                loaded += 1;
+            }
+        }
+        for ((cluster, database), ids) in owned {
+            let script = scripts.entry(cluster).or_default();
+            let db = quote_ident(&database);
+            script.push_str(&format!("CREATE DATABASE IF NOT EXISTS {db};\nUSE {db};\n"));
+            if keyspace.sharded {
+                script.push_str(sample::SHARDED_TABLES);
+                sample::append_inserts(script, &ids);
+            }
+        }
+    }
+    let mut running = Vec::new();
+    for (cluster, script) in scripts {
+        let server = servers
+            .get(&cluster)
+            .ok_or_else(|| format!("no server for cluster {cluster}"))?;
+        let client = server.sql_client();
+        running.push(tokio::task::spawn_blocking(move || {
+            (cluster, client.sql(&script).map(|_| ()))
+        }));
+    }
+    let mut errors = Vec::new();
+    for task in running {
+        match task.await {
+            Ok((_, Ok(()))) => {}
+            Ok((cluster, Err(e))) => errors.push(format!("loading cluster {cluster}: {e}")),
+            Err(e) => errors.push(format!("loading data panicked: {e}")),
+        }
+    }
+    if errors.is_empty() {
+        Ok(loaded)
+    } else {
+        Err(errors.join("\n"))
+    }
+}
+
+fn quote_ident(name: &str) -> String {
+    format!("`{}`", name.replace('`', "``"))
+}
+
+fn print_banner(
+    opts: &DemoOptions,
+    vschema: &VSchema,
+    servers: &BTreeMap<String, LocalMariaDb>,
+    begun: Instant,
+) {
+    let port = opts.listen.port();
+    let host = opts.listen.ip();
+    println!();
+    println!(
+        "shardgate demo is running (ready in {:.1}s)",
+        begun.elapsed().as_secs_f64()
+    );
+    println!(
+        "  proxy     {}  users app/app, admin/admin (admin)",
+        opts.listen
+    );
+    for (name, server) in servers {
+        let shards: Vec<String> = vschema
+            .keyspaces
+            .values()
+            .flat_map(|ks| {
+                ks.shards
+                    .iter()
+                    .filter(|s| &s.cluster == name)
+                    .map(move |s| format!("{}/{}", ks.name, s.name))
+            })
+            .collect();
+        println!(
+            "  cluster   {name:<4} {}  {}  (data in {})",
+            server.addr(),
+            shards.join(", "),
+            server.dir.display()
+        );
+    }
+    println!();
+    println!("Try:");
+    println!(
+        "  mariadb -h{host} -P{port} -uapp -papp app -e \"SELECT * FROM conversations WHERE workspace_id=7\""
+    );
+    if let (Some(ks), Some((first_name, first))) = (vschema.keyspace("app"), servers.iter().next())
+    {
+        if ks.sharded {
+            let owner = &ks.shard_for_workspace(7).cluster;
+            println!("  (workspace 7 lives on cluster {owner})");
+        }
+        println!("Look at a shard directly (cluster {first_name}):");
+        println!(
+            "  mariadb -h127.0.0.1 -P{} -u{} -p{} app",
+            first.port, first.user, first.password
+        );
+    }
+    println!();
+    println!("Press Ctrl-C to stop the proxy and all servers.");
+}
+
+/// Waits for Ctrl-C or SIGTERM and names which came.
+async fn shutdown_signal() -> &'static str {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let sigterm = async {
+        match term.as_mut() {
+            Some(term) => {
+                term.recv().await;
+            }
+            None => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => "Ctrl-C",
+        _ = sigterm => "SIGTERM",
+    }
+}

@@ -1,0 +1,434 @@
+//! Shared harness for the integration tests: local MariaDB servers, shard maps over
+//! them, the proxy in-process or as the real binary, and clients to talk to either.
+//!
+//! Each test file uses part of it, so unused-item warnings are silenced here.
+#![allow(dead_code)]
+
+use std::fmt::Write as _;
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use shardgate::config::{PoolConfig, ProxyConfig, User};
+use shardgate::localdb::{LocalDbOptions, LocalMariaDb};
+use shardgate::vschema::VSchema;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// Starts `n` servers in parallel (free ports, user/password `shardgate`).
+pub fn start_servers(n: usize) -> Vec<LocalMariaDb> {
+    std::thread::scope(|scope| {
+        let starting: Vec<_> = (0..n)
+            .map(|_| scope.spawn(|| LocalMariaDb::start(&LocalDbOptions::default())))
+            .collect();
+        starting
+            .into_iter()
+            .map(|t| {
+                t.join()
+                    .expect("starting a MariaDB server panicked")
+                    .expect("MariaDB server should start")
+            })
+            .collect()
+    })
+}
+
+/// Vitess-style names of `n` shards splitting the keyspace-id space evenly by its
+/// first byte: 1 -> `-`, 2 -> `-80`, `80-`, 4 -> `-40`, `40-80`, `80-c0`, `c0-`.
+pub fn shard_names(n: usize) -> Vec<String> {
+    assert!((1..=256).contains(&n), "1 to 256 shards");
+    if n == 1 {
+        return vec!["-".to_string()];
+    }
+    let bounds: Vec<String> = (1..n).map(|i| format!("{:02x}", i * 256 / n)).collect();
+    (0..n)
+        .map(|i| {
+            let start = if i == 0 { "" } else { &bounds[i - 1] };
+            let end = if i == n - 1 { "" } else { &bounds[i] };
+            format!("{start}-{end}")
+        })
+        .collect()
+}
+
+/// A vschema over local servers: cluster `cI` per server, keyspace `app` sharded by
+/// `workspace_id` with one shard per server (database `app`), and the unsharded
+/// default keyspace `main` (database `main`) on the first server.
+/// [`ShardedVSchema::build`] also creates those databases.
+pub struct ShardedVSchema<'a> {
+    servers: &'a [LocalMariaDb],
+    vindex: String,
+    tables: Vec<(String, String)>,
+    pins: Vec<(u64, String)>,
+}
+
+impl<'a> ShardedVSchema<'a> {
+    /// The default map over `servers` (xxhash vindex, no tables listed, no pins).
+    pub fn new(servers: &'a [LocalMariaDb]) -> Self {
+        assert!(!servers.is_empty(), "a vschema needs at least one server");
+        ShardedVSchema {
+            servers,
+            vindex: "xxhash".to_string(),
+            tables: Vec::new(),
+            pins: Vec::new(),
+        }
+    }
+
+    /// Uses vindex `name` (`xxhash` or `numeric`).
+    pub fn vindex(mut self, name: &str) -> Self {
+        self.vindex = name.to_string();
+        self
+    }
+
+    /// Lists table `name` of `app`, sharded by `column`.
+    pub fn table(mut self, name: &str, column: &str) -> Self {
+        self.tables
+            .push((name.to_string(), format!("{{ column = \"{column}\" }}")));
+        self
+    }
+
+    /// Lists table `name` of `app` as a reference table (a copy on every shard).
+    pub fn reference_table(mut self, name: &str) -> Self {
+        self.tables
+            .push((name.to_string(), "{ type = \"reference\" }".to_string()));
+        self
+    }
+
+    /// Pins `workspace` to the shard named `shard` (e.g. `80-`).
+    pub fn pin(mut self, workspace: u64, shard: &str) -> Self {
+        self.pins.push((workspace, shard.to_string()));
+        self
+    }
+
+    /// The TOML text, without touching the servers.
+    pub fn toml(&self) -> String {
+        let mut out = String::new();
+        for (i, server) in self.servers.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "[clusters.c{}]\nprimary = \"{}\"\nuser = \"{}\"\npassword = \"{}\"\n",
+                i + 1,
+                server.addr(),
+                server.user,
+                server.password
+            );
+        }
+        let _ = writeln!(
+            out,
+            "[keyspaces.app]\nsharded = true\nvindex = \"{}\"\ndefault_column = \"workspace_id\"\nshards = [",
+            self.vindex
+        );
+        for (i, name) in shard_names(self.servers.len()).iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "  {{ name = \"{name}\", cluster = \"c{}\", database = \"app\" }},",
+                i + 1
+            );
+        }
+        out.push_str("]\n\n");
+        if !self.tables.is_empty() {
+            out.push_str("[keyspaces.app.tables]\n");
+            for (name, spec) in &self.tables {
+                let _ = writeln!(out, "{name} = {spec}");
+            }
+            out.push('\n');
+        }
+        if !self.pins.is_empty() {
+            out.push_str("[keyspaces.app.pins]\n");
+            for (workspace, shard) in &self.pins {
+                let _ = writeln!(out, "\"{workspace}\" = \"{shard}\"");
+            }
+            out.push('\n');
+        }
+        out.push_str("[keyspaces.main]\ncluster = \"c1\"\ndatabase = \"main\"\ndefault = true\n");
+        out
+    }
+
+    /// Creates database `app` on every server and `main` on the first, then returns
+    /// the TOML text.
+    pub fn build(&self) -> String {
+        for server in self.servers {
+            server
+                .sql("CREATE DATABASE IF NOT EXISTS app")
+                .expect("create database app");
+        }
+        self.servers[0]
+            .sql("CREATE DATABASE IF NOT EXISTS main")
+            .expect("create database main");
+        self.toml()
+    }
+}
+
+/// The default [`ShardedVSchema`] over `servers`, databases created.
+pub fn sharded_vschema(servers: &[LocalMariaDb]) -> String {
+    ShardedVSchema::new(servers).build()
+}
+
+/// Users every test proxy knows: `app`/`app` and the admin `admin`/`admin`.
+pub fn test_users() -> Vec<User> {
+    vec![
+        User {
+            name: "app".to_string(),
+            password: "app".to_string(),
+            admin: false,
+        },
+        User {
+            name: "admin".to_string(),
+            password: "admin".to_string(),
+            admin: true,
+        },
+    ]
+}
+
+/// The proxy served in-process on a task of the current runtime.
+pub struct Proxy {
+    /// Where it listens (127.0.0.1, a free port).
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl Proxy {
+    /// `127.0.0.1:PORT`, for [`cli`] and [`mysql_opts`].
+    pub fn addr_string(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// Signals shutdown and waits for the proxy to finish (at most 10 s).
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let result = tokio::time::timeout(Duration::from_secs(10), task)
+                .await
+                .expect("proxy should stop within 10 s")
+                .expect("proxy task should not panic");
+            result.expect("proxy should stop cleanly");
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Starts the proxy in-process with `vschema_toml` (see [`ShardedVSchema`]).
+pub async fn start_proxy(vschema_toml: &str) -> Proxy {
+    let vschema = VSchema::from_toml_str(vschema_toml)
+        .unwrap_or_else(|e| panic!("test vschema should be valid:\n{e}\n{vschema_toml}"));
+    start_proxy_with(vschema, PoolConfig::default()).await
+}
+
+/// Starts the proxy in-process with a parsed vschema and explicit pool limits.
+pub async fn start_proxy_with(vschema: VSchema, pool: PoolConfig) -> Proxy {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind a free port for the proxy");
+    let addr = listener.local_addr().expect("proxy listener address");
+    let config = Arc::new(ProxyConfig {
+        listen: addr,
+        users: test_users(),
+        pool,
+        max_packet_size: 64 << 20,
+        max_client_connections: 1000,
+        vschema,
+    });
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(shardgate::server::serve(config, listener, async move {
+        let _ = stopped.await;
+    }));
+    Proxy {
+        addr,
+        stop: Some(stop),
+        task: Some(task),
+    }
+}
+
+/// The real `shardgate` binary, serving as a child process; killed on drop.
+pub struct ProxyProcess {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// The config file it was started with.
+    pub config_path: PathBuf,
+    /// Its vschema file (tests may rewrite it to exercise reloads).
+    pub vschema_path: PathBuf,
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+impl ProxyProcess {
+    /// `127.0.0.1:PORT`.
+    pub fn addr_string(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// What the process wrote to stdout and stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("shardgate.log")).unwrap_or_default()
+    }
+
+    /// Its process id (for signals).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether it has exited, and how.
+    pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// Kills it and waits for it.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ProxyProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `shardgate serve --config FILE` with `vschema_toml`, users app/app and
+/// admin/admin, on a free port; returns once the port accepts connections.
+/// `extra_config` is appended to the config file verbatim.
+pub fn spawn_proxy_binary(vschema_toml: &str, extra_config: &str) -> ProxyProcess {
+    let dir = tempfile::tempdir().expect("temp dir for the proxy's files");
+    let vschema_path = dir.path().join("vschema.toml");
+    std::fs::write(&vschema_path, vschema_toml).expect("write vschema file");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("pick a free port")
+        .port();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let config = format!(
+        "listen = \"{addr}\"\nvschema = \"{}\"\n{extra_config}\n\n\
+         [[users]]\nname = \"app\"\npassword = \"app\"\nadmin = false\n\n\
+         [[users]]\nname = \"admin\"\npassword = \"admin\"\nadmin = true\n",
+        vschema_path.display()
+    );
+    let config_path = dir.path().join("shardgate.toml");
+    std::fs::write(&config_path, config).expect("write config file");
+    let log = std::fs::File::create(dir.path().join("shardgate.log")).expect("create log file");
+    let log_err = log.try_clone().expect("clone log file handle");
+    let child = Command::new(env!("CARGO_BIN_EXE_shardgate"))
+        .arg("serve")
+        .arg("--config")
+        .arg(&config_path)
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log_err)
+        .spawn()
+        .expect("spawn the shardgate binary");
+    let mut process = ProxyProcess {
+        addr,
+        config_path,
+        vschema_path,
+        child,
+        dir,
+    };
+    wait_for_port(&mut process);
+    process
+}
+
+fn wait_for_port(process: &mut ProxyProcess) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = process.try_wait() {
+            panic!(
+                "shardgate exited ({status}) before listening:\n{}",
+                process.log()
+            );
+        }
+        if TcpStream::connect_timeout(&process.addr, Duration::from_millis(200)).is_ok() {
+            return;
+        }
+        if Instant::now() >= deadline {
+            panic!(
+                "shardgate not listening on {} after 20 s:\n{}",
+                process.addr,
+                process.log()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Splits `host:port`.
+fn host_port(addr: &str) -> (String, u16) {
+    let (host, port) = addr.rsplit_once(':').expect("address should be host:port");
+    let port = port.parse().expect("port should be a number");
+    (host.trim_matches(['[', ']']).to_string(), port)
+}
+
+/// Runs `sql` with the `mariadb` CLI over TCP in batch mode without column names.
+pub fn cli(addr: &str, user: &str, password: &str, db: Option<&str>, sql: &str) -> Output {
+    cli_with_args(addr, user, password, db, sql, &[])
+}
+
+/// Like [`cli`], with extra CLI arguments (e.g. `--column-names`, `--table`).
+pub fn cli_with_args(
+    addr: &str,
+    user: &str,
+    password: &str,
+    db: Option<&str>,
+    sql: &str,
+    extra: &[&str],
+) -> Output {
+    let (host, port) = host_port(addr);
+    let mut cmd = Command::new("mariadb");
+    cmd.arg("--no-defaults")
+        .arg("--protocol=TCP")
+        .arg(format!("-h{host}"))
+        .arg(format!("-P{port}"))
+        .arg(format!("--user={user}"))
+        .arg(format!("--password={password}"))
+        .arg("--batch")
+        .arg("--skip-column-names")
+        .arg("--connect-timeout=10")
+        .args(extra)
+        .arg("-e")
+        .arg(sql);
+    if let Some(db) = db {
+        cmd.arg(db);
+    }
+    cmd.output().expect("run the mariadb CLI")
+}
+
+/// [`cli`]'s stdout, panicking with stderr if the CLI failed.
+pub fn cli_ok(addr: &str, user: &str, password: &str, db: Option<&str>, sql: &str) -> String {
+    let out = cli(addr, user, password, db, sql);
+    assert!(
+        out.status.success(),
+        "mariadb CLI failed for `{sql}` on {addr}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Connection options for `mysql_async` over TCP.
+pub fn mysql_opts(addr: &str, user: &str, password: &str, db: Option<&str>) -> mysql_async::Opts {
+    let (host, port) = host_port(addr);
+    mysql_async::OptsBuilder::default()
+        .ip_or_hostname(host)
+        .tcp_port(port)
+        .user(Some(user))
+        .pass(Some(password))
+        .db_name(db)
+        .prefer_socket(false)
+        .into()
+}
+
+/// Runs `sql` directly on `server` as root (bypassing the proxy); returns stdout.
+pub fn direct_query(server: &LocalMariaDb, sql: &str) -> String {
+    server
+        .sql(sql)
+        .unwrap_or_else(|e| panic!("direct query `{sql}` on {}: {e}", server.addr()))
+}
