@@ -6,6 +6,25 @@
 
 use std::ops::Range;
 
+use sqlparser::ast::Statement;
+use sqlparser::dialect::MySqlDialect;
+use sqlparser::parser::Parser;
+
+mod classify;
+mod fallback;
+mod insert;
+mod lex;
+mod query;
+mod tables;
+mod tag;
+#[cfg(test)]
+mod tests;
+
+use classify::Head;
+use insert::InsertRoute;
+use lex::Token;
+use tables::TableName;
+
 /// What the planner needs to know about the keyspace a statement runs in.
 pub trait ShardingSchema {
     /// Whether the keyspace is sharded at all (unsharded: everything passes through).
@@ -136,15 +155,381 @@ pub enum DdlKind {
 }
 
 /// Plans `sql` (the exact bytes of a COM_QUERY, as UTF-8) in a keyspace described by `schema`.
+///
+/// The order, for each statement: its first keywords (session statements, SHOW, DDL) →
+/// a workspace tag in a `/* */` comment → the sharding column in INSERT values or in the
+/// WHERE of the parsed statement → a token-level fallback when the parser fails. See
+/// `docs/routing.md`.
 pub fn plan(sql: &str, schema: &dyn ShardingSchema) -> Plan {
-    let _ = schema;
-    Plan {
-        statements: vec![StatementPlan {
+    let lexed = lex::lex(sql);
+    let text_tag = TagScan::of(sql, &lexed.comments);
+    let mut statements = Vec::new();
+    let mut start_tok = 0;
+    let mut region_start = 0;
+    let toks = &lexed.tokens;
+    for i in 0..=toks.len() {
+        let (region_end, next_start) = match toks.get(i) {
+            Some(t) if t.is_punct(b';') => (t.start, t.end),
+            Some(_) => continue,
+            None => (sql.len(), sql.len()),
+        };
+        if i > start_tok {
+            let span = trimmed(sql, region_start..region_end);
+            statements.push(plan_statement(
+                sql,
+                &toks[start_tok..i],
+                span,
+                &lexed.comments,
+                text_tag,
+                schema,
+            ));
+        }
+        start_tok = i + 1;
+        region_start = next_start;
+    }
+    match statements.len() {
+        0 => statements.push(StatementPlan {
             span: 0..sql.len(),
             kind: StatementKind::Other,
             route: Route::AnyShard,
             qualified_schema: None,
             pins_connection: false,
-        }],
+        }),
+        1 => {
+            // A lone statement owns the whole text (comments and a trailing `;` too).
+            let whole = 0..sql.len();
+            let only = &mut statements[0];
+            if let StatementKind::Insert(shape) = &mut only.kind {
+                if shape.rows.is_empty() {
+                    shape.prefix = whole.clone();
+                    shape.suffix = whole.end..whole.end;
+                } else {
+                    shape.prefix.start = 0;
+                    shape.suffix.end = whole.end;
+                }
+            }
+            only.span = whole;
+        }
+        _ => {}
+    }
+    Plan { statements }
+}
+
+fn trimmed(sql: &str, r: Range<usize>) -> Range<usize> {
+    let text = sql.get(r.clone()).unwrap_or("");
+    let start = r.start + (text.len() - text.trim_start().len());
+    let end = r.end - (text.len() - text.trim_end().len());
+    start..end.max(start)
+}
+
+/// The workspace tags found in some comments.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum TagScan {
+    None,
+    One(u64),
+    Conflicting,
+}
+
+impl TagScan {
+    fn of(sql: &str, comments: &[Range<usize>]) -> TagScan {
+        let mut found = TagScan::None;
+        for c in comments {
+            let Some(id) = sql.get(c.clone()).and_then(tag::workspace_in_comment) else {
+                continue;
+            };
+            found = match found {
+                TagScan::None => TagScan::One(id),
+                TagScan::One(old) if old == id => found,
+                _ => return TagScan::Conflicting,
+            };
+        }
+        found
+    }
+}
+
+fn missing(table: &str, column: &str) -> Route {
+    Route::MissingWorkspace {
+        table: table.to_owned(),
+        column: column.to_owned(),
+    }
+}
+
+fn plan_statement(
+    sql: &str,
+    toks: &[Token],
+    span: Range<usize>,
+    comments: &[Range<usize>],
+    text_tag: TagScan,
+    schema: &dyn ShardingSchema,
+) -> StatementPlan {
+    let head = classify::classify(sql, toks);
+    let ddl = matches!(head, Head::Ddl(_));
+    let tables = tables::table_names(sql, toks, ddl);
+    let qualified_schema = tables::common_schema(&tables);
+    let pins_connection = matches!(head, Head::Lock) || pins(sql, toks, &head);
+    // A tag in this statement's comments wins; else one tag for the whole text.
+    let own: Vec<Range<usize>> = comments
+        .iter()
+        .filter(|c| c.start >= span.start && c.end <= span.end)
+        .cloned()
+        .collect();
+    let tag = match TagScan::of(sql, &own) {
+        TagScan::None => text_tag,
+        scan => scan,
+    };
+    let sharded = schema.is_sharded();
+    let (kind, route) = match head {
+        Head::Insert => {
+            let tag_id = match tag {
+                TagScan::One(id) => Some(id),
+                _ => None,
+            };
+            let (shape, route) = insert::plan_insert(sql, toks, span.clone(), schema, tag_id);
+            let route = match route {
+                InsertRoute::Done(r) => r,
+                InsertRoute::Select(at) => {
+                    dml_route(sql, &toks[at..], &tables, schema, false, tag).1
+                }
+                InsertRoute::Fallback => fallback::route(sql, toks, &tables, schema, true, tag_id),
+            };
+            let route = match (tag, route) {
+                (TagScan::Conflicting, Route::Workspaces(_) | Route::MissingWorkspace { .. }) => {
+                    conflicting_tags()
+                }
+                (_, r) => r,
+            };
+            (StatementKind::Insert(shape), route)
+        }
+        Head::Select | Head::Update | Head::Delete if sharded => {
+            let write = !matches!(head, Head::Select);
+            dml_route(sql, toks, &tables, schema, write, tag)
+        }
+        Head::Select => (StatementKind::Select, Route::AnyShard),
+        Head::Update => (StatementKind::Update, Route::AnyShard),
+        Head::Delete => (StatementKind::Delete, Route::AnyShard),
+        Head::Ddl(k) => (
+            StatementKind::Ddl(k),
+            if sharded {
+                Route::AllShards
+            } else {
+                Route::AnyShard
+            },
+        ),
+        Head::Begin => (StatementKind::Begin, Route::AnyShard),
+        Head::Commit => (StatementKind::Commit, Route::AnyShard),
+        Head::Rollback => (StatementKind::Rollback, Route::AnyShard),
+        Head::Use(db) => (StatementKind::Use(db), Route::AnyShard),
+        Head::SetAutocommit(on) => (StatementKind::SetAutocommit(on), Route::AnyShard),
+        Head::SetSession => (StatementKind::SetSession, Route::AnyShard),
+        Head::SetTransaction => (StatementKind::SetTransaction, Route::AnyShard),
+        Head::Show { inner } => {
+            // EXPLAIN of a pinned statement runs where that statement would.
+            let route = match inner {
+                Some(at) if sharded => {
+                    let inner_tables = tables::table_names(sql, &toks[at..], false);
+                    match dml_route(sql, &toks[at..], &inner_tables, schema, false, tag).1 {
+                        r @ Route::Workspaces(_) => r,
+                        _ => Route::AnyShard,
+                    }
+                }
+                _ => Route::AnyShard,
+            };
+            (StatementKind::Show, route)
+        }
+        Head::Temporary => (
+            StatementKind::Other,
+            match tag {
+                TagScan::One(id) if sharded => Route::Workspaces(vec![id]),
+                _ => Route::AnyShard,
+            },
+        ),
+        Head::Lock | Head::Other if sharded => {
+            let tag_id = match tag {
+                TagScan::One(id) => Some(id),
+                _ => None,
+            };
+            (
+                StatementKind::Other,
+                fallback::route(sql, toks, &tables, schema, false, tag_id),
+            )
+        }
+        Head::Lock | Head::Other => (StatementKind::Other, Route::AnyShard),
+    };
+    StatementPlan {
+        span,
+        kind,
+        route,
+        qualified_schema,
+        pins_connection,
+    }
+}
+
+fn conflicting_tags() -> Route {
+    Route::Unroutable("the query carries two different workspace_id tags".to_owned())
+}
+
+/// Whether the statement leaves state on its connection.
+fn pins(sql: &str, toks: &[Token], head: &Head) -> bool {
+    if matches!(head, Head::Temporary) {
+        return toks.get(1).is_some_and(|t| t.is_kw(sql, "TEMPORARY"))
+            || toks.get(3).is_some_and(|t| t.is_kw(sql, "TEMPORARY"));
+    }
+    let is_set = matches!(
+        head,
+        Head::SetSession | Head::SetAutocommit(_) | Head::SetTransaction
+    );
+    toks.iter().enumerate().any(|(i, t)| {
+        let get_lock =
+            t.is_kw(sql, "GET_LOCK") && toks.get(i + 1).is_some_and(|p| p.is_punct(b'('));
+        // `@var := expr` inside a query (in SET it is ordinary session state).
+        let assign = !is_set
+            && t.kind == lex::Tok::Op
+            && t.text(sql) == ":="
+            && i >= 2
+            && toks[i - 2].is_punct(b'@')
+            && !toks
+                .get(i.wrapping_sub(3))
+                .is_some_and(|p| p.is_punct(b'@'));
+        get_lock || assign
+    })
+}
+
+/// Parses one statement, guarding the proxy against a panic inside the parser.
+fn parse_one(text: &str) -> Option<Statement> {
+    let parsed = std::panic::catch_unwind(|| Parser::parse_sql(&MySqlDialect {}, text)).ok()?;
+    let mut statements = parsed.ok()?;
+    if statements.len() == 1 {
+        statements.pop()
+    } else {
+        None
+    }
+}
+
+/// Routes a SELECT / UPDATE / DELETE in a sharded keyspace.
+fn dml_route(
+    sql: &str,
+    toks: &[Token],
+    tables: &[TableName<'_>],
+    schema: &dyn ShardingSchema,
+    write: bool,
+    tag: TagScan,
+) -> (StatementKind, Route) {
+    let default_kind = if !write {
+        StatementKind::Select
+    } else if toks.first().is_some_and(|t| t.is_kw(sql, "UPDATE")) {
+        StatementKind::Update
+    } else {
+        StatementKind::Delete
+    };
+    let (Some(first), Some(last)) = (toks.first(), toks.last()) else {
+        return (default_kind, Route::AnyShard);
+    };
+    if let TagScan::One(id) = tag {
+        // The tag routes without a parse; only what cannot go to one workspace is kept.
+        return (
+            default_kind,
+            tagged_route(sql, toks, tables, schema, write, id),
+        );
+    }
+    let text = sql.get(first.start..last.end).unwrap_or("");
+    let Some(stmt) = parse_one(text) else {
+        let route = fallback::route(sql, toks, tables, schema, write, None);
+        return (default_kind, conflict_check(tag, route));
+    };
+    let kind = match &stmt {
+        Statement::Query(_) => StatementKind::Select,
+        Statement::Update(_) => StatementKind::Update,
+        Statement::Delete(_) => StatementKind::Delete,
+        _ => default_kind,
+    };
+    let analysis = query::analyze(&stmt, schema);
+    (kind, conflict_check(tag, decide(&analysis, tables, schema)))
+}
+
+fn conflict_check(tag: TagScan, route: Route) -> Route {
+    match (tag, route) {
+        (TagScan::Conflicting, Route::Workspaces(_) | Route::MissingWorkspace { .. }) => {
+            conflicting_tags()
+        }
+        (_, r) => r,
+    }
+}
+
+fn tagged_route(
+    sql: &str,
+    toks: &[Token],
+    tables: &[TableName<'_>],
+    schema: &dyn ShardingSchema,
+    write: bool,
+    id: u64,
+) -> Route {
+    let names_sharded = toks
+        .iter()
+        .any(|t| t.is_ident() && schema.sharding_column(&t.ident(sql)).is_some());
+    let writes_reference = write && tables.first().is_some_and(|t| schema.is_reference(&t.name));
+    match (names_sharded, writes_reference) {
+        (true, true) => Route::Unroutable(reference_with_sharded()),
+        (true, false) => Route::Workspaces(vec![id]),
+        (false, true) => Route::AllShards,
+        (false, false) => Route::AnyShard,
+    }
+}
+
+fn reference_with_sharded() -> String {
+    "a statement that writes a reference table cannot also use a sharded table".to_owned()
+}
+
+/// Turns an analysis into a route, with the token scan as a safety net for tables the
+/// tree walk did not reach.
+fn decide(a: &query::Analysis, tables: &[TableName<'_>], schema: &dyn ShardingSchema) -> Route {
+    if let Some(msg) = &a.unroutable {
+        return Route::Unroutable(msg.clone());
+    }
+    // Every sharded table the tokens show after FROM/JOIN/... must have been seen by the
+    // tree walk as often; otherwise it sits somewhere the walk does not look.
+    for t in tables {
+        let Some(column) = schema.sharding_column(&t.name) else {
+            continue;
+        };
+        let lower = t.name.to_ascii_lowercase();
+        if t.schema.is_none() && a.ctes.contains(&lower) {
+            continue;
+        }
+        let in_tokens = tables
+            .iter()
+            .filter(|o| o.name.eq_ignore_ascii_case(&t.name))
+            .count();
+        let in_tree = a.seen.iter().filter(|s| **s == lower).count();
+        if in_tokens > in_tree {
+            return missing(&t.name, column);
+        }
+    }
+    if let Some(unpinned) = a.sharded.iter().find(|u| u.workspaces.is_none()) {
+        return missing(&unpinned.table, &unpinned.column);
+    }
+    let mut sets = a.sharded.iter().filter_map(|u| u.workspaces.as_ref());
+    if let Some(first) = sets.next() {
+        if a.writes_reference {
+            return Route::Unroutable(reference_with_sharded());
+        }
+        if first.is_empty() {
+            return Route::Unroutable(format!(
+                "the conditions on {}.{} contradict each other",
+                a.sharded[0].table, a.sharded[0].column
+            ));
+        }
+        let same = |s: &Vec<u64>| s.len() == first.len() && s.iter().all(|w| first.contains(w));
+        if !sets.all(same) {
+            return Route::Unroutable(
+                "the sharded tables of this statement are pinned to different workspaces"
+                    .to_owned(),
+            );
+        }
+        return Route::Workspaces(first.clone());
+    }
+    if a.writes_reference {
+        Route::AllShards
+    } else {
+        Route::AnyShard
     }
 }

@@ -1,0 +1,205 @@
+//! Classifying a statement by its first keyword(s), without parsing.
+//!
+//! Session statements, SHOW and DDL are recognised here for every statement, because
+//! sqlparser misses several MariaDB forms of them and their route does not depend on
+//! anything deeper than their first words.
+
+use super::lex::{Tok, Token};
+use super::DdlKind;
+
+/// The class of a statement as its first keywords show it.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Head {
+    Select,
+    Insert,
+    Update,
+    Delete,
+    Ddl(DdlKind),
+    Begin,
+    Commit,
+    Rollback,
+    Use(String),
+    SetAutocommit(bool),
+    SetSession,
+    SetTransaction,
+    /// SHOW / DESCRIBE / EXPLAIN / HELP; `inner` is the token index of an explained
+    /// statement (`EXPLAIN SELECT ...`), if any.
+    Show {
+        inner: Option<usize>,
+    },
+    /// `CREATE TEMPORARY TABLE`, `DROP TEMPORARY TABLE`: state on the connection.
+    Temporary,
+    /// `LOCK TABLE(S)`.
+    Lock,
+    Other,
+}
+
+fn kw(t: Option<&Token>, sql: &str, word: &str) -> bool {
+    t.is_some_and(|t| t.is_kw(sql, word))
+}
+
+fn kw_any(t: Option<&Token>, sql: &str, words: &[&str]) -> bool {
+    t.is_some_and(|t| words.iter().any(|w| t.is_kw(sql, w)))
+}
+
+/// Classifies the statement made of `toks` (comments already left out).
+pub(crate) fn classify(sql: &str, toks: &[Token]) -> Head {
+    let Some(first) = toks.first() else {
+        return Head::Other;
+    };
+    if first.is_punct(b'(') {
+        let inner = toks.iter().find(|t| !t.is_punct(b'('));
+        return if kw_any(inner, sql, &["SELECT", "WITH", "VALUES", "TABLE"]) {
+            Head::Select
+        } else {
+            Head::Other
+        };
+    }
+    if first.kind != Tok::Word {
+        return Head::Other;
+    }
+    let word = first.text(sql).to_ascii_uppercase();
+    let second = toks.get(1);
+    match word.as_str() {
+        "SELECT" | "WITH" => Head::Select,
+        "INSERT" | "REPLACE" => Head::Insert,
+        "UPDATE" => Head::Update,
+        "DELETE" => Head::Delete,
+        "BEGIN" if second.is_none() || (kw(second, sql, "WORK") && toks.len() == 2) => Head::Begin,
+        "START" if kw(second, sql, "TRANSACTION") => Head::Begin,
+        "COMMIT" => Head::Commit,
+        "ROLLBACK" if toks.iter().any(|t| t.is_kw(sql, "TO")) => Head::Other,
+        "ROLLBACK" => Head::Rollback,
+        "USE" => match second {
+            Some(t) if t.is_ident() && toks.len() == 2 => Head::Use(t.ident(sql).into_owned()),
+            _ => Head::Other,
+        },
+        "SET" => classify_set(sql, toks),
+        "SHOW" | "HELP" => Head::Show { inner: None },
+        "DESCRIBE" | "DESC" | "EXPLAIN" => Head::Show {
+            inner: explained_statement(sql, toks),
+        },
+        "CREATE" => classify_create(sql, toks),
+        "DROP" => {
+            let next = toks.get(1);
+            if kw(next, sql, "TEMPORARY") {
+                Head::Temporary
+            } else if kw_any(next, sql, &["TABLE", "TABLES"]) {
+                Head::Ddl(DdlKind::DropTable)
+            } else if kw_any(next, sql, &["DATABASE", "SCHEMA"]) {
+                Head::Ddl(DdlKind::DropDatabase)
+            } else if kw(next, sql, "INDEX") {
+                Head::Ddl(DdlKind::DropIndex)
+            } else {
+                Head::Ddl(DdlKind::Other)
+            }
+        }
+        "ALTER" => {
+            let next = toks[1..]
+                .iter()
+                .find(|t| !t.is_kw(sql, "ONLINE") && !t.is_kw(sql, "IGNORE"));
+            if kw(next, sql, "TABLE") {
+                Head::Ddl(DdlKind::AlterTable)
+            } else {
+                Head::Ddl(DdlKind::Other)
+            }
+        }
+        "RENAME" if kw_any(second, sql, &["TABLE", "TABLES"]) => Head::Ddl(DdlKind::RenameTable),
+        "RENAME" => Head::Ddl(DdlKind::Other),
+        "TRUNCATE" => Head::Ddl(DdlKind::Truncate),
+        "LOCK" => Head::Lock,
+        _ => Head::Other,
+    }
+}
+
+fn classify_create(sql: &str, toks: &[Token]) -> Head {
+    let mut i = 1;
+    if kw(toks.get(i), sql, "OR") && kw(toks.get(i + 1), sql, "REPLACE") {
+        i += 2;
+    }
+    let next = toks.get(i);
+    if kw(next, sql, "TEMPORARY") {
+        Head::Temporary
+    } else if kw(next, sql, "TABLE") {
+        Head::Ddl(DdlKind::CreateTable)
+    } else if kw_any(next, sql, &["DATABASE", "SCHEMA"]) {
+        Head::Ddl(DdlKind::CreateDatabase)
+    } else if kw(next, sql, "INDEX")
+        || (kw_any(next, sql, &["UNIQUE", "FULLTEXT", "SPATIAL"])
+            && kw(toks.get(i + 1), sql, "INDEX"))
+    {
+        Head::Ddl(DdlKind::CreateIndex)
+    } else {
+        Head::Ddl(DdlKind::Other)
+    }
+}
+
+/// The token index where the statement explained by `EXPLAIN`/`DESCRIBE` starts.
+fn explained_statement(sql: &str, toks: &[Token]) -> Option<usize> {
+    toks.iter().enumerate().skip(1).take(8).find_map(|(i, t)| {
+        let starts = ["SELECT", "WITH", "INSERT", "REPLACE", "UPDATE", "DELETE"]
+            .iter()
+            .any(|w| t.is_kw(sql, w))
+            || t.is_punct(b'(');
+        starts.then_some(i)
+    })
+}
+
+fn classify_set(sql: &str, toks: &[Token]) -> Head {
+    let rest = &toks[1..];
+    // Anything global belongs to the server, not to this session.
+    let global = rest.windows(2).any(|w| {
+        (w[0].is_kw(sql, "GLOBAL") || w[0].is_kw(sql, "PERSIST") || w[0].is_kw(sql, "PERSIST_ONLY"))
+            || (w[0].is_punct(b'@') && w[1].is_kw(sql, "GLOBAL"))
+    }) || rest.last().is_some_and(|t| t.is_kw(sql, "GLOBAL"));
+    if global {
+        return Head::Other;
+    }
+    let first = rest.first();
+    if kw(first, sql, "TRANSACTION")
+        || (kw_any(first, sql, &["SESSION", "LOCAL"]) && kw(rest.get(1), sql, "TRANSACTION"))
+    {
+        return Head::SetTransaction;
+    }
+    if kw_any(first, sql, &["PASSWORD", "ROLE", "DEFAULT", "STATEMENT"]) {
+        return Head::Other;
+    }
+    autocommit_value(sql, rest).map_or(Head::SetSession, Head::SetAutocommit)
+}
+
+/// `autocommit = v` (with an optional scope) as the only assignment of a SET.
+fn autocommit_value(sql: &str, rest: &[Token]) -> Option<bool> {
+    let mut i = 0;
+    if kw_any(rest.first(), sql, &["SESSION", "LOCAL"]) {
+        i = 1;
+    } else if rest.first().is_some_and(|t| t.is_punct(b'@'))
+        && rest.get(1).is_some_and(|t| t.is_punct(b'@'))
+    {
+        i = 2;
+        if kw_any(rest.get(2), sql, &["SESSION", "LOCAL"])
+            && rest.get(3).is_some_and(|t| t.is_punct(b'.'))
+        {
+            i = 4;
+        }
+    }
+    if !kw(rest.get(i), sql, "AUTOCOMMIT") {
+        return None;
+    }
+    let op = rest.get(i + 1)?;
+    if !(op.is_punct(b'=') || (op.kind == Tok::Op && op.text(sql) == ":=")) {
+        return None;
+    }
+    let value = rest.get(i + 2)?;
+    if rest.len() != i + 3 {
+        return None;
+    }
+    let text = match value.kind {
+        Tok::Str => value.str_inner(sql),
+        _ => value.text(sql),
+    };
+    match text.to_ascii_uppercase().as_str() {
+        "1" | "ON" | "TRUE" | "DEFAULT" => Some(true),
+        "0" | "OFF" | "FALSE" => Some(false),
+        _ => None,
+    }
+}

@@ -1,0 +1,290 @@
+//! A small MySQL lexer that works on bytes and keeps byte offsets.
+//!
+//! sqlparser's tokenizer reports line/column (in characters); the planner needs byte
+//! ranges into the original text (statement spans, INSERT rows), so it scans the text
+//! itself. It only needs to know where strings, quoted identifiers and comments start
+//! and end; everything else is words, numbers and punctuation.
+
+use std::borrow::Cow;
+use std::ops::Range;
+
+/// What a token is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Tok {
+    /// An unquoted word: keyword or identifier.
+    Word,
+    /// A backquoted identifier.
+    Quoted,
+    /// A single- or double-quoted string literal.
+    Str,
+    /// An unsigned decimal number (`42`, `4.2`, `4e2`).
+    Num,
+    /// A one-byte punctuation or operator character.
+    Punct(u8),
+    /// A multi-byte operator (`:=`, `<=>`, `<>`, `||`, ...).
+    Op,
+}
+
+/// One token: its kind and its byte range in the text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Token {
+    pub kind: Tok,
+    pub start: usize,
+    pub end: usize,
+}
+
+impl Token {
+    pub fn text<'a>(&self, sql: &'a str) -> &'a str {
+        sql.get(self.start..self.end).unwrap_or("")
+    }
+
+    /// Whether this is the unquoted keyword `kw` (ASCII upper case expected).
+    pub fn is_kw(&self, sql: &str, kw: &str) -> bool {
+        self.kind == Tok::Word && self.text(sql).eq_ignore_ascii_case(kw)
+    }
+
+    pub fn is_punct(&self, c: u8) -> bool {
+        self.kind == Tok::Punct(c)
+    }
+
+    pub fn is_ident(&self) -> bool {
+        matches!(self.kind, Tok::Word | Tok::Quoted)
+    }
+
+    /// The identifier this token names, without backquotes.
+    pub fn ident<'a>(&self, sql: &'a str) -> Cow<'a, str> {
+        let text = self.text(sql);
+        match self.kind {
+            Tok::Quoted => {
+                let inner = text
+                    .strip_prefix('`')
+                    .map(|t| t.strip_suffix('`').unwrap_or(t))
+                    .unwrap_or(text);
+                if inner.contains("``") {
+                    Cow::Owned(inner.replace("``", "`"))
+                } else {
+                    Cow::Borrowed(inner)
+                }
+            }
+            _ => Cow::Borrowed(text),
+        }
+    }
+
+    /// The raw inside of a string literal (escapes left as they are).
+    pub fn str_inner<'a>(&self, sql: &'a str) -> &'a str {
+        let text = self.text(sql);
+        if text.len() >= 2 {
+            text.get(1..text.len() - 1).unwrap_or("")
+        } else {
+            ""
+        }
+    }
+}
+
+/// A lexed text: tokens, the plain `/* */` comments (tags live there) and the
+/// statement separators.
+#[derive(Debug, Default)]
+pub(crate) struct Lexed {
+    pub tokens: Vec<Token>,
+    pub comments: Vec<Range<usize>>,
+}
+
+fn is_word_byte(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80
+}
+
+const MULTI_OPS: [&[u8]; 12] = [
+    b"<=>", b"->>", b":=", b"<=", b">=", b"<>", b"!=", b"||", b"&&", b"<<", b">>", b"->",
+];
+
+/// Splits `sql` into tokens. Never fails: unterminated strings and comments run to the
+/// end of the text (the backend will reject them).
+pub(crate) fn lex(sql: &str) -> Lexed {
+    let b = sql.as_bytes();
+    let len = b.len();
+    let mut out = Lexed {
+        tokens: Vec::with_capacity(len / 4 + 4),
+        comments: Vec::new(),
+    };
+    let mut i = 0;
+    // Inside `/*! ... */`: MySQL runs the content as SQL, so we lex it as SQL too.
+    let mut in_executable_comment = false;
+    while i < len {
+        let c = b[i];
+        let next = b.get(i + 1).copied();
+        if c.is_ascii_whitespace() || c == 0x0b {
+            i += 1;
+        } else if c == b'#'
+            || (c == b'-' && next == Some(b'-') && b.get(i + 2).is_none_or(|&d| d <= b' '))
+        {
+            while i < len && b[i] != b'\n' {
+                i += 1;
+            }
+        } else if c == b'/' && next == Some(b'*') {
+            let executable = match b.get(i + 2) {
+                Some(b'!') => Some(3),
+                Some(b'M') if b.get(i + 3) == Some(&b'!') => Some(4),
+                _ => None,
+            };
+            if let Some(skip) = executable {
+                i += skip;
+                while i < len && b[i].is_ascii_digit() {
+                    i += 1;
+                }
+                in_executable_comment = true;
+                continue;
+            }
+            let start = i;
+            i += 2;
+            while i < len && !(b[i] == b'*' && b.get(i + 1) == Some(&b'/')) {
+                i += 1;
+            }
+            i = (i + 2).min(len);
+            out.comments.push(start..i);
+        } else if c == b'*' && next == Some(b'/') && in_executable_comment {
+            in_executable_comment = false;
+            i += 2;
+        } else if c == b'\'' || c == b'"' || c == b'`' {
+            let start = i;
+            i += 1;
+            while i < len {
+                if b[i] == b'\\' && c != b'`' {
+                    i += 2;
+                } else if b[i] == c {
+                    if b.get(i + 1) == Some(&c) {
+                        i += 2;
+                    } else {
+                        i += 1;
+                        break;
+                    }
+                } else {
+                    i += 1;
+                }
+            }
+            i = i.min(len);
+            let kind = if c == b'`' { Tok::Quoted } else { Tok::Str };
+            out.tokens.push(Token {
+                kind,
+                start,
+                end: i,
+            });
+        } else if is_word_byte(c) {
+            let start = i;
+            while i < len && is_word_byte(b[i]) {
+                i += 1;
+            }
+            let mut kind = if b[start..i].iter().all(u8::is_ascii_digit) {
+                Tok::Num
+            } else {
+                Tok::Word
+            };
+            if kind == Tok::Num {
+                // Fraction and exponent: `4.2`, `4e2`, `4.2e-1`.
+                if i < len && b[i] == b'.' && b.get(i + 1).is_some_and(u8::is_ascii_digit) {
+                    i += 1;
+                    while i < len && b[i].is_ascii_digit() {
+                        i += 1;
+                    }
+                }
+                if i < len && (b[i] == b'e' || b[i] == b'E') {
+                    let mut j = i + 1;
+                    if j < len && (b[j] == b'+' || b[j] == b'-') {
+                        j += 1;
+                    }
+                    if j < len && b[j].is_ascii_digit() {
+                        while j < len && b[j].is_ascii_digit() {
+                            j += 1;
+                        }
+                        i = j;
+                    }
+                }
+                if i < len && is_word_byte(b[i]) {
+                    // `1abc` is an identifier in MySQL.
+                    while i < len && is_word_byte(b[i]) {
+                        i += 1;
+                    }
+                    kind = Tok::Word;
+                }
+            }
+            out.tokens.push(Token {
+                kind,
+                start,
+                end: i,
+            });
+        } else {
+            let start = i;
+            let rest = &b[i..];
+            if let Some(op) = MULTI_OPS.iter().find(|op| rest.starts_with(op)) {
+                i += op.len();
+                out.tokens.push(Token {
+                    kind: Tok::Op,
+                    start,
+                    end: i,
+                });
+            } else {
+                i += 1;
+                out.tokens.push(Token {
+                    kind: Tok::Punct(c),
+                    start,
+                    end: i,
+                });
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kinds(sql: &str) -> Vec<(Tok, &str)> {
+        lex(sql)
+            .tokens
+            .iter()
+            .map(|t| (t.kind, t.text(sql)))
+            .collect()
+    }
+
+    #[test]
+    fn strings_comments_and_operators_are_single_tokens() {
+        let sql = "SELECT 'a''b\\'c', `x``y` -- c\n# d\n/* e */ FROM t WHERE a := 1.5e3";
+        assert_eq!(
+            kinds(sql),
+            vec![
+                (Tok::Word, "SELECT"),
+                (Tok::Str, "'a''b\\'c'"),
+                (Tok::Punct(b','), ","),
+                (Tok::Quoted, "`x``y`"),
+                (Tok::Word, "FROM"),
+                (Tok::Word, "t"),
+                (Tok::Word, "WHERE"),
+                (Tok::Word, "a"),
+                (Tok::Op, ":="),
+                (Tok::Num, "1.5e3"),
+            ]
+        );
+        assert_eq!(lex(sql).comments.len(), 1);
+    }
+
+    #[test]
+    fn executable_comments_are_lexed_as_sql() {
+        let sql = "/*!40101 SET NAMES utf8 */";
+        assert_eq!(
+            kinds(sql),
+            vec![
+                (Tok::Word, "SET"),
+                (Tok::Word, "NAMES"),
+                (Tok::Word, "utf8")
+            ]
+        );
+    }
+
+    #[test]
+    fn non_ascii_words_keep_byte_offsets() {
+        let sql = "SELECT 'héllo', naïve";
+        let l = lex(sql);
+        assert_eq!(l.tokens[3].text(sql), "naïve");
+        assert_eq!(l.tokens[1].text(sql), "'héllo'");
+    }
+}

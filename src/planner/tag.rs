@@ -1,0 +1,64 @@
+//! Workspace tags in `/* */` comments, as Rails query log tags write them.
+//!
+//! Accepted forms (the key must be `workspace_id`, the value a non-negative integer):
+//! `/*workspace_id:42*/`, legacy `/*application:Foo,controller:bar,workspace_id:42*/`
+//! and sqlcommenter `/*application='Foo',workspace_id='42'*/`.
+
+/// The workspace a comment names, if it is a tag carrying a valid `workspace_id`.
+/// `comment` is the whole comment including `/*` and `*/`.
+pub(crate) fn workspace_in_comment(comment: &str) -> Option<u64> {
+    let body = comment.strip_prefix("/*")?;
+    let body = body.strip_suffix("*/").unwrap_or(body);
+    body.split(',').find_map(|pair| {
+        let (key, value) = pair.split_once([':', '='])?;
+        if !key.trim().eq_ignore_ascii_case("workspace_id") {
+            return None;
+        }
+        let value = value.trim();
+        let value = value
+            .strip_prefix('\'')
+            .and_then(|v| v.strip_suffix('\''))
+            .unwrap_or(value);
+        parse_workspace_digits(value)
+    })
+}
+
+/// A non-negative integer made only of ASCII digits that fits in a u64.
+pub(crate) fn parse_workspace_digits(text: &str) -> Option<u64> {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_the_three_rails_forms() {
+        assert_eq!(workspace_in_comment("/*workspace_id:42*/"), Some(42));
+        assert_eq!(
+            workspace_in_comment("/*application:Foo,controller:bar,workspace_id:42*/"),
+            Some(42)
+        );
+        assert_eq!(
+            workspace_in_comment("/*application='Foo',workspace_id='42'*/"),
+            Some(42)
+        );
+        assert_eq!(workspace_in_comment("/* workspace_id: 7 */"), Some(7));
+    }
+
+    #[test]
+    fn rejects_other_keys_and_bad_values() {
+        assert_eq!(workspace_in_comment("/*workspace:42*/"), None);
+        assert_eq!(workspace_in_comment("/*old_workspace_id:42*/"), None);
+        assert_eq!(workspace_in_comment("/*workspace_id:-1*/"), None);
+        assert_eq!(workspace_in_comment("/*workspace_id:4x*/"), None);
+        assert_eq!(workspace_in_comment("/*workspace_id:*/"), None);
+        assert_eq!(
+            workspace_in_comment("/*workspace_id:99999999999999999999999*/"),
+            None
+        );
+    }
+}

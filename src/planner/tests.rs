@@ -1,0 +1,822 @@
+//! Planner behaviour, asserted on exact plans.
+
+use super::*;
+
+struct TestSchema {
+    sharded: bool,
+}
+
+impl ShardingSchema for TestSchema {
+    fn is_sharded(&self) -> bool {
+        self.sharded
+    }
+    fn sharding_column(&self, table: &str) -> Option<&str> {
+        match table {
+            "messages" | "channels" | "reactions" => Some("workspace_id"),
+            "accounts" => Some("ws"),
+            _ => None,
+        }
+    }
+    fn is_reference(&self, table: &str) -> bool {
+        matches!(table, "plans" | "countries")
+    }
+}
+
+const SHARDED: TestSchema = TestSchema { sharded: true };
+const UNSHARDED: TestSchema = TestSchema { sharded: false };
+
+fn one(sql: &str) -> StatementPlan {
+    let p = plan(sql, &SHARDED);
+    assert_eq!(p.statements.len(), 1, "{sql}: {p:?}");
+    p.statements.into_iter().next().expect("one statement")
+}
+
+fn route(sql: &str) -> Route {
+    one(sql).route
+}
+
+fn ws(ids: &[u64]) -> Route {
+    Route::Workspaces(ids.to_vec())
+}
+
+fn missing(table: &str, column: &str) -> Route {
+    Route::MissingWorkspace {
+        table: table.into(),
+        column: column.into(),
+    }
+}
+
+fn unroutable(r: Route) -> bool {
+    matches!(r, Route::Unroutable(_))
+}
+
+// ---- WHERE extraction ----
+
+#[test]
+fn equality_on_the_sharding_column_routes() {
+    assert_eq!(
+        route("SELECT * FROM messages WHERE workspace_id = 42"),
+        ws(&[42])
+    );
+    assert_eq!(
+        route("SELECT * FROM messages WHERE 42 = workspace_id"),
+        ws(&[42])
+    );
+    assert_eq!(
+        route("SELECT * FROM messages WHERE WORKSPACE_ID = 42 AND id = 7"),
+        ws(&[42])
+    );
+    assert_eq!(
+        route("SELECT * FROM messages WHERE id = 7 AND (workspace_id = 42)"),
+        ws(&[42])
+    );
+    assert_eq!(
+        route("SELECT * FROM messages WHERE (id = 7 AND workspace_id = '42')"),
+        ws(&[42])
+    );
+    assert_eq!(
+        one("SELECT * FROM messages WHERE workspace_id = 42").kind,
+        StatementKind::Select
+    );
+}
+
+#[test]
+fn in_lists_route_to_each_distinct_workspace() {
+    assert_eq!(
+        route("SELECT * FROM messages WHERE workspace_id IN (3, '1', 3, 2)"),
+        ws(&[3, 1, 2])
+    );
+    assert_eq!(
+        route("SELECT * FROM messages WHERE workspace_id NOT IN (3)"),
+        missing("messages", "workspace_id")
+    );
+}
+
+#[test]
+fn aliases_and_qualified_names_are_resolved() {
+    assert_eq!(
+        route("SELECT m.id FROM messages m WHERE m.workspace_id = 5"),
+        ws(&[5])
+    );
+    assert_eq!(
+        route("SELECT m.id FROM messages AS m WHERE m.workspace_id = 5"),
+        ws(&[5])
+    );
+    assert_eq!(
+        route("SELECT * FROM messages WHERE messages.workspace_id = 5"),
+        ws(&[5])
+    );
+    // Another table's column of the same name does not pin this one.
+    assert_eq!(
+        route("SELECT * FROM messages m WHERE x.workspace_id = 5"),
+        missing("messages", "workspace_id")
+    );
+    let p = one("SELECT * FROM app.messages WHERE workspace_id = 5");
+    assert_eq!(p.route, ws(&[5]));
+    assert_eq!(p.qualified_schema.as_deref(), Some("app"));
+    let p = one("SELECT * FROM `app`.`messages` m JOIN app.plans p ON p.id = m.plan_id WHERE m.workspace_id = 5");
+    assert_eq!(p.route, ws(&[5]));
+    assert_eq!(p.qualified_schema.as_deref(), Some("app"));
+    let p = one("SELECT * FROM app.messages m JOIN other.plans p ON p.id = m.plan_id WHERE m.workspace_id = 5");
+    assert_eq!(p.qualified_schema, None);
+    assert_eq!(
+        one("SELECT * FROM messages WHERE workspace_id = 5").qualified_schema,
+        None
+    );
+}
+
+#[test]
+fn a_join_of_sharded_tables_needs_every_table_pinned_alike() {
+    assert_eq!(
+        route("SELECT * FROM messages m JOIN channels c ON c.id = m.channel_id WHERE m.workspace_id = 1 AND c.workspace_id = 1"),
+        ws(&[1])
+    );
+    assert_eq!(
+        route("SELECT * FROM messages m JOIN channels c ON c.id = m.channel_id AND c.workspace_id = m.workspace_id WHERE m.workspace_id = 1"),
+        ws(&[1])
+    );
+    assert_eq!(
+        route("SELECT * FROM messages m JOIN channels c ON c.id = m.channel_id WHERE m.workspace_id = 1"),
+        missing("channels", "workspace_id")
+    );
+    assert!(unroutable(route(
+        "SELECT * FROM messages m, channels c WHERE m.workspace_id = 1 AND c.workspace_id = 2"
+    )));
+    // Ambiguous bare column in a join pins nothing.
+    assert_eq!(
+        route("SELECT * FROM messages m JOIN channels c ON c.id = m.channel_id WHERE workspace_id = 1"),
+        missing("messages", "workspace_id")
+    );
+}
+
+#[test]
+fn or_and_non_literals_do_not_pin() {
+    assert_eq!(
+        route("SELECT * FROM messages WHERE workspace_id = 1 OR workspace_id = 2"),
+        missing("messages", "workspace_id")
+    );
+    assert_eq!(
+        route("SELECT * FROM messages WHERE workspace_id = id"),
+        missing("messages", "workspace_id")
+    );
+    assert_eq!(
+        route("SELECT * FROM messages WHERE workspace_id > 3"),
+        missing("messages", "workspace_id")
+    );
+    assert_eq!(
+        route("SELECT * FROM messages"),
+        missing("messages", "workspace_id")
+    );
+    assert_eq!(
+        route("SELECT * FROM messages WHERE workspace_id = (SELECT 1)"),
+        missing("messages", "workspace_id")
+    );
+}
+
+#[test]
+fn bad_workspace_literals_are_unroutable() {
+    assert!(unroutable(route(
+        "SELECT * FROM messages WHERE workspace_id = -1"
+    )));
+    assert!(unroutable(route(
+        "SELECT * FROM messages WHERE workspace_id = 1.5"
+    )));
+    assert!(unroutable(route(
+        "SELECT * FROM messages WHERE workspace_id = 'abc'"
+    )));
+    assert!(unroutable(route(
+        "SELECT * FROM messages WHERE workspace_id IN (1, -2)"
+    )));
+    assert!(unroutable(route(
+        "SELECT * FROM messages WHERE workspace_id = 1 AND workspace_id = 2"
+    )));
+}
+
+#[test]
+fn subqueries_are_scopes_of_their_own() {
+    assert_eq!(
+        route("SELECT * FROM messages WHERE workspace_id = 3 AND channel_id IN (SELECT id FROM channels WHERE workspace_id = 3)"),
+        ws(&[3])
+    );
+    assert_eq!(
+        route("SELECT * FROM messages WHERE workspace_id = 3 AND channel_id IN (SELECT id FROM channels)"),
+        missing("channels", "workspace_id")
+    );
+    // Correlated to a pinned outer table.
+    assert_eq!(
+        route("SELECT * FROM messages m WHERE m.workspace_id = 3 AND EXISTS (SELECT 1 FROM reactions r WHERE r.workspace_id = m.workspace_id)"),
+        ws(&[3])
+    );
+    assert_eq!(
+        route("SELECT * FROM (SELECT * FROM messages WHERE workspace_id = 9) d"),
+        ws(&[9])
+    );
+    assert_eq!(
+        route("WITH x AS (SELECT * FROM messages WHERE workspace_id = 9) SELECT * FROM x"),
+        ws(&[9])
+    );
+    assert_eq!(
+        route("SELECT id FROM messages WHERE workspace_id = 1 UNION SELECT id FROM channels"),
+        missing("channels", "workspace_id")
+    );
+}
+
+#[test]
+fn unsharded_and_reference_statements() {
+    assert_eq!(route("SELECT 1"), Route::AnyShard);
+    assert_eq!(route("SELECT @@version"), Route::AnyShard);
+    assert_eq!(route("SELECT * FROM plans WHERE id = 1"), Route::AnyShard);
+    assert_eq!(route("SELECT * FROM logs"), Route::AnyShard);
+    assert_eq!(
+        route("UPDATE plans SET name = 'x' WHERE id = 1"),
+        Route::AllShards
+    );
+    assert_eq!(
+        route("DELETE FROM countries WHERE id = 1"),
+        Route::AllShards
+    );
+    assert_eq!(
+        route("INSERT INTO plans (id, name) VALUES (1, 'a')"),
+        Route::AllShards
+    );
+    assert_eq!(
+        route("SELECT * FROM messages m JOIN plans p ON p.id = m.plan_id WHERE m.workspace_id = 4"),
+        ws(&[4])
+    );
+    assert_eq!(
+        route("UPDATE messages m JOIN plans p ON p.id = m.plan_id SET m.plan_name = p.name WHERE m.workspace_id = 4"),
+        ws(&[4])
+    );
+    assert!(unroutable(route(
+        "UPDATE plans p JOIN messages m ON p.id = m.plan_id SET p.used = 1 WHERE m.workspace_id = 4"
+    )));
+}
+
+#[test]
+fn update_and_delete_route_by_where() {
+    let p = one("UPDATE messages SET body = 'x' WHERE workspace_id = 8 AND id = 1");
+    assert_eq!((p.kind, p.route), (StatementKind::Update, ws(&[8])));
+    let p = one("DELETE FROM messages WHERE workspace_id = 8");
+    assert_eq!((p.kind, p.route), (StatementKind::Delete, ws(&[8])));
+    assert_eq!(
+        route("UPDATE messages SET workspace_id = 8 WHERE id = 1"),
+        missing("messages", "workspace_id")
+    );
+    assert_eq!(
+        route("UPDATE accounts SET name = 'x' WHERE WS = 8"),
+        ws(&[8])
+    );
+}
+
+// ---- INSERT ----
+
+fn reassemble(sql: &str, shape: &InsertShape, rows: &[usize]) -> String {
+    let parts: Vec<&str> = rows
+        .iter()
+        .map(|&i| &sql[shape.rows[i].0.clone()])
+        .collect();
+    format!(
+        "{}{}{}",
+        &sql[shape.prefix.clone()],
+        parts.join(","),
+        &sql[shape.suffix.clone()]
+    )
+}
+
+fn shape(p: &StatementPlan) -> &InsertShape {
+    match &p.kind {
+        StatementKind::Insert(s) => s,
+        other => panic!("not an insert: {other:?}"),
+    }
+}
+
+#[test]
+fn single_row_insert_routes_by_its_value() {
+    let sql = "INSERT INTO messages (id, workspace_id, body) VALUES (1, 42, 'hi')";
+    let p = one(sql);
+    assert_eq!(p.route, ws(&[42]));
+    let s = shape(&p);
+    assert_eq!(s.rows.len(), 1);
+    assert_eq!(s.rows[0].1, Some(42));
+    assert_eq!(
+        &sql[s.prefix.clone()],
+        "INSERT INTO messages (id, workspace_id, body) VALUES "
+    );
+    assert_eq!(&sql[s.suffix.clone()], "");
+    assert_eq!(reassemble(sql, s, &[0]), sql);
+}
+
+#[test]
+fn multi_row_insert_splits_into_valid_statements() {
+    let sql = "INSERT INTO messages (workspace_id, body)\nVALUES (1, 'héllo, (wörld)'),\n  (2, 'a\\'b'),\n(1, '日本')\nON DUPLICATE KEY UPDATE body = VALUES(body);";
+    let p = one(sql);
+    assert_eq!(p.route, ws(&[1, 2]));
+    let s = shape(&p);
+    let ids: Vec<Option<u64>> = s.rows.iter().map(|r| r.1).collect();
+    assert_eq!(ids, vec![Some(1), Some(2), Some(1)]);
+    assert_eq!(
+        reassemble(sql, s, &[0, 2]),
+        "INSERT INTO messages (workspace_id, body)\nVALUES (1, 'héllo, (wörld)'),(1, '日本')\nON DUPLICATE KEY UPDATE body = VALUES(body);"
+    );
+    assert_eq!(
+        reassemble(sql, s, &[1]),
+        "INSERT INTO messages (workspace_id, body)\nVALUES (2, 'a\\'b')\nON DUPLICATE KEY UPDATE body = VALUES(body);"
+    );
+}
+
+#[test]
+fn insert_shapes_inside_multi_statement_text_use_absolute_offsets() {
+    let sql = "SELECT 'ü'; REPLACE messages (workspace_id) VALUES ('7'), (8) ; SELECT 2";
+    let p = plan(sql, &SHARDED);
+    assert_eq!(p.statements.len(), 3);
+    let ins = &p.statements[1];
+    assert_eq!(
+        &sql[ins.span.clone()],
+        "REPLACE messages (workspace_id) VALUES ('7'), (8)"
+    );
+    assert_eq!(ins.route, ws(&[7, 8]));
+    let s = shape(ins);
+    assert_eq!(
+        reassemble(sql, s, &[1]),
+        "REPLACE messages (workspace_id) VALUES (8)"
+    );
+}
+
+#[test]
+fn inserts_that_cannot_be_routed() {
+    assert_eq!(
+        route("INSERT INTO messages (id, body) VALUES (1, 'x')"),
+        missing("messages", "workspace_id")
+    );
+    assert_eq!(
+        route("INSERT INTO messages VALUES (1, 2, 'x')"),
+        missing("messages", "workspace_id")
+    );
+    assert_eq!(
+        route("INSERT INTO messages (workspace_id, id) SELECT workspace_id, id FROM channels WHERE workspace_id = 1"),
+        missing("messages", "workspace_id")
+    );
+    assert_eq!(
+        route("INSERT INTO messages (workspace_id) VALUES (NOW())"),
+        missing("messages", "workspace_id")
+    );
+    assert!(unroutable(route(
+        "INSERT INTO messages (workspace_id) VALUES (-3)"
+    )));
+    assert!(unroutable(route(
+        "INSERT INTO messages (workspace_id) VALUES (1), (2.5)"
+    )));
+    assert_eq!(
+        route("INSERT INTO messages SET body = 'x', workspace_id = 12"),
+        ws(&[12])
+    );
+    // A plain table filled from a pinned sharded SELECT.
+    assert_eq!(
+        route("INSERT INTO logs (a) SELECT id FROM messages WHERE workspace_id = 6"),
+        ws(&[6])
+    );
+    assert_eq!(route("INSERT INTO logs (a) VALUES (1)"), Route::AnyShard);
+}
+
+#[test]
+fn insert_in_an_unsharded_keyspace_still_has_its_shape() {
+    let sql = "INSERT INTO messages (workspace_id) VALUES (1),(2)";
+    let p = plan(sql, &UNSHARDED).statements.remove(0);
+    assert_eq!(p.route, Route::AnyShard);
+    let s = shape(&p);
+    assert_eq!(
+        s.rows.iter().map(|r| r.1).collect::<Vec<_>>(),
+        vec![None, None]
+    );
+    assert_eq!(
+        reassemble(sql, s, &[1]),
+        "INSERT INTO messages (workspace_id) VALUES (2)"
+    );
+}
+
+// ---- tags ----
+
+#[test]
+fn tags_route_in_all_three_forms() {
+    assert_eq!(
+        route("/*workspace_id:42*/ SELECT * FROM messages"),
+        ws(&[42])
+    );
+    assert_eq!(
+        route("SELECT * FROM messages /*application:Foo,controller:bar,workspace_id:42*/"),
+        ws(&[42])
+    );
+    assert_eq!(
+        route("SELECT * FROM messages /*application='Foo',workspace_id='42'*/"),
+        ws(&[42])
+    );
+    // It also routes what the parser cannot parse.
+    assert_eq!(
+        route("SELECT * FROM messages LOCK IN SHARE MODE /*workspace_id:42*/"),
+        ws(&[42])
+    );
+    // Statements that need no workspace keep their route.
+    assert_eq!(route("SELECT 1 /*workspace_id:42*/"), Route::AnyShard);
+    assert_eq!(
+        route("ALTER TABLE messages ADD x INT /*workspace_id:42*/"),
+        Route::AllShards
+    );
+    assert_eq!(
+        route("UPDATE plans SET a = 1 /*workspace_id:42*/"),
+        Route::AllShards
+    );
+    // INSERT rows take the tag when they carry no value.
+    let p = one("INSERT INTO messages (body) VALUES ('a'), ('b') /*workspace_id:9*/");
+    assert_eq!(p.route, ws(&[9]));
+    assert_eq!(
+        shape(&p).rows.iter().map(|r| r.1).collect::<Vec<_>>(),
+        vec![Some(9), Some(9)]
+    );
+    assert!(unroutable(route(
+        "INSERT INTO messages (workspace_id) VALUES (3) /*workspace_id:9*/"
+    )));
+}
+
+#[test]
+fn tag_text_outside_block_comments_does_not_count() {
+    assert_eq!(
+        route("SELECT * FROM messages WHERE body = '/*workspace_id:42*/'"),
+        missing("messages", "workspace_id")
+    );
+    assert_eq!(
+        route("SELECT * FROM messages -- /*workspace_id:42*/\n"),
+        missing("messages", "workspace_id")
+    );
+    assert_eq!(
+        route("SELECT * FROM messages # workspace_id:42\n"),
+        missing("messages", "workspace_id")
+    );
+    assert_eq!(
+        route("SELECT * FROM messages WHERE body = \"x /*workspace_id:42*/\""),
+        missing("messages", "workspace_id")
+    );
+    assert_eq!(
+        route("SELECT * FROM messages /*workspace_id:-4*/"),
+        missing("messages", "workspace_id")
+    );
+    assert!(unroutable(route(
+        "SELECT * FROM messages /*workspace_id:1*/ /*workspace_id:2*/"
+    )));
+}
+
+// ---- DDL ----
+
+#[test]
+fn ddl_goes_to_every_shard_with_its_kind() {
+    let cases = [
+        ("CREATE TABLE t (id INT)", DdlKind::CreateTable),
+        (
+            "CREATE TABLE IF NOT EXISTS app.t (id INT)",
+            DdlKind::CreateTable,
+        ),
+        ("DROP TABLE IF EXISTS t", DdlKind::DropTable),
+        ("ALTER TABLE messages MODIFY body TEXT", DdlKind::AlterTable),
+        ("ALTER ONLINE TABLE messages ADD c INT", DdlKind::AlterTable),
+        ("CREATE INDEX i ON messages (body)", DdlKind::CreateIndex),
+        (
+            "CREATE UNIQUE INDEX i ON messages (body)",
+            DdlKind::CreateIndex,
+        ),
+        ("DROP INDEX i ON messages", DdlKind::DropIndex),
+        ("RENAME TABLE a TO b", DdlKind::RenameTable),
+        ("TRUNCATE TABLE messages", DdlKind::Truncate),
+        ("TRUNCATE messages", DdlKind::Truncate),
+        ("CREATE DATABASE app", DdlKind::CreateDatabase),
+        ("CREATE SCHEMA IF NOT EXISTS app", DdlKind::CreateDatabase),
+        ("DROP DATABASE app", DdlKind::DropDatabase),
+        ("CREATE VIEW v AS SELECT 1", DdlKind::Other),
+        ("DROP TRIGGER tr", DdlKind::Other),
+    ];
+    for (sql, k) in cases {
+        let p = one(sql);
+        assert_eq!(p.kind, StatementKind::Ddl(k.clone()), "{sql}");
+        assert_eq!(p.route, Route::AllShards, "{sql}");
+        let u = plan(sql, &UNSHARDED).statements.remove(0);
+        assert_eq!(
+            (u.kind, u.route),
+            (StatementKind::Ddl(k), Route::AnyShard),
+            "{sql}"
+        );
+    }
+    assert_eq!(
+        one("ALTER TABLE app.messages ADD c INT")
+            .qualified_schema
+            .as_deref(),
+        Some("app")
+    );
+}
+
+#[test]
+fn temporary_tables_and_locks_pin_the_connection() {
+    let p = one("CREATE TEMPORARY TABLE tmp (id INT)");
+    assert_eq!(
+        (p.kind, p.route, p.pins_connection),
+        (StatementKind::Other, Route::AnyShard, true)
+    );
+    let p = one("LOCK TABLES logs WRITE");
+    assert!(p.pins_connection);
+    assert_eq!(p.kind, StatementKind::Other);
+    assert!(one("SELECT GET_LOCK('x', 10)").pins_connection);
+    assert!(one("SELECT @n := @n + 1 FROM logs").pins_connection);
+    assert!(!one("SELECT 'GET_LOCK(' FROM logs").pins_connection);
+    assert!(!one("SET @x := 1").pins_connection);
+    assert!(!one("SELECT * FROM messages WHERE workspace_id = 1").pins_connection);
+}
+
+// ---- session statements ----
+
+#[test]
+fn session_statements_are_classified() {
+    let cases = [
+        ("BEGIN", StatementKind::Begin),
+        ("begin work", StatementKind::Begin),
+        ("START TRANSACTION", StatementKind::Begin),
+        ("START TRANSACTION READ ONLY", StatementKind::Begin),
+        (
+            "START TRANSACTION WITH CONSISTENT SNAPSHOT",
+            StatementKind::Begin,
+        ),
+        ("COMMIT", StatementKind::Commit),
+        ("COMMIT WORK", StatementKind::Commit),
+        ("ROLLBACK", StatementKind::Rollback),
+        ("ROLLBACK WORK", StatementKind::Rollback),
+        ("ROLLBACK TO SAVEPOINT s1", StatementKind::Other),
+        ("ROLLBACK TO s1", StatementKind::Other),
+        ("USE app", StatementKind::Use("app".into())),
+        ("USE `my``db`", StatementKind::Use("my`db".into())),
+        ("SET autocommit=0", StatementKind::SetAutocommit(false)),
+        ("SET autocommit = 1", StatementKind::SetAutocommit(true)),
+        ("SET autocommit=ON", StatementKind::SetAutocommit(true)),
+        ("set AUTOCOMMIT = off", StatementKind::SetAutocommit(false)),
+        ("SET autocommit = true", StatementKind::SetAutocommit(true)),
+        (
+            "SET autocommit = false",
+            StatementKind::SetAutocommit(false),
+        ),
+        ("SET @@autocommit = 0", StatementKind::SetAutocommit(false)),
+        (
+            "SET @@session.autocommit = 1",
+            StatementKind::SetAutocommit(true),
+        ),
+        (
+            "SET SESSION autocommit = 0",
+            StatementKind::SetAutocommit(false),
+        ),
+        (
+            "SET autocommit = 0, sql_mode = ''",
+            StatementKind::SetSession,
+        ),
+        (
+            "SET TRANSACTION ISOLATION LEVEL READ COMMITTED",
+            StatementKind::SetTransaction,
+        ),
+        (
+            "SET SESSION TRANSACTION READ ONLY",
+            StatementKind::SetTransaction,
+        ),
+        ("SET NAMES utf8mb4", StatementKind::SetSession),
+        (
+            "SET NAMES utf8mb4 COLLATE utf8mb4_unicode_ci",
+            StatementKind::SetSession,
+        ),
+        ("SET CHARACTER SET utf8", StatementKind::SetSession),
+        (
+            "SET sql_mode = 'STRICT_ALL_TABLES'",
+            StatementKind::SetSession,
+        ),
+        ("SET @x = 1", StatementKind::SetSession),
+        ("SET SESSION wait_timeout = 10", StatementKind::SetSession),
+        (
+            "SET @@session.time_zone = '+00:00'",
+            StatementKind::SetSession,
+        ),
+        ("SET @a = 1, @b = 2", StatementKind::SetSession),
+        ("SET GLOBAL max_connections = 10", StatementKind::Other),
+        ("SET @@global.max_connections = 10", StatementKind::Other),
+        ("SHOW TABLES", StatementKind::Show),
+        ("SHOW TABLE STATUS LIKE 'messages'", StatementKind::Show),
+        ("SHOW CREATE TABLE messages", StatementKind::Show),
+        ("SHOW FULL COLUMNS FROM messages", StatementKind::Show),
+        ("DESCRIBE messages", StatementKind::Show),
+        ("DESC messages", StatementKind::Show),
+        ("EXPLAIN SELECT * FROM logs", StatementKind::Show),
+    ];
+    for (sql, k) in cases {
+        let p = one(sql);
+        assert_eq!(p.kind, k, "{sql}");
+        assert_eq!(p.route, Route::AnyShard, "{sql}");
+        assert_eq!(plan(sql, &UNSHARDED).statements[0].kind, k, "{sql}");
+    }
+    assert_eq!(
+        route("EXPLAIN SELECT * FROM messages WHERE workspace_id = 3"),
+        ws(&[3])
+    );
+}
+
+// ---- fallback ----
+
+#[test]
+fn fallback_routes_what_the_parser_misses() {
+    let p = one("SELECT * FROM messages WHERE workspace_id = 5 LOCK IN SHARE MODE");
+    assert_eq!((p.kind, p.route), (StatementKind::Select, ws(&[5])));
+    assert_eq!(
+        route(
+            "SELECT * FROM messages m WHERE m.workspace_id IN (5, 6) AND id > 3 LOCK IN SHARE MODE"
+        ),
+        ws(&[5, 6])
+    );
+    assert_eq!(
+        route("SELECT * FROM messages WHERE (workspace_id = 5) LOCK IN SHARE MODE"),
+        ws(&[5])
+    );
+    assert_eq!(
+        route("SELECT * FROM messages WHERE workspace_id = 5 OR id = 1 LOCK IN SHARE MODE"),
+        missing("messages", "workspace_id")
+    );
+    assert_eq!(
+        route("SELECT * FROM messages WHERE id = 1 LOCK IN SHARE MODE"),
+        missing("messages", "workspace_id")
+    );
+    assert_eq!(
+        route("SELECT IF(workspace_id = 5, 1, 0) FROM messages LOCK IN SHARE MODE"),
+        missing("messages", "workspace_id")
+    );
+    assert_eq!(
+        route("SELECT * FROM messages WHERE NOT (workspace_id = 5) LOCK IN SHARE MODE"),
+        missing("messages", "workspace_id")
+    );
+    assert_eq!(
+        route("SELECT * FROM messages WHERE a BETWEEN 1 AND workspace_id LOCK IN SHARE MODE"),
+        missing("messages", "workspace_id")
+    );
+    assert!(unroutable(route(
+        "SELECT * FROM messages WHERE workspace_id = -5 LOCK IN SHARE MODE"
+    )));
+    assert_eq!(
+        route("SELECT * FROM logs LOCK IN SHARE MODE"),
+        Route::AnyShard
+    );
+    // Garbage that names no sharded table goes anywhere: the backend answers 1064.
+    assert_eq!(route("SELEC * FORM logs"), Route::AnyShard);
+    assert_eq!(route("FLURB messages"), missing("messages", "workspace_id"));
+    assert_eq!(route("SHOW TABLE STATUS LIKE 'messages'"), Route::AnyShard);
+}
+
+// ---- statements and spans ----
+
+#[test]
+fn multi_statement_text_has_one_plan_per_statement() {
+    let sql = "BEGIN; /*workspace_id:3*/ UPDATE messages SET a = 1 ;\n SELECT 1;;  COMMIT ; ";
+    let p = plan(sql, &SHARDED);
+    let got: Vec<(&str, StatementKind, Route)> = p
+        .statements
+        .iter()
+        .map(|s| (&sql[s.span.clone()], s.kind.clone(), s.route.clone()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("BEGIN", StatementKind::Begin, Route::AnyShard),
+            (
+                "/*workspace_id:3*/ UPDATE messages SET a = 1",
+                StatementKind::Update,
+                ws(&[3])
+            ),
+            ("SELECT 1", StatementKind::Select, Route::AnyShard),
+            ("COMMIT", StatementKind::Commit, Route::AnyShard),
+        ]
+    );
+}
+
+#[test]
+fn a_single_statement_spans_the_whole_text() {
+    let sql = "  SELECT 1 ; ";
+    let p = plan(sql, &SHARDED);
+    assert_eq!(p.statements.len(), 1);
+    assert_eq!(p.statements[0].span, 0..sql.len());
+    let p = plan("", &SHARDED);
+    assert_eq!(p.statements.len(), 1);
+    assert_eq!(p.statements[0].kind, StatementKind::Other);
+}
+
+#[test]
+fn semicolons_in_strings_and_comments_do_not_split() {
+    let p = plan("SELECT ';' /* ; */ -- ;\n, `a;b` FROM logs", &SHARDED);
+    assert_eq!(p.statements.len(), 1);
+}
+
+#[test]
+fn unsharded_keyspace_passes_everything_through_but_classifies() {
+    for (sql, k) in [
+        ("SELECT * FROM messages", StatementKind::Select),
+        ("UPDATE messages SET a = 1", StatementKind::Update),
+        ("DELETE FROM messages", StatementKind::Delete),
+        ("BEGIN", StatementKind::Begin),
+        (
+            "SELECT * FROM messages LOCK IN SHARE MODE",
+            StatementKind::Select,
+        ),
+    ] {
+        let p = plan(sql, &UNSHARDED).statements.remove(0);
+        assert_eq!((p.kind, p.route), (k, Route::AnyShard), "{sql}");
+    }
+    assert_eq!(
+        plan("SELECT * FROM app.messages", &UNSHARDED).statements[0]
+            .qualified_schema
+            .as_deref(),
+        Some("app")
+    );
+}
+
+// ---- robustness ----
+
+#[test]
+fn random_input_never_panics() {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let pieces = [
+        "SELECT",
+        "INSERT",
+        "INTO",
+        "messages",
+        "VALUES",
+        "(",
+        ")",
+        ",",
+        "'",
+        "\"",
+        "`",
+        "/*",
+        "*/",
+        "--",
+        "#",
+        "\n",
+        ";",
+        "workspace_id",
+        "=",
+        "IN",
+        "-",
+        "1",
+        "42",
+        "é",
+        "日",
+        "@",
+        ":=",
+        "SET",
+        "WHERE",
+        "FROM",
+        "UPDATE",
+        "ON",
+        "DUPLICATE",
+        "KEY",
+        "\\",
+        ".",
+        "/*!",
+        "OR",
+        "AND",
+        "(SELECT",
+        "EXPLAIN",
+        "SHOW",
+        "USE",
+        "ROLLBACK",
+        "TO",
+        " ",
+    ];
+    for _ in 0..3000 {
+        let n = rng.gen_range(0..24);
+        let mut s = String::new();
+        for _ in 0..n {
+            if rng.gen_bool(0.1) {
+                s.push(rng.gen::<char>());
+            } else {
+                s.push_str(pieces[rng.gen_range(0..pieces.len())]);
+                if rng.gen_bool(0.5) {
+                    s.push(' ');
+                }
+            }
+        }
+        for schema in [&SHARDED, &UNSHARDED] {
+            let p = plan(&s, schema);
+            for st in &p.statements {
+                assert!(s.get(st.span.clone()).is_some(), "{s:?}");
+                if let StatementKind::Insert(shape) = &st.kind {
+                    assert!(s.get(shape.prefix.clone()).is_some(), "{s:?}");
+                    assert!(s.get(shape.suffix.clone()).is_some(), "{s:?}");
+                    for r in &shape.rows {
+                        assert!(s.get(r.0.clone()).is_some(), "{s:?}");
+                    }
+                }
+            }
+        }
+    }
+    for _ in 0..2000 {
+        let bytes: Vec<u8> = (0..rng.gen_range(0..64)).map(|_| rng.gen()).collect();
+        let s = String::from_utf8_lossy(&bytes);
+        let _ = plan(&s, &SHARDED);
+    }
+}
