@@ -37,6 +37,11 @@ pub struct Shared {
     pub server_version: String,
     /// Default collation shown in the greeting.
     pub default_collation: u8,
+    /// Capabilities offered to clients: shardgate's, minus `LONG_PASSWORD` when the
+    /// backends are MariaDB servers with extended capabilities.
+    pub offered_capabilities: u32,
+    /// MariaDB extended capabilities offered to clients.
+    pub offered_ext_capabilities: u32,
     next_connection_id: AtomicU32,
 }
 
@@ -63,14 +68,16 @@ impl Shared {
                 )
             })
             .collect();
-        let (server_version, default_collation) = probe_version(&vs).await;
+        let probe = probe_backends(&vs).await;
         Arc::new(Shared {
             config,
             vschema: RwLock::new(Arc::new(vs)),
             pools,
             users,
-            server_version,
-            default_collation,
+            server_version: probe.server_version,
+            default_collation: probe.collation,
+            offered_capabilities: probe.offered_capabilities,
+            offered_ext_capabilities: probe.offered_ext_capabilities,
             next_connection_id: AtomicU32::new(1),
         })
     }
@@ -90,21 +97,46 @@ impl Shared {
     }
 }
 
+/// What the backends' greeting tells shardgate to show its own clients.
+struct Probe {
+    server_version: String,
+    collation: u8,
+    offered_capabilities: u32,
+    offered_ext_capabilities: u32,
+}
+
 /// Asks the clusters, in order, for their greeting; the first answer gives the version
-/// string and collation that clients are shown.
-async fn probe_version(vs: &VSchema) -> (String, u8) {
+/// string, collation and MariaDB extended capabilities that clients are shown, so a
+/// driver sees the server it really talks to.
+async fn probe_backends(vs: &VSchema) -> Probe {
     let key = ConnKey {
         caps: caps::DEPRECATE_EOF,
         collation: 45,
+        ext: 0,
     };
     for c in vs.clusters.values() {
-        if let Ok((_conn, greeting)) =
-            BackendConn::connect(c, key, None, Duration::from_secs(2)).await
-        {
-            return (greeting.server_version, greeting.collation);
+        if let Ok((_conn, g)) = BackendConn::connect(c, key, None, Duration::from_secs(2)).await {
+            let mariadb_ext = g.capabilities & caps::LONG_PASSWORD == 0;
+            let ext = g.ext_capabilities & caps::MARIADB_RELAYABLE;
+            return Probe {
+                server_version: g.server_version,
+                collation: g.collation,
+                offered_capabilities: if mariadb_ext {
+                    caps::SERVER_OFFERED & !caps::LONG_PASSWORD
+                } else {
+                    caps::SERVER_OFFERED
+                },
+                offered_ext_capabilities: if mariadb_ext { ext } else { 0 },
+            };
         }
     }
-    ("5.5.5-10.11.0-MariaDB-shardgate".to_string(), 45)
+    tracing::warn!("no cluster answered at startup; showing clients a generic MariaDB greeting");
+    Probe {
+        server_version: "5.5.5-10.11.0-MariaDB-shardgate".to_string(),
+        collation: 45,
+        offered_capabilities: caps::SERVER_OFFERED,
+        offered_ext_capabilities: 0,
+    }
 }
 
 /// Serves MySQL clients on `listener` until `shutdown` completes, then stops accepting,

@@ -57,6 +57,7 @@ pub async fn run(
 struct Login {
     user: String,
     capabilities: u32,
+    ext_capabilities: u32,
     collation: u8,
     ctx: DbContext,
 }
@@ -72,10 +73,11 @@ async fn login(
         server_version: shared.server_version.clone(),
         connection_id: id,
         scramble: scramble.to_vec(),
-        capabilities: caps::SERVER_OFFERED,
+        capabilities: shared.offered_capabilities,
         collation: shared.default_collation,
         status: status::AUTOCOMMIT,
         auth_plugin: NATIVE_PASSWORD.to_string(),
+        ext_capabilities: shared.offered_ext_capabilities,
     };
     client.send(0, &handshake::build_greeting(&greeting)).await.ok()?;
     let (seq, payload) = match client.read_packet(64 * 1024).await {
@@ -115,6 +117,7 @@ async fn login(
         return None;
     }
     let capabilities = resp.capabilities & caps::SERVER_OFFERED;
+    let ext_capabilities = resp.ext_capabilities & shared.offered_ext_capabilities;
     let vs = shared.vschema();
     let ctx = match resp.database.as_deref() {
         None => DbContext::None,
@@ -133,6 +136,7 @@ async fn login(
         let key = ConnKey {
             caps: capabilities & caps::RELAY_SENSITIVE,
             collation: resp.collation,
+            ext: ext_capabilities,
         };
         if let Err(e) = check_passthrough(shared, &vs, &ctx, key, db).await {
             let _ = client.send(seq, &wire::proxy_err_payload(&e)).await;
@@ -147,6 +151,7 @@ async fn login(
     Some(Login {
         user: resp.user,
         capabilities,
+        ext_capabilities,
         collation: resp.collation,
         ctx,
     })
@@ -267,6 +272,7 @@ impl Session {
             key: ConnKey {
                 caps: login.capabilities & caps::RELAY_SENSITIVE,
                 collation: login.collation,
+                ext: login.ext_capabilities,
             },
             shared,
             client,

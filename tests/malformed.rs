@@ -55,6 +55,7 @@ async fn login(addr: &str) -> TcpStream {
         database: Some("app".into()),
         auth_plugin: Some("mysql_native_password".into()),
         attributes: vec![],
+        ext_capabilities: 0,
     };
     let mut out = bytes::BytesMut::new();
     put_packet(&mut out, 1, &build_handshake_response(&resp));

@@ -28,6 +28,8 @@ pub struct ConnKey {
     pub caps: u32,
     /// Collation id sent in the handshake.
     pub collation: u8,
+    /// The client's MariaDB extended capabilities of [`caps::MARIADB_RELAYABLE`].
+    pub ext: u32,
 }
 
 /// Why a backend exchange failed.
@@ -152,8 +154,19 @@ impl BackendConn {
         if greeting.capabilities & caps::PROTOCOL_41 == 0 {
             return Err(format!("{} does not speak protocol 4.1", cluster.primary));
         }
-        let capabilities = (caps::BACKEND_BASE | (key.caps & caps::RELAY_SENSITIVE))
+        let mut capabilities = (caps::BACKEND_BASE | (key.caps & caps::RELAY_SENSITIVE))
             & (greeting.capabilities | caps::CONNECT_WITH_DB);
+        let server_has_ext = greeting.capabilities & caps::LONG_PASSWORD == 0;
+        let ext_capabilities = if server_has_ext {
+            key.ext & greeting.ext_capabilities
+        } else {
+            0
+        };
+        if ext_capabilities != 0 {
+            // Clearing LONG_PASSWORD is how a MariaDB client says it sends extended
+            // capabilities.
+            capabilities &= !caps::LONG_PASSWORD;
+        }
         let scramble = &greeting.scramble[..greeting.scramble.len().min(20)];
         let response = HandshakeResponse {
             capabilities,
@@ -164,6 +177,7 @@ impl BackendConn {
             database: database.map(str::to_string),
             auth_plugin: Some(NATIVE_PASSWORD.to_string()),
             attributes: Vec::new(),
+            ext_capabilities,
         };
         conn.send(1, &build_handshake_response(&response))
             .await

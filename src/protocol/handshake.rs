@@ -24,6 +24,9 @@ pub struct Greeting {
     pub status: u16,
     /// Default auth plugin.
     pub auth_plugin: String,
+    /// MariaDB extended capabilities (only when `LONG_PASSWORD` is clear, which is
+    /// how a MariaDB server says it has them).
+    pub ext_capabilities: u32,
 }
 
 /// Builds a greeting payload.
@@ -41,7 +44,8 @@ pub fn build_greeting(g: &Greeting) -> BytesMut {
     p.put_u16_le(g.status);
     p.put_u16_le((g.capabilities >> 16) as u16);
     p.put_u8((g.scramble.len() + 1) as u8);
-    p.put_slice(&[0u8; 10]);
+    p.put_slice(&[0u8; 6]);
+    p.put_u32_le(g.ext_capabilities);
     p.put_slice(part2);
     p.put_u8(0);
     p.put_slice(g.auth_plugin.as_bytes());
@@ -68,6 +72,11 @@ pub fn parse_greeting(p: &[u8]) -> Option<Greeting> {
     at += 5;
     let capabilities = cap_lo | cap_hi << 16;
     let data_len = *p.get(at)? as usize;
+    let ext_capabilities = if capabilities & caps::LONG_PASSWORD == 0 {
+        u32::from_le_bytes(p.get(at + 7..at + 11)?.try_into().ok()?)
+    } else {
+        0
+    };
     at += 11;
     let mut auth_plugin = String::new();
     if capabilities & caps::SECURE_CONNECTION != 0 {
@@ -90,6 +99,7 @@ pub fn parse_greeting(p: &[u8]) -> Option<Greeting> {
         collation,
         status,
         auth_plugin,
+        ext_capabilities,
     })
 }
 
@@ -112,6 +122,8 @@ pub struct HandshakeResponse {
     pub auth_plugin: Option<String>,
     /// Connection attributes, raw (the length-encoded block without its length).
     pub attributes: Vec<u8>,
+    /// MariaDB extended capabilities (only when `LONG_PASSWORD` is clear).
+    pub ext_capabilities: u32,
 }
 
 /// Whether `p` is an SSLRequest (a truncated response with the SSL flag).
@@ -131,10 +143,12 @@ pub fn parse_handshake_response(p: &[u8]) -> Option<HandshakeResponse> {
     }
     let max_packet = u32::from_le_bytes(p.get(4..8)?.try_into().ok()?);
     let collation = *p.get(8)?;
+    let ext_capabilities = if capabilities & caps::LONG_PASSWORD == 0 {
+        u32::from_le_bytes(p.get(28..32)?.try_into().ok()?)
+    } else {
+        0
+    };
     let mut at = 32;
-    if p.len() < at {
-        return None;
-    }
     let user = String::from_utf8(get_nul_str(p, &mut at)?.to_vec()).ok()?;
     let auth_response = if capabilities & caps::PLUGIN_AUTH_LENENC_CLIENT_DATA != 0 {
         get_lenenc_str(p, &mut at)?.to_vec()
@@ -177,6 +191,7 @@ pub fn parse_handshake_response(p: &[u8]) -> Option<HandshakeResponse> {
         database,
         auth_plugin,
         attributes,
+        ext_capabilities,
     })
 }
 
@@ -186,7 +201,8 @@ pub fn build_handshake_response(r: &HandshakeResponse) -> BytesMut {
     p.put_u32_le(r.capabilities);
     p.put_u32_le(r.max_packet);
     p.put_u8(r.collation);
-    p.put_slice(&[0u8; 23]);
+    p.put_slice(&[0u8; 19]);
+    p.put_u32_le(r.ext_capabilities);
     p.put_slice(r.user.as_bytes());
     p.put_u8(0);
     if r.capabilities & caps::PLUGIN_AUTH_LENENC_CLIENT_DATA != 0 {
@@ -252,8 +268,15 @@ mod tests {
             collation: 45,
             status: 2,
             auth_plugin: "mysql_native_password".into(),
+            ext_capabilities: 0,
         };
-        assert_eq!(parse_greeting(&build_greeting(&g)), Some(g));
+        assert_eq!(parse_greeting(&build_greeting(&g)), Some(g.clone()));
+        let mariadb = Greeting {
+            capabilities: caps::SERVER_OFFERED & !caps::LONG_PASSWORD,
+            ext_capabilities: caps::MARIADB_EXTENDED_METADATA,
+            ..g
+        };
+        assert_eq!(parse_greeting(&build_greeting(&mariadb)), Some(mariadb));
     }
 
     #[test]
@@ -267,6 +290,7 @@ mod tests {
             database: Some("app".into()),
             auth_plugin: Some("mysql_native_password".into()),
             attributes: vec![3, b'a', b'b', b'c', 1, b'x'],
+            ext_capabilities: 0,
         };
         assert_eq!(parse_handshake_response(&build_handshake_response(&r)), Some(r));
     }

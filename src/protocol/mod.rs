@@ -36,6 +36,13 @@ pub mod caps {
     pub const SESSION_TRACK: u32 = 1 << 23;
     pub const DEPRECATE_EOF: u32 = 1 << 24;
 
+    /// MariaDB extended capability (sent apart, in the handshake's filler bytes):
+    /// column definitions carry extended type info (e.g. `format=json`).
+    pub const MARIADB_EXTENDED_METADATA: u32 = 1 << 3;
+    /// The MariaDB extended capabilities shardgate relays. Not PROGRESS (progress
+    /// packets look like ERR to a relay) and not the prepared-statement ones.
+    pub const MARIADB_RELAYABLE: u32 = MARIADB_EXTENDED_METADATA;
+
     /// What shardgate offers clients. No SSL (not yet), no compression, no LOAD DATA
     /// LOCAL (the relay does not forward file contents), no MariaDB extended capabilities
     /// (`LONG_PASSWORD` set tells MariaDB clients this is a MySQL-style server).
