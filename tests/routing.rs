@@ -141,7 +141,7 @@ async fn rows_land_on_the_shard_that_owns_their_workspace_and_pins_override() {
         .expect("IN on one shard");
     assert_eq!(got, same_shard);
     let tagged: Option<String> = conn
-        .query_first("/*application:Demo,workspace_id:7*/ SELECT body FROM messages ORDER BY id LIMIT 1")
+        .query_first("/*application:Demo,workspace_id:7*/ SELECT body FROM messages WHERE body = 'hello 7'")
         .await
         .expect("tagged select");
     assert_eq!(tagged.as_deref(), Some("hello 7"));
