@@ -162,7 +162,7 @@ pub enum DdlKind {
 /// `docs/routing.md`.
 pub fn plan(sql: &str, schema: &dyn ShardingSchema) -> Plan {
     let lexed = lex::lex(sql);
-    let text_tag = TagScan::of(sql, &lexed.comments);
+    let text_tag = TagScan::of(sql, lexed.comments.iter());
     let mut statements = Vec::new();
     let mut start_tok = 0;
     let mut region_start = 0;
@@ -231,7 +231,7 @@ enum TagScan {
 }
 
 impl TagScan {
-    fn of(sql: &str, comments: &[Range<usize>]) -> TagScan {
+    fn of<'c>(sql: &str, comments: impl Iterator<Item = &'c Range<usize>>) -> TagScan {
         let mut found = TagScan::None;
         for c in comments {
             let Some(id) = sql.get(c.clone()).and_then(tag::workspace_in_comment) else {
@@ -268,12 +268,10 @@ fn plan_statement(
     let qualified_schema = tables::common_schema(&tables);
     let pins_connection = matches!(head, Head::Lock) || pins(sql, toks, &head);
     // A tag in this statement's comments wins; else one tag for the whole text.
-    let own: Vec<Range<usize>> = comments
+    let own = comments
         .iter()
-        .filter(|c| c.start >= span.start && c.end <= span.end)
-        .cloned()
-        .collect();
-    let tag = match TagScan::of(sql, &own) {
+        .filter(|c| c.start >= span.start && c.end <= span.end);
+    let tag = match TagScan::of(sql, own) {
         TagScan::None => text_tag,
         scan => scan,
     };
@@ -371,8 +369,7 @@ fn conflicting_tags() -> Route {
 /// Whether the statement leaves state on its connection.
 fn pins(sql: &str, toks: &[Token], head: &Head) -> bool {
     if matches!(head, Head::Temporary) {
-        return toks.get(1).is_some_and(|t| t.is_kw(sql, "TEMPORARY"))
-            || toks.get(3).is_some_and(|t| t.is_kw(sql, "TEMPORARY"));
+        return toks.first().is_some_and(|t| t.is_kw(sql, "CREATE"));
     }
     let is_set = matches!(
         head,

@@ -22,6 +22,7 @@ pub(crate) struct TableName<'a> {
 }
 
 const TRIGGERS: &[&str] = &[
+    "INSERT",
     "FROM",
     "JOIN",
     "STRAIGHT_JOIN",

@@ -376,6 +376,12 @@ fn inserts_that_cannot_be_routed() {
         ws(&[6])
     );
     assert_eq!(route("INSERT INTO logs (a) VALUES (1)"), Route::AnyShard);
+    assert_eq!(
+        one("INSERT app.messages (workspace_id) VALUES (1)")
+            .qualified_schema
+            .as_deref(),
+        Some("app")
+    );
 }
 
 #[test]
@@ -521,7 +527,10 @@ fn temporary_tables_and_locks_pin_the_connection() {
     let p = one("LOCK TABLES logs WRITE");
     assert!(p.pins_connection);
     assert_eq!(p.kind, StatementKind::Other);
+    assert!(!one("DROP TEMPORARY TABLE tmp").pins_connection);
+    assert!(one("CREATE OR REPLACE TEMPORARY TABLE tmp (id INT)").pins_connection);
     assert!(one("SELECT GET_LOCK('x', 10)").pins_connection);
+    assert!(one("DO GET_LOCK('x', 10)").pins_connection);
     assert!(one("SELECT @n := @n + 1 FROM logs").pins_connection);
     assert!(!one("SELECT 'GET_LOCK(' FROM logs").pins_connection);
     assert!(!one("SET @x := 1").pins_connection);
@@ -549,6 +558,8 @@ fn session_statements_are_classified() {
         ("ROLLBACK TO s1", StatementKind::Other),
         ("USE app", StatementKind::Use("app".into())),
         ("USE `my``db`", StatementKind::Use("my`db".into())),
+        ("USE app/80-c0", StatementKind::Use("app/80-c0".into())),
+        ("USE `app/-80`", StatementKind::Use("app/-80".into())),
         ("SET autocommit=0", StatementKind::SetAutocommit(false)),
         ("SET autocommit = 1", StatementKind::SetAutocommit(true)),
         ("SET autocommit=ON", StatementKind::SetAutocommit(true)),
@@ -814,6 +825,19 @@ fn random_input_never_panics() {
             }
         }
     }
+    // Deep nesting must not overflow the stack.
+    let deep = format!(
+        "SELECT {}1{} FROM messages",
+        "(".repeat(5000),
+        ")".repeat(5000)
+    );
+    assert_eq!(route(&deep), missing("messages", "workspace_id"));
+    let deep = format!(
+        "SELECT * FROM messages WHERE {}workspace_id = 1{}",
+        "(".repeat(5000),
+        ")".repeat(5000)
+    );
+    let _ = route(&deep);
     for _ in 0..2000 {
         let bytes: Vec<u8> = (0..rng.gen_range(0..64)).map(|_| rng.gen()).collect();
         let s = String::from_utf8_lossy(&bytes);
