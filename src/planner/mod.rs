@@ -366,7 +366,8 @@ fn conflicting_tags() -> Route {
     Route::Unroutable("the query carries two different workspace_id tags".to_owned())
 }
 
-/// Whether the statement leaves state on its connection.
+/// Whether the statement leaves state on its connection: `GET_LOCK(`, `@v := ...` or
+/// `INTO @v` in a query (temporary tables and locks are decided by the caller).
 fn pins(sql: &str, toks: &[Token], head: &Head) -> bool {
     if matches!(head, Head::Temporary) {
         return toks.first().is_some_and(|t| t.is_kw(sql, "CREATE"));
@@ -387,7 +388,10 @@ fn pins(sql: &str, toks: &[Token], head: &Head) -> bool {
             && !toks
                 .get(i.wrapping_sub(3))
                 .is_some_and(|p| p.is_punct(b'@'));
-        get_lock || assign
+        // `SELECT ... INTO @var` sets a user variable on this connection.
+        let into_var =
+            !is_set && t.is_kw(sql, "INTO") && toks.get(i + 1).is_some_and(|p| p.is_punct(b'@'));
+        get_lock || assign || into_var
     })
 }
 
@@ -437,7 +441,11 @@ fn dml_route(
         Statement::Query(_) => StatementKind::Select,
         Statement::Update(_) => StatementKind::Update,
         Statement::Delete(_) => StatementKind::Delete,
-        _ => default_kind,
+        // Parsed as something the tree walk has no model of: stay on the safe side.
+        _ => {
+            let route = fallback::route(sql, toks, tables, schema, write, None);
+            return (default_kind, conflict_check(tag, route));
+        }
     };
     let analysis = query::analyze(&stmt, schema);
     (kind, conflict_check(tag, decide(&analysis, tables, schema)))

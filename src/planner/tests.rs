@@ -150,6 +150,39 @@ fn a_join_of_sharded_tables_needs_every_table_pinned_alike() {
 }
 
 #[test]
+fn outer_joins_pin_only_their_nullable_side() {
+    assert_eq!(
+        route("SELECT * FROM messages m LEFT JOIN channels c ON c.id = m.channel_id AND c.workspace_id = m.workspace_id WHERE m.workspace_id = 2"),
+        ws(&[2])
+    );
+    // The ON of a LEFT JOIN does not filter the preserved table.
+    assert_eq!(
+        route("SELECT * FROM messages m LEFT JOIN channels c ON c.workspace_id = 2 AND m.workspace_id = 2"),
+        missing("messages", "workspace_id")
+    );
+    assert_eq!(
+        route("SELECT * FROM messages m LEFT JOIN channels c ON c.id = m.channel_id WHERE m.workspace_id = 2"),
+        missing("channels", "workspace_id")
+    );
+    assert_eq!(
+        route("SELECT * FROM messages m JOIN channels c USING (workspace_id) WHERE m.workspace_id = 2"),
+        ws(&[2])
+    );
+    assert_eq!(
+        route("SELECT * FROM messages m JOIN channels c ON c.workspace_id = 2 WHERE m.workspace_id = 2"),
+        ws(&[2])
+    );
+}
+
+#[test]
+fn update_assignments_may_correlate_to_the_pinned_target() {
+    assert_eq!(
+        route("UPDATE messages SET n = (SELECT COUNT(*) FROM reactions r WHERE r.workspace_id = messages.workspace_id) WHERE workspace_id = 1"),
+        ws(&[1])
+    );
+}
+
+#[test]
 fn or_and_non_literals_do_not_pin() {
     assert_eq!(
         route("SELECT * FROM messages WHERE workspace_id = 1 OR workspace_id = 2"),
@@ -531,6 +564,7 @@ fn temporary_tables_and_locks_pin_the_connection() {
     assert!(one("CREATE OR REPLACE TEMPORARY TABLE tmp (id INT)").pins_connection);
     assert!(one("SELECT GET_LOCK('x', 10)").pins_connection);
     assert!(one("DO GET_LOCK('x', 10)").pins_connection);
+    assert!(one("SELECT COUNT(*) INTO @n FROM logs").pins_connection);
     assert!(one("SELECT @n := @n + 1 FROM logs").pins_connection);
     assert!(!one("SELECT 'GET_LOCK(' FROM logs").pins_connection);
     assert!(!one("SET @x := 1").pins_connection);
