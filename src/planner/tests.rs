@@ -739,6 +739,33 @@ fn multi_statement_text_has_one_plan_per_statement() {
 }
 
 #[test]
+fn a_tag_after_the_last_statement_applies_to_the_text() {
+    let sql = "SELECT * FROM messages; SELECT * FROM channels; /*workspace_id:6*/";
+    let routes: Vec<Route> = plan(sql, &SHARDED)
+        .statements
+        .into_iter()
+        .map(|s| s.route)
+        .collect();
+    assert_eq!(routes, vec![ws(&[6]), ws(&[6])]);
+    // A statement's own tag wins over the others.
+    let sql =
+        "SELECT * FROM messages /*workspace_id:1*/; SELECT * FROM channels /*workspace_id:2*/";
+    let routes: Vec<Route> = plan(sql, &SHARDED)
+        .statements
+        .into_iter()
+        .map(|s| s.route)
+        .collect();
+    assert_eq!(routes, vec![ws(&[1]), ws(&[2])]);
+}
+
+#[test]
+fn sort_order_desc_is_not_a_table() {
+    let p = one("SELECT * FROM messages WHERE workspace_id = 1 ORDER BY id DESC, x.y");
+    assert_eq!(p.route, ws(&[1]));
+    assert_eq!(p.qualified_schema, None);
+}
+
+#[test]
 fn a_single_statement_spans_the_whole_text() {
     let sql = "  SELECT 1 ; ";
     let p = plan(sql, &SHARDED);
