@@ -425,14 +425,12 @@ fn dml_route(
     let (Some(first), Some(last)) = (toks.first(), toks.last()) else {
         return (default_kind, Route::AnyShard);
     };
+    let text = sql.get(first.start..last.end).unwrap_or("");
     if let TagScan::One(id) = tag {
         // The tag routes without a parse; only what cannot go to one workspace is kept.
-        return (
-            default_kind,
-            tagged_route(sql, toks, tables, schema, write, id),
-        );
+        let route = tagged_route(sql, text, toks, tables, schema, write, id);
+        return (default_kind, route);
     }
-    let text = sql.get(first.start..last.end).unwrap_or("");
     let Some(stmt) = parse_one(text) else {
         let route = fallback::route(sql, toks, tables, schema, write, None);
         return (default_kind, conflict_check(tag, route));
@@ -462,19 +460,29 @@ fn conflict_check(tag: TagScan, route: Route) -> Route {
 
 fn tagged_route(
     sql: &str,
+    text: &str,
     toks: &[Token],
     tables: &[TableName<'_>],
     schema: &dyn ShardingSchema,
     write: bool,
     id: u64,
 ) -> Route {
-    let names_sharded = toks
-        .iter()
-        .any(|t| t.is_ident() && schema.sharding_column(&t.ident(sql)).is_some());
+    let names = |f: &dyn Fn(&str) -> bool| toks.iter().any(|t| t.is_ident() && f(&t.ident(sql)));
+    let names_sharded = names(&|n| schema.sharding_column(n).is_some());
+    let names_reference = names(&|n| schema.is_reference(n));
+    if write && names_sharded && names_reference {
+        // Which of the two is written needs the parse tree.
+        return match parse_one(text) {
+            Some(stmt) if query::analyze(&stmt, schema).writes_reference => {
+                Route::Unroutable(reference_with_sharded())
+            }
+            Some(_) => Route::Workspaces(vec![id]),
+            None => fallback::route(sql, toks, tables, schema, write, Some(id)),
+        };
+    }
     let writes_reference = write && tables.first().is_some_and(|t| schema.is_reference(&t.name));
     match (names_sharded, writes_reference) {
-        (true, true) => Route::Unroutable(reference_with_sharded()),
-        (true, false) => Route::Workspaces(vec![id]),
+        (true, _) => Route::Workspaces(vec![id]),
         (false, true) => Route::AllShards,
         (false, false) => Route::AnyShard,
     }

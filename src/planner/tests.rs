@@ -283,6 +283,23 @@ fn unsharded_and_reference_statements() {
     assert!(unroutable(route(
         "UPDATE plans p JOIN messages m ON p.id = m.plan_id SET p.used = 1 WHERE m.workspace_id = 4"
     )));
+    assert!(unroutable(route(
+        "DELETE p FROM plans p JOIN messages m ON m.plan_id = p.id WHERE m.workspace_id = 1"
+    )));
+    // sqlparser cannot parse comma-joined UPDATEs: which table is written is unknown.
+    assert!(unroutable(route(
+        "UPDATE messages m, plans p SET p.x = 1 WHERE m.workspace_id = 1"
+    )));
+    // With a tag, a write that mixes both kinds is still checked on the parse tree.
+    assert_eq!(
+        route(
+            "UPDATE messages m JOIN plans p ON p.id = m.plan_id SET m.n = p.n /*workspace_id:4*/"
+        ),
+        ws(&[4])
+    );
+    assert!(unroutable(route(
+        "UPDATE messages m JOIN plans p ON p.id = m.plan_id SET p.n = 1 /*workspace_id:4*/"
+    )));
 }
 
 #[test]
