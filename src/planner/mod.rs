@@ -290,13 +290,7 @@ fn plan_statement(
                 }
                 InsertRoute::Fallback => fallback::route(sql, toks, &tables, schema, true, tag_id),
             };
-            let route = match (tag, route) {
-                (TagScan::Conflicting, Route::Workspaces(_) | Route::MissingWorkspace { .. }) => {
-                    conflicting_tags()
-                }
-                (_, r) => r,
-            };
-            (StatementKind::Insert(shape), route)
+            (StatementKind::Insert(shape), conflict_check(tag, route))
         }
         Head::Select | Head::Update | Head::Delete if sharded => {
             let write = !matches!(head, Head::Select);
