@@ -58,9 +58,19 @@ pub(crate) fn classify(sql: &str, toks: &[Token]) -> Head {
     if first.kind != Tok::Word {
         return Head::Other;
     }
-    let word = first.text(sql).to_ascii_uppercase();
+    // Upper-case the first word on the stack: this runs for every statement.
+    let mut buf = [0u8; 12];
+    let raw = first.text(sql).as_bytes();
+    let word = if raw.len() <= buf.len() {
+        for (d, s) in buf.iter_mut().zip(raw) {
+            *d = s.to_ascii_uppercase();
+        }
+        std::str::from_utf8(&buf[..raw.len()]).unwrap_or("")
+    } else {
+        ""
+    };
     let second = toks.get(1);
-    match word.as_str() {
+    match word {
         "SELECT" | "WITH" => Head::Select,
         "INSERT" | "REPLACE" => Head::Insert,
         "UPDATE" => Head::Update,
@@ -70,10 +80,7 @@ pub(crate) fn classify(sql: &str, toks: &[Token]) -> Head {
         "COMMIT" => Head::Commit,
         "ROLLBACK" if toks.iter().any(|t| t.is_kw(sql, "TO")) => Head::Other,
         "ROLLBACK" => Head::Rollback,
-        "USE" => match second {
-            Some(t) if t.is_ident() && toks.len() == 2 => Head::Use(t.ident(sql).into_owned()),
-            _ => Head::Other,
-        },
+        "USE" => use_target(sql, toks),
         "SET" => classify_set(sql, toks),
         "SHOW" | "HELP" => Head::Show { inner: None },
         "DESCRIBE" | "DESC" | "EXPLAIN" => Head::Show {
@@ -201,5 +208,25 @@ fn autocommit_value(sql: &str, rest: &[Token]) -> Option<bool> {
         "1" | "ON" | "TRUE" | "DEFAULT" => Some(true),
         "0" | "OFF" | "FALSE" => Some(false),
         _ => None,
+    }
+}
+
+/// `USE db`, `` USE `db` ``, or an explicit shard target such as `USE app/80-c0`
+/// (kept as written, for the session to interpret).
+fn use_target(sql: &str, toks: &[Token]) -> Head {
+    match toks {
+        [_, t] if t.is_ident() => Head::Use(t.ident(sql).into_owned()),
+        [_, first, .., last]
+            if first.is_ident()
+                && toks[1..].iter().all(|t| {
+                    matches!(
+                        t.kind,
+                        Tok::Word | Tok::Num | Tok::Punct(b'/' | b'-' | b':' | b'.')
+                    )
+                }) =>
+        {
+            Head::Use(sql.get(first.start..last.end).unwrap_or("").to_owned())
+        }
+        _ => Head::Other,
     }
 }

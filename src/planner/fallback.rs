@@ -64,6 +64,13 @@ pub(crate) fn route(
             Route::AnyShard
         };
     };
+    if write && reference {
+        // Without a parse tree we cannot tell whether the reference table is written.
+        return Route::Unroutable(format!(
+            "cannot tell whether this write changes a reference table or {table}; \
+             split it or write it in a form the parser understands"
+        ));
+    }
     if let Some(tag) = tag {
         return Route::Workspaces(vec![tag]);
     }

@@ -162,7 +162,7 @@ pub enum DdlKind {
 /// `docs/routing.md`.
 pub fn plan(sql: &str, schema: &dyn ShardingSchema) -> Plan {
     let lexed = lex::lex(sql);
-    let text_tag = TagScan::of(sql, &lexed.comments);
+    let text_tag = TagScan::of(sql, lexed.comments.iter());
     let mut statements = Vec::new();
     let mut start_tok = 0;
     let mut region_start = 0;
@@ -231,7 +231,7 @@ enum TagScan {
 }
 
 impl TagScan {
-    fn of(sql: &str, comments: &[Range<usize>]) -> TagScan {
+    fn of<'c>(sql: &str, comments: impl Iterator<Item = &'c Range<usize>>) -> TagScan {
         let mut found = TagScan::None;
         for c in comments {
             let Some(id) = sql.get(c.clone()).and_then(tag::workspace_in_comment) else {
@@ -268,12 +268,10 @@ fn plan_statement(
     let qualified_schema = tables::common_schema(&tables);
     let pins_connection = matches!(head, Head::Lock) || pins(sql, toks, &head);
     // A tag in this statement's comments wins; else one tag for the whole text.
-    let own: Vec<Range<usize>> = comments
+    let own = comments
         .iter()
-        .filter(|c| c.start >= span.start && c.end <= span.end)
-        .cloned()
-        .collect();
-    let tag = match TagScan::of(sql, &own) {
+        .filter(|c| c.start >= span.start && c.end <= span.end);
+    let tag = match TagScan::of(sql, own) {
         TagScan::None => text_tag,
         scan => scan,
     };
@@ -292,13 +290,7 @@ fn plan_statement(
                 }
                 InsertRoute::Fallback => fallback::route(sql, toks, &tables, schema, true, tag_id),
             };
-            let route = match (tag, route) {
-                (TagScan::Conflicting, Route::Workspaces(_) | Route::MissingWorkspace { .. }) => {
-                    conflicting_tags()
-                }
-                (_, r) => r,
-            };
-            (StatementKind::Insert(shape), route)
+            (StatementKind::Insert(shape), conflict_check(tag, route))
         }
         Head::Select | Head::Update | Head::Delete if sharded => {
             let write = !matches!(head, Head::Select);
@@ -368,11 +360,11 @@ fn conflicting_tags() -> Route {
     Route::Unroutable("the query carries two different workspace_id tags".to_owned())
 }
 
-/// Whether the statement leaves state on its connection.
+/// Whether the statement leaves state on its connection: `GET_LOCK(`, `@v := ...` or
+/// `INTO @v` in a query (temporary tables and locks are decided by the caller).
 fn pins(sql: &str, toks: &[Token], head: &Head) -> bool {
     if matches!(head, Head::Temporary) {
-        return toks.get(1).is_some_and(|t| t.is_kw(sql, "TEMPORARY"))
-            || toks.get(3).is_some_and(|t| t.is_kw(sql, "TEMPORARY"));
+        return toks.first().is_some_and(|t| t.is_kw(sql, "CREATE"));
     }
     let is_set = matches!(
         head,
@@ -390,7 +382,10 @@ fn pins(sql: &str, toks: &[Token], head: &Head) -> bool {
             && !toks
                 .get(i.wrapping_sub(3))
                 .is_some_and(|p| p.is_punct(b'@'));
-        get_lock || assign
+        // `SELECT ... INTO @var` sets a user variable on this connection.
+        let into_var =
+            !is_set && t.is_kw(sql, "INTO") && toks.get(i + 1).is_some_and(|p| p.is_punct(b'@'));
+        get_lock || assign || into_var
     })
 }
 
@@ -424,14 +419,12 @@ fn dml_route(
     let (Some(first), Some(last)) = (toks.first(), toks.last()) else {
         return (default_kind, Route::AnyShard);
     };
+    let text = sql.get(first.start..last.end).unwrap_or("");
     if let TagScan::One(id) = tag {
         // The tag routes without a parse; only what cannot go to one workspace is kept.
-        return (
-            default_kind,
-            tagged_route(sql, toks, tables, schema, write, id),
-        );
+        let route = tagged_route(sql, text, toks, tables, schema, write, id);
+        return (default_kind, route);
     }
-    let text = sql.get(first.start..last.end).unwrap_or("");
     let Some(stmt) = parse_one(text) else {
         let route = fallback::route(sql, toks, tables, schema, write, None);
         return (default_kind, conflict_check(tag, route));
@@ -440,7 +433,11 @@ fn dml_route(
         Statement::Query(_) => StatementKind::Select,
         Statement::Update(_) => StatementKind::Update,
         Statement::Delete(_) => StatementKind::Delete,
-        _ => default_kind,
+        // Parsed as something the tree walk has no model of: stay on the safe side.
+        _ => {
+            let route = fallback::route(sql, toks, tables, schema, write, None);
+            return (default_kind, conflict_check(tag, route));
+        }
     };
     let analysis = query::analyze(&stmt, schema);
     (kind, conflict_check(tag, decide(&analysis, tables, schema)))
@@ -457,19 +454,29 @@ fn conflict_check(tag: TagScan, route: Route) -> Route {
 
 fn tagged_route(
     sql: &str,
+    text: &str,
     toks: &[Token],
     tables: &[TableName<'_>],
     schema: &dyn ShardingSchema,
     write: bool,
     id: u64,
 ) -> Route {
-    let names_sharded = toks
-        .iter()
-        .any(|t| t.is_ident() && schema.sharding_column(&t.ident(sql)).is_some());
+    let names = |f: &dyn Fn(&str) -> bool| toks.iter().any(|t| t.is_ident() && f(&t.ident(sql)));
+    let names_sharded = names(&|n| schema.sharding_column(n).is_some());
+    let names_reference = names(&|n| schema.is_reference(n));
+    if write && names_sharded && names_reference {
+        // Which of the two is written needs the parse tree.
+        return match parse_one(text) {
+            Some(stmt) if query::analyze(&stmt, schema).writes_reference => {
+                Route::Unroutable(reference_with_sharded())
+            }
+            Some(_) => Route::Workspaces(vec![id]),
+            None => fallback::route(sql, toks, tables, schema, write, Some(id)),
+        };
+    }
     let writes_reference = write && tables.first().is_some_and(|t| schema.is_reference(&t.name));
     match (names_sharded, writes_reference) {
-        (true, true) => Route::Unroutable(reference_with_sharded()),
-        (true, false) => Route::Workspaces(vec![id]),
+        (true, _) => Route::Workspaces(vec![id]),
         (false, true) => Route::AllShards,
         (false, false) => Route::AnyShard,
     }

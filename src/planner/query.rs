@@ -13,6 +13,8 @@ use sqlparser::ast::{
     Value,
 };
 
+use std::ops::Range;
+
 use super::tag::parse_workspace_digits;
 use super::ShardingSchema;
 
@@ -191,13 +193,11 @@ impl Analyzer<'_> {
             Targets::Named(named)
         });
         let mut scope = Vec::new();
-        let mut conds = Vec::new();
+        let mut conds: Vec<Cond> = Vec::new();
         self.table_with_joins(&u.table, &mut scope, &mut conds);
         self.targets = None;
-        for a in &u.assignments {
-            self.expr(&a.value);
-        }
-        self.finish_scope(scope, conds, u.selection.as_ref(), &[]);
+        let values: Vec<&Expr> = u.assignments.iter().map(|a| &a.value).collect();
+        self.finish_scope(scope, conds, u.selection.as_ref(), &values);
     }
 
     fn delete(&mut self, d: &Delete) {
@@ -216,7 +216,7 @@ impl Analyzer<'_> {
             FromTable::WithFromKeyword(f) | FromTable::WithoutKeyword(f) => f,
         };
         let mut scope = Vec::new();
-        let mut conds = Vec::new();
+        let mut conds: Vec<Cond> = Vec::new();
         for twj in from {
             self.table_with_joins(twj, &mut scope, &mut conds);
         }
@@ -263,7 +263,7 @@ impl Analyzer<'_> {
 
     fn select(&mut self, sel: &Select) {
         let mut scope = Vec::new();
-        let mut conds = Vec::new();
+        let mut conds: Vec<Cond> = Vec::new();
         for twj in &sel.from {
             self.table_with_joins(twj, &mut scope, &mut conds);
         }
@@ -287,13 +287,15 @@ impl Analyzer<'_> {
     fn finish_scope<'e>(
         &mut self,
         mut scope: Vec<ScopeTable>,
-        mut conds: Vec<&'e Expr>,
+        mut conds: Vec<Cond<'e>>,
         selection: Option<&'e Expr>,
         extra: &[&Expr],
     ) {
         let on_conditions = conds.len();
         if let Some(w) = selection {
-            conjuncts(w, &mut conds);
+            let mut parts = Vec::new();
+            conjuncts(w, &mut parts);
+            conds.extend(parts.into_iter().map(|e| Cond::Expr(e, None)));
         }
         self.pin(&mut scope, &conds);
         for t in &scope {
@@ -307,7 +309,9 @@ impl Analyzer<'_> {
         }
         self.outer.push(scope);
         for c in &conds[..on_conditions] {
-            self.expr(c);
+            if let Cond::Expr(e, _) = c {
+                self.expr(e);
+            }
         }
         if let Some(w) = selection {
             self.expr(w);
@@ -322,24 +326,45 @@ impl Analyzer<'_> {
         &mut self,
         twj: &'e TableWithJoins,
         scope: &mut Vec<ScopeTable>,
-        conds: &mut Vec<&'e Expr>,
+        conds: &mut Vec<Cond<'e>>,
     ) {
         self.factor(&twj.relation, scope, conds);
         for j in &twj.joins {
+            let before = scope.len();
             self.factor(&j.relation, scope, conds);
-            // Only inner joins filter every table; an outer join's ON does not.
-            if let JoinOperator::Join(JoinConstraint::On(e))
-            | JoinOperator::Inner(JoinConstraint::On(e))
-            | JoinOperator::StraightJoin(JoinConstraint::On(e)) = &j.join_operator
-            {
-                conjuncts(e, conds);
-            } else if let JoinOperator::Left(JoinConstraint::On(e))
-            | JoinOperator::LeftOuter(JoinConstraint::On(e))
-            | JoinOperator::Right(JoinConstraint::On(e))
-            | JoinOperator::RightOuter(JoinConstraint::On(e)) = &j.join_operator
-            {
-                // Not a filter, but it may hold subqueries.
-                self.expr(e);
+            let joined = before..scope.len();
+            // An inner join's condition filters every table; an outer join's only its
+            // nullable side.
+            let (constraint, only) = match &j.join_operator {
+                JoinOperator::Join(c)
+                | JoinOperator::Inner(c)
+                | JoinOperator::StraightJoin(c)
+                | JoinOperator::CrossJoin(c) => (c, None),
+                JoinOperator::Left(c) | JoinOperator::LeftOuter(c) => (c, Some(joined.clone())),
+                JoinOperator::Right(c) | JoinOperator::RightOuter(c) => (c, Some(0..before)),
+                _ => continue,
+            };
+            match constraint {
+                JoinConstraint::On(e) => {
+                    let mut parts = Vec::new();
+                    conjuncts(e, &mut parts);
+                    conds.extend(parts.into_iter().map(|p| Cond::Expr(p, only.clone())));
+                }
+                JoinConstraint::Using(columns) => {
+                    for column in columns.iter().filter_map(last_ident) {
+                        let has = |t: &ScopeTable| {
+                            t.column
+                                .as_deref()
+                                .is_some_and(|c| c.eq_ignore_ascii_case(column))
+                        };
+                        for b in joined.clone().filter(|&b| has(&scope[b])) {
+                            for a in (0..before).filter(|&a| has(&scope[a])) {
+                                conds.push(Cond::Link(a, b, only.clone()));
+                            }
+                        }
+                    }
+                }
+                _ => {}
             }
         }
     }
@@ -348,7 +373,7 @@ impl Analyzer<'_> {
         &mut self,
         f: &'e TableFactor,
         scope: &mut Vec<ScopeTable>,
-        conds: &mut Vec<&'e Expr>,
+        conds: &mut Vec<Cond<'e>>,
     ) {
         match f {
             TableFactor::Table { name, alias, .. } => {
@@ -416,9 +441,16 @@ impl Analyzer<'_> {
         })
     }
 
-    fn pin(&mut self, scope: &mut [ScopeTable], conds: &[&Expr]) {
-        let mut links: Vec<(usize, usize)> = Vec::new();
+    fn pin(&mut self, scope: &mut [ScopeTable], conds: &[Cond]) {
+        let mut links: Vec<(usize, usize, Option<Range<usize>>)> = Vec::new();
         for c in conds {
+            let (c, only) = match c {
+                Cond::Link(a, b, only) => {
+                    links.push((*a, *b, only.clone()));
+                    continue;
+                }
+                Cond::Expr(e, only) => (*e, only),
+            };
             match c {
                 Expr::BinaryOp {
                     left,
@@ -428,13 +460,21 @@ impl Analyzer<'_> {
                     let l = self.column_target(scope, left);
                     let r = self.column_target(scope, right);
                     match (l, r) {
-                        (Some(Target::Local(a)), Some(Target::Local(b))) => links.push((a, b)),
+                        (Some(Target::Local(a)), Some(Target::Local(b))) => {
+                            links.push((a, b, only.clone()))
+                        }
                         (Some(Target::Local(a)), Some(Target::Outer(Some(ws))))
-                        | (Some(Target::Outer(Some(ws))), Some(Target::Local(a))) => {
+                        | (Some(Target::Outer(Some(ws))), Some(Target::Local(a)))
+                            if allowed(only, a) =>
+                        {
                             intersect(&mut scope[a].workspaces, ws)
                         }
-                        (Some(Target::Local(a)), None) => self.pin_values(scope, a, &[right]),
-                        (None, Some(Target::Local(b))) => self.pin_values(scope, b, &[left]),
+                        (Some(Target::Local(a)), None) if allowed(only, a) => {
+                            self.pin_values(scope, a, &[right])
+                        }
+                        (None, Some(Target::Local(b))) if allowed(only, b) => {
+                            self.pin_values(scope, b, &[left])
+                        }
                         _ => {}
                     }
                 }
@@ -445,8 +485,10 @@ impl Analyzer<'_> {
                     ..
                 } => {
                     if let Some(Target::Local(a)) = self.column_target(scope, expr) {
-                        let values: Vec<&Expr> = list.iter().collect();
-                        self.pin_values(scope, a, &values);
+                        if allowed(only, a) {
+                            let values: Vec<&Expr> = list.iter().collect();
+                            self.pin_values(scope, a, &values);
+                        }
                     }
                 }
                 _ => {}
@@ -456,12 +498,15 @@ impl Analyzer<'_> {
         let mut changed = true;
         while changed {
             changed = false;
-            for &(a, b) in &links {
-                let (from, to) = match (&scope[a].workspaces, &scope[b].workspaces) {
-                    (Some(_), None) => (a, b),
-                    (None, Some(_)) => (b, a),
+            for (a, b, only) in &links {
+                let (from, to) = match (&scope[*a].workspaces, &scope[*b].workspaces) {
+                    (Some(_), None) => (*a, *b),
+                    (None, Some(_)) => (*b, *a),
                     _ => continue,
                 };
+                if !allowed(only, to) {
+                    continue;
+                }
                 scope[to].workspaces = scope[from].workspaces.clone();
                 changed = true;
             }
@@ -580,4 +625,16 @@ impl Analyzer<'_> {
 enum Target {
     Local(usize),
     Outer(Option<Vec<u64>>),
+}
+
+/// A condition that may pin tables of a scope. An outer join's condition only
+/// restricts its nullable side, so it may only pin the tables in `only`.
+enum Cond<'e> {
+    Expr(&'e Expr, Option<Range<usize>>),
+    /// `JOIN ... USING (C)`: the two tables' sharding columns are equal.
+    Link(usize, usize, Option<Range<usize>>),
+}
+
+fn allowed(only: &Option<Range<usize>>, table: usize) -> bool {
+    only.as_ref().is_none_or(|r| r.contains(&table))
 }

@@ -22,6 +22,7 @@ pub(crate) struct TableName<'a> {
 }
 
 const TRIGGERS: &[&str] = &[
+    "INSERT",
     "FROM",
     "JOIN",
     "STRAIGHT_JOIN",
@@ -135,7 +136,9 @@ pub(crate) fn table_names<'a>(sql: &'a str, toks: &[Token], ddl: bool) -> Vec<Ta
         // `REPLACE(` is a function; `FROM (` a derived table handled by its own FROM.
         let on_duplicate_key_update =
             t.is_kw(sql, "UPDATE") && i > 0 && toks.get(i - 1).is_some_and(|k| k.is_kw(sql, "KEY"));
-        if trigger && !on_duplicate_key_update {
+        // `ORDER BY x DESC` is not `DESC table`.
+        let sort_order = i > 0 && (t.is_kw(sql, "DESC") || t.is_kw(sql, "DESCRIBE"));
+        if trigger && !on_duplicate_key_update && !sort_order {
             read_list(sql, toks, i + 1, &mut out);
         }
     }

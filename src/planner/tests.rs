@@ -150,6 +150,39 @@ fn a_join_of_sharded_tables_needs_every_table_pinned_alike() {
 }
 
 #[test]
+fn outer_joins_pin_only_their_nullable_side() {
+    assert_eq!(
+        route("SELECT * FROM messages m LEFT JOIN channels c ON c.id = m.channel_id AND c.workspace_id = m.workspace_id WHERE m.workspace_id = 2"),
+        ws(&[2])
+    );
+    // The ON of a LEFT JOIN does not filter the preserved table.
+    assert_eq!(
+        route("SELECT * FROM messages m LEFT JOIN channels c ON c.workspace_id = 2 AND m.workspace_id = 2"),
+        missing("messages", "workspace_id")
+    );
+    assert_eq!(
+        route("SELECT * FROM messages m LEFT JOIN channels c ON c.id = m.channel_id WHERE m.workspace_id = 2"),
+        missing("channels", "workspace_id")
+    );
+    assert_eq!(
+        route("SELECT * FROM messages m JOIN channels c USING (workspace_id) WHERE m.workspace_id = 2"),
+        ws(&[2])
+    );
+    assert_eq!(
+        route("SELECT * FROM messages m JOIN channels c ON c.workspace_id = 2 WHERE m.workspace_id = 2"),
+        ws(&[2])
+    );
+}
+
+#[test]
+fn update_assignments_may_correlate_to_the_pinned_target() {
+    assert_eq!(
+        route("UPDATE messages SET n = (SELECT COUNT(*) FROM reactions r WHERE r.workspace_id = messages.workspace_id) WHERE workspace_id = 1"),
+        ws(&[1])
+    );
+}
+
+#[test]
 fn or_and_non_literals_do_not_pin() {
     assert_eq!(
         route("SELECT * FROM messages WHERE workspace_id = 1 OR workspace_id = 2"),
@@ -249,6 +282,23 @@ fn unsharded_and_reference_statements() {
     );
     assert!(unroutable(route(
         "UPDATE plans p JOIN messages m ON p.id = m.plan_id SET p.used = 1 WHERE m.workspace_id = 4"
+    )));
+    assert!(unroutable(route(
+        "DELETE p FROM plans p JOIN messages m ON m.plan_id = p.id WHERE m.workspace_id = 1"
+    )));
+    // sqlparser cannot parse comma-joined UPDATEs: which table is written is unknown.
+    assert!(unroutable(route(
+        "UPDATE messages m, plans p SET p.x = 1 WHERE m.workspace_id = 1"
+    )));
+    // With a tag, a write that mixes both kinds is still checked on the parse tree.
+    assert_eq!(
+        route(
+            "UPDATE messages m JOIN plans p ON p.id = m.plan_id SET m.n = p.n /*workspace_id:4*/"
+        ),
+        ws(&[4])
+    );
+    assert!(unroutable(route(
+        "UPDATE messages m JOIN plans p ON p.id = m.plan_id SET p.n = 1 /*workspace_id:4*/"
     )));
 }
 
@@ -376,6 +426,12 @@ fn inserts_that_cannot_be_routed() {
         ws(&[6])
     );
     assert_eq!(route("INSERT INTO logs (a) VALUES (1)"), Route::AnyShard);
+    assert_eq!(
+        one("INSERT app.messages (workspace_id) VALUES (1)")
+            .qualified_schema
+            .as_deref(),
+        Some("app")
+    );
 }
 
 #[test]
@@ -521,7 +577,11 @@ fn temporary_tables_and_locks_pin_the_connection() {
     let p = one("LOCK TABLES logs WRITE");
     assert!(p.pins_connection);
     assert_eq!(p.kind, StatementKind::Other);
+    assert!(!one("DROP TEMPORARY TABLE tmp").pins_connection);
+    assert!(one("CREATE OR REPLACE TEMPORARY TABLE tmp (id INT)").pins_connection);
     assert!(one("SELECT GET_LOCK('x', 10)").pins_connection);
+    assert!(one("DO GET_LOCK('x', 10)").pins_connection);
+    assert!(one("SELECT COUNT(*) INTO @n FROM logs").pins_connection);
     assert!(one("SELECT @n := @n + 1 FROM logs").pins_connection);
     assert!(!one("SELECT 'GET_LOCK(' FROM logs").pins_connection);
     assert!(!one("SET @x := 1").pins_connection);
@@ -549,6 +609,8 @@ fn session_statements_are_classified() {
         ("ROLLBACK TO s1", StatementKind::Other),
         ("USE app", StatementKind::Use("app".into())),
         ("USE `my``db`", StatementKind::Use("my`db".into())),
+        ("USE app/80-c0", StatementKind::Use("app/80-c0".into())),
+        ("USE `app/-80`", StatementKind::Use("app/-80".into())),
         ("SET autocommit=0", StatementKind::SetAutocommit(false)),
         ("SET autocommit = 1", StatementKind::SetAutocommit(true)),
         ("SET autocommit=ON", StatementKind::SetAutocommit(true)),
@@ -694,6 +756,33 @@ fn multi_statement_text_has_one_plan_per_statement() {
 }
 
 #[test]
+fn a_tag_after_the_last_statement_applies_to_the_text() {
+    let sql = "SELECT * FROM messages; SELECT * FROM channels; /*workspace_id:6*/";
+    let routes: Vec<Route> = plan(sql, &SHARDED)
+        .statements
+        .into_iter()
+        .map(|s| s.route)
+        .collect();
+    assert_eq!(routes, vec![ws(&[6]), ws(&[6])]);
+    // A statement's own tag wins over the others.
+    let sql =
+        "SELECT * FROM messages /*workspace_id:1*/; SELECT * FROM channels /*workspace_id:2*/";
+    let routes: Vec<Route> = plan(sql, &SHARDED)
+        .statements
+        .into_iter()
+        .map(|s| s.route)
+        .collect();
+    assert_eq!(routes, vec![ws(&[1]), ws(&[2])]);
+}
+
+#[test]
+fn sort_order_desc_is_not_a_table() {
+    let p = one("SELECT * FROM messages WHERE workspace_id = 1 ORDER BY id DESC, x.y");
+    assert_eq!(p.route, ws(&[1]));
+    assert_eq!(p.qualified_schema, None);
+}
+
+#[test]
 fn a_single_statement_spans_the_whole_text() {
     let sql = "  SELECT 1 ; ";
     let p = plan(sql, &SHARDED);
@@ -814,6 +903,19 @@ fn random_input_never_panics() {
             }
         }
     }
+    // Deep nesting must not overflow the stack.
+    let deep = format!(
+        "SELECT {}1{} FROM messages",
+        "(".repeat(5000),
+        ")".repeat(5000)
+    );
+    assert_eq!(route(&deep), missing("messages", "workspace_id"));
+    let deep = format!(
+        "SELECT * FROM messages WHERE {}workspace_id = 1{}",
+        "(".repeat(5000),
+        ")".repeat(5000)
+    );
+    let _ = route(&deep);
     for _ in 0..2000 {
         let bytes: Vec<u8> = (0..rng.gen_range(0..64)).map(|_| rng.gen()).collect();
         let s = String::from_utf8_lossy(&bytes);
