@@ -80,6 +80,7 @@ impl LocalMariaDb {
     pub fn start(opts: &LocalDbOptions) -> io::Result<LocalMariaDb> {
         let binaries = binaries().map_err(io::Error::other)?;
         let template = template(binaries).map_err(io::Error::other)?;
+        reap_orphans_once();
         let mut last_err = None;
         for _ in 0..PORT_ATTEMPTS {
             let port = match opts.port {
@@ -380,6 +381,46 @@ fn unique_dir(prefix: &str) -> Result<PathBuf, String> {
     Err("could not create a unique temp directory".to_string())
 }
 
+/// Stops servers (and removes directories) left behind by processes that died without
+/// unwinding (SIGKILL, abort), once per process. A directory `sgdb-PID-...` whose PID
+/// is gone is an orphan; its server is signalled only if its command line names that
+/// directory, so a recycled pid is never hit.
+fn reap_orphans_once() {
+    static REAPED: OnceLock<()> = OnceLock::new();
+    REAPED.get_or_init(|| {
+        let Ok(entries) = std::fs::read_dir(base_dir()) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(owner) = name
+                .strip_prefix("sgdb-")
+                .and_then(|rest| rest.split('-').next())
+                .and_then(|pid| pid.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if Path::new(&format!("/proc/{owner}")).exists() {
+                continue;
+            }
+            let dir = entry.path();
+            if let Some(server_pid) = std::fs::read_to_string(dir.join("mariadb.pid"))
+                .ok()
+                .and_then(|text| text.trim().parse::<u32>().ok())
+            {
+                let cmdline =
+                    std::fs::read(format!("/proc/{server_pid}/cmdline")).unwrap_or_default();
+                let needle = dir.to_string_lossy();
+                if String::from_utf8_lossy(&cmdline).contains(needle.as_ref()) {
+                    let _ = send_signal(server_pid, SIGCONT);
+                    let _ = send_signal(server_pid, SIGKILL);
+                }
+            }
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    });
+}
+
 fn copy_dir(from: &Path, to: &Path) -> io::Result<()> {
     std::fs::create_dir_all(to)?;
     for entry in std::fs::read_dir(from)? {
@@ -626,8 +667,8 @@ extern "C" {
 
 fn send_signal(pid: u32, signal: i32) -> io::Result<()> {
     let pid = i32::try_from(pid).map_err(|_| io::Error::other("pid out of range"))?;
-    // SAFETY: kill(2) takes two integers and touches no memory of ours; `pid` is our
-    // own child, not yet reaped, so it cannot name another process.
+    // SAFETY: kill(2) takes two integers and touches no memory of ours. Callers pass
+    // their own unreaped child, or a pid whose command line they have just checked.
     let rc = unsafe { kill(pid, signal) };
     if rc == 0 {
         Ok(())

@@ -166,12 +166,29 @@ async fn start_clusters(
         vschema.clusters.len(),
         opts.base_port
     );
-    let mut starting = Vec::new();
-    for (i, (name, cluster)) in vschema.clusters.iter().enumerate() {
+    let mut ports = Vec::new();
+    for (i, name) in vschema.clusters.keys().enumerate() {
         let port = u16::try_from(i)
             .ok()
             .and_then(|i| opts.base_port.checked_add(i))
             .ok_or_else(|| format!("no port left for cluster {name} above {}", opts.base_port))?;
+        ports.push(port);
+    }
+    // Check every port before starting anything, so a clash costs nothing.
+    let busy: Vec<String> = ports
+        .iter()
+        .filter(|&&port| std::net::TcpListener::bind(("127.0.0.1", port)).is_err())
+        .map(u16::to_string)
+        .collect();
+    if !busy.is_empty() {
+        return Err(format!(
+            "port(s) {} on 127.0.0.1 already in use (another demo running?); \
+             pass a different base port",
+            busy.join(", ")
+        ));
+    }
+    let mut starting = Vec::new();
+    for ((name, cluster), &port) in vschema.clusters.iter().zip(&ports) {
         let db_opts = LocalDbOptions {
             port: Some(port),
             user: cluster.user.clone(),
@@ -209,12 +226,12 @@ async fn start_clusters(
 
 /// Creates every keyspace's databases (with the sample tables for sharded ones) and
 /// inserts each workspace's rows on the shard that owns it: one script per server,
-/// all servers in parallel. Returns the number of workspace rows written.
+/// all servers in parallel. Returns the number of rows written.
 async fn load_sample_data(
     workspaces: u64,
     vschema: &VSchema,
     servers: &BTreeMap<String, LocalMariaDb>,
-) -> Result<u64, String> {
+) -> Result<usize, String> {
     let mut scripts: BTreeMap<String, String> = BTreeMap::new();
     let mut loaded = 0;
     for keyspace in vschema.keyspaces.values() {
@@ -232,7 +249,6 @@ async fn load_sample_data(
                     .entry((shard.cluster.clone(), shard.database.clone()))
                     .or_default()
                     .push(ws);
-                loaded += 1;
             }
         }
         for ((cluster, database), ids) in owned {
@@ -241,7 +257,7 @@ async fn load_sample_data(
             script.push_str(&format!("CREATE DATABASE IF NOT EXISTS {db};\nUSE {db};\n"));
             if keyspace.sharded {
                 script.push_str(sample::SHARDED_TABLES);
-                sample::append_inserts(script, &ids);
+                loaded += sample::append_inserts(script, &ids);
             }
         }
     }

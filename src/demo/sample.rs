@@ -64,8 +64,9 @@ fn message_count(conversation: u64) -> u64 {
     1 + (conversation * 7) % 4
 }
 
-/// Appends the INSERTs for `workspaces` (all placed in the same database) to `out`.
-pub fn append_inserts(out: &mut String, workspaces: &[u64]) {
+/// Appends the INSERTs for `workspaces` (all placed in the same database) to `out`;
+/// returns the number of rows.
+pub fn append_inserts(out: &mut String, workspaces: &[u64]) -> usize {
     let mut ws_rows = Vec::new();
     let mut conv_rows = Vec::new();
     let mut msg_rows = Vec::new();
@@ -106,6 +107,7 @@ pub fn append_inserts(out: &mut String, workspaces: &[u64]) {
         "messages (id,conversation_id,workspace_id,author,body,created_at)",
         &msg_rows,
     );
+    ws_rows.len() + conv_rows.len() + msg_rows.len()
 }
 
 fn append_batches(out: &mut String, into: &str, rows: &[String]) {
