@@ -118,8 +118,7 @@ impl ProxyConfig {
 
     /// Reads a config file; the vschema path in it is relative to the file.
     pub fn load(path: &std::path::Path) -> Result<ProxyConfig, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
         let file: ConfigFile =
             toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
         let listen = file
@@ -132,13 +131,19 @@ impl ProxyConfig {
         let vpath = base.join(&file.vschema);
         let vschema = VSchema::load(&vpath).map_err(|e| format!("{}:\n{e}", vpath.display()))?;
         if file.users.is_empty() {
-            return Err(format!("{}: no [[users]]: nobody could log in", path.display()));
+            return Err(format!(
+                "{}: no [[users]]: nobody could log in",
+                path.display()
+            ));
         }
         let mut pool = PoolConfig::default();
         let p = &file.pool;
         if let Some(n) = p.max_connections {
             if n == 0 {
-                return Err(format!("{}: pool.max_connections must be > 0", path.display()));
+                return Err(format!(
+                    "{}: pool.max_connections must be > 0",
+                    path.display()
+                ));
             }
             pool.max_connections = n;
         }

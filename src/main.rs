@@ -65,7 +65,9 @@ fn run(args: &[String]) -> Result<(), String> {
         }
         ["serve", rest @ ..] => serve(rest),
         ["demo", rest @ ..] => demo(rest),
-        _ => Err(format!("unknown command; see `shardgate --help`\n\n{USAGE}")),
+        _ => Err(format!(
+            "unknown command; see `shardgate --help`\n\n{USAGE}"
+        )),
     }
 }
 
@@ -84,7 +86,10 @@ fn check_flags(rest: &[&str], known: &[&str]) -> Result<(), String> {
     let mut i = 0;
     while i < rest.len() {
         if !known.contains(&rest[i]) {
-            return Err(format!("unknown argument {:?}; see `shardgate --help`", rest[i]));
+            return Err(format!(
+                "unknown argument {:?}; see `shardgate --help`",
+                rest[i]
+            ));
         }
         i += 2;
     }
@@ -108,9 +113,16 @@ fn serve(rest: &[&str]) -> Result<(), String> {
                 let spec = rest.get(i + 1).ok_or("--user needs NAME:PASSWORD")?;
                 let mut parts = spec.splitn(3, ':');
                 let name = parts.next().unwrap_or_default().to_string();
-                let password = parts.next().ok_or("--user needs NAME:PASSWORD")?.to_string();
+                let password = parts
+                    .next()
+                    .ok_or("--user needs NAME:PASSWORD")?
+                    .to_string();
                 let admin = parts.next() == Some("admin");
-                users.push(User { name, password, admin });
+                users.push(User {
+                    name,
+                    password,
+                    admin,
+                });
             }
         }
         if users.is_empty() {
@@ -131,7 +143,10 @@ fn serve(rest: &[&str]) -> Result<(), String> {
 }
 
 fn demo(rest: &[&str]) -> Result<(), String> {
-    check_flags(rest, &["--listen", "--workspaces", "--base-port", "--vschema"])?;
+    check_flags(
+        rest,
+        &["--listen", "--workspaces", "--base-port", "--vschema"],
+    )?;
     let mut opts = shardgate::demo::DemoOptions::default();
     if let Some(l) = flag(rest, "--listen")? {
         opts.listen = l.parse().map_err(|e| format!("--listen: {e}"))?;

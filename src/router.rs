@@ -94,11 +94,10 @@ fn passthrough_target(vs: &VSchema, ctx: &DbContext) -> Result<Target, ProxyErro
     };
     if let Some(ks) = vs.default_keyspace.as_deref().and_then(|k| vs.keyspace(k)) {
         let s = &ks.shards[0];
-        let database = db.or_else(|| None::<String>);
         return Ok(Target {
             cluster: s.cluster.clone(),
             label: format!("cluster {}", s.cluster),
-            database,
+            database: db,
         });
     }
     // No default keyspace: a session without a database still needs somewhere to run
@@ -196,4 +195,3 @@ fn join_ids(ids: &[u64]) -> String {
     }
     s.join(", ")
 }
-

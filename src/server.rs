@@ -52,13 +52,19 @@ impl Shared {
         let pools = vs
             .clusters
             .values()
-            .map(|c| (c.name.clone(), ClusterPool::new(c.clone(), config.pool.clone())))
+            .map(|c| {
+                (
+                    c.name.clone(),
+                    ClusterPool::new(c.clone(), config.pool.clone()),
+                )
+            })
             .collect();
         let users = config
             .users
             .iter()
             .map(|u| {
-                let hash = (!u.password.is_empty()).then(|| auth::double_sha1(u.password.as_bytes()));
+                let hash =
+                    (!u.password.is_empty()).then(|| auth::double_sha1(u.password.as_bytes()));
                 (
                     u.name.clone(),
                     UserEntry {

@@ -46,7 +46,8 @@ pub async fn run(
     };
     let id = shared.next_connection_id();
     let login = tokio::time::timeout(LOGIN_TIMEOUT, login(&shared, &mut client, id, peer)).await;
-    let Ok(Some(mut session)) = login.map(|r| r.map(|l| Session::new(shared.clone(), client, id, l)))
+    let Ok(Some(mut session)) =
+        login.map(|r| r.map(|l| Session::new(shared.clone(), client, id, l)))
     else {
         return;
     };
@@ -79,11 +80,16 @@ async fn login(
         auth_plugin: NATIVE_PASSWORD.to_string(),
         ext_capabilities: shared.offered_ext_capabilities,
     };
-    client.send(0, &handshake::build_greeting(&greeting)).await.ok()?;
+    client
+        .send(0, &handshake::build_greeting(&greeting))
+        .await
+        .ok()?;
     let (seq, payload) = match client.read_packet(64 * 1024).await {
         Ok(p) => p,
         Err(ReadError::TooLarge(_)) => {
-            let _ = client.send(2, &wire::proxy_err_payload(&ProxyError::bad_handshake())).await;
+            let _ = client
+                .send(2, &wire::proxy_err_payload(&ProxyError::bad_handshake()))
+                .await;
             return None;
         }
         Err(_) => return None,
@@ -95,11 +101,17 @@ async fn login(
         return None;
     }
     let Some(resp) = handshake::parse_handshake_response(&payload) else {
-        let _ = client.send(seq, &wire::proxy_err_payload(&ProxyError::bad_handshake())).await;
+        let _ = client
+            .send(seq, &wire::proxy_err_payload(&ProxyError::bad_handshake()))
+            .await;
         return None;
     };
     let mut token = resp.auth_response.clone();
-    if resp.auth_plugin.as_deref().is_some_and(|p| p != NATIVE_PASSWORD) {
+    if resp
+        .auth_plugin
+        .as_deref()
+        .is_some_and(|p| p != NATIVE_PASSWORD)
+    {
         // The client computed its answer for another plugin: ask again in ours.
         let switch = handshake::build_auth_switch(NATIVE_PASSWORD, &scramble);
         client.send(seq, &switch).await.ok()?;
@@ -212,7 +224,8 @@ impl SessionVars {
         self.statements
             .retain(|s| !s.starts_with(b"SET autocommit="));
         if !on {
-            self.statements.push(Bytes::from_static(b"SET autocommit=0"));
+            self.statements
+                .push(Bytes::from_static(b"SET autocommit=0"));
         }
         self.rehash();
     }
@@ -404,7 +417,11 @@ impl Session {
         match payload.get(1..3).map(|b| u16::from_le_bytes([b[0], b[1]])) {
             Some(0) => self.capabilities |= caps::MULTI_STATEMENTS,
             Some(1) => self.capabilities &= !caps::MULTI_STATEMENTS,
-            _ => return self.send_error(&ProxyError::unknown_command(command::SET_OPTION)).await,
+            _ => {
+                return self
+                    .send_error(&ProxyError::unknown_command(command::SET_OPTION))
+                    .await
+            }
         }
         self.key.caps = self.capabilities & caps::RELAY_SENSITIVE;
         let st = self.idle_status();
@@ -434,7 +451,11 @@ impl Session {
                 // A pass-through database: only its cluster knows whether it exists.
                 let target = match router::route(&vs, &ctx, &any_statement()) {
                     Ok(Dispatch::Single(t)) => t,
-                    Ok(_) => return self.send_error(&ProxyError::internal("bad pass-through route")).await,
+                    Ok(_) => {
+                        return self
+                            .send_error(&ProxyError::internal("bad pass-through route"))
+                            .await
+                    }
                     Err(e) => return self.send_error(&e).await,
                 };
                 let mut lease = match self.lease_for(&target).await {
@@ -586,7 +607,12 @@ impl Session {
         self.held.retain(|h| !h.lease.conn_ref().broken);
     }
 
-    async fn set_session(&mut self, vs: &VSchema, stmt: &StatementPlan, payload: Bytes) -> Answered {
+    async fn set_session(
+        &mut self,
+        vs: &VSchema,
+        stmt: &StatementPlan,
+        payload: Bytes,
+    ) -> Answered {
         // Run it once on a backend so errors come from MariaDB itself; remember it only
         // if it worked.
         let target = match self.target_for(vs, stmt) {
@@ -611,7 +637,10 @@ impl Session {
                 return self.send_error(&e).await;
             }
         }
-        let result = lease.conn().relay(&payload, ResponseKind::Query, &mut self.client.io).await;
+        let result = lease
+            .conn()
+            .relay(&payload, ResponseKind::Query, &mut self.client.io)
+            .await;
         let answer = match result {
             Ok(outcome) => {
                 if !outcome.error {
@@ -774,7 +803,11 @@ impl Session {
 
     /// Brings a leased connection to the session's state, then starts the pending
     /// transaction and one-shot settings. Ok(Some) carries a backend ERR to forward.
-    async fn prepare(&mut self, lease: &mut Lease, target: &Target) -> Result<Option<Collected>, ProxyError> {
+    async fn prepare(
+        &mut self,
+        lease: &mut Lease,
+        target: &Target,
+    ) -> Result<Option<Collected>, ProxyError> {
         if let Some(err) = self.sync(lease, target).await? {
             return Ok(Some(err));
         }
@@ -797,7 +830,11 @@ impl Session {
     }
 
     /// Makes a connection's database and session variables match the session's.
-    async fn sync(&mut self, lease: &mut Lease, target: &Target) -> Result<Option<Collected>, ProxyError> {
+    async fn sync(
+        &mut self,
+        lease: &mut Lease,
+        target: &Target,
+    ) -> Result<Option<Collected>, ProxyError> {
         let cluster = target.cluster.clone();
         let lost = |e: BackendError| ProxyError::lost_backend(&cluster, e);
         let conn = lease.conn();
@@ -839,7 +876,9 @@ impl Session {
             .pools
             .get(&target.cluster)
             .cloned()
-            .ok_or_else(|| ProxyError::internal(format!("no pool for cluster {}", target.cluster)))?;
+            .ok_or_else(|| {
+                ProxyError::internal(format!("no pool for cluster {}", target.cluster))
+            })?;
         pool.checkout(self.key, target.database.as_deref(), self.vars.hash)
             .await
     }
@@ -869,7 +908,9 @@ impl Session {
         payload: &Bytes,
     ) -> Answered {
         let StatementKind::Insert(shape) = &stmt.kind else {
-            return self.send_error(&ProxyError::internal("split of a non-INSERT")).await;
+            return self
+                .send_error(&ProxyError::internal("split of a non-INSERT"))
+                .await;
         };
         if self.in_transaction() {
             let names: Vec<&str> = parts.iter().map(|(t, _)| t.label.as_str()).collect();
@@ -973,7 +1014,10 @@ impl Session {
             .skip_while(|l| *l != target.label)
             .skip(1)
             .collect();
-        let mut msg = format!("shard {} (cluster {}): {}", target.label, target.cluster, e.message);
+        let mut msg = format!(
+            "shard {} (cluster {}): {}",
+            target.label, target.cluster, e.message
+        );
         if !done.is_empty() {
             msg.push_str(&format!(" [already applied on: {}]", done.join(", ")));
         }
@@ -995,7 +1039,9 @@ impl Session {
         for s in stmts {
             if matches!(s.kind, StatementKind::Use(_)) {
                 return self
-                    .send_error(&ProxyError::not_supported("USE inside a multi-statement query"))
+                    .send_error(&ProxyError::not_supported(
+                        "USE inside a multi-statement query",
+                    ))
                     .await;
             }
             sticky |= s.pins_connection;
@@ -1026,7 +1072,9 @@ impl Session {
             }
         }
         let Some(target) = target else {
-            return self.send_error(&ProxyError::internal("empty multi-statement")).await;
+            return self
+                .send_error(&ProxyError::internal("empty multi-statement"))
+                .await;
         };
         if let Err(e) = self.check_transaction(&target) {
             return self.send_error(&e).await;
@@ -1086,7 +1134,8 @@ impl Session {
             Ok(_) => self.default_target(&vs),
             Err(e) => return self.send_error(&e).await,
         };
-        self.run_on(target, payload, ResponseKind::FieldList, false).await
+        self.run_on(target, payload, ResponseKind::FieldList, false)
+            .await
     }
 }
 

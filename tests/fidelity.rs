@@ -57,7 +57,11 @@ async fn raw_client(addr: &str, user: &str, password: &str, deprecate_eof: bool)
         password: password.into(),
     };
     let key = ConnKey {
-        caps: if deprecate_eof { caps::DEPRECATE_EOF } else { 0 } | caps::MULTI_RESULTS,
+        caps: if deprecate_eof {
+            caps::DEPRECATE_EOF
+        } else {
+            0
+        } | caps::MULTI_RESULTS,
         collation: 45,
         ext: caps::MARIADB_EXTENDED_METADATA,
     };
@@ -73,7 +77,12 @@ async fn every_common_column_type_reaches_the_client_byte_for_byte() {
     let toml = vschema(&servers);
     // The table lives on every shard; rows of workspace 5 on its owner.
     let vs = shardgate::vschema::VSchema::from_toml_str(&toml).expect("vschema");
-    let owner = vs.keyspace("app").expect("app").shard_for_workspace(5).cluster.clone();
+    let owner = vs
+        .keyspace("app")
+        .expect("app")
+        .shard_for_workspace(5)
+        .cluster
+        .clone();
     let owner = &servers[owner[1..].parse::<usize>().expect("n") - 1];
     for s in &servers {
         s.sql(&format!("USE app; {CREATE}")).expect("create");
@@ -89,30 +98,57 @@ async fn every_common_column_type_reaches_the_client_byte_for_byte() {
         let mut via = raw_client(&paddr, "app", "app", dep).await;
         let mut payload = vec![3u8];
         payload.extend_from_slice(query.as_bytes());
-        let a = direct.exec(&payload, ResponseKind::Query).await.expect("direct");
-        let b = via.exec(&payload, ResponseKind::Query).await.expect("proxy");
+        let a = direct
+            .exec(&payload, ResponseKind::Query)
+            .await
+            .expect("direct");
+        let b = via
+            .exec(&payload, ResponseKind::Query)
+            .await
+            .expect("proxy");
         assert!(!a.outcome.error);
         assert!(a.bytes == b.bytes, "raw result bytes differ (deprecate_eof={dep}): {} vs {} bytes, first difference at {:?}", a.bytes.len(), b.bytes.len(), a.bytes.iter().zip(b.bytes.iter()).position(|(x, y)| x != y));
         // COM_FIELD_LIST too.
         let mut fl = vec![4u8];
         fl.extend_from_slice(b"alltypes\0");
-        let a = direct.exec(&fl, ResponseKind::FieldList).await.expect("direct field list");
-        let b = via.exec(&fl, ResponseKind::FieldList).await.expect("proxy field list");
+        let a = direct
+            .exec(&fl, ResponseKind::FieldList)
+            .await
+            .expect("direct field list");
+        let b = via
+            .exec(&fl, ResponseKind::FieldList)
+            .await
+            .expect("proxy field list");
         assert!(a.bytes == b.bytes, "field list bytes differ");
     }
 
     // 2. mysql_async: column metadata and values.
-    let mut d = mysql_async::Conn::new(common::mysql_opts(&owner.addr(), "shardgate", "shardgate", Some("app")))
-        .await
-        .expect("direct");
+    let mut d = mysql_async::Conn::new(common::mysql_opts(
+        &owner.addr(),
+        "shardgate",
+        "shardgate",
+        Some("app"),
+    ))
+    .await
+    .expect("direct");
     let mut p = mysql_async::Conn::new(common::mysql_opts(&paddr, "app", "app", Some("app")))
         .await
         .expect("proxy");
     let mut rd = d.query_iter(query).await.expect("direct query");
-    let cols_d: Vec<String> = rd.columns().expect("cols").iter().map(|c| format!("{c:?}")).collect();
+    let cols_d: Vec<String> = rd
+        .columns()
+        .expect("cols")
+        .iter()
+        .map(|c| format!("{c:?}"))
+        .collect();
     let rows_d: Vec<mysql_async::Row> = rd.collect().await.expect("rows");
     let mut rp = p.query_iter(query).await.expect("proxy query");
-    let cols_p: Vec<String> = rp.columns().expect("cols").iter().map(|c| format!("{c:?}")).collect();
+    let cols_p: Vec<String> = rp
+        .columns()
+        .expect("cols")
+        .iter()
+        .map(|c| format!("{c:?}"))
+        .collect();
     let rows_p: Vec<mysql_async::Row> = rp.collect().await.expect("rows");
     assert_eq!(cols_d, cols_p);
     assert_eq!(rows_d.len(), 3);
@@ -122,17 +158,47 @@ async fn every_common_column_type_reaches_the_client_byte_for_byte() {
     assert_eq!(vals(&rows_d), vals(&rows_p));
 
     // 3. The mariadb CLI with column type info.
-    let direct = common::cli(&owner.addr(), "shardgate", "shardgate", Some("app"), &format!("{query}"));
+    let direct = common::cli(&owner.addr(), "shardgate", "shardgate", Some("app"), query);
     let via = common::cli(&paddr, "app", "app", Some("app"), query);
-    assert!(direct.status.success(), "{}", String::from_utf8_lossy(&direct.stderr));
-    assert!(via.status.success(), "{}", String::from_utf8_lossy(&via.stderr));
+    assert!(
+        direct.status.success(),
+        "{}",
+        String::from_utf8_lossy(&direct.stderr)
+    );
+    assert!(
+        via.status.success(),
+        "{}",
+        String::from_utf8_lossy(&via.stderr)
+    );
     assert_same_lines(&direct.stdout, &via.stdout, "mariadb CLI output");
     let info_d = std::process::Command::new("mariadb")
-        .args(["--protocol=TCP", "-h127.0.0.1", &format!("-P{}", owner.port), "-ushardgate", "-pshardgate", "app", "--column-type-info", "-t", "-e", query])
+        .args([
+            "--protocol=TCP",
+            "-h127.0.0.1",
+            &format!("-P{}", owner.port),
+            "-ushardgate",
+            "-pshardgate",
+            "app",
+            "--column-type-info",
+            "-t",
+            "-e",
+            query,
+        ])
         .output()
         .expect("cli");
     let info_p = std::process::Command::new("mariadb")
-        .args(["--protocol=TCP", "-h127.0.0.1", &format!("-P{}", proxy.addr.port()), "-uapp", "-papp", "app", "--column-type-info", "-t", "-e", query])
+        .args([
+            "--protocol=TCP",
+            "-h127.0.0.1",
+            &format!("-P{}", proxy.addr.port()),
+            "-uapp",
+            "-papp",
+            "app",
+            "--column-type-info",
+            "-t",
+            "-e",
+            query,
+        ])
         .output()
         .expect("cli");
     assert!(info_d.status.success() && info_p.status.success());
@@ -151,7 +217,11 @@ fn assert_same_lines(a: &[u8], b: &[u8], what: &str) {
     for (n, (x, y)) in a.lines().zip(b.lines()).enumerate() {
         assert_eq!(x, y, "{what}: line {} differs", n + 1);
     }
-    assert_eq!(a.lines().count(), b.lines().count(), "{what}: line counts differ");
+    assert_eq!(
+        a.lines().count(),
+        b.lines().count(),
+        "{what}: line counts differ"
+    );
 }
 
 async fn error_of(conn: &mut mysql_async::Conn, sql: &str) -> (u16, String, String) {
@@ -166,34 +236,60 @@ async fn backend_errors_arrive_unchanged_and_bad_logins_get_1045() {
     let servers = common::start_servers(2);
     let toml = vschema(&servers);
     for s in &servers {
-        s.sql("CREATE TABLE app.u (id INT PRIMARY KEY, workspace_id BIGINT NOT NULL)").expect("create");
+        s.sql("CREATE TABLE app.u (id INT PRIMARY KEY, workspace_id BIGINT NOT NULL)")
+            .expect("create");
     }
     let proxy = common::start_proxy(&toml).await;
     let paddr = proxy.addr.to_string();
     let vs = shardgate::vschema::VSchema::from_toml_str(&toml).expect("vschema");
-    let owner = vs.keyspace("app").expect("app").shard_for_workspace(3).cluster.clone();
+    let owner = vs
+        .keyspace("app")
+        .expect("app")
+        .shard_for_workspace(3)
+        .cluster
+        .clone();
     let owner = &servers[owner[1..].parse::<usize>().expect("n") - 1];
-    let mut d = mysql_async::Conn::new(common::mysql_opts(&owner.addr(), "shardgate", "shardgate", Some("app")))
-        .await
-        .expect("direct");
+    let mut d = mysql_async::Conn::new(common::mysql_opts(
+        &owner.addr(),
+        "shardgate",
+        "shardgate",
+        Some("app"),
+    ))
+    .await
+    .expect("direct");
     let mut p = mysql_async::Conn::new(common::mysql_opts(&paddr, "app", "app", Some("app")))
         .await
         .expect("proxy");
-    p.query_drop("INSERT INTO u (id, workspace_id) VALUES (1, 3)").await.expect("insert");
+    p.query_drop("INSERT INTO u (id, workspace_id) VALUES (1, 3)")
+        .await
+        .expect("insert");
     for sql in [
-        "INSERT INTO u (id, workspace_id) VALUES (1, 3)",                       // 1062 duplicate key
+        "INSERT INTO u (id, workspace_id) VALUES (1, 3)", // 1062 duplicate key
         "SELECT * FROM no_such_table WHERE workspace_id = 3", // 1146
-        "SELEC 1",                                            // 1064
+        "SELEC 1",                                        // 1064
         "SELECT * FROM u WHERE workspace_id = 3 AND nope = 1", // 1054
     ] {
         let a = error_of(&mut d, sql).await;
         let b = error_of(&mut p, sql).await;
         assert_eq!(a, b, "{sql}");
     }
-    assert_eq!(error_of(&mut p, "INSERT INTO u (id, workspace_id) VALUES (1, 3)").await.0, 1062);
-    assert_eq!(error_of(&mut p, "INSERT INTO u (id, workspace_id) VALUES (1, 3)").await.1, "23000");
+    assert_eq!(
+        error_of(&mut p, "INSERT INTO u (id, workspace_id) VALUES (1, 3)")
+            .await
+            .0,
+        1062
+    );
+    assert_eq!(
+        error_of(&mut p, "INSERT INTO u (id, workspace_id) VALUES (1, 3)")
+            .await
+            .1,
+        "23000"
+    );
     // Still usable.
-    let n: Option<u32> = p.query_first("SELECT COUNT(*) FROM u WHERE workspace_id = 3").await.expect("count");
+    let n: Option<u32> = p
+        .query_first("SELECT COUNT(*) FROM u WHERE workspace_id = 3")
+        .await
+        .expect("count");
     assert_eq!(n, Some(1));
 
     // Wrong password, unknown user, unknown database.
@@ -204,7 +300,12 @@ async fn backend_errors_arrive_unchanged_and_bad_logins_get_1045() {
     ] {
         match mysql_async::Conn::new(common::mysql_opts(&paddr, user, pass, db)).await {
             Err(mysql_async::Error::Server(e)) => {
-                assert_eq!((e.code, e.state.as_str()), (code, state), "{user}/{pass}: {}", e.message)
+                assert_eq!(
+                    (e.code, e.state.as_str()),
+                    (code, state),
+                    "{user}/{pass}: {}",
+                    e.message
+                )
             }
             Err(other) => panic!("{user}: expected a server error, got {other}"),
             Ok(_) => panic!("{user}/{pass} must not log in"),
@@ -212,7 +313,11 @@ async fn backend_errors_arrive_unchanged_and_bad_logins_get_1045() {
     }
     let out = common::cli(&paddr, "app", "nope", Some("app"), "SELECT 1");
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("1045"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("1045"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     drop(d);
     drop(p);

@@ -233,7 +233,11 @@ impl BackendConn {
     }
 
     /// Sends a command (sequence id 0) and reads its whole response into memory.
-    pub async fn exec(&mut self, payload: &[u8], kind: ResponseKind) -> Result<Collected, BackendError> {
+    pub async fn exec(
+        &mut self,
+        payload: &[u8],
+        kind: ResponseKind,
+    ) -> Result<Collected, BackendError> {
         self.last_used = Instant::now();
         if let Err(e) = self.conn.send(0, payload).await {
             self.broken = true;
@@ -256,7 +260,9 @@ impl BackendConn {
             }
             if out.len() > COLLECT_LIMIT {
                 self.broken = true;
-                return Err(BackendError::Backend("response too large to collect".into()));
+                return Err(BackendError::Backend(
+                    "response too large to collect".into(),
+                ));
             }
             if let Err(e) = self.conn.fill().await {
                 self.broken = true;
@@ -267,7 +273,10 @@ impl BackendConn {
         if let Some(st) = outcome.status {
             self.status = st;
         }
-        Ok(Collected { bytes: out, outcome })
+        Ok(Collected {
+            bytes: out,
+            outcome,
+        })
     }
 
     /// Sends a command (sequence id 0) and streams the response to `client` unchanged,
@@ -346,11 +355,15 @@ impl BackendConn {
     /// COM_RESET_CONNECTION: drops session variables, temporary tables, locks and any
     /// open transaction. The default database is re-sent afterwards by the caller.
     pub async fn reset(&mut self) -> Result<(), BackendError> {
-        let c = self.exec(&[command::RESET_CONNECTION], ResponseKind::Query).await?;
+        let c = self
+            .exec(&[command::RESET_CONNECTION], ResponseKind::Query)
+            .await?;
         if c.outcome.error {
             self.broken = true;
             return Err(BackendError::Backend(
-                c.err().map(|e| e.message).unwrap_or_else(|| "reset failed".into()),
+                c.err()
+                    .map(|e| e.message)
+                    .unwrap_or_else(|| "reset failed".into()),
             ));
         }
         self.state_hash = 0;

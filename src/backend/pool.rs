@@ -47,12 +47,16 @@ impl Lease {
     /// The connection.
     pub fn conn(&mut self) -> &mut BackendConn {
         // Invariant: `conn` is Some until drop.
-        self.conn.as_mut().expect("lease holds a connection until dropped")
+        self.conn
+            .as_mut()
+            .expect("lease holds a connection until dropped")
     }
 
     /// The connection, read-only.
     pub fn conn_ref(&self) -> &BackendConn {
-        self.conn.as_ref().expect("lease holds a connection until dropped")
+        self.conn
+            .as_ref()
+            .expect("lease holds a connection until dropped")
     }
 
     /// The cluster this lease belongs to.
@@ -191,7 +195,8 @@ impl ClusterPool {
                 return Err(ProxyError::cluster_unavailable(&self.cluster.name, why));
             }
         }
-        match BackendConn::connect(&self.cluster, key, database, self.config.connect_timeout).await {
+        match BackendConn::connect(&self.cluster, key, database, self.config.connect_timeout).await
+        {
             Ok((conn, _)) => {
                 let mut g = self.lock();
                 g.open += 1;

@@ -40,13 +40,19 @@ pub(crate) fn route(
     write: bool,
     tag: Option<u64>,
 ) -> Route {
-    // Any identifier naming a sharded table counts, not only those after FROM: without
-    // a parse tree we cannot tell a table from a column, so err towards "sharded".
+    // Any identifier naming a listed sharded table counts, not only those after FROM:
+    // without a parse tree we cannot tell a table from a column, so err towards
+    // "sharded". Words in table positions count even when only a default sharding
+    // column covers them.
     let mut sharded: Option<(String, String)> = None;
     let mut several_sharded = false;
     let mut reference = false;
     for t in toks.iter().filter(|t| t.is_ident()) {
         let name = t.ident(sql);
+        let in_table_position = tables.iter().any(|tn| tn.name == name);
+        if !in_table_position && !schema.is_listed(&name) {
+            continue;
+        }
         if let Some(c) = schema.sharding_column(&name) {
             match &sharded {
                 None => sharded = Some((name.into_owned(), c.to_owned())),

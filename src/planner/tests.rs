@@ -922,3 +922,38 @@ fn random_input_never_panics() {
         let _ = plan(&s, &SHARDED);
     }
 }
+
+/// A keyspace whose every unlisted table is sharded by a default column.
+struct DefaultColumnSchema;
+
+impl ShardingSchema for DefaultColumnSchema {
+    fn is_sharded(&self) -> bool {
+        true
+    }
+    fn sharding_column(&self, table: &str) -> Option<&str> {
+        (table != "countries").then_some("workspace_id")
+    }
+    fn is_reference(&self, table: &str) -> bool {
+        table == "countries"
+    }
+    fn is_listed(&self, table: &str) -> bool {
+        matches!(table, "messages" | "countries")
+    }
+}
+
+#[test]
+fn a_typo_is_not_taken_for_a_table_under_a_default_column() {
+    let p = plan("SELEC 1", &DefaultColumnSchema);
+    assert_eq!(p.statements[0].route, Route::AnyShard, "{p:?}");
+    // A real unlisted table in a table position still needs its workspace.
+    let p = plan(
+        "SELECT * FROM tickets WHERE id = 1 LOCK IN SHARE MODE",
+        &DefaultColumnSchema,
+    );
+    assert_eq!(p.statements[0].route, missing("tickets", "workspace_id"));
+    let p = plan(
+        "SELECT * FROM tickets WHERE workspace_id = 9 LOCK IN SHARE MODE",
+        &DefaultColumnSchema,
+    );
+    assert_eq!(p.statements[0].route, ws(&[9]));
+}

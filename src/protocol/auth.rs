@@ -88,7 +88,10 @@ mod tests {
     #[test]
     fn double_sha1_matches_an_independent_computation() {
         // python3 -c "import hashlib;print(hashlib.sha1(hashlib.sha1(b'app').digest()).hexdigest())"
-        let hex: String = double_sha1(b"app").iter().map(|b| format!("{b:02x}")).collect();
+        let hex: String = double_sha1(b"app")
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
         assert_eq!(hex, "5bcb3e6ac345b435c7c2e6b7949a04ce6f6563d3");
     }
 }

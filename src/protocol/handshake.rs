@@ -292,7 +292,10 @@ mod tests {
             attributes: vec![3, b'a', b'b', b'c', 1, b'x'],
             ext_capabilities: 0,
         };
-        assert_eq!(parse_handshake_response(&build_handshake_response(&r)), Some(r));
+        assert_eq!(
+            parse_handshake_response(&build_handshake_response(&r)),
+            Some(r)
+        );
     }
 
     #[test]
@@ -307,7 +310,10 @@ mod tests {
         };
         let full = build_handshake_response(&r);
         for cut in 0..40 {
-            assert!(parse_handshake_response(&full[..cut]).is_none(), "cut {cut}");
+            assert!(
+                parse_handshake_response(&full[..cut]).is_none(),
+                "cut {cut}"
+            );
         }
         assert!(parse_handshake_response(b"garbage garbage garbage garbage garbage").is_none());
     }

@@ -215,7 +215,15 @@ mod tests {
         let mut buf = BytesMut::new();
         put_packet(&mut buf, 3, &payload);
         // partial buffers are incomplete, never an error
-        for cut in [0, 3, 4, 100, MAX_PAYLOAD + 4, MAX_PAYLOAD + 8, buf.len() - 1] {
+        for cut in [
+            0,
+            3,
+            4,
+            100,
+            MAX_PAYLOAD + 4,
+            MAX_PAYLOAD + 8,
+            buf.len() - 1,
+        ] {
             assert!(logical_len(&buf[..cut], 64 << 20).unwrap().is_none());
         }
         let (wire, len) = logical_len(&buf, 64 << 20).unwrap().unwrap();
@@ -227,6 +235,9 @@ mod tests {
     #[test]
     fn absurd_length_is_refused_before_buffering() {
         let buf = [0xff, 0xff, 0xff, 0, 1, 2, 3];
-        assert!(matches!(logical_len(&buf, 1024), Err(ReadError::TooLarge(1024))));
+        assert!(matches!(
+            logical_len(&buf, 1024),
+            Err(ReadError::TooLarge(1024))
+        ));
     }
 }

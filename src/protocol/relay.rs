@@ -192,7 +192,11 @@ mod tests {
 
     fn resultset(deprecate_eof: bool, more: bool) -> BytesMut {
         let mut b = BytesMut::new();
-        let st = if more { status::MORE_RESULTS_EXISTS | 2 } else { 2 };
+        let st = if more {
+            status::MORE_RESULTS_EXISTS | 2
+        } else {
+            2
+        };
         let mut seq = put_packet(&mut b, 1, &[2]);
         seq = put_packet(&mut b, seq, b"\x03defcol1");
         seq = put_packet(&mut b, seq, b"\x03defcol2");
@@ -202,7 +206,10 @@ mod tests {
         seq = put_packet(&mut b, seq, b"\x011\x012");
         seq = put_packet(&mut b, seq, b"\xfb\x012");
         if deprecate_eof {
-            let mut ok = ok_payload(&OkInfo { status: st, ..Default::default() });
+            let mut ok = ok_payload(&OkInfo {
+                status: st,
+                ..Default::default()
+            });
             ok[0] = 0xfe;
             put_packet(&mut b, seq, &ok);
         } else {
@@ -232,7 +239,15 @@ mod tests {
     fn multi_results_continue_until_the_last() {
         let mut b = resultset(true, true);
         let mut ok = BytesMut::new();
-        put_packet(&mut ok, 7, &ok_payload(&OkInfo { affected_rows: 3, status: 2, ..Default::default() }));
+        put_packet(
+            &mut ok,
+            7,
+            &ok_payload(&OkInfo {
+                affected_rows: 3,
+                status: 2,
+                ..Default::default()
+            }),
+        );
         b.extend_from_slice(&ok);
         let mut s = ResponseScanner::new(ResponseKind::Query, true);
         assert_eq!(s.scan(&b).unwrap(), b.len());
@@ -244,7 +259,15 @@ mod tests {
     #[test]
     fn plain_ok_and_err() {
         let mut b = BytesMut::new();
-        put_packet(&mut b, 1, &ok_payload(&OkInfo { affected_rows: 5, status: 3, ..Default::default() }));
+        put_packet(
+            &mut b,
+            1,
+            &ok_payload(&OkInfo {
+                affected_rows: 5,
+                status: 3,
+                ..Default::default()
+            }),
+        );
         let mut s = ResponseScanner::new(ResponseKind::Query, false);
         assert_eq!(s.scan(&b).unwrap(), b.len());
         assert_eq!(s.outcome().ok.map(|o| o.affected_rows), Some(5));

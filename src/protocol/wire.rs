@@ -204,8 +204,7 @@ pub fn put_result_set(
         put_lenenc_str(&mut p, c.name.as_bytes());
         put_lenenc_str(&mut p, c.name.as_bytes());
         p.put_u8(0x0c);
-        let (charset, length, flags): (u16, u32, u16) = if c.column_type == column_type::LONGLONG
-        {
+        let (charset, length, flags): (u16, u32, u16) = if c.column_type == column_type::LONGLONG {
             (63, 20, 0x0001 | 0x0080) // binary, NOT_NULL | BINARY
         } else {
             (45, 1024 * 4, 0) // utf8mb4_general_ci
@@ -258,7 +257,16 @@ mod tests {
 
     #[test]
     fn lenenc_roundtrip_at_every_boundary() {
-        for v in [0u64, 250, 251, 65535, 65536, (1 << 24) - 1, 1 << 24, u64::MAX] {
+        for v in [
+            0u64,
+            250,
+            251,
+            65535,
+            65536,
+            (1 << 24) - 1,
+            1 << 24,
+            u64::MAX,
+        ] {
             let mut b = BytesMut::new();
             put_lenenc_int(&mut b, v);
             let mut at = 0;

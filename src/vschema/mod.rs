@@ -285,6 +285,10 @@ impl ShardingSchema for Keyspace {
     fn is_reference(&self, table: &str) -> bool {
         matches!(self.table(table), Some((_, TableKind::Reference)))
     }
+
+    fn is_listed(&self, table: &str) -> bool {
+        self.table(table).is_some()
+    }
 }
 
 fn plural(count: usize, noun: &str) -> String {
