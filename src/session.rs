@@ -38,7 +38,7 @@ pub async fn run(
     permit: Option<OwnedSemaphorePermit>,
     stop: watch::Receiver<bool>,
 ) {
-    let mut client = PacketConn::new(stream);
+    let mut client = PacketConn::with_capacity(stream, 2 * 1024, 0);
     let Some(_permit) = permit else {
         let e = ProxyError::too_many_connections();
         let _ = client.send(0, &wire::proxy_err_payload(&e)).await;

@@ -123,12 +123,19 @@ pub struct PacketConn<S> {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> PacketConn<S> {
-    /// Wraps a socket.
+    /// Wraps a socket with buffers sized for a backend connection (results stream in).
     pub fn new(io: S) -> Self {
+        Self::with_capacity(io, 16 * 1024, 0)
+    }
+
+    /// Wraps a socket with the given initial buffer sizes. A client connection starts
+    /// small (most statements are short; idle clients should cost little memory) and
+    /// grows when a large packet arrives.
+    pub fn with_capacity(io: S, read: usize, write: usize) -> Self {
         PacketConn {
             io,
-            rbuf: BytesMut::with_capacity(16 * 1024),
-            wbuf: BytesMut::with_capacity(16 * 1024),
+            rbuf: BytesMut::with_capacity(read),
+            wbuf: BytesMut::with_capacity(write),
         }
     }
 
@@ -144,8 +151,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> PacketConn<S> {
 
     /// Reads more bytes into `rbuf`; `Closed` at end of stream.
     pub async fn fill(&mut self) -> Result<usize, ReadError> {
-        if self.rbuf.capacity() - self.rbuf.len() < 4096 {
-            self.rbuf.reserve(16 * 1024);
+        if self.rbuf.capacity() - self.rbuf.len() < 1024 {
+            // Grow with what is buffered, so a large packet needs few reads.
+            let grow = self.rbuf.len().clamp(4 * 1024, 1 << 20);
+            self.rbuf.reserve(grow);
         }
         let n = self.io.read_buf(&mut self.rbuf).await?;
         if n == 0 {
