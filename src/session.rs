@@ -27,6 +27,10 @@ use crate::router::{self, DbContext, Dispatch, Target, Unsharded};
 use crate::server::Shared;
 use crate::vschema::VSchema;
 
+/// How long a connection that ran a statement with warnings or a generated id stays
+/// with the session, so that `SHOW WARNINGS` or `SELECT LAST_INSERT_ID()` reach it.
+const DIAGNOSTICS_HOLD: Duration = Duration::from_millis(500);
+
 /// How long a client may take to log in.
 const LOGIN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -253,6 +257,11 @@ struct Held {
     lease: Lease,
     /// Kept for connection state (temporary tables, locks), not only a transaction.
     sticky: bool,
+    /// Kept only so the next statement can ask about this one (`SHOW WARNINGS`,
+    /// `LAST_INSERT_ID()`): released after the next statement unless it uses it again.
+    diagnostics: bool,
+    /// The statement number that put it here.
+    kept_at: u64,
 }
 
 /// How a statement's answer reached the client.
@@ -277,6 +286,8 @@ struct Session {
     /// `SET TRANSACTION ...` for the next transaction only.
     pending_once: Vec<Bytes>,
     held: Vec<Held>,
+    /// Statements served so far (ages `Held::diagnostics` leases).
+    statements: u64,
 }
 
 impl Session {
@@ -298,6 +309,7 @@ impl Session {
             pending_begin: None,
             pending_once: Vec::new(),
             held: Vec::new(),
+            statements: 0,
         }
     }
 
@@ -327,9 +339,18 @@ impl Session {
     async fn serve(&mut self, mut stop: watch::Receiver<bool>) {
         let limit = self.shared.config.max_packet_size;
         loop {
-            let read = tokio::select! {
-                r = self.client.read_packet(limit) => r,
-                _ = stop.changed() => return,
+            let read = loop {
+                let diagnostics = self.held.iter().any(|h| h.diagnostics);
+                let idle = tokio::select! {
+                    r = self.client.read_packet(limit) => break r,
+                    _ = stop.changed() => return,
+                    _ = tokio::time::sleep(DIAGNOSTICS_HOLD), if diagnostics => true,
+                };
+                if idle {
+                    // Nobody asked about the last statement in time: give the
+                    // connection back so idle sessions never hold the pool.
+                    self.held.retain(|h| !h.diagnostics);
+                }
             };
             let payload = match read {
                 Ok((_, p)) => p,
@@ -479,6 +500,13 @@ impl Session {
     // ---- queries ----
 
     async fn query(&mut self, payload: Bytes) -> Answered {
+        self.statements += 1;
+        let answer = self.query_inner(payload).await;
+        self.release_stale_diagnostics();
+        answer
+    }
+
+    async fn query_inner(&mut self, payload: Bytes) -> Answered {
         let vs = self.shared.vschema();
         let sql_bytes = payload.slice(1..);
         let (text, exact) = match std::str::from_utf8(&sql_bytes) {
@@ -696,6 +724,11 @@ impl Session {
             if let Some(t) = self.tx_target() {
                 return t.clone();
             }
+            // `SHOW WARNINGS`, `SELECT LAST_INSERT_ID()` and the like ask the connection
+            // that ran the previous statement.
+            if let Some(h) = self.held.iter().find(|h| h.diagnostics) {
+                return h.target.clone();
+            }
             if let Some(h) = self.held.iter().find(|h| h.sticky) {
                 if h.target.cluster == target.cluster {
                     return h.target.clone();
@@ -890,13 +923,23 @@ impl Session {
         if conn.broken {
             return;
         }
-        if conn.status & status::IN_TRANS != 0 || sticky {
+        let in_tx = conn.status & status::IN_TRANS != 0;
+        let diagnostics = conn.has_diagnostics();
+        if in_tx || sticky || diagnostics {
             self.held.push(Held {
                 target,
                 lease,
                 sticky,
+                diagnostics: !in_tx && !sticky,
+                kept_at: self.statements,
             });
         }
+    }
+
+    /// Returns leases kept only for diagnostics of an earlier statement.
+    fn release_stale_diagnostics(&mut self) {
+        let now = self.statements;
+        self.held.retain(|h| !(h.diagnostics && h.kept_at < now));
     }
 
     // ---- statements over several shards ----

@@ -473,3 +473,59 @@ async fn session_state_follows_the_session_to_every_backend_connection() {
     drop(other);
     proxy.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn show_warnings_and_last_insert_id_reach_the_connection_that_ran_the_statement() {
+    let servers = common::start_servers(2);
+    let toml = setup_vschema(&servers, &[]);
+    for s in &servers {
+        s.sql("CREATE TABLE app.t (id INT AUTO_INCREMENT PRIMARY KEY, workspace_id BIGINT NOT NULL, v TINYINT)")
+            .expect("create");
+    }
+    let proxy = common::start_proxy(&toml).await;
+    let addr = proxy.addr.to_string();
+    let b = (1..100u64)
+        .find(|&w| owner(&toml, w) == 1)
+        .expect("ws on 1");
+    // Other sessions keep the pools busy so a fresh lease would likely be another connection.
+    let mut noise = mysql_async::Conn::new(common::mysql_opts(&addr, "app", "app", Some("app")))
+        .await
+        .expect("c");
+    let mut conn = mysql_async::Conn::new(common::mysql_opts(&addr, "app", "app", Some("app")))
+        .await
+        .expect("c");
+    for i in 0..3 {
+        conn.query_drop(format!("INSERT INTO t (workspace_id, v) VALUES ({b}, {i})"))
+            .await
+            .expect("insert");
+        let from_ok = conn.last_insert_id().expect("insert id in OK");
+        noise
+            .query_drop(format!("INSERT INTO t (workspace_id, v) VALUES ({b}, 9)"))
+            .await
+            .expect("noise");
+        let asked: Option<u64> = conn
+            .query_first("SELECT LAST_INSERT_ID()")
+            .await
+            .expect("ask");
+        assert_eq!(
+            asked,
+            Some(from_ok),
+            "LAST_INSERT_ID() answers about this session's insert"
+        );
+    }
+    // A truncation warning, then SHOW WARNINGS.
+    conn.query_drop("SET sql_mode = ''").await.expect("lenient");
+    conn.query_drop(format!(
+        "INSERT INTO t (workspace_id, v) VALUES ({b}, 1000)"
+    ))
+    .await
+    .expect("warn");
+    assert_eq!(conn.get_warnings(), 1);
+    let warnings: Vec<(String, u32, String)> =
+        conn.query("SHOW WARNINGS").await.expect("show warnings");
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert_eq!(warnings[0].1, 1264, "out of range warning: {warnings:?}");
+    drop(conn);
+    drop(noise);
+    proxy.stop().await;
+}

@@ -108,6 +108,10 @@ pub struct BackendConn {
     pub state_hash: u64,
     /// Status flags of the last response.
     pub status: u16,
+    /// Warnings the last response reported (what `SHOW WARNINGS` would list).
+    pub last_warnings: u16,
+    /// Last-insert id the last response reported (0 if it generated none).
+    pub last_insert_id: u64,
     /// When it was last used.
     pub last_used: Instant,
     /// Set when the connection can no longer be trusted; it is then closed, not pooled.
@@ -222,6 +226,8 @@ impl BackendConn {
             database: database.map(str::to_string),
             state_hash: 0,
             status: greeting.status,
+            last_warnings: 0,
+            last_insert_id: 0,
             last_used: Instant::now(),
             broken: false,
         };
@@ -338,10 +344,22 @@ impl BackendConn {
             }
         }
         let outcome = scanner.outcome();
+        self.note(&outcome);
+        Ok(outcome)
+    }
+
+    fn note(&mut self, outcome: &Outcome) {
         if let Some(st) = outcome.status {
             self.status = st;
         }
-        Ok(outcome)
+        self.last_warnings = outcome.warnings;
+        self.last_insert_id = outcome.last_insert_id;
+    }
+
+    /// Whether a follow-up statement could ask this connection about the last one
+    /// (`SHOW WARNINGS`, `LAST_INSERT_ID()`).
+    pub fn has_diagnostics(&self) -> bool {
+        self.last_warnings != 0 || self.last_insert_id != 0
     }
 
     /// COM_PING; false if the connection is dead.

@@ -37,6 +37,10 @@ pub struct Outcome {
     pub result_sets: u32,
     /// Sequence id of the last packet.
     pub last_seq: u8,
+    /// Warnings the last OK / EOF reported.
+    pub warnings: u16,
+    /// Last-insert id of the last OK packet (0 if none).
+    pub last_insert_id: u64,
 }
 
 /// The backend broke the protocol; the connection cannot be trusted any more.
@@ -111,6 +115,8 @@ impl ResponseScanner {
                 Some(0x00) => {
                     let ok = parse_ok(p).ok_or(ProtocolViolation("malformed OK packet"))?;
                     self.outcome.status = Some(ok.status);
+                    self.outcome.warnings = ok.warnings;
+                    self.outcome.last_insert_id = ok.last_insert_id;
                     if self.outcome.result_sets == 0 && self.packets == 1 {
                         self.outcome.ok = Some(ok);
                     } else {
@@ -153,12 +159,17 @@ impl ResponseScanner {
                 Some(0xfe) if !self.deprecate_eof && len < 9 => {
                     let st = parse_eof_status(p).unwrap_or(0);
                     self.outcome.status = Some(st);
+                    self.outcome.warnings = match p.get(1..3) {
+                        Some(w) => u16::from_le_bytes([w[0], w[1]]),
+                        None => 0,
+                    };
                     self.end_or_more(st);
                 }
                 Some(0xfe) if self.deprecate_eof && len < MAX_PAYLOAD => {
-                    let st = parse_ok(p).map(|o| o.status).unwrap_or(0);
-                    self.outcome.status = Some(st);
-                    self.end_or_more(st);
+                    let ok = parse_ok(p).unwrap_or_default();
+                    self.outcome.status = Some(ok.status);
+                    self.outcome.warnings = ok.warnings;
+                    self.end_or_more(ok.status);
                 }
                 Some(0xff) => self.fail(),
                 _ => {}
