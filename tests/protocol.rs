@@ -226,3 +226,43 @@ async fn reset_connection_init_db_and_ping_behave_as_on_mariadb() {
     drop(c);
     proxy.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shardgates_own_sql_client_reads_rows_nulls_and_errors() {
+    let servers = common::start_servers(1);
+    let cluster = shardgate::vschema::Cluster {
+        name: "c1".into(),
+        primary: servers[0].addr(),
+        user: "shardgate".into(),
+        password: "shardgate".into(),
+    };
+    let mut c = shardgate::backend::SqlConn::connect(&cluster, None, Duration::from_secs(5))
+        .await
+        .expect("connect");
+    let ok = c.execute("CREATE DATABASE t1").await.expect("create");
+    assert_eq!(ok.affected_rows, 1);
+    let rows = c
+        .query("SELECT 1 AS a, NULL AS b, 'x''y' AS c UNION ALL SELECT 2, 'z', ''")
+        .await
+        .expect("query");
+    assert_eq!(rows.columns, vec!["a", "b", "c"]);
+    assert_eq!(
+        rows.rows,
+        vec![
+            vec![Some("1".to_string()), None, Some("x'y".to_string())],
+            vec![
+                Some("2".to_string()),
+                Some("z".to_string()),
+                Some(String::new())
+            ],
+        ]
+    );
+    assert_eq!(rows.scalar(), Some("1"));
+    let empty = c.query("SELECT 1 FROM DUAL WHERE 0").await.expect("empty");
+    assert!(empty.rows.is_empty());
+    match c.query("SELECT * FROM nope.nope").await {
+        Err(e) => assert_eq!(e.code(), Some(1146), "{e}"),
+        Ok(r) => panic!("expected an error, got {r:?}"),
+    }
+    assert!(c.ping().await, "usable after an error");
+}

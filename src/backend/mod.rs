@@ -2,6 +2,8 @@
 
 pub mod conn;
 pub mod pool;
+pub mod sql;
 
 pub use conn::{BackendConn, BackendError, Collected, ConnKey};
 pub use pool::{ClusterPool, Lease};
+pub use sql::{Rows, SqlConn, SqlError};
