@@ -27,9 +27,17 @@ use crate::router::{self, DbContext, Dispatch, Target, Unsharded};
 use crate::server::Shared;
 use crate::vschema::VSchema;
 
-/// How long a connection that ran a statement with warnings or a generated id stays
-/// with the session, so that `SHOW WARNINGS` or `SELECT LAST_INSERT_ID()` reach it.
-const DIAGNOSTICS_HOLD: Duration = Duration::from_millis(500);
+/// How long the connection that ran a statement stays with an idle session, so that a
+/// driver's follow-up (`SELECT LAST_INSERT_ID()`, `ROW_COUNT()`, `FOUND_ROWS()`) reaches
+/// it.
+const DIAGNOSTICS_HOLD: Duration = Duration::from_millis(100);
+
+/// The same after a statement with warnings, long enough for a person to type
+/// `SHOW WARNINGS`.
+const WARNINGS_HOLD: Duration = Duration::from_secs(5);
+
+/// A far-off instant for a timer that is disabled.
+const IDLE_FOREVER: Duration = Duration::from_secs(86_400);
 
 /// How long a client may take to log in.
 const LOGIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -258,8 +266,9 @@ struct Held {
     /// Kept for connection state (temporary tables, locks), not only a transaction.
     sticky: bool,
     /// Kept only so the next statement can ask about this one (`SHOW WARNINGS`,
-    /// `LAST_INSERT_ID()`): released after the next statement unless it uses it again.
-    diagnostics: bool,
+    /// `LAST_INSERT_ID()`, `ROW_COUNT()`, `FOUND_ROWS()`), until this moment; released
+    /// after the next statement unless that one used it again.
+    diagnostics: Option<tokio::time::Instant>,
     /// The statement number that put it here.
     kept_at: u64,
 }
@@ -340,16 +349,18 @@ impl Session {
         let limit = self.shared.config.max_packet_size;
         loop {
             let read = loop {
-                let diagnostics = self.held.iter().any(|h| h.diagnostics);
-                let idle = tokio::select! {
+                let expiry = self.held.iter().filter_map(|h| h.diagnostics).min();
+                let wake = expiry.unwrap_or_else(|| tokio::time::Instant::now() + IDLE_FOREVER);
+                let expired = tokio::select! {
                     r = self.client.read_packet(limit) => break r,
                     _ = stop.changed() => return,
-                    _ = tokio::time::sleep(DIAGNOSTICS_HOLD), if diagnostics => true,
+                    _ = tokio::time::sleep_until(wake), if expiry.is_some() => true,
                 };
-                if idle {
+                if expired {
                     // Nobody asked about the last statement in time: give the
                     // connection back so idle sessions never hold the pool.
-                    self.held.retain(|h| !h.diagnostics);
+                    let now = tokio::time::Instant::now();
+                    self.held.retain(|h| h.diagnostics.is_none_or(|t| t > now));
                 }
             };
             let payload = match read {
@@ -726,7 +737,7 @@ impl Session {
             }
             // `SHOW WARNINGS`, `SELECT LAST_INSERT_ID()` and the like ask the connection
             // that ran the previous statement.
-            if let Some(h) = self.held.iter().find(|h| h.diagnostics) {
+            if let Some(h) = self.held.iter().find(|h| h.diagnostics.is_some()) {
                 return h.target.clone();
             }
             if let Some(h) = self.held.iter().find(|h| h.sticky) {
@@ -924,22 +935,29 @@ impl Session {
             return;
         }
         let in_tx = conn.status & status::IN_TRANS != 0;
-        let diagnostics = conn.has_diagnostics();
-        if in_tx || sticky || diagnostics {
-            self.held.push(Held {
-                target,
-                lease,
-                sticky,
-                diagnostics: !in_tx && !sticky,
-                kept_at: self.statements,
-            });
-        }
+        // Every statement's connection stays a moment, so a follow-up question about it
+        // reaches the same connection (and a next statement on the same shard skips the
+        // pool). Warnings are kept longer: a person may type SHOW WARNINGS.
+        let hold = if conn.last_warnings > 0 {
+            WARNINGS_HOLD
+        } else {
+            DIAGNOSTICS_HOLD
+        };
+        let diagnostics = (!in_tx && !sticky).then(|| tokio::time::Instant::now() + hold);
+        self.held.push(Held {
+            target,
+            lease,
+            sticky,
+            diagnostics,
+            kept_at: self.statements,
+        });
     }
 
     /// Returns leases kept only for diagnostics of an earlier statement.
     fn release_stale_diagnostics(&mut self) {
         let now = self.statements;
-        self.held.retain(|h| !(h.diagnostics && h.kept_at < now));
+        self.held
+            .retain(|h| !(h.diagnostics.is_some() && h.kept_at < now));
     }
 
     // ---- statements over several shards ----

@@ -356,12 +356,6 @@ impl BackendConn {
         self.last_insert_id = outcome.last_insert_id;
     }
 
-    /// Whether a follow-up statement could ask this connection about the last one
-    /// (`SHOW WARNINGS`, `LAST_INSERT_ID()`).
-    pub fn has_diagnostics(&self) -> bool {
-        self.last_warnings != 0 || self.last_insert_id != 0
-    }
-
     /// COM_PING; false if the connection is dead.
     pub async fn ping(&mut self) -> bool {
         match self.exec(&[command::PING], ResponseKind::Query).await {

@@ -105,6 +105,36 @@ pub struct Keyspace {
     pub pins: HashMap<u64, usize>,
     /// Whether this is the default (pass-through) keyspace.
     pub default: bool,
+    /// How workspaces' data is laid out.
+    pub tenancy: Tenancy,
+    /// What happens to DDL sent to this keyspace.
+    pub ddl: DdlPolicy,
+}
+
+/// How a sharded keyspace lays out its workspaces.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Tenancy {
+    /// Tables carry the workspace column; one database per shard.
+    #[default]
+    SharedTables,
+    /// Every workspace has its own database on its shard's cluster, named by a
+    /// template such as `ws_{id}`: the text before and after `{id}`.
+    DatabasePerWorkspace {
+        /// Text before the id.
+        prefix: String,
+        /// Text after the id.
+        suffix: String,
+    },
+}
+
+/// What happens to DDL sent through shardgate to a keyspace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DdlPolicy {
+    /// Held in the durable migration queue and run safely (the default).
+    #[default]
+    Queued,
+    /// Run at once, one statement at a time (for a test database an admin chooses).
+    Direct,
 }
 
 /// Everything wrong with a vschema document, each error pointing at its entry.
@@ -144,6 +174,13 @@ impl VSchema {
     /// The keyspace named `name`.
     pub fn keyspace(&self, name: &str) -> Option<&Keyspace> {
         self.keyspaces.get(name)
+    }
+
+    /// The `database_per_workspace` keyspace and workspace a database name belongs to.
+    pub fn workspace_database(&self, database: &str) -> Option<(&Keyspace, u64)> {
+        self.keyspaces
+            .values()
+            .find_map(|ks| ks.workspace_of_database(database).map(|id| (ks, id)))
     }
 
     /// The cluster named `name`.
@@ -229,6 +266,31 @@ impl Keyspace {
     /// The shard that owns `workspace`.
     pub fn shard_for_workspace(&self, workspace: u64) -> &Shard {
         &self.shards[self.shard_index_for_workspace(workspace)]
+    }
+
+    /// The workspace a database name belongs to, in a `database_per_workspace` keyspace
+    /// (`ws_42` -> 42 with the template `ws_{id}`). Only the canonical decimal form
+    /// matches, so `ws_042` is not workspace 42.
+    pub fn workspace_of_database(&self, database: &str) -> Option<u64> {
+        let Tenancy::DatabasePerWorkspace { prefix, suffix } = &self.tenancy else {
+            return None;
+        };
+        let digits = database.strip_prefix(prefix.as_str())?.strip_suffix(suffix.as_str())?;
+        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let id: u64 = digits.parse().ok()?;
+        (id.to_string() == digits).then_some(id)
+    }
+
+    /// The database of `workspace` in a `database_per_workspace` keyspace.
+    pub fn database_for_workspace(&self, workspace: u64) -> Option<String> {
+        match &self.tenancy {
+            Tenancy::DatabasePerWorkspace { prefix, suffix } => {
+                Some(format!("{prefix}{workspace}{suffix}"))
+            }
+            Tenancy::SharedTables => None,
+        }
     }
 
     /// Index of the shard named `name`.

@@ -44,6 +44,9 @@ pub(crate) struct RawKeyspace {
     pub database: Option<String>,
     #[serde(default)]
     pub default: bool,
+    pub tenancy: Option<String>,
+    pub database_template: Option<String>,
+    pub ddl: Option<String>,
 }
 
 /// One entry of `shards = [...]`.

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use super::keyrange::{cmp_bounds, cmp_ends, cmp_start_end, describe_end, describe_start};
 use super::parse::{RawCluster, RawKeyspace, RawShard, RawTable, RawVSchema};
-use super::{
+use super::{DdlPolicy, Tenancy, 
     Cluster, KeyRange, Keyspace, Shard, TableKind, VSchema, VSchemaError, VSchemaErrors, Vindex,
 };
 
@@ -272,6 +272,15 @@ fn build_unsharded(
             format!("an unsharded keyspace has a single shard, so there is nothing to pin to: remove `pins`, or {how_to_shard}"),
         );
     }
+    if raw.tenancy.as_deref().is_some_and(|t| t != "shared_tables")
+        || raw.database_template.is_some()
+    {
+        problems.add(
+            format!("{at}.tenancy"),
+            format!("database_per_workspace needs a sharded keyspace: {how_to_shard}"),
+        );
+    }
+    let ddl = build_ddl_policy(&at, raw, problems);
     let tables = build_tables(&at, &raw.tables, problems);
     for (table, kind) in &tables {
         if matches!(kind, TableKind::Sharded { .. }) {
@@ -317,6 +326,72 @@ fn build_unsharded(
         default_column: None,
         pins: HashMap::new(),
         default: raw.default,
+        tenancy: Tenancy::SharedTables,
+        ddl,
+    }
+}
+
+fn build_ddl_policy(at: &str, raw: &RawKeyspace, problems: &mut Problems) -> DdlPolicy {
+    match raw.ddl.as_deref() {
+        None | Some("queued") => DdlPolicy::Queued,
+        Some("direct") => DdlPolicy::Direct,
+        Some(other) => {
+            problems.add(
+                format!("{at}.ddl"),
+                format!("unknown ddl policy {other:?}: expected \"queued\" (the default) or \"direct\""),
+            );
+            DdlPolicy::Queued
+        }
+    }
+}
+
+fn build_tenancy(at: &str, raw: &RawKeyspace, problems: &mut Problems) -> Tenancy {
+    match raw.tenancy.as_deref() {
+        None | Some("shared_tables") => {
+            if raw.database_template.is_some() {
+                problems.add(
+                    format!("{at}.database_template"),
+                    "database_template needs `tenancy = \"database_per_workspace\"`",
+                );
+            }
+            Tenancy::SharedTables
+        }
+        Some("database_per_workspace") => {
+            let Some(template) = raw.database_template.as_deref() else {
+                problems.add(
+                    at,
+                    "database_per_workspace needs `database_template`, e.g. \"ws_{id}\"",
+                );
+                return Tenancy::SharedTables;
+            };
+            let parts: Vec<&str> = template.split("{id}").collect();
+            let [prefix, suffix] = parts.as_slice() else {
+                problems.add(
+                    format!("{at}.database_template"),
+                    format!("{template:?} must contain `{{id}}` exactly once"),
+                );
+                return Tenancy::SharedTables;
+            };
+            let sample = format!("{prefix}{}{suffix}", u64::MAX);
+            check_database(&sample, &format!("{at}.database_template"), problems);
+            if prefix.is_empty() && suffix.is_empty() {
+                problems.add(
+                    format!("{at}.database_template"),
+                    "a template of only `{id}` would claim every numeric database name; add a prefix such as \"ws_\"",
+                );
+            }
+            Tenancy::DatabasePerWorkspace {
+                prefix: prefix.to_string(),
+                suffix: suffix.to_string(),
+            }
+        }
+        Some(other) => {
+            problems.add(
+                format!("{at}.tenancy"),
+                format!("unknown tenancy {other:?}: expected \"shared_tables\" or \"database_per_workspace\""),
+            );
+            Tenancy::SharedTables
+        }
     }
 }
 
@@ -375,6 +450,9 @@ fn build_sharded(
         problems.add(format!("{at}.default_column"), "default_column is empty");
     }
     let tables = build_tables(&at, &raw.tables, problems);
+    let tenancy = build_tenancy(&at, raw, problems);
+    let per_workspace = tenancy != Tenancy::SharedTables;
+    let ddl = build_ddl_policy(&at, raw, problems);
 
     let raw_shards = raw.shards.as_deref().unwrap_or_default();
     if raw_shards.is_empty() {
@@ -431,16 +509,28 @@ fn build_sharded(
                 cluster.to_string()
             }
         };
-        let database = raw_shard
-            .database
-            .clone()
-            .unwrap_or_else(|| name.to_string());
-        check_database(&database, &shard_at, problems);
-        uses.push(DatabaseUse {
-            cluster: cluster.clone(),
-            database: database.clone(),
-            at: shard_at.clone(),
-        });
+        let database = if per_workspace {
+            // Each workspace has its own database; the shard only places them.
+            if raw_shard.database.is_some() {
+                problems.add(
+                    &shard_at,
+                    "a database_per_workspace keyspace names databases by its `database_template`; remove `database`",
+                );
+            }
+            String::new()
+        } else {
+            let database = raw_shard
+                .database
+                .clone()
+                .unwrap_or_else(|| name.to_string());
+            check_database(&database, &shard_at, problems);
+            uses.push(DatabaseUse {
+                cluster: cluster.clone(),
+                database: database.clone(),
+                at: shard_at.clone(),
+            });
+            database
+        };
 
         if let Some((range, shard_name)) = range_and_name {
             placed.push(Placed {
@@ -477,6 +567,8 @@ fn build_sharded(
         default_column: raw.default_column.clone(),
         pins,
         default: raw.default,
+        tenancy,
+        ddl,
     }
 }
 
