@@ -34,30 +34,6 @@ fn owner(vschema_toml: &str, workspace: u64) -> usize {
 const PYTHON: &str = "/usr/bin/python3";
 const RUBY: &str = "/usr/bin/ruby";
 
-/// Transcript steps where shardgate is known to differ from MariaDB, with why. The
-/// non-strict tests skip them; the `#[ignore]`d strict ones check them too.
-/// Each is a table-less statement about the previous statement's outcome: shardgate
-/// routes it to any shard (`AnyShard`), so it reads another backend session's state
-/// unless it happens to land on the connection that ran the previous statement.
-const KNOWN_PROXY_BUGS: &[(&str, &str)] = &[
-    (
-        "last_insert_id",
-        "SELECT LAST_INSERT_ID() may run on another backend connection",
-    ),
-    (
-        "row_count",
-        "SELECT ROW_COUNT() may run on another backend connection",
-    ),
-    (
-        "show_warnings",
-        "SHOW WARNINGS may run on another backend connection",
-    ),
-    (
-        "warning_count",
-        "SELECT @@warning_count may run on another backend connection",
-    ),
-];
-
 fn script(name: &str) -> String {
     format!("{}/tests/clients/{name}", env!("CARGO_MANIFEST_DIR"))
 }
@@ -134,12 +110,7 @@ fn count_on(server: &LocalMariaDb, sql: &str) -> u64 {
 /// Starts two shard servers behind the proxy and a third server standing in for
 /// "MariaDB without a proxy", runs the script against both, compares, and checks
 /// where the rows landed.
-/// With `strict` false, the steps of [`KNOWN_PROXY_BUGS`] are not compared.
-async fn client_session_matches_a_direct_connection(
-    interpreter: &str,
-    script_name: &str,
-    strict: bool,
-) {
+async fn client_session_matches_a_direct_connection(interpreter: &str, script_name: &str) {
     let mut servers = common::start_servers(3);
     let direct = servers.pop().expect("three servers");
     direct
@@ -173,10 +144,7 @@ async fn client_session_matches_a_direct_connection(
         step(&reference, "select_kinds").contains("🎉"),
         "utf8mb4 survives the direct run"
     );
-    let differences: Vec<_> = differing_steps(&reference, &proxied)
-        .into_iter()
-        .filter(|(name, _, _)| strict || !KNOWN_PROXY_BUGS.iter().any(|(step, _)| step == name))
-        .collect();
+    let differences = differing_steps(&reference, &proxied);
     let report: String = differences
         .iter()
         .map(|(name, x, y)| format!("step {name}\n  direct:  {x}\n  proxied: {y}\n"))
@@ -224,24 +192,12 @@ async fn client_session_matches_a_direct_connection(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pymysql_session_through_the_proxy_matches_a_direct_connection() {
-    client_session_matches_a_direct_connection(PYTHON, "pymysql_check.py", false).await;
+    client_session_matches_a_direct_connection(PYTHON, "pymysql_check.py").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mysql2_session_through_the_proxy_matches_a_direct_connection() {
-    client_session_matches_a_direct_connection(RUBY, "mysql2_check.rb", false).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "proxy bugs listed in KNOWN_PROXY_BUGS; run with --ignored once fixed"]
-async fn pymysql_session_matches_including_known_proxy_bugs() {
-    client_session_matches_a_direct_connection(PYTHON, "pymysql_check.py", true).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "proxy bugs listed in KNOWN_PROXY_BUGS; run with --ignored once fixed"]
-async fn mysql2_session_matches_including_known_proxy_bugs() {
-    client_session_matches_a_direct_connection(RUBY, "mysql2_check.rb", true).await;
+    client_session_matches_a_direct_connection(RUBY, "mysql2_check.rb").await;
 }
 
 /// `sysbench TEST ARGS.. COMMAND` against `addr` as app/app, database `app`, text

@@ -275,7 +275,9 @@ impl Keyspace {
         let Tenancy::DatabasePerWorkspace { prefix, suffix } = &self.tenancy else {
             return None;
         };
-        let digits = database.strip_prefix(prefix.as_str())?.strip_suffix(suffix.as_str())?;
+        let digits = database
+            .strip_prefix(prefix.as_str())?
+            .strip_suffix(suffix.as_str())?;
         if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
             return None;
         }

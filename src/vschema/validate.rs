@@ -9,8 +9,9 @@ use std::collections::{BTreeMap, HashMap};
 
 use super::keyrange::{cmp_bounds, cmp_ends, cmp_start_end, describe_end, describe_start};
 use super::parse::{RawCluster, RawKeyspace, RawShard, RawTable, RawVSchema};
-use super::{DdlPolicy, Tenancy, 
-    Cluster, KeyRange, Keyspace, Shard, TableKind, VSchema, VSchemaError, VSchemaErrors, Vindex,
+use super::{
+    Cluster, DdlPolicy, KeyRange, Keyspace, Shard, TableKind, Tenancy, VSchema, VSchemaError,
+    VSchemaErrors, Vindex,
 };
 
 /// MySQL's limit on a database name, in characters.
@@ -338,7 +339,9 @@ fn build_ddl_policy(at: &str, raw: &RawKeyspace, problems: &mut Problems) -> Ddl
         Some(other) => {
             problems.add(
                 format!("{at}.ddl"),
-                format!("unknown ddl policy {other:?}: expected \"queued\" (the default) or \"direct\""),
+                format!(
+                    "unknown ddl policy {other:?}: expected \"queued\" (the default) or \"direct\""
+                ),
             );
             DdlPolicy::Queued
         }
