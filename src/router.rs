@@ -3,7 +3,7 @@
 
 use crate::error::ProxyError;
 use crate::planner::{Route, ShardingSchema, StatementKind, StatementPlan};
-use crate::vschema::{Keyspace, VSchema};
+use crate::vschema::{Keyspace, Tenancy, VSchema};
 
 /// What database a session is in, as the vschema sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -15,6 +15,25 @@ pub enum DbContext {
     /// A database the vschema does not name, served unchanged by the default keyspace's
     /// cluster.
     PassThrough(String),
+    /// One workspace's own database in a `database_per_workspace` keyspace (`ws_42`).
+    Workspace {
+        /// The keyspace.
+        keyspace: String,
+        /// The workspace.
+        workspace: u64,
+        /// Its database name.
+        database: String,
+    },
+}
+
+/// The target of one workspace's own database.
+pub fn workspace_target(ks: &Keyspace, workspace: u64, database: &str) -> Target {
+    let shard = ks.shard_for_workspace(workspace);
+    Target {
+        cluster: shard.cluster.clone(),
+        database: Some(database.to_string()),
+        label: format!("{}/{} ({})", ks.name, database, shard.name),
+    }
 }
 
 /// One backend destination.
@@ -33,6 +52,16 @@ pub struct Target {
 pub enum Dispatch {
     /// One backend.
     Single(Target),
+    /// Any shard of a sharded keyspace may answer (no sharded table is named): the
+    /// session's transaction or last connection there if it has one, else `fallback`.
+    AnyShard {
+        /// The keyspace.
+        keyspace: String,
+        /// The shard to use when the session holds none of the keyspace's connections.
+        fallback: Target,
+        /// Every shard of the keyspace.
+        shards: Vec<Target>,
+    },
     /// An INSERT whose rows span shards: each target with the indexes of its rows.
     SplitInsert(Vec<(Target, Vec<usize>)>),
     /// Every shard in turn (DDL, reference-table writes).
@@ -69,6 +98,16 @@ pub fn statement_keyspace<'a>(
     match ctx {
         DbContext::Keyspace(k) => vs.keyspace(k),
         _ => None,
+    }
+}
+
+/// A target on a `database_per_workspace` keyspace's first cluster with no database
+/// selected (for statements that touch no table, like `SELECT 1`).
+fn shard_target_any_database(ks: &Keyspace) -> Target {
+    Target {
+        cluster: ks.shards[0].cluster.clone(),
+        database: None,
+        label: format!("cluster {}", ks.shards[0].cluster),
     }
 }
 
@@ -117,14 +156,56 @@ fn passthrough_target(vs: &VSchema, ctx: &DbContext) -> Result<Target, ProxyErro
 
 /// Routes one planned statement.
 pub fn route(vs: &VSchema, ctx: &DbContext, stmt: &StatementPlan) -> Result<Dispatch, ProxyError> {
+    // A workspace database named in the statement (`ws_42.t`), or the session's own.
+    if let Some(q) = &stmt.qualified_schema {
+        if let Some((ks, ws)) = vs.workspace_database(q) {
+            return Ok(Dispatch::Single(workspace_target(ks, ws, q)));
+        }
+    }
+    if let DbContext::Workspace {
+        keyspace,
+        workspace,
+        database,
+    } = ctx
+    {
+        if stmt
+            .qualified_schema
+            .as_deref()
+            .is_none_or(|q| vs.keyspace(q).is_none())
+        {
+            let ks = vs
+                .keyspace(keyspace)
+                .ok_or_else(|| ProxyError::unknown_database(database))?;
+            return Ok(Dispatch::Single(workspace_target(ks, *workspace, database)));
+        }
+    }
     let Some(ks) = statement_keyspace(vs, ctx, stmt) else {
         return Ok(Dispatch::Single(passthrough_target(vs, ctx)?));
     };
     if !ks.sharded {
         return Ok(Dispatch::Single(shard_target(ks, 0)));
     }
+    if ks.tenancy != Tenancy::SharedTables {
+        // A database_per_workspace keyspace itself holds no tables: a statement must run
+        // in (or name) one workspace's database.
+        return match &stmt.route {
+            Route::AnyShard => Ok(Dispatch::Single(shard_target_any_database(ks))),
+            _ => Err(ProxyError::unroutable(format!(
+                "shardgate: keyspace '{}' keeps each workspace in its own database; `USE {}` \
+                 (or qualify the tables with it) to name the workspace",
+                ks.name,
+                ks.database_for_workspace(42)
+                    .unwrap_or_default()
+                    .replace("42", "<id>")
+            ))),
+        };
+    }
     match &stmt.route {
-        Route::AnyShard => Ok(Dispatch::Single(shard_target(ks, 0))),
+        Route::AnyShard => Ok(Dispatch::AnyShard {
+            keyspace: ks.name.clone(),
+            fallback: shard_target(ks, 0),
+            shards: (0..ks.shards.len()).map(|i| shard_target(ks, i)).collect(),
+        }),
         Route::AllShards => Ok(Dispatch::Broadcast(
             (0..ks.shards.len()).map(|i| shard_target(ks, i)).collect(),
         )),

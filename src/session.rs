@@ -154,8 +154,8 @@ async fn login(
             }
         },
     };
-    if let DbContext::PassThrough(db) = &ctx {
-        // Only the default cluster knows whether a pass-through database exists; a
+    if let DbContext::PassThrough(db) | DbContext::Workspace { database: db, .. } = &ctx {
+        // Only its cluster knows whether a pass-through or workspace database exists; a
         // direct server refuses the login when it does not, and so do we.
         let key = ConnKey {
             caps: capabilities & caps::RELAY_SENSITIVE,
@@ -212,6 +212,12 @@ async fn check_passthrough(
 fn resolve_database(vs: &VSchema, db: &str) -> Option<DbContext> {
     if vs.keyspace(db).is_some() {
         Some(DbContext::Keyspace(db.to_string()))
+    } else if let Some((ks, workspace)) = vs.workspace_database(db) {
+        Some(DbContext::Workspace {
+            keyspace: ks.name.clone(),
+            workspace,
+            database: db.to_string(),
+        })
     } else if vs.default_keyspace.is_some() {
         Some(DbContext::PassThrough(db.to_string()))
     } else {
@@ -655,8 +661,9 @@ impl Session {
         // Run it once on a backend so errors come from MariaDB itself; remember it only
         // if it worked.
         let target = match self.target_for(vs, stmt) {
-            Ok(Dispatch::Single(t)) => t,
-            Ok(_) => self.default_target(vs),
+            Ok(d) => self
+                .one_target(d)
+                .unwrap_or_else(|| self.default_target(vs)),
             Err(e) => return self.send_error(&e).await,
         };
         let target = self.tx_target().cloned().unwrap_or(target);
@@ -696,8 +703,8 @@ impl Session {
     }
 
     fn default_target(&self, vs: &VSchema) -> Target {
-        match router::route(vs, &self.ctx, &any_statement()) {
-            Ok(Dispatch::Single(t)) => t,
+        match router::route(vs, &self.ctx, &any_statement()).map(|d| self.one_target(d)) {
+            Ok(Some(t)) => t,
             _ => Target {
                 cluster: vs.clusters.keys().next().cloned().unwrap_or_default(),
                 database: None,
@@ -716,8 +723,10 @@ impl Session {
             Err(e) => return self.send_error(&e).await,
         };
         match dispatch {
-            Dispatch::Single(target) => {
-                let target = self.tx_aware_target(target, &stmt.route);
+            d @ (Dispatch::Single(_) | Dispatch::AnyShard { .. }) => {
+                let Some(target) = self.one_target(d) else {
+                    return self.send_error(&ProxyError::internal("no target")).await;
+                };
                 if let Err(e) = self.check_transaction(&target) {
                     return self.send_error(&e).await;
                 }
@@ -729,24 +738,31 @@ impl Session {
         }
     }
 
-    /// A statement any shard can answer runs on the transaction's connection, if any.
-    fn tx_aware_target(&self, target: Target, route: &planner::Route) -> Target {
-        if matches!(route, planner::Route::AnyShard) {
-            if let Some(t) = self.tx_target() {
-                return t.clone();
-            }
-            // `SHOW WARNINGS`, `SELECT LAST_INSERT_ID()` and the like ask the connection
-            // that ran the previous statement.
-            if let Some(h) = self.held.iter().find(|h| h.diagnostics.is_some()) {
-                return h.target.clone();
-            }
-            if let Some(h) = self.held.iter().find(|h| h.sticky) {
-                if h.target.cluster == target.cluster {
-                    return h.target.clone();
+    /// The one backend for a dispatch that needs one: a fixed target, or, when any shard
+    /// of a keyspace may answer, the shard whose connection the session already holds
+    /// (its transaction; the connection of its last statement, which `SHOW WARNINGS` or
+    /// `SELECT LAST_INSERT_ID()` ask about; one with temporary tables), else the first.
+    fn one_target(&self, d: Dispatch) -> Option<Target> {
+        match d {
+            Dispatch::Single(t) => Some(t),
+            Dispatch::AnyShard {
+                fallback, shards, ..
+            } => {
+                let held = |pred: &dyn Fn(&Held) -> bool| {
+                    self.held
+                        .iter()
+                        .find(|h| pred(h) && shards.contains(&h.target))
+                        .map(|h| h.target.clone())
+                };
+                if let Some(t) = self.tx_target().filter(|t| shards.contains(t)) {
+                    return Some(t.clone());
                 }
+                held(&|h| h.diagnostics.is_some())
+                    .or_else(|| held(&|h| h.sticky))
+                    .or(Some(fallback))
             }
+            Dispatch::SplitInsert(_) | Dispatch::Broadcast(_) => None,
         }
-        target
     }
 
     fn check_transaction(&self, target: &Target) -> Result<(), ProxyError> {
@@ -1096,6 +1112,7 @@ impl Session {
     /// Several statements in one COM_QUERY: they must all go to one backend.
     async fn multi(&mut self, vs: &VSchema, stmts: &[StatementPlan], payload: Bytes) -> Answered {
         let mut target: Option<Target> = None;
+        let mut target_is_any = false;
         let mut sticky = false;
         for s in stmts {
             if matches!(s.kind, StatementKind::Use(_)) {
@@ -1107,7 +1124,12 @@ impl Session {
             }
             sticky |= s.pins_connection;
             let t = match self.target_for(vs, s) {
-                Ok(Dispatch::Single(t)) => self.tx_aware_target(t, &s.route),
+                Ok(d @ (Dispatch::Single(_) | Dispatch::AnyShard { .. })) => {
+                    match self.one_target(d) {
+                        Some(t) => t,
+                        None => return self.send_error(&ProxyError::internal("no target")).await,
+                    }
+                }
                 Ok(_) => {
                     return self
                         .send_error(&ProxyError::unroutable(
@@ -1117,11 +1139,20 @@ impl Session {
                 }
                 Err(e) => return self.send_error(&e).await,
             };
+            // A statement any shard can answer follows the others; the first one that
+            // names a shard decides.
             let any = matches!(s.route, planner::Route::AnyShard);
             match &target {
-                None => target = Some(t),
-                Some(prev) if *prev == t => {}
+                None => {
+                    target = Some(t);
+                    target_is_any = any;
+                }
+                Some(prev) if *prev == t => target_is_any &= any,
                 Some(_) if any => {}
+                Some(_) if target_is_any => {
+                    target = Some(t);
+                    target_is_any = false;
+                }
                 Some(prev) => {
                     let e = ProxyError::unroutable(format!(
                         "shardgate: the statements of this multi-statement query route to different shards ({} and {}); \
@@ -1191,8 +1222,9 @@ impl Session {
         let vs = self.shared.vschema();
         let stmt = any_statement();
         let target = match router::route(&vs, &self.ctx, &stmt) {
-            Ok(Dispatch::Single(t)) => self.tx_aware_target(t, &stmt.route),
-            Ok(_) => self.default_target(&vs),
+            Ok(d) => self
+                .one_target(d)
+                .unwrap_or_else(|| self.default_target(&vs)),
             Err(e) => return self.send_error(&e).await,
         };
         self.run_on(target, payload, ResponseKind::FieldList, false)

@@ -926,3 +926,78 @@ fn example_places_billing_by_id_range() {
     assert!(chat.is_reference("countries"));
     assert_eq!(chat.shard_for_workspace(1001).name, "c0-");
 }
+
+#[test]
+fn database_per_workspace_maps_database_names_to_workspaces() {
+    let text = r#"
+[clusters.c1]
+primary = "127.0.0.1:3306"
+user = "u"
+[keyspaces.tenants]
+sharded = true
+vindex = "numeric"
+tenancy = "database_per_workspace"
+database_template = "ws_{id}_db"
+shards = [{ name = "-", cluster = "c1" }]
+"#;
+    let vs = VSchema::from_toml_str(text).expect("valid");
+    let ks = vs.keyspace("tenants").expect("tenants");
+    assert_eq!(ks.workspace_of_database("ws_42_db"), Some(42));
+    assert_eq!(
+        ks.workspace_of_database("ws_042_db"),
+        None,
+        "only the canonical form"
+    );
+    assert_eq!(ks.workspace_of_database("ws__db"), None);
+    assert_eq!(ks.workspace_of_database("ws_42"), None);
+    assert_eq!(ks.workspace_of_database("ws_-1_db"), None);
+    assert_eq!(ks.database_for_workspace(7).as_deref(), Some("ws_7_db"));
+    assert_eq!(
+        vs.workspace_database("ws_9_db")
+            .map(|(k, w)| (k.name.as_str(), w)),
+        Some(("tenants", 9))
+    );
+}
+
+#[test]
+fn database_per_workspace_mistakes_are_reported() {
+    let base = "[clusters.c1]\nprimary = \"127.0.0.1:3306\"\nuser = \"u\"\n";
+    for (extra, at, needle) in [
+        (
+            "[keyspaces.t]\nsharded = true\nvindex = \"xxhash\"\ntenancy = \"database_per_workspace\"\nshards = [{ name = \"-\", cluster = \"c1\" }]\n",
+            "keyspaces.t",
+            "database_template",
+        ),
+        (
+            "[keyspaces.t]\nsharded = true\nvindex = \"xxhash\"\ntenancy = \"database_per_workspace\"\ndatabase_template = \"ws\"\nshards = [{ name = \"-\", cluster = \"c1\" }]\n",
+            "keyspaces.t.database_template",
+            "exactly once",
+        ),
+        (
+            "[keyspaces.t]\nsharded = true\nvindex = \"xxhash\"\ntenancy = \"database_per_workspace\"\ndatabase_template = \"ws_{id}\"\nshards = [{ name = \"-\", cluster = \"c1\", database = \"x\" }]\n",
+            "keyspaces.t.shards[0] (\"-\")",
+            "database_template",
+        ),
+        (
+            "[keyspaces.t]\ncluster = \"c1\"\ntenancy = \"database_per_workspace\"\n",
+            "keyspaces.t.tenancy",
+            "sharded",
+        ),
+        (
+            "[keyspaces.t]\ncluster = \"c1\"\nddl = \"sometimes\"\n",
+            "keyspaces.t.ddl",
+            "queued",
+        ),
+    ] {
+        let errors = VSchema::from_toml_str(&format!("{base}{extra}")).expect_err(extra).0;
+        assert!(
+            errors.iter().any(|e| e.at == at && e.message.contains(needle)),
+            "{extra}: {errors:?}"
+        );
+    }
+    let ok = VSchema::from_toml_str(&format!(
+        "{base}[keyspaces.t]\ncluster = \"c1\"\nddl = \"direct\"\n"
+    ))
+    .expect("direct");
+    assert_eq!(ok.keyspace("t").expect("t").ddl, DdlPolicy::Direct);
+}
