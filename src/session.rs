@@ -784,9 +784,13 @@ impl Session {
         kind: ResponseKind,
         sticky: bool,
     ) -> Answered {
+        let started = std::time::Instant::now();
         let mut lease = match self.lease_for(&target).await {
             Ok(l) => l,
-            Err(e) => return self.send_error(&e).await,
+            Err(e) => {
+                self.record(&target, started, true);
+                return self.send_error(&e).await;
+            }
         };
         match self.prepare(&mut lease, &target).await {
             Ok(None) => {}
@@ -820,18 +824,34 @@ impl Session {
                         lease.conn().broken = true;
                         self.kill_query(&target, lease.conn().thread_id);
                         drop(lease);
+                        self.record(&target, started, true);
                         let e = ProxyError::query_timeout(&target.cluster, limit.as_secs_f64());
                         return self.send_error(&e).await;
                     }
                 }
             }
         };
+        self.record(
+            &target,
+            started,
+            matches!(
+                result,
+                Err(BackendError::Backend(_) | BackendError::BackendMidResponse(_))
+            ),
+        );
         let answer = match result {
             Ok(_) => Answered::Done,
             Err(e) => self.backend_failed(&target, e).await,
         };
         self.put_back(target, lease, sticky);
         answer
+    }
+
+    /// Feeds the cluster's latency and failure window (the migration throttle reads it).
+    fn record(&self, target: &Target, started: std::time::Instant, failed: bool) {
+        if let Some(pool) = self.shared.pools.get(&target.cluster) {
+            pool.stats.record(started.elapsed(), failed);
+        }
     }
 
     /// Asks the cluster to stop a statement shardgate gave up on.

@@ -24,6 +24,8 @@ const PING_AFTER_IDLE: Duration = Duration::from_secs(10);
 pub struct ClusterPool {
     /// The cluster.
     pub cluster: Cluster,
+    /// Latency and failures of statements sent to it.
+    pub stats: crate::metrics::ClusterStats,
     config: PoolConfig,
     slots: Arc<Semaphore>,
     inner: Mutex<Inner>,
@@ -78,6 +80,7 @@ impl ClusterPool {
     pub fn new(cluster: Cluster, config: PoolConfig) -> Arc<ClusterPool> {
         Arc::new(ClusterPool {
             slots: Arc::new(Semaphore::new(config.max_connections)),
+            stats: crate::metrics::ClusterStats::default(),
             cluster,
             config,
             inner: Mutex::new(Inner {

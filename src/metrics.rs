@@ -1,0 +1,165 @@
+//! Per-cluster statement latency and error counts over a sliding window, fed by the
+//! data path and read by the migration throttle and the `/metrics` endpoint.
+//!
+//! Recording is a few relaxed atomic increments: no lock on the hot path. The window is
+//! a ring of one-second slots; a slot is cleared by the first statement of a new second
+//! that lands in it, so figures are approximate at the edges, which a throttle and a
+//! dashboard tolerate.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// Upper bounds of the latency buckets, in microseconds (the last bucket is open).
+const BOUNDS_US: [u64; 16] = [
+    50, 100, 200, 500, 1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000, 200_000,
+    500_000, 1_000_000, 2_000_000, 5_000_000,
+];
+const BUCKETS: usize = BOUNDS_US.len() + 1;
+const SLOTS: usize = 10;
+
+struct Slot {
+    second: AtomicU64,
+    buckets: [AtomicU64; BUCKETS],
+    errors: AtomicU64,
+}
+
+impl Slot {
+    fn new() -> Slot {
+        Slot {
+            second: AtomicU64::new(u64::MAX),
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            errors: AtomicU64::new(0),
+        }
+    }
+}
+
+/// Statement latencies and errors of one cluster, over the last ten seconds, plus
+/// totals since start.
+pub struct ClusterStats {
+    origin: Instant,
+    slots: [Slot; SLOTS],
+    /// Statements since start.
+    pub statements: AtomicU64,
+    /// Failed statements (backend lost, timed out, cluster unavailable) since start.
+    pub failures: AtomicU64,
+}
+
+impl Default for ClusterStats {
+    fn default() -> Self {
+        ClusterStats {
+            origin: Instant::now(),
+            slots: std::array::from_fn(|_| Slot::new()),
+            statements: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+        }
+    }
+}
+
+/// A summary of the window.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct WindowSummary {
+    /// Statements in the window.
+    pub count: u64,
+    /// Of which failed.
+    pub errors: u64,
+    /// 99th percentile latency (bucket upper bound), if any statement ran.
+    pub p99: Option<Duration>,
+}
+
+impl ClusterStats {
+    fn slot(&self, now: Instant) -> &Slot {
+        let second = now.duration_since(self.origin).as_secs();
+        let slot = &self.slots[(second % SLOTS as u64) as usize];
+        let seen = slot.second.load(Ordering::Relaxed);
+        if seen != second
+            && slot
+                .second
+                .compare_exchange(seen, second, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            for b in &slot.buckets {
+                b.store(0, Ordering::Relaxed);
+            }
+            slot.errors.store(0, Ordering::Relaxed);
+        }
+        slot
+    }
+
+    /// Records one statement that took `elapsed` (`failed`: shardgate could not get an
+    /// answer from the cluster; a backend's own SQL error is not a failure).
+    pub fn record(&self, elapsed: Duration, failed: bool) {
+        let us = elapsed.as_micros() as u64;
+        let bucket = BOUNDS_US.iter().position(|&b| us <= b).unwrap_or(BOUNDS_US.len());
+        let slot = self.slot(Instant::now());
+        slot.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        self.statements.fetch_add(1, Ordering::Relaxed);
+        if failed {
+            slot.errors.fetch_add(1, Ordering::Relaxed);
+            self.failures.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The last ten seconds.
+    pub fn window(&self) -> WindowSummary {
+        let now_second = Instant::now().duration_since(self.origin).as_secs();
+        let mut buckets = [0u64; BUCKETS];
+        let mut errors = 0;
+        for slot in &self.slots {
+            let s = slot.second.load(Ordering::Relaxed);
+            if s == u64::MAX || now_second.saturating_sub(s) >= SLOTS as u64 {
+                continue;
+            }
+            for (acc, b) in buckets.iter_mut().zip(&slot.buckets) {
+                *acc += b.load(Ordering::Relaxed);
+            }
+            errors += slot.errors.load(Ordering::Relaxed);
+        }
+        let count: u64 = buckets.iter().sum();
+        let p99 = (count > 0).then(|| {
+            let rank = (count * 99).div_ceil(100);
+            let mut seen = 0;
+            let mut bound = *BOUNDS_US.last().unwrap_or(&0) * 2;
+            for (i, n) in buckets.iter().enumerate() {
+                seen += n;
+                if seen >= rank {
+                    bound = BOUNDS_US.get(i).copied().unwrap_or(bound);
+                    break;
+                }
+            }
+            Duration::from_micros(bound)
+        });
+        WindowSummary { count, errors, p99 }
+    }
+
+    /// Share of failed statements in the window (None without statements).
+    pub fn error_rate(&self) -> Option<f64> {
+        let w = self.window();
+        (w.count > 0).then(|| w.errors as f64 / w.count as f64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn p99_and_error_rate_follow_what_was_recorded() {
+        let s = ClusterStats::default();
+        assert_eq!(s.window().p99, None);
+        assert_eq!(s.error_rate(), None);
+        for _ in 0..990 {
+            s.record(Duration::from_micros(80), false);
+        }
+        for _ in 0..10 {
+            s.record(Duration::from_millis(40), true);
+        }
+        let w = s.window();
+        assert_eq!(w.count, 1000);
+        assert_eq!(w.errors, 10);
+        assert_eq!(w.p99, Some(Duration::from_micros(100)), "990 of 1000 are fast");
+        s.record(Duration::from_millis(40), false);
+        assert_eq!(s.window().p99, Some(Duration::from_millis(50)), "now more than 1% are slow");
+        assert!((s.error_rate().unwrap_or(0.0) - 10.0 / 1001.0).abs() < 1e-9);
+        assert_eq!(s.statements.load(Ordering::Relaxed), 1001);
+    }
+}
