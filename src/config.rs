@@ -15,6 +15,9 @@ pub struct User {
     pub password: String,
     /// Admin users may run shardgate's admin statements.
     pub admin: bool,
+    /// Default `@@ddl_wait` of this user's sessions (what an ORM's migration tool needs
+    /// to see its schema change finished when its statement returns).
+    pub ddl_wait: Option<Duration>,
 }
 
 /// Backend pool limits, per cluster.
@@ -84,6 +87,7 @@ struct UserFile {
     password: String,
     #[serde(default)]
     admin: bool,
+    ddl_wait_s: Option<f64>,
 }
 
 #[derive(Debug, Default, serde::Deserialize)]
@@ -168,6 +172,10 @@ impl ProxyConfig {
                     name: u.name,
                     password: u.password,
                     admin: u.admin,
+                    ddl_wait: u
+                        .ddl_wait_s
+                        .filter(|s| s.is_finite() && *s > 0.0)
+                        .map(Duration::from_secs_f64),
                 })
                 .collect(),
             pool,

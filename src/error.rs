@@ -72,6 +72,8 @@ pub mod codes {
     pub const NOT_SUPPORTED_YET: u16 = 1235;
     /// ER_STATEMENT_TIMEOUT (MariaDB max_statement_time)
     pub const STATEMENT_TIMEOUT: u16 = 1969;
+    /// ER_SPECIFIC_ACCESS_DENIED_ERROR
+    pub const SPECIFIC_ACCESS_DENIED: u16 = 1227;
     /// ER_CANT_DO_THIS_DURING_AN_TRANSACTION
     pub const CANT_DO_IN_TRANSACTION: u16 = 1179;
 }
@@ -217,6 +219,16 @@ impl ProxyError {
             codes::CANT_DO_IN_TRANSACTION,
             b"25000",
             message,
+            Fault::Client,
+        )
+    }
+
+    /// 1227 (42000): a statement for admin users only.
+    pub fn admin_only(user: &str) -> Self {
+        Self::new(
+            codes::SPECIFIC_ACCESS_DENIED,
+            b"42000",
+            format!("Access denied; shardgate admin statements need an admin user, and '{user}' is not one"),
             Fault::Client,
         )
     }

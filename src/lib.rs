@@ -17,6 +17,7 @@
 
 pub mod backend;
 pub mod config;
+pub mod ddl;
 pub mod demo;
 pub mod error;
 pub mod localdb;

@@ -122,6 +122,7 @@ fn serve(rest: &[&str]) -> Result<(), String> {
                     name,
                     password,
                     admin,
+                    ddl_wait: None,
                 });
             }
         }

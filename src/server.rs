@@ -21,6 +21,8 @@ pub struct UserEntry {
     pub password_hash: Option<[u8; 20]>,
     /// May run admin statements.
     pub admin: bool,
+    /// Default `@@ddl_wait`.
+    pub ddl_wait: Option<Duration>,
 }
 
 /// State shared by every session: configuration, shard map, pools, users.
@@ -70,6 +72,7 @@ impl Shared {
                     UserEntry {
                         password_hash: hash,
                         admin: u.admin,
+                        ddl_wait: u.ddl_wait,
                     },
                 )
             })

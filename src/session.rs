@@ -10,11 +10,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use tokio::net::TcpStream;
 use tokio::sync::{watch, OwnedSemaphorePermit};
 
 use crate::backend::{BackendError, Collected, ConnKey, Lease};
+use crate::ddl;
 use crate::error::ProxyError;
 use crate::planner::{self, ShardingSchema, StatementKind, StatementPlan};
 use crate::protocol::auth::{self, NATIVE_PASSWORD};
@@ -69,6 +70,8 @@ pub async fn run(
 /// What a successful login established.
 struct Login {
     user: String,
+    admin: bool,
+    ddl_wait: Option<Duration>,
     capabilities: u32,
     ext_capabilities: u32,
     collation: u8,
@@ -172,7 +175,10 @@ async fn login(
         ..OkInfo::default()
     });
     client.send(seq, &ok).await.ok()?;
+    let entry = shared.users.get(&resp.user);
     Some(Login {
+        admin: entry.is_some_and(|u| u.admin),
+        ddl_wait: entry.and_then(|u| u.ddl_wait),
         user: resp.user,
         capabilities,
         ext_capabilities,
@@ -292,6 +298,9 @@ struct Session {
     client: PacketConn<TcpStream>,
     id: u32,
     user: String,
+    admin: bool,
+    /// `SET @@ddl_wait`: how long a queued DDL statement blocks for its outcome.
+    ddl_wait: Option<Duration>,
     capabilities: u32,
     key: ConnKey,
     ctx: DbContext,
@@ -317,6 +326,8 @@ impl Session {
             client,
             id,
             user: login.user,
+            admin: login.admin,
+            ddl_wait: login.ddl_wait,
             capabilities: login.capabilities,
             ctx: login.ctx,
             vars: SessionVars::default(),
@@ -530,6 +541,18 @@ impl Session {
             Ok(t) => (std::borrow::Cow::Borrowed(t), true),
             Err(_) => (String::from_utf8_lossy(&sql_bytes), false),
         };
+        if let Some(admin) = ddl::parse_admin(&text) {
+            return self.admin_statement(&vs, admin).await;
+        }
+        if let Some(wait) = ddl::parse_ddl_wait(&text) {
+            return match wait {
+                Ok(d) => {
+                    self.ddl_wait = (!d.is_zero()).then_some(d);
+                    self.send_ok(OkInfo::default()).await
+                }
+                Err(e) => self.send_error(&e).await,
+            };
+        }
         let mut plan = planner::plan(&text, schema_for(&vs, &self.ctx));
         // A statement that qualifies its tables with another keyspace is planned with
         // that keyspace's sharding.
@@ -628,7 +651,119 @@ impl Session {
                     _ => self.single(vs, &stmt, payload).await,
                 }
             }
+            StatementKind::Ddl(kind) => {
+                if self.in_transaction() {
+                    return self
+                        .send_error(&ProxyError::in_transaction(
+                            "shardgate: schema changes are not allowed inside a transaction; COMMIT or ROLLBACK first",
+                        ))
+                        .await;
+                }
+                let keyspace = router::statement_keyspace(vs, &self.ctx, &stmt);
+                match ddl::action(kind, keyspace) {
+                    ddl::DdlAction::RunNow => self.single(vs, &stmt, payload).await,
+                    ddl::DdlAction::Queue => self.queue_ddl(vs, &stmt, text).await,
+                }
+            }
             _ => self.single(vs, &stmt, payload).await,
+        }
+    }
+
+    /// Queues a schema change; answers with its uuid, or (with `@@ddl_wait`) with its
+    /// outcome.
+    async fn queue_ddl(&mut self, vs: &VSchema, stmt: &StatementPlan, text: &str) -> Answered {
+        let uuid = ddl::new_uuid();
+        let rows = match ddl::rows_for(vs, &self.ctx, stmt.qualified_schema.as_deref(), text, &uuid).await {
+            Ok(r) => r,
+            Err(e) => return self.send_error(&e).await,
+        };
+        if let Err(e) = ddl::enqueue(vs, &rows).await {
+            return self.send_error(&e).await;
+        }
+        tracing::info!(session = self.id, %uuid, targets = rows.len(), "schema change queued");
+        let Some(limit) = self.ddl_wait else {
+            let strategy = rows.first().map(|r| r.strategy.as_str()).unwrap_or("");
+            let row = vec![
+                Some(uuid.into_bytes()),
+                Some(strategy.as_bytes().to_vec()),
+                Some(rows.len().to_string().into_bytes()),
+            ];
+            return self
+                .send_result_set(&["uuid", "strategy", "targets"], vec![row])
+                .await;
+        };
+        match ddl::wait(vs, &uuid, limit).await {
+            Ok((crate::migrations::Status::Complete, _)) => self.send_ok(OkInfo::default()).await,
+            Ok((status, message)) => {
+                let why = match (status, message) {
+                    (crate::migrations::Status::Failed, Some(m)) => format!("failed: {m}"),
+                    (s, _) if s.is_final() => s.as_str().to_string(),
+                    (s, _) => format!(
+                        "still {} after {:?} (ddl_wait); it goes on: SHOW MIGRATIONS LIKE '{uuid}'",
+                        s.as_str(),
+                        limit
+                    ),
+                };
+                self.send_error(&ProxyError::unroutable(format!(
+                    "shardgate: migration {uuid} {why}"
+                )))
+                .await
+            }
+            Err(e) => self.send_error(&e).await,
+        }
+    }
+
+    async fn send_result_set(
+        &mut self,
+        columns: &[&str],
+        rows: Vec<Vec<Option<Vec<u8>>>>,
+    ) -> Answered {
+        let specs: Vec<wire::ColumnSpec> = columns
+            .iter()
+            .map(|c| wire::ColumnSpec {
+                name: (*c).to_string(),
+                column_type: wire::column_type::VAR_STRING,
+            })
+            .collect();
+        let st = self.idle_status();
+        let mut out = BytesMut::new();
+        wire::put_result_set(&mut out, &specs, &rows, self.deprecate_eof(), st);
+        self.client.wbuf.extend_from_slice(&out);
+        match self.client.flush().await {
+            Ok(()) => Answered::Done,
+            Err(_) => Answered::Close,
+        }
+    }
+
+    async fn admin_statement(
+        &mut self,
+        vs: &VSchema,
+        parsed: Result<ddl::AdminStatement, ProxyError>,
+    ) -> Answered {
+        if !self.admin {
+            let e = ProxyError::admin_only(&self.user);
+            return self.send_error(&e).await;
+        }
+        match parsed {
+            Err(e) => self.send_error(&e).await,
+            Ok(ddl::AdminStatement::ShowMigrations(pattern)) => {
+                match ddl::show_migrations(vs, pattern.as_deref()).await {
+                    Ok((cols, rows)) => self.send_result_set(&cols, rows).await,
+                    Err(e) => self.send_error(&e).await,
+                }
+            }
+            Ok(ddl::AdminStatement::AlterMigration { target, request }) => {
+                match ddl::alter_migration(vs, &target, request).await {
+                    Ok(n) => {
+                        self.send_ok(OkInfo {
+                            affected_rows: n,
+                            ..OkInfo::default()
+                        })
+                        .await
+                    }
+                    Err(e) => self.send_error(&e).await,
+                }
+            }
         }
     }
 

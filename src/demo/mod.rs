@@ -113,11 +113,13 @@ async fn serve_demo(
                 name: "app".to_string(),
                 password: "app".to_string(),
                 admin: false,
+                ddl_wait: None,
             },
             User {
                 name: "admin".to_string(),
                 password: "admin".to_string(),
                 admin: true,
+                ddl_wait: None,
             },
         ],
         pool: PoolConfig::default(),

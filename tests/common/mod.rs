@@ -171,11 +171,13 @@ pub fn test_users() -> Vec<User> {
             name: "app".to_string(),
             password: "app".to_string(),
             admin: false,
+            ddl_wait: None,
         },
         User {
             name: "admin".to_string(),
             password: "admin".to_string(),
             admin: true,
+            ddl_wait: None,
         },
     ]
 }
