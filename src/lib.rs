@@ -20,6 +20,7 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod localdb;
+pub mod migrations;
 pub mod planner;
 pub mod protocol;
 pub mod router;

@@ -1,0 +1,1 @@
+//! The durable queue: `_shardgate.schema_migrations` on each cluster.
