@@ -1,1 +1,0 @@
-//! One executor per cluster.
