@@ -22,6 +22,7 @@ pub mod demo;
 pub mod error;
 pub mod localdb;
 pub mod metrics;
+pub mod migrations;
 pub mod planner;
 pub mod protocol;
 pub mod router;
