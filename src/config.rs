@@ -63,6 +63,9 @@ pub struct ProxyConfig {
     pub max_client_connections: usize,
     /// The shard map.
     pub vschema: VSchema,
+    /// The migration executors (one per cluster); None: this proxy runs none (another
+    /// proxy of the fleet does, or migrations are run by hand).
+    pub migrations: Option<crate::migrations::executor::ExecutorConfig>,
 }
 
 /// The config file, as written (see `docs/configuration.md`).
@@ -77,6 +80,19 @@ struct ConfigFile {
     users: Vec<UserFile>,
     #[serde(default)]
     pool: PoolFile,
+    #[serde(default)]
+    migrations: MigrationsFile,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MigrationsFile {
+    enabled: Option<bool>,
+    max_concurrent_copies: Option<usize>,
+    instant_spacing_s: Option<f64>,
+    keep_old_table_s: Option<u64>,
+    threads_running_floor: Option<f64>,
+    chunk_target_ms: Option<u64>,
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -117,6 +133,7 @@ impl ProxyConfig {
             max_packet_size: DEFAULT_MAX_PACKET,
             max_client_connections: DEFAULT_MAX_CLIENTS,
             vschema,
+            migrations: Some(crate::migrations::executor::ExecutorConfig::default()),
         }
     }
 
@@ -163,7 +180,28 @@ impl ProxyConfig {
         if let Some(s) = p.idle_timeout_s {
             pool.idle_timeout = Duration::from_secs(s);
         }
+        let m = &file.migrations;
+        let migrations = (m.enabled != Some(false)).then(|| {
+            let mut c = crate::migrations::executor::ExecutorConfig::default();
+            if let Some(n) = m.max_concurrent_copies {
+                c.max_concurrent_copies_per_cluster = n.max(1);
+            }
+            if let Some(s) = m.instant_spacing_s.filter(|s| s.is_finite() && *s >= 0.0) {
+                c.instant_spacing = Duration::from_secs_f64(s);
+            }
+            if let Some(s) = m.keep_old_table_s {
+                c.keep_old_table = Duration::from_secs(s);
+            }
+            if let Some(f) = m.threads_running_floor {
+                c.throttle.threads_running_floor = f;
+            }
+            if let Some(ms) = m.chunk_target_ms {
+                c.copy.chunk_target = Duration::from_millis(ms.max(10));
+            }
+            c
+        });
         Ok(ProxyConfig {
+            migrations,
             listen,
             users: file
                 .users

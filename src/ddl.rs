@@ -33,9 +33,7 @@ pub enum DdlAction {
 pub fn action(kind: &DdlKind, keyspace: Option<&Keyspace>) -> DdlAction {
     let direct = keyspace.is_some_and(|k| k.ddl == DdlPolicy::Direct);
     match kind {
-        DdlKind::CreateTable | DdlKind::CreateDatabase | DdlKind::DropDatabase => {
-            DdlAction::RunNow
-        }
+        DdlKind::CreateTable | DdlKind::CreateDatabase | DdlKind::DropDatabase => DdlAction::RunNow,
         _ if direct => DdlAction::RunNow,
         DdlKind::AlterTable
         | DdlKind::CreateIndex
@@ -119,19 +117,19 @@ pub async fn rows_for(
                 keyspace,
                 workspace,
                 database,
-            } => vs.keyspace(keyspace).map(|k| (k, *workspace, database.clone())),
+            } => vs
+                .keyspace(keyspace)
+                .map(|k| (k, *workspace, database.clone())),
             _ => None,
         });
     if let Some((ks, ws, db)) = workspace_db {
         let shard = ks.shard_for_workspace(ws);
         return Ok(vec![row(&ks.name, &db, &shard.cluster, &db)]);
     }
-    let keyspace = qualified
-        .and_then(|q| vs.keyspace(q))
-        .or(match ctx {
-            DbContext::Keyspace(k) => vs.keyspace(k),
-            _ => None,
-        });
+    let keyspace = qualified.and_then(|q| vs.keyspace(q)).or(match ctx {
+        DbContext::Keyspace(k) => vs.keyspace(k),
+        _ => None,
+    });
     match keyspace {
         Some(ks) if ks.tenancy != Tenancy::SharedTables => {
             // Every workspace database of the keyspace, on every cluster.
@@ -216,7 +214,11 @@ pub async fn enqueue(vs: &VSchema, rows: &[NewMigration]) -> Result<(), ProxyErr
 }
 
 /// Every queue row of `uuid` (or matching `pattern`), from every cluster.
-async fn collect(vs: &VSchema, pattern: Option<&str>, uuid: Option<&str>) -> Result<Vec<MigrationRow>, ProxyError> {
+async fn collect(
+    vs: &VSchema,
+    pattern: Option<&str>,
+    uuid: Option<&str>,
+) -> Result<Vec<MigrationRow>, ProxyError> {
     let mut all = Vec::new();
     for cluster in vs.clusters.values() {
         let mut conn = connect(cluster).await?;
@@ -230,7 +232,9 @@ async fn collect(vs: &VSchema, pattern: Option<&str>, uuid: Option<&str>) -> Res
         .map_err(|e| ProxyError::cluster_unavailable(&cluster.name, e))?;
         all.extend(rows);
     }
-    all.sort_by(|a, b| (&a.created_at, &a.uuid, &a.database).cmp(&(&b.created_at, &b.uuid, &b.database)));
+    all.sort_by(|a, b| {
+        (&a.created_at, &a.uuid, &a.database).cmp(&(&b.created_at, &b.uuid, &b.database))
+    });
     Ok(all)
 }
 
@@ -336,9 +340,26 @@ pub async fn show_migrations(
 ) -> Result<(Vec<&'static str>, Vec<Vec<Option<Vec<u8>>>>), ProxyError> {
     let rows = collect(vs, pattern, None).await?;
     let columns = vec![
-        "uuid", "keyspace", "shard", "cluster", "database", "table", "strategy", "status",
-        "stage", "progress", "rows_copied", "rows_total", "eta_seconds", "throttle_reason",
-        "message", "retries", "created_at", "started_at", "completed_at", "statement",
+        "uuid",
+        "keyspace",
+        "shard",
+        "cluster",
+        "database",
+        "table",
+        "strategy",
+        "status",
+        "stage",
+        "progress",
+        "rows_copied",
+        "rows_total",
+        "eta_seconds",
+        "throttle_reason",
+        "message",
+        "retries",
+        "created_at",
+        "started_at",
+        "completed_at",
+        "statement",
     ];
     let out = rows
         .into_iter()
@@ -402,7 +423,9 @@ pub async fn alter_migration(
     } = target
     {
         if vs.cluster(only).is_none() {
-            return Err(ProxyError::unroutable(format!("shardgate: unknown cluster '{only}'")));
+            return Err(ProxyError::unroutable(format!(
+                "shardgate: unknown cluster '{only}'"
+            )));
         }
     }
     Ok(changed)
@@ -413,12 +436,19 @@ pub fn parse_ddl_wait(sql: &str) -> Option<Result<Duration, ProxyError>> {
     let text = sql.trim().trim_end_matches(';').trim();
     let upper = text.to_ascii_uppercase();
     let rest = upper.strip_prefix("SET")?.trim_start();
-    let rest = rest.strip_prefix("SESSION ").map(str::trim_start).unwrap_or(rest);
+    let rest = rest
+        .strip_prefix("SESSION ")
+        .map(str::trim_start)
+        .unwrap_or(rest);
     let rest = rest
         .strip_prefix("@@SESSION.")
         .or_else(|| rest.strip_prefix("@@"))
         .unwrap_or(rest);
-    let value = rest.strip_prefix("DDL_WAIT")?.trim_start().strip_prefix('=')?.trim();
+    let value = rest
+        .strip_prefix("DDL_WAIT")?
+        .trim_start()
+        .strip_prefix('=')?
+        .trim();
     Some(
         value
             .parse::<f64>()
@@ -461,7 +491,10 @@ mod tests {
                 request: Request::Resume
             })
         );
-        assert!(matches!(parse_admin("ALTER MIGRATION 'x' EXPLODE"), Some(Err(_))));
+        assert!(matches!(
+            parse_admin("ALTER MIGRATION 'x' EXPLODE"),
+            Some(Err(_))
+        ));
         assert!(parse_admin("ALTER TABLE t ADD c INT").is_none());
         assert!(parse_admin("SELECT 1").is_none());
     }
@@ -476,7 +509,10 @@ mod tests {
             parse_ddl_wait("set session ddl_wait=0.5").and_then(Result::ok),
             Some(Duration::from_millis(500))
         );
-        assert!(matches!(parse_ddl_wait("SET @@ddl_wait = -1"), Some(Err(_))));
+        assert!(matches!(
+            parse_ddl_wait("SET @@ddl_wait = -1"),
+            Some(Err(_))
+        ));
         assert!(parse_ddl_wait("SET @@sql_mode = ''").is_none());
     }
 

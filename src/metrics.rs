@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 /// Upper bounds of the latency buckets, in microseconds (the last bucket is open).
 const BOUNDS_US: [u64; 16] = [
-    50, 100, 200, 500, 1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000, 200_000,
-    500_000, 1_000_000, 2_000_000, 5_000_000,
+    50, 100, 200, 500, 1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000, 200_000, 500_000,
+    1_000_000, 2_000_000, 5_000_000,
 ];
 const BUCKETS: usize = BOUNDS_US.len() + 1;
 const SLOTS: usize = 10;
@@ -89,7 +89,10 @@ impl ClusterStats {
     /// answer from the cluster; a backend's own SQL error is not a failure).
     pub fn record(&self, elapsed: Duration, failed: bool) {
         let us = elapsed.as_micros() as u64;
-        let bucket = BOUNDS_US.iter().position(|&b| us <= b).unwrap_or(BOUNDS_US.len());
+        let bucket = BOUNDS_US
+            .iter()
+            .position(|&b| us <= b)
+            .unwrap_or(BOUNDS_US.len());
         let slot = self.slot(Instant::now());
         slot.buckets[bucket].fetch_add(1, Ordering::Relaxed);
         self.statements.fetch_add(1, Ordering::Relaxed);
@@ -156,9 +159,17 @@ mod tests {
         let w = s.window();
         assert_eq!(w.count, 1000);
         assert_eq!(w.errors, 10);
-        assert_eq!(w.p99, Some(Duration::from_micros(100)), "990 of 1000 are fast");
+        assert_eq!(
+            w.p99,
+            Some(Duration::from_micros(100)),
+            "990 of 1000 are fast"
+        );
         s.record(Duration::from_millis(40), false);
-        assert_eq!(s.window().p99, Some(Duration::from_millis(50)), "now more than 1% are slow");
+        assert_eq!(
+            s.window().p99,
+            Some(Duration::from_millis(50)),
+            "now more than 1% are slow"
+        );
         assert!((s.error_rate().unwrap_or(0.0) - 10.0 / 1001.0).abs() < 1e-9);
         assert_eq!(s.statements.load(Ordering::Relaxed), 1001);
     }

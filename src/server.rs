@@ -11,6 +11,7 @@ use tokio::sync::{watch, Semaphore};
 
 use crate::backend::{BackendConn, ClusterPool, ConnKey};
 use crate::config::ProxyConfig;
+use crate::migrations::executor::{Executor, ExecutorStats, ThrottleSignals};
 use crate::protocol::{auth, caps};
 use crate::vschema::VSchema;
 
@@ -37,6 +38,8 @@ pub struct Shared {
     /// The version string shown to clients (the backends' own, so drivers see the
     /// server they really talk to).
     pub server_version: String,
+    /// Counters of this proxy's migration executors, by cluster.
+    pub executor_stats: std::sync::Mutex<Vec<(String, Arc<ExecutorStats>)>>,
     /// Default collation shown in the greeting.
     pub default_collation: u8,
     /// Capabilities offered to clients: shardgate's, minus `LONG_PASSWORD` when the
@@ -88,6 +91,7 @@ impl Shared {
             offered_capabilities: probe.offered_capabilities,
             offered_ext_capabilities: probe.offered_ext_capabilities,
             next_connection_id: AtomicU32::new(1),
+            executor_stats: std::sync::Mutex::new(Vec::new()),
         })
     }
 
@@ -103,6 +107,20 @@ impl Shared {
     /// A fresh connection id for a client.
     pub fn next_connection_id(&self) -> u32 {
         self.next_connection_id.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// The proxy's live-traffic signals for the migration throttle: per-cluster p99
+/// latency and failure rate from the data path.
+struct PoolSignals(Arc<Shared>);
+
+impl ThrottleSignals for PoolSignals {
+    fn p99_latency(&self, cluster: &str) -> Option<Duration> {
+        self.0.pools.get(cluster)?.stats.window().p99
+    }
+
+    fn error_rate(&self, cluster: &str) -> Option<f64> {
+        self.0.pools.get(cluster)?.stats.error_rate()
     }
 }
 
@@ -158,6 +176,25 @@ pub async fn serve(
     let shared = Shared::new(config.clone()).await;
     let slots = Arc::new(Semaphore::new(config.max_client_connections));
     let (stop_tx, stop_rx) = watch::channel(false);
+    let executors: Vec<Executor> = match &config.migrations {
+        None => Vec::new(),
+        Some(exec) => {
+            let signals: Arc<dyn ThrottleSignals> = Arc::new(PoolSignals(shared.clone()));
+            config
+                .vschema
+                .clusters
+                .values()
+                .map(|c| Executor::spawn(c.clone(), exec.clone(), signals.clone(), stop_rx.clone()))
+                .collect()
+        }
+    };
+    for e in &executors {
+        shared
+            .executor_stats
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((e.cluster().to_string(), e.stats()));
+    }
     tokio::pin!(shutdown);
     tracing::info!(addr = %listener.local_addr()?, "shardgate listening");
     loop {
@@ -184,6 +221,15 @@ pub async fn serve(
         }
     }
     let _ = stop_tx.send(true);
+    for e in executors {
+        // Running copies stop at a chunk boundary and keep their checkpoint.
+        if tokio::time::timeout(Duration::from_secs(15), e.join())
+            .await
+            .is_err()
+        {
+            tracing::warn!("a migration executor did not stop in time");
+        }
+    }
     // Wait for sessions to finish what they are doing.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while slots.available_permits() < config.max_client_connections

@@ -673,7 +673,9 @@ impl Session {
     /// outcome.
     async fn queue_ddl(&mut self, vs: &VSchema, stmt: &StatementPlan, text: &str) -> Answered {
         let uuid = ddl::new_uuid();
-        let rows = match ddl::rows_for(vs, &self.ctx, stmt.qualified_schema.as_deref(), text, &uuid).await {
+        let rows = match ddl::rows_for(vs, &self.ctx, stmt.qualified_schema.as_deref(), text, &uuid)
+            .await
+        {
             Ok(r) => r,
             Err(e) => return self.send_error(&e).await,
         };

@@ -99,10 +99,15 @@ async fn each_workspace_database_is_served_by_the_cluster_that_owns_it() {
     // The keyspace itself holds no tables: MariaDB's own "No database selected".
     c.query_drop("USE tenants").await.expect("use keyspace");
     match c.query_drop("SELECT * FROM notes").await {
-        Err(mysql_async::Error::Server(e)) => assert_eq!((e.code, e.state.as_str()), (1046, "3D000")),
+        Err(mysql_async::Error::Server(e)) => {
+            assert_eq!((e.code, e.state.as_str()), (1046, "3D000"))
+        }
         other => panic!("expected 1046, got {other:?}"),
     }
-    let one: Option<u32> = c.query_first("SELECT 1").await.expect("table-less statements work");
+    let one: Option<u32> = c
+        .query_first("SELECT 1")
+        .await
+        .expect("table-less statements work");
     assert_eq!(one, Some(1));
     drop(c);
     drop(direct_ws);

@@ -126,6 +126,7 @@ async fn serve_demo(
         max_packet_size: 64 << 20,
         max_client_connections: 1000,
         vschema: vschema.clone(),
+        migrations: Some(crate::migrations::executor::ExecutorConfig::default()),
     });
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let mut proxy = tokio::spawn(crate::server::serve(config, listener, async move {

@@ -228,18 +228,21 @@ pub async fn start_proxy(vschema_toml: &str) -> Proxy {
 
 /// Starts the proxy in-process with a parsed vschema and explicit pool limits.
 pub async fn start_proxy_with(vschema: VSchema, pool: PoolConfig) -> Proxy {
+    let mut config = ProxyConfig::new("127.0.0.1:0".parse().expect("addr"), test_users(), vschema);
+    config.pool = pool;
+    config.max_client_connections = 1000;
+    start_proxy_config(config).await
+}
+
+/// Starts the proxy in-process with a whole configuration (its `listen` is replaced by
+/// a free loopback port).
+pub async fn start_proxy_config(mut config: ProxyConfig) -> Proxy {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind a free port for the proxy");
     let addr = listener.local_addr().expect("proxy listener address");
-    let config = Arc::new(ProxyConfig {
-        listen: addr,
-        users: test_users(),
-        pool,
-        max_packet_size: 64 << 20,
-        max_client_connections: 1000,
-        vschema,
-    });
+    config.listen = addr;
+    let config = Arc::new(config);
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(shardgate::server::serve(config, listener, async move {
         let _ = stopped.await;
