@@ -522,7 +522,10 @@ impl<'a> Cursor<'a> {
                 return None;
             }
             self.at += 1;
-            Some((Some(unquote(first.text(self.src))), unquote(second.text(self.src))))
+            Some((
+                Some(unquote(first.text(self.src))),
+                unquote(second.text(self.src)),
+            ))
         } else {
             Some((None, unquote(first.text(self.src))))
         }
@@ -540,7 +543,12 @@ mod tests {
     #[test]
     fn parses_alter_create_index_and_drop_index() {
         let cases: &[(&str, Option<&str>, &str, &str)] = &[
-            ("ALTER TABLE t MODIFY a BIGINT", None, "t", "MODIFY a BIGINT"),
+            (
+                "ALTER TABLE t MODIFY a BIGINT",
+                None,
+                "t",
+                "MODIFY a BIGINT",
+            ),
             (
                 "alter online ignore table `db`.`my t` add column c int;",
                 Some("db"),
@@ -602,7 +610,10 @@ mod tests {
         let cases: &[(&str, Strategy)] = &[
             ("ADD COLUMN c INT", Instant),
             ("ADD c VARCHAR(10) NOT NULL DEFAULT 'x' AFTER a", Instant),
-            ("ADD COLUMN IF NOT EXISTS c INT NULL DEFAULT -1 COMMENT 'n'", Instant),
+            (
+                "ADD COLUMN IF NOT EXISTS c INT NULL DEFAULT -1 COMMENT 'n'",
+                Instant,
+            ),
             ("ADD COLUMN c INT, ADD COLUMN d TEXT", Instant),
             ("ADD COLUMN c INT, ALGORITHM=INSTANT, LOCK=NONE", Instant),
             ("ALTER COLUMN c SET DEFAULT 5", Instant),
@@ -655,7 +666,11 @@ mod tests {
     fn splits_clauses_at_top_level_commas_only() {
         assert_eq!(
             split_clauses("ADD INDEX i (a, b), COMMENT 'x, y' , MODIFY c ENUM('a','b')"),
-            vec!["ADD INDEX i (a, b)", "COMMENT 'x, y'", "MODIFY c ENUM('a','b')"]
+            vec![
+                "ADD INDEX i (a, b)",
+                "COMMENT 'x, y'",
+                "MODIFY c ENUM('a','b')"
+            ]
         );
         assert_eq!(
             clause_heads("RENAME TO x, add column c int"),
