@@ -429,3 +429,259 @@ async fn a_narrowing_change_that_would_truncate_fails_and_leaves_the_original_un
     .await
     .expect("test finishes in time");
 }
+
+/// Waits until the control has reported `stage` (or panics after 60 s).
+async fn wait_for_stage(control: &TestControl, stage: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !control.stage_seen(stage) {
+        assert!(Instant::now() < deadline, "stage {stage} never reached");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn assert_initial_rows(rows: &HashMap<i64, (i64, Option<String>)>, n: i64) {
+    assert_eq!(rows.len() as i64, n);
+    for id in 1..=n {
+        assert_eq!(rows.get(&id), Some(&initial_row(id)), "row {id}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_mid_copy_and_clean_up_leave_nothing_and_a_fresh_run_completes() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        let (server, mut conn) = setup(50_000).await;
+        let task = task("cafe0001", "t", "MODIFY v BIGINT NOT NULL");
+        // A pause keeps ghost and triggers; clean_up removes them.
+        let paused = TestControl::stopping_after(2, CopyStop::Paused);
+        let result = copy::run(&cluster(&server), &task, None, &paused).await;
+        assert_eq!(result, Err(CopyError::Stopped(CopyStop::Paused)));
+        assert_eq!(
+            leftovers(&mut conn, &task).await.len(),
+            4,
+            "3 triggers + ghost"
+        );
+        copy::clean_up(&cluster(&server), &task)
+            .await
+            .expect("clean_up");
+        assert_eq!(leftovers(&mut conn, &task).await, Vec::<String>::new());
+        copy::clean_up(&cluster(&server), &task)
+            .await
+            .expect("clean_up is idempotent");
+
+        // A cancel mid-copy removes everything by itself.
+        let cancelled = TestControl::stopping_after(3, CopyStop::Cancelled);
+        let result = copy::run(&cluster(&server), &task, None, &cancelled).await;
+        assert_eq!(result, Err(CopyError::Stopped(CopyStop::Cancelled)));
+        let at_cancel = cancelled.last();
+        assert!(
+            at_cancel.rows_copied > 0 && at_cancel.rows_copied < 50_000,
+            "cancelled mid-copy: {at_cancel:?}"
+        );
+        assert_eq!(leftovers(&mut conn, &task).await, Vec::<String>::new());
+        copy::clean_up(&cluster(&server), &task)
+            .await
+            .expect("clean_up");
+        assert_initial_rows(&table_rows(&mut conn, "t").await, 50_000);
+        assert_eq!(column_type(&mut conn, "t", "v").await, "int(11)");
+
+        // RETRY: a fresh run completes.
+        let control = TestControl::default();
+        let done = copy::run(&cluster(&server), &task, None, &control)
+            .await
+            .expect("fresh run completes");
+        assert_eq!(done.rows_copied, 50_000);
+        assert_eq!(column_type(&mut conn, "t", "v").await, "bigint(20)");
+        assert_initial_rows(&table_rows(&mut conn, "t").await, 50_000);
+    })
+    .await
+    .expect("test finishes in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_from_the_last_checkpoint_redoes_at_most_one_chunk() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        const ROWS: u64 = 60_000;
+        let (server, mut conn) = setup(ROWS).await;
+        let task = task("5e5e0001", "t", "MODIFY v BIGINT NOT NULL");
+        let first = TestControl::stopping_after(4, CopyStop::Paused);
+        let result = copy::run(&cluster(&server), &task, None, &first).await;
+        assert_eq!(result, Err(CopyError::Stopped(CopyStop::Paused)));
+        // The checkpoint the executor would have stored, committed with its chunk.
+        let stored = scalar(&mut conn, "SELECT checkpoint FROM ckpt WHERE id = 1")
+            .await
+            .expect("a checkpoint was stored");
+        assert_eq!(Some(stored.clone()), first.last().checkpoint);
+        let rows_before = checkpoint_rows(&stored).expect("checkpoint has rows");
+        assert_eq!(
+            Some(rows_before),
+            scalar(&mut conn, "SELECT rows_copied FROM ckpt")
+                .await
+                .and_then(|r| r.parse().ok())
+        );
+        assert!(rows_before > 0 && rows_before < ROWS, "{rows_before}");
+
+        let second = TestControl::default();
+        let done = copy::run(&cluster(&server), &task, Some(&stored), &second)
+            .await
+            .expect("resumed run completes");
+        let copied_after = done.rows_copied - rows_before;
+        let recopied = (rows_before + copied_after).saturating_sub(ROWS);
+        let chunk = first.largest_chunk().max(second.largest_chunk());
+        eprintln!(
+            "paused at {rows_before} rows, resumed and copied {copied_after}; \
+             re-copied {recopied} (largest chunk {chunk})"
+        );
+        assert!(recopied <= chunk, "at most one chunk redone");
+        assert_eq!(recopied, 0, "the checkpoint commits with its chunk");
+        // The resumed run continued: it never went back through ghost/triggers.
+        assert!(!second.stage_seen("ghost") && !second.stage_seen("triggers"));
+        assert_eq!(column_type(&mut conn, "t", "v").await, "bigint(20)");
+        assert_initial_rows(&table_rows(&mut conn, "t").await, ROWS as i64);
+    })
+    .await
+    .expect("test finishes in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_transaction_holding_the_table_makes_the_cutover_back_off_without_blocking_reads() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        let (server, mut conn) = setup(20_000).await;
+        let mut task = task("401d0001", "t", "MODIFY v BIGINT NOT NULL");
+        task.options.lock_wait = Duration::from_secs(1);
+        task.options.cutover_attempts = 100;
+        let control = Arc::new(TestControl::default());
+        control.hold_cutover.store(true, Ordering::SeqCst);
+        let run = {
+            let (cluster, task, control) = (cluster(&server), task.clone(), control.clone());
+            tokio::spawn(async move { copy::run(&cluster, &task, None, &*control).await })
+        };
+        wait_for_stage(&control, "postponed").await;
+
+        // An application transaction that read t and stays open.
+        let opts = common::mysql_opts(&server.addr(), "shardgate", "shardgate", Some("app"));
+        let mut holder = mysql_async::Conn::new(opts.clone()).await.expect("holder");
+        holder.query_drop("BEGIN").await.expect("begin");
+        let _: Vec<i64> = holder
+            .query("SELECT v FROM t WHERE id = 7")
+            .await
+            .expect("holder reads t");
+
+        // Point selects by another client, timed, for as long as the migration runs.
+        let probing = Arc::new(AtomicBool::new(true));
+        let prober = {
+            let probing = probing.clone();
+            tokio::spawn(async move {
+                let mut c = mysql_async::Conn::new(opts).await.expect("prober");
+                let (mut max, mut n) = (Duration::ZERO, 0u64);
+                while probing.load(Ordering::SeqCst) {
+                    let started = Instant::now();
+                    let _: Option<i64> = c
+                        .query_first(format!("SELECT id FROM t WHERE id = {}", n % 20_000 + 1))
+                        .await
+                        .expect("point select never fails");
+                    max = max.max(started.elapsed());
+                    n += 1;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                (max, n)
+            })
+        };
+
+        control.hold_cutover.store(false, Ordering::SeqCst);
+        wait_for_stage(&control, "cutover").await;
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        assert!(!run.is_finished(), "the cut-over must wait for the holder");
+        assert_eq!(column_type(&mut conn, "t", "v").await, "int(11)");
+
+        holder.query_drop("COMMIT").await.expect("commit");
+        let committed = Instant::now();
+        let done = run.await.expect("run task").expect("migration completes");
+        let after_commit = committed.elapsed();
+        probing.store(false, Ordering::SeqCst);
+        let (max, probes) = prober.await.expect("prober task");
+        eprintln!(
+            "completed {after_commit:?} after the holder committed; {probes} point selects, \
+             slowest {max:?} (lock_wait 1 s)"
+        );
+        assert_eq!(done.stage, "done");
+        assert!(after_commit < Duration::from_secs(10));
+        assert!(
+            max < Duration::from_millis(2_500),
+            "point selects blocked {max:?}, more than lock_wait + margin"
+        );
+        assert_eq!(column_type(&mut conn, "t", "v").await, "bigint(20)");
+    })
+    .await
+    .expect("test finishes in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postponed_completion_keeps_the_ghost_in_sync_then_cuts_over_when_allowed() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        let (server, mut conn) = setup(10_000).await;
+        let task = task(
+            "9057a0e1",
+            "t",
+            "MODIFY v BIGINT NOT NULL, ADD COLUMN note VARCHAR(10) NOT NULL DEFAULT 'n'",
+        );
+        let control = Arc::new(TestControl::default());
+        control.hold_cutover.store(true, Ordering::SeqCst);
+        let run = {
+            let (cluster, task, control) = (cluster(&server), task.clone(), control.clone());
+            tokio::spawn(async move { copy::run(&cluster, &task, None, &*control).await })
+        };
+        wait_for_stage(&control, "postponed").await;
+        let ghost = CopyNames::of(&task).ghost;
+        exec(&mut conn, "INSERT INTO t VALUES (50000, 5, 'new')").await;
+        exec(
+            &mut conn,
+            "UPDATE t SET v = 4000000, id = 60000 WHERE id = 3",
+        )
+        .await;
+        exec(&mut conn, "DELETE FROM t WHERE id = 4").await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(!run.is_finished(), "completion is postponed");
+        let in_ghost =
+            |id: i64| format!("SELECT CONCAT(v, '/', s, '/', note) FROM `{ghost}` WHERE id = {id}");
+        assert_eq!(
+            scalar(&mut conn, &in_ghost(50000)).await.as_deref(),
+            Some("5/new/n")
+        );
+        assert_eq!(
+            scalar(&mut conn, &in_ghost(60000)).await.as_deref(),
+            Some("4000000/s3/n")
+        );
+        assert_eq!(scalar(&mut conn, &in_ghost(3)).await, None, "old key gone");
+        assert_eq!(
+            scalar(&mut conn, &in_ghost(4)).await,
+            None,
+            "deleted row gone"
+        );
+
+        let allowed = Instant::now();
+        control.hold_cutover.store(false, Ordering::SeqCst);
+        let done = run.await.expect("run task").expect("migration completes");
+        eprintln!(
+            "cut over {:?} after completion was allowed",
+            allowed.elapsed()
+        );
+        assert!(allowed.elapsed() < Duration::from_secs(5));
+        assert_eq!(done.stage, "done");
+        assert_eq!(
+            scalar(
+                &mut conn,
+                "SELECT CONCAT(v, '/', note) FROM t WHERE id = 50000"
+            )
+            .await
+            .as_deref(),
+            Some("5/n")
+        );
+        assert_eq!(
+            scalar(&mut conn, "SELECT COUNT(*) FROM t").await.as_deref(),
+            Some("10000")
+        );
+        assert_eq!(column_type(&mut conn, "t", "v").await, "bigint(20)");
+    })
+    .await
+    .expect("test finishes in time");
+}

@@ -512,13 +512,13 @@ impl<'a> Cursor<'a> {
     /// `[db.]table`, unquoted.
     fn table_name(&mut self) -> Option<(Option<String>, String)> {
         let first = self.toks.get(self.at)?;
-        if !is_name(&first) {
+        if !is_name(first) {
             return None;
         }
         self.at += 1;
         if self.eat_punct(b'.') {
             let second = self.toks.get(self.at)?;
-            if !is_name(&second) {
+            if !is_name(second) {
                 return None;
             }
             self.at += 1;

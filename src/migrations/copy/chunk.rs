@@ -61,7 +61,7 @@ impl KeyKind {
 
     /// SQL literal for a hex value read by `select`.
     fn literal(&self, hex: &str) -> Result<String, CopyError> {
-        if !hex.bytes().all(|b| b.is_ascii_hexdigit()) || hex.len() % 2 != 0 {
+        if !hex.bytes().all(|b| b.is_ascii_hexdigit()) || !hex.len().is_multiple_of(2) {
             return Err(CopyError::Failed(format!("malformed key value {hex:?}")));
         }
         let text = || -> Result<String, CopyError> {
