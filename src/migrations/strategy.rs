@@ -205,7 +205,7 @@ pub fn split_clauses(spec: &str) -> Vec<String> {
     out
 }
 
-/// The first three words of each top-level clause, words upper-cased (e.g. `["ADD",
+/// The first five tokens of each top-level clause, words upper-cased (e.g. `["ADD",
 /// "COLUMN", "C"]`),
 /// for callers that refuse some clauses (the copy engine refuses `RENAME TO`).
 pub fn clause_heads(spec: &str) -> Vec<Vec<String>> {
@@ -214,7 +214,7 @@ pub fn clause_heads(spec: &str) -> Vec<Vec<String>> {
         .map(|c| {
             lex(c)
                 .iter()
-                .take(3)
+                .take(5)
                 .map(|t| match t.kind {
                     Kind::Word => t.text(c).to_ascii_uppercase(),
                     _ => t.text(c).to_string(),
@@ -674,7 +674,7 @@ mod tests {
         );
         assert_eq!(
             clause_heads("RENAME TO x, add column c int"),
-            vec![vec!["RENAME", "TO", "X"], vec!["ADD", "COLUMN", "C"]]
+            vec![vec!["RENAME", "TO", "X"], vec!["ADD", "COLUMN", "C", "INT"]]
         );
     }
 }

@@ -355,9 +355,19 @@ async fn run_stages<C: CopyControl>(
 
     if !control.may_cut_over() {
         set_stage(progress, "postponed", control);
+        let mut last_ping = std::time::Instant::now();
         while !control.may_cut_over() {
             control.gate().await.map_err(CopyError::Stopped)?;
             tokio::time::sleep(Duration::from_millis(200)).await;
+            // Keep the DDL connection alive through a long postponement.
+            if last_ping.elapsed() > Duration::from_secs(30) {
+                if !ddl.ping().await {
+                    return Err(CopyError::Connection(
+                        "lost the connection while postponed".into(),
+                    ));
+                }
+                last_ping = std::time::Instant::now();
+            }
         }
         // Time has passed: verify again right before the switch.
         set_stage(progress, "checksum", control);
