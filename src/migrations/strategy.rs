@@ -206,8 +206,8 @@ pub fn split_clauses(spec: &str) -> Vec<String> {
 }
 
 /// The first five tokens of each top-level clause, words upper-cased (e.g. `["ADD",
-/// "COLUMN", "C"]`),
-/// for callers that refuse some clauses (the copy engine refuses `RENAME TO`).
+/// "COLUMN", "C", "INT"]`), for callers that refuse some clauses (the copy engine
+/// refuses `RENAME TO` and column renames).
 pub fn clause_heads(spec: &str) -> Vec<Vec<String>> {
     split_clauses(spec)
         .iter()
