@@ -205,16 +205,16 @@ pub fn split_clauses(spec: &str) -> Vec<String> {
     out
 }
 
-/// The first three words of each top-level clause, words upper-cased (e.g. `["ADD",
-/// "COLUMN", "C"]`),
-/// for callers that refuse some clauses (the copy engine refuses `RENAME TO`).
+/// The first five tokens of each top-level clause, words upper-cased (e.g. `["ADD",
+/// "COLUMN", "C", "INT"]`), for callers that refuse some clauses (the copy engine
+/// refuses `RENAME TO` and column renames).
 pub fn clause_heads(spec: &str) -> Vec<Vec<String>> {
     split_clauses(spec)
         .iter()
         .map(|c| {
             lex(c)
                 .iter()
-                .take(3)
+                .take(5)
                 .map(|t| match t.kind {
                     Kind::Word => t.text(c).to_ascii_uppercase(),
                     _ => t.text(c).to_string(),
@@ -512,13 +512,13 @@ impl<'a> Cursor<'a> {
     /// `[db.]table`, unquoted.
     fn table_name(&mut self) -> Option<(Option<String>, String)> {
         let first = self.toks.get(self.at)?;
-        if !is_name(&first) {
+        if !is_name(first) {
             return None;
         }
         self.at += 1;
         if self.eat_punct(b'.') {
             let second = self.toks.get(self.at)?;
-            if !is_name(&second) {
+            if !is_name(second) {
                 return None;
             }
             self.at += 1;
@@ -674,7 +674,7 @@ mod tests {
         );
         assert_eq!(
             clause_heads("RENAME TO x, add column c int"),
-            vec![vec!["RENAME", "TO", "X"], vec!["ADD", "COLUMN", "C"]]
+            vec![vec!["RENAME", "TO", "X"], vec!["ADD", "COLUMN", "C", "INT"]]
         );
     }
 }

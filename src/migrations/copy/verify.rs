@@ -1,0 +1,142 @@
+//! The checksum before cut-over: both tables compared over the copied columns inside
+//! one consistent snapshot. The triggers change the ghost in the same transaction as
+//! the application's write, so at any snapshot the two tables agree, under load too.
+
+use crate::backend::SqlConn;
+
+use super::schema::{cell, col, table_ref, Column};
+use super::sql::server_err;
+use super::CopyError;
+
+/// Count and two order-independent aggregates of per-row CRC32s.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableChecksum {
+    /// Rows.
+    pub rows: u64,
+    /// BIT_XOR of the row hashes.
+    pub xor: u64,
+    /// SUM of the row hashes.
+    pub sum: String,
+}
+
+/// How one column's values are made comparable across a type change.
+fn normalized(name: &str, old: &Column, new: &Column) -> String {
+    const EXACT: &[&str] = &[
+        "tinyint",
+        "smallint",
+        "mediumint",
+        "int",
+        "bigint",
+        "decimal",
+    ];
+    const DATETIME: &[&str] = &["date", "datetime", "timestamp"];
+    let c = col(name);
+    let (a, b) = (old.data_type.as_str(), new.data_type.as_str());
+    if EXACT.contains(&a) && EXACT.contains(&b) {
+        // INT -> BIGINT, DECIMAL(10,2) -> DECIMAL(12,4): equal as numbers.
+        format!("CAST({c} AS DECIMAL(65,30))")
+    } else if DATETIME.contains(&a) && DATETIME.contains(&b) {
+        format!("CAST({c} AS DATETIME(6))")
+    } else if old.charset.is_some() && new.charset.is_some() {
+        // Charset changes compare the characters, not the bytes.
+        format!("CONVERT({c} USING utf8mb4)")
+    } else {
+        format!("CAST({c} AS BINARY)")
+    }
+}
+
+/// The per-row expression hashed on both sides (NULL flags keep NULL and '' apart).
+pub(crate) fn row_expression(columns: &[(String, Column, Column)]) -> String {
+    let values: Vec<String> = columns
+        .iter()
+        .map(|(n, old, new)| normalized(n, old, new))
+        .collect();
+    let nulls: Vec<String> = columns
+        .iter()
+        .map(|(n, _, _)| format!("ISNULL({})", col(n)))
+        .collect();
+    format!(
+        "CONCAT_WS('#', {}, CONCAT({}))",
+        values.join(", "),
+        nulls.join(", ")
+    )
+}
+
+/// Checksums both tables in one consistent snapshot; returns (original, ghost).
+pub(crate) async fn checksum(
+    conn: &mut SqlConn,
+    db: &str,
+    table: &str,
+    ghost: &str,
+    columns: &[(String, Column, Column)],
+) -> Result<(TableChecksum, TableChecksum), CopyError> {
+    let expr = row_expression(columns);
+    let one = |t: &str| {
+        format!(
+            "SELECT COUNT(*), COALESCE(BIT_XOR(CRC32({expr})), 0), \
+             COALESCE(SUM(CRC32({expr})), 0) FROM {}",
+            table_ref(db, t)
+        )
+    };
+    conn.execute("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        .await
+        .map_err(|e| server_err("checksum", e))?;
+    conn.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
+        .await
+        .map_err(|e| server_err("checksum", e))?;
+    let result = async {
+        let a = conn.query(&one(table)).await?;
+        let b = conn.query(&one(ghost)).await?;
+        Ok::<_, crate::backend::SqlError>((a, b))
+    }
+    .await;
+    let _ = conn.execute("COMMIT").await;
+    let (a, b) = result.map_err(|e| server_err("checksum", e))?;
+    let parse = |r: &crate::backend::Rows| -> Result<TableChecksum, CopyError> {
+        let row = r
+            .rows
+            .first()
+            .ok_or_else(|| CopyError::Failed("checksum returned no row".into()))?;
+        Ok(TableChecksum {
+            rows: cell(row, 0).and_then(|v| v.parse().ok()).unwrap_or(0),
+            xor: cell(row, 1).and_then(|v| v.parse().ok()).unwrap_or(0),
+            sum: cell(row, 2).unwrap_or("0").to_string(),
+        })
+    };
+    Ok((parse(&a)?, parse(&b)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn column(t: &str, charset: Option<&str>) -> Column {
+        Column {
+            name: "c".into(),
+            data_type: t.into(),
+            generated: false,
+            charset: charset.map(str::to_string),
+            collation: None,
+        }
+    }
+
+    #[test]
+    fn type_changes_compare_by_value() {
+        assert_eq!(
+            normalized("c", &column("int", None), &column("bigint", None)),
+            "CAST(`c` AS DECIMAL(65,30))"
+        );
+        assert_eq!(
+            normalized(
+                "c",
+                &column("varchar", Some("latin1")),
+                &column("text", Some("utf8mb4"))
+            ),
+            "CONVERT(`c` USING utf8mb4)"
+        );
+        assert_eq!(
+            normalized("c", &column("float", None), &column("double", None)),
+            "CAST(`c` AS BINARY)"
+        );
+    }
+}
