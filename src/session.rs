@@ -729,7 +729,8 @@ impl Session {
             .collect();
         let st = self.idle_status();
         let mut out = BytesMut::new();
-        wire::put_result_set(&mut out, &specs, &rows, self.deprecate_eof(), st);
+        let extended = self.key.ext & caps::MARIADB_EXTENDED_METADATA != 0;
+        wire::put_result_set(&mut out, &specs, &rows, self.deprecate_eof(), extended, st);
         self.client.wbuf.extend_from_slice(&out);
         match self.client.flush().await {
             Ok(()) => Answered::Done,

@@ -183,12 +183,15 @@ pub struct ColumnSpec {
 }
 
 /// Appends a whole text-protocol result set (column count, definitions, rows, end) to
-/// `out`, starting at sequence id 1. `deprecate_eof` is the client's capability.
+/// `out`, starting at sequence id 1. `deprecate_eof` and `extended_metadata` (MariaDB's
+/// extended column type info, an extra field in each definition) are the client's
+/// capabilities.
 pub fn put_result_set(
     out: &mut BytesMut,
     columns: &[ColumnSpec],
     rows: &[Vec<Option<Vec<u8>>>],
     deprecate_eof: bool,
+    extended_metadata: bool,
     server_status: u16,
 ) {
     let mut seq = 1u8;
@@ -203,6 +206,9 @@ pub fn put_result_set(
         put_lenenc_str(&mut p, b"");
         put_lenenc_str(&mut p, c.name.as_bytes());
         put_lenenc_str(&mut p, c.name.as_bytes());
+        if extended_metadata {
+            put_lenenc_str(&mut p, b""); // no extended type info
+        }
         p.put_u8(0x0c);
         let (charset, length, flags): (u16, u32, u16) = if c.column_type == column_type::LONGLONG {
             (63, 20, 0x0001 | 0x0080) // binary, NOT_NULL | BINARY

@@ -60,6 +60,7 @@ pub struct ShardedVSchema<'a> {
     vindex: String,
     tables: Vec<(String, String)>,
     pins: Vec<(u64, String)>,
+    ddl: Option<String>,
 }
 
 impl<'a> ShardedVSchema<'a> {
@@ -71,7 +72,14 @@ impl<'a> ShardedVSchema<'a> {
             vindex: "xxhash".to_string(),
             tables: Vec::new(),
             pins: Vec::new(),
+            ddl: None,
         }
+    }
+
+    /// Sets keyspace `app`'s DDL policy (`queued` or `direct`).
+    pub fn ddl(mut self, policy: &str) -> Self {
+        self.ddl = Some(policy.to_string());
+        self
     }
 
     /// Uses vindex `name` (`xxhash` or `numeric`).
@@ -115,8 +123,12 @@ impl<'a> ShardedVSchema<'a> {
         }
         let _ = writeln!(
             out,
-            "[keyspaces.app]\nsharded = true\nvindex = \"{}\"\ndefault_column = \"workspace_id\"\nshards = [",
-            self.vindex
+            "[keyspaces.app]\nsharded = true\nvindex = \"{}\"\ndefault_column = \"workspace_id\"{}\nshards = [",
+            self.vindex,
+            self.ddl
+                .as_ref()
+                .map(|d| format!("\nddl = \"{d}\""))
+                .unwrap_or_default()
         );
         for (i, name) in shard_names(self.servers.len()).iter().enumerate() {
             let _ = writeln!(
