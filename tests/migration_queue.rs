@@ -903,7 +903,7 @@ async fn copies_never_exceed_the_limit_and_never_share_a_table() {
         ..fast_config()
     };
     let (_stop, shutdown) = watch::channel(false);
-    let engine = FakeCopy::new(&cluster, 4, Duration::from_millis(50));
+    let engine = FakeCopy::new(&cluster, 4, Duration::from_millis(200));
     let executor = spawn_fake(&cluster, config, &engine, &shutdown);
     let mut rows = wait_all_final(&cluster, "copies", Duration::from_secs(60)).await;
     rows.extend(wait_all_final(&cluster, "copies-2", Duration::from_secs(30)).await);
