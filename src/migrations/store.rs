@@ -234,11 +234,33 @@ pub async fn ensure_schema(conn: &mut SqlConn) -> Result<(), StoreError> {
 pub async fn enqueue(conn: &mut SqlConn, rows: &[NewMigration]) -> Result<u64, StoreError> {
     let mut inserted = 0;
     for batch in rows.chunks(200) {
+        let keys: Vec<String> = batch
+            .iter()
+            .map(|m| format!("({}, {})", sql_text(&m.uuid), sql_text(&m.database)))
+            .collect();
+        let existing = conn
+            .query(&format!(
+                "SELECT uuid, database_name FROM {TABLE} WHERE (uuid, database_name) IN ({})",
+                keys.join(", ")
+            ))
+            .await?;
+        let existing: std::collections::HashSet<(String, String)> = existing
+            .rows
+            .into_iter()
+            .filter_map(|r| Some((r.first()?.clone()?, r.get(1)?.clone()?)))
+            .collect();
+        let fresh: Vec<&NewMigration> = batch
+            .iter()
+            .filter(|m| !existing.contains(&(m.uuid.clone(), m.database.clone())))
+            .collect();
+        if fresh.is_empty() {
+            continue;
+        }
         let mut sql = format!(
             "INSERT INTO {TABLE} (uuid, keyspace, shard, cluster, database_name, table_name, \
              statement, strategy, status, postpone_completion, created_at) VALUES "
         );
-        for (i, m) in batch.iter().enumerate() {
+        for (i, m) in fresh.iter().enumerate() {
             if i > 0 {
                 sql.push_str(", ");
             }
@@ -256,9 +278,10 @@ pub async fn enqueue(conn: &mut SqlConn, rows: &[NewMigration]) -> Result<u64, S
                 u8::from(m.postpone_completion),
             );
         }
-        // A duplicate key reports 0 affected rows with this no-op update.
+        // Another proxy may have queued the same rows since the SELECT: keep theirs.
         sql.push_str(" ON DUPLICATE KEY UPDATE uuid = uuid");
-        inserted += conn.execute(&sql).await?.affected_rows;
+        conn.execute(&sql).await?;
+        inserted += fresh.len() as u64;
     }
     Ok(inserted)
 }

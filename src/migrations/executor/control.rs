@@ -130,28 +130,26 @@ impl CopyControl for MigrationControl {
     }
 
     async fn gate(&self) -> Result<(), CopyStop> {
-        {
-            loop {
-                if self.shared.stop.load(Ordering::Acquire) {
-                    return Err(CopyStop::Paused);
-                }
-                match *lock(&self.shared.requested) {
-                    Some(PendingRequest::Cancel) => return Err(CopyStop::Cancelled),
-                    Some(PendingRequest::Pause) => return Err(CopyStop::Paused),
-                    None => {}
-                }
-                let reason = self
-                    .throttle
-                    .borrow()
-                    .reason_for(&self.database, &self.table);
-                let held = reason.is_some();
-                self.set_reason(reason);
-                if !held {
-                    return Ok(());
-                }
-                self.stats.note_gate_wait();
-                tokio::time::sleep(GATE_RECHECK).await;
+        loop {
+            if self.shared.stop.load(Ordering::Acquire) {
+                return Err(CopyStop::Paused);
             }
+            match *lock(&self.shared.requested) {
+                Some(PendingRequest::Cancel) => return Err(CopyStop::Cancelled),
+                Some(PendingRequest::Pause) => return Err(CopyStop::Paused),
+                None => {}
+            }
+            let reason = self
+                .throttle
+                .borrow()
+                .reason_for(&self.database, &self.table);
+            let held = reason.is_some();
+            self.set_reason(reason);
+            if !held {
+                return Ok(());
+            }
+            self.stats.note_gate_wait();
+            tokio::time::sleep(GATE_RECHECK).await;
         }
     }
 

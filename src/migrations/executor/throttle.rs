@@ -53,6 +53,8 @@ pub struct ThrottleConfig {
     pub max_error_rate: f64,
     /// Samples in the baseline median.
     pub baseline_window: usize,
+    /// Samples needed before the baseline counts (the floors alone apply until then).
+    pub baseline_min_samples: usize,
     /// Replica lag throttles above this (see [`replica_lag`]; no replicas yet).
     pub max_replica_lag: Duration,
     /// Sessions waiting for a metadata lock on a migration's table hold it back.
@@ -69,6 +71,7 @@ impl Default for ThrottleConfig {
             p99_factor: 2.0,
             max_error_rate: 0.05,
             baseline_window: 300,
+            baseline_min_samples: 30,
             max_replica_lag: Duration::from_secs(5),
             metadata_lock_waits: true,
         }
@@ -119,33 +122,50 @@ fn mentions(text: &str, word: &str) -> bool {
     })
 }
 
-/// A slow-moving median of the last samples.
+/// A slow-moving median of the last samples. Until it has `min_samples` it is not
+/// trusted (the floor alone applies), and samples above the threshold count only one
+/// in [`Baseline::THROTTLED_WEIGHT`]: a burst cannot lift the baseline that is meant
+/// to catch it, while a lasting new normal is still learnt, slowly.
 #[derive(Debug, Clone)]
 pub struct Baseline {
     samples: VecDeque<f64>,
     window: usize,
+    min_samples: usize,
+    skipped: u64,
 }
 
 impl Baseline {
-    /// An empty baseline over `window` samples.
-    pub fn new(window: usize) -> Self {
+    /// One in this many samples taken while throttled joins the baseline.
+    pub const THROTTLED_WEIGHT: u64 = 5;
+
+    /// An empty baseline over `window` samples, trusted from `min_samples` on.
+    pub fn new(window: usize, min_samples: usize) -> Self {
         Baseline {
             samples: VecDeque::with_capacity(window.min(4096)),
             window: window.max(1),
+            min_samples: min_samples.min(window),
+            skipped: 0,
         }
     }
 
-    /// Adds a sample, forgetting the oldest beyond the window.
-    pub fn push(&mut self, v: f64) {
+    /// Adds a sample (one that `throttled` counts only now and then), forgetting the
+    /// oldest beyond the window.
+    pub fn push(&mut self, v: f64, throttled: bool) {
+        if throttled {
+            self.skipped += 1;
+            if !self.skipped.is_multiple_of(Self::THROTTLED_WEIGHT) {
+                return;
+            }
+        }
         if self.samples.len() == self.window {
             self.samples.pop_front();
         }
         self.samples.push_back(v);
     }
 
-    /// The median, once there is a sample.
+    /// The median, once there are enough samples.
     pub fn median(&self) -> Option<f64> {
-        if self.samples.is_empty() {
+        if self.samples.is_empty() || self.samples.len() < self.min_samples {
             return None;
         }
         let mut v: Vec<f64> = self.samples.iter().copied().collect();
@@ -178,8 +198,8 @@ pub(crate) async fn sample_loop(
     tx: watch::Sender<ThrottleState>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut threads = Baseline::new(config.baseline_window);
-    let mut p99 = Baseline::new(config.baseline_window);
+    let mut threads = Baseline::new(config.baseline_window, config.baseline_min_samples);
+    let mut p99 = Baseline::new(config.baseline_window, config.baseline_min_samples);
     let mut conn: Option<SqlConn> = None;
     let mut tick = tokio::time::interval(config.sample_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -265,7 +285,7 @@ async fn sample_cluster(
                 threads.median().unwrap_or(0.0)
             ));
         }
-        threads.push(running);
+        threads.push(running, running > limit);
     }
     if config.metadata_lock_waits {
         let rows = c
@@ -300,7 +320,7 @@ fn proxy_reason(
                 p99.median().unwrap_or(0.0)
             ));
         }
-        p99.push(ms);
+        p99.push(ms, ms > limit);
     }
     if reason.is_none() {
         if let Some(rate) = signals.error_rate(&cluster.name) {
@@ -321,19 +341,31 @@ mod tests {
     use super::*;
 
     #[test]
-    fn baseline_is_a_median_that_a_short_burst_does_not_move() {
-        let mut b = Baseline::new(10);
-        assert_eq!(b.threshold(25.0, 1.2), 25.0);
-        for _ in 0..7 {
-            b.push(100.0);
+    fn baseline_is_a_median_that_a_burst_does_not_move() {
+        let mut b = Baseline::new(30, 3);
+        b.push(100.0, false);
+        b.push(100.0, false);
+        assert_eq!(
+            b.threshold(25.0, 1.2),
+            25.0,
+            "not trusted before min_samples"
+        );
+        for _ in 0..8 {
+            b.push(100.0, false);
         }
         for _ in 0..3 {
-            b.push(1000.0);
+            b.push(1000.0, false);
         }
         assert_eq!(b.median(), Some(100.0));
         assert_eq!(b.threshold(25.0, 1.2), 120.0);
-        for _ in 0..10 {
-            b.push(1.0);
+        // Throttled samples count one in five: these 20 are 4 samples.
+        for _ in 0..20 {
+            b.push(5000.0, true);
+        }
+        assert_eq!(b.median(), Some(100.0));
+        // A lasting new normal is learnt.
+        for _ in 0..30 {
+            b.push(1.0, false);
         }
         assert_eq!(b.threshold(25.0, 1.2), 25.0);
     }
@@ -372,14 +404,14 @@ mod tests {
             password: "p".into(),
         };
         let config = ThrottleConfig::default();
-        let mut p99 = Baseline::new(10);
+        let mut p99 = Baseline::new(10, 1);
         let calm = Fixed(Duration::from_millis(5), 0.0);
         assert_eq!(proxy_reason(&cluster, &config, &calm, &mut p99), None);
         let slow = Fixed(Duration::from_millis(40), 0.0);
         let reason = proxy_reason(&cluster, &config, &slow, &mut p99);
         assert!(reason.is_some_and(|r| r.contains("p99")));
         let failing = Fixed(Duration::from_millis(5), 0.2);
-        let reason = proxy_reason(&cluster, &config, &failing, &mut Baseline::new(10));
+        let reason = proxy_reason(&cluster, &config, &failing, &mut Baseline::new(10, 1));
         assert!(reason.is_some_and(|r| r.contains("error rate")));
     }
 }
