@@ -4,7 +4,6 @@
 //! Copy migrations run through a stand-in engine ([`FakeCopy`]) that behaves as the
 //! contract in `migrations::copy` says (gate before every chunk, checkpoint SQL per
 //! chunk, postponed cut-over), so the executor's side is proven on its own. The tests
-//! that need the real copy engine are `#[ignore = "needs the copy engine"]`.
 
 mod common;
 
@@ -1264,7 +1263,6 @@ async fn point_selects(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "needs the copy engine"]
 async fn incident_replay_200_type_changes_never_exceed_the_copy_limit() {
     let servers = common::start_servers(1);
     let cluster = cluster_of(&servers[0]);
@@ -1272,7 +1270,7 @@ async fn incident_replay_200_type_changes_never_exceed_the_copy_limit() {
     for i in 0..200 {
         setup.push_str(&format!(
             "CREATE DATABASE ws_{i}; CREATE TABLE ws_{i}.t (id INT PRIMARY KEY, v INT NOT NULL);\n\
-             INSERT INTO ws_{i}.t SELECT seq, seq FROM seq_1_to_200;\n"
+             INSERT INTO ws_{i}.t SELECT seq, seq FROM ws_{i}.seq_1_to_200;\n"
         ));
     }
     servers[0].sql(&setup).expect("200 workspace databases");
@@ -1349,14 +1347,13 @@ async fn incident_replay_200_type_changes_never_exceed_the_copy_limit() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "needs the copy engine"]
 async fn a_crashed_copy_resumes_from_its_checkpoint_and_the_checksum_matches() {
     let servers = common::start_servers(1);
     let cluster = cluster_of(&servers[0]);
     servers[0]
         .sql(
             "CREATE DATABASE ws_1; CREATE TABLE ws_1.t (id INT PRIMARY KEY, v INT NOT NULL); \
-              INSERT INTO ws_1.t SELECT seq, seq * 7 FROM seq_1_to_200000;",
+              INSERT INTO ws_1.t SELECT seq, seq * 7 FROM ws_1.seq_1_to_200000;",
         )
         .expect("a 200,000-row table");
     let before = servers[0]
