@@ -2,6 +2,7 @@
 //! ways (direct, through the plain relay, through shardgate), alternating the arms
 //! round by round, and prints one table with the ratios. See `bench/README.md`.
 
+mod idle;
 mod setup;
 mod stats;
 mod workload;
@@ -31,7 +32,15 @@ usage: shardgate-bench [options]
   --buffer-pool-mb N   InnoDB buffer pool of each started server (default: 256)
   --reuse A,B,...      use running servers (shard 0 is measured) instead of starting them
   --db-user U --db-password P   login for --reuse servers (default: shardgate/shardgate)
-  --smoke              everything, tiny, ~3 s (for CI); no figures worth quoting";
+  --smoke              everything, tiny, ~3 s (for CI); no figures worth quoting
+
+       shardgate-bench servers [--count N] [--buffer-pool-mb N]
+  starts N local MariaDB servers (user/password shardgate), prints `ready ADDR ...`,
+  and keeps them until its standard input closes (used by bench/sysbench.sh)
+
+       shardgate-bench idle [--connections 1000,10000] [--rounds 3]
+  shardgate's RSS with that many idle logged-in clients (run via bench/idle.sh,
+  which raises `ulimit -n`)";
 
 struct Options {
     workloads: Vec<Workload>,
@@ -123,6 +132,24 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("idle") {
+        return match idle::run(&args[1..]) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(msg) => {
+                eprintln!("shardgate-bench idle: {msg}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if args.first().map(String::as_str) == Some("servers") {
+        return match hold_servers(&args[1..]) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(msg) => {
+                eprintln!("shardgate-bench servers: {msg}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let opts = match parse_args(&args) {
         Ok(o) => o,
         Err(msg) if msg.is_empty() => {
@@ -141,6 +168,33 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `shardgate-bench servers`: starts servers for a script and stops them (removing
+/// their directories) when the script closes our standard input, or after 4 hours.
+fn hold_servers(args: &[String]) -> Result<(), String> {
+    let (mut count, mut pool_mb) = (2usize, 256u32);
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let v = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        match flag.as_str() {
+            "--count" => count = v.parse().map_err(|e| format!("--count: {e}"))?,
+            "--buffer-pool-mb" => {
+                pool_mb = v.parse().map_err(|e| format!("--buffer-pool-mb: {e}"))?
+            }
+            _ => return Err(format!("unknown argument {flag:?}")),
+        }
+    }
+    let servers = Servers::start(count.clamp(1, 16), pool_mb.clamp(8, 16_384))?;
+    println!("ready {}", servers.addrs.join(" "));
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink());
+        let _ = tx.send(());
+    });
+    let _ = rx.recv_timeout(Duration::from_secs(4 * 3600));
+    drop(servers);
+    Ok(())
 }
 
 /// The running pieces one arm is measured against.
@@ -457,7 +511,7 @@ fn mem_total_gib() -> f64 {
 }
 
 /// Removes the bench's scratch directory when the run ends, however it ends.
-struct RemoveDir(PathBuf);
+pub(crate) struct RemoveDir(pub(crate) PathBuf);
 
 impl Drop for RemoveDir {
     fn drop(&mut self) {
