@@ -49,7 +49,7 @@ exec 3>"$dir/hold"
 for _ in $(seq 1 600); do grep -q '^ready' "$dir/servers.out" && break; sleep 0.1; done
 read -r _ A B < <(grep '^ready' "$dir/servers.out") || { cat "$dir/servers.out" >&2; exit 1; }
 A_PORT=${A##*:}; B_PORT=${B##*:}
-db() { mariadb -h127.0.0.1 -P"$1" -ushardgate -pshardgate -e "$2"; }
+db() { mariadb -h127.0.0.1 -P"$1" -ushardgate -pshardgate -N -e "$2"; }
 db "$A_PORT" "CREATE DATABASE sbtest; CREATE DATABASE sbfull"
 db "$B_PORT" "CREATE DATABASE sbtest"
 
@@ -106,7 +106,7 @@ sysbench "$TEST" "${common[@]}" "${proxy[@]}" prepare >"$dir/prepare-proxy.log" 
   { cat "$dir/prepare-proxy.log" "$dir/shardgate.log" >&2; exit 1; }
 sysbench "$TEST" "${common[@]}" "${direct[@]}" prepare >"$dir/prepare-direct.log" 2>&1 ||
   { cat "$dir/prepare-direct.log" >&2; exit 1; }
-echo "rows: A.sbtest=$(db "$A_PORT" 'SELECT COUNT(*) FROM sbtest.sbtest1' -N) B.sbtest=$(db "$B_PORT" 'SELECT COUNT(*) FROM sbtest.sbtest1' -N) A.sbfull=$(db "$A_PORT" 'SELECT COUNT(*) FROM sbfull.sbtest1' -N)" >&2
+echo "rows: A.sbtest=$(db "$A_PORT" 'SELECT COUNT(*) FROM sbtest.sbtest1') B.sbtest=$(db "$B_PORT" 'SELECT COUNT(*) FROM sbtest.sbtest1') A.sbfull=$(db "$A_PORT" 'SELECT COUNT(*) FROM sbfull.sbtest1')" >&2
 
 cpu() { awk '{ s = $0; sub(/.*\) /, "", s); split(s, f, " "); print f[12] + f[13] }' "/proc/$1/stat"; }
 TCK=$(getconf CLK_TCK)

@@ -25,6 +25,7 @@ usage: shardgate-bench [options]
   --connections LIST   client connections, e.g. 1,16,64 (default: 16)
   --duration SECS      measured time per arm and round (default: 10)
   --warmup SECS        unmeasured time before each arm (default: 2)
+  --arms LIST          direct,relay,shardgate (default: all three)
   --rounds N           rounds of A B C (default: 3; the table shows medians)
   --seed N             RNG seed (default: 1)
   --workspaces N       workspaces loaded on the measured shard (default: 1000)
@@ -33,6 +34,7 @@ usage: shardgate-bench [options]
   --reuse A,B,...      use running servers (shard 0 is measured) instead of starting them
   --db-user U --db-password P   login for --reuse servers (default: shardgate/shardgate)
   --smoke              everything, tiny, ~3 s (for CI); no figures worth quoting
+  env SHARDGATE_BENCH_WRAP=\"CMD ARGS\"  runs shardgate under CMD (perf record, strace -c, valgrind)
 
        shardgate-bench servers [--count N] [--buffer-pool-mb N]
   starts N local MariaDB servers (user/password shardgate), prints `ready ADDR ...`,
@@ -44,6 +46,7 @@ usage: shardgate-bench [options]
 
 struct Options {
     workloads: Vec<Workload>,
+    arms: Vec<Arm>,
     connections: Vec<usize>,
     duration: Duration,
     warmup: Duration,
@@ -60,6 +63,7 @@ struct Options {
 fn parse_args(args: &[String]) -> Result<Options, String> {
     let mut o = Options {
         workloads: Workload::ALL.to_vec(),
+        arms: Arm::ALL.to_vec(),
         connections: vec![16],
         duration: Duration::from_secs(10),
         warmup: Duration::from_secs(2),
@@ -103,6 +107,17 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
                 o.workloads = v
                     .split(',')
                     .map(|w| Workload::parse(w).ok_or_else(|| format!("unknown workload {w:?}")))
+                    .collect::<Result<_, _>>()?
+            }
+            "--arms" => {
+                o.arms = v
+                    .split(',')
+                    .map(|a| {
+                        Arm::ALL
+                            .into_iter()
+                            .find(|x| x.name() == a)
+                            .ok_or_else(|| format!("unknown arm {a:?}"))
+                    })
                     .collect::<Result<_, _>>()?
             }
             "--connections" => {
@@ -286,7 +301,7 @@ fn run(opts: Options) -> Result<(), String> {
     for &workload in &opts.workloads {
         for &conns in &opts.connections {
             let mut samples: Vec<(Arm, Vec<Sample>)> =
-                Arm::ALL.iter().map(|a| (*a, Vec::new())).collect();
+                opts.arms.iter().map(|a| (*a, Vec::new())).collect();
             for round in 0..opts.rounds {
                 for (arm, list) in samples.iter_mut() {
                     let label = format!(

@@ -285,7 +285,20 @@ impl ChildGuard {
 }
 
 impl Drop for ChildGuard {
+    /// SIGINT first, so that shardgate shuts down gracefully and a profiler wrapped
+    /// around it (perf, strace, valgrind) writes its report; SIGKILL after 15 s.
     fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .stderr(Stdio::null())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -302,7 +315,20 @@ pub fn spawn_listening(
 ) -> Result<ChildGuard, String> {
     let out = std::fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
     let err = out.try_clone().map_err(|e| e.to_string())?;
-    let child = Command::new(program)
+    // SHARDGATE_BENCH_WRAP="perf record -g -o FILE --" runs shardgate under a profiler.
+    let wrap: Vec<String> = match (name, std::env::var("SHARDGATE_BENCH_WRAP")) {
+        ("shardgate", Ok(w)) => w.split_whitespace().map(str::to_string).collect(),
+        _ => Vec::new(),
+    };
+    let mut command = match wrap.split_first() {
+        Some((first, rest)) => {
+            let mut c = Command::new(first);
+            c.args(rest).arg(program);
+            c
+        }
+        None => Command::new(program),
+    };
+    let child = command
         .args(args)
         .stdin(Stdio::null())
         .stdout(out)
