@@ -285,11 +285,11 @@ impl ChildGuard {
 }
 
 impl Drop for ChildGuard {
-    /// SIGINT first, so that shardgate shuts down gracefully and a profiler wrapped
+    /// SIGTERM first (SIGINT may be ignored in a background job), so that shardgate shuts down gracefully and a profiler wrapped
     /// around it (perf, strace, valgrind) writes its report; SIGKILL after 15 s.
     fn drop(&mut self) {
         let _ = Command::new("kill")
-            .args(["-INT", &self.child.id().to_string()])
+            .args(["-TERM", &self.child.id().to_string()])
             .stderr(Stdio::null())
             .status();
         let deadline = Instant::now() + Duration::from_secs(15);
