@@ -338,13 +338,13 @@ fn run(opts: Options) -> Result<(), String> {
 
     println!(
         "\nshardgate-bench: {} round(s) of direct / relay / shardgate, {:.1} s each after {:.1} s warm-up; \
-         medians over rounds; machine: {} cores, {:.1} GiB; client: {}",
+         medians over rounds; machine: {} cores, {:.1} GiB; \
+         client: shardgate's codec on one current-thread tokio runtime",
         opts.rounds,
         opts.duration.as_secs_f64(),
         opts.warmup.as_secs_f64(),
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         mem_total_gib(),
-        "shardgate's codec on one current-thread tokio runtime",
     );
     println!("{}\n{table}\n{notes}", stats::HEADER);
     Ok(())
