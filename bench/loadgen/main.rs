@@ -1,0 +1,535 @@
+//! `shardgate-bench`: drives the same workload against the same MariaDB server three
+//! ways (direct, through the plain relay, through shardgate), alternating the arms
+//! round by round, and prints one table with the ratios. See `bench/README.md`.
+
+mod idle;
+mod setup;
+mod stats;
+mod workload;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use setup::{DataSize, Servers};
+use stats::{Arm, Sample};
+use workload::{Generator, Workload};
+
+const USAGE: &str = "\
+shardgate-bench: direct vs plain relay vs shardgate, same workload, same server, one run
+
+usage: shardgate-bench [options]
+  --workload LIST      point-select,app-mix,bulk-insert (default: all three)
+  --connections LIST   client connections, e.g. 1,16,64 (default: 16)
+  --duration SECS      measured time per arm and round (default: 10)
+  --warmup SECS        unmeasured time before each arm (default: 2)
+  --arms LIST          direct,relay,shardgate (default: all three)
+  --rounds N           rounds of A B C (default: 3; the table shows medians)
+  --seed N             RNG seed (default: 1)
+  --workspaces N       workspaces loaded on the measured shard (default: 1000)
+  --shards N           local MariaDB servers / shards to start (default: 2)
+  --buffer-pool-mb N   InnoDB buffer pool of each started server (default: 256)
+  --reuse A,B,...      use running servers (shard 0 is measured) instead of starting them
+  --db-user U --db-password P   login for --reuse servers (default: shardgate/shardgate)
+  --smoke              everything, tiny, ~3 s (for CI); no figures worth quoting
+  env SHARDGATE_BENCH_WRAP=\"CMD ARGS\"  runs shardgate under CMD (perf record, strace -c, valgrind)
+
+       shardgate-bench servers [--count N] [--buffer-pool-mb N]
+  starts N local MariaDB servers (user/password shardgate), prints `ready ADDR ...`,
+  and keeps them until its standard input closes (used by bench/sysbench.sh)
+
+       shardgate-bench idle [--connections 1000,10000] [--rounds 3]
+  shardgate's RSS with that many idle logged-in clients (run via bench/idle.sh,
+  which raises `ulimit -n`)";
+
+struct Options {
+    workloads: Vec<Workload>,
+    arms: Vec<Arm>,
+    connections: Vec<usize>,
+    duration: Duration,
+    warmup: Duration,
+    rounds: usize,
+    seed: u64,
+    size: DataSize,
+    shards: usize,
+    buffer_pool_mb: u32,
+    reuse: Option<Vec<String>>,
+    db_user: String,
+    db_password: String,
+}
+
+fn parse_args(args: &[String]) -> Result<Options, String> {
+    let mut o = Options {
+        workloads: Workload::ALL.to_vec(),
+        arms: Arm::ALL.to_vec(),
+        connections: vec![16],
+        duration: Duration::from_secs(10),
+        warmup: Duration::from_secs(2),
+        rounds: 3,
+        seed: 1,
+        size: DataSize {
+            workspaces: 1000,
+            items: 20,
+            conversations: 10,
+            messages: 30,
+        },
+        shards: 2,
+        buffer_pool_mb: 256,
+        reuse: None,
+        db_user: "shardgate".into(),
+        db_password: "shardgate".into(),
+    };
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        if flag == "--smoke" {
+            o.connections = vec![2];
+            o.duration = Duration::from_millis(200);
+            o.warmup = Duration::from_millis(50);
+            o.rounds = 1;
+            o.size = DataSize {
+                workspaces: 20,
+                items: 5,
+                conversations: 3,
+                messages: 25,
+            };
+            o.buffer_pool_mb = 32;
+            continue;
+        }
+        if flag == "--help" || flag == "-h" {
+            return Err(String::new());
+        }
+        let v = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        let num = |v: &str| v.parse::<f64>().map_err(|e| format!("{flag} {v}: {e}"));
+        match flag.as_str() {
+            "--workload" => {
+                o.workloads = v
+                    .split(',')
+                    .map(|w| Workload::parse(w).ok_or_else(|| format!("unknown workload {w:?}")))
+                    .collect::<Result<_, _>>()?
+            }
+            "--arms" => {
+                o.arms = v
+                    .split(',')
+                    .map(|a| {
+                        Arm::ALL
+                            .into_iter()
+                            .find(|x| x.name() == a)
+                            .ok_or_else(|| format!("unknown arm {a:?}"))
+                    })
+                    .collect::<Result<_, _>>()?
+            }
+            "--connections" => {
+                o.connections = v
+                    .split(',')
+                    .map(|c| match c.parse::<usize>() {
+                        Ok(n) if (1..=10_000).contains(&n) => Ok(n),
+                        _ => Err(format!("--connections: {c:?} is not 1..=10000")),
+                    })
+                    .collect::<Result<_, _>>()?
+            }
+            "--duration" => o.duration = Duration::from_secs_f64(num(v)?.clamp(0.05, 3600.0)),
+            "--warmup" => o.warmup = Duration::from_secs_f64(num(v)?.clamp(0.0, 600.0)),
+            "--rounds" => o.rounds = (num(v)? as usize).clamp(1, 100),
+            "--seed" => o.seed = num(v)? as u64,
+            "--workspaces" => o.size.workspaces = (num(v)? as usize).clamp(1, 1_000_000),
+            "--shards" => o.shards = (num(v)? as usize).clamp(1, 16),
+            "--buffer-pool-mb" => o.buffer_pool_mb = (num(v)? as u32).clamp(8, 16_384),
+            "--reuse" => o.reuse = Some(v.split(',').map(str::to_string).collect()),
+            "--db-user" => o.db_user = v.clone(),
+            "--db-password" => o.db_password = v.clone(),
+            _ => return Err(format!("unknown argument {flag:?}")),
+        }
+    }
+    Ok(o)
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("idle") {
+        return match idle::run(&args[1..]) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(msg) => {
+                eprintln!("shardgate-bench idle: {msg}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if args.first().map(String::as_str) == Some("servers") {
+        return match hold_servers(&args[1..]) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(msg) => {
+                eprintln!("shardgate-bench servers: {msg}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let opts = match parse_args(&args) {
+        Ok(o) => o,
+        Err(msg) if msg.is_empty() => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Err(msg) => {
+            eprintln!("shardgate-bench: {msg}\n\n{USAGE}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match run(opts) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(msg) => {
+            eprintln!("shardgate-bench: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `shardgate-bench servers`: starts servers for a script and stops them (removing
+/// their directories) when the script closes our standard input, or after 4 hours.
+fn hold_servers(args: &[String]) -> Result<(), String> {
+    let (mut count, mut pool_mb) = (2usize, 256u32);
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let v = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        match flag.as_str() {
+            "--count" => count = v.parse().map_err(|e| format!("--count: {e}"))?,
+            "--buffer-pool-mb" => {
+                pool_mb = v.parse().map_err(|e| format!("--buffer-pool-mb: {e}"))?
+            }
+            _ => return Err(format!("unknown argument {flag:?}")),
+        }
+    }
+    let servers = Servers::start(count.clamp(1, 16), pool_mb.clamp(8, 16_384))?;
+    println!("ready {}", servers.addrs.join(" "));
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink());
+        let _ = tx.send(());
+    });
+    let _ = rx.recv_timeout(Duration::from_secs(4 * 3600));
+    drop(servers);
+    Ok(())
+}
+
+/// The running pieces one arm is measured against.
+struct Rig {
+    servers: Servers,
+    relay_addr: String,
+    proxy_addr: String,
+    relay_pid: u32,
+    proxy_pid: u32,
+    ticks: f64,
+}
+
+fn run(opts: Options) -> Result<(), String> {
+    let relay_bin = setup::sibling_binary("shardgate-relay")?;
+    let proxy_bin = setup::sibling_binary("shardgate")?;
+    let servers = match &opts.reuse {
+        Some(addrs) => Servers::reuse(
+            addrs.clone(),
+            opts.db_user.clone(),
+            opts.db_password.clone(),
+        ),
+        None => {
+            eprintln!("bench: starting {} MariaDB servers", opts.shards);
+            Servers::start(opts.shards, opts.buffer_pool_mb)?
+        }
+    };
+    let dir = std::env::temp_dir().join(format!("shardgate-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let _cleanup = RemoveDir(dir.clone());
+
+    let vschema_text = setup::vschema_toml(&servers);
+    let vschema = shardgate::vschema::VSchema::from_toml_str(&vschema_text)
+        .map_err(|e| format!("bench vschema: {e:?}"))?;
+    let workspaces = Arc::new(setup::workspaces_on_first_shard(
+        &vschema,
+        opts.size.workspaces,
+    )?);
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    eprintln!(
+        "bench: loading {} workspaces on shard s0 ({})",
+        workspaces.len(),
+        servers.addrs[0]
+    );
+    let started = Instant::now();
+    rt.block_on(setup::load(&servers, &workspaces, opts.size))?;
+    eprintln!("bench: loaded in {:.1} s", started.elapsed().as_secs_f64());
+
+    let relay_addr = setup::free_addr()?;
+    let relay_backend = servers.addrs[0].clone();
+    let relay = setup::spawn_listening(
+        "shardgate-relay",
+        &relay_bin,
+        &[
+            "--listen",
+            &relay_addr.to_string(),
+            "--backend",
+            &relay_backend,
+        ],
+        &dir.join("relay.log"),
+        relay_addr,
+    )?;
+    let proxy_addr = setup::free_addr()?;
+    std::fs::write(dir.join("vschema.toml"), &vschema_text).map_err(|e| e.to_string())?;
+    let pool = opts.connections.iter().max().copied().unwrap_or(16) + 16;
+    let config = dir.join("shardgate.toml");
+    std::fs::write(&config, setup::config_toml(proxy_addr, pool)).map_err(|e| e.to_string())?;
+    let proxy = setup::spawn_listening(
+        "shardgate",
+        &proxy_bin,
+        &["serve", "--config", &config.to_string_lossy()],
+        &dir.join("shardgate.log"),
+        proxy_addr,
+    )?;
+    let rig = Rig {
+        relay_addr: relay_addr.to_string(),
+        proxy_addr: proxy_addr.to_string(),
+        relay_pid: relay.pid(),
+        proxy_pid: proxy.pid(),
+        ticks: stats::clock_ticks(),
+        servers,
+    };
+
+    let mut table = String::new();
+    let mut notes = String::new();
+    for &workload in &opts.workloads {
+        for &conns in &opts.connections {
+            let mut samples: Vec<(Arm, Vec<Sample>)> =
+                opts.arms.iter().map(|a| (*a, Vec::new())).collect();
+            for round in 0..opts.rounds {
+                for (arm, list) in samples.iter_mut() {
+                    let label = format!(
+                        "[{} c={conns} round {}/{}] {:<9}",
+                        workload.name(),
+                        round + 1,
+                        opts.rounds,
+                        arm.name()
+                    );
+                    let seed = opts.seed ^ ((round as u64) << 40);
+                    let s = rt.block_on(run_arm(
+                        &rig,
+                        *arm,
+                        workload,
+                        conns,
+                        &opts,
+                        &workspaces,
+                        seed,
+                        &label,
+                    ))?;
+                    list.push(s);
+                }
+            }
+            let summaries: Vec<(Arm, stats::Summary)> = samples
+                .iter()
+                .map(|(a, l)| (*a, stats::summarize(l)))
+                .collect();
+            table.push_str(&stats::rows(workload.name(), conns, &summaries));
+            notes.push_str(&note(workload, conns, &summaries));
+        }
+    }
+    drop(proxy);
+    drop(relay);
+
+    println!(
+        "\nshardgate-bench: {} round(s) of direct / relay / shardgate, {:.1} s each after {:.1} s warm-up; \
+         medians over rounds; machine: {} cores, {:.1} GiB; \
+         client: shardgate's codec on one current-thread tokio runtime",
+        opts.rounds,
+        opts.duration.as_secs_f64(),
+        opts.warmup.as_secs_f64(),
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        mem_total_gib(),
+    );
+    println!("{}\n{table}\n{notes}", stats::HEADER);
+    Ok(())
+}
+
+fn note(workload: Workload, conns: usize, arms: &[(Arm, stats::Summary)]) -> String {
+    let get = |arm: Arm| arms.iter().find(|(a, _)| *a == arm).map(|(_, s)| s);
+    let (Some(d), Some(r), Some(s)) = (get(Arm::Direct), get(Arm::Relay), get(Arm::Shardgate))
+    else {
+        return String::new();
+    };
+    let div = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
+        _ => "-".into(),
+    };
+    let added = match (s.p50, d.p50) {
+        (Some(a), Some(b)) => format!("{:.0}", a - b),
+        _ => "-".into(),
+    };
+    format!(
+        "{} c={conns}: QPS shardgate/direct {}, shardgate/relay {}, relay/direct {}; \
+         CPU per query shardgate/relay {}; p50 added over direct {added} µs\n",
+        workload.name(),
+        div(s.qps, d.qps),
+        div(s.qps, r.qps),
+        div(r.qps, d.qps),
+        div(s.proxy_cpu_1k, r.proxy_cpu_1k),
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_arm(
+    rig: &Rig,
+    arm: Arm,
+    workload: Workload,
+    conns: usize,
+    opts: &Options,
+    workspaces: &Arc<Vec<u64>>,
+    seed: u64,
+    label: &str,
+) -> Result<Sample, String> {
+    let s = &rig.servers;
+    let (addr, user, password, proxy_pid) = match arm {
+        Arm::Direct => (
+            s.addrs[0].as_str(),
+            s.user.as_str(),
+            s.password.as_str(),
+            None,
+        ),
+        Arm::Relay => (
+            rig.relay_addr.as_str(),
+            s.user.as_str(),
+            s.password.as_str(),
+            Some(rig.relay_pid),
+        ),
+        Arm::Shardgate => (
+            rig.proxy_addr.as_str(),
+            setup::PROXY_USER,
+            setup::PROXY_PASSWORD,
+            Some(rig.proxy_pid),
+        ),
+    };
+    let mut clients = Vec::with_capacity(conns);
+    for i in 0..conns {
+        let conn = setup::connect(addr, user, password, Some(setup::DATABASE))
+            .await
+            .map_err(|e| format!("{} connection {i}: {e}", arm.name()))?;
+        let generator = Generator::new(workload, workspaces.clone(), opts.size, seed ^ i as u64);
+        clients.push((conn, generator));
+    }
+    let progress = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let ticker = {
+        let progress = progress.clone();
+        let done = done.clone();
+        let label = label.to_string();
+        let total = opts.warmup + opts.duration;
+        tokio::spawn(async move {
+            let start = Instant::now();
+            while !done.load(Ordering::Relaxed) && start.elapsed() < total + Duration::from_secs(30)
+            {
+                let q = progress.load(Ordering::Relaxed);
+                eprint!(
+                    "\r{label} {:5.1}/{:.1} s {q:>9} queries  ",
+                    start.elapsed().as_secs_f64(),
+                    total.as_secs_f64()
+                );
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        })
+    };
+    // Warm-up, then the measured phase, on the same connections.
+    let mut result = Sample::default();
+    for measured in [false, true] {
+        let phase = if measured { opts.duration } else { opts.warmup };
+        if phase.is_zero() {
+            continue;
+        }
+        let proxy_cpu0 = proxy_pid.and_then(|p| stats::cpu_seconds(p, rig.ticks));
+        let server_cpu0 = s
+            .measured_pid()
+            .and_then(|p| stats::cpu_seconds(p, rig.ticks));
+        let start = Instant::now();
+        let until = start + phase;
+        let mut tasks = Vec::with_capacity(conns);
+        for (mut conn, mut generator) in clients.drain(..) {
+            let progress = progress.clone();
+            tasks.push(tokio::spawn(async move {
+                let r = workload::drive(
+                    &mut conn,
+                    &mut generator,
+                    until,
+                    50_000_000,
+                    progress,
+                    measured,
+                )
+                .await;
+                (conn, generator, r)
+            }));
+        }
+        let mut latencies = Vec::new();
+        let (mut queries, mut errors) = (0, 0);
+        for t in tasks {
+            let (conn, generator, r) = t.await.map_err(|e| e.to_string())?;
+            if let Some(why) = r.broken {
+                done.store(true, Ordering::Relaxed);
+                return Err(format!("{} connection broke: {why}", arm.name()));
+            }
+            queries += r.queries;
+            errors += r.errors;
+            latencies.extend(r.latencies);
+            clients.push((conn, generator));
+        }
+        let elapsed = start.elapsed();
+        if measured {
+            let delta = |pid: Option<u32>, before: Option<f64>| {
+                let after = pid.and_then(|p| stats::cpu_seconds(p, rig.ticks))?;
+                Some(after - before?)
+            };
+            latencies.sort_unstable();
+            result = Sample {
+                queries,
+                errors,
+                elapsed,
+                latencies,
+                proxy_cpu: delta(proxy_pid, proxy_cpu0),
+                server_cpu: delta(s.measured_pid(), server_cpu0),
+                proxy_rss: if arm == Arm::Shardgate {
+                    stats::rss_bytes(rig.proxy_pid)
+                } else {
+                    None
+                },
+            };
+        }
+    }
+    done.store(true, Ordering::Relaxed);
+    let _ = ticker.await;
+    eprintln!(
+        "\r{label} {:>9.0} QPS  p50 {:>6.0} µs  p99 {:>6.0} µs  errors {}          ",
+        result.qps(),
+        result.latency_us(0.5),
+        result.latency_us(0.99),
+        result.errors
+    );
+    Ok(result)
+}
+
+fn mem_total_gib() -> f64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map(|kb| kb / (1024.0 * 1024.0))
+        .unwrap_or(0.0)
+}
+
+/// Removes the bench's scratch directory when the run ends, however it ends.
+pub(crate) struct RemoveDir(pub(crate) PathBuf);
+
+impl Drop for RemoveDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

@@ -1,0 +1,171 @@
+//! Criterion micro-benchmarks of shardgate's per-query work: packet framing, the
+//! response scanner, the planner on a point select, and routing among 1,000,000 pins.
+//!
+//! `cargo bench --bench micro` (add `-- pins` etc. to filter). The pins group also
+//! prints what building the 1,000,000-pin map cost in time and resident memory.
+
+use std::fmt::Write as _;
+use std::hint::black_box;
+use std::time::Instant;
+
+use bytes::BytesMut;
+use criterion::{criterion_group, criterion_main, Criterion};
+use shardgate::planner::{self, Route, ShardingSchema};
+use shardgate::protocol::packet::{logical_len, put_packet, take_logical};
+use shardgate::protocol::relay::{ResponseKind, ResponseScanner};
+use shardgate::protocol::wire::{column_type, put_result_set, ColumnSpec};
+use shardgate::vschema::VSchema;
+
+const POINT_SELECT: &str = "SELECT val FROM items WHERE workspace_id = 123456 AND id = 17";
+
+fn bench_vschema(pins: usize) -> String {
+    let mut t = String::from(
+        "[clusters.s0]\nprimary = \"127.0.0.1:3306\"\nuser = \"u\"\n\
+         [clusters.s1]\nprimary = \"127.0.0.1:3307\"\nuser = \"u\"\n\
+         [keyspaces.bench]\nsharded = true\nvindex = \"xxhash\"\ndefault_column = \"workspace_id\"\n\
+         shards = [ { name = \"-80\", cluster = \"s0\" }, { name = \"80-\", cluster = \"s1\" } ]\n\
+         [keyspaces.bench.tables]\nitems = { column = \"workspace_id\" }\n",
+    );
+    if pins > 0 {
+        t.push_str("[keyspaces.bench.pins]\n");
+        for w in 0..pins {
+            let shard = if w % 2 == 0 { "-80" } else { "80-" };
+            let _ = writeln!(t, "\"{}\" = \"{shard}\"", w * 3);
+        }
+    }
+    t
+}
+
+fn codec(c: &mut Criterion) {
+    let mut g = c.benchmark_group("codec");
+    let mut payload = vec![shardgate::protocol::command::QUERY];
+    payload.extend_from_slice(POINT_SELECT.as_bytes());
+    let mut wire = BytesMut::new();
+    put_packet(&mut wire, 0, &payload);
+    let wire = wire.freeze();
+    g.bench_function(
+        "read a COM_QUERY packet (logical_len + take_logical)",
+        |b| {
+            let mut buf = BytesMut::with_capacity(16 * 1024);
+            b.iter(|| {
+                buf.extend_from_slice(&wire);
+                let (total, len) = logical_len(&buf, 1 << 24).unwrap().unwrap();
+                black_box(take_logical(&mut buf, total, len));
+            })
+        },
+    );
+    g.bench_function("write a COM_QUERY packet (put_packet)", |b| {
+        let mut out = BytesMut::with_capacity(16 * 1024);
+        b.iter(|| {
+            out.clear();
+            black_box(put_packet(&mut out, 0, black_box(&payload)));
+        })
+    });
+    // A point select's answer: one column, one row, the closing OK (DEPRECATE_EOF).
+    let mut response = BytesMut::new();
+    put_result_set(
+        &mut response,
+        &[ColumnSpec {
+            name: "val".into(),
+            column_type: column_type::VAR_STRING,
+        }],
+        &[vec![Some(b"item-123456-17".to_vec())]],
+        true,
+        0x0002,
+    );
+    g.bench_function("scan a point-select response (ResponseScanner)", |b| {
+        b.iter(|| {
+            let mut s = ResponseScanner::new(ResponseKind::Query, true);
+            let n = s.scan(black_box(&response)).unwrap();
+            assert!(s.is_done());
+            black_box(n);
+        })
+    });
+    g.finish();
+}
+
+fn planning(c: &mut Criterion) {
+    let vs = VSchema::from_toml_str(&bench_vschema(0)).unwrap();
+    let ks = vs.keyspace("bench").unwrap();
+    let schema: &dyn ShardingSchema = ks;
+    let mut g = c.benchmark_group("planner");
+    g.bench_function("plan a point select", |b| {
+        b.iter(|| black_box(planner::plan(black_box(POINT_SELECT), schema)))
+    });
+    g.bench_function("plan + shard of a point select", |b| {
+        b.iter(|| {
+            let plan = planner::plan(black_box(POINT_SELECT), schema);
+            match &plan.statements[0].route {
+                Route::Workspaces(ws) => black_box(ks.shard_index_for_workspace(ws[0])),
+                other => panic!("unexpected route {other:?}"),
+            }
+        })
+    });
+    let mut bulk = String::from("INSERT INTO items (workspace_id, id, val) VALUES ");
+    for i in 0..100 {
+        let _ = write!(
+            bulk,
+            "{}({}, {i}, 'value {i}')",
+            if i > 0 { "," } else { "" },
+            1000 + i
+        );
+    }
+    g.bench_function("plan a 100-row INSERT", |b| {
+        b.iter(|| black_box(planner::plan(black_box(&bulk), schema)))
+    });
+    g.finish();
+}
+
+fn pins(c: &mut Criterion) {
+    const PINS: usize = 1_000_000;
+    let text = bench_vschema(PINS);
+    let rss0 = rss_bytes();
+    let start = Instant::now();
+    let vs = VSchema::from_toml_str(&text).unwrap();
+    let took = start.elapsed();
+    drop(text);
+    let rss1 = rss_bytes();
+    let ks = vs.keyspace("bench").unwrap();
+    assert_eq!(ks.pins.len(), PINS);
+    let table = ks.pins.capacity() * (std::mem::size_of::<(u64, usize)>() + 1);
+    eprintln!(
+        "pins: {PINS} pins parsed and validated in {:.2} s; resident memory {} -> {} MiB \
+         (text freed); the pin table itself holds ~{:.1} MiB ({} slots)",
+        took.as_secs_f64(),
+        rss0 / (1 << 20),
+        rss1 / (1 << 20),
+        table as f64 / (1u64 << 20) as f64,
+        ks.pins.capacity()
+    );
+    let mut g = c.benchmark_group("pins");
+    let mut w = 0u64;
+    g.bench_function("route a pinned workspace among 1M pins", |b| {
+        b.iter(|| {
+            w = (w + 7919 * 3) % (PINS as u64 * 3);
+            black_box(ks.shard_index_for_workspace(black_box(w)))
+        })
+    });
+    g.bench_function("route an unpinned workspace among 1M pins", |b| {
+        b.iter(|| {
+            w = (w + 7919 * 3) % (PINS as u64 * 3);
+            black_box(ks.shard_index_for_workspace(black_box(w + 1)))
+        })
+    });
+    g.finish();
+}
+
+fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
+}
+
+criterion_group!(benches, codec, planning, pins);
+criterion_main!(benches);

@@ -1,0 +1,154 @@
+#!/usr/bin/env bash
+# sysbench oltp_point_select (text protocol) three ways in one run, arms alternating:
+#   direct    -> server A, database sbfull: one table holding ALL rows
+#   relay     -> shardgate-relay -> server A, database sbfull (same rows, same server)
+#   shardgate -> shardgate -> keyspace sbtest, sharded by id (numeric vindex) over
+#                server A (ids below the split) and server B (ids from the split on)
+#
+# Why this split: through shardgate sysbench touches both shards, so the direct and relay
+# arms read a single table holding every row instead of one shard's half. Every query is
+# a primary-key lookup in a table that fits the buffer pool, so a row costs the server
+# the same whether its table holds N or N/2 rows, and both servers share the same
+# 2 cores, so shardgate gains no CPU from spreading the load. The tables are prepared
+# THROUGH shardgate (sysbench's own CREATE TABLE / multi-row INSERTs / CREATE INDEX are
+# broadcast or split by id), and separately straight into A's sbfull.
+#
+# usage: bench/sysbench.sh    (env: ROUNDS=3 TIME=10 THREADS=16 TABLE_SIZE=100000
+#                              WARMUP=3 SKIP_BUILD=1 to reuse target/release)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ROUNDS=${ROUNDS:-3}
+TIME=${TIME:-10}
+THREADS=${THREADS:-16}
+TABLE_SIZE=${TABLE_SIZE:-100000}
+WARMUP=${WARMUP:-3}
+TEST=oltp_point_select
+
+command -v sysbench >/dev/null || { echo "sysbench not found: run scripts/ensure-deps" >&2; exit 1; }
+if [ -z "${SKIP_BUILD:-}" ]; then
+  cargo build --release --bin shardgate --bin shardgate-relay --bin shardgate-bench
+fi
+BIN=target/release
+ulimit -n 65536 2>/dev/null || true
+
+dir=$(mktemp -d /tmp/shardgate-sysbench.XXXXXX)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  exec 3>&- 2>/dev/null || true          # closing the servers' stdin stops them
+  wait 2>/dev/null || true
+  rm -rf "$dir"
+}
+trap cleanup EXIT
+
+# ---- two MariaDB servers, held by shardgate-bench until fd 3 closes ------------------
+mkfifo "$dir/hold"
+"$BIN/shardgate-bench" servers --count 2 --buffer-pool-mb 256 <"$dir/hold" >"$dir/servers.out" 2>&1 &
+exec 3>"$dir/hold"
+for _ in $(seq 1 600); do grep -q '^ready' "$dir/servers.out" && break; sleep 0.1; done
+read -r _ A B < <(grep '^ready' "$dir/servers.out") || { cat "$dir/servers.out" >&2; exit 1; }
+A_PORT=${A##*:}; B_PORT=${B##*:}
+db() { mariadb -h127.0.0.1 -P"$1" -ushardgate -pshardgate -N -e "$2"; }
+db "$A_PORT" "CREATE DATABASE sbtest; CREATE DATABASE sbfull"
+db "$B_PORT" "CREATE DATABASE sbtest"
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 1 200); do (exec 9<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "nothing listens on $1" >&2; return 1; }
+
+# ---- shardgate: sbtest sharded by id, split at the middle of the id range ------------
+SPLIT=$(printf '%016x' $((TABLE_SIZE / 2 + 1)))
+cat >"$dir/vschema.toml" <<TOML
+[clusters.a]
+primary = "$A"
+user = "shardgate"
+password = "shardgate"
+
+[clusters.b]
+primary = "$B"
+user = "shardgate"
+password = "shardgate"
+
+[keyspaces.sbtest]
+sharded = true
+vindex = "numeric"
+default_column = "id"
+shards = [
+  { name = "-$SPLIT", cluster = "a", database = "sbtest" },
+  { name = "$SPLIT-", cluster = "b", database = "sbtest" },
+]
+TOML
+PROXY_PORT=$(free_port)
+cat >"$dir/shardgate.toml" <<TOML
+listen = "127.0.0.1:$PROXY_PORT"
+vschema = "vschema.toml"
+[[users]]
+name = "sb"
+password = "sb"
+[pool]
+max_connections = $((THREADS + 16))
+TOML
+"$BIN/shardgate" serve --config "$dir/shardgate.toml" >"$dir/shardgate.log" 2>&1 &
+PROXY_PID=$!; pids+=("$PROXY_PID")
+RELAY_PORT=$(free_port)
+"$BIN/shardgate-relay" --listen "127.0.0.1:$RELAY_PORT" --backend "$A" >"$dir/relay.log" 2>&1 &
+RELAY_PID=$!; pids+=("$RELAY_PID")
+wait_port "$PROXY_PORT"; wait_port "$RELAY_PORT"
+
+common=(--db-driver=mysql --mysql-host=127.0.0.1 --db-ps-mode=disable --tables=1
+        --table-size="$TABLE_SIZE" --auto-inc=off)
+direct=(--mysql-port="$A_PORT" --mysql-user=shardgate --mysql-password=shardgate --mysql-db=sbfull)
+relay=(--mysql-port="$RELAY_PORT" --mysql-user=shardgate --mysql-password=shardgate --mysql-db=sbfull)
+proxy=(--mysql-port="$PROXY_PORT" --mysql-user=sb --mysql-password=sb --mysql-db=sbtest)
+
+echo "preparing $TABLE_SIZE rows through shardgate (split at id $((TABLE_SIZE / 2 + 1))) and straight into A.sbfull" >&2
+sysbench "$TEST" "${common[@]}" "${proxy[@]}" prepare >"$dir/prepare-proxy.log" 2>&1 ||
+  { cat "$dir/prepare-proxy.log" "$dir/shardgate.log" >&2; exit 1; }
+sysbench "$TEST" "${common[@]}" "${direct[@]}" prepare >"$dir/prepare-direct.log" 2>&1 ||
+  { cat "$dir/prepare-direct.log" >&2; exit 1; }
+echo "rows: A.sbtest=$(db "$A_PORT" 'SELECT COUNT(*) FROM sbtest.sbtest1') B.sbtest=$(db "$B_PORT" 'SELECT COUNT(*) FROM sbtest.sbtest1') A.sbfull=$(db "$A_PORT" 'SELECT COUNT(*) FROM sbfull.sbtest1')" >&2
+
+cpu() { awk '{ s = $0; sub(/.*\) /, "", s); split(s, f, " "); print f[12] + f[13] }' "/proc/$1/stat"; }
+TCK=$(getconf CLK_TCK)
+
+run_arm() { # arm seconds -> "qps cpu_seconds_of_the_proxy"
+  local arm=$1 secs=$2 target pid=""
+  case $arm in
+    direct) target=("${direct[@]}") ;;
+    relay) target=("${relay[@]}"); pid=$RELAY_PID ;;
+    shardgate) target=("${proxy[@]}"); pid=$PROXY_PID ;;
+  esac
+  local c0=0 c1=0
+  [ -n "$pid" ] && c0=$(cpu "$pid")
+  sysbench "$TEST" "${common[@]}" "${target[@]}" --threads="$THREADS" --time="$secs" \
+    --events=0 --rate=0 run >"$dir/run.log" 2>&1 || { cat "$dir/run.log" >&2; exit 1; }
+  [ -n "$pid" ] && c1=$(cpu "$pid")
+  local q qps
+  q=$(awk '/ queries:/ { print $2 }' "$dir/run.log")
+  qps=$(awk '/ queries:/ { gsub(/\(/, "", $3); print $3 }' "$dir/run.log")
+  awk -v qps="$qps" -v q="$q" -v t="$((c1 - c0))" -v tck="$TCK" \
+    'BEGIN { printf "%s %.6f\n", qps, (q > 0 ? t / tck * 1000 / q : 0) }'
+}
+
+for arm in direct relay shardgate; do run_arm "$arm" "$WARMUP" >/dev/null; done
+declare -A QPS CPU
+for r in $(seq 1 "$ROUNDS"); do
+  for arm in direct relay shardgate; do
+    read -r qps cpu1k < <(run_arm "$arm" "$TIME")
+    QPS[$arm]+="$qps "; CPU[$arm]+="$cpu1k "
+    printf 'round %d/%d %-9s %10.0f QPS  proxy CPU %.4f s/1k queries\n' "$r" "$ROUNDS" "$arm" "$qps" "$cpu1k" >&2
+  done
+done
+
+median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+md=$(median <<<"${QPS[direct]}"); mr=$(median <<<"${QPS[relay]}"); ms=$(median <<<"${QPS[shardgate]}")
+cr=$(median <<<"${CPU[relay]}"); cs=$(median <<<"${CPU[shardgate]}")
+echo
+echo "sysbench $TEST, $THREADS threads, --db-ps-mode=disable, $TABLE_SIZE rows, $ROUNDS rounds x ${TIME}s (medians); $(date -u +%F); $(nproc) cores, $(awk '/MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)"
+echo "| arm | QPS | proxy CPU s/1k q | QPS vs direct | QPS vs relay | CPU vs relay |"
+echo "| --- | ---: | ---: | ---: | ---: | ---: |"
+awk -v d="$md" -v r="$mr" -v s="$ms" -v cr="$cr" -v cs="$cs" 'BEGIN {
+  printf "| direct | %.0f | - | - | - | - |\n", d
+  printf "| relay | %.0f | %.4f | %.2f | - | - |\n", r, cr, r / d
+  printf "| shardgate | %.0f | %.4f | %.2f | %.2f | %.2f |\n", s, cs, s / d, s / r, (cr > 0 ? cs / cr : 0)
+}'

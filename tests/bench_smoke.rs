@@ -1,0 +1,43 @@
+//! The load generator's `--smoke` run: it starts its MariaDB servers, the relay and the
+//! real shardgate binary, drives every workload through every arm and prints the table.
+//! Only that it runs is asserted: benchmarks report, tests do not assert timings.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[test]
+fn bench_smoke_run_prints_a_table_row_per_workload_and_arm() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_shardgate-bench"))
+        .arg("--smoke")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start shardgate-bench");
+    // Bounded: a smoke run takes seconds; a hung one is killed rather than waited on.
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while child.try_wait().expect("poll shardgate-bench").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = child.wait_with_output().expect("shardgate-bench output");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "shardgate-bench --smoke failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    for workload in ["point-select", "app-mix", "bulk-insert"] {
+        for arm in ["direct", "relay", "shardgate"] {
+            let row = format!("| {workload} | 2 | {arm} |");
+            assert!(
+                stdout.lines().any(|l| l.starts_with(&row)),
+                "no table row {row:?} in:\n{stdout}"
+            );
+        }
+    }
+}
