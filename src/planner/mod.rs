@@ -364,6 +364,25 @@ fn plan_statement(
     }
 }
 
+/// No join, union or subquery: what the token-level pin finder can fully understand.
+fn is_simple(sql: &str, toks: &[Token]) -> bool {
+    let mut selects = 0;
+    for t in toks {
+        if t.is_kw(sql, "SELECT") {
+            selects += 1;
+        } else if t.is_kw(sql, "JOIN")
+            || t.is_kw(sql, "UNION")
+            || t.is_kw(sql, "EXCEPT")
+            || t.is_kw(sql, "INTERSECT")
+            || t.is_kw(sql, "WITH")
+            || t.is_kw(sql, "EXISTS")
+        {
+            return false;
+        }
+    }
+    selects <= 1
+}
+
 fn conflicting_tags() -> Route {
     Route::Unroutable("the query carries two different workspace_id tags".to_owned())
 }
@@ -432,6 +451,14 @@ fn dml_route(
         // The tag routes without a parse; only what cannot go to one workspace is kept.
         let route = tagged_route(sql, text, toks, tables, schema, write, id);
         return (default_kind, route);
+    }
+    if tag == TagScan::None && is_simple(sql, toks) {
+        // The common case, a single-table statement whose sharded table is pinned by a
+        // top-level `=`/`IN` conjunct, needs no parse tree: the token scan proves it
+        // (no OR, one SELECT, one sharded table). Anything else is parsed.
+        if let Route::Workspaces(ids) = fallback::route(sql, toks, tables, schema, write, None) {
+            return (default_kind, Route::Workspaces(ids));
+        }
     }
     let Some(stmt) = parse_one(text) else {
         let route = fallback::route(sql, toks, tables, schema, write, None);
