@@ -71,6 +71,7 @@ fn codec(c: &mut Criterion) {
         }],
         &[vec![Some(b"item-123456-17".to_vec())]],
         true,
+        false,
         0x0002,
     );
     g.bench_function("scan a point-select response (ResponseScanner)", |b| {
