@@ -38,12 +38,22 @@ fn main() -> ExitCode {
     }
 }
 
+/// The async runtime. `SHARDGATE_THREADS=N` sets the worker threads (default 2);
+/// `SHARDGATE_THREADS=0` runs everything on the main thread (tokio's current-thread
+/// runtime: no cross-thread wake-ups, one core).
 fn runtime() -> Result<tokio::runtime::Runtime, String> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())
+    let threads = std::env::var("SHARDGATE_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(2);
+    let mut builder = if threads == 0 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(threads);
+        b
+    };
+    builder.enable_all().build().map_err(|e| e.to_string())
 }
 
 fn run(args: &[String]) -> Result<(), String> {
