@@ -431,11 +431,29 @@ pub async fn alter_migration(
     Ok(changed)
 }
 
-/// Parses `SET [@@][SESSION.]ddl_wait = N` (seconds; 0 = do not wait).
-pub fn parse_ddl_wait(sql: &str) -> Option<Result<Duration, ProxyError>> {
+/// A session setting of shardgate's DDL handling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DdlSetting {
+    /// `SET @@ddl_wait = N`: block up to N seconds for a queued change (0: do not).
+    Wait(Duration),
+    /// `SET @@ddl_strategy = 'auto' | 'copy' | 'direct'`: `copy` forces a copy even where
+    /// instant would do; `direct` (admin only) runs the statement as written, still one
+    /// at a time through the queue.
+    Strategy(Option<Strategy>),
+    /// `SET @@ddl_postpone_completion = 1`: copies stop before the cut-over until
+    /// `ALTER MIGRATION 'uuid' COMPLETE`.
+    PostponeCompletion(bool),
+}
+
+/// Parses `SET [SESSION] [@@[SESSION.]]ddl_wait | ddl_strategy | ddl_postpone_completion = value`.
+pub fn parse_ddl_setting(sql: &str) -> Option<Result<DdlSetting, ProxyError>> {
     let text = sql.trim().trim_end_matches(';').trim();
     let upper = text.to_ascii_uppercase();
-    let rest = upper.strip_prefix("SET")?.trim_start();
+    let rest = upper.strip_prefix("SET")?;
+    if !rest.starts_with(char::is_whitespace) {
+        return None;
+    }
+    let rest = rest.trim_start();
     let rest = rest
         .strip_prefix("SESSION ")
         .map(str::trim_start)
@@ -444,21 +462,29 @@ pub fn parse_ddl_wait(sql: &str) -> Option<Result<Duration, ProxyError>> {
         .strip_prefix("@@SESSION.")
         .or_else(|| rest.strip_prefix("@@"))
         .unwrap_or(rest);
-    let value = rest
-        .strip_prefix("DDL_WAIT")?
-        .trim_start()
-        .strip_prefix('=')?
-        .trim();
-    Some(
-        value
-            .parse::<f64>()
-            .ok()
-            .filter(|v| v.is_finite() && *v >= 0.0 && *v <= 86_400.0)
-            .map(Duration::from_secs_f64)
-            .ok_or_else(|| {
-                ProxyError::unroutable("shardgate: ddl_wait takes a number of seconds (0 to 86400)")
-            }),
-    )
+    let (name, value) = rest.split_once('=')?;
+    let value = value.trim().trim_matches(|c| c == '\'' || c == '"');
+    let bad = |m: &str| Some(Err(ProxyError::unroutable(format!("shardgate: {m}"))));
+    match name.trim() {
+        "DDL_WAIT" => match value.parse::<f64>() {
+            Ok(v) if v.is_finite() && (0.0..=86_400.0).contains(&v) => {
+                Some(Ok(DdlSetting::Wait(Duration::from_secs_f64(v))))
+            }
+            _ => bad("ddl_wait takes a number of seconds (0 to 86400)"),
+        },
+        "DDL_STRATEGY" => match value {
+            "AUTO" | "DEFAULT" => Some(Ok(DdlSetting::Strategy(None))),
+            "COPY" => Some(Ok(DdlSetting::Strategy(Some(Strategy::Copy)))),
+            "DIRECT" => Some(Ok(DdlSetting::Strategy(Some(Strategy::Direct)))),
+            _ => bad("ddl_strategy is 'auto', 'copy' or 'direct'"),
+        },
+        "DDL_POSTPONE_COMPLETION" => match value {
+            "1" | "ON" | "TRUE" => Some(Ok(DdlSetting::PostponeCompletion(true))),
+            "0" | "OFF" | "FALSE" => Some(Ok(DdlSetting::PostponeCompletion(false))),
+            _ => bad("ddl_postpone_completion is 0 or 1"),
+        },
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -500,20 +526,39 @@ mod tests {
     }
 
     #[test]
-    fn ddl_wait_parses() {
+    fn ddl_settings_parse() {
+        let ok = |sql: &str| parse_ddl_setting(sql).and_then(Result::ok);
         assert_eq!(
-            parse_ddl_wait("SET @@ddl_wait = 30").and_then(Result::ok),
-            Some(Duration::from_secs(30))
+            ok("SET @@ddl_wait = 30"),
+            Some(DdlSetting::Wait(Duration::from_secs(30)))
         );
         assert_eq!(
-            parse_ddl_wait("set session ddl_wait=0.5").and_then(Result::ok),
-            Some(Duration::from_millis(500))
+            ok("set session ddl_wait=0.5"),
+            Some(DdlSetting::Wait(Duration::from_millis(500)))
+        );
+        assert_eq!(
+            ok("SET @@session.ddl_strategy = 'copy'"),
+            Some(DdlSetting::Strategy(Some(Strategy::Copy)))
+        );
+        assert_eq!(
+            ok("SET ddl_strategy='auto'"),
+            Some(DdlSetting::Strategy(None))
+        );
+        assert_eq!(
+            ok("SET @@ddl_postpone_completion = ON"),
+            Some(DdlSetting::PostponeCompletion(true))
         );
         assert!(matches!(
-            parse_ddl_wait("SET @@ddl_wait = -1"),
+            parse_ddl_setting("SET @@ddl_wait = -1"),
             Some(Err(_))
         ));
-        assert!(parse_ddl_wait("SET @@sql_mode = ''").is_none());
+        assert!(matches!(
+            parse_ddl_setting("SET @@ddl_strategy = 'fast'"),
+            Some(Err(_))
+        ));
+        assert!(parse_ddl_setting("SET @@sql_mode = ''").is_none());
+        assert!(parse_ddl_setting("SET @x = 1, @@ddl_wait = 3").is_none());
+        assert!(parse_ddl_setting("SETTINGS").is_none());
     }
 
     #[test]

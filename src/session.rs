@@ -17,6 +17,7 @@ use tokio::sync::{watch, OwnedSemaphorePermit};
 use crate::backend::{BackendError, Collected, ConnKey, Lease};
 use crate::ddl;
 use crate::error::ProxyError;
+use crate::migrations::Strategy;
 use crate::planner::{self, ShardingSchema, StatementKind, StatementPlan};
 use crate::protocol::auth::{self, NATIVE_PASSWORD};
 use crate::protocol::handshake::{self, Greeting};
@@ -301,6 +302,10 @@ struct Session {
     admin: bool,
     /// `SET @@ddl_wait`: how long a queued DDL statement blocks for its outcome.
     ddl_wait: Option<Duration>,
+    /// `SET @@ddl_strategy`: a strategy forced on this session's queued changes.
+    ddl_strategy: Option<Strategy>,
+    /// `SET @@ddl_postpone_completion`.
+    ddl_postpone: bool,
     capabilities: u32,
     key: ConnKey,
     ctx: DbContext,
@@ -328,6 +333,8 @@ impl Session {
             user: login.user,
             admin: login.admin,
             ddl_wait: login.ddl_wait,
+            ddl_strategy: None,
+            ddl_postpone: false,
             capabilities: login.capabilities,
             ctx: login.ctx,
             vars: SessionVars::default(),
@@ -544,10 +551,22 @@ impl Session {
         if let Some(admin) = ddl::parse_admin(&text) {
             return self.admin_statement(&vs, admin).await;
         }
-        if let Some(wait) = ddl::parse_ddl_wait(&text) {
-            return match wait {
-                Ok(d) => {
+        if let Some(setting) = ddl::parse_ddl_setting(&text) {
+            return match setting {
+                Ok(ddl::DdlSetting::Wait(d)) => {
                     self.ddl_wait = (!d.is_zero()).then_some(d);
+                    self.send_ok(OkInfo::default()).await
+                }
+                Ok(ddl::DdlSetting::Strategy(Some(Strategy::Direct))) if !self.admin => {
+                    let e = ProxyError::admin_only(&self.user);
+                    self.send_error(&e).await
+                }
+                Ok(ddl::DdlSetting::Strategy(s)) => {
+                    self.ddl_strategy = s;
+                    self.send_ok(OkInfo::default()).await
+                }
+                Ok(ddl::DdlSetting::PostponeCompletion(on)) => {
+                    self.ddl_postpone = on;
                     self.send_ok(OkInfo::default()).await
                 }
                 Err(e) => self.send_error(&e).await,
@@ -673,12 +692,21 @@ impl Session {
     /// outcome.
     async fn queue_ddl(&mut self, vs: &VSchema, stmt: &StatementPlan, text: &str) -> Answered {
         let uuid = ddl::new_uuid();
-        let rows = match ddl::rows_for(vs, &self.ctx, stmt.qualified_schema.as_deref(), text, &uuid)
-            .await
-        {
-            Ok(r) => r,
-            Err(e) => return self.send_error(&e).await,
-        };
+        let mut rows =
+            match ddl::rows_for(vs, &self.ctx, stmt.qualified_schema.as_deref(), text, &uuid).await
+            {
+                Ok(r) => r,
+                Err(e) => return self.send_error(&e).await,
+            };
+        for r in &mut rows {
+            // Only a change that could be copied can be forced to a copy.
+            if let Some(forced) = self.ddl_strategy {
+                if forced == Strategy::Direct || r.strategy != Strategy::Direct {
+                    r.strategy = forced;
+                }
+            }
+            r.postpone_completion = self.ddl_postpone && r.strategy == Strategy::Copy;
+        }
         if let Err(e) = ddl::enqueue(vs, &rows).await {
             return self.send_error(&e).await;
         }

@@ -222,3 +222,113 @@ async fn ddl_wait_blocks_for_the_outcome_and_ddl_in_a_transaction_is_refused() {
     drop(app);
     proxy.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_choose_postponed_completion_and_admins_may_ask_for_direct() {
+    let servers = common::start_servers(1);
+    servers[0]
+        .sql("CREATE DATABASE app; CREATE TABLE app.notes (id INT PRIMARY KEY, v INT NOT NULL); INSERT INTO app.notes SELECT seq, seq FROM app.seq_1_to_2000")
+        .expect("table");
+    let toml = format!(
+        "[clusters.c1]\nprimary = \"{}\"\nuser = \"shardgate\"\npassword = \"shardgate\"\n[keyspaces.app]\ncluster = \"c1\"\n",
+        servers[0].addr()
+    );
+    let vs = VSchema::from_toml_str(&toml).expect("vschema");
+    let proxy = common::start_proxy_config(config(vs, Some(fast_executor()))).await;
+    let addr = proxy.addr.to_string();
+    let mut app = mysql_async::Conn::new(common::mysql_opts(&addr, "app", "app", Some("app")))
+        .await
+        .expect("app");
+    let mut admin =
+        mysql_async::Conn::new(common::mysql_opts(&addr, "admin", "admin", Some("app")))
+            .await
+            .expect("admin");
+
+    // direct is for admins.
+    let (code, _, _) = error_of(&mut app, "SET @@ddl_strategy = 'direct'").await;
+    assert_eq!(code, 1227);
+    admin
+        .query_drop("SET @@ddl_strategy = 'direct'")
+        .await
+        .expect("admin may");
+    let row: Option<(String, String, u32)> = admin
+        .query_first("ALTER TABLE notes ADD INDEX v_idx (v)")
+        .await
+        .expect("queued");
+    assert_eq!(row.map(|r| r.1).as_deref(), Some("direct"));
+
+    // Postponed completion: the copy waits before its cut-over until COMPLETE.
+    app.query_drop("SET @@ddl_postpone_completion = 1")
+        .await
+        .expect("postpone");
+    let row: Option<(String, String, u32)> = app
+        .query_first("ALTER TABLE notes MODIFY v BIGINT NOT NULL")
+        .await
+        .expect("queued");
+    let (uuid, strategy, _) = row.expect("row");
+    assert_eq!(strategy, "copy");
+    let stage_of = |rows: &[mysql_async::Row]| -> (String, String) {
+        let r = rows.first().expect("a row");
+        (
+            r.get::<String, _>("status").unwrap_or_default(),
+            r.get::<String, _>("stage").unwrap_or_default(),
+        )
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let rows: Vec<mysql_async::Row> = admin
+            .query(format!("SHOW MIGRATIONS LIKE '{uuid}'"))
+            .await
+            .expect("show");
+        let (status, stage) = stage_of(&rows);
+        assert_ne!(status, "complete", "must not cut over before COMPLETE");
+        if stage == "postponed" {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never reached the postponed stage: {status} {stage}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let v_type = || {
+        servers[0]
+            .sql("SELECT DATA_TYPE FROM information_schema.columns WHERE table_schema='app' AND table_name='notes' AND column_name='v'")
+            .expect("type")
+            .trim()
+            .to_string()
+    };
+    assert_eq!(v_type(), "int");
+    // Writes during the wait reach the ghost and survive the cut-over.
+    app.query_drop("UPDATE notes SET v = 424242 WHERE id = 5")
+        .await
+        .expect("write while postponed");
+    admin
+        .query_drop(format!("ALTER MIGRATION '{uuid}' COMPLETE"))
+        .await
+        .expect("complete");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let rows: Vec<mysql_async::Row> = admin
+            .query(format!("SHOW MIGRATIONS LIKE '{uuid}'"))
+            .await
+            .expect("show");
+        if stage_of(&rows).0 == "complete" {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "COMPLETE never cut over"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(v_type(), "bigint");
+    let v: Option<i64> = app
+        .query_first("SELECT v FROM notes WHERE id = 5")
+        .await
+        .expect("read");
+    assert_eq!(v, Some(424242));
+    drop(app);
+    drop(admin);
+    proxy.stop().await;
+}
