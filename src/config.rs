@@ -63,6 +63,8 @@ pub struct ProxyConfig {
     pub max_client_connections: usize,
     /// The shard map.
     pub vschema: VSchema,
+    /// Where `GET /metrics` is served (Prometheus text format), if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
     /// The migration executors (one per cluster); None: this proxy runs none (another
     /// proxy of the fleet does, or migrations are run by hand).
     pub migrations: Option<crate::migrations::executor::ExecutorConfig>,
@@ -73,6 +75,7 @@ pub struct ProxyConfig {
 #[serde(deny_unknown_fields)]
 struct ConfigFile {
     listen: Option<String>,
+    metrics_listen: Option<String>,
     vschema: String,
     max_packet_size: Option<usize>,
     max_client_connections: Option<usize>,
@@ -134,6 +137,7 @@ impl ProxyConfig {
             max_client_connections: DEFAULT_MAX_CLIENTS,
             vschema,
             migrations: Some(crate::migrations::executor::ExecutorConfig::default()),
+            metrics_listen: None,
         }
     }
 
@@ -200,7 +204,15 @@ impl ProxyConfig {
             }
             c
         });
+        let metrics_listen = match file.metrics_listen.as_deref() {
+            None => None,
+            Some(a) => Some(
+                a.parse::<SocketAddr>()
+                    .map_err(|e| format!("{}: metrics_listen: {e}", path.display()))?,
+            ),
+        };
         Ok(ProxyConfig {
+            metrics_listen,
             migrations,
             listen,
             users: file

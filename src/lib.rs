@@ -22,6 +22,7 @@ pub mod demo;
 pub mod error;
 pub mod localdb;
 pub mod metrics;
+pub mod metrics_http;
 pub mod migrations;
 pub mod planner;
 pub mod protocol;

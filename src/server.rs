@@ -38,6 +38,8 @@ pub struct Shared {
     /// The version string shown to clients (the backends' own, so drivers see the
     /// server they really talk to).
     pub server_version: String,
+    /// Client connections open now.
+    pub clients: std::sync::atomic::AtomicI64,
     /// Counters of this proxy's migration executors, by cluster.
     pub executor_stats: std::sync::Mutex<Vec<(String, Arc<ExecutorStats>)>>,
     /// Default collation shown in the greeting.
@@ -92,6 +94,7 @@ impl Shared {
             offered_ext_capabilities: probe.offered_ext_capabilities,
             next_connection_id: AtomicU32::new(1),
             executor_stats: std::sync::Mutex::new(Vec::new()),
+            clients: std::sync::atomic::AtomicI64::new(0),
         })
     }
 
@@ -188,6 +191,15 @@ pub async fn serve(
                 .collect()
         }
     };
+    if let Some(addr) = config.metrics_listen {
+        let l = TcpListener::bind(addr).await?;
+        tracing::info!(addr = %l.local_addr()?, "metrics on /metrics");
+        tokio::spawn(crate::metrics_http::serve(
+            shared.clone(),
+            l,
+            stop_rx.clone(),
+        ));
+    }
     for e in &executors {
         shared
             .executor_stats

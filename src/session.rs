@@ -59,6 +59,10 @@ pub async fn run(
         return;
     };
     let id = shared.next_connection_id();
+    shared
+        .clients
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let _count = ClientCount(shared.clone());
     let login = tokio::time::timeout(LOGIN_TIMEOUT, login(&shared, &mut client, id, peer)).await;
     let Ok(Some(mut session)) =
         login.map(|r| r.map(|l| Session::new(shared.clone(), client, id, l)))
@@ -66,6 +70,17 @@ pub async fn run(
         return;
     };
     session.serve(stop).await;
+}
+
+/// Counts a client connection for `/metrics` while it lives.
+struct ClientCount(Arc<Shared>);
+
+impl Drop for ClientCount {
+    fn drop(&mut self) {
+        self.0
+            .clients
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// What a successful login established.

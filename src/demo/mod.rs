@@ -127,6 +127,7 @@ async fn serve_demo(
         max_client_connections: 1000,
         vschema: vschema.clone(),
         migrations: Some(crate::migrations::executor::ExecutorConfig::default()),
+        metrics_listen: None,
     });
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let mut proxy = tokio::spawn(crate::server::serve(config, listener, async move {

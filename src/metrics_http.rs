@@ -1,0 +1,221 @@
+//! `GET /metrics` in the Prometheus text format, on its own loopback port
+//! (`metrics_listen` in the config): per-cluster statements, failures, p99 latency and
+//! pool connections, client connections, and the migration executors' counters.
+
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::server::Shared;
+
+/// Renders every metric.
+pub fn render(shared: &Shared) -> String {
+    let mut out = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, rows: Vec<(String, String)>| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (labels, value) in rows {
+            let _ = writeln!(out, "{name}{labels} {value}");
+        }
+    };
+    let mut pools: Vec<_> = shared.pools.iter().collect();
+    pools.sort_by(|a, b| a.0.cmp(b.0));
+    let label = |c: &str| format!("{{cluster=\"{}\"}}", escape(c));
+    metric(
+        "shardgate_client_connections",
+        "gauge",
+        "Client connections open now.",
+        vec![(
+            String::new(),
+            shared.clients.load(Ordering::Relaxed).to_string(),
+        )],
+    );
+    metric(
+        "shardgate_cluster_statements_total",
+        "counter",
+        "Statements sent to the cluster.",
+        pools
+            .iter()
+            .map(|(c, p)| {
+                (
+                    label(c),
+                    p.stats.statements.load(Ordering::Relaxed).to_string(),
+                )
+            })
+            .collect(),
+    );
+    metric(
+        "shardgate_cluster_failures_total",
+        "counter",
+        "Statements the cluster did not answer (lost, timed out, unavailable).",
+        pools
+            .iter()
+            .map(|(c, p)| {
+                (
+                    label(c),
+                    p.stats.failures.load(Ordering::Relaxed).to_string(),
+                )
+            })
+            .collect(),
+    );
+    metric(
+        "shardgate_cluster_p99_seconds",
+        "gauge",
+        "p99 statement latency over the last 10 seconds (bucket upper bound).",
+        pools
+            .iter()
+            .filter_map(|(c, p)| {
+                p.stats
+                    .window()
+                    .p99
+                    .map(|d| (label(c), d.as_secs_f64().to_string()))
+            })
+            .collect(),
+    );
+    metric(
+        "shardgate_pool_connections",
+        "gauge",
+        "Backend connections by state.",
+        pools
+            .iter()
+            .flat_map(|(c, p)| {
+                let (open, idle) = p.counts();
+                [
+                    (
+                        format!("{{cluster=\"{}\",state=\"open\"}}", escape(c)),
+                        open.to_string(),
+                    ),
+                    (
+                        format!("{{cluster=\"{}\",state=\"idle\"}}", escape(c)),
+                        idle.to_string(),
+                    ),
+                ]
+            })
+            .collect(),
+    );
+    let executors: Vec<_> = shared
+        .executor_stats
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .map(|(c, s)| (c.clone(), s.snapshot()))
+        .collect();
+    let per = |f: &dyn Fn(&crate::migrations::executor::StatsSnapshot) -> String| -> Vec<(String, String)> {
+        executors.iter().map(|(c, s)| (label(c), f(s))).collect()
+    };
+    metric(
+        "shardgate_migrations_queue_depth",
+        "gauge",
+        "Migrations queued on the cluster (as of the executor's last poll).",
+        per(&|s| s.queue_depth.to_string()),
+    );
+    metric(
+        "shardgate_migrations_running",
+        "gauge",
+        "Migrations running on the cluster.",
+        per(&|s| s.running.to_string()),
+    );
+    metric(
+        "shardgate_migrations_running_copies",
+        "gauge",
+        "Copy migrations running on the cluster.",
+        per(&|s| s.running_copies.to_string()),
+    );
+    metric(
+        "shardgate_migrations_throttled",
+        "gauge",
+        "1 while the cluster's throttle holds copies back; the reason is a label.",
+        executors
+            .iter()
+            .map(|(c, s)| {
+                let reason = s.throttle_reason.as_deref().unwrap_or("");
+                (
+                    format!(
+                        "{{cluster=\"{}\",reason=\"{}\"}}",
+                        escape(c),
+                        escape(reason)
+                    ),
+                    u8::from(s.throttled).to_string(),
+                )
+            })
+            .collect(),
+    );
+    metric(
+        "shardgate_migrations_rows_copied_total",
+        "counter",
+        "Rows copied by this proxy's copy migrations (rate() gives rows per second).",
+        per(&|s| s.rows_copied.to_string()),
+    );
+    metric(
+        "shardgate_migrations_completed_total",
+        "counter",
+        "Migrations completed by this proxy's executor.",
+        per(&|s| s.completed.to_string()),
+    );
+    metric(
+        "shardgate_migrations_failed_total",
+        "counter",
+        "Migrations that failed under this proxy's executor.",
+        per(&|s| s.failed.to_string()),
+    );
+    out
+}
+
+fn escape(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Serves `/metrics` until `stop` turns true.
+pub async fn serve(shared: Arc<Shared>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
+    loop {
+        let (mut stream, _) = tokio::select! {
+            a = listener.accept() => match a {
+                Ok(x) => x,
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => return,
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let mut buf = Vec::with_capacity(1024);
+            let read = tokio::time::timeout(Duration::from_secs(5), async {
+                let mut chunk = [0u8; 1024];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 8192 {
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return false,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                true
+            })
+            .await;
+            if !matches!(read, Ok(true)) {
+                return;
+            }
+            let (status, body) =
+                if buf.starts_with(b"GET /metrics ") || buf.starts_with(b"GET /metrics?") {
+                    ("200 OK", render(&shared))
+                } else {
+                    (
+                        "404 Not Found",
+                        "only /metrics is served here\n".to_string(),
+                    )
+                };
+            let response = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.write_all(response.as_bytes()).await;
+            let _ = stream.shutdown().await;
+        });
+    }
+}
