@@ -109,6 +109,35 @@ async fn each_workspace_database_is_served_by_the_cluster_that_owns_it() {
         .await
         .expect("table-less statements work");
     assert_eq!(one, Some(1));
+
+    // A schema change sent to the keyspace fans out to every workspace database, each
+    // on its own cluster, through the migration queue.
+    c.query_drop("SET @@ddl_wait = 120")
+        .await
+        .expect("ddl_wait");
+    c.query_drop("ALTER TABLE notes ADD COLUMN tag VARCHAR(10) NULL")
+        .await
+        .expect("fan-out completes");
+    let has_column = |ws: u64, column: &str| {
+        servers[owner(&vs, ws)]
+            .sql(&format!(
+                "SELECT COUNT(*) FROM information_schema.columns WHERE table_schema='ws_{ws}' AND table_name='notes' AND column_name='{column}'"
+            ))
+            .expect("columns")
+            .trim()
+            == "1"
+    };
+    for ws in 1..=12u64 {
+        assert!(has_column(ws, "tag"), "workspace {ws} got the new column");
+    }
+    // A change sent from inside one workspace database changes only that one.
+    c.query_drop("USE ws_3").await.expect("use ws_3");
+    c.query_drop("ALTER TABLE notes ADD COLUMN only_three INT NULL")
+        .await
+        .expect("one workspace");
+    for ws in 1..=12u64 {
+        assert_eq!(has_column(ws, "only_three"), ws == 3, "workspace {ws}");
+    }
     drop(c);
     drop(direct_ws);
     proxy.stop().await;

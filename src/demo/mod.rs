@@ -228,6 +228,9 @@ async fn start_clusters(
     Ok(())
 }
 
+/// Workspace databases the demo creates in a `database_per_workspace` keyspace.
+const PER_WORKSPACE_DATABASES: u64 = 50;
+
 /// Creates every keyspace's databases (with the sample tables for sharded ones) and
 /// inserts each workspace's rows on the shard that owns it: one script per server,
 /// all servers in parallel. Returns the number of rows written.
@@ -239,6 +242,21 @@ async fn load_sample_data(
     let mut scripts: BTreeMap<String, String> = BTreeMap::new();
     let mut loaded = 0;
     for keyspace in vschema.keyspaces.values() {
+        if keyspace.tenancy != crate::vschema::Tenancy::SharedTables {
+            // Every workspace its own database, on the cluster that owns it.
+            for ws in 1..=workspaces.min(PER_WORKSPACE_DATABASES) {
+                let Some(database) = keyspace.database_for_workspace(ws) else {
+                    continue;
+                };
+                let cluster = keyspace.shard_for_workspace(ws).cluster.clone();
+                let script = scripts.entry(cluster).or_default();
+                let db = quote_ident(&database);
+                script.push_str(&format!("CREATE DATABASE IF NOT EXISTS {db};\nUSE {db};\n"));
+                script.push_str(sample::SHARDED_TABLES);
+                loaded += sample::append_inserts(script, &[ws]);
+            }
+            continue;
+        }
         // (cluster, database) -> workspaces it owns.
         let mut owned: BTreeMap<(String, String), Vec<u64>> = BTreeMap::new();
         for shard in &keyspace.shards {
@@ -340,6 +358,16 @@ fn print_banner(
             let owner = &ks.shard_for_workspace(7).cluster;
             println!("  (workspace 7 lives on cluster {owner})");
         }
+        if let Some(tenants) = vschema.keyspace("tenants") {
+            if let Some(db) = tenants.database_for_workspace(7) {
+                println!(
+                    "  mariadb -h{host} -P{port} -uapp -papp {db} -e \"SELECT * FROM conversations\"   # one database per workspace"
+                );
+            }
+        }
+        println!(
+            "  mariadb -h{host} -P{port} -uadmin -padmin app -e \"SHOW MIGRATIONS\"   # the migration queue"
+        );
         println!("Look at a shard directly (cluster {first_name}):");
         println!(
             "  mariadb -h127.0.0.1 -P{} -u{} -p{} app",

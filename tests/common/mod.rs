@@ -243,6 +243,12 @@ pub async fn start_proxy_with(vschema: VSchema, pool: PoolConfig) -> Proxy {
     let mut config = ProxyConfig::new("127.0.0.1:0".parse().expect("addr"), test_users(), vschema);
     config.pool = pool;
     config.max_client_connections = 1000;
+    // Tests queue many small changes: space instant DDL less than production does.
+    config.migrations = Some(shardgate::migrations::executor::ExecutorConfig {
+        instant_spacing: Duration::from_millis(200),
+        poll_interval: Duration::from_millis(200),
+        ..Default::default()
+    });
     start_proxy_config(config).await
 }
 
