@@ -848,22 +848,10 @@ impl Session {
             Err(e) => return self.send_error(&e).await,
         };
         let target = self.tx_target().cloned().unwrap_or(target);
-        let mut lease = match self.lease_for(&target).await {
+        let mut lease = match self.ready_lease(&target, false).await {
             Ok(l) => l,
-            Err(e) => return self.send_error(&e).await,
+            Err(answered) => return answered,
         };
-        match self.sync(&mut lease, &target).await {
-            Ok(None) => {}
-            Ok(Some(err)) => {
-                let a = self.send_collected(&err).await;
-                self.put_back(target, lease, false);
-                return a;
-            }
-            Err(e) => {
-                self.put_back(target, lease, false);
-                return self.send_error(&e).await;
-            }
-        }
         let result = lease
             .conn()
             .relay(&payload, ResponseKind::Query, &mut self.client.io)
@@ -966,25 +954,10 @@ impl Session {
         sticky: bool,
     ) -> Answered {
         let started = std::time::Instant::now();
-        let mut lease = match self.lease_for(&target).await {
+        let mut lease = match self.ready_lease(&target, true).await {
             Ok(l) => l,
-            Err(e) => {
-                self.record(&target, started, true);
-                return self.send_error(&e).await;
-            }
+            Err(answered) => return answered,
         };
-        match self.prepare(&mut lease, &target).await {
-            Ok(None) => {}
-            Ok(Some(err)) => {
-                let a = self.send_collected(&err).await;
-                self.put_back(target, lease, false);
-                return a;
-            }
-            Err(e) => {
-                self.put_back(target, lease, false);
-                return self.send_error(&e).await;
-            }
-        }
         let timeout = self.shared.config.pool.query_timeout;
         let result = match timeout {
             None => {
@@ -1032,6 +1005,38 @@ impl Session {
     fn record(&self, target: &Target, started: std::time::Instant, failed: bool) {
         if let Some(pool) = self.shared.pools.get(&target.cluster) {
             pool.stats.record(started.elapsed(), failed);
+        }
+    }
+
+    /// A lease for `target` brought to the session's state (and, with `start`, with the
+    /// pending transaction and one-shot settings begun). When that fails, the client
+    /// has been answered (a backend's ERR as it came, or shardgate's error) and the
+    /// answer is returned instead.
+    async fn ready_lease(&mut self, target: &Target, start: bool) -> Result<Lease, Answered> {
+        let started = std::time::Instant::now();
+        let mut lease = match self.lease_for(target).await {
+            Ok(l) => l,
+            Err(e) => {
+                self.record(target, started, true);
+                return Err(self.send_error(&e).await);
+            }
+        };
+        let ready = if start {
+            self.prepare(&mut lease, target).await
+        } else {
+            self.sync(&mut lease, target).await
+        };
+        match ready {
+            Ok(None) => Ok(lease),
+            Ok(Some(err)) => {
+                let a = self.send_collected(&err).await;
+                self.put_back(target.clone(), lease, false);
+                Err(a)
+            }
+            Err(e) => {
+                self.put_back(target.clone(), lease, false);
+                Err(self.send_error(&e).await)
+            }
         }
     }
 
@@ -1378,22 +1383,10 @@ impl Session {
             .filter(|s| matches!(s.kind, StatementKind::SetSession))
             .map(|s| payload.slice(1 + s.span.start..1 + s.span.end))
             .collect();
-        let mut lease = match self.lease_for(&target).await {
+        let mut lease = match self.ready_lease(&target, true).await {
             Ok(l) => l,
-            Err(e) => return self.send_error(&e).await,
+            Err(answered) => return answered,
         };
-        match self.prepare(&mut lease, &target).await {
-            Ok(None) => {}
-            Ok(Some(err)) => {
-                let a = self.send_collected(&err).await;
-                self.put_back(target, lease, false);
-                return a;
-            }
-            Err(e) => {
-                self.put_back(target, lease, false);
-                return self.send_error(&e).await;
-            }
-        }
         let result = lease
             .conn()
             .relay(&payload, ResponseKind::Query, &mut self.client.io)
