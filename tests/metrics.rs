@@ -43,14 +43,7 @@ async fn metrics_count_statements_clients_pools_and_migrations_per_cluster() {
     );
     config.metrics_listen = Some(metrics_addr);
     let proxy = common::start_proxy_config(config).await;
-    let mut c = mysql_async::Conn::new(common::mysql_opts(
-        &proxy.addr.to_string(),
-        "app",
-        "app",
-        Some("app"),
-    ))
-    .await
-    .expect("connect");
+    let mut c = proxy.connect("app", Some("app")).await;
     let before = value(
         &get(metrics_addr, "/metrics").await,
         "shardgate_cluster_statements_total{cluster=\"c1\"}",

@@ -90,14 +90,7 @@ async fn payloads_over_16_mib_cross_the_proxy_both_ways() {
         .sql("CREATE TABLE app.big (id INT PRIMARY KEY, b LONGBLOB)")
         .expect("create");
     let proxy = common::start_proxy(&toml).await;
-    let mut c = mysql_async::Conn::new(common::mysql_opts(
-        &proxy.addr.to_string(),
-        "app",
-        "app",
-        Some("app"),
-    ))
-    .await
-    .expect("connect");
+    let mut c = proxy.connect("app", Some("app")).await;
     // A 17 MiB query: the client splits it into two packets, shardgate joins and
     // re-splits them.
     let size = 17 * 1024 * 1024;
@@ -165,14 +158,7 @@ async fn reset_connection_init_db_and_ping_behave_as_on_mariadb() {
     servers[0].sql("CREATE TABLE other.t (x INT)").expect("t");
     let toml = format!("{toml}[keyspaces.other]\ncluster = \"c1\"\n");
     let proxy = common::start_proxy(&toml).await;
-    let mut c = mysql_async::Conn::new(common::mysql_opts(
-        &proxy.addr.to_string(),
-        "app",
-        "app",
-        Some("app"),
-    ))
-    .await
-    .expect("connect");
+    let mut c = proxy.connect("app", Some("app")).await;
     c.query_drop("SET @v = 42").await.expect("set");
     let v: Option<u32> = c.query_first("SELECT @v").await.expect("get");
     assert_eq!(v, Some(42));

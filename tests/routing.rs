@@ -89,14 +89,7 @@ async fn rows_land_on_the_shard_that_owns_their_workspace_and_pins_override() {
     let toml = setup_vschema(&servers, &[(pinned_ws, "80-")]);
     assert_eq!(owner(&toml, pinned_ws), 1, "the pin moves it");
     let proxy = common::start_proxy(&toml).await;
-    let mut conn = mysql_async::Conn::new(common::mysql_opts(
-        &proxy.addr.to_string(),
-        "app",
-        "app",
-        Some("app"),
-    ))
-    .await
-    .expect("connect through proxy");
+    let mut conn = proxy.connect("app", Some("app")).await;
 
     // DDL is applied on every shard.
     conn.query_drop(
@@ -217,14 +210,7 @@ async fn unroutable_statements_get_clear_errors_and_the_connection_goes_on() {
             .expect("create");
     }
     let proxy = common::start_proxy(&toml).await;
-    let mut conn = mysql_async::Conn::new(common::mysql_opts(
-        &proxy.addr.to_string(),
-        "app",
-        "app",
-        Some("app"),
-    ))
-    .await
-    .expect("connect");
+    let mut conn = proxy.connect("app", Some("app")).await;
 
     let (code, state, msg) = server_error(&mut conn, "SELECT * FROM messages").await;
     assert_eq!((code, state.as_str()), (1105, "HY000"));
@@ -255,14 +241,7 @@ async fn unroutable_statements_get_clear_errors_and_the_connection_goes_on() {
     assert!(msg.contains("shard"), "{msg}");
 
     // Multi-statement on a sharded keyspace: same shard is fine, two shards is refused.
-    let mut multi = mysql_async::Conn::new(common::mysql_opts(
-        &proxy.addr.to_string(),
-        "app",
-        "app",
-        Some("app"),
-    ))
-    .await
-    .expect("connect");
+    let mut multi = proxy.connect("app", Some("app")).await;
     multi
         .query_drop(format!(
             "INSERT INTO messages (workspace_id, body) VALUES ({a}, 'x'); INSERT INTO messages (workspace_id, body) VALUES ({a}, 'y')"

@@ -238,6 +238,16 @@ pub async fn start_proxy(vschema_toml: &str) -> Proxy {
     start_proxy_with(vschema, PoolConfig::default()).await
 }
 
+impl Proxy {
+    /// A `mysql_async` connection through the proxy as one of [`test_users`] (whose
+    /// password is its name), into `db`.
+    pub async fn connect(&self, user: &str, db: Option<&str>) -> mysql_async::Conn {
+        mysql_async::Conn::new(mysql_opts(&self.addr.to_string(), user, user, db))
+            .await
+            .unwrap_or_else(|e| panic!("connect through the proxy as {user}: {e}"))
+    }
+}
+
 /// Starts the proxy in-process with a parsed vschema and explicit pool limits.
 pub async fn start_proxy_with(vschema: VSchema, pool: PoolConfig) -> Proxy {
     let mut config = ProxyConfig::new("127.0.0.1:0".parse().expect("addr"), test_users(), vschema);
