@@ -284,6 +284,17 @@ pub enum AdminStatement {
 /// Returns `Some(Err)` for text that is clearly one of them but malformed.
 pub fn parse_admin(sql: &str) -> Option<Result<AdminStatement, ProxyError>> {
     let text = sql.trim().trim_end_matches(';').trim();
+    // Every statement passes here: decide from the second word, without allocating,
+    // before looking closer.
+    let mut first_two = text.split_ascii_whitespace();
+    let (Some(verb), Some(noun)) = (first_two.next(), first_two.next()) else {
+        return None;
+    };
+    let admin = (verb.eq_ignore_ascii_case("SHOW") && noun.eq_ignore_ascii_case("MIGRATIONS"))
+        || (verb.eq_ignore_ascii_case("ALTER") && noun.eq_ignore_ascii_case("MIGRATION"));
+    if !admin {
+        return None;
+    }
     let upper = text.to_ascii_uppercase();
     let words: Vec<&str> = upper.split_whitespace().collect();
     let orig: Vec<&str> = text.split_whitespace().collect();
@@ -448,6 +459,16 @@ pub enum DdlSetting {
 /// Parses `SET [SESSION] [@@[SESSION.]]ddl_wait | ddl_strategy | ddl_postpone_completion = value`.
 pub fn parse_ddl_setting(sql: &str) -> Option<Result<DdlSetting, ProxyError>> {
     let text = sql.trim().trim_end_matches(';').trim();
+    // Every statement passes here: only a short SET naming a ddl_ setting is looked at.
+    let is_set = text.len() < 128
+        && text.get(..3).is_some_and(|w| w.eq_ignore_ascii_case("SET"))
+        && text
+            .as_bytes()
+            .windows(4)
+            .any(|w| w.eq_ignore_ascii_case(b"ddl_"));
+    if !is_set {
+        return None;
+    }
     let upper = text.to_ascii_uppercase();
     let rest = upper.strip_prefix("SET")?;
     if !rest.starts_with(char::is_whitespace) {
