@@ -26,6 +26,15 @@ pub enum DbContext {
     },
 }
 
+/// Whether `target` is one of `keyspace`'s shards (without building their targets).
+pub fn is_shard_of(vs: &VSchema, keyspace: &str, target: &Target) -> bool {
+    vs.keyspace(keyspace).is_some_and(|ks| {
+        ks.shards.iter().any(|s| {
+            s.cluster == target.cluster && target.database.as_deref() == Some(s.database.as_str())
+        })
+    })
+}
+
 /// The target of one workspace's own database.
 pub fn workspace_target(ks: &Keyspace, workspace: u64, database: &str) -> Target {
     let shard = ks.shard_for_workspace(workspace);
@@ -59,8 +68,6 @@ pub enum Dispatch {
         keyspace: String,
         /// The shard to use when the session holds none of the keyspace's connections.
         fallback: Target,
-        /// Every shard of the keyspace.
-        shards: Vec<Target>,
     },
     /// An INSERT whose rows span shards: each target with the indexes of its rows.
     SplitInsert(Vec<(Target, Vec<usize>)>),
@@ -204,7 +211,6 @@ pub fn route(vs: &VSchema, ctx: &DbContext, stmt: &StatementPlan) -> Result<Disp
         Route::AnyShard => Ok(Dispatch::AnyShard {
             keyspace: ks.name.clone(),
             fallback: shard_target(ks, 0),
-            shards: (0..ks.shards.len()).map(|i| shard_target(ks, i)).collect(),
         }),
         Route::AllShards => Ok(Dispatch::Broadcast(
             (0..ks.shards.len()).map(|i| shard_target(ks, i)).collect(),

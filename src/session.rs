@@ -843,7 +843,7 @@ impl Session {
         // if it worked.
         let target = match self.target_for(vs, stmt) {
             Ok(d) => self
-                .one_target(d)
+                .one_target(vs, d)
                 .unwrap_or_else(|| self.default_target(vs)),
             Err(e) => return self.send_error(&e).await,
         };
@@ -872,7 +872,7 @@ impl Session {
     }
 
     fn default_target(&self, vs: &VSchema) -> Target {
-        match router::route(vs, &self.ctx, &any_statement()).map(|d| self.one_target(d)) {
+        match router::route(vs, &self.ctx, &any_statement()).map(|d| self.one_target(vs, d)) {
             Ok(Some(t)) => t,
             _ => Target {
                 cluster: vs.clusters.keys().next().cloned().unwrap_or_default(),
@@ -893,7 +893,7 @@ impl Session {
         };
         match dispatch {
             d @ (Dispatch::Single(_) | Dispatch::AnyShard { .. }) => {
-                let Some(target) = self.one_target(d) else {
+                let Some(target) = self.one_target(vs, d) else {
                     return self.send_error(&ProxyError::internal("no target")).await;
                 };
                 if let Err(e) = self.check_transaction(&target) {
@@ -911,19 +911,18 @@ impl Session {
     /// of a keyspace may answer, the shard whose connection the session already holds
     /// (its transaction; the connection of its last statement, which `SHOW WARNINGS` or
     /// `SELECT LAST_INSERT_ID()` ask about; one with temporary tables), else the first.
-    fn one_target(&self, d: Dispatch) -> Option<Target> {
+    fn one_target(&self, vs: &VSchema, d: Dispatch) -> Option<Target> {
         match d {
             Dispatch::Single(t) => Some(t),
-            Dispatch::AnyShard {
-                fallback, shards, ..
-            } => {
+            Dispatch::AnyShard { keyspace, fallback } => {
+                let ours = |t: &Target| router::is_shard_of(vs, &keyspace, t);
                 let held = |pred: &dyn Fn(&Held) -> bool| {
                     self.held
                         .iter()
-                        .find(|h| pred(h) && shards.contains(&h.target))
+                        .find(|h| pred(h) && ours(&h.target))
                         .map(|h| h.target.clone())
                 };
-                if let Some(t) = self.tx_target().filter(|t| shards.contains(t)) {
+                if let Some(t) = self.tx_target().filter(|t| ours(t)) {
                     return Some(t.clone());
                 }
                 held(&|h| h.diagnostics.is_some())
@@ -1331,7 +1330,7 @@ impl Session {
             sticky |= s.pins_connection;
             let t = match self.target_for(vs, s) {
                 Ok(d @ (Dispatch::Single(_) | Dispatch::AnyShard { .. })) => {
-                    match self.one_target(d) {
+                    match self.one_target(vs, d) {
                         Some(t) => t,
                         None => return self.send_error(&ProxyError::internal("no target")).await,
                     }
@@ -1417,7 +1416,7 @@ impl Session {
         let stmt = any_statement();
         let target = match router::route(&vs, &self.ctx, &stmt) {
             Ok(d) => self
-                .one_target(d)
+                .one_target(&vs, d)
                 .unwrap_or_else(|| self.default_target(&vs)),
             Err(e) => return self.send_error(&e).await,
         };
