@@ -235,7 +235,7 @@ pub(crate) async fn foreign_keys(
     db: &str,
     table: &str,
 ) -> Result<Vec<String>, CopyError> {
-    let rows = query(
+    first_column(
         conn,
         &format!(
             "SELECT DISTINCT CONCAT(CONSTRAINT_NAME, ' (', TABLE_SCHEMA, '.', TABLE_NAME, \
@@ -248,12 +248,7 @@ pub(crate) async fn foreign_keys(
             lit(table)
         ),
     )
-    .await?;
-    Ok(rows
-        .rows
-        .iter()
-        .filter_map(|r| cell(r, 0).map(str::to_string))
-        .collect())
+    .await
 }
 
 /// Names of the triggers defined on a table.
@@ -262,7 +257,7 @@ pub(crate) async fn triggers_on(
     db: &str,
     table: &str,
 ) -> Result<Vec<String>, CopyError> {
-    let rows = query(
+    first_column(
         conn,
         &format!(
             "SELECT TRIGGER_NAME FROM information_schema.TRIGGERS \
@@ -271,12 +266,7 @@ pub(crate) async fn triggers_on(
             lit(table)
         ),
     )
-    .await?;
-    Ok(rows
-        .rows
-        .iter()
-        .filter_map(|r| cell(r, 0).map(str::to_string))
-        .collect())
+    .await
 }
 
 /// Which of `names` exist as triggers in `db`.
@@ -286,7 +276,7 @@ pub(crate) async fn existing_triggers(
     names: &[String],
 ) -> Result<Vec<String>, CopyError> {
     let list: Vec<String> = names.iter().map(|n| lit(n)).collect();
-    let rows = query(
+    first_column(
         conn,
         &format!(
             "SELECT TRIGGER_NAME FROM information_schema.TRIGGERS \
@@ -295,12 +285,7 @@ pub(crate) async fn existing_triggers(
             list.join(", ")
         ),
     )
-    .await?;
-    Ok(rows
-        .rows
-        .iter()
-        .filter_map(|r| cell(r, 0).map(str::to_string))
-        .collect())
+    .await
 }
 
 const RENAME_COLUMN: &str = "a copy matches columns by name and would lose a renamed \
@@ -366,6 +351,16 @@ pub(crate) fn refuse_spec(task: &CopyTask) -> Result<(), CopyError> {
         }
     }
     Ok(())
+}
+
+/// The first column of every row a query returns (NULLs skipped).
+async fn first_column(conn: &mut SqlConn, sql: &str) -> Result<Vec<String>, CopyError> {
+    Ok(query(conn, sql)
+        .await?
+        .rows
+        .iter()
+        .filter_map(|r| cell(r, 0).map(str::to_string))
+        .collect())
 }
 
 pub(crate) async fn query(conn: &mut SqlConn, sql: &str) -> Result<Rows, CopyError> {
