@@ -20,6 +20,27 @@ pub struct User {
     pub ddl_wait: Option<Duration>,
 }
 
+impl User {
+    /// A user without a default `ddl_wait`.
+    pub fn new(name: &str, password: &str, admin: bool) -> User {
+        User {
+            name: name.to_string(),
+            password: password.to_string(),
+            admin,
+            ddl_wait: None,
+        }
+    }
+
+    /// The demo's users, also what the tests log in as: `app`/`app`, and the admin
+    /// `admin`/`admin`.
+    pub fn demo_users() -> Vec<User> {
+        vec![
+            User::new("app", "app", false),
+            User::new("admin", "admin", true),
+        ]
+    }
+}
+
 /// Backend pool limits, per cluster.
 #[derive(Debug, Clone)]
 pub struct PoolConfig {

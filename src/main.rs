@@ -128,12 +128,7 @@ fn serve(rest: &[&str]) -> Result<(), String> {
                     .ok_or("--user needs NAME:PASSWORD")?
                     .to_string();
                 let admin = parts.next() == Some("admin");
-                users.push(User {
-                    name,
-                    password,
-                    admin,
-                    ddl_wait: None,
-                });
+                users.push(User::new(&name, &password, admin));
             }
         }
         if users.is_empty() {

@@ -108,20 +108,7 @@ async fn serve_demo(
 
     let config = Arc::new(ProxyConfig {
         listen: opts.listen,
-        users: vec![
-            User {
-                name: "app".to_string(),
-                password: "app".to_string(),
-                admin: false,
-                ddl_wait: None,
-            },
-            User {
-                name: "admin".to_string(),
-                password: "admin".to_string(),
-                admin: true,
-                ddl_wait: None,
-            },
-        ],
+        users: User::demo_users(),
         pool: PoolConfig::default(),
         max_packet_size: 64 << 20,
         max_client_connections: 1000,

@@ -178,20 +178,7 @@ pub fn sharded_vschema(servers: &[LocalMariaDb]) -> String {
 
 /// Users every test proxy knows: `app`/`app` and the admin `admin`/`admin`.
 pub fn test_users() -> Vec<User> {
-    vec![
-        User {
-            name: "app".to_string(),
-            password: "app".to_string(),
-            admin: false,
-            ddl_wait: None,
-        },
-        User {
-            name: "admin".to_string(),
-            password: "admin".to_string(),
-            admin: true,
-            ddl_wait: None,
-        },
-    ]
+    User::demo_users()
 }
 
 /// The proxy served in-process on a task of the current runtime.
