@@ -115,12 +115,11 @@ async fn a_copy_killed_with_its_proxy_resumes_from_its_checkpoint_in_a_new_proxy
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // It went on from the checkpoint rather than from the start.
-    if let Some(resumed) = first_resumed {
-        assert!(
-            resumed >= checkpoint_rows,
-            "resumed at {resumed}, checkpoint was {checkpoint_rows}"
-        );
-    }
+    let resumed = first_resumed.expect("the new proxy was seen running the copy");
+    assert!(
+        resumed >= checkpoint_rows,
+        "resumed at {resumed}, checkpoint was {checkpoint_rows}"
+    );
     let note = one(
         db,
         &format!("SELECT message FROM _shardgate.schema_migrations WHERE uuid = '{uuid}'"),
