@@ -199,6 +199,25 @@ impl ProxyError {
         e
     }
 
+    /// 2013 (HY000): the backend connection that held the session's state (a
+    /// transaction, temporary tables, locks) was lost, so that state is gone; the
+    /// client connection is closed after this error, as a direct one would have died.
+    pub fn session_state_lost(cause: &ProxyError, state: &str) -> Self {
+        let mut e = Self::new(
+            codes::NET_ERROR,
+            b"HY000",
+            format!(
+                "{}; the session's state on that connection ({state}) is lost: nothing \
+                 after the last COMMIT is committed, so shardgate closes this connection; \
+                 reconnect and retry",
+                cause.message
+            ),
+            Fault::Shard,
+        );
+        e.cluster = cause.cluster.clone();
+        e
+    }
+
     /// 1969 (70100): the statement ran past the configured query timeout.
     pub fn query_timeout(cluster: &str, secs: f64) -> Self {
         let mut e = Self::new(

@@ -11,7 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::server::Shared;
+use crate::shared::Shared;
 
 /// Renders every metric.
 pub fn render(shared: &Shared) -> String {
@@ -22,7 +22,8 @@ pub fn render(shared: &Shared) -> String {
             let _ = writeln!(out, "{name}{labels} {value}");
         }
     };
-    let mut pools: Vec<_> = shared.pools.iter().collect();
+    let runtime = shared.runtime();
+    let mut pools: Vec<_> = runtime.pools.iter().collect();
     pools.sort_by(|a, b| a.0.cmp(b.0));
     let label = |c: &str| format!("{{cluster=\"{}\"}}", escape(c));
     metric(

@@ -102,6 +102,7 @@ pub async fn connect(
     BackendConn::connect(&target, client_key(), database, Duration::from_secs(10))
         .await
         .map(|(conn, _)| conn)
+        .map_err(|e| e.to_string())
 }
 
 /// Runs one statement; an ERR from the server is an error here.

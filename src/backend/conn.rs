@@ -66,6 +66,37 @@ impl From<ProtocolViolation> for BackendError {
     }
 }
 
+/// Why a backend connection could not be opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectError {
+    /// The server's error code when it refused the login (1045, 1049, 1040, ...); None
+    /// when the network or the protocol failed.
+    pub code: Option<u16>,
+    /// What happened, naming the address.
+    pub message: String,
+}
+
+impl ConnectError {
+    fn network(message: String) -> ConnectError {
+        ConnectError {
+            code: None,
+            message,
+        }
+    }
+}
+
+impl std::fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl From<String> for ConnectError {
+    fn from(message: String) -> Self {
+        ConnectError::network(message)
+    }
+}
+
 /// A whole response read into memory (for statements whose answers shardgate merges).
 #[derive(Debug)]
 pub struct Collected {
@@ -110,8 +141,22 @@ pub struct BackendConn {
     pub status: u16,
     /// Warnings the last response reported (what `SHOW WARNINGS` would list).
     pub last_warnings: u16,
-    /// Last-insert id the last response reported (0 if it generated none).
-    pub last_insert_id: u64,
+    /// Whether the last response ended in an ERR (what `SHOW ERRORS` would list).
+    pub last_error: bool,
+    /// The insert id the last response's OK packet reported (0: none).
+    pub reported_insert_id: u64,
+    /// What `LAST_INSERT_ID()` answers on this connection, as far as shardgate saw:
+    /// the last non-zero insert id an OK packet reported (0 on a fresh connection).
+    pub insert_id: u64,
+    /// State that reserves this connection for one session (temporary tables, locks,
+    /// ...); a connection holding any is closed, never pooled, when its lease ends.
+    pub reserve: crate::backend::Reserve,
+    /// The client session whose statement it ran last (0: none), so a question about
+    /// "the previous statement" never reads another session's answer.
+    pub last_session: u32,
+    /// Whether any byte of the current response has reached the client (a failure
+    /// after that cannot be reported with an ERR packet: the stream is mid-response).
+    pub relayed: bool,
     /// When it was last used.
     pub last_used: Instant,
     /// Set when the connection can no longer be trusted; it is then closed, not pooled.
@@ -125,13 +170,13 @@ impl BackendConn {
         key: ConnKey,
         database: Option<&str>,
         timeout: Duration,
-    ) -> Result<(BackendConn, Greeting), String> {
+    ) -> Result<(BackendConn, Greeting), ConnectError> {
         match tokio::time::timeout(timeout, Self::connect_inner(cluster, key, database)).await {
             Ok(r) => r,
-            Err(_) => Err(format!(
+            Err(_) => Err(ConnectError::network(format!(
                 "connect to {} timed out after {:?}",
                 cluster.primary, timeout
-            )),
+            ))),
         }
     }
 
@@ -139,7 +184,7 @@ impl BackendConn {
         cluster: &Cluster,
         key: ConnKey,
         database: Option<&str>,
-    ) -> Result<(BackendConn, Greeting), String> {
+    ) -> Result<(BackendConn, Greeting), ConnectError> {
         let stream = TcpStream::connect(&cluster.primary)
             .await
             .map_err(|e| format!("connect to {}: {e}", cluster.primary))?;
@@ -150,13 +195,20 @@ impl BackendConn {
             .await
             .map_err(|e| format!("reading greeting from {}: {e}", cluster.primary))?;
         if payload.first() == Some(&0xff) {
-            let e = parse_err(&payload).map(|e| e.message).unwrap_or_default();
-            return Err(format!("{} refused the connection: {e}", cluster.primary));
+            let e = parse_err(&payload);
+            return Err(ConnectError {
+                code: e.as_ref().map(|e| e.code),
+                message: format!(
+                    "{} refused the connection: {}",
+                    cluster.primary,
+                    e.map(|e| e.message).unwrap_or_default()
+                ),
+            });
         }
         let greeting = parse_greeting(&payload)
             .ok_or_else(|| format!("{} sent a malformed greeting", cluster.primary))?;
         if greeting.capabilities & caps::PROTOCOL_41 == 0 {
-            return Err(format!("{} does not speak protocol 4.1", cluster.primary));
+            return Err(format!("{} does not speak protocol 4.1", cluster.primary).into());
         }
         let mut capabilities = (caps::BACKEND_BASE | (key.caps & caps::RELAY_SENSITIVE))
             & (greeting.capabilities | caps::CONNECT_WITH_DB);
@@ -195,8 +247,15 @@ impl BackendConn {
             match reply.first() {
                 Some(0x00) => break,
                 Some(0xff) => {
-                    let e = parse_err(&reply).map(|e| e.message).unwrap_or_default();
-                    return Err(format!("login to {} failed: {e}", cluster.primary));
+                    let e = parse_err(&reply);
+                    return Err(ConnectError {
+                        code: e.as_ref().map(|e| e.code),
+                        message: format!(
+                            "login to {} failed: {}",
+                            cluster.primary,
+                            e.map(|e| e.message).unwrap_or_default()
+                        ),
+                    });
                 }
                 Some(0xfe) => {
                     let (plugin, data) = parse_auth_switch(&reply)
@@ -205,16 +264,16 @@ impl BackendConn {
                         return Err(format!(
                             "{} asks for auth plugin {plugin}; shardgate speaks mysql_native_password",
                             cluster.primary
-                        ));
+                        )
+                        .into());
                     }
                     let token = native_token(cluster.password.as_bytes(), &data);
                     conn.send(seq, &token).await.map_err(|e| e.to_string())?;
                 }
                 _ => {
-                    return Err(format!(
-                        "{} sent an unexpected login reply",
-                        cluster.primary
-                    ))
+                    return Err(
+                        format!("{} sent an unexpected login reply", cluster.primary).into(),
+                    )
                 }
             }
         }
@@ -227,7 +286,12 @@ impl BackendConn {
             state_hash: 0,
             status: greeting.status,
             last_warnings: 0,
-            last_insert_id: 0,
+            last_error: false,
+            reported_insert_id: 0,
+            insert_id: 0,
+            reserve: crate::backend::Reserve::NONE,
+            last_session: 0,
+            relayed: false,
             last_used: Instant::now(),
             broken: false,
         };
@@ -276,9 +340,7 @@ impl BackendConn {
             }
         }
         let outcome = scanner.outcome();
-        if let Some(st) = outcome.status {
-            self.status = st;
-        }
+        self.note(&outcome);
         Ok(Collected {
             bytes: out,
             outcome,
@@ -309,6 +371,7 @@ impl BackendConn {
     ) -> Result<Outcome, BackendError> {
         let mut scanner = ResponseScanner::new(kind, self.deprecate_eof());
         let mut wrote = false;
+        self.relayed = false;
         let fail = |wrote: bool, m: String| {
             if wrote {
                 BackendError::BackendMidResponse(m)
@@ -327,6 +390,7 @@ impl BackendConn {
                 };
                 if n > 0 {
                     wrote = true;
+                    self.relayed = true;
                     if let Err(e) = client.write_all(&self.conn.rbuf[..n]).await {
                         // the backend is mid-response: it cannot be reused
                         self.broken = !scanner.is_done();
@@ -353,7 +417,11 @@ impl BackendConn {
             self.status = st;
         }
         self.last_warnings = outcome.warnings;
-        self.last_insert_id = outcome.last_insert_id;
+        self.last_error = outcome.error;
+        self.reported_insert_id = outcome.last_insert_id;
+        if outcome.last_insert_id != 0 {
+            self.insert_id = outcome.last_insert_id;
+        }
     }
 
     /// COM_PING; false if the connection is dead.
@@ -379,6 +447,9 @@ impl BackendConn {
             ));
         }
         self.state_hash = 0;
+        self.reserve = crate::backend::Reserve::NONE;
+        self.insert_id = 0;
+        self.database = None;
         Ok(())
     }
 

@@ -2,8 +2,10 @@
 
 pub mod conn;
 pub mod pool;
+pub mod reserve;
 pub mod sql;
 
-pub use conn::{BackendConn, BackendError, Collected, ConnKey};
+pub use conn::{BackendConn, BackendError, Collected, ConnKey, ConnectError};
 pub use pool::{ClusterPool, Lease};
+pub use reserve::Reserve;
 pub use sql::{Rows, SqlConn, SqlError};

@@ -9,7 +9,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::conn::{BackendConn, ConnKey};
 use crate::config::PoolConfig;
-use crate::error::ProxyError;
+use crate::error::{codes, ProxyError};
 use crate::protocol::status;
 use crate::vschema::Cluster;
 
@@ -60,11 +60,6 @@ impl Lease {
             .as_ref()
             .expect("lease holds a connection until dropped")
     }
-
-    /// The cluster this lease belongs to.
-    pub fn cluster(&self) -> &str {
-        &self.pool.cluster.name
-    }
 }
 
 impl Drop for Lease {
@@ -91,11 +86,6 @@ impl ClusterPool {
         })
     }
 
-    /// The pool's limits.
-    pub fn config(&self) -> &PoolConfig {
-        &self.config
-    }
-
     /// (open connections, idle connections).
     pub fn counts(&self) -> (usize, usize) {
         let g = self.lock();
@@ -106,13 +96,18 @@ impl ClusterPool {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Checks out a connection with `key`, preferring one already on `database` with
-    /// session state `state_hash`. Waits at most the checkout timeout for a free slot.
+    /// Checks out a connection with `key`, preferring the idle connection with server
+    /// thread id `prefer` (the one that served the asking session last, so a question
+    /// about its previous statement reaches it), then one already on `database` with
+    /// session state `state_hash`. Others are taken least recently used first, so the
+    /// connection a session just gave back is the last one another session takes.
+    /// Waits at most the checkout timeout for a free slot.
     pub async fn checkout(
         self: &Arc<Self>,
         key: ConnKey,
         database: Option<&str>,
         state_hash: u64,
+        prefer: Option<u32>,
     ) -> Result<Lease, ProxyError> {
         let slot = match tokio::time::timeout(
             self.config.checkout_timeout,
@@ -135,23 +130,28 @@ impl ClusterPool {
         loop {
             let candidate = {
                 let mut g = self.lock();
-                let pos = g
-                    .idle
-                    .iter()
-                    .rposition(|c| {
-                        c.key == key
-                            && c.database.as_deref() == database
-                            && c.state_hash == state_hash
+                let pos = prefer
+                    .and_then(|id| {
+                        g.idle
+                            .iter()
+                            .position(|c| c.thread_id == id && c.key == key)
+                    })
+                    .or_else(|| {
+                        g.idle.iter().position(|c| {
+                            c.key == key
+                                && c.database.as_deref() == database
+                                && c.state_hash == state_hash
+                        })
                     })
                     .or_else(|| {
                         // A connection that has a database selected cannot go back to
                         // none: a session without a database needs one that never had.
-                        g.idle.iter().rposition(|c| {
+                        g.idle.iter().position(|c| {
                             c.key == key && (database.is_some() || c.database.is_none())
                         })
                     });
                 match pos {
-                    Some(i) => Some(g.idle.swap_remove(i)),
+                    Some(i) => Some(g.idle.remove(i)),
                     None => {
                         // Keep open <= max: make room by closing an idle connection of
                         // another key.
@@ -208,9 +208,10 @@ impl ClusterPool {
             }
             Err(why) => {
                 // A bad database is the client's error, not the cluster's.
-                if why.contains("Unknown database") {
+                if why.code == Some(codes::BAD_DB) {
                     return Err(ProxyError::unknown_database(database.unwrap_or("")));
                 }
+                let why = why.message;
                 self.lock().last_failure = Some((Instant::now(), why.clone()));
                 Err(ProxyError::cluster_unavailable(&self.cluster.name, why))
             }
@@ -224,8 +225,10 @@ impl ClusterPool {
     }
 
     fn give_back(&self, conn: BackendConn) {
-        if conn.broken || conn.status & status::IN_TRANS != 0 {
-            // Closing the socket makes the server roll back whatever was open.
+        if conn.broken || conn.status & status::IN_TRANS != 0 || !conn.reserve.is_empty() {
+            // A connection that still holds a session's state (a transaction, temporary
+            // tables, locks) is never handed to another session: closing the socket
+            // makes the server roll back and drop whatever was open.
             self.forget(conn);
             return;
         }

@@ -81,13 +81,8 @@ impl SqlConn {
         };
         let (conn, _) = BackendConn::connect(cluster, key, database, timeout)
             .await
-            .map_err(SqlError::Connection)?;
+            .map_err(|e| SqlError::Connection(e.to_string()))?;
         Ok(SqlConn { conn })
-    }
-
-    /// The server's id for this connection (for `KILL`).
-    pub fn thread_id(&self) -> u32 {
-        self.conn.thread_id
     }
 
     /// Runs a statement that returns no rows.

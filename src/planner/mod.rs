@@ -11,6 +11,7 @@ use sqlparser::dialect::MySqlDialect;
 use sqlparser::parser::Parser;
 
 mod classify;
+mod effects;
 mod fallback;
 mod insert;
 mod lex;
@@ -19,11 +20,14 @@ mod tables;
 mod tag;
 #[cfg(test)]
 mod tests;
+mod text;
 
 use classify::Head;
+pub use effects::{Effects, Reserve};
 use insert::InsertRoute;
 use lex::Token;
 use tables::TableName;
+pub use text::sql_text;
 
 /// What the planner needs to know about the keyspace a statement runs in.
 pub trait ShardingSchema {
@@ -62,10 +66,9 @@ pub struct StatementPlan {
     /// The keyspace it names explicitly, when every table it qualifies names the same
     /// schema (`app.messages`); the router uses it instead of the session's keyspace.
     pub qualified_schema: Option<String>,
-    /// It leaves state on its backend connection that later statements may depend on
-    /// (temporary tables, `LOCK TABLES`, `GET_LOCK()`, `@var :=` in a query), so the
-    /// session must keep that connection.
-    pub pins_connection: bool,
+    /// What it does to its backend connection beyond its result: state that reserves
+    /// the connection for the session, questions about the previous statement.
+    pub effects: Effects,
 }
 
 /// Where a statement goes.
@@ -201,7 +204,7 @@ pub fn plan(sql: &str, schema: &dyn ShardingSchema) -> Plan {
             kind: StatementKind::Other,
             route: Route::AnyShard,
             qualified_schema: None,
-            pins_connection: false,
+            effects: Effects::default(),
         }),
         1 => {
             // A lone statement owns the whole text (comments and a trailing `;` too).
@@ -274,7 +277,7 @@ fn plan_statement(
     let ddl = matches!(head, Head::Ddl(_));
     let tables = tables::table_names(sql, toks, ddl);
     let qualified_schema = tables::common_schema(&tables);
-    let pins_connection = matches!(head, Head::Lock) || pins(sql, toks, &head);
+    let effects = effects::effects(sql, toks, &head);
     // A tag in this statement's comments wins; else one tag for the whole text.
     let own = comments
         .iter()
@@ -360,7 +363,7 @@ fn plan_statement(
         kind,
         route,
         qualified_schema,
-        pins_connection,
+        effects,
     }
 }
 
@@ -385,35 +388,6 @@ fn is_simple(sql: &str, toks: &[Token]) -> bool {
 
 fn conflicting_tags() -> Route {
     Route::Unroutable("the query carries two different workspace_id tags".to_owned())
-}
-
-/// Whether the statement leaves state on its connection: `GET_LOCK(`, `@v := ...` or
-/// `INTO @v` in a query (temporary tables and locks are decided by the caller).
-fn pins(sql: &str, toks: &[Token], head: &Head) -> bool {
-    if matches!(head, Head::Temporary) {
-        return toks.first().is_some_and(|t| t.is_kw(sql, "CREATE"));
-    }
-    let is_set = matches!(
-        head,
-        Head::SetSession | Head::SetAutocommit(_) | Head::SetTransaction
-    );
-    toks.iter().enumerate().any(|(i, t)| {
-        let get_lock =
-            t.is_kw(sql, "GET_LOCK") && toks.get(i + 1).is_some_and(|p| p.is_punct(b'('));
-        // `@var := expr` inside a query (in SET it is ordinary session state).
-        let assign = !is_set
-            && t.kind == lex::Tok::Op
-            && t.text(sql) == ":="
-            && i >= 2
-            && toks[i - 2].is_punct(b'@')
-            && !toks
-                .get(i.wrapping_sub(3))
-                .is_some_and(|p| p.is_punct(b'@'));
-        // `SELECT ... INTO @var` sets a user variable on this connection.
-        let into_var =
-            !is_set && t.is_kw(sql, "INTO") && toks.get(i + 1).is_some_and(|p| p.is_punct(b'@'));
-        get_lock || assign || into_var
-    })
 }
 
 /// Parses one statement, guarding the proxy against a panic inside the parser.

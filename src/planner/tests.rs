@@ -568,24 +568,73 @@ fn ddl_goes_to_every_shard_with_its_kind() {
 }
 
 #[test]
-fn temporary_tables_and_locks_pin_the_connection() {
+fn statements_that_leave_connection_state_reserve_it() {
+    let reserve = |sql: &str| one(sql).effects.reserve;
     let p = one("CREATE TEMPORARY TABLE tmp (id INT)");
-    assert_eq!(
-        (p.kind, p.route, p.pins_connection),
-        (StatementKind::Other, Route::AnyShard, true)
-    );
+    assert_eq!((p.kind, p.route), (StatementKind::Other, Route::AnyShard));
+    assert_eq!(p.effects.reserve, Reserve::TEMPORARY_TABLE);
     let p = one("LOCK TABLES logs WRITE");
-    assert!(p.pins_connection);
+    assert_eq!(p.effects.reserve, Reserve::TABLE_LOCK);
     assert_eq!(p.kind, StatementKind::Other);
-    assert!(!one("DROP TEMPORARY TABLE tmp").pins_connection);
-    assert!(one("CREATE OR REPLACE TEMPORARY TABLE tmp (id INT)").pins_connection);
-    assert!(one("SELECT GET_LOCK('x', 10)").pins_connection);
-    assert!(one("DO GET_LOCK('x', 10)").pins_connection);
-    assert!(one("SELECT COUNT(*) INTO @n FROM logs").pins_connection);
-    assert!(one("SELECT @n := @n + 1 FROM logs").pins_connection);
-    assert!(!one("SELECT 'GET_LOCK(' FROM logs").pins_connection);
-    assert!(!one("SET @x := 1").pins_connection);
-    assert!(!one("SELECT * FROM messages WHERE workspace_id = 1").pins_connection);
+    assert_eq!(one("UNLOCK TABLES").effects.clears, Reserve::TABLE_LOCK);
+    assert!(reserve("DROP TEMPORARY TABLE tmp").is_empty());
+    assert_eq!(
+        reserve("CREATE OR REPLACE TEMPORARY TABLE tmp (id INT)"),
+        Reserve::TEMPORARY_TABLE
+    );
+    assert_eq!(reserve("SELECT GET_LOCK('x', 10)"), Reserve::NAMED_LOCK);
+    assert_eq!(reserve("DO get_lock('x', 10)"), Reserve::NAMED_LOCK);
+    assert_eq!(
+        reserve("SELECT COUNT(*) INTO @n FROM logs"),
+        Reserve::USER_VARIABLE
+    );
+    assert_eq!(
+        reserve("SELECT @n := @n + 1 FROM logs"),
+        Reserve::USER_VARIABLE
+    );
+    assert_eq!(
+        reserve("PREPARE s FROM 'SELECT 1'"),
+        Reserve::PREPARED_STATEMENT
+    );
+    assert_eq!(reserve("HANDLER logs OPEN"), Reserve::HANDLER);
+    assert_eq!(reserve("CALL refresh()"), Reserve::UNKNOWN);
+    assert_eq!(
+        reserve("UPDATE seq SET id = LAST_INSERT_ID(id + 1)"),
+        Reserve::UNKNOWN
+    );
+    assert!(reserve("SELECT 'GET_LOCK(' FROM logs").is_empty());
+    assert!(reserve("SELECT 1 /* GET_LOCK('x', 1) */").is_empty());
+    assert!(reserve("SET @x := 1").is_empty());
+    assert!(reserve("SELECT * FROM messages WHERE workspace_id = 1").is_empty());
+}
+
+#[test]
+fn questions_about_the_previous_statement_are_recognised() {
+    let fx = |sql: &str| one(sql).effects;
+    for sql in [
+        "SHOW WARNINGS",
+        "show errors limit 1",
+        "SHOW COUNT(*) WARNINGS",
+        "SELECT @@warning_count",
+        "SELECT @@session.error_count",
+        "SELECT ROW_COUNT()",
+        "SELECT found_rows()",
+    ] {
+        assert!(fx(sql).reads_diagnostics, "{sql}");
+        assert!(!fx(sql).reads_insert_id, "{sql}");
+    }
+    for sql in [
+        "SELECT LAST_INSERT_ID()",
+        "INSERT INTO c (parent) VALUES (last_insert_id())",
+        "SELECT @@identity",
+        "SELECT @@last_insert_id",
+    ] {
+        assert!(fx(sql).reads_insert_id, "{sql}");
+        assert!(fx(sql).reserve.is_empty(), "{sql}");
+    }
+    assert!(fx("SELECT SQL_CALC_FOUND_ROWS * FROM logs LIMIT 1").calc_found_rows);
+    let plain = fx("SELECT 'ROW_COUNT()', last_insert_id FROM logs");
+    assert_eq!(plain, Effects::default());
 }
 
 // ---- session statements ----

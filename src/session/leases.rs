@@ -1,0 +1,421 @@
+//! Backend connections for a session's statements: leasing one (the session's own
+//! reserved connection first), bringing it to the session's state, relaying a
+//! statement's answer, and deciding afterwards whether the connection stays with the
+//! session or goes back to the pool.
+
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use super::state::Held;
+use super::{Answered, Session};
+use crate::backend::{BackendError, Collected, Lease, Reserve};
+use crate::engine::{Cursor, Failure};
+use crate::error::{Fault, ProxyError};
+use crate::planner::{Effects, StatementPlan};
+use crate::protocol::command;
+use crate::protocol::relay::ResponseKind;
+use crate::router::Target;
+use crate::shared::Runtime;
+
+/// Run on a connection that last served another session before it answers a question
+/// about "the previous statement": afterwards the connection's diagnostics are those of
+/// a statement that did nothing (no warnings, `ROW_COUNT()` -1, `FOUND_ROWS()` 0), never
+/// the other session's.
+const CLEAR_DIAGNOSTICS: &[u8] = b"\x03SELECT 1 FROM DUAL WHERE 1 = 0";
+
+impl Session {
+    /// The lease for `target`: the connection the session keeps on that cluster (its
+    /// state lives there), else one from the pool.
+    pub(super) async fn lease_for(
+        &mut self,
+        rt: &Runtime,
+        target: &Target,
+    ) -> Result<Lease, ProxyError> {
+        let mine = self
+            .held
+            .iter()
+            .position(|h| &h.target == target)
+            .or_else(|| {
+                self.held
+                    .iter()
+                    .position(|h| h.target.cluster == target.cluster)
+            });
+        if let Some(i) = mine {
+            return Ok(self.held.swap_remove(i).lease);
+        }
+        let pool = rt.pool(&target.cluster).ok_or_else(|| {
+            ProxyError::internal(format!("no pool for cluster {}", target.cluster))
+        })?;
+        // The connection that ran the session's previous statement, if it is idle: a
+        // question about that statement is answered there, and its state matches.
+        let prefer = self
+            .last
+            .as_ref()
+            .filter(|(t, _)| t.cluster == target.cluster)
+            .map(|(_, id)| *id);
+        pool.checkout(self.key, target.database.as_deref(), self.vars.hash, prefer)
+            .await
+    }
+
+    /// The session's state that would be lost with its connection to `cluster`: a
+    /// transaction (open, pending, or implicit under `autocommit=0`) or what a reserved
+    /// connection there holds.
+    pub(super) fn state_on(&self, cluster: &str) -> Reserve {
+        let mut state = Reserve::NONE;
+        if self.in_transaction() || !self.autocommit {
+            state = Reserve::TRANSACTION;
+        }
+        for h in &self.held {
+            if h.target.cluster == cluster {
+                state = state.union(h.why());
+            }
+        }
+        state
+    }
+
+    /// A lease for `target` brought to the session's state (and, with `start`, with the
+    /// pending transaction and one-shot settings begun). When that fails, the client
+    /// has been answered (a backend's ERR as it came, or shardgate's error) and the
+    /// answer is returned instead.
+    pub(super) async fn ready_lease(
+        &mut self,
+        rt: &Runtime,
+        target: &Target,
+        start: bool,
+    ) -> Result<Lease, Answered> {
+        let started = Instant::now();
+        let stateful = self.state_on(&target.cluster);
+        match self.ready(rt, target, start).await {
+            Ok(lease) => Ok(lease),
+            Err(Failure::Backend(err)) => Err(self.send_collected(&err).await),
+            Err(Failure::Proxy(e)) => {
+                self.record(rt, target, started, Some(&e));
+                Err(self.fail(e, stateful).await)
+            }
+        }
+    }
+
+    /// [`ready_lease`](Self::ready_lease) without answering the client.
+    async fn ready(
+        &mut self,
+        rt: &Runtime,
+        target: &Target,
+        start: bool,
+    ) -> Result<Lease, Failure> {
+        let mut lease = self.lease_for(rt, target).await.map_err(Failure::Proxy)?;
+        let ready = if start {
+            self.prepare(&mut lease, target).await
+        } else {
+            self.sync(&mut lease, target).await
+        };
+        match ready {
+            Ok(None) => Ok(lease),
+            Ok(Some(err)) => {
+                self.put_back(target.clone(), lease, &Effects::default());
+                Err(Failure::Backend(err))
+            }
+            Err(e) => {
+                self.put_back(target.clone(), lease, &Effects::default());
+                Err(Failure::Proxy(e))
+            }
+        }
+    }
+
+    /// Brings a leased connection to the session's state, then starts the pending
+    /// transaction and one-shot settings. Ok(Some) carries a backend ERR to forward.
+    async fn prepare(
+        &mut self,
+        lease: &mut Lease,
+        target: &Target,
+    ) -> Result<Option<Collected>, ProxyError> {
+        if let Some(err) = self.sync(lease, target).await? {
+            return Ok(Some(err));
+        }
+        let once = std::mem::take(&mut self.pending_once);
+        let begin = self.pending_begin.take();
+        for stmt in once.iter().chain(begin.iter()) {
+            let c = exec_text(lease, target, stmt).await?;
+            if c.outcome.error {
+                return Ok(Some(c));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Makes a connection's database and session variables match the session's.
+    pub(super) async fn sync(
+        &mut self,
+        lease: &mut Lease,
+        target: &Target,
+    ) -> Result<Option<Collected>, ProxyError> {
+        let conn = lease.conn();
+        if conn.state_hash != self.vars.hash {
+            if conn.state_hash != 0 {
+                conn.reset()
+                    .await
+                    .map_err(|e| ProxyError::lost_backend(&target.cluster, e))?;
+            }
+            for stmt in &self.vars.statements {
+                let c = exec_text(lease, target, stmt).await?;
+                if c.outcome.error {
+                    lease.conn().broken = true;
+                    return Ok(Some(c));
+                }
+            }
+            lease.conn().state_hash = self.vars.hash;
+        }
+        let conn = lease.conn();
+        if conn.database != target.database {
+            if let Some(db) = &target.database {
+                let r = conn
+                    .init_db(db)
+                    .await
+                    .map_err(|e| ProxyError::lost_backend(&target.cluster, e))?;
+                if let Err(err) = r {
+                    return Ok(Some(err));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Makes the connection answer the statement as the session's own would: the
+    /// session's `LAST_INSERT_ID()`, and no other session's diagnostics.
+    async fn before_statement(
+        &mut self,
+        lease: &mut Lease,
+        target: &Target,
+        fx: &Effects,
+    ) -> Result<Option<Collected>, ProxyError> {
+        let id = self.id;
+        let conn = lease.conn();
+        if fx.reads_diagnostics && conn.last_session != id && conn.last_session != 0 {
+            let c = conn
+                .exec(CLEAR_DIAGNOSTICS, ResponseKind::Query)
+                .await
+                .map_err(|e| ProxyError::lost_backend(&target.cluster, e))?;
+            if c.outcome.error {
+                return Ok(Some(c));
+            }
+        }
+        conn.last_session = id;
+        if fx.reads_insert_id && conn.insert_id != self.last_insert_id {
+            let set = format!("\x03DO LAST_INSERT_ID({})", self.last_insert_id);
+            let c = conn
+                .exec(set.as_bytes(), ResponseKind::Query)
+                .await
+                .map_err(|e| ProxyError::lost_backend(&target.cluster, e))?;
+            if c.outcome.error {
+                return Ok(Some(c));
+            }
+            conn.insert_id = self.last_insert_id;
+        }
+        Ok(None)
+    }
+
+    /// After a statement: records its effects on the connection, then keeps the
+    /// connection if it holds session state (reserved), or until the next statement if
+    /// a follow-up may ask about this one; otherwise it goes back to the pool.
+    pub(super) fn put_back(&mut self, target: Target, mut lease: Lease, fx: &Effects) {
+        let conn = lease.conn();
+        if conn.broken {
+            return;
+        }
+        conn.reserve = conn.reserve.union(fx.reserve).without(fx.clears);
+        if conn.reported_insert_id != 0 {
+            self.last_insert_id = conn.reported_insert_id;
+        }
+        let reserved =
+            conn.status & crate::protocol::status::IN_TRANS != 0 || !conn.reserve.is_empty();
+        // Warnings, an error and SQL_CALC_FOUND_ROWS are what people and drivers ask
+        // about next (SHOW WARNINGS, FOUND_ROWS()): that connection stays until the
+        // session's next statement. Any other connection goes back to the pool, but the
+        // session's next statement prefers it (see `lease_for`), so ROW_COUNT() after an
+        // UPDATE reaches it unless another session took it meanwhile.
+        let diagnostics =
+            !reserved && (conn.last_warnings > 0 || conn.last_error || fx.calc_found_rows);
+        let thread_id = conn.thread_id;
+        if reserved || diagnostics {
+            self.last = Some((target.clone(), thread_id));
+            self.held.push(Held {
+                target,
+                lease,
+                diagnostics,
+                kept_at: self.statements,
+            });
+        } else {
+            self.last = Some((target, thread_id));
+        }
+    }
+
+    /// Gives back the connections kept only for questions about an earlier statement.
+    pub(super) fn release_diagnostics(&mut self, older_than: u64) {
+        self.held
+            .retain(|h| !(h.diagnostics && h.kept_at < older_than));
+    }
+
+    /// Runs one command on one target and relays the answer.
+    pub(super) async fn run_on(
+        &mut self,
+        rt: &Runtime,
+        target: Target,
+        payload: Bytes,
+        kind: ResponseKind,
+        stmt: &StatementPlan,
+    ) -> Answered {
+        let started = Instant::now();
+        let stateful = self.state_on(&target.cluster);
+        let mut lease = match self.ready_lease(rt, &target, true).await {
+            Ok(l) => l,
+            Err(answered) => return answered,
+        };
+        match self
+            .before_statement(&mut lease, &target, &stmt.effects)
+            .await
+        {
+            Ok(None) => {}
+            Ok(Some(err)) => {
+                self.put_back(target, lease, &Effects::default());
+                return self.send_collected(&err).await;
+            }
+            Err(e) => return self.fail(e, stateful).await,
+        }
+        let result = match self.shared.config.pool.query_timeout {
+            None => {
+                lease
+                    .conn()
+                    .relay(&payload, kind, &mut self.client.io)
+                    .await
+            }
+            Some(limit) => {
+                let relay = lease.conn().relay(&payload, kind, &mut self.client.io);
+                match tokio::time::timeout(limit, relay).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        let conn = lease.conn();
+                        conn.broken = true;
+                        let mid_response = conn.relayed;
+                        self.kill_query(rt, &target, conn.thread_id);
+                        drop(lease);
+                        let e = ProxyError::query_timeout(&target.cluster, limit.as_secs_f64());
+                        self.record(rt, &target, started, Some(&e));
+                        if mid_response {
+                            // Rows already reached the client: no packet it would
+                            // expect can say what happened. Cut the stream.
+                            tracing::warn!(session = self.id, cluster = %target.cluster,
+                                "query timeout mid-response; closing the client connection");
+                            return Answered::Close;
+                        }
+                        return self.fail(e, stateful).await;
+                    }
+                }
+            }
+        };
+        match result {
+            Ok(_) => {
+                self.record(rt, &target, started, None);
+                self.put_back(target, lease, &stmt.effects);
+                Answered::Done
+            }
+            Err(BackendError::Client(_)) => Answered::Close,
+            Err(BackendError::BackendMidResponse(m)) => {
+                let e = ProxyError::lost_backend(&target.cluster, m);
+                self.record(rt, &target, started, Some(&e));
+                tracing::warn!(session = self.id, error = %e, "backend lost mid-response; closing the client connection");
+                Answered::Close
+            }
+            Err(BackendError::Backend(m)) => {
+                let e = ProxyError::lost_backend(&target.cluster, m);
+                self.record(rt, &target, started, Some(&e));
+                drop(lease);
+                self.fail(e, stateful).await
+            }
+        }
+    }
+
+    /// Answers a failure. When the session had state on the failed cluster's
+    /// connection (a transaction, temporary tables, locks), that state is gone: the
+    /// client learns it and its connection is closed, as a direct connection would
+    /// have died; a later `COMMIT` can never succeed.
+    pub(super) async fn fail(&mut self, e: ProxyError, state: Reserve) -> Answered {
+        let lost = e.fault == Fault::Shard && e.code == crate::error::codes::NET_ERROR
+            || e.code == crate::error::codes::STATEMENT_TIMEOUT;
+        if !state.is_empty() && lost {
+            let cluster = e.cluster.clone().unwrap_or_default();
+            self.held.retain(|h| h.target.cluster != cluster);
+            let e = ProxyError::session_state_lost(&e, &state.describe());
+            tracing::warn!(session = self.id, error = %e, "session state lost; closing the client connection");
+            let _ = self.send_error(&e).await;
+            return Answered::Close;
+        }
+        if lost {
+            // A transaction that was about to start on that connection is gone with it.
+            self.pending_begin = None;
+        }
+        self.send_error(&e).await
+    }
+
+    /// Feeds the cluster's latency and failure window (the migration throttle and the
+    /// metrics read it). Only failures of the cluster's own count against it, never a
+    /// client's mistake.
+    pub(super) fn record(
+        &self,
+        rt: &Runtime,
+        target: &Target,
+        started: Instant,
+        error: Option<&ProxyError>,
+    ) {
+        if let Some(pool) = rt.pool(&target.cluster) {
+            let failed = error.is_some_and(|e| e.fault == Fault::Shard);
+            pool.stats.record(started.elapsed(), failed);
+        }
+    }
+
+    /// Asks the cluster to stop a statement shardgate gave up on.
+    fn kill_query(&self, rt: &Runtime, target: &Target, thread_id: u32) {
+        let Some(pool) = rt.pool(&target.cluster).cloned() else {
+            return;
+        };
+        let key = self.key;
+        tokio::spawn(async move {
+            if let Ok(mut lease) = pool.checkout(key, None, 0, None).await {
+                let q = format!("\x03KILL QUERY {thread_id}");
+                let _ = lease.conn().exec(q.as_bytes(), ResponseKind::Query).await;
+            }
+        });
+    }
+}
+
+/// Runs one of the session's own statements (replayed `SET`, `BEGIN`) on a lease.
+async fn exec_text(
+    lease: &mut Lease,
+    target: &Target,
+    stmt: &[u8],
+) -> Result<Collected, ProxyError> {
+    let mut p = Vec::with_capacity(stmt.len() + 1);
+    p.push(command::QUERY);
+    p.extend_from_slice(stmt);
+    lease
+        .conn()
+        .exec(&p, ResponseKind::Query)
+        .await
+        .map_err(|e| ProxyError::lost_backend(&target.cluster, e))
+}
+
+/// The engine's primitives get their connections from the session, with its runtime
+/// snapshot.
+pub(super) struct SessionCursor<'a> {
+    pub session: &'a mut Session,
+    pub rt: &'a Runtime,
+}
+
+impl Cursor for SessionCursor<'_> {
+    async fn ready(&mut self, target: &Target) -> Result<Lease, Failure> {
+        self.session.ready(self.rt, target, true).await
+    }
+
+    fn done(&mut self, target: Target, lease: Lease) {
+        self.session.put_back(target, lease, &Effects::default());
+    }
+}

@@ -1,0 +1,184 @@
+//! Login: the greeting, the client's handshake response, authentication, and the
+//! database it asks for.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+
+use crate::backend::ConnKey;
+use crate::error::ProxyError;
+use crate::protocol::auth::{self, NATIVE_PASSWORD};
+use crate::protocol::handshake::{self, Greeting};
+use crate::protocol::packet::{PacketConn, ReadError};
+use crate::protocol::wire::{self, OkInfo};
+use crate::protocol::{caps, status};
+use crate::router::{self, DbContext, Dispatch};
+use crate::shared::Shared;
+use crate::vschema::VSchema;
+
+/// What a successful login established.
+pub(super) struct Login {
+    pub user: String,
+    pub admin: bool,
+    pub ddl_wait: Option<Duration>,
+    pub capabilities: u32,
+    pub ext_capabilities: u32,
+    pub collation: u8,
+    pub ctx: DbContext,
+}
+
+pub(super) async fn login(
+    shared: &Arc<Shared>,
+    client: &mut PacketConn<TcpStream>,
+    id: u32,
+    peer: SocketAddr,
+) -> Option<Login> {
+    let scramble = auth::new_scramble();
+    let greeting = Greeting {
+        server_version: shared.server_version.clone(),
+        connection_id: id,
+        scramble: scramble.to_vec(),
+        capabilities: shared.offered_capabilities,
+        collation: shared.default_collation,
+        status: status::AUTOCOMMIT,
+        auth_plugin: NATIVE_PASSWORD.to_string(),
+        ext_capabilities: shared.offered_ext_capabilities,
+    };
+    client
+        .send(0, &handshake::build_greeting(&greeting))
+        .await
+        .ok()?;
+    let (seq, payload) = match client.read_packet(64 * 1024).await {
+        Ok(p) => p,
+        Err(ReadError::TooLarge(_)) => {
+            let _ = client
+                .send(2, &wire::proxy_err_payload(&ProxyError::bad_handshake()))
+                .await;
+            return None;
+        }
+        Err(_) => return None,
+    };
+    let mut seq = seq.wrapping_add(1);
+    if handshake::is_ssl_request(&payload) {
+        let e = ProxyError::not_supported("TLS connections");
+        let _ = client.send(seq, &wire::proxy_err_payload(&e)).await;
+        return None;
+    }
+    let Some(resp) = handshake::parse_handshake_response(&payload) else {
+        let _ = client
+            .send(seq, &wire::proxy_err_payload(&ProxyError::bad_handshake()))
+            .await;
+        return None;
+    };
+    let mut token = resp.auth_response.clone();
+    if resp
+        .auth_plugin
+        .as_deref()
+        .is_some_and(|p| p != NATIVE_PASSWORD)
+    {
+        // The client computed its answer for another plugin: ask again in ours.
+        let switch = handshake::build_auth_switch(NATIVE_PASSWORD, &scramble);
+        client.send(seq, &switch).await.ok()?;
+        let (s, reply) = client.read_packet(64 * 1024).await.ok()?;
+        seq = s.wrapping_add(1);
+        token = reply.to_vec();
+    }
+    let host = peer.ip().to_string();
+    let user = shared.users.get(&resp.user);
+    let ok = user.is_some_and(|u| auth::verify_native(&token, &scramble, u.password_hash.as_ref()));
+    if !ok {
+        tracing::info!(user = %resp.user, %peer, "access denied");
+        let e = ProxyError::access_denied(&resp.user, &host, !token.is_empty());
+        let _ = client.send(seq, &wire::proxy_err_payload(&e)).await;
+        return None;
+    }
+    let capabilities = resp.capabilities & caps::SERVER_OFFERED;
+    let ext_capabilities = resp.ext_capabilities & shared.offered_ext_capabilities;
+    let vs = shared.vschema();
+    let ctx = match resp.database.as_deref() {
+        None => DbContext::None,
+        Some(db) => match resolve_database(&vs, db) {
+            Some(ctx) => ctx,
+            None => {
+                let e = ProxyError::unknown_database(db);
+                let _ = client.send(seq, &wire::proxy_err_payload(&e)).await;
+                return None;
+            }
+        },
+    };
+    if let DbContext::PassThrough(db) | DbContext::Workspace { database: db, .. } = &ctx {
+        // Only its cluster knows whether a pass-through or workspace database exists; a
+        // direct server refuses the login when it does not, and so do we.
+        let key = ConnKey {
+            caps: capabilities & caps::RELAY_SENSITIVE,
+            collation: resp.collation,
+            ext: ext_capabilities,
+        };
+        if let Err(e) = check_passthrough(shared, &vs, &ctx, key, db).await {
+            let _ = client.send(seq, &wire::proxy_err_payload(&e)).await;
+            return None;
+        }
+    }
+    let ok = wire::ok_payload(&OkInfo {
+        status: status::AUTOCOMMIT,
+        ..OkInfo::default()
+    });
+    client.send(seq, &ok).await.ok()?;
+    let entry = shared.users.get(&resp.user);
+    Some(Login {
+        admin: entry.is_some_and(|u| u.admin),
+        ddl_wait: entry.and_then(|u| u.ddl_wait),
+        user: resp.user,
+        capabilities,
+        ext_capabilities,
+        collation: resp.collation,
+        ctx,
+    })
+}
+
+/// Checks that a pass-through database exists on the default cluster.
+async fn check_passthrough(
+    shared: &Arc<Shared>,
+    vs: &VSchema,
+    ctx: &DbContext,
+    key: ConnKey,
+    db: &str,
+) -> Result<(), ProxyError> {
+    let Dispatch::Single(target) = router::route(vs, ctx, &super::any_statement())? else {
+        return Err(ProxyError::internal("bad pass-through route"));
+    };
+    let pool = shared
+        .runtime()
+        .pool(&target.cluster)
+        .cloned()
+        .ok_or_else(|| ProxyError::internal("no pool for the default cluster"))?;
+    let mut lease = pool.checkout(key, Some(db), 0, None).await?;
+    let conn = lease.conn();
+    if conn.database.as_deref() != Some(db) {
+        match conn.init_db(db).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(ProxyError::unknown_database(db)),
+            Err(e) => return Err(ProxyError::lost_backend(&target.cluster, e)),
+        }
+    }
+    Ok(())
+}
+
+/// What a database name means in the vschema, without asking a backend.
+pub(super) fn resolve_database(vs: &VSchema, db: &str) -> Option<DbContext> {
+    if vs.keyspace(db).is_some() {
+        Some(DbContext::Keyspace(db.to_string()))
+    } else if let Some((ks, workspace)) = vs.workspace_database(db) {
+        Some(DbContext::Workspace {
+            keyspace: ks.name.clone(),
+            workspace,
+            database: db.to_string(),
+        })
+    } else if vs.default_keyspace.is_some() {
+        Some(DbContext::PassThrough(db.to_string()))
+    } else {
+        None
+    }
+}

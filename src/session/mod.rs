@@ -1,0 +1,356 @@
+//! One client connection: login, then the command loop. The session keeps what the
+//! client believes its connection holds (database, session variables, autocommit,
+//! transaction, temporary tables, locks) and makes every backend connection that serves
+//! it match.
+//!
+//! Rooms:
+//! - [`login`]: greeting, authentication, the database asked for at login;
+//! - [`state`]: replayed session variables, the connections the session keeps and why;
+//! - `statement`: one COM_QUERY from text to plan to dispatch; transactions and `SET`;
+//! - `leases`: getting a backend connection ready for a statement, relaying the answer,
+//!   and deciding afterwards whether the connection goes back to the pool;
+//! - `schema`: application DDL into the migration queue, and the admin statements.
+//!
+//! **Reserved connections.** A backend connection returns to its cluster's pool after
+//! every statement, unless the session left state on it that no other connection has:
+//! an open transaction, a temporary table, `GET_LOCK()`, `LOCK TABLES`, a user variable
+//! set inside a query, a SQL `PREPARE`, an open `HANDLER`, or state shardgate cannot see
+//! (`CALL`, `LAST_INSERT_ID(expr)`). Then the connection is *reserved* for the session
+//! until that state is gone (`COMMIT`, `UNLOCK TABLES`, `COM_RESET_CONNECTION`, or the
+//! session's end), and is closed rather than pooled if the session ends with it. If a
+//! reserved connection is lost, so is the session's state: the client gets the error
+//! and its connection is closed, as a direct connection would have died.
+
+mod leases;
+mod login;
+mod schema;
+mod state;
+mod statement;
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use tokio::net::TcpStream;
+use tokio::sync::{watch, OwnedSemaphorePermit};
+
+use crate::backend::{Collected, ConnKey};
+use crate::error::ProxyError;
+use crate::planner::{self, StatementKind, StatementPlan};
+use crate::protocol::packet::{PacketConn, ReadError};
+use crate::protocol::relay::ResponseKind;
+use crate::protocol::wire::{self, OkInfo};
+use crate::protocol::{caps, command, status};
+use crate::router::{self, DbContext, Target};
+use crate::shared::Shared;
+
+use login::Login;
+use state::{DdlSettings, Held, SessionVars};
+
+/// How long a client may take to log in.
+const LOGIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Serves one client until it quits, fails, or the server shuts down.
+pub async fn run(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    permit: Option<OwnedSemaphorePermit>,
+    stop: watch::Receiver<bool>,
+) {
+    let mut client = PacketConn::with_capacity(stream, 2 * 1024, 0);
+    let Some(_permit) = permit else {
+        let e = ProxyError::too_many_connections();
+        let _ = client.send(0, &wire::proxy_err_payload(&e)).await;
+        return;
+    };
+    let id = shared.next_connection_id();
+    shared.clients.fetch_add(1, Ordering::Relaxed);
+    let _count = ClientCount(shared.clone());
+    let login =
+        tokio::time::timeout(LOGIN_TIMEOUT, login::login(&shared, &mut client, id, peer)).await;
+    let Ok(Some(login)) = login else {
+        return;
+    };
+    let mut session = Session::new(shared.clone(), client, id, login);
+    session.serve(stop).await;
+}
+
+/// Counts a client connection for `/metrics` while it lives.
+struct ClientCount(Arc<Shared>);
+
+impl Drop for ClientCount {
+    fn drop(&mut self) {
+        self.0.clients.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// How a command's answer reached the client.
+enum Answered {
+    /// Done; the session goes on.
+    Done,
+    /// The client connection must close (it is gone, its stream was cut mid-response,
+    /// or the session's state on a backend was lost).
+    Close,
+}
+
+struct Session {
+    shared: Arc<Shared>,
+    client: PacketConn<TcpStream>,
+    id: u32,
+    user: String,
+    admin: bool,
+    /// The login's default `@@ddl_wait` (restored by `COM_RESET_CONNECTION`).
+    login_ddl_wait: Option<std::time::Duration>,
+    ddl: DdlSettings,
+    capabilities: u32,
+    key: ConnKey,
+    ctx: DbContext,
+    vars: SessionVars,
+    autocommit: bool,
+    pending_begin: Option<Bytes>,
+    /// `SET TRANSACTION ...` for the next transaction only.
+    pending_once: Vec<Bytes>,
+    held: Vec<Held>,
+    /// Statements served so far (ages `Held::diagnostics` connections).
+    statements: u64,
+    /// What `LAST_INSERT_ID()` answers for this session: the last insert id its
+    /// statements generated, whichever connection ran them.
+    last_insert_id: u64,
+    /// Where the previous statement ran: its target and the backend connection's
+    /// thread id (a question about that statement goes there).
+    last: Option<(Target, u32)>,
+}
+
+impl Session {
+    fn new(shared: Arc<Shared>, client: PacketConn<TcpStream>, id: u32, login: Login) -> Session {
+        Session {
+            key: ConnKey {
+                caps: login.capabilities & caps::RELAY_SENSITIVE,
+                collation: login.collation,
+                ext: login.ext_capabilities,
+            },
+            shared,
+            client,
+            id,
+            user: login.user,
+            admin: login.admin,
+            login_ddl_wait: login.ddl_wait,
+            ddl: DdlSettings {
+                wait: login.ddl_wait,
+                ..DdlSettings::default()
+            },
+            capabilities: login.capabilities,
+            ctx: login.ctx,
+            vars: SessionVars::default(),
+            autocommit: true,
+            pending_begin: None,
+            pending_once: Vec::new(),
+            held: Vec::new(),
+            statements: 0,
+            last_insert_id: 0,
+            last: None,
+        }
+    }
+
+    fn deprecate_eof(&self) -> bool {
+        self.capabilities & caps::DEPRECATE_EOF != 0
+    }
+
+    fn in_transaction(&self) -> bool {
+        self.pending_begin.is_some() || self.tx_target().is_some()
+    }
+
+    fn tx_target(&self) -> Option<&Target> {
+        self.held
+            .iter()
+            .find(|h| h.lease.conn_ref().status & status::IN_TRANS != 0)
+            .map(|h| &h.target)
+    }
+
+    fn idle_status(&self) -> u16 {
+        let mut s = wire::idle_status(self.autocommit);
+        if self.in_transaction() {
+            s |= status::IN_TRANS;
+        }
+        s
+    }
+
+    async fn serve(&mut self, mut stop: watch::Receiver<bool>) {
+        let limit = self.shared.config.max_packet_size;
+        loop {
+            let read = tokio::select! {
+                r = self.client.read_packet(limit) => r,
+                _ = stop.changed() => return,
+            };
+            let payload = match read {
+                Ok((_, p)) => p,
+                Err(ReadError::TooLarge(n)) => {
+                    let _ = self.send_error(&ProxyError::packet_too_large(n)).await;
+                    return;
+                }
+                Err(_) => return,
+            };
+            let Some(&cmd) = payload.first() else {
+                let _ = self.send_error(&ProxyError::unknown_command(0)).await;
+                continue;
+            };
+            let answered = match cmd {
+                command::QUIT => return,
+                command::PING => self.send_ok(OkInfo::default()).await,
+                command::QUERY => self.query(payload).await,
+                command::INIT_DB => {
+                    let db = String::from_utf8_lossy(&payload[1..]).into_owned();
+                    self.use_database(&db).await
+                }
+                command::FIELD_LIST => self.field_list(payload).await,
+                command::RESET_CONNECTION => self.reset_connection().await,
+                command::SET_OPTION => self.set_option(&payload).await,
+                command::STATISTICS => {
+                    let msg = format!("shardgate: session {} of user {}", self.id, self.user);
+                    self.send_raw(msg.as_bytes()).await
+                }
+                command::STMT_CLOSE | command::STMT_SEND_LONG_DATA => Answered::Done,
+                command::STMT_PREPARE
+                | command::STMT_EXECUTE
+                | command::STMT_RESET
+                | command::STMT_FETCH => {
+                    self.send_error(&ProxyError::prepared_statements_unsupported())
+                        .await
+                }
+                command::CHANGE_USER => {
+                    self.send_error(&ProxyError::not_supported("COM_CHANGE_USER"))
+                        .await
+                }
+                other => self.send_error(&ProxyError::unknown_command(other)).await,
+            };
+            if let Answered::Close = answered {
+                return;
+            }
+        }
+    }
+
+    /// `COM_RESET_CONNECTION`: every backend connection the session holds is reset (its
+    /// temporary tables, locks, variables and transaction dropped) before it goes back
+    /// to the pool, and the session starts over as if just logged in (its database
+    /// stays, as on MariaDB).
+    async fn reset_connection(&mut self) -> Answered {
+        for mut h in std::mem::take(&mut self.held) {
+            // A failed reset marks the connection broken: it is closed, not pooled.
+            let _ = h.lease.conn().reset().await;
+        }
+        self.vars.clear();
+        self.autocommit = true;
+        self.pending_begin = None;
+        self.pending_once.clear();
+        self.last_insert_id = 0;
+        self.last = None;
+        self.ddl = DdlSettings {
+            wait: self.login_ddl_wait,
+            ..DdlSettings::default()
+        };
+        self.send_ok(OkInfo::default()).await
+    }
+
+    // ---- answers ----
+
+    async fn send_raw(&mut self, payload: &[u8]) -> Answered {
+        match self.client.send(1, payload).await {
+            Ok(_) => Answered::Done,
+            Err(_) => Answered::Close,
+        }
+    }
+
+    async fn send_error(&mut self, e: &ProxyError) -> Answered {
+        tracing::debug!(session = self.id, error = %e, "statement refused");
+        self.send_raw(&wire::proxy_err_payload(e)).await
+    }
+
+    async fn send_ok(&mut self, mut info: OkInfo) -> Answered {
+        info.status |= self.idle_status();
+        self.send_raw(&wire::ok_payload(&info)).await
+    }
+
+    /// Forwards a collected backend response (already numbered from 1).
+    async fn send_collected(&mut self, c: &Collected) -> Answered {
+        self.client.wbuf.extend_from_slice(&c.bytes);
+        match self.client.flush().await {
+            Ok(()) => Answered::Done,
+            Err(_) => Answered::Close,
+        }
+    }
+
+    /// A result set of shardgate's own (text columns).
+    async fn send_result_set(
+        &mut self,
+        columns: &[&str],
+        rows: Vec<Vec<Option<Vec<u8>>>>,
+    ) -> Answered {
+        let specs: Vec<wire::ColumnSpec> = columns
+            .iter()
+            .map(|c| wire::ColumnSpec {
+                name: (*c).to_string(),
+                column_type: wire::column_type::VAR_STRING,
+            })
+            .collect();
+        let st = self.idle_status();
+        let mut out = BytesMut::new();
+        let extended = self.key.ext & caps::MARIADB_EXTENDED_METADATA != 0;
+        wire::put_result_set(&mut out, &specs, &rows, self.deprecate_eof(), extended, st);
+        self.client.wbuf.extend_from_slice(&out);
+        match self.client.flush().await {
+            Ok(()) => Answered::Done,
+            Err(_) => Answered::Close,
+        }
+    }
+
+    async fn set_option(&mut self, payload: &[u8]) -> Answered {
+        match payload.get(1..3).map(|b| u16::from_le_bytes([b[0], b[1]])) {
+            Some(0) => self.capabilities |= caps::MULTI_STATEMENTS,
+            Some(1) => self.capabilities &= !caps::MULTI_STATEMENTS,
+            _ => {
+                return self
+                    .send_error(&ProxyError::unknown_command(command::SET_OPTION))
+                    .await
+            }
+        }
+        self.key.caps = self.capabilities & caps::RELAY_SENSITIVE;
+        let st = self.idle_status();
+        if self.deprecate_eof() {
+            let mut p = wire::ok_payload(&OkInfo {
+                status: st,
+                ..OkInfo::default()
+            });
+            p[0] = 0xfe;
+            self.send_raw(&p).await
+        } else {
+            self.send_raw(&wire::eof_payload(st)).await
+        }
+    }
+
+    async fn field_list(&mut self, payload: Bytes) -> Answered {
+        let rt = self.shared.runtime();
+        let vs = &rt.vschema;
+        let stmt = any_statement();
+        let target = match router::route(vs, &self.ctx, &stmt) {
+            Ok(d) => self
+                .one_target(vs, d, &stmt)
+                .unwrap_or_else(|| self.default_target(vs)),
+            Err(e) => return self.send_error(&e).await,
+        };
+        self.run_on(&rt, target, payload, ResponseKind::FieldList, &stmt)
+            .await
+    }
+}
+
+/// A plan that any shard of the session's keyspace may answer.
+fn any_statement() -> StatementPlan {
+    StatementPlan {
+        span: 0..0,
+        kind: StatementKind::Other,
+        route: planner::Route::AnyShard,
+        qualified_schema: None,
+        effects: planner::Effects::default(),
+    }
+}

@@ -1,0 +1,137 @@
+//! Schema changes and the admin surface, as seen from a session: application DDL goes
+//! into the migration queue (answered with its uuid, or with its outcome under
+//! `@@ddl_wait`), and admin users' statements go to [`crate::admin`].
+
+use super::{Answered, Session};
+use crate::error::ProxyError;
+use crate::migrations::Strategy;
+use crate::planner::StatementPlan;
+use crate::protocol::wire::OkInfo;
+use crate::vschema::VSchema;
+
+impl Session {
+    /// `SET @@ddl_wait`, `@@ddl_strategy`, `@@ddl_postpone_completion`: shardgate's
+    /// own session settings.
+    pub(super) async fn ddl_setting(
+        &mut self,
+        setting: Result<crate::ddl::DdlSetting, ProxyError>,
+    ) -> Answered {
+        match setting {
+            Ok(crate::ddl::DdlSetting::Wait(d)) => {
+                self.ddl.wait = (!d.is_zero()).then_some(d);
+                self.send_ok(OkInfo::default()).await
+            }
+            Ok(crate::ddl::DdlSetting::Strategy(Some(Strategy::Direct))) if !self.admin => {
+                let e = ProxyError::admin_only(&self.user);
+                self.send_error(&e).await
+            }
+            Ok(crate::ddl::DdlSetting::Strategy(s)) => {
+                self.ddl.strategy = s;
+                self.send_ok(OkInfo::default()).await
+            }
+            Ok(crate::ddl::DdlSetting::PostponeCompletion(on)) => {
+                self.ddl.postpone = on;
+                self.send_ok(OkInfo::default()).await
+            }
+            Err(e) => self.send_error(&e).await,
+        }
+    }
+
+    /// Queues a schema change; answers with its uuid, or (with `@@ddl_wait`) with its
+    /// outcome.
+    pub(super) async fn queue_ddl(
+        &mut self,
+        vs: &VSchema,
+        stmt: &StatementPlan,
+        text: &str,
+    ) -> Answered {
+        let uuid = crate::ddl::new_uuid();
+        let mut rows = match crate::ddl::rows_for(
+            vs,
+            &self.ctx,
+            stmt.qualified_schema.as_deref(),
+            text,
+            &uuid,
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(e) => return self.send_error(&e).await,
+        };
+        for r in &mut rows {
+            // Only a change that could be copied can be forced to a copy.
+            if let Some(forced) = self.ddl.strategy {
+                if forced == Strategy::Direct || r.strategy != Strategy::Direct {
+                    r.strategy = forced;
+                }
+            }
+            r.postpone_completion = self.ddl.postpone && r.strategy == Strategy::Copy;
+        }
+        if let Err(e) = crate::ddl::enqueue(vs, &rows).await {
+            return self.send_error(&e).await;
+        }
+        tracing::info!(session = self.id, %uuid, targets = rows.len(), "schema change queued");
+        let Some(limit) = self.ddl.wait else {
+            let strategy = rows.first().map(|r| r.strategy.as_str()).unwrap_or("");
+            let row = vec![
+                Some(uuid.into_bytes()),
+                Some(strategy.as_bytes().to_vec()),
+                Some(rows.len().to_string().into_bytes()),
+            ];
+            return self
+                .send_result_set(&["uuid", "strategy", "targets"], vec![row])
+                .await;
+        };
+        match crate::ddl::wait(vs, &uuid, limit).await {
+            Ok((crate::migrations::Status::Complete, _)) => self.send_ok(OkInfo::default()).await,
+            Ok((status, message)) => {
+                let why = match (status, message) {
+                    (crate::migrations::Status::Failed, Some(m)) => format!("failed: {m}"),
+                    (s, _) if s.is_final() => s.as_str().to_string(),
+                    (s, _) => format!(
+                        "still {} after {:?} (ddl_wait); it goes on: SHOW MIGRATIONS LIKE '{uuid}'",
+                        s.as_str(),
+                        limit
+                    ),
+                };
+                self.send_error(&ProxyError::unroutable(format!(
+                    "shardgate: migration {uuid} {why}"
+                )))
+                .await
+            }
+            Err(e) => self.send_error(&e).await,
+        }
+    }
+
+    pub(super) async fn admin_statement(
+        &mut self,
+        vs: &VSchema,
+        parsed: Result<crate::ddl::AdminStatement, ProxyError>,
+    ) -> Answered {
+        if !self.admin {
+            let e = ProxyError::admin_only(&self.user);
+            return self.send_error(&e).await;
+        }
+        match parsed {
+            Err(e) => self.send_error(&e).await,
+            Ok(crate::ddl::AdminStatement::ShowMigrations(pattern)) => {
+                match crate::ddl::show_migrations(vs, pattern.as_deref()).await {
+                    Ok((cols, rows)) => self.send_result_set(&cols, rows).await,
+                    Err(e) => self.send_error(&e).await,
+                }
+            }
+            Ok(crate::ddl::AdminStatement::AlterMigration { target, request }) => {
+                match crate::ddl::alter_migration(vs, &target, request).await {
+                    Ok(n) => {
+                        self.send_ok(OkInfo {
+                            affected_rows: n,
+                            ..OkInfo::default()
+                        })
+                        .await
+                    }
+                    Err(e) => self.send_error(&e).await,
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,543 @@
+//! One COM_QUERY: text to plan, plan to dispatch. Transactions, `USE` and `SET` are
+//! kept here in step with the backends; statements for several shards go to the
+//! engine's primitives.
+
+use bytes::Bytes;
+
+use super::leases::SessionCursor;
+use super::{any_statement, Answered, Session};
+use crate::engine::{fanout, split_insert};
+use crate::error::ProxyError;
+use crate::planner::{self, Effects, ShardingSchema, StatementKind, StatementPlan};
+use crate::protocol::command;
+use crate::protocol::relay::ResponseKind;
+use crate::protocol::wire::OkInfo;
+use crate::router::{self, DbContext, Dispatch, Target, Unsharded};
+use crate::shared::Runtime;
+use crate::vschema::VSchema;
+
+impl Session {
+    pub(super) async fn query(&mut self, payload: Bytes) -> Answered {
+        self.statements += 1;
+        let answer = self.query_inner(payload).await;
+        // Connections kept for a question about an earlier statement, and not used by
+        // this one, go back to the pool.
+        self.release_diagnostics(self.statements);
+        answer
+    }
+
+    async fn query_inner(&mut self, payload: Bytes) -> Answered {
+        let rt = self.shared.runtime();
+        let vs = &rt.vschema;
+        let sql_bytes = payload.slice(1..);
+        let text = planner::sql_text(&sql_bytes);
+        if let Some(admin) = crate::ddl::parse_admin(&text) {
+            return self.admin_statement(vs, admin).await;
+        }
+        if let Some(setting) = crate::ddl::parse_ddl_setting(&text) {
+            return self.ddl_setting(setting).await;
+        }
+        let mut plan = planner::plan(&text, schema_for(vs, &self.ctx));
+        // A statement that qualifies its tables with another keyspace is planned with
+        // that keyspace's sharding.
+        if let [only] = plan.statements.as_slice() {
+            if let Some(q) = &only.qualified_schema {
+                if let Some(ks) = vs.keyspace(q) {
+                    if DbContext::Keyspace(q.clone()) != self.ctx {
+                        plan = planner::plan(&text, ks as &dyn ShardingSchema);
+                    }
+                }
+            }
+        }
+        if !plan.statements.iter().any(|s| s.effects.reads_diagnostics) {
+            // Nobody asks about the previous statement: its connection is free.
+            self.release_diagnostics(self.statements);
+        }
+        match plan.statements.len() {
+            0 => {
+                // Empty text: let a backend answer with its own error.
+                let stmt = any_statement();
+                self.single(&rt, &stmt, payload).await
+            }
+            1 => {
+                let stmt = plan.statements.swap_remove(0);
+                self.statement(&rt, stmt, payload, &text).await
+            }
+            _ => self.multi(&rt, &plan.statements, payload).await,
+        }
+    }
+
+    async fn statement(
+        &mut self,
+        rt: &Runtime,
+        stmt: StatementPlan,
+        payload: Bytes,
+        text: &str,
+    ) -> Answered {
+        match &stmt.kind {
+            StatementKind::Use(db) => {
+                let db = db.clone();
+                self.use_database(&db).await
+            }
+            StatementKind::Begin => {
+                if self.tx_target().is_some() {
+                    // BEGIN inside a transaction commits it first, as MySQL does.
+                    self.single(rt, &stmt, payload).await
+                } else {
+                    self.pending_begin = Some(payload.slice(1..));
+                    self.send_ok(OkInfo::default()).await
+                }
+            }
+            StatementKind::Commit | StatementKind::Rollback => {
+                if self.tx_target().is_some() {
+                    self.single(rt, &stmt, payload).await
+                } else {
+                    self.pending_begin = None;
+                    self.send_ok(OkInfo::default()).await
+                }
+            }
+            StatementKind::SetAutocommit(on) => {
+                let on = *on;
+                let forwarded = self.tx_target().is_some();
+                let answer = if forwarded {
+                    // `SET autocommit=1` commits the open transaction: its backend does it.
+                    self.single(rt, &stmt, payload).await
+                } else {
+                    Answered::Done
+                };
+                if let Answered::Close = answer {
+                    return answer;
+                }
+                self.autocommit = on;
+                self.vars.set_autocommit(on);
+                let text: &[u8] = if on {
+                    b"SET autocommit=1"
+                } else {
+                    b"SET autocommit=0"
+                };
+                self.apply_to_held(text).await;
+                if forwarded {
+                    answer
+                } else {
+                    self.send_ok(OkInfo::default()).await
+                }
+            }
+            StatementKind::SetTransaction if !is_session_scope(text) => {
+                self.pending_once.push(payload.slice(1..));
+                self.send_ok(OkInfo::default()).await
+            }
+            StatementKind::SetTransaction | StatementKind::SetSession => {
+                self.set_session(rt, &stmt, payload).await
+            }
+            StatementKind::Ddl(kind) => {
+                if self.in_transaction() {
+                    return self
+                        .send_error(&ProxyError::in_transaction(
+                            "shardgate: schema changes are not allowed inside a transaction; COMMIT or ROLLBACK first",
+                        ))
+                        .await;
+                }
+                let keyspace = router::statement_keyspace(&rt.vschema, &self.ctx, &stmt);
+                match crate::ddl::action(kind, keyspace) {
+                    crate::ddl::DdlAction::RunNow => self.single(rt, &stmt, payload).await,
+                    crate::ddl::DdlAction::Queue => self.queue_ddl(&rt.vschema, &stmt, text).await,
+                }
+            }
+            _ => self.single(rt, &stmt, payload).await,
+        }
+    }
+
+    pub(super) async fn use_database(&mut self, db: &str) -> Answered {
+        let rt = self.shared.runtime();
+        match super::login::resolve_database(&rt.vschema, db) {
+            None => self.send_error(&ProxyError::unknown_database(db)).await,
+            Some(ctx @ DbContext::Keyspace(_)) => {
+                self.ctx = ctx;
+                self.send_ok(OkInfo::default()).await
+            }
+            Some(ctx) => {
+                // A pass-through database: only its cluster knows whether it exists.
+                let target = match router::route(&rt.vschema, &ctx, &any_statement()) {
+                    Ok(Dispatch::Single(t)) => t,
+                    Ok(_) => {
+                        return self
+                            .send_error(&ProxyError::internal("bad pass-through route"))
+                            .await
+                    }
+                    Err(e) => return self.send_error(&e).await,
+                };
+                let lease = match self.ready_lease(&rt, &target, false).await {
+                    Ok(l) => l,
+                    Err(answered) => return answered,
+                };
+                self.ctx = ctx;
+                self.put_back(target, lease, &Effects::default());
+                self.send_ok(OkInfo::default()).await
+            }
+        }
+    }
+
+    /// Applies a session setting to the connections the session holds, so they stay in
+    /// step without a reset (which would drop their temporary tables or transaction).
+    async fn apply_to_held(&mut self, stmt: &[u8]) {
+        let hash = self.vars.hash;
+        let mut p = Vec::with_capacity(stmt.len() + 1);
+        p.push(command::QUERY);
+        p.extend_from_slice(stmt);
+        for h in &mut self.held {
+            let conn = h.lease.conn();
+            if conn.state_hash == hash {
+                continue;
+            }
+            match conn.exec(&p, ResponseKind::Query).await {
+                Ok(c) if !c.outcome.error => conn.state_hash = hash,
+                // Its state no longer matches the session's and cannot be fixed
+                // without a reset: keep it with the session, marked as unknown.
+                Ok(_) => conn.reserve = conn.reserve.union(planner::Reserve::UNKNOWN),
+                Err(_) => conn.broken = true,
+            }
+        }
+        self.held.retain(|h| !h.lease.conn_ref().broken);
+    }
+
+    async fn set_session(
+        &mut self,
+        rt: &Runtime,
+        stmt: &StatementPlan,
+        payload: Bytes,
+    ) -> Answered {
+        // Run it once on a backend so errors come from MariaDB itself; remember it only
+        // if it worked.
+        let target = match router::route(&rt.vschema, &self.ctx, stmt) {
+            Ok(d) => self
+                .one_target(&rt.vschema, d, stmt)
+                .unwrap_or_else(|| self.default_target(&rt.vschema)),
+            Err(e) => return self.send_error(&e).await,
+        };
+        let target = self.tx_target().cloned().unwrap_or(target);
+        let stateful = self.state_on(&target.cluster);
+        let mut lease = match self.ready_lease(rt, &target, false).await {
+            Ok(l) => l,
+            Err(answered) => return answered,
+        };
+        let result = lease
+            .conn()
+            .relay(&payload, ResponseKind::Query, &mut self.client.io)
+            .await;
+        match result {
+            Ok(outcome) => {
+                if !outcome.error {
+                    self.vars.push(payload.slice(1..));
+                    lease.conn().state_hash = self.vars.hash;
+                    self.apply_to_held(&payload[1..]).await;
+                }
+                self.put_back(target, lease, &stmt.effects);
+                Answered::Done
+            }
+            Err(e) => self.relay_failed(target, e, stateful).await,
+        }
+    }
+
+    /// A relay that failed: the client is gone, the stream was cut (close), or the
+    /// backend failed before any byte reached the client (answer with the error).
+    pub(super) async fn relay_failed(
+        &mut self,
+        target: Target,
+        e: crate::backend::BackendError,
+        stateful: planner::Reserve,
+    ) -> Answered {
+        use crate::backend::BackendError;
+        tracing::warn!(session = self.id, cluster = %target.cluster, error = %e, "backend failed");
+        match e {
+            BackendError::Client(_) | BackendError::BackendMidResponse(_) => Answered::Close,
+            BackendError::Backend(m) => {
+                self.fail(ProxyError::lost_backend(&target.cluster, m), stateful)
+                    .await
+            }
+        }
+    }
+
+    pub(super) fn default_target(&self, vs: &VSchema) -> Target {
+        let stmt = any_statement();
+        match router::route(vs, &self.ctx, &stmt).map(|d| self.one_target(vs, d, &stmt)) {
+            Ok(Some(t)) => t,
+            _ => Target {
+                cluster: vs.clusters.keys().next().cloned().unwrap_or_default(),
+                database: None,
+                label: "default".into(),
+            },
+        }
+    }
+
+    async fn single(&mut self, rt: &Runtime, stmt: &StatementPlan, payload: Bytes) -> Answered {
+        let dispatch = match router::route(&rt.vschema, &self.ctx, stmt) {
+            Ok(d) => d,
+            Err(e) => return self.send_error(&e).await,
+        };
+        match dispatch {
+            d @ (Dispatch::Single(_) | Dispatch::AnyShard { .. }) => {
+                let Some(target) = self.one_target(&rt.vschema, d, stmt) else {
+                    return self.send_error(&ProxyError::internal("no target")).await;
+                };
+                if let Err(e) = self.check_transaction(&target) {
+                    return self.send_error(&e).await;
+                }
+                self.run_on(rt, target, payload, ResponseKind::Query, stmt)
+                    .await
+            }
+            Dispatch::SplitInsert(parts) => self.split_insert(rt, stmt, parts, &payload).await,
+            Dispatch::Broadcast(targets) => self.broadcast(rt, targets, &payload).await,
+        }
+    }
+
+    /// The one backend for a dispatch that needs one: a fixed target, or, when any shard
+    /// of a keyspace may answer, the shard whose connection the session already holds
+    /// (its transaction; for a question about the previous statement, the connection
+    /// that ran it; a reserved one, with temporary tables), else the first.
+    pub(super) fn one_target(
+        &self,
+        vs: &VSchema,
+        d: Dispatch,
+        stmt: &StatementPlan,
+    ) -> Option<Target> {
+        match d {
+            Dispatch::Single(t) => Some(t),
+            Dispatch::AnyShard { keyspace, fallback } => {
+                let ours = |t: &Target| router::is_shard_of(vs, &keyspace, t);
+                if let Some(t) = self.tx_target().filter(|t| ours(t)) {
+                    return Some(t.clone());
+                }
+                let held = |pred: &dyn Fn(&super::state::Held) -> bool| {
+                    self.held
+                        .iter()
+                        .find(|h| pred(h) && ours(&h.target))
+                        .map(|h| h.target.clone())
+                };
+                if stmt.effects.reads_diagnostics || stmt.effects.reads_insert_id {
+                    // A question about the previous statement: where it ran.
+                    let last = self.last.as_ref().map(|(t, _)| t).filter(|t| ours(t));
+                    if let Some(t) = held(&|h| h.diagnostics).or_else(|| last.cloned()) {
+                        return Some(t);
+                    }
+                }
+                held(&|h| h.reserved())
+                    .or_else(|| held(&|_| true))
+                    .or(Some(fallback))
+            }
+            Dispatch::SplitInsert(_) | Dispatch::Broadcast(_) => None,
+        }
+    }
+
+    fn check_transaction(&self, target: &Target) -> Result<(), ProxyError> {
+        match self.tx_target() {
+            Some(t) if t != target => Err(ProxyError::unroutable(format!(
+                "shardgate: this transaction runs on {} (cluster {}), but the statement routes to {} (cluster {}); \
+                 cross-shard transactions are not supported yet: COMMIT or ROLLBACK first",
+                t.label, t.cluster, target.label, target.cluster
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    // ---- statements over several shards ----
+
+    async fn split_insert(
+        &mut self,
+        rt: &Runtime,
+        stmt: &StatementPlan,
+        parts: Vec<(Target, Vec<usize>)>,
+        payload: &Bytes,
+    ) -> Answered {
+        let StatementKind::Insert(shape) = &stmt.kind else {
+            return self
+                .send_error(&ProxyError::internal("split of a non-INSERT"))
+                .await;
+        };
+        if self.in_transaction() {
+            let names: Vec<&str> = parts.iter().map(|(t, _)| t.label.as_str()).collect();
+            return self
+                .send_error(&ProxyError::unroutable(format!(
+                    "shardgate: this INSERT's rows span shards ({}), which a transaction cannot do yet; \
+                     insert each shard's rows separately",
+                    names.join(", ")
+                )))
+                .await;
+        }
+        let Some(writes) = split_insert::shard_inserts(&payload[1..], shape, &parts) else {
+            return self
+                .send_error(&ProxyError::internal("shardgate: bad INSERT row spans"))
+                .await;
+        };
+        self.fan_out(rt, writes, fanout::Mode::Sequential).await
+    }
+
+    async fn broadcast(&mut self, rt: &Runtime, targets: Vec<Target>, payload: &Bytes) -> Answered {
+        if self.in_transaction() {
+            return self
+                .send_error(&ProxyError::in_transaction(
+                    "shardgate: a statement for every shard (DDL or a reference-table write) cannot run inside a transaction; COMMIT first",
+                ))
+                .await;
+        }
+        let writes = targets
+            .into_iter()
+            .map(|target| fanout::ShardWrite {
+                target,
+                payload: payload.to_vec(),
+            })
+            .collect();
+        self.fan_out(rt, writes, fanout::Mode::ParallelClusters)
+            .await
+    }
+
+    async fn fan_out(
+        &mut self,
+        rt: &Runtime,
+        writes: Vec<fanout::ShardWrite>,
+        mode: fanout::Mode,
+    ) -> Answered {
+        let mut cursor = SessionCursor { session: self, rt };
+        let result = fanout::run(&mut cursor, writes, mode).await;
+        match result.err_payload() {
+            Some(err) => self.send_raw(&err).await,
+            None => {
+                if result.total.last_insert_id != 0 {
+                    self.last_insert_id = result.total.last_insert_id;
+                }
+                self.send_ok(result.total).await
+            }
+        }
+    }
+
+    /// Several statements in one COM_QUERY: they must all go to one backend.
+    async fn multi(&mut self, rt: &Runtime, stmts: &[StatementPlan], payload: Bytes) -> Answered {
+        let vs = &rt.vschema;
+        let mut target: Option<Target> = None;
+        let mut target_is_any = false;
+        let mut effects = Effects::default();
+        for s in stmts {
+            if matches!(s.kind, StatementKind::Use(_)) {
+                return self
+                    .send_error(&ProxyError::not_supported(
+                        "USE inside a multi-statement query",
+                    ))
+                    .await;
+            }
+            effects = merge(effects, &s.effects);
+            let t = match router::route(vs, &self.ctx, s) {
+                Ok(d @ (Dispatch::Single(_) | Dispatch::AnyShard { .. })) => {
+                    match self.one_target(vs, d, s) {
+                        Some(t) => t,
+                        None => return self.send_error(&ProxyError::internal("no target")).await,
+                    }
+                }
+                Ok(_) => {
+                    return self
+                        .send_error(&ProxyError::unroutable(
+                            "shardgate: a statement in this multi-statement query needs several shards; send it on its own",
+                        ))
+                        .await
+                }
+                Err(e) => return self.send_error(&e).await,
+            };
+            // A statement any shard can answer follows the others; the first one that
+            // names a shard decides.
+            let any = matches!(s.route, planner::Route::AnyShard);
+            match &target {
+                None => {
+                    target = Some(t);
+                    target_is_any = any;
+                }
+                Some(prev) if *prev == t => target_is_any &= any,
+                Some(_) if any => {}
+                Some(_) if target_is_any => {
+                    target = Some(t);
+                    target_is_any = false;
+                }
+                Some(prev) => {
+                    let e = ProxyError::unroutable(format!(
+                        "shardgate: the statements of this multi-statement query route to different shards ({} and {}); \
+                         every statement must name workspaces on one shard",
+                        prev.label, t.label
+                    ));
+                    return self.send_error(&e).await;
+                }
+            }
+        }
+        let Some(target) = target else {
+            return self
+                .send_error(&ProxyError::internal("empty multi-statement"))
+                .await;
+        };
+        if let Err(e) = self.check_transaction(&target) {
+            return self.send_error(&e).await;
+        }
+        // Session settings inside are remembered only if the whole query succeeds.
+        let sets: Vec<Bytes> = stmts
+            .iter()
+            .filter(|s| matches!(s.kind, StatementKind::SetSession))
+            .filter_map(|s| {
+                let r = (1 + s.span.start)..(1 + s.span.end);
+                (r.end <= payload.len()).then(|| payload.slice(r))
+            })
+            .collect();
+        let stateful = self.state_on(&target.cluster);
+        let mut lease = match self.ready_lease(rt, &target, true).await {
+            Ok(l) => l,
+            Err(answered) => return answered,
+        };
+        let result = lease
+            .conn()
+            .relay(&payload, ResponseKind::Query, &mut self.client.io)
+            .await;
+        match result {
+            Ok(outcome) => {
+                if !sets.is_empty() {
+                    if outcome.error {
+                        // Some settings may have applied: this connection's state is
+                        // unknown, so it stays with the session and is never pooled.
+                        effects.reserve = effects.reserve.union(planner::Reserve::UNKNOWN);
+                    } else {
+                        for s in sets {
+                            self.vars.push(s);
+                        }
+                        lease.conn().state_hash = self.vars.hash;
+                    }
+                }
+                self.put_back(target, lease, &effects);
+                Answered::Done
+            }
+            Err(e) => self.relay_failed(target, e, stateful).await,
+        }
+    }
+}
+
+/// The effects of several statements run as one query.
+fn merge(a: Effects, b: &Effects) -> Effects {
+    Effects {
+        reserve: a.reserve.without(b.clears).union(b.reserve),
+        clears: a.clears.without(b.reserve).union(b.clears),
+        reads_insert_id: a.reads_insert_id || b.reads_insert_id,
+        reads_diagnostics: a.reads_diagnostics || b.reads_diagnostics,
+        calc_found_rows: a.calc_found_rows || b.calc_found_rows,
+    }
+}
+
+/// The planner's view of the session's keyspace.
+fn schema_for<'a>(vs: &'a VSchema, ctx: &DbContext) -> &'a dyn ShardingSchema {
+    match ctx {
+        DbContext::Keyspace(k) => match vs.keyspace(k) {
+            Some(ks) => ks,
+            None => &Unsharded,
+        },
+        _ => &Unsharded,
+    }
+}
+
+/// Whether a `SET ... TRANSACTION` applies to the session rather than the next
+/// transaction only.
+fn is_session_scope(text: &str) -> bool {
+    text.split_ascii_whitespace()
+        .take(3)
+        .any(|w| w.eq_ignore_ascii_case("SESSION") || w.eq_ignore_ascii_case("GLOBAL"))
+}

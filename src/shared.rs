@@ -1,0 +1,180 @@
+//! State shared by every session: the configuration, the users, and the *runtime
+//! snapshot* (vschema + one pool per cluster + a generation number).
+//!
+//! A statement reads the snapshot once, without a lock ([`Shared::runtime`]), and uses
+//! that one snapshot to the end, so a live change of the shard map (which swaps in a
+//! new [`Runtime`]) never shows a statement half of each. Sessions, the metrics
+//! endpoint and the admin surface depend on this module; nothing here depends on them.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+
+use crate::backend::{BackendConn, ClusterPool, ConnKey};
+use crate::config::ProxyConfig;
+use crate::migrations::executor::ExecutorStats;
+use crate::protocol::{auth, caps};
+use crate::vschema::VSchema;
+
+/// A user as kept at run time.
+#[derive(Debug, Clone)]
+pub struct UserEntry {
+    /// SHA1(SHA1(password)); None for an empty password.
+    pub password_hash: Option<[u8; 20]>,
+    /// May run admin statements.
+    pub admin: bool,
+    /// Default `@@ddl_wait`.
+    pub ddl_wait: Option<Duration>,
+}
+
+/// What routing needs, as one consistent snapshot.
+pub struct Runtime {
+    /// The shard map.
+    pub vschema: Arc<VSchema>,
+    /// One pool per cluster of `vschema`.
+    pub pools: HashMap<String, Arc<ClusterPool>>,
+    /// Incremented by every swap; 1 for the snapshot the proxy started with.
+    pub generation: u64,
+}
+
+impl Runtime {
+    /// The pool of `cluster`.
+    pub fn pool(&self, cluster: &str) -> Option<&Arc<ClusterPool>> {
+        self.pools.get(cluster)
+    }
+}
+
+/// State shared by every session.
+pub struct Shared {
+    /// The configuration served.
+    pub config: Arc<ProxyConfig>,
+    runtime: ArcSwap<Runtime>,
+    /// Users by name.
+    pub users: HashMap<String, UserEntry>,
+    /// The version string shown to clients (the backends' own, so drivers see the
+    /// server they really talk to).
+    pub server_version: String,
+    /// Client connections open now.
+    pub clients: AtomicI64,
+    /// Counters of this proxy's migration executors, by cluster.
+    pub executor_stats: Mutex<Vec<(String, Arc<ExecutorStats>)>>,
+    /// Default collation shown in the greeting.
+    pub default_collation: u8,
+    /// Capabilities offered to clients: shardgate's, minus `LONG_PASSWORD` when the
+    /// backends are MariaDB servers with extended capabilities.
+    pub offered_capabilities: u32,
+    /// MariaDB extended capabilities offered to clients.
+    pub offered_ext_capabilities: u32,
+    next_connection_id: AtomicU32,
+}
+
+impl Shared {
+    /// Builds the shared state; asks one cluster for its version string.
+    pub async fn new(config: Arc<ProxyConfig>) -> Arc<Shared> {
+        let vs = config.vschema.clone();
+        let pools = vs
+            .clusters
+            .values()
+            .map(|c| {
+                (
+                    c.name.clone(),
+                    ClusterPool::new(c.clone(), config.pool.clone()),
+                )
+            })
+            .collect();
+        let users = config
+            .users
+            .iter()
+            .map(|u| {
+                let hash =
+                    (!u.password.is_empty()).then(|| auth::double_sha1(u.password.as_bytes()));
+                (
+                    u.name.clone(),
+                    UserEntry {
+                        password_hash: hash,
+                        admin: u.admin,
+                        ddl_wait: u.ddl_wait,
+                    },
+                )
+            })
+            .collect();
+        let probe = probe_backends(&vs).await;
+        Arc::new(Shared {
+            config,
+            runtime: ArcSwap::from_pointee(Runtime {
+                vschema: Arc::new(vs),
+                pools,
+                generation: 1,
+            }),
+            users,
+            server_version: probe.server_version,
+            default_collation: probe.collation,
+            offered_capabilities: probe.offered_capabilities,
+            offered_ext_capabilities: probe.offered_ext_capabilities,
+            next_connection_id: AtomicU32::new(1),
+            executor_stats: Mutex::new(Vec::new()),
+            clients: AtomicI64::new(0),
+        })
+    }
+
+    /// The runtime snapshot in force now: one atomic load, no lock. Keep it for the
+    /// whole statement.
+    pub fn runtime(&self) -> Arc<Runtime> {
+        self.runtime.load_full()
+    }
+
+    /// The vschema in force now.
+    pub fn vschema(&self) -> Arc<VSchema> {
+        self.runtime.load().vschema.clone()
+    }
+
+    /// A fresh connection id for a client.
+    pub fn next_connection_id(&self) -> u32 {
+        self.next_connection_id.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// What the backends' greeting tells shardgate to show its own clients.
+struct Probe {
+    server_version: String,
+    collation: u8,
+    offered_capabilities: u32,
+    offered_ext_capabilities: u32,
+}
+
+/// Asks the clusters, in order, for their greeting; the first answer gives the version
+/// string, collation and MariaDB extended capabilities that clients are shown, so a
+/// driver sees the server it really talks to.
+async fn probe_backends(vs: &VSchema) -> Probe {
+    let key = ConnKey {
+        caps: caps::DEPRECATE_EOF,
+        collation: 45,
+        ext: 0,
+    };
+    for c in vs.clusters.values() {
+        if let Ok((_conn, g)) = BackendConn::connect(c, key, None, Duration::from_secs(2)).await {
+            let mariadb_ext = g.capabilities & caps::LONG_PASSWORD == 0;
+            let ext = g.ext_capabilities & caps::MARIADB_RELAYABLE;
+            return Probe {
+                server_version: g.server_version,
+                collation: g.collation,
+                offered_capabilities: if mariadb_ext {
+                    caps::SERVER_OFFERED & !caps::LONG_PASSWORD
+                } else {
+                    caps::SERVER_OFFERED
+                },
+                offered_ext_capabilities: if mariadb_ext { ext } else { 0 },
+            };
+        }
+    }
+    tracing::warn!("no cluster answered at startup; showing clients a generic MariaDB greeting");
+    Probe {
+        server_version: "5.5.5-10.11.0-MariaDB-shardgate".to_string(),
+        collation: 45,
+        offered_capabilities: caps::SERVER_OFFERED,
+        offered_ext_capabilities: 0,
+    }
+}
