@@ -3,17 +3,40 @@
 //! A MySQL-wire-protocol proxy that routes each query to the cluster that owns its
 //! workspace. Applications connect to it as if it were MySQL.
 //!
-//! Where things live:
+//! ## Where things live
 //!
-//! - [`protocol`]: the wire codec (framing, handshake, auth, packets), both sides.
-//! - [`backend`]: connections of our own to MariaDB/MySQL, pooled per cluster.
-//! - [`vschema`]: the shard map: clusters, keyspaces, shards, vindexes, pins.
-//! - [`planner`]: classifies a statement and finds its workspace(s) from its text.
-//! - [`router`]: turns a plan plus the vschema into backend targets.
-//! - [`session`]: one client connection: its state, transaction, and command loop.
+//! The data path, in the order a statement takes it:
+//!
 //! - [`server`]: the listener, connection limits and graceful shutdown.
-//! - [`config`]: the proxy's own settings; [`error`]: errors that become ERR packets.
-//! - [`localdb`] and [`demo`]: local MariaDB servers for `shardgate demo` and the tests.
+//! - [`protocol`]: the wire codec (framing, handshake, auth, packets), both sides.
+//! - [`session`]: one client connection: login, the command loop, the session's state
+//!   (variables, transaction, *reserved* backend connections and why they are
+//!   reserved), and what happens when a backend is lost.
+//! - [`planner`]: classifies a statement, finds its workspace(s) from its text, and says
+//!   what it leaves on its connection ([`planner::Effects`]).
+//! - [`router`]: turns a plan plus the vschema into backend targets.
+//! - [`engine`]: execution primitives over several shards (split `INSERT`, parallel
+//!   broadcast), behind a [`engine::Cursor`] the session implements.
+//! - [`backend`]: connections of our own to MariaDB/MySQL, pooled per cluster; a pool
+//!   never hands out a connection that still holds another session's state.
+//!
+//! Shared state and control:
+//!
+//! - [`shared`]: the users, and the runtime snapshot (vschema + pools + generation) that a
+//!   statement reads once, without a lock.
+//! - [`vschema`]: the shard map: clusters, keyspaces, shards, vindexes, pins.
+//! - [`ddl`]: what happens to an application's schema change (run now, or queued).
+//! - [`admin`]: the SQL control surface for admin users (`SHOW MIGRATIONS`,
+//!   `ALTER MIGRATION`), which answers even while a cluster is down.
+//! - [`migrations`]: the durable migration queue on each cluster, its executors (one per
+//!   cluster across every proxy), strategies, the copy engine and the throttle.
+//! - [`metrics`] and [`metrics_http`]: per-cluster latency and failure windows, and the
+//!   Prometheus endpoint.
+//! - [`config`]: the proxy's own settings; [`error`]: errors that become ERR packets,
+//!   each with who is at fault, whether a retry can help, and the cluster.
+//!
+//! Not on the serving path: [`demo`] (local MariaDB servers with sample data, for
+//! `shardgate demo` and the tests).
 
 pub mod backend;
 pub mod config;

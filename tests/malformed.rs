@@ -6,10 +6,8 @@ mod common;
 use std::time::Duration;
 
 use mysql_async::prelude::*;
-use shardgate::protocol::auth::native_token;
-use shardgate::protocol::handshake::{build_handshake_response, parse_greeting, HandshakeResponse};
 use shardgate::protocol::packet::put_packet;
-use shardgate::protocol::{caps, wire};
+use shardgate::protocol::wire;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -47,30 +45,6 @@ async fn closed(s: &mut TcpStream) -> bool {
         tokio::time::timeout(Duration::from_secs(5), s.read(&mut b)).await,
         Ok(Ok(0)) | Ok(Err(_))
     )
-}
-
-/// Logs in with a raw socket and returns it ready for commands.
-async fn login(addr: &str) -> TcpStream {
-    let mut s = TcpStream::connect(addr).await.expect("connect");
-    let (_, g) = read_packet(&mut s).await.expect("greeting");
-    let g = parse_greeting(&g).expect("valid greeting");
-    let resp = HandshakeResponse {
-        capabilities: caps::BACKEND_BASE | caps::DEPRECATE_EOF,
-        max_packet: 1 << 24,
-        collation: 45,
-        user: "app".into(),
-        auth_response: native_token(b"app", &g.scramble),
-        database: Some("app".into()),
-        auth_plugin: Some("mysql_native_password".into()),
-        attributes: vec![],
-        ext_capabilities: 0,
-    };
-    let mut out = bytes::BytesMut::new();
-    put_packet(&mut out, 1, &build_handshake_response(&resp));
-    s.write_all(&out).await.expect("send login");
-    let (_, ok) = read_packet(&mut s).await.expect("login reply");
-    assert_eq!(ok[0], 0, "login ok");
-    s
 }
 
 async fn ping(s: &mut TcpStream) -> bool {
@@ -120,14 +94,14 @@ async fn malformed_input_gets_an_error_or_a_clean_close_and_others_go_on() {
     assert!(closed(&mut s).await);
 
     // 3. A truncated packet after login, then the client goes away: a clean close.
-    let mut s = login(&addr).await;
+    let mut s = common::raw_login(&addr, "app", "app", Some("app")).await;
     s.write_all(&[100, 0, 0, 0, 3, b'S', b'E'])
         .await
         .expect("send");
     drop(s);
 
     // 4. An absurd length after login: ERR 1153, close.
-    let mut s = login(&addr).await;
+    let mut s = common::raw_login(&addr, "app", "app", Some("app")).await;
     // Five full-size physical packets announce 80 MiB, over the 64 MiB limit.
     let mut chain = Vec::new();
     for seq in 0..5u8 {
@@ -143,7 +117,7 @@ async fn malformed_input_gets_an_error_or_a_clean_close_and_others_go_on() {
     }
 
     // 5. Unknown command and an empty packet: ERR 1047, the connection stays usable.
-    let mut s = login(&addr).await;
+    let mut s = common::raw_login(&addr, "app", "app", Some("app")).await;
     for payload in [&[0x7fu8][..], &[][..]] {
         let mut out = bytes::BytesMut::new();
         put_packet(&mut out, 0, payload);

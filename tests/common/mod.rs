@@ -452,3 +452,54 @@ pub fn direct_query(server: &LocalMariaDb, sql: &str) -> String {
         .sql(sql)
         .unwrap_or_else(|e| panic!("direct query `{sql}` on {}: {e}", server.addr()))
 }
+
+/// Logs in to `addr` over a raw socket (DEPRECATE_EOF, mysql_native_password) and
+/// returns it ready for commands, for tests that read the packets themselves.
+pub async fn raw_login(
+    addr: &str,
+    user: &str,
+    password: &str,
+    db: Option<&str>,
+) -> tokio::net::TcpStream {
+    use shardgate::protocol::auth::native_token;
+    use shardgate::protocol::handshake::{
+        build_handshake_response, parse_greeting, HandshakeResponse,
+    };
+    use shardgate::protocol::{caps, packet::put_packet};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn read(s: &mut tokio::net::TcpStream) -> Vec<u8> {
+        let mut h = [0u8; 4];
+        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut h))
+            .await
+            .expect("packet header in time")
+            .expect("packet header");
+        let len = h[0] as usize | (h[1] as usize) << 8 | (h[2] as usize) << 16;
+        let mut p = vec![0u8; len];
+        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut p))
+            .await
+            .expect("packet in time")
+            .expect("packet");
+        p
+    }
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let g = read(&mut s).await;
+    let g = parse_greeting(&g).expect("valid greeting");
+    let resp = HandshakeResponse {
+        capabilities: caps::BACKEND_BASE | caps::DEPRECATE_EOF,
+        max_packet: 1 << 24,
+        collation: 45,
+        user: user.into(),
+        auth_response: native_token(password.as_bytes(), &g.scramble),
+        database: db.map(str::to_string),
+        auth_plugin: Some("mysql_native_password".into()),
+        attributes: vec![],
+        ext_capabilities: 0,
+    };
+    let mut out = bytes::BytesMut::new();
+    put_packet(&mut out, 1, &build_handshake_response(&resp));
+    s.write_all(&out).await.expect("send login");
+    let ok = read(&mut s).await;
+    assert_eq!(ok.first(), Some(&0), "login ok");
+    s
+}
