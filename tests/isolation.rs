@@ -282,11 +282,14 @@ async fn a_statement_timeout_after_rows_were_relayed_closes_the_client_without_a
         assert_eq!(*seq as usize, i + 1, "packets arrive in sequence");
     }
     assert!(
-        packets.iter().skip(1).all(|(_, p)| p.get(0) != Some(&0xff)),
+        packets
+            .iter()
+            .skip(1)
+            .all(|(_, p)| p.as_slice().first() != Some(&0xff)),
         "no ERR packet after the result set started: {:?}",
         packets
             .iter()
-            .map(|(_, p)| p.get(0).copied())
+            .map(|(_, p)| p.as_slice().first().copied())
             .collect::<Vec<_>>()
     );
     assert!(
