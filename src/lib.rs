@@ -10,11 +10,15 @@
 //! - [`vschema`]: the shard map: clusters, keyspaces, shards, vindexes, pins.
 //! - [`planner`]: classifies a statement and finds its workspace(s) from its text.
 //! - [`router`]: turns a plan plus the vschema into backend targets.
+//! - [`ddl`]: what a session does with application DDL (queue it, wait for it).
+//! - [`admin`]: the SQL control surface for admins (`SHOW MIGRATIONS`, `ALTER
+//!   MIGRATION`) and the bounded, pooled control connections to the clusters.
 //! - [`session`]: one client connection: its state, transaction, and command loop.
 //! - [`server`]: the listener, connection limits and graceful shutdown.
 //! - [`config`]: the proxy's own settings; [`error`]: errors that become ERR packets.
 //! - [`localdb`] and [`demo`]: local MariaDB servers for `shardgate demo` and the tests.
 
+pub mod admin;
 pub mod backend;
 pub mod config;
 pub mod ddl;

@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
+use crate::admin::ControlPool;
 use crate::backend::{BackendConn, ClusterPool, ConnKey};
 use crate::config::ProxyConfig;
 use crate::migrations::executor::{Executor, ExecutorStats, ThrottleSignals};
@@ -33,6 +34,9 @@ pub struct Shared {
     vschema: RwLock<Arc<VSchema>>,
     /// One pool per cluster.
     pub pools: HashMap<String, Arc<ClusterPool>>,
+    /// Connections for shardgate's own work on the clusters (the migration queue),
+    /// bounded by `admin_cluster_timeout` per cluster.
+    pub control: Arc<ControlPool>,
     /// Users by name.
     pub users: HashMap<String, UserEntry>,
     /// The version string shown to clients (the backends' own, so drivers see the
@@ -82,11 +86,16 @@ impl Shared {
                 )
             })
             .collect();
+        let control = Arc::new(ControlPool::new(
+            vs.clusters.values(),
+            config.admin_cluster_timeout,
+        ));
         let probe = probe_backends(&vs).await;
         Arc::new(Shared {
             config,
             vschema: RwLock::new(Arc::new(vs)),
             pools,
+            control,
             users,
             server_version: probe.server_version,
             default_collation: probe.collation,

@@ -15,7 +15,6 @@ use tokio::net::TcpStream;
 use tokio::sync::{watch, OwnedSemaphorePermit};
 
 use crate::backend::{BackendError, Collected, ConnKey, Lease};
-use crate::ddl;
 use crate::error::ProxyError;
 use crate::migrations::Strategy;
 use crate::planner::{self, ShardingSchema, StatementKind, StatementPlan};
@@ -28,6 +27,7 @@ use crate::protocol::{caps, command, status};
 use crate::router::{self, DbContext, Dispatch, Target, Unsharded};
 use crate::server::Shared;
 use crate::vschema::VSchema;
+use crate::{admin, ddl};
 
 /// How long the connection that ran a statement stays with an idle session, so that a
 /// driver's follow-up (`SELECT LAST_INSERT_ID()`, `ROW_COUNT()`, `FOUND_ROWS()`) reaches
@@ -563,7 +563,7 @@ impl Session {
             Ok(t) => (std::borrow::Cow::Borrowed(t), true),
             Err(_) => (String::from_utf8_lossy(&sql_bytes), false),
         };
-        if let Some(admin) = ddl::parse_admin(&text) {
+        if let Some(admin) = admin::parse_admin(&text) {
             return self.admin_statement(&vs, admin).await;
         }
         if let Some(setting) = ddl::parse_ddl_setting(&text) {
@@ -707,12 +707,19 @@ impl Session {
     /// outcome.
     async fn queue_ddl(&mut self, vs: &VSchema, stmt: &StatementPlan, text: &str) -> Answered {
         let uuid = ddl::new_uuid();
-        let mut rows =
-            match ddl::rows_for(vs, &self.ctx, stmt.qualified_schema.as_deref(), text, &uuid).await
-            {
-                Ok(r) => r,
-                Err(e) => return self.send_error(&e).await,
-            };
+        let mut rows = match ddl::rows_for(
+            &self.shared.control,
+            vs,
+            &self.ctx,
+            stmt.qualified_schema.as_deref(),
+            text,
+            &uuid,
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(e) => return self.send_error(&e).await,
+        };
         for r in &mut rows {
             // Only a change that could be copied can be forced to a copy.
             if let Some(forced) = self.ddl_strategy {
@@ -722,7 +729,7 @@ impl Session {
             }
             r.postpone_completion = self.ddl_postpone && r.strategy == Strategy::Copy;
         }
-        if let Err(e) = ddl::enqueue(vs, &rows).await {
+        if let Err(e) = ddl::enqueue(&self.shared.control, vs, &rows).await {
             return self.send_error(&e).await;
         }
         tracing::info!(session = self.id, %uuid, targets = rows.len(), "schema change queued");
@@ -737,7 +744,7 @@ impl Session {
                 .send_result_set(&["uuid", "strategy", "targets"], vec![row])
                 .await;
         };
-        match ddl::wait(vs, &uuid, limit).await {
+        match ddl::wait(&self.shared.control, vs, &rows, limit).await {
             Ok((crate::migrations::Status::Complete, _)) => self.send_ok(OkInfo::default()).await,
             Ok((status, message)) => {
                 let why = match (status, message) {
@@ -784,7 +791,7 @@ impl Session {
     async fn admin_statement(
         &mut self,
         vs: &VSchema,
-        parsed: Result<ddl::AdminStatement, ProxyError>,
+        parsed: Result<admin::AdminStatement, ProxyError>,
     ) -> Answered {
         if !self.admin {
             let e = ProxyError::admin_only(&self.user);
@@ -792,14 +799,14 @@ impl Session {
         }
         match parsed {
             Err(e) => self.send_error(&e).await,
-            Ok(ddl::AdminStatement::ShowMigrations(pattern)) => {
-                match ddl::show_migrations(vs, pattern.as_deref()).await {
+            Ok(admin::AdminStatement::ShowMigrations(pattern)) => {
+                match admin::show_migrations(&self.shared.control, vs, pattern.as_deref()).await {
                     Ok((cols, rows)) => self.send_result_set(&cols, rows).await,
                     Err(e) => self.send_error(&e).await,
                 }
             }
-            Ok(ddl::AdminStatement::AlterMigration { target, request }) => {
-                match ddl::alter_migration(vs, &target, request).await {
+            Ok(admin::AdminStatement::AlterMigration { target, request }) => {
+                match admin::alter_migration(&self.shared.control, vs, &target, request).await {
                     Ok(n) => {
                         self.send_ok(OkInfo {
                             affected_rows: n,
