@@ -14,6 +14,7 @@ use rand::Rng;
 use tokio::time::Instant;
 
 use crate::admin::{ClusterFailure, ControlPool};
+use crate::backend::SqlError;
 use crate::error::ProxyError;
 use crate::migrations::store::{self, MigrationRow};
 use crate::migrations::{strategy, NewMigration, Request, Status, Strategy};
@@ -245,12 +246,12 @@ fn describe_all(failed: &[ClusterFailure]) -> String {
 
 /// Writes the rows into each cluster's queue, on all clusters at once.
 ///
-/// All or nothing as far as it can be: when a cluster cannot be reached within the
-/// control deadline, the rows already queued on the others are cancelled (they have
-/// not run: an executor takes a fresh row only after its next poll), and the error
-/// names the cluster that failed and where the migration was cancelled. A DDL that
-/// succeeded on some shards only would leave the schema diverging and make the
-/// client's retry fail where it did run.
+/// All or nothing as far as it can be: every target cluster is asked first (within the
+/// control deadline) and nothing is queued unless all answer. A cluster that fails
+/// between that check and its enqueue makes the rows already queued on the others be
+/// cancelled, and the error names the cluster that failed and where the migration was
+/// cancelled. A DDL queued on some shards only would leave the schema diverging and
+/// make the client's retry fail where it did run.
 pub async fn enqueue(
     control: &ControlPool,
     vs: &VSchema,
@@ -261,6 +262,29 @@ pub async fn enqueue(
         by_cluster.entry(&r.cluster).or_default().push(r.clone());
     }
     let clusters = clusters_named(vs, by_cluster.keys().copied())?;
+    // First make sure every target cluster answers, so that an unreachable one is found
+    // before anything is queued anywhere: once queued, a row may start at the executor's
+    // next poll, long before another cluster's deadline runs out.
+    let probed = control
+        .on_each(clusters.iter().copied(), |_, mut c| async move {
+            if !c.sql().ping().await {
+                return Err(SqlError::Connection("no answer to COM_PING".into()).into());
+            }
+            c.release();
+            Ok(())
+        })
+        .await;
+    let unreachable: Vec<ClusterFailure> =
+        probed.into_iter().filter_map(|(_, r)| r.err()).collect();
+    if !unreachable.is_empty() {
+        return Err(clusters_failed(
+            &unreachable,
+            format!(
+                "shardgate: the schema change was not queued: {} cannot be reached",
+                describe_all(&unreachable)
+            ),
+        ));
+    }
     let by_cluster = &by_cluster;
     let results = control
         .on_each(clusters, |cluster, mut c| async move {
