@@ -285,17 +285,28 @@ pub async fn enqueue(
             ),
         ));
     }
+    // `store::enqueue` writes 200 rows per statement: a keyspace with thousands of
+    // workspace databases gets a deadline per batch.
+    let batches = by_cluster
+        .values()
+        .map(|r| r.len().div_ceil(200))
+        .max()
+        .unwrap_or(1);
     let by_cluster = &by_cluster;
     let results = control
-        .on_each(clusters, |cluster, mut c| async move {
-            let mine = by_cluster
-                .get(cluster.name.as_str())
-                .map(Vec::as_slice)
-                .unwrap_or_default();
-            store::enqueue(c.sql(), mine).await?;
-            c.release();
-            Ok(())
-        })
+        .on_each_within(
+            clusters,
+            u32::try_from(batches).unwrap_or(u32::MAX),
+            |cluster, mut c| async move {
+                let mine = by_cluster
+                    .get(cluster.name.as_str())
+                    .map(Vec::as_slice)
+                    .unwrap_or_default();
+                store::enqueue(c.sql(), mine).await?;
+                c.release();
+                Ok(())
+            },
+        )
         .await;
     let mut queued = Vec::new();
     let mut failed = Vec::new();

@@ -232,6 +232,19 @@ impl ControlPool {
         F: FnOnce(ControlConn) -> Fut,
         Fut: Future<Output = Result<T, StoreError>>,
     {
+        self.on_one_within(cluster, self.timeout, op).await
+    }
+
+    async fn on_one_within<T, F, Fut>(
+        &self,
+        cluster: &Cluster,
+        deadline: Duration,
+        op: F,
+    ) -> Result<T, ClusterFailure>
+    where
+        F: FnOnce(ControlConn) -> Fut,
+        Fut: Future<Output = Result<T, StoreError>>,
+    {
         let home = self.entry(cluster);
         let work = async {
             let conn = self.checkout(cluster).await?;
@@ -245,11 +258,11 @@ impl ControlPool {
                 ClusterFailure::from_store(&cluster.name, e)
             })
         };
-        match tokio::time::timeout(self.timeout, work).await {
+        match tokio::time::timeout(deadline, work).await {
             Ok(r) => r,
             Err(_) => Err(ClusterFailure {
                 cluster: cluster.name.clone(),
-                reason: format!("timeout after {:?}", self.timeout),
+                reason: format!("timeout after {deadline:?}"),
                 unreachable: true,
             }),
         }
@@ -266,12 +279,28 @@ impl ControlPool {
         F: Fn(&'c Cluster, ControlConn) -> Fut,
         Fut: Future<Output = Result<T, StoreError>>,
     {
+        self.on_each_within(clusters, 1, op).await
+    }
+
+    /// [`Self::on_each`] for work that is `rounds` times the usual (e.g. queueing
+    /// thousands of rows in batches): the deadline is `rounds` deadlines.
+    pub async fn on_each_within<'c, T, F, Fut>(
+        &self,
+        clusters: impl IntoIterator<Item = &'c Cluster>,
+        rounds: u32,
+        op: F,
+    ) -> Vec<(&'c Cluster, Result<T, ClusterFailure>)>
+    where
+        F: Fn(&'c Cluster, ControlConn) -> Fut,
+        Fut: Future<Output = Result<T, StoreError>>,
+    {
+        let deadline = self.timeout.saturating_mul(rounds.max(1));
         let clusters: Vec<&'c Cluster> = clusters.into_iter().collect();
         let op = &op;
         let results = join_all(
             clusters
                 .iter()
-                .map(|&c| self.on_one(c, move |conn| op(c, conn)))
+                .map(|&c| self.on_one_within(c, deadline, move |conn| op(c, conn)))
                 .collect(),
         )
         .await;
