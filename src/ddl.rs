@@ -280,7 +280,7 @@ pub async fn enqueue(
         return Err(clusters_failed(
             &unreachable,
             format!(
-                "shardgate: the schema change was not queued: {} cannot be reached",
+                "shardgate: the schema change was not queued anywhere: {}",
                 describe_all(&unreachable)
             ),
         ));
@@ -323,10 +323,13 @@ pub async fn enqueue(
         return Ok(());
     };
     let mut message = format!(
-        "shardgate: the schema change could not be queued on {}; nothing was queued",
+        "shardgate: the schema change could not be queued on {}",
         describe_all(&failed)
     );
-    if !queued.is_empty() {
+    if queued.is_empty() {
+        message.push_str("; nothing was queued");
+    } else {
+        // Withdraw it where it was queued (rows not yet started are cancelled at once).
         let target = store::Target::Uuid(uuid.to_string());
         let target = &target;
         let cancelled = control
@@ -336,19 +339,19 @@ pub async fn enqueue(
                 Ok(())
             })
             .await;
-        let (done, stuck): (Vec<_>, Vec<_>) = cancelled.into_iter().partition(|(_, r)| r.is_ok());
-        let done: Vec<&str> = done.iter().map(|(c, _)| c.name.as_str()).collect();
-        let stuck: Vec<ClusterFailure> = stuck.into_iter().filter_map(|(_, r)| r.err()).collect();
-        message = format!(
-            "shardgate: the schema change could not be queued on {}; migration {uuid} was queued on {} and cancelled there",
-            describe_all(&failed),
-            done.join(", ")
-        );
-        if done.is_empty() {
-            message = format!(
-                "shardgate: the schema change could not be queued on {}",
-                describe_all(&failed)
-            );
+        let mut done = Vec::new();
+        let mut stuck = Vec::new();
+        for (cluster, r) in cancelled {
+            match r {
+                Ok(()) => done.push(cluster.name.as_str()),
+                Err(f) => stuck.push(f),
+            }
+        }
+        if !done.is_empty() {
+            message.push_str(&format!(
+                "; migration {uuid} was queued on {} and is cancelled there",
+                done.join(", ")
+            ));
         }
         if !stuck.is_empty() {
             message.push_str(&format!(
