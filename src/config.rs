@@ -89,6 +89,9 @@ pub struct ProxyConfig {
     /// The migration executors (one per cluster); None: this proxy runs none (another
     /// proxy of the fleet does, or migrations are run by hand).
     pub migrations: Option<crate::migrations::executor::ExecutorConfig>,
+    /// Deadline of one control operation on one cluster (`SHOW MIGRATIONS`, `ALTER
+    /// MIGRATION`, queueing DDL, one `@@ddl_wait` poll), connect included.
+    pub admin_cluster_timeout: Duration,
 }
 
 /// The config file, as written (see `docs/configuration.md`).
@@ -100,6 +103,7 @@ struct ConfigFile {
     vschema: String,
     max_packet_size: Option<usize>,
     max_client_connections: Option<usize>,
+    admin_cluster_timeout_ms: Option<u64>,
     #[serde(default)]
     users: Vec<UserFile>,
     #[serde(default)]
@@ -159,6 +163,7 @@ impl ProxyConfig {
             vschema,
             migrations: Some(crate::migrations::executor::ExecutorConfig::default()),
             metrics_listen: None,
+            admin_cluster_timeout: crate::admin::DEFAULT_CLUSTER_TIMEOUT,
         }
     }
 
@@ -232,7 +237,18 @@ impl ProxyConfig {
                     .map_err(|e| format!("{}: metrics_listen: {e}", path.display()))?,
             ),
         };
+        let admin_cluster_timeout = match file.admin_cluster_timeout_ms {
+            None => crate::admin::DEFAULT_CLUSTER_TIMEOUT,
+            Some(0) => {
+                return Err(format!(
+                    "{}: admin_cluster_timeout_ms must be > 0",
+                    path.display()
+                ))
+            }
+            Some(ms) => Duration::from_millis(ms),
+        };
         Ok(ProxyConfig {
+            admin_cluster_timeout,
             metrics_listen,
             migrations,
             listen,

@@ -1,23 +1,26 @@
-//! DDL through the proxy: schema changes to existing tables are queued in the
-//! migration queue (never forwarded blindly), `CREATE TABLE`/`CREATE DATABASE` run at
-//! once, and admin users control the queue with `SHOW MIGRATIONS` and
-//! `ALTER MIGRATION`.
+//! Application DDL through the proxy: what a session does with a schema change. Changes
+//! to existing tables are queued in the migration queue (never forwarded blindly) with
+//! one row per target database, `CREATE TABLE`/`CREATE DATABASE` run at once, and
+//! `@@ddl_wait` blocks for the outcome; the `ddl_*` session settings steer it.
+//!
+//! Cluster work goes through [`ControlPool`] (pooled connections, a deadline per
+//! cluster, all clusters at once). Admins see and steer the queue with
+//! [`crate::admin`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use rand::Rng;
+use tokio::time::Instant;
 
-use crate::backend::SqlConn;
+use crate::admin::{ClusterFailure, ControlPool};
+use crate::backend::SqlError;
 use crate::error::ProxyError;
 use crate::migrations::store::{self, MigrationRow};
 use crate::migrations::{strategy, NewMigration, Request, Status, Strategy};
 use crate::planner::DdlKind;
 use crate::router::DbContext;
 use crate::vschema::{Cluster, DdlPolicy, Keyspace, Tenancy, VSchema};
-
-/// How long shardgate's own statements on a cluster may take to connect.
-const CONTROL_CONNECT: Duration = Duration::from_secs(5);
 
 /// What to do with a DDL statement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,6 +94,7 @@ fn table_and_strategy(sql: &str) -> Result<(String, Strategy), ProxyError> {
 
 /// The queue rows of one DDL statement: one per database it must run in.
 pub async fn rows_for(
+    control: &ControlPool,
     vs: &VSchema,
     ctx: &DbContext,
     qualified: Option<&str>,
@@ -139,12 +143,22 @@ pub async fn rows_for(
                 .iter()
                 .filter_map(|s| vs.cluster(&s.cluster).map(|c| (c.name.as_str(), c)))
                 .collect();
-            for cluster in clusters.values() {
-                let mut conn = connect(cluster).await?;
-                let dbs = conn
-                    .query("SHOW DATABASES")
-                    .await
-                    .map_err(|e| ProxyError::cluster_unavailable(&cluster.name, e))?;
+            let listed = control
+                .on_each(clusters.into_values(), |_, mut c| async move {
+                    let dbs = c.sql().query("SHOW DATABASES").await?;
+                    c.release();
+                    Ok(dbs)
+                })
+                .await;
+            let mut failed = Vec::new();
+            for (cluster, dbs) in listed {
+                let dbs = match dbs {
+                    Ok(d) => d,
+                    Err(f) => {
+                        failed.push(f);
+                        continue;
+                    }
+                };
                 for name in dbs.rows.iter().filter_map(|r| r.first().cloned().flatten()) {
                     let Some(ws) = ks.workspace_of_database(&name) else {
                         continue;
@@ -155,6 +169,16 @@ pub async fn rows_for(
                         rows.push(row(&ks.name, &name, &cluster.name, &name));
                     }
                 }
+            }
+            if !failed.is_empty() {
+                return Err(clusters_failed(
+                    &failed,
+                    format!(
+                        "shardgate: cannot list the workspace databases of keyspace '{}' on {}; nothing was queued",
+                        ks.name,
+                        describe_all(&failed)
+                    ),
+                ));
             }
             if rows.is_empty() {
                 return Err(ProxyError::unroutable(format!(
@@ -186,72 +210,233 @@ pub async fn rows_for(
     }
 }
 
-async fn connect(cluster: &Cluster) -> Result<SqlConn, ProxyError> {
-    SqlConn::connect(cluster, None, CONTROL_CONNECT)
-        .await
-        .map_err(|e| ProxyError::cluster_unavailable(&cluster.name, e))
+/// The vschema's clusters named by `names`; a name it does not know is shardgate's
+/// own mistake (rows are built from the same vschema).
+fn clusters_named<'v>(
+    vs: &'v VSchema,
+    names: impl IntoIterator<Item = &'v str>,
+) -> Result<Vec<&'v Cluster>, ProxyError> {
+    names
+        .into_iter()
+        .map(|name| {
+            vs.cluster(name)
+                .ok_or_else(|| ProxyError::internal(format!("unknown cluster {name}")))
+        })
+        .collect()
 }
 
-/// Writes the rows into each cluster's queue.
-pub async fn enqueue(vs: &VSchema, rows: &[NewMigration]) -> Result<(), ProxyError> {
+/// The error for an operation that failed on some clusters.
+fn clusters_failed(failed: &[ClusterFailure], message: String) -> ProxyError {
+    let first = failed.first();
+    let mut e = ProxyError::cluster_unavailable(
+        first.map(|f| f.cluster.as_str()).unwrap_or(""),
+        first.map(|f| f.reason.as_str()).unwrap_or(""),
+    );
+    e.message = message;
+    e
+}
+
+fn describe_all(failed: &[ClusterFailure]) -> String {
+    failed
+        .iter()
+        .map(ClusterFailure::describe)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Writes the rows into each cluster's queue, on all clusters at once.
+///
+/// All or nothing as far as it can be: every target cluster is asked first (within the
+/// control deadline) and nothing is queued unless all answer. A cluster that fails
+/// between that check and its enqueue makes the rows already queued on the others be
+/// cancelled, and the error names the cluster that failed and where the migration was
+/// cancelled. A DDL queued on some shards only would leave the schema diverging and
+/// make the client's retry fail where it did run.
+pub async fn enqueue(
+    control: &ControlPool,
+    vs: &VSchema,
+    rows: &[NewMigration],
+) -> Result<(), ProxyError> {
     let mut by_cluster: BTreeMap<&str, Vec<NewMigration>> = BTreeMap::new();
     for r in rows {
         by_cluster.entry(&r.cluster).or_default().push(r.clone());
     }
-    for (name, rows) in by_cluster {
-        let cluster = vs
-            .cluster(name)
-            .ok_or_else(|| ProxyError::internal(format!("unknown cluster {name}")))?;
-        let mut conn = connect(cluster).await?;
-        store::ensure_schema(&mut conn)
-            .await
-            .map_err(|e| ProxyError::cluster_unavailable(name, e))?;
-        store::enqueue(&mut conn, &rows)
-            .await
-            .map_err(|e| ProxyError::cluster_unavailable(name, e))?;
+    let clusters = clusters_named(vs, by_cluster.keys().copied())?;
+    // First make sure every target cluster answers, so that an unreachable one is found
+    // before anything is queued anywhere: once queued, a row may start at the executor's
+    // next poll, long before another cluster's deadline runs out.
+    let probed = control
+        .on_each(clusters.iter().copied(), |_, mut c| async move {
+            if !c.sql().ping().await {
+                return Err(SqlError::Connection("no answer to COM_PING".into()).into());
+            }
+            c.release();
+            Ok(())
+        })
+        .await;
+    let unreachable: Vec<ClusterFailure> =
+        probed.into_iter().filter_map(|(_, r)| r.err()).collect();
+    if !unreachable.is_empty() {
+        return Err(clusters_failed(
+            &unreachable,
+            format!(
+                "shardgate: the schema change was not queued anywhere: {}",
+                describe_all(&unreachable)
+            ),
+        ));
     }
-    Ok(())
-}
-
-/// Every queue row of `uuid` (or matching `pattern`), from every cluster.
-async fn collect(
-    vs: &VSchema,
-    pattern: Option<&str>,
-    uuid: Option<&str>,
-) -> Result<Vec<MigrationRow>, ProxyError> {
-    let mut all = Vec::new();
-    for cluster in vs.clusters.values() {
-        let mut conn = connect(cluster).await?;
-        store::ensure_schema(&mut conn)
-            .await
-            .map_err(|e| ProxyError::cluster_unavailable(&cluster.name, e))?;
-        let rows = match uuid {
-            Some(u) => store::get(&mut conn, u).await,
-            None => store::list(&mut conn, pattern).await,
+    // `store::enqueue` writes 200 rows per statement: a keyspace with thousands of
+    // workspace databases gets a deadline per batch.
+    let batches = by_cluster
+        .values()
+        .map(|r| r.len().div_ceil(200))
+        .max()
+        .unwrap_or(1);
+    let by_cluster = &by_cluster;
+    let results = control
+        .on_each_within(
+            clusters,
+            u32::try_from(batches).unwrap_or(u32::MAX),
+            |cluster, mut c| async move {
+                let mine = by_cluster
+                    .get(cluster.name.as_str())
+                    .map(Vec::as_slice)
+                    .unwrap_or_default();
+                store::enqueue(c.sql(), mine).await?;
+                c.release();
+                Ok(())
+            },
+        )
+        .await;
+    let mut queued = Vec::new();
+    let mut failed = Vec::new();
+    for (cluster, r) in results {
+        match r {
+            Ok(()) => queued.push(cluster),
+            Err(f) => failed.push(f),
         }
-        .map_err(|e| ProxyError::cluster_unavailable(&cluster.name, e))?;
-        all.extend(rows);
     }
-    all.sort_by(|a, b| {
-        (&a.created_at, &a.uuid, &a.database).cmp(&(&b.created_at, &b.uuid, &b.database))
-    });
-    Ok(all)
+    if failed.is_empty() {
+        return Ok(());
+    }
+    let Some(uuid) = rows.first().map(|r| r.uuid.as_str()) else {
+        return Ok(());
+    };
+    let mut message = format!(
+        "shardgate: the schema change could not be queued on {}",
+        describe_all(&failed)
+    );
+    if queued.is_empty() {
+        message.push_str("; nothing was queued");
+    } else {
+        // Withdraw it where it was queued (rows not yet started are cancelled at once).
+        let target = store::Target::Uuid(uuid.to_string());
+        let target = &target;
+        let cancelled = control
+            .on_each(queued, |_, mut c| async move {
+                store::request(c.sql(), target, Request::Cancel).await?;
+                c.release();
+                Ok(())
+            })
+            .await;
+        let mut done = Vec::new();
+        let mut stuck = Vec::new();
+        for (cluster, r) in cancelled {
+            match r {
+                Ok(()) => done.push(cluster.name.as_str()),
+                Err(f) => stuck.push(f),
+            }
+        }
+        if !done.is_empty() {
+            message.push_str(&format!(
+                "; migration {uuid} was queued on {} and is cancelled there",
+                done.join(", ")
+            ));
+        }
+        if !stuck.is_empty() {
+            message.push_str(&format!(
+                "; it stays queued on {}: ALTER MIGRATION '{uuid}' CANCEL",
+                describe_all(&stuck)
+            ));
+        }
+    }
+    Err(clusters_failed(&failed, message))
 }
 
-/// Waits until migration `uuid` reaches a final status, or `limit` passes.
-/// Returns the overall status and the first error message of a failed row.
+/// How long a cluster a migration runs on may stay out of sight before `@@ddl_wait`
+/// gives up on it, in units of the control deadline (at least two polls fail).
+const UNSEEN_GIVE_UP_DEADLINES: u32 = 2;
+
+/// Waits until the migration of `rows` (one uuid) reaches a final status, or `limit`
+/// passes. Returns the overall status and the first error message of a failed row.
+///
+/// Polls only the clusters the rows were queued on, all at once, over pooled control
+/// connections. A cluster that cannot be seen for two control deadlines in a row ends
+/// the wait with an error naming it (its part of the migration is unknown), instead
+/// of waiting for it until `limit`.
 pub async fn wait(
+    control: &ControlPool,
     vs: &VSchema,
-    uuid: &str,
+    rows: &[NewMigration],
     limit: Duration,
 ) -> Result<(Status, Option<String>), ProxyError> {
-    let deadline = tokio::time::Instant::now() + limit;
+    let uuid = rows
+        .first()
+        .map(|r| r.uuid.as_str())
+        .ok_or_else(|| ProxyError::internal("shardgate: waiting for a migration with no rows"))?;
+    let names: BTreeSet<&str> = rows.iter().map(|r| r.cluster.as_str()).collect();
+    let clusters = clusters_named(vs, names)?;
+    let give_up = control.timeout() * UNSEEN_GIVE_UP_DEADLINES;
+    let deadline = Instant::now() + limit;
+    let mut unseen_since: HashMap<&str, Instant> = HashMap::new();
     let mut pause = Duration::from_millis(100);
     loop {
-        let rows = collect(vs, None, Some(uuid)).await?;
-        let status = store::overall_status(&rows).unwrap_or(Status::Queued);
-        if status.is_final() || tokio::time::Instant::now() >= deadline {
-            let message = rows
+        let polled_at = Instant::now();
+        let results = control
+            .on_each(clusters.iter().copied(), |cluster, mut c| async move {
+                let mut rows = store::get(c.sql(), uuid).await?;
+                c.release();
+                // Two vschema clusters on one server share one queue table.
+                rows.retain(|r| r.cluster == cluster.name);
+                Ok(rows)
+            })
+            .await;
+        let mut seen: Vec<MigrationRow> = Vec::new();
+        let mut failed = Vec::new();
+        for (cluster, r) in results {
+            match r {
+                Ok(rows) => {
+                    unseen_since.remove(cluster.name.as_str());
+                    seen.extend(rows);
+                }
+                Err(f) => {
+                    unseen_since.entry(&cluster.name).or_insert(polled_at);
+                    failed.push(f);
+                }
+            }
+        }
+        let status = store::overall_status(&seen).unwrap_or(Status::Queued);
+        let now = Instant::now();
+        if !failed.is_empty() {
+            let lost = unseen_since
+                .values()
+                .any(|since| now.duration_since(*since) >= give_up);
+            if lost || now >= deadline {
+                let elsewhere = if seen.is_empty() {
+                    String::new()
+                } else {
+                    format!("; on the other clusters it is {}", status.as_str())
+                };
+                return Err(clusters_failed(
+                    &failed,
+                    format!(
+                        "shardgate: migration {uuid}: cannot see {} so its state there is unknown{elsewhere}; it goes on: SHOW MIGRATIONS LIKE '{uuid}'",
+                        describe_all(&failed)
+                    ),
+                ));
+            }
+        } else if status.is_final() || now >= deadline {
+            let message = seen
                 .iter()
                 .find(|r| r.status == Status::Failed)
                 .and_then(|r| {
@@ -261,185 +446,9 @@ pub async fn wait(
                 });
             return Ok((status, message));
         }
-        tokio::time::sleep(pause.min(deadline - tokio::time::Instant::now())).await;
+        tokio::time::sleep(pause.min(deadline.saturating_duration_since(Instant::now()))).await;
         pause = (pause * 2).min(Duration::from_secs(1));
     }
-}
-
-/// An admin statement about the queue.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AdminStatement {
-    /// `SHOW MIGRATIONS [LIKE 'pattern']`
-    ShowMigrations(Option<String>),
-    /// `ALTER MIGRATION 'uuid' | ALL [ON CLUSTER c] PAUSE|RESUME|CANCEL|RETRY|COMPLETE`
-    AlterMigration {
-        /// One migration, or all (on one cluster).
-        target: store::Target,
-        /// What to do.
-        request: Request,
-    },
-}
-
-/// Recognizes shardgate's admin statements (case-insensitive, optional trailing `;`).
-/// Returns `Some(Err)` for text that is clearly one of them but malformed.
-pub fn parse_admin(sql: &str) -> Option<Result<AdminStatement, ProxyError>> {
-    let text = sql.trim().trim_end_matches(';').trim();
-    // Every statement passes here: decide from the second word, without allocating,
-    // before looking closer.
-    let mut first_two = text.split_ascii_whitespace();
-    let (Some(verb), Some(noun)) = (first_two.next(), first_two.next()) else {
-        return None;
-    };
-    let admin = (verb.eq_ignore_ascii_case("SHOW") && noun.eq_ignore_ascii_case("MIGRATIONS"))
-        || (verb.eq_ignore_ascii_case("ALTER") && noun.eq_ignore_ascii_case("MIGRATION"));
-    if !admin {
-        return None;
-    }
-    let upper = text.to_ascii_uppercase();
-    let words: Vec<&str> = upper.split_whitespace().collect();
-    let orig: Vec<&str> = text.split_whitespace().collect();
-    let bad = |m: &str| Some(Err(ProxyError::unroutable(format!("shardgate: {m}"))));
-    match words.as_slice() {
-        ["SHOW", "MIGRATIONS"] => Some(Ok(AdminStatement::ShowMigrations(None))),
-        ["SHOW", "MIGRATIONS", "LIKE", _] => match unquote(orig[3]) {
-            Some(p) => Some(Ok(AdminStatement::ShowMigrations(Some(p)))),
-            None => bad("SHOW MIGRATIONS LIKE needs a quoted pattern"),
-        },
-        ["SHOW", "MIGRATIONS", ..] => bad("usage: SHOW MIGRATIONS [LIKE 'pattern']"),
-        ["ALTER", "MIGRATION", rest @ ..] => {
-            let usage = "usage: ALTER MIGRATION 'uuid' | ALL [ON CLUSTER name] PAUSE | RESUME | CANCEL | RETRY | COMPLETE";
-            let Some((verb, middle)) = rest.split_last() else {
-                return bad(usage);
-            };
-            let request = match *verb {
-                "PAUSE" => Request::Pause,
-                "RESUME" => Request::Resume,
-                "CANCEL" => Request::Cancel,
-                "RETRY" => Request::Retry,
-                "COMPLETE" => Request::Complete,
-                _ => return bad(usage),
-            };
-            let target = match middle {
-                ["ALL"] => store::Target::All { cluster: None },
-                ["ALL", "ON", "CLUSTER", _] => store::Target::All {
-                    cluster: Some(orig[5].trim_matches(|c| c == '`' || c == '\'').to_string()),
-                },
-                [_] => match unquote(orig[2]) {
-                    Some(u) => store::Target::Uuid(u),
-                    None => return bad(usage),
-                },
-                _ => return bad(usage),
-            };
-            Some(Ok(AdminStatement::AlterMigration { target, request }))
-        }
-        _ => None,
-    }
-}
-
-fn unquote(s: &str) -> Option<String> {
-    let inner = s
-        .strip_prefix('\'')
-        .and_then(|x| x.strip_suffix('\''))
-        .or_else(|| s.strip_prefix('"').and_then(|x| x.strip_suffix('"')))?;
-    Some(inner.replace("''", "'"))
-}
-
-/// `SHOW MIGRATIONS`: column names and rows.
-pub async fn show_migrations(
-    vs: &VSchema,
-    pattern: Option<&str>,
-) -> Result<(Vec<&'static str>, Vec<Vec<Option<Vec<u8>>>>), ProxyError> {
-    let rows = collect(vs, pattern, None).await?;
-    let columns = vec![
-        "uuid",
-        "keyspace",
-        "shard",
-        "cluster",
-        "database",
-        "table",
-        "strategy",
-        "status",
-        "stage",
-        "progress",
-        "rows_copied",
-        "rows_total",
-        "eta_seconds",
-        "throttle_reason",
-        "message",
-        "retries",
-        "created_at",
-        "started_at",
-        "completed_at",
-        "statement",
-    ];
-    let out = rows
-        .into_iter()
-        .map(|r| {
-            let s = |v: String| Some(v.into_bytes());
-            let o = |v: Option<String>| v.map(String::into_bytes);
-            vec![
-                s(r.uuid),
-                s(r.keyspace),
-                s(r.shard),
-                s(r.cluster),
-                s(r.database),
-                s(r.table),
-                s(r.strategy.as_str().to_string()),
-                s(r.status.as_str().to_string()),
-                s(r.stage),
-                s(format!("{:.1}", r.progress)),
-                s(r.rows_copied.to_string()),
-                s(r.rows_total.to_string()),
-                o(r.eta_seconds.map(|e| e.to_string())),
-                o(r.throttle_reason),
-                o(r.message),
-                s(r.retries.to_string()),
-                s(r.created_at),
-                o(r.started_at),
-                o(r.completed_at),
-                s(r.statement),
-            ]
-        })
-        .collect();
-    Ok((columns, out))
-}
-
-/// `ALTER MIGRATION ...`: applies the request on every cluster it concerns; returns
-/// how many rows changed.
-pub async fn alter_migration(
-    vs: &VSchema,
-    target: &store::Target,
-    request: Request,
-) -> Result<u64, ProxyError> {
-    let mut changed = 0;
-    for cluster in vs.clusters.values() {
-        if let store::Target::All {
-            cluster: Some(only),
-        } = target
-        {
-            if *only != cluster.name {
-                continue;
-            }
-        }
-        let mut conn = connect(cluster).await?;
-        store::ensure_schema(&mut conn)
-            .await
-            .map_err(|e| ProxyError::cluster_unavailable(&cluster.name, e))?;
-        changed += store::request(&mut conn, target, request)
-            .await
-            .map_err(|e| ProxyError::cluster_unavailable(&cluster.name, e))?;
-    }
-    if let store::Target::All {
-        cluster: Some(only),
-    } = target
-    {
-        if vs.cluster(only).is_none() {
-            return Err(ProxyError::unroutable(format!(
-                "shardgate: unknown cluster '{only}'"
-            )));
-        }
-    }
-    Ok(changed)
 }
 
 /// A session setting of shardgate's DDL handling.
@@ -511,40 +520,6 @@ pub fn parse_ddl_setting(sql: &str) -> Option<Result<DdlSetting, ProxyError>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn admin_statements_parse() {
-        assert_eq!(
-            parse_admin("show migrations").and_then(Result::ok),
-            Some(AdminStatement::ShowMigrations(None))
-        );
-        assert_eq!(
-            parse_admin("SHOW MIGRATIONS LIKE 'abc%';").and_then(Result::ok),
-            Some(AdminStatement::ShowMigrations(Some("abc%".into())))
-        );
-        assert_eq!(
-            parse_admin("ALTER MIGRATION 'u-1' PAUSE").and_then(Result::ok),
-            Some(AdminStatement::AlterMigration {
-                target: store::Target::Uuid("u-1".into()),
-                request: Request::Pause
-            })
-        );
-        assert_eq!(
-            parse_admin("alter migration all on cluster c2 resume").and_then(Result::ok),
-            Some(AdminStatement::AlterMigration {
-                target: store::Target::All {
-                    cluster: Some("c2".into())
-                },
-                request: Request::Resume
-            })
-        );
-        assert!(matches!(
-            parse_admin("ALTER MIGRATION 'x' EXPLODE"),
-            Some(Err(_))
-        ));
-        assert!(parse_admin("ALTER TABLE t ADD c INT").is_none());
-        assert!(parse_admin("SELECT 1").is_none());
-    }
 
     #[test]
     fn ddl_settings_parse() {

@@ -27,7 +27,8 @@
 //! - [`vschema`]: the shard map: clusters, keyspaces, shards, vindexes, pins.
 //! - [`ddl`]: what happens to an application's schema change (run now, or queued).
 //! - [`admin`]: the SQL control surface for admin users (`SHOW MIGRATIONS`,
-//!   `ALTER MIGRATION`), which answers even while a cluster is down.
+//!   `ALTER MIGRATION`), which answers even while a cluster is down, and the bounded,
+//!   pooled control connections to the clusters.
 //! - [`migrations`]: the durable migration queue on each cluster, its executors (one per
 //!   cluster across every proxy), strategies, the copy engine and the throttle.
 //! - [`metrics`] and [`metrics_http`]: per-cluster latency and failure windows, and the
@@ -38,6 +39,7 @@
 //! Not on the serving path: [`demo`] (local MariaDB servers with sample data, for
 //! `shardgate demo` and the tests).
 
+pub mod admin;
 pub mod backend;
 pub mod config;
 pub mod ddl;

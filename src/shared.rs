@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
+use crate::admin::ControlPool;
 use crate::backend::{BackendConn, ClusterPool, ConnKey};
 use crate::config::ProxyConfig;
 use crate::migrations::executor::ExecutorStats;
@@ -52,6 +53,9 @@ pub struct Shared {
     /// The configuration served.
     pub config: Arc<ProxyConfig>,
     runtime: ArcSwap<Runtime>,
+    /// Connections for shardgate's own work on the clusters (the migration queue),
+    /// bounded by `admin_cluster_timeout` per cluster.
+    pub control: Arc<ControlPool>,
     /// Users by name.
     pub users: HashMap<String, UserEntry>,
     /// The version string shown to clients (the backends' own, so drivers see the
@@ -101,9 +105,14 @@ impl Shared {
                 )
             })
             .collect();
+        let control = Arc::new(ControlPool::new(
+            vs.clusters.values(),
+            config.admin_cluster_timeout,
+        ));
         let probe = probe_backends(&vs).await;
         Arc::new(Shared {
             config,
+            control,
             runtime: ArcSwap::from_pointee(Runtime {
                 vschema: Arc::new(vs),
                 pools,

@@ -115,6 +115,7 @@ async fn serve_demo(
         vschema: vschema.clone(),
         migrations: Some(crate::migrations::executor::ExecutorConfig::default()),
         metrics_listen: None,
+        admin_cluster_timeout: crate::admin::DEFAULT_CLUSTER_TIMEOUT,
     });
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let mut proxy = tokio::spawn(crate::server::serve(config, listener, async move {

@@ -47,6 +47,7 @@ impl Session {
     ) -> Answered {
         let uuid = crate::ddl::new_uuid();
         let mut rows = match crate::ddl::rows_for(
+            &self.shared.control,
             vs,
             &self.ctx,
             stmt.qualified_schema.as_deref(),
@@ -67,7 +68,7 @@ impl Session {
             }
             r.postpone_completion = self.ddl.postpone && r.strategy == Strategy::Copy;
         }
-        if let Err(e) = crate::ddl::enqueue(vs, &rows).await {
+        if let Err(e) = crate::ddl::enqueue(&self.shared.control, vs, &rows).await {
             return self.send_error(&e).await;
         }
         tracing::info!(session = self.id, %uuid, targets = rows.len(), "schema change queued");
@@ -82,7 +83,7 @@ impl Session {
                 .send_result_set(&["uuid", "strategy", "targets"], vec![row])
                 .await;
         };
-        match crate::ddl::wait(vs, &uuid, limit).await {
+        match crate::ddl::wait(&self.shared.control, vs, &rows, limit).await {
             Ok((crate::migrations::Status::Complete, _)) => self.send_ok(OkInfo::default()).await,
             Ok((status, message)) => {
                 let why = match (status, message) {
@@ -106,7 +107,7 @@ impl Session {
     pub(super) async fn admin_statement(
         &mut self,
         vs: &VSchema,
-        parsed: Result<crate::ddl::AdminStatement, ProxyError>,
+        parsed: Result<crate::admin::AdminStatement, ProxyError>,
     ) -> Answered {
         if !self.admin {
             let e = ProxyError::admin_only(&self.user);
@@ -114,14 +115,18 @@ impl Session {
         }
         match parsed {
             Err(e) => self.send_error(&e).await,
-            Ok(crate::ddl::AdminStatement::ShowMigrations(pattern)) => {
-                match crate::ddl::show_migrations(vs, pattern.as_deref()).await {
+            Ok(crate::admin::AdminStatement::ShowMigrations(pattern)) => {
+                match crate::admin::show_migrations(&self.shared.control, vs, pattern.as_deref())
+                    .await
+                {
                     Ok((cols, rows)) => self.send_result_set(&cols, rows).await,
                     Err(e) => self.send_error(&e).await,
                 }
             }
-            Ok(crate::ddl::AdminStatement::AlterMigration { target, request }) => {
-                match crate::ddl::alter_migration(vs, &target, request).await {
+            Ok(crate::admin::AdminStatement::AlterMigration { target, request }) => {
+                match crate::admin::alter_migration(&self.shared.control, vs, &target, request)
+                    .await
+                {
                     Ok(n) => {
                         self.send_ok(OkInfo {
                             affected_rows: n,

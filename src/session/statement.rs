@@ -31,7 +31,7 @@ impl Session {
         let vs = &rt.vschema;
         let sql_bytes = payload.slice(1..);
         let text = planner::sql_text(&sql_bytes);
-        if let Some(admin) = crate::ddl::parse_admin(&text) {
+        if let Some(admin) = crate::admin::parse_admin(&text) {
             return self.admin_statement(vs, admin).await;
         }
         if let Some(setting) = crate::ddl::parse_ddl_setting(&text) {

@@ -1,0 +1,136 @@
+//! shardgate's SQL control surface on its own port, for admin users: parsing of the
+//! admin statements ([`parse_admin`]) and their execution.
+//!
+//! - [`control`]: connections for shardgate's own statements on the clusters, each
+//!   operation bounded by a per-cluster deadline and run on all clusters at once.
+//! - [`migrations`]: `SHOW MIGRATIONS` and `ALTER MIGRATION` over the migration queue.
+//!
+//! What the session does with application DDL (queue it, wait for it) is
+//! [`crate::ddl`]'s.
+
+pub mod control;
+pub mod migrations;
+
+pub use control::{ClusterFailure, ControlConn, ControlPool, DEFAULT_CLUSTER_TIMEOUT};
+pub use migrations::{alter_migration, show_migrations};
+
+use crate::error::ProxyError;
+use crate::migrations::store;
+use crate::migrations::Request;
+
+/// An admin statement about the queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminStatement {
+    /// `SHOW MIGRATIONS [LIKE 'pattern']`
+    ShowMigrations(Option<String>),
+    /// `ALTER MIGRATION 'uuid' | ALL [ON CLUSTER c] PAUSE|RESUME|CANCEL|RETRY|COMPLETE`
+    AlterMigration {
+        /// One migration, or all (on one cluster).
+        target: store::Target,
+        /// What to do.
+        request: Request,
+    },
+}
+
+/// Recognizes shardgate's admin statements (case-insensitive, optional trailing `;`).
+/// Returns `Some(Err)` for text that is clearly one of them but malformed.
+pub fn parse_admin(sql: &str) -> Option<Result<AdminStatement, ProxyError>> {
+    let text = sql.trim().trim_end_matches(';').trim();
+    // Every statement passes here: decide from the second word, without allocating,
+    // before looking closer.
+    let mut first_two = text.split_ascii_whitespace();
+    let (Some(verb), Some(noun)) = (first_two.next(), first_two.next()) else {
+        return None;
+    };
+    let admin = (verb.eq_ignore_ascii_case("SHOW") && noun.eq_ignore_ascii_case("MIGRATIONS"))
+        || (verb.eq_ignore_ascii_case("ALTER") && noun.eq_ignore_ascii_case("MIGRATION"));
+    if !admin {
+        return None;
+    }
+    let upper = text.to_ascii_uppercase();
+    let words: Vec<&str> = upper.split_whitespace().collect();
+    let orig: Vec<&str> = text.split_whitespace().collect();
+    let bad = |m: &str| Some(Err(ProxyError::unroutable(format!("shardgate: {m}"))));
+    match words.as_slice() {
+        ["SHOW", "MIGRATIONS"] => Some(Ok(AdminStatement::ShowMigrations(None))),
+        ["SHOW", "MIGRATIONS", "LIKE", _] => match unquote(orig[3]) {
+            Some(p) => Some(Ok(AdminStatement::ShowMigrations(Some(p)))),
+            None => bad("SHOW MIGRATIONS LIKE needs a quoted pattern"),
+        },
+        ["SHOW", "MIGRATIONS", ..] => bad("usage: SHOW MIGRATIONS [LIKE 'pattern']"),
+        ["ALTER", "MIGRATION", rest @ ..] => {
+            let usage = "usage: ALTER MIGRATION 'uuid' | ALL [ON CLUSTER name] PAUSE | RESUME | CANCEL | RETRY | COMPLETE";
+            let Some((verb, middle)) = rest.split_last() else {
+                return bad(usage);
+            };
+            let request = match *verb {
+                "PAUSE" => Request::Pause,
+                "RESUME" => Request::Resume,
+                "CANCEL" => Request::Cancel,
+                "RETRY" => Request::Retry,
+                "COMPLETE" => Request::Complete,
+                _ => return bad(usage),
+            };
+            let target = match middle {
+                ["ALL"] => store::Target::All { cluster: None },
+                ["ALL", "ON", "CLUSTER", _] => store::Target::All {
+                    cluster: Some(orig[5].trim_matches(|c| c == '`' || c == '\'').to_string()),
+                },
+                [_] => match unquote(orig[2]) {
+                    Some(u) => store::Target::Uuid(u),
+                    None => return bad(usage),
+                },
+                _ => return bad(usage),
+            };
+            Some(Ok(AdminStatement::AlterMigration { target, request }))
+        }
+        _ => None,
+    }
+}
+
+fn unquote(s: &str) -> Option<String> {
+    let inner = s
+        .strip_prefix('\'')
+        .and_then(|x| x.strip_suffix('\''))
+        .or_else(|| s.strip_prefix('"').and_then(|x| x.strip_suffix('"')))?;
+    Some(inner.replace("''", "'"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn admin_statements_parse() {
+        assert_eq!(
+            parse_admin("show migrations").and_then(Result::ok),
+            Some(AdminStatement::ShowMigrations(None))
+        );
+        assert_eq!(
+            parse_admin("SHOW MIGRATIONS LIKE 'abc%';").and_then(Result::ok),
+            Some(AdminStatement::ShowMigrations(Some("abc%".into())))
+        );
+        assert_eq!(
+            parse_admin("ALTER MIGRATION 'u-1' PAUSE").and_then(Result::ok),
+            Some(AdminStatement::AlterMigration {
+                target: store::Target::Uuid("u-1".into()),
+                request: Request::Pause
+            })
+        );
+        assert_eq!(
+            parse_admin("alter migration all on cluster c2 resume").and_then(Result::ok),
+            Some(AdminStatement::AlterMigration {
+                target: store::Target::All {
+                    cluster: Some("c2".into())
+                },
+                request: Request::Resume
+            })
+        );
+        assert!(matches!(
+            parse_admin("ALTER MIGRATION 'x' EXPLODE"),
+            Some(Err(_))
+        ));
+        assert!(parse_admin("ALTER TABLE t ADD c INT").is_none());
+        assert!(parse_admin("SELECT 1").is_none());
+    }
+}
