@@ -13,14 +13,14 @@
 //! - [`session`]: one client connection: its state, transaction, and command loop.
 //! - [`server`]: the listener, connection limits and graceful shutdown.
 //! - [`config`]: the proxy's own settings; [`error`]: errors that become ERR packets.
-//! - [`localdb`] and [`demo`]: local MariaDB servers for `shardgate demo` and the tests.
+//! - [`demo`]: `shardgate demo`, and [`demo::localdb`], the local MariaDB servers it and
+//!   the tests start. Test and demo support only: no serving module imports them.
 
 pub mod backend;
 pub mod config;
 pub mod ddl;
 pub mod demo;
 pub mod error;
-pub mod localdb;
 pub mod metrics;
 pub mod metrics_http;
 pub mod migrations;

@@ -2,7 +2,7 @@
 
 mod common;
 
-use shardgate::localdb::{LocalDbOptions, LocalMariaDb};
+use shardgate::demo::localdb::{LocalDbOptions, LocalMariaDb};
 
 #[test]
 fn two_servers_start_in_parallel_and_answer_on_their_own_ports() {

@@ -5,6 +5,7 @@
 //! cluster and filled with the rows of the workspaces it owns, then the proxy in front.
 //! Ctrl-C or SIGTERM stops the proxy and every server and removes their directories.
 
+pub mod localdb;
 mod sample;
 
 use std::collections::BTreeMap;
@@ -17,8 +18,8 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
 use crate::config::{PoolConfig, ProxyConfig, User};
-use crate::localdb::{self, LocalDbOptions, LocalMariaDb};
 use crate::vschema::VSchema;
+use localdb::{LocalDbOptions, LocalMariaDb};
 
 /// The demo shard map: clusters c1..c4, keyspace `app` sharded over four shards,
 /// unsharded default keyspace `main`.
