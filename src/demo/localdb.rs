@@ -6,9 +6,11 @@
 //! here ignores the user's MySQL setup: `--no-defaults` comes first so no option file
 //! (`/etc/mysql`, `~/.my.cnf`) is read, and the environment is cleared, so
 //! `MYSQL_PWD`, `MYSQL_HOST`, `MYSQL_TCP_PORT` and the like cannot redirect or break
-//! our own logins (see [`mariadb_command`]). `mariadb-install-db` runs once per machine and MariaDB build into
-//! a template directory, which each server then copies: a server is ready in a few
-//! hundred milliseconds instead of seconds.
+//! our own logins (see `mariadb_command`).
+//!
+//! `mariadb-install-db` runs once per machine and MariaDB build into a template
+//! directory, which each server then copies: a server is ready in a few hundred
+//! milliseconds instead of seconds.
 //!
 //! A server is stopped (SIGTERM, then SIGKILL after a grace period) and its directory
 //! removed when [`LocalMariaDb::stop`] is called or the value is dropped, including
