@@ -37,7 +37,7 @@
 //!   each with who is at fault, whether a retry can help, and the cluster.
 //!
 //! Not on the serving path: [`demo`] (local MariaDB servers with sample data, for
-//! `shardgate demo` and the tests).
+//! `shardgate demo` and the tests; [`demo::localdb`] starts the servers).
 
 pub mod admin;
 pub mod backend;
@@ -46,7 +46,6 @@ pub mod ddl;
 pub mod demo;
 pub mod engine;
 pub mod error;
-pub mod localdb;
 pub mod metrics;
 pub mod metrics_http;
 pub mod migrations;

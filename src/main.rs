@@ -1,26 +1,117 @@
 //! The `shardgate` command: `serve`, `demo`, `vschema check`.
+//!
+//! Arguments are parsed by clap: a wrong argument exits with code 2 and says which;
+//! a failure while running exits with code 1.
 
+use std::io::IsTerminal;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use clap::{Args, Parser, Subcommand};
 use shardgate::config::{ProxyConfig, User};
+use shardgate::demo::DemoOptions;
 use shardgate::vschema::VSchema;
 
-const USAGE: &str = "\
-shardgate: a MySQL-protocol proxy that routes each query to the cluster owning its workspace
+/// A MySQL-protocol proxy that routes each query to the cluster owning its workspace.
+#[derive(Debug, Parser)]
+#[command(
+    name = "shardgate",
+    version,
+    propagate_version = true,
+    arg_required_else_help = true,
+    after_help = "Logs go to stderr; RUST_LOG=shardgate=debug for more.\n\
+                  SHARDGATE_THREADS=N sets the runtime's worker threads (default 2, 0 = one thread)."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
 
-usage:
-  shardgate serve --config FILE          serve with a config file (see docs/configuration.md)
-  shardgate serve --vschema FILE [--listen ADDR] --user NAME:PASSWORD[:admin] ...
-  shardgate demo [--listen ADDR] [--workspaces N] [--base-port PORT]
-                                         local MariaDB clusters + the proxy + sample data
-  shardgate vschema check FILE           validate a shard map and print its placement
-  shardgate --version
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve MySQL clients, from a config file or from a shard map and users.
+    ///
+    /// Either `--config FILE` (see docs/configuration.md), or `--vschema FILE` with at
+    /// least one `--user`.
+    Serve(ServeArgs),
+    /// Local MariaDB clusters with sample data behind the proxy, until Ctrl-C.
+    Demo(DemoArgs),
+    /// Shard-map (vschema) tools.
+    #[command(subcommand)]
+    Vschema(VschemaCommand),
+}
 
-logging: RUST_LOG=shardgate=debug";
+#[derive(Debug, Args)]
+#[command(group(
+    clap::ArgGroup::new("source")
+        .required(true)
+        .args(["config", "vschema"])
+))]
+struct ServeArgs {
+    /// The proxy's config file: listen address, users, pools, vschema path.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["vschema", "listen", "users"])]
+    config: Option<PathBuf>,
+    /// The shard map to serve, without a config file.
+    #[arg(long, value_name = "FILE", requires = "users")]
+    vschema: Option<PathBuf>,
+    /// Address for MySQL clients (with --vschema).
+    #[arg(long, value_name = "ADDR", default_value = shardgate::config::DEFAULT_LISTEN)]
+    listen: SocketAddr,
+    /// A user clients log in as (with --vschema); repeat for more. A trailing
+    /// `:admin` allows the admin statements (SHOW MIGRATIONS, ALTER MIGRATION...).
+    #[arg(
+        long = "user",
+        value_name = "NAME:PASSWORD[:admin]",
+        value_parser = parse_user
+    )]
+    users: Vec<User>,
+}
+
+#[derive(Debug, Args)]
+struct DemoArgs {
+    /// Address the proxy listens on for MySQL clients.
+    #[arg(long, value_name = "ADDR", default_value_t = DemoOptions::default().listen)]
+    listen: SocketAddr,
+    /// Number of sample workspaces (ids 1..=N).
+    #[arg(long, value_name = "N", default_value_t = DemoOptions::default().workspaces)]
+    workspaces: u64,
+    /// Port of the first cluster's MariaDB server; the others take the next ports.
+    #[arg(long, value_name = "PORT", default_value_t = DemoOptions::default().base_port)]
+    base_port: u16,
+    /// A shard map to use instead of the built-in vschema/demo.toml; its clusters are
+    /// started locally whatever their `primary` says.
+    #[arg(long, value_name = "FILE")]
+    vschema: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+enum VschemaCommand {
+    /// Validate a shard map; print every error, or where everything lives.
+    Check {
+        /// The vschema TOML file.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
+}
+
+/// `NAME:PASSWORD` or `NAME:PASSWORD:admin`. The password is everything between the
+/// first colon and an `:admin` suffix, so it may contain colons itself.
+fn parse_user(spec: &str) -> Result<User, String> {
+    let (rest, admin) = match spec.strip_suffix(":admin") {
+        Some(rest) if rest.contains(':') => (rest, true),
+        _ => (spec, false),
+    };
+    match rest.split_once(':') {
+        Some((name, password)) if !name.is_empty() => Ok(User::new(name, password, admin)),
+        _ => Err("expected NAME:PASSWORD or NAME:PASSWORD:admin".to_string()),
+    }
+}
 
 fn main() -> ExitCode {
+    // Exits with code 2 and clap's message on a wrong argument, 0 after --help.
+    let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -28,8 +119,12 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match run(&args) {
+    let result = match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Demo(args) => demo(args),
+        Command::Vschema(VschemaCommand::Check { file }) => vschema_check(&file),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(msg) => {
             eprintln!("shardgate: {msg}");
@@ -56,116 +151,43 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
     builder.enable_all().build().map_err(|e| e.to_string())
 }
 
-fn run(args: &[String]) -> Result<(), String> {
-    let words: Vec<&str> = args.iter().map(String::as_str).collect();
-    match words.as_slice() {
-        [] | ["help"] | ["--help"] | ["-h"] => {
-            println!("{USAGE}");
-            Ok(())
-        }
-        ["--version"] | ["-V"] => {
-            println!("shardgate {}", env!("CARGO_PKG_VERSION"));
-            Ok(())
-        }
-        ["vschema", "check", file] => {
-            let vs = VSchema::load(&PathBuf::from(file))
-                .map_err(|e| format!("{file} is not valid:\n{e}"))?;
-            println!("{file}: ok\n{}", vs.describe());
-            Ok(())
-        }
-        ["serve", rest @ ..] => serve(rest),
-        ["demo", rest @ ..] => demo(rest),
-        _ => Err(format!(
-            "unknown command; see `shardgate --help`\n\n{USAGE}"
-        )),
-    }
-}
-
-fn flag<'a>(rest: &'a [&'a str], name: &str) -> Result<Option<&'a str>, String> {
-    match rest.iter().position(|a| *a == name) {
-        None => Ok(None),
-        Some(i) => rest
-            .get(i + 1)
-            .copied()
-            .map(Some)
-            .ok_or_else(|| format!("{name} needs a value")),
-    }
-}
-
-fn check_flags(rest: &[&str], known: &[&str]) -> Result<(), String> {
-    let mut i = 0;
-    while i < rest.len() {
-        if !known.contains(&rest[i]) {
-            return Err(format!(
-                "unknown argument {:?}; see `shardgate --help`",
-                rest[i]
-            ));
-        }
-        i += 2;
-    }
+fn vschema_check(file: &std::path::Path) -> Result<(), String> {
+    let vs = VSchema::load(file).map_err(|e| format!("{} is not valid:\n{e}", file.display()))?;
+    println!("{}: ok\n{}", file.display(), vs.describe());
     Ok(())
 }
 
-fn serve(rest: &[&str]) -> Result<(), String> {
-    check_flags(rest, &["--config", "--vschema", "--listen", "--user"])?;
-    let config = if let Some(file) = flag(rest, "--config")? {
-        ProxyConfig::load(&PathBuf::from(file))?
-    } else {
-        let vfile = flag(rest, "--vschema")?.ok_or("serve needs --config or --vschema")?;
-        let vs = VSchema::load(&PathBuf::from(vfile)).map_err(|e| format!("{vfile}:\n{e}"))?;
-        let listen = flag(rest, "--listen")?
-            .unwrap_or(shardgate::config::DEFAULT_LISTEN)
-            .parse()
-            .map_err(|e| format!("--listen: {e}"))?;
-        let mut users = Vec::new();
-        for (i, a) in rest.iter().enumerate() {
-            if *a == "--user" {
-                let spec = rest.get(i + 1).ok_or("--user needs NAME:PASSWORD")?;
-                let mut parts = spec.splitn(3, ':');
-                let name = parts.next().unwrap_or_default().to_string();
-                let password = parts
-                    .next()
-                    .ok_or("--user needs NAME:PASSWORD")?
-                    .to_string();
-                let admin = parts.next() == Some("admin");
-                users.push(User::new(&name, &password, admin));
-            }
+fn serve(args: ServeArgs) -> Result<(), String> {
+    let config = match (args.config, args.vschema) {
+        (Some(file), _) => ProxyConfig::load(&file)?,
+        (None, Some(vfile)) => {
+            let vs = VSchema::load(&vfile).map_err(|e| format!("{}:\n{e}", vfile.display()))?;
+            ProxyConfig::new(args.listen, args.users, vs)
         }
-        if users.is_empty() {
-            return Err("serve needs at least one --user NAME:PASSWORD".into());
-        }
-        ProxyConfig::new(listen, users, vs)
+        // clap requires one of the two.
+        (None, None) => return Err("serve needs --config or --vschema".to_string()),
     };
     let rt = runtime()?;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|e| format!("listen on {}: {e}", config.listen))?;
-        println!("shardgate listening on {}", config.listen);
+        if std::io::stderr().is_terminal() {
+            eprintln!("shardgate listening on {}", config.listen);
+        }
         shardgate::server::serve(Arc::new(config), listener, shutdown_signal())
             .await
             .map_err(|e| e.to_string())
     })
 }
 
-fn demo(rest: &[&str]) -> Result<(), String> {
-    check_flags(
-        rest,
-        &["--listen", "--workspaces", "--base-port", "--vschema"],
-    )?;
-    let mut opts = shardgate::demo::DemoOptions::default();
-    if let Some(l) = flag(rest, "--listen")? {
-        opts.listen = l.parse().map_err(|e| format!("--listen: {e}"))?;
-    }
-    if let Some(n) = flag(rest, "--workspaces")? {
-        opts.workspaces = n.parse().map_err(|e| format!("--workspaces: {e}"))?;
-    }
-    if let Some(p) = flag(rest, "--base-port")? {
-        opts.base_port = p.parse().map_err(|e| format!("--base-port: {e}"))?;
-    }
-    if let Some(v) = flag(rest, "--vschema")? {
-        opts.vschema_path = Some(PathBuf::from(v));
-    }
+fn demo(args: DemoArgs) -> Result<(), String> {
+    let opts = DemoOptions {
+        listen: args.listen,
+        base_port: args.base_port,
+        workspaces: args.workspaces,
+        vschema_path: args.vschema,
+    };
     runtime()?.block_on(shardgate::demo::run(opts))
 }
 
@@ -185,4 +207,27 @@ pub async fn shutdown_signal() {
         }
     }
     let _ = ctrl_c.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn user_specs_parse_with_admin_suffix_and_colons_in_passwords() {
+        let user = parse_user("app:app").expect("plain user");
+        assert_eq!((user.name.as_str(), user.admin), ("app", false));
+        let admin = parse_user("root:s3:cret:admin").expect("admin user");
+        assert_eq!(admin.name, "root");
+        assert_eq!(admin.password, "s3:cret");
+        assert!(admin.admin);
+        assert!(parse_user("nopassword").is_err());
+        assert!(parse_user(":pw").is_err());
+    }
 }

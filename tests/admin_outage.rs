@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use mysql_async::prelude::*;
 use shardgate::config::ProxyConfig;
-use shardgate::localdb::LocalMariaDb;
+use shardgate::demo::localdb::LocalMariaDb;
 use shardgate::migrations::executor::{Executor, ExecutorConfig, NoSignals};
 use shardgate::vschema::VSchema;
 

@@ -8,7 +8,7 @@ mod common;
 use std::process::Output;
 use std::time::Duration;
 
-use shardgate::localdb::LocalMariaDb;
+use shardgate::demo::localdb::LocalMariaDb;
 use shardgate::vschema::VSchema;
 
 /// The workspace the scripts write almost everything to, and the one step

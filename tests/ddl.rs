@@ -31,7 +31,11 @@ fn config(vschema: VSchema, migrations: Option<ExecutorConfig>) -> ProxyConfig {
     c
 }
 
-fn column_exists(server: &shardgate::localdb::LocalMariaDb, table: &str, column: &str) -> bool {
+fn column_exists(
+    server: &shardgate::demo::localdb::LocalMariaDb,
+    table: &str,
+    column: &str,
+) -> bool {
     let n = server
         .sql(&format!(
             "SELECT COUNT(*) FROM information_schema.columns WHERE table_schema='app' AND table_name='{table}' AND column_name='{column}'"

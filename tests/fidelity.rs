@@ -31,7 +31,7 @@ const ROWS: &str = "INSERT INTO alltypes VALUES
  (3, 5, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
   NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL)";
 
-fn vschema(servers: &[shardgate::localdb::LocalMariaDb]) -> String {
+fn vschema(servers: &[shardgate::demo::localdb::LocalMariaDb]) -> String {
     let mut t = String::new();
     for (i, s) in servers.iter().enumerate() {
         t.push_str(&format!(

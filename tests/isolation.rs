@@ -32,7 +32,7 @@ fn code(e: &mysql_async::Error) -> Option<u16> {
 async fn setup(
     max: usize,
     checkout_ms: u64,
-) -> (Vec<shardgate::localdb::LocalMariaDb>, common::Proxy) {
+) -> (Vec<shardgate::demo::localdb::LocalMariaDb>, common::Proxy) {
     let servers = common::start_servers(1);
     let toml = common::sharded_vschema(&servers);
     let vs = VSchema::from_toml_str(&toml).expect("vschema");

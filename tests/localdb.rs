@@ -2,7 +2,7 @@
 
 mod common;
 
-use shardgate::localdb::{LocalDbOptions, LocalMariaDb};
+use shardgate::demo::localdb::{LocalDbOptions, LocalMariaDb};
 
 #[test]
 fn two_servers_start_in_parallel_and_answer_on_their_own_ports() {
@@ -86,4 +86,132 @@ fn shard_names_split_evenly() {
     assert_eq!(common::shard_names(1), ["-"]);
     assert_eq!(common::shard_names(2), ["-80", "80-"]);
     assert_eq!(common::shard_names(4), ["-40", "40-80", "80-c0", "c0-"]);
+}
+
+/// A client setup many MySQL users have in their shell (`MYSQL_PWD`, `MYSQL_HOST`,
+/// `MYSQL_TCP_PORT`, a `~/.my.cnf` with another host and password) must not reach the
+/// MariaDB programs shardgate starts: the demo has to start its servers, load its data
+/// and serve. The demo runs as a child process so only it sees that environment.
+#[test]
+fn the_demo_ignores_the_users_mysql_environment_and_option_files() {
+    let home = tempfile::tempdir().expect("temp HOME");
+    std::fs::write(
+        home.path().join(".my.cnf"),
+        "[client]\nhost=192.0.2.1\nport=1\nuser=nobody\npassword=wrong\n\
+         [mysql]\ndatabase=nowhere\n[mysqld]\nport=1\nbind-address=192.0.2.1\n[mariadb]\nport=1\n",
+    )
+    .expect("write ~/.my.cnf");
+    let listen = free_ports(1)[0];
+    let base_port = free_ports(4)[0];
+    let log_path = home.path().join("demo.log");
+    let log = std::fs::File::create(&log_path).expect("create log");
+    let log_err = log.try_clone().expect("clone log handle");
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_shardgate"))
+        .args(["demo", "--workspaces", "10"])
+        .arg("--base-port")
+        .arg(base_port.to_string())
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{listen}"))
+        .env("HOME", home.path())
+        .env("MYSQL_PWD", "wrong")
+        .env("MYSQL_HOST", "192.0.2.1")
+        .env("MYSQL_TCP_PORT", "1")
+        .env("MYSQL_UNIX_PORT", home.path().join("no.sock"))
+        .env("MYSQL_TEST_LOGIN_FILE", home.path().join(".mylogin.cnf"))
+        .env("MARIADB_HOST", "192.0.2.1")
+        .stdin(std::process::Stdio::null())
+        .stdout(log)
+        .stderr(log_err)
+        .spawn()
+        .expect("spawn shardgate demo");
+    let mut demo = Demo { child, log_path };
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
+    while !demo.log().contains("shardgate demo is running") {
+        if let Ok(Some(status)) = demo.child.try_wait() {
+            panic!("the demo exited ({status}) before serving:\n{}", demo.log());
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the demo is not serving after 180 s:\n{}",
+            demo.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let count = common::cli_ok(
+        &format!("127.0.0.1:{listen}"),
+        "app",
+        "app",
+        Some("app"),
+        "SELECT COUNT(*) FROM workspaces WHERE workspace_id = 3",
+    );
+    assert_eq!(count.trim(), "1", "workspace 3 should be loaded");
+
+    let status = demo.terminate();
+    assert!(
+        status.success(),
+        "the demo stopped with {status}:\n{}",
+        demo.log()
+    );
+}
+
+/// `n` consecutive free ports on 127.0.0.1.
+fn free_ports(n: u16) -> Vec<u16> {
+    for _ in 0..100 {
+        let first = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("pick a free port")
+            .port();
+        let ports: Vec<u16> = (0..n).filter_map(|i| first.checked_add(i)).collect();
+        if ports.len() == usize::from(n)
+            && ports
+                .iter()
+                .all(|&p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
+        {
+            return ports;
+        }
+    }
+    panic!("no {n} consecutive free ports on 127.0.0.1");
+}
+
+/// The demo child process; SIGTERM on drop, so its servers are stopped and removed
+/// even when an assertion fails.
+struct Demo {
+    child: std::process::Child,
+    log_path: std::path::PathBuf,
+}
+
+impl Demo {
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// SIGTERM, then wait up to a minute for the demo to stop its servers.
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => return status,
+                Ok(None) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                _ => {
+                    let _ = self.child.kill();
+                    return self.child.wait().expect("wait for the demo");
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.terminate();
+        }
+    }
 }

@@ -11,7 +11,7 @@ use shardgate::protocol::wire;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-fn vschema(servers: &[shardgate::localdb::LocalMariaDb]) -> String {
+fn vschema(servers: &[shardgate::demo::localdb::LocalMariaDb]) -> String {
     servers[0]
         .sql("CREATE DATABASE IF NOT EXISTS app")
         .expect("db");

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use mysql_async::prelude::Queryable;
 use shardgate::backend::SqlConn;
-use shardgate::localdb::LocalMariaDb;
+use shardgate::demo::localdb::LocalMariaDb;
 use shardgate::migrations::copy::{
     self, checkpoint_rows, CopyControl, CopyError, CopyNames, CopyOptions, CopyProgress, CopyStop,
     CopyTask,

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use shardgate::backend::SqlConn;
-use shardgate::localdb::LocalMariaDb;
+use shardgate::demo::localdb::LocalMariaDb;
 use shardgate::migrations::copy::{CopyControl, CopyError, CopyProgress, CopyTask};
 use shardgate::migrations::executor::{
     BoxFuture, CopyEngine, Executor, ExecutorConfig, MigrationControl, NoSignals, ThrottleConfig,

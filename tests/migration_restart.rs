@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use mysql_async::prelude::*;
 
-fn one(server: &shardgate::localdb::LocalMariaDb, sql: &str) -> String {
+fn one(server: &shardgate::demo::localdb::LocalMariaDb, sql: &str) -> String {
     server.sql(sql).expect(sql).trim().to_string()
 }
 

@@ -7,7 +7,7 @@ mod common;
 use mysql_async::prelude::*;
 use shardgate::vschema::VSchema;
 
-fn vschema(servers: &[shardgate::localdb::LocalMariaDb]) -> String {
+fn vschema(servers: &[shardgate::demo::localdb::LocalMariaDb]) -> String {
     let mut t = String::new();
     for (i, s) in servers.iter().enumerate() {
         t.push_str(&format!(

@@ -16,7 +16,7 @@ use shardgate::protocol::{caps, wire};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-fn unsharded(servers: &[shardgate::localdb::LocalMariaDb]) -> String {
+fn unsharded(servers: &[shardgate::demo::localdb::LocalMariaDb]) -> String {
     servers[0]
         .sql("CREATE DATABASE IF NOT EXISTS app")
         .expect("db");

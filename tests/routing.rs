@@ -5,7 +5,7 @@
 mod common;
 
 use mysql_async::prelude::*;
-use shardgate::localdb::LocalMariaDb;
+use shardgate::demo::localdb::LocalMariaDb;
 use shardgate::vschema::VSchema;
 
 /// A vschema with keyspace `app` sharded over the servers (`-80`, `80-` for two) and an

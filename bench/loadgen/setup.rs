@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use shardgate::backend::{BackendConn, ConnKey};
-use shardgate::localdb::{LocalDbOptions, LocalMariaDb};
+use shardgate::demo::localdb::{LocalDbOptions, LocalMariaDb};
 use shardgate::protocol::relay::ResponseKind;
 use shardgate::protocol::{caps, command};
 use shardgate::vschema::{Cluster, VSchema};

@@ -5,6 +5,7 @@
 //! cluster and filled with the rows of the workspaces it owns, then the proxy in front.
 //! Ctrl-C or SIGTERM stops the proxy and every server and removes their directories.
 
+pub mod localdb;
 mod sample;
 
 use std::collections::BTreeMap;
@@ -17,8 +18,19 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
 use crate::config::{PoolConfig, ProxyConfig, User};
-use crate::localdb::{self, LocalDbOptions, LocalMariaDb};
 use crate::vschema::VSchema;
+use localdb::{LocalDbOptions, LocalMariaDb};
+
+/// Writes a line about the demo's progress to stderr, only when stderr is a terminal:
+/// it helps the person watching and would only clutter a log file or a pipe. The
+/// banner with the addresses to connect to is the demo's output and goes to stdout.
+macro_rules! progress {
+    ($($arg:tt)*) => {
+        if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            eprintln!($($arg)*);
+        }
+    };
+}
 
 /// The demo shard map: clusters c1..c4, keyspace `app` sharded over four shards,
 /// unsharded default keyspace `main`.
@@ -72,7 +84,7 @@ pub async fn run(opts: DemoOptions) -> Result<(), String> {
     let mut servers = BTreeMap::new();
     let result = serve_demo(&opts, &mut vschema, listener, &mut servers, begun).await;
     if !servers.is_empty() {
-        println!("stopping {} MariaDB servers...", servers.len());
+        progress!("stopping {} MariaDB servers...", servers.len());
     }
     let stopping = tokio::task::spawn_blocking(move || {
         for (_, server) in servers {
@@ -81,7 +93,7 @@ pub async fn run(opts: DemoOptions) -> Result<(), String> {
     });
     let _ = stopping.await;
     if result.is_ok() {
-        println!("demo stopped; temp directories removed");
+        progress!("demo stopped; temp directories removed");
     }
     result
 }
@@ -94,13 +106,13 @@ async fn serve_demo(
     begun: Instant,
 ) -> Result<(), String> {
     start_clusters(opts, vschema, servers).await?;
-    println!(
+    progress!(
         "[{:>5.1}s] {} MariaDB servers up",
         begun.elapsed().as_secs_f64(),
         servers.len()
     );
     let rows = load_sample_data(opts.workspaces, vschema, servers).await?;
-    println!(
+    progress!(
         "[{:>5.1}s] schemas created, {} workspaces loaded ({rows} rows)",
         begun.elapsed().as_secs_f64(),
         opts.workspaces
@@ -125,7 +137,7 @@ async fn serve_demo(
 
     let outcome = tokio::select! {
         signal = shutdown_signal() => {
-            println!("\n{signal}: shutting down");
+            progress!("\n{signal}: shutting down");
             Ok(())
         }
         ended = &mut proxy => match ended {
@@ -153,7 +165,7 @@ async fn start_clusters(
     vschema: &mut VSchema,
     servers: &mut BTreeMap<String, LocalMariaDb>,
 ) -> Result<(), String> {
-    println!(
+    progress!(
         "starting {} MariaDB servers on 127.0.0.1:{}..",
         vschema.clusters.len(),
         opts.base_port

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use shardgate::config::{PoolConfig, ProxyConfig, User};
-use shardgate::localdb::{LocalDbOptions, LocalMariaDb};
+use shardgate::demo::localdb::{LocalDbOptions, LocalMariaDb};
 use shardgate::vschema::VSchema;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;

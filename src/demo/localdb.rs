@@ -2,10 +2,15 @@
 //! and the integration tests.
 //!
 //! Each server gets its own directory under the system temp dir (data, unix socket,
-//! pid file, error log), listens on 127.0.0.1 only, and ignores `/etc/mysql`
-//! (`--no-defaults`). `mariadb-install-db` runs once per machine and MariaDB build into
-//! a template directory, which each server then copies: a server is ready in a few
-//! hundred milliseconds instead of seconds.
+//! pid file, error log) and listens on 127.0.0.1 only. Every MariaDB program started
+//! here ignores the user's MySQL setup: `--no-defaults` comes first so no option file
+//! (`/etc/mysql`, `~/.my.cnf`) is read, and the environment is cleared, so
+//! `MYSQL_PWD`, `MYSQL_HOST`, `MYSQL_TCP_PORT` and the like cannot redirect or break
+//! our own logins (see `mariadb_command`).
+//!
+//! `mariadb-install-db` runs once per machine and MariaDB build into a template
+//! directory, which each server then copies: a server is ready in a few hundred
+//! milliseconds instead of seconds.
 //!
 //! A server is stopped (SIGTERM, then SIGKILL after a grace period) and its directory
 //! removed when [`LocalMariaDb::stop`] is called or the value is dropped, including
@@ -319,9 +324,8 @@ fn build_template(binaries: &Binaries) -> Result<PathBuf, String> {
     }
     let scratch = unique_dir("sgtpl")?;
     let data = scratch.join("data");
-    let mut cmd = Command::new(&binaries.install_db);
-    cmd.arg("--no-defaults")
-        .arg(format!("--datadir={}", data.display()))
+    let mut cmd = mariadb_command(&binaries.install_db, &scratch);
+    cmd.arg(format!("--datadir={}", data.display()))
         .arg("--auth-root-authentication-method=normal")
         .arg("--skip-test-db")
         .arg("--skip-name-resolve")
@@ -470,9 +474,8 @@ fn start_on_port(
     };
     copy_dir(template, &dir.join("data"))?;
     std::fs::create_dir(dir.join("tmp"))?;
-    let mut cmd = Command::new(&binaries.server);
-    cmd.arg("--no-defaults")
-        .arg(format!("--datadir={}", dir.join("data").display()))
+    let mut cmd = mariadb_command(&binaries.server, &dir);
+    cmd.arg(format!("--datadir={}", dir.join("data").display()))
         .arg(format!("--socket={}", server.socket().display()))
         .arg(format!("--pid-file={}", dir.join("mariadb.pid").display()))
         .arg(format!("--log-error={}", server.error_log().display()))
@@ -589,8 +592,9 @@ pub fn sql_string(s: &str) -> String {
 }
 
 fn run_client(client: &Path, socket: &Path, sql: &str) -> io::Result<String> {
-    let mut child = Command::new(client)
-        .arg("--no-defaults")
+    // The socket sits in the server's own directory, a harmless HOME.
+    let home = socket.parent().unwrap_or_else(|| Path::new("/"));
+    let mut child = mariadb_command(client, home)
         .arg("--protocol=SOCKET")
         .arg(format!("--socket={}", socket.display()))
         .arg("--user=root")
@@ -641,6 +645,35 @@ fn run_client(client: &Path, socket: &Path, sql: &str) -> io::Result<String> {
             String::from_utf8_lossy(&err).trim()
         )))
     }
+}
+
+/// Directories a MariaDB program may need on its `PATH` besides its own (the install
+/// script calls `my_print_defaults`, `resolveip`, `hostname`, `cp`...).
+const SYSTEM_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// A command for the MariaDB program `program` that sees nothing of the user's MySQL
+/// setup: an empty environment except `PATH` (the program's own directory, then the
+/// system's), `HOME` (our own directory `home`, so no `~/.my.cnf` or `~/.mylogin.cnf`
+/// is found) and `LANG=C`; and `--no-defaults` as the first argument, which MariaDB
+/// only honours there. Without this, a `MYSQL_PWD` in the user's shell makes our root
+/// logins fail and `MYSQL_HOST`/`MYSQL_TCP_PORT`/`MYSQL_UNIX_PORT` point them elsewhere.
+fn mariadb_command(program: &Path, home: &Path) -> Command {
+    let path = match program.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => {
+            let mut path = dir.as_os_str().to_owned();
+            path.push(":");
+            path.push(SYSTEM_PATH);
+            path
+        }
+        _ => SYSTEM_PATH.into(),
+    };
+    let mut cmd = Command::new(program);
+    cmd.env_clear()
+        .env("PATH", path)
+        .env("HOME", home)
+        .env("LANG", "C")
+        .arg("--no-defaults");
+    cmd
 }
 
 /// The last `lines` lines of a file, for error messages.
@@ -705,6 +738,31 @@ mod tests {
     fn sql_string_escapes_quotes_and_backslashes() {
         assert_eq!(sql_string("it's"), "'it''s'");
         assert_eq!(sql_string(r"a\b"), r"'a\\b'");
+    }
+
+    #[test]
+    fn mariadb_commands_get_no_inherited_environment_and_no_option_files() {
+        let cmd = mariadb_command(Path::new("/usr/sbin/mariadbd"), Path::new("/tmp/sgdb-x"));
+        let args: Vec<_> = cmd.get_args().collect();
+        assert_eq!(args.first().copied(), Some("--no-defaults".as_ref()));
+        let mut envs: Vec<(String, Option<String>)> = cmd
+            .get_envs()
+            .map(|(k, v)| {
+                (
+                    k.to_string_lossy().into_owned(),
+                    v.map(|v| v.to_string_lossy().into_owned()),
+                )
+            })
+            .collect();
+        envs.sort();
+        assert_eq!(
+            envs,
+            [
+                ("HOME".to_string(), Some("/tmp/sgdb-x".to_string())),
+                ("LANG".to_string(), Some("C".to_string())),
+                ("PATH".to_string(), Some(format!("/usr/sbin:{SYSTEM_PATH}"))),
+            ]
+        );
     }
 
     #[test]
