@@ -179,10 +179,7 @@ async fn reset_connection_drops_temporary_tables_locks_and_variables() {
     a.query_drop("CREATE TEMPORARY TABLE tmp (s INT)")
         .await
         .expect("temporary table");
-    a.query_drop("SELECT GET_LOCK('lock-r', 0)")
-        .await
-        .expect("lock");
-    a.query_drop("SET @v = 1").await.expect("set");
+    a.query_drop("SELECT GET_LOCK('lock-r', 0)").await.expect("lock");
     let busy = common::direct_query(&servers[0], "SELECT IS_FREE_LOCK('lock-r')");
     assert_eq!(busy.trim(), "0");
     a.reset().await.expect("COM_RESET_CONNECTION");
@@ -191,10 +188,15 @@ async fn reset_connection_drops_temporary_tables_locks_and_variables() {
         .await
         .expect_err("temporary table dropped");
     assert_eq!(code(&e), Some(1146), "{e:?}");
-    let v: Option<Option<i64>> = a.query_first("SELECT @v").await.expect("select");
-    assert_eq!(v, Some(None));
     let free = common::direct_query(&servers[0], "SELECT IS_FREE_LOCK('lock-r')");
     assert_eq!(free.trim(), "1");
+
+    a.query_drop("SET @v = 1").await.expect("set");
+    a.query_drop("SELECT 'x' INTO @w").await.expect("into");
+    a.reset().await.expect("COM_RESET_CONNECTION");
+    let vars: Option<(Option<i64>, Option<String>)> =
+        a.query_first("SELECT @v, @w").await.expect("select");
+    assert_eq!(vars, Some((None, None)));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
