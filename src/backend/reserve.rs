@@ -24,8 +24,8 @@ impl Reserve {
     pub const PREPARED_STATEMENT: Reserve = Reserve(1 << 4);
     /// An open `HANDLER`.
     pub const HANDLER: Reserve = Reserve(1 << 5);
-    /// State shardgate cannot see: `CALL` of a procedure, `LAST_INSERT_ID(expr)`,
-    /// `SET` statements inside a multi-statement query that failed.
+    /// State shardgate cannot see or replay: `CALL` of a procedure, `LAST_INSERT_ID(expr)`,
+    /// `SET ROLE`, `XA`, `SET` statements inside a multi-statement query that failed.
     pub const UNKNOWN: Reserve = Reserve(1 << 6);
     /// A transaction the client opened (`BEGIN`, or a statement under
     /// `autocommit=0`): reported by the backend's status flags, not by the planner.

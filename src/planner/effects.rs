@@ -47,7 +47,12 @@ pub(crate) fn effects(sql: &str, toks: &[Token], head: &Head) -> Effects {
         fx.reserve = fx.reserve.union(Reserve::PREPARED_STATEMENT);
     } else if first.is_some_and(|t| t.is_kw(sql, "HANDLER")) {
         fx.reserve = fx.reserve.union(Reserve::HANDLER);
-    } else if first.is_some_and(|t| t.is_kw(sql, "CALL")) {
+    } else if first.is_some_and(|t| t.is_kw(sql, "CALL") || t.is_kw(sql, "XA"))
+        || (first.is_some_and(|t| t.is_kw(sql, "SET"))
+            && toks.get(1).is_some_and(|t| t.is_kw(sql, "ROLE")))
+    {
+        // A procedure may leave anything behind; an XA transaction and `SET ROLE` are
+        // session state that is not replayed.
         fx.reserve = fx.reserve.union(Reserve::UNKNOWN);
     } else if first.is_some_and(|t| t.is_kw(sql, "SHOW")) {
         let second = toks.get(1);

@@ -598,6 +598,8 @@ fn statements_that_leave_connection_state_reserve_it() {
     );
     assert_eq!(reserve("HANDLER logs OPEN"), Reserve::HANDLER);
     assert_eq!(reserve("CALL refresh()"), Reserve::UNKNOWN);
+    assert_eq!(reserve("SET ROLE reporting"), Reserve::UNKNOWN);
+    assert_eq!(reserve("XA START 'x'"), Reserve::UNKNOWN);
     assert_eq!(
         reserve("UPDATE seq SET id = LAST_INSERT_ID(id + 1)"),
         Reserve::UNKNOWN
