@@ -19,6 +19,9 @@ mod tables;
 mod tag;
 #[cfg(test)]
 mod tests;
+mod text;
+
+pub use text::sql_text;
 
 use classify::Head;
 use insert::InsertRoute;
@@ -162,7 +165,11 @@ pub enum DdlKind {
     Other,
 }
 
-/// Plans `sql` (the exact bytes of a COM_QUERY, as UTF-8) in a keyspace described by `schema`.
+/// Plans `sql` (the text of a COM_QUERY) in a keyspace described by `schema`.
+///
+/// Every span in the plan is a byte range of `sql`. Make `sql` from the raw bytes with
+/// [`sql_text`], never with a lossy conversion: then the spans are ranges of the raw
+/// bytes too, which is what the session slices.
 ///
 /// The order, for each statement: its first keywords (session statements, SHOW, DDL) →
 /// a workspace tag in a `/* */` comment → the sharding column in INSERT values or in the
