@@ -230,11 +230,18 @@ pub fn plan(sql: &str, schema: &dyn ShardingSchema) -> Plan {
     Plan { statements }
 }
 
+/// `r` without the whitespace around it, the lexer's whitespace only: `str::trim`
+/// would also cut a Unicode space such as U+00A0, which MySQL and the lexer read as
+/// part of a word, so the span would forward a different statement than was planned.
 fn trimmed(sql: &str, r: Range<usize>) -> Range<usize> {
-    let text = sql.get(r.clone()).unwrap_or("");
-    let start = r.start + (text.len() - text.trim_start().len());
-    let end = r.end - (text.len() - text.trim_end().len());
-    start..end.max(start)
+    let Some(bytes) = sql.as_bytes().get(r.clone()) else {
+        return r.start..r.start;
+    };
+    let lead = bytes.iter().take_while(|&&c| lex::is_space(c)).count();
+    let trail = bytes.get(lead..).map_or(0, |rest| {
+        rest.iter().rev().take_while(|&&c| lex::is_space(c)).count()
+    });
+    r.start + lead..r.end - trail
 }
 
 /// The workspace tags found in some comments.

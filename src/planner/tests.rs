@@ -1020,3 +1020,17 @@ fn an_invalid_byte_inside_a_word_does_not_make_a_keyword_or_column() {
     let p = plan(&sql_text(b"SELECT GET\xffLOCK('a', 1)"), &SHARDED);
     assert!(!p.statements[0].pins_connection, "{p:?}");
 }
+
+#[test]
+fn a_unicode_space_before_a_statement_stays_in_its_span() {
+    // U+00A0 is part of the word `\u{a0}DROP` for MySQL and the lexer, so the statement
+    // is not a DROP; its span must not forward `DROP TABLE plans` without it.
+    let sql = "SELECT 1;\u{a0}DROP TABLE plans\u{a0}; \x0bSELECT 2\x0b";
+    let p = plan(sql, &SHARDED);
+    let texts: Vec<&str> = p.statements.iter().map(|s| &sql[s.span.clone()]).collect();
+    assert_eq!(
+        texts,
+        vec!["SELECT 1", "\u{a0}DROP TABLE plans\u{a0}", "SELECT 2"]
+    );
+    assert_eq!(p.statements[1].kind, StatementKind::Other);
+}
