@@ -229,6 +229,12 @@ pub(crate) fn lex(sql: &str) -> Lexed {
                 });
             } else {
                 i += 1;
+                if c == b';' {
+                    // The server lexes each statement of a multi-statement query afresh,
+                    // so an executable comment does not reach past its `;` (the statement
+                    // after it, forwarded alone, starts with a stray `*/`).
+                    in_executable_comment = false;
+                }
                 out.tokens.push(Token {
                     kind: Tok::Punct(c),
                     start,
@@ -282,6 +288,24 @@ mod tests {
                 (Tok::Word, "SET"),
                 (Tok::Word, "NAMES"),
                 (Tok::Word, "utf8")
+            ]
+        );
+    }
+
+    #[test]
+    fn an_executable_comment_ends_at_a_statement_separator() {
+        let sql = "/*!40101 SET a = 1; */ BEGIN";
+        assert_eq!(
+            kinds(sql),
+            vec![
+                (Tok::Word, "SET"),
+                (Tok::Word, "a"),
+                (Tok::Punct(b'='), "="),
+                (Tok::Num, "1"),
+                (Tok::Punct(b';'), ";"),
+                (Tok::Punct(b'*'), "*"),
+                (Tok::Punct(b'/'), "/"),
+                (Tok::Word, "BEGIN"),
             ]
         );
     }
