@@ -179,7 +179,9 @@ async fn reset_connection_drops_temporary_tables_locks_and_variables() {
     a.query_drop("CREATE TEMPORARY TABLE tmp (s INT)")
         .await
         .expect("temporary table");
-    a.query_drop("SELECT GET_LOCK('lock-r', 0)").await.expect("lock");
+    a.query_drop("SELECT GET_LOCK('lock-r', 0)")
+        .await
+        .expect("lock");
     let busy = common::direct_query(&servers[0], "SELECT IS_FREE_LOCK('lock-r')");
     assert_eq!(busy.trim(), "0");
     a.reset().await.expect("COM_RESET_CONNECTION");
@@ -368,5 +370,59 @@ async fn questions_about_the_previous_statement_reach_its_connection_and_no_othe
             .expect("b update");
         let a_count: Option<i64> = a.query_first("SELECT ROW_COUNT()").await.expect("a");
         assert!(matches!(a_count, Some(3) | Some(-1)), "{a_count:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_multi_statement_query_with_invalid_utf8_is_split_on_its_own_bytes() {
+    let servers = common::start_servers(2);
+    let toml = common::sharded_vschema(&servers);
+    let vs = VSchema::from_toml_str(&toml).expect("vschema");
+    let ks = vs.keyspace("app").expect("app");
+    let on = |c: &str| {
+        (1..1000u64)
+            .find(|&w| ks.shard_for_workspace(w).cluster == c)
+            .expect("a workspace on the cluster")
+    };
+    let (first, second) = (on("c1"), on("c2"));
+    let proxy = common::start_proxy_with(vs, pool(4, 2000, None)).await;
+    // latin1 (collation 8): byte 0xe9 is 'é' for MariaDB, but not UTF-8.
+    let mut s = common::raw_login_with(
+        &proxy.addr_string(),
+        "app",
+        "app",
+        Some("app"),
+        shardgate::protocol::caps::MULTI_STATEMENTS | shardgate::protocol::caps::MULTI_RESULTS,
+        8,
+    )
+    .await;
+    common::raw_query(&mut s, b"SET @a='\xe9'; SET @b=22222").await;
+    for i in 0..2 {
+        let (_, p) = common::raw_read(&mut s)
+            .await
+            .expect("an answer, not a dropped session");
+        assert_eq!(
+            p.as_slice().first(),
+            Some(&0x00),
+            "statement {i} answered OK: {p:?}"
+        );
+    }
+    // Each variable reaches the session's connections on both clusters exactly as sent.
+    for ws in [first, second] {
+        let sql = format!("SELECT HEX(@a), @b /*workspace_id:{ws}*/");
+        common::raw_query(&mut s, sql.as_bytes()).await;
+        let mut packets = Vec::new();
+        loop {
+            let (_, p) = common::raw_read(&mut s).await.expect("result");
+            let end = p.as_slice().first() == Some(&0xfe) && p.len() < 0xffffff;
+            packets.push(p);
+            if end || packets.last().and_then(|p| p.as_slice().first()) == Some(&0xff) {
+                break;
+            }
+        }
+        // column count, two column definitions, one row, the closing OK.
+        assert_eq!(packets.len(), 5, "workspace {ws}: {packets:?}");
+        let row = &packets[3];
+        assert_eq!(row.as_slice(), b"\x02E9\x0522222", "workspace {ws}");
     }
 }

@@ -22,22 +22,6 @@ fn vschema(servers: &[shardgate::demo::localdb::LocalMariaDb]) -> String {
     )
 }
 
-/// Reads one packet (header + payload) or None at end of stream / after 5 s.
-async fn read_packet(s: &mut TcpStream) -> Option<(u8, Vec<u8>)> {
-    let mut h = [0u8; 4];
-    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut h))
-        .await
-        .ok()?
-        .ok()?;
-    let len = h[0] as usize | (h[1] as usize) << 8 | (h[2] as usize) << 16;
-    let mut p = vec![0u8; len];
-    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut p))
-        .await
-        .ok()?
-        .ok()?;
-    Some((h[3], p))
-}
-
 /// Whether the server closed the connection (EOF or reset) within 5 s.
 async fn closed(s: &mut TcpStream) -> bool {
     let mut b = [0u8; 1];
@@ -53,7 +37,7 @@ async fn ping(s: &mut TcpStream) -> bool {
     if s.write_all(&out).await.is_err() {
         return false;
     }
-    matches!(read_packet(s).await, Some((1, p)) if matches!(p.as_slice(), [0, ..]))
+    matches!(common::raw_read(s).await, Some((1, p)) if matches!(p.as_slice(), [0, ..]))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -69,7 +53,7 @@ async fn malformed_input_gets_an_error_or_a_clean_close_and_others_go_on() {
 
     // 1. Garbage as the handshake response: ERR 1043 (08S01), then close.
     let mut s = TcpStream::connect(&addr).await.expect("connect");
-    read_packet(&mut s).await.expect("greeting");
+    common::raw_read(&mut s).await.expect("greeting");
     let mut out = bytes::BytesMut::new();
     put_packet(
         &mut out,
@@ -77,18 +61,18 @@ async fn malformed_input_gets_an_error_or_a_clean_close_and_others_go_on() {
         b"\x01\x02 this is not a handshake response at all",
     );
     s.write_all(&out).await.expect("send");
-    let (_, err) = read_packet(&mut s).await.expect("an error packet");
+    let (_, err) = common::raw_read(&mut s).await.expect("an error packet");
     let e = wire::parse_err(&err).expect("ERR");
     assert_eq!((e.code, e.sqlstate.as_str()), (1043, "08S01"));
     assert!(closed(&mut s).await);
 
     // 2. Plain text (an HTTP request) instead of packets: refused, closed.
     let mut s = TcpStream::connect(&addr).await.expect("connect");
-    read_packet(&mut s).await.expect("greeting");
+    common::raw_read(&mut s).await.expect("greeting");
     s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .expect("send");
-    if let Some((_, p)) = read_packet(&mut s).await {
+    if let Some((_, p)) = common::raw_read(&mut s).await {
         assert_eq!(wire::parse_err(&p).map(|e| e.code), Some(1043));
     }
     assert!(closed(&mut s).await);
@@ -111,7 +95,7 @@ async fn malformed_input_gets_an_error_or_a_clean_close_and_others_go_on() {
     let write = s.write_all(&chain).await;
     if write.is_ok() {
         // An ERR, or the connection simply closed.
-        if let Some((_, p)) = read_packet(&mut s).await {
+        if let Some((_, p)) = common::raw_read(&mut s).await {
             assert_eq!(wire::parse_err(&p).map(|e| e.code), Some(1153));
         }
     }
@@ -122,7 +106,7 @@ async fn malformed_input_gets_an_error_or_a_clean_close_and_others_go_on() {
         let mut out = bytes::BytesMut::new();
         put_packet(&mut out, 0, payload);
         s.write_all(&out).await.expect("send");
-        let (seq, p) = read_packet(&mut s).await.expect("reply");
+        let (seq, p) = common::raw_read(&mut s).await.expect("reply");
         assert_eq!(seq, 1);
         assert_eq!(wire::parse_err(&p).map(|e| e.code), Some(1047));
         assert!(ping(&mut s).await, "usable after an unknown command");
@@ -131,7 +115,7 @@ async fn malformed_input_gets_an_error_or_a_clean_close_and_others_go_on() {
     let mut out = bytes::BytesMut::new();
     put_packet(&mut out, 0, b"\x16SELECT 1");
     s.write_all(&out).await.expect("send");
-    let (_, p) = read_packet(&mut s).await.expect("reply");
+    let (_, p) = common::raw_read(&mut s).await.expect("reply");
     assert_eq!(wire::parse_err(&p).map(|e| e.code), Some(1295));
     assert!(ping(&mut s).await);
     // Invalid UTF-8 in a query reaches MariaDB, which answers for itself.
@@ -139,10 +123,10 @@ async fn malformed_input_gets_an_error_or_a_clean_close_and_others_go_on() {
     put_packet(&mut out, 0, b"\x03SELECT '\xff\xfe'");
     s.write_all(&out).await.expect("send");
     // Read the whole answer: a result set ending in 0xfe (DEPRECATE_EOF), or OK / ERR.
-    let (_, first) = read_packet(&mut s).await.expect("reply");
+    let (_, first) = common::raw_read(&mut s).await.expect("reply");
     if first[0] != 0 && first[0] != 0xff {
         loop {
-            let (_, p) = read_packet(&mut s).await.expect("row or end");
+            let (_, p) = common::raw_read(&mut s).await.expect("row or end");
             if p[0] == 0xfe || p[0] == 0xff {
                 break;
             }
@@ -153,7 +137,7 @@ async fn malformed_input_gets_an_error_or_a_clean_close_and_others_go_on() {
     // 6. Random bytes after the greeting, many times: never a panic.
     for round in 0..50u32 {
         let mut s = TcpStream::connect(&addr).await.expect("connect");
-        read_packet(&mut s).await.expect("greeting");
+        common::raw_read(&mut s).await.expect("greeting");
         let len = (round * 7919 % 300) as usize;
         let mut bytes: Vec<u8> = (0..len)
             .map(|i| ((i as u32).wrapping_mul(2654435761u32) >> (round % 24)) as u8)

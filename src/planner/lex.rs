@@ -89,6 +89,11 @@ pub(crate) struct Lexed {
     pub comments: Vec<Range<usize>>,
 }
 
+/// Whitespace between tokens: ASCII only, as in MySQL's lexer.
+pub(crate) fn is_space(c: u8) -> bool {
+    c.is_ascii_whitespace() || c == 0x0b
+}
+
 fn is_word_byte(c: u8) -> bool {
     c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80
 }
@@ -112,7 +117,7 @@ pub(crate) fn lex(sql: &str) -> Lexed {
     while i < len {
         let c = b[i];
         let next = b.get(i + 1).copied();
-        if c.is_ascii_whitespace() || c == 0x0b {
+        if is_space(c) {
             i += 1;
         } else if c == b'#'
             || (c == b'-' && next == Some(b'-') && b.get(i + 2).is_none_or(|&d| d <= b' '))
@@ -173,7 +178,8 @@ pub(crate) fn lex(sql: &str) -> Lexed {
             while i < len && is_word_byte(b[i]) {
                 i += 1;
             }
-            let mut kind = if b[start..i].iter().all(u8::is_ascii_digit) {
+            let digits = b.get(start..i).unwrap_or_default();
+            let mut kind = if digits.iter().all(u8::is_ascii_digit) {
                 Tok::Num
             } else {
                 Tok::Word
@@ -213,7 +219,7 @@ pub(crate) fn lex(sql: &str) -> Lexed {
             });
         } else {
             let start = i;
-            let rest = &b[i..];
+            let rest = b.get(i..).unwrap_or_default();
             if let Some(op) = MULTI_OPS.iter().find(|op| rest.starts_with(op)) {
                 i += op.len();
                 out.tokens.push(Token {
@@ -223,6 +229,12 @@ pub(crate) fn lex(sql: &str) -> Lexed {
                 });
             } else {
                 i += 1;
+                if c == b';' {
+                    // The server lexes each statement of a multi-statement query afresh,
+                    // so an executable comment does not reach past its `;` (the statement
+                    // after it, forwarded alone, starts with a stray `*/`).
+                    in_executable_comment = false;
+                }
                 out.tokens.push(Token {
                     kind: Tok::Punct(c),
                     start,
@@ -276,6 +288,24 @@ mod tests {
                 (Tok::Word, "SET"),
                 (Tok::Word, "NAMES"),
                 (Tok::Word, "utf8")
+            ]
+        );
+    }
+
+    #[test]
+    fn an_executable_comment_ends_at_a_statement_separator() {
+        let sql = "/*!40101 SET a = 1; */ BEGIN";
+        assert_eq!(
+            kinds(sql),
+            vec![
+                (Tok::Word, "SET"),
+                (Tok::Word, "a"),
+                (Tok::Punct(b'='), "="),
+                (Tok::Num, "1"),
+                (Tok::Punct(b';'), ";"),
+                (Tok::Punct(b'*'), "*"),
+                (Tok::Punct(b'/'), "/"),
+                (Tok::Word, "BEGIN"),
             ]
         );
     }

@@ -165,7 +165,11 @@ pub enum DdlKind {
     Other,
 }
 
-/// Plans `sql` (the exact bytes of a COM_QUERY, as UTF-8) in a keyspace described by `schema`.
+/// Plans `sql` (the text of a COM_QUERY) in a keyspace described by `schema`.
+///
+/// Every span in the plan is a byte range of `sql`. Make `sql` from the raw bytes with
+/// [`sql_text`], never with a lossy conversion: then the spans are ranges of the raw
+/// bytes too, which is what the session slices.
 ///
 /// The order, for each statement: its first keywords (session statements, SHOW, DDL) →
 /// a workspace tag in a `/* */` comment → the sharding column in INSERT values or in the
@@ -226,11 +230,18 @@ pub fn plan(sql: &str, schema: &dyn ShardingSchema) -> Plan {
     Plan { statements }
 }
 
+/// `r` without the whitespace around it, the lexer's whitespace only: `str::trim`
+/// would also cut a Unicode space such as U+00A0, which MySQL and the lexer read as
+/// part of a word, so the span would forward a different statement than was planned.
 fn trimmed(sql: &str, r: Range<usize>) -> Range<usize> {
-    let text = sql.get(r.clone()).unwrap_or("");
-    let start = r.start + (text.len() - text.trim_start().len());
-    let end = r.end - (text.len() - text.trim_end().len());
-    start..end.max(start)
+    let Some(bytes) = sql.as_bytes().get(r.clone()) else {
+        return r.start..r.start;
+    };
+    let lead = bytes.iter().take_while(|&&c| lex::is_space(c)).count();
+    let trail = bytes.get(lead..).map_or(0, |rest| {
+        rest.iter().rev().take_while(|&&c| lex::is_space(c)).count()
+    });
+    r.start + lead..r.end - trail
 }
 
 /// The workspace tags found in some comments.

@@ -1008,3 +1008,80 @@ fn a_typo_is_not_taken_for_a_table_under_a_default_column() {
     );
     assert_eq!(p.statements[0].route, ws(&[9]));
 }
+
+// ---- raw bytes that are not UTF-8 ----
+
+/// The raw bytes of each statement, as the session slices them.
+fn raw_statements<'a>(raw: &'a [u8], p: &Plan) -> Vec<&'a [u8]> {
+    p.statements
+        .iter()
+        .map(|s| raw.get(s.span.clone()).expect("span inside the raw bytes"))
+        .collect()
+}
+
+#[test]
+fn invalid_utf8_keeps_statement_spans_on_the_raw_bytes() {
+    let raw: &[u8] = b"SET @a='\xe9'; SET @b=22222";
+    let text = sql_text(raw);
+    assert_eq!(text.len(), raw.len());
+    let p = plan(&text, &SHARDED);
+    assert_eq!(
+        raw_statements(raw, &p),
+        vec![b"SET @a='\xe9'".as_slice(), b"SET @b=22222".as_slice()]
+    );
+    assert!(p
+        .statements
+        .iter()
+        .all(|s| s.kind == StatementKind::SetSession));
+}
+
+#[test]
+fn invalid_utf8_keeps_insert_row_spans_on_the_raw_bytes() {
+    let raw: &[u8] =
+        b"INSERT INTO messages (workspace_id, body) VALUES (1, '\xff\xfe'), (2, 'caf\xe9') \
+          ON DUPLICATE KEY UPDATE body = 'x'";
+    let p = plan(&sql_text(raw), &SHARDED);
+    let StatementKind::Insert(shape) = &p.statements[0].kind else {
+        panic!("not an insert: {p:?}");
+    };
+    assert_eq!(p.statements[0].route, ws(&[1, 2]));
+    let rows: Vec<&[u8]> = shape
+        .rows
+        .iter()
+        .map(|(r, _)| raw.get(r.clone()).expect("row inside the raw bytes"))
+        .collect();
+    assert_eq!(
+        rows,
+        vec![b"(1, '\xff\xfe')".as_slice(), b"(2, 'caf\xe9')".as_slice()]
+    );
+    assert_eq!(
+        raw.get(shape.suffix.clone()),
+        Some(b" ON DUPLICATE KEY UPDATE body = 'x'".as_slice())
+    );
+}
+
+#[test]
+fn an_invalid_byte_inside_a_word_does_not_make_a_keyword_or_column() {
+    // `workspace\xffid` is not the sharding column, and `GET\xffLOCK(` is no GET_LOCK.
+    let p = plan(
+        &sql_text(b"SELECT * FROM messages WHERE workspace\xffid = 4"),
+        &SHARDED,
+    );
+    assert_eq!(p.statements[0].route, missing("messages", "workspace_id"));
+    let p = plan(&sql_text(b"SELECT GET\xffLOCK('a', 1)"), &SHARDED);
+    assert!(p.statements[0].effects.reserve.is_empty(), "{p:?}");
+}
+
+#[test]
+fn a_unicode_space_before_a_statement_stays_in_its_span() {
+    // U+00A0 is part of the word `\u{a0}DROP` for MySQL and the lexer, so the statement
+    // is not a DROP; its span must not forward `DROP TABLE plans` without it.
+    let sql = "SELECT 1;\u{a0}DROP TABLE plans\u{a0}; \x0bSELECT 2\x0b";
+    let p = plan(sql, &SHARDED);
+    let texts: Vec<&str> = p.statements.iter().map(|s| &sql[s.span.clone()]).collect();
+    assert_eq!(
+        texts,
+        vec!["SELECT 1", "\u{a0}DROP TABLE plans\u{a0}", "SELECT 2"]
+    );
+    assert_eq!(p.statements[1].kind, StatementKind::Other);
+}

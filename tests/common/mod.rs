@@ -461,34 +461,32 @@ pub async fn raw_login(
     password: &str,
     db: Option<&str>,
 ) -> tokio::net::TcpStream {
+    raw_login_with(addr, user, password, db, 0, 45).await
+}
+
+/// [`raw_login`] with extra client capabilities and a connection collation.
+pub async fn raw_login_with(
+    addr: &str,
+    user: &str,
+    password: &str,
+    db: Option<&str>,
+    extra_caps: u32,
+    collation: u8,
+) -> tokio::net::TcpStream {
     use shardgate::protocol::auth::native_token;
     use shardgate::protocol::handshake::{
         build_handshake_response, parse_greeting, HandshakeResponse,
     };
     use shardgate::protocol::{caps, packet::put_packet};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
 
-    async fn read(s: &mut tokio::net::TcpStream) -> Vec<u8> {
-        let mut h = [0u8; 4];
-        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut h))
-            .await
-            .expect("packet header in time")
-            .expect("packet header");
-        let len = h[0] as usize | (h[1] as usize) << 8 | (h[2] as usize) << 16;
-        let mut p = vec![0u8; len];
-        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut p))
-            .await
-            .expect("packet in time")
-            .expect("packet");
-        p
-    }
     let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let g = read(&mut s).await;
+    let (_, g) = raw_read(&mut s).await.expect("greeting");
     let g = parse_greeting(&g).expect("valid greeting");
     let resp = HandshakeResponse {
-        capabilities: caps::BACKEND_BASE | caps::DEPRECATE_EOF,
+        capabilities: caps::BACKEND_BASE | caps::DEPRECATE_EOF | extra_caps,
         max_packet: 1 << 24,
-        collation: 45,
+        collation,
         user: user.into(),
         auth_response: native_token(password.as_bytes(), &g.scramble),
         database: db.map(str::to_string),
@@ -499,7 +497,35 @@ pub async fn raw_login(
     let mut out = bytes::BytesMut::new();
     put_packet(&mut out, 1, &build_handshake_response(&resp));
     s.write_all(&out).await.expect("send login");
-    let ok = read(&mut s).await;
+    let (_, ok) = raw_read(&mut s).await.expect("login reply");
     assert_eq!(ok.first(), Some(&0), "login ok");
     s
+}
+
+/// Reads one packet from a raw connection: (sequence id, payload), or None when the
+/// stream ends or nothing comes within 5 s.
+pub async fn raw_read(s: &mut tokio::net::TcpStream) -> Option<(u8, Vec<u8>)> {
+    use tokio::io::AsyncReadExt;
+    let mut h = [0u8; 4];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut h))
+        .await
+        .ok()?
+        .ok()?;
+    let len = h[0] as usize | (h[1] as usize) << 8 | (h[2] as usize) << 16;
+    let mut p = vec![0u8; len];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut p))
+        .await
+        .ok()?
+        .ok()?;
+    Some((h[3], p))
+}
+
+/// Sends a COM_QUERY of raw bytes on a raw connection.
+pub async fn raw_query(s: &mut tokio::net::TcpStream, sql: &[u8]) {
+    use tokio::io::AsyncWriteExt;
+    let mut p = vec![0x03];
+    p.extend_from_slice(sql);
+    let mut out = bytes::BytesMut::new();
+    shardgate::protocol::packet::put_packet(&mut out, 0, &p);
+    s.write_all(&out).await.expect("send query");
 }
