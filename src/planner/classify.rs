@@ -5,33 +5,23 @@
 //! anything deeper than their first words.
 
 use super::lex::{Tok, Token};
-use super::DdlKind;
+use super::{DdlKind, StatementKind};
 
-/// The class of a statement as its first keywords show it.
+/// The class of a statement as its first keywords show it: a [`StatementKind`] when
+/// that is all there is to know, else what the planner still has to work out.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Head {
-    Select,
+    /// Any kind but `Insert` and `Show` (which need more than their first words).
+    Kind(StatementKind),
+    /// INSERT or REPLACE: its shape comes from the planner's INSERT reader.
     Insert,
-    Update,
-    Delete,
-    Ddl(DdlKind),
-    Begin,
-    Commit,
-    Rollback,
-    Use(String),
-    SetAutocommit(bool),
-    SetSession,
-    SetTransaction,
     /// SHOW / DESCRIBE / EXPLAIN / HELP; `inner` is the token index of an explained
     /// statement (`EXPLAIN SELECT ...`), if any.
-    Show {
-        inner: Option<usize>,
-    },
+    Show { inner: Option<usize> },
     /// `CREATE TEMPORARY TABLE`, `DROP TEMPORARY TABLE`: state on the connection.
     Temporary,
     /// `LOCK TABLE(S)`.
     Lock,
-    Other,
 }
 
 fn kw(t: Option<&Token>, sql: &str, word: &str) -> bool {
@@ -45,18 +35,18 @@ fn kw_any(t: Option<&Token>, sql: &str, words: &[&str]) -> bool {
 /// Classifies the statement made of `toks` (comments already left out).
 pub(crate) fn classify(sql: &str, toks: &[Token]) -> Head {
     let Some(first) = toks.first() else {
-        return Head::Other;
+        return Head::Kind(StatementKind::Other);
     };
     if first.is_punct(b'(') {
         let inner = toks.iter().find(|t| !t.is_punct(b'('));
         return if kw_any(inner, sql, &["SELECT", "WITH", "VALUES", "TABLE"]) {
-            Head::Select
+            Head::Kind(StatementKind::Select)
         } else {
-            Head::Other
+            Head::Kind(StatementKind::Other)
         };
     }
     if first.kind != Tok::Word {
-        return Head::Other;
+        return Head::Kind(StatementKind::Other);
     }
     // Upper-case the first word on the stack: this runs for every statement.
     let mut buf = [0u8; 12];
@@ -71,15 +61,17 @@ pub(crate) fn classify(sql: &str, toks: &[Token]) -> Head {
     };
     let second = toks.get(1);
     match word {
-        "SELECT" | "WITH" => Head::Select,
+        "SELECT" | "WITH" => Head::Kind(StatementKind::Select),
         "INSERT" | "REPLACE" => Head::Insert,
-        "UPDATE" => Head::Update,
-        "DELETE" => Head::Delete,
-        "BEGIN" if second.is_none() || (kw(second, sql, "WORK") && toks.len() == 2) => Head::Begin,
-        "START" if kw(second, sql, "TRANSACTION") => Head::Begin,
-        "COMMIT" => Head::Commit,
-        "ROLLBACK" if toks.iter().any(|t| t.is_kw(sql, "TO")) => Head::Other,
-        "ROLLBACK" => Head::Rollback,
+        "UPDATE" => Head::Kind(StatementKind::Update),
+        "DELETE" => Head::Kind(StatementKind::Delete),
+        "BEGIN" if second.is_none() || (kw(second, sql, "WORK") && toks.len() == 2) => {
+            Head::Kind(StatementKind::Begin)
+        }
+        "START" if kw(second, sql, "TRANSACTION") => Head::Kind(StatementKind::Begin),
+        "COMMIT" => Head::Kind(StatementKind::Commit),
+        "ROLLBACK" if toks.iter().any(|t| t.is_kw(sql, "TO")) => Head::Kind(StatementKind::Other),
+        "ROLLBACK" => Head::Kind(StatementKind::Rollback),
         "USE" => use_target(sql, toks),
         "SET" => classify_set(sql, toks),
         "SHOW" | "HELP" => Head::Show { inner: None },
@@ -92,13 +84,13 @@ pub(crate) fn classify(sql: &str, toks: &[Token]) -> Head {
             if kw(next, sql, "TEMPORARY") {
                 Head::Temporary
             } else if kw_any(next, sql, &["TABLE", "TABLES"]) {
-                Head::Ddl(DdlKind::DropTable)
+                Head::Kind(StatementKind::Ddl(DdlKind::DropTable))
             } else if kw_any(next, sql, &["DATABASE", "SCHEMA"]) {
-                Head::Ddl(DdlKind::DropDatabase)
+                Head::Kind(StatementKind::Ddl(DdlKind::DropDatabase))
             } else if kw(next, sql, "INDEX") {
-                Head::Ddl(DdlKind::DropIndex)
+                Head::Kind(StatementKind::Ddl(DdlKind::DropIndex))
             } else {
-                Head::Ddl(DdlKind::Other)
+                Head::Kind(StatementKind::Ddl(DdlKind::Other))
             }
         }
         "ALTER" => {
@@ -106,16 +98,18 @@ pub(crate) fn classify(sql: &str, toks: &[Token]) -> Head {
                 .iter()
                 .find(|t| !t.is_kw(sql, "ONLINE") && !t.is_kw(sql, "IGNORE"));
             if kw(next, sql, "TABLE") {
-                Head::Ddl(DdlKind::AlterTable)
+                Head::Kind(StatementKind::Ddl(DdlKind::AlterTable))
             } else {
-                Head::Ddl(DdlKind::Other)
+                Head::Kind(StatementKind::Ddl(DdlKind::Other))
             }
         }
-        "RENAME" if kw_any(second, sql, &["TABLE", "TABLES"]) => Head::Ddl(DdlKind::RenameTable),
-        "RENAME" => Head::Ddl(DdlKind::Other),
-        "TRUNCATE" => Head::Ddl(DdlKind::Truncate),
+        "RENAME" if kw_any(second, sql, &["TABLE", "TABLES"]) => {
+            Head::Kind(StatementKind::Ddl(DdlKind::RenameTable))
+        }
+        "RENAME" => Head::Kind(StatementKind::Ddl(DdlKind::Other)),
+        "TRUNCATE" => Head::Kind(StatementKind::Ddl(DdlKind::Truncate)),
         "LOCK" => Head::Lock,
-        _ => Head::Other,
+        _ => Head::Kind(StatementKind::Other),
     }
 }
 
@@ -128,16 +122,16 @@ fn classify_create(sql: &str, toks: &[Token]) -> Head {
     if kw(next, sql, "TEMPORARY") {
         Head::Temporary
     } else if kw(next, sql, "TABLE") {
-        Head::Ddl(DdlKind::CreateTable)
+        Head::Kind(StatementKind::Ddl(DdlKind::CreateTable))
     } else if kw_any(next, sql, &["DATABASE", "SCHEMA"]) {
-        Head::Ddl(DdlKind::CreateDatabase)
+        Head::Kind(StatementKind::Ddl(DdlKind::CreateDatabase))
     } else if kw(next, sql, "INDEX")
         || (kw_any(next, sql, &["UNIQUE", "FULLTEXT", "SPATIAL"])
             && kw(toks.get(i + 1), sql, "INDEX"))
     {
-        Head::Ddl(DdlKind::CreateIndex)
+        Head::Kind(StatementKind::Ddl(DdlKind::CreateIndex))
     } else {
-        Head::Ddl(DdlKind::Other)
+        Head::Kind(StatementKind::Ddl(DdlKind::Other))
     }
 }
 
@@ -160,18 +154,20 @@ fn classify_set(sql: &str, toks: &[Token]) -> Head {
             || (w[0].is_punct(b'@') && w[1].is_kw(sql, "GLOBAL"))
     }) || rest.last().is_some_and(|t| t.is_kw(sql, "GLOBAL"));
     if global {
-        return Head::Other;
+        return Head::Kind(StatementKind::Other);
     }
     let first = rest.first();
     if kw(first, sql, "TRANSACTION")
         || (kw_any(first, sql, &["SESSION", "LOCAL"]) && kw(rest.get(1), sql, "TRANSACTION"))
     {
-        return Head::SetTransaction;
+        return Head::Kind(StatementKind::SetTransaction);
     }
     if kw_any(first, sql, &["PASSWORD", "ROLE", "DEFAULT", "STATEMENT"]) {
-        return Head::Other;
+        return Head::Kind(StatementKind::Other);
     }
-    autocommit_value(sql, rest).map_or(Head::SetSession, Head::SetAutocommit)
+    autocommit_value(sql, rest).map_or(Head::Kind(StatementKind::SetSession), |b| {
+        Head::Kind(StatementKind::SetAutocommit(b))
+    })
 }
 
 /// `autocommit = v` (with an optional scope) as the only assignment of a SET.
@@ -215,7 +211,7 @@ fn autocommit_value(sql: &str, rest: &[Token]) -> Option<bool> {
 /// (kept as written, for the session to interpret).
 fn use_target(sql: &str, toks: &[Token]) -> Head {
     match toks {
-        [_, t] if t.is_ident() => Head::Use(t.ident(sql).into_owned()),
+        [_, t] if t.is_ident() => Head::Kind(StatementKind::Use(t.ident(sql).into_owned())),
         [_, first, .., last]
             if first.is_ident()
                 && toks[1..].iter().all(|t| {
@@ -225,8 +221,10 @@ fn use_target(sql: &str, toks: &[Token]) -> Head {
                     )
                 }) =>
         {
-            Head::Use(sql.get(first.start..last.end).unwrap_or("").to_owned())
+            Head::Kind(StatementKind::Use(
+                sql.get(first.start..last.end).unwrap_or("").to_owned(),
+            ))
         }
-        _ => Head::Other,
+        _ => Head::Kind(StatementKind::Other),
     }
 }

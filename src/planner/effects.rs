@@ -10,6 +10,7 @@ pub use crate::backend::Reserve;
 
 use super::classify::Head;
 use super::lex::{Tok, Token};
+use super::StatementKind;
 
 /// A statement's effects on its connection.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -64,7 +65,11 @@ pub(crate) fn effects(sql: &str, toks: &[Token], head: &Head) -> Effects {
     }
     let is_set = matches!(
         head,
-        Head::SetSession | Head::SetAutocommit(_) | Head::SetTransaction
+        Head::Kind(
+            StatementKind::SetSession
+                | StatementKind::SetAutocommit(_)
+                | StatementKind::SetTransaction
+        )
     );
     for (i, t) in toks.iter().enumerate() {
         let call = || toks.get(i + 1).is_some_and(|p| p.is_punct(b'('));

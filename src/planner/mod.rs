@@ -285,7 +285,7 @@ fn plan_statement(
     schema: &dyn ShardingSchema,
 ) -> StatementPlan {
     let head = classify::classify(sql, toks);
-    let ddl = matches!(head, Head::Ddl(_));
+    let ddl = matches!(head, Head::Kind(StatementKind::Ddl(_)));
     let tables = tables::table_names(sql, toks, ddl);
     let qualified_schema = tables::common_schema(&tables);
     let effects = effects::effects(sql, toks, &head);
@@ -298,12 +298,12 @@ fn plan_statement(
         scan => scan,
     };
     let sharded = schema.is_sharded();
+    let tag_id = match tag {
+        TagScan::One(id) => Some(id),
+        _ => None,
+    };
     let (kind, route) = match head {
         Head::Insert => {
-            let tag_id = match tag {
-                TagScan::One(id) => Some(id),
-                _ => None,
-            };
             let (shape, route) = insert::plan_insert(sql, toks, span.clone(), schema, tag_id);
             let route = match route {
                 InsertRoute::Done(r) => r,
@@ -314,28 +314,19 @@ fn plan_statement(
             };
             (StatementKind::Insert(shape), conflict_check(tag, route))
         }
-        Head::Select | Head::Update | Head::Delete if sharded => {
-            let write = !matches!(head, Head::Select);
+        Head::Kind(
+            kind @ (StatementKind::Select | StatementKind::Update | StatementKind::Delete),
+        ) if sharded => {
+            let write = kind != StatementKind::Select;
             dml_route(sql, toks, &tables, schema, write, tag)
         }
-        Head::Select => (StatementKind::Select, Route::AnyShard),
-        Head::Update => (StatementKind::Update, Route::AnyShard),
-        Head::Delete => (StatementKind::Delete, Route::AnyShard),
-        Head::Ddl(k) => (
-            StatementKind::Ddl(k),
-            if sharded {
-                Route::AllShards
-            } else {
-                Route::AnyShard
-            },
+        Head::Kind(StatementKind::Ddl(k)) if sharded => (StatementKind::Ddl(k), Route::AllShards),
+        Head::Kind(StatementKind::Other) | Head::Lock if sharded => (
+            StatementKind::Other,
+            fallback::route(sql, toks, &tables, schema, false, tag_id),
         ),
-        Head::Begin => (StatementKind::Begin, Route::AnyShard),
-        Head::Commit => (StatementKind::Commit, Route::AnyShard),
-        Head::Rollback => (StatementKind::Rollback, Route::AnyShard),
-        Head::Use(db) => (StatementKind::Use(db), Route::AnyShard),
-        Head::SetAutocommit(on) => (StatementKind::SetAutocommit(on), Route::AnyShard),
-        Head::SetSession => (StatementKind::SetSession, Route::AnyShard),
-        Head::SetTransaction => (StatementKind::SetTransaction, Route::AnyShard),
+        Head::Kind(kind) => (kind, Route::AnyShard),
+        Head::Lock => (StatementKind::Other, Route::AnyShard),
         Head::Show { inner } => {
             // EXPLAIN of a pinned statement runs where that statement would.
             let route = match inner {
@@ -357,17 +348,6 @@ fn plan_statement(
                 _ => Route::AnyShard,
             },
         ),
-        Head::Lock | Head::Other if sharded => {
-            let tag_id = match tag {
-                TagScan::One(id) => Some(id),
-                _ => None,
-            };
-            (
-                StatementKind::Other,
-                fallback::route(sql, toks, &tables, schema, false, tag_id),
-            )
-        }
-        Head::Lock | Head::Other => (StatementKind::Other, Route::AnyShard),
     };
     StatementPlan {
         span,
