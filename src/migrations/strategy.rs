@@ -15,6 +15,7 @@
 //! `ROW_FORMAT=COMPRESSED`, a hidden `FTS_DOC_ID`) fails fast instead of copying.
 
 use super::Strategy;
+use crate::planner::lex::{self, Tok, Token};
 
 /// An `ALTER TABLE` split into its parts.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,7 +32,7 @@ pub struct AlterTable {
 /// t (...)` and `DROP INDEX i ON t`, as their ALTER TABLE equivalents).
 pub fn parse_alter(sql: &str) -> Option<AlterTable> {
     let sql = sql.trim().trim_end_matches(';').trim_end();
-    let toks = lex(sql);
+    let toks = tokens(sql);
     let mut p = Cursor {
         src: sql,
         toks: &toks,
@@ -129,9 +130,9 @@ fn parse_create_index(sql: &str, mut p: Cursor<'_>) -> Option<AlterTable> {
     let mut depth = 0i32;
     for t in &p.toks[p.at..] {
         match t.kind {
-            Kind::Punct(b'(') => depth += 1,
-            Kind::Punct(b')') => depth -= 1,
-            Kind::Word if depth == 0 && (t.is("ALGORITHM") || t.is("LOCK")) => {
+            Tok::Punct(b'(') => depth += 1,
+            Tok::Punct(b')') => depth -= 1,
+            Tok::Word if depth == 0 && (t.is_kw(sql, "ALGORITHM") || t.is_kw(sql, "LOCK")) => {
                 body_end = t.start;
                 break;
             }
@@ -162,7 +163,7 @@ pub fn choose(alter: &AlterTable) -> Strategy {
     let clauses = split_clauses(&alter.spec);
     let mut changes = 0;
     for clause in &clauses {
-        let toks = lex(clause);
+        let toks = tokens(clause);
         match classify_clause(clause, &toks) {
             Clause::Neutral => {}
             Clause::Instant => changes += 1,
@@ -179,16 +180,16 @@ pub fn choose(alter: &AlterTable) -> Strategy {
 /// Splits an alter specification into its top-level, comma-separated clauses
 /// (commas inside parentheses, quotes and comments do not split).
 pub fn split_clauses(spec: &str) -> Vec<String> {
-    let toks = lex(spec);
+    let toks = tokens(spec);
     let mut out = Vec::new();
     let mut depth = 0i32;
     let mut start: Option<usize> = None;
     let mut end = 0;
     for t in &toks {
         match t.kind {
-            Kind::Punct(b'(') => depth += 1,
-            Kind::Punct(b')') => depth -= 1,
-            Kind::Punct(b',') if depth == 0 => {
+            Tok::Punct(b'(') => depth += 1,
+            Tok::Punct(b')') => depth -= 1,
+            Tok::Punct(b',') if depth == 0 => {
                 if let Some(s) = start.take() {
                     out.push(spec[s..end].trim().to_string());
                 }
@@ -212,11 +213,11 @@ pub fn clause_heads(spec: &str) -> Vec<Vec<String>> {
     split_clauses(spec)
         .iter()
         .map(|c| {
-            lex(c)
+            tokens(c)
                 .iter()
                 .take(5)
                 .map(|t| match t.kind {
-                    Kind::Word => t.text(c).to_ascii_uppercase(),
+                    Tok::Word => t.text(c).to_ascii_uppercase(),
                     _ => t.text(c).to_string(),
                 })
                 .collect()
@@ -231,7 +232,7 @@ enum Clause {
     Copy,
 }
 
-fn classify_clause(src: &str, toks: &[Tok]) -> Clause {
+fn classify_clause(src: &str, toks: &[Token]) -> Clause {
     let mut p = Cursor { src, toks, at: 0 };
     if p.peek_word("ALGORITHM") || p.peek_word("LOCK") {
         return Clause::Neutral;
@@ -239,7 +240,7 @@ fn classify_clause(src: &str, toks: &[Tok]) -> Clause {
     if p.eat_word("COMMENT") {
         p.eat_punct(b'=');
         return match (p.next(), p.next()) {
-            (Some(t), None) if t.kind == Kind::Str => Clause::Instant,
+            (Some(t), None) if t.kind == Tok::Str => Clause::Instant,
             _ => Clause::Copy,
         };
     }
@@ -328,128 +329,26 @@ fn classify_add_column(mut p: Cursor<'_>) -> Clause {
     }
     // The type: a word (SERIAL is an alias with AUTO_INCREMENT and UNIQUE).
     match p.next() {
-        Some(t) if t.kind == Kind::Word && !t.is("SERIAL") => {}
+        Some(t) if t.kind == Tok::Word && !t.is_kw(p.src, "SERIAL") => {}
         _ => return Clause::Copy,
     }
     while let Some(t) = p.next() {
-        if t.kind == Kind::Word && REBUILDS.iter().any(|w| t.is(w)) {
+        if REBUILDS.iter().any(|w| t.is_kw(p.src, w)) {
             return Clause::Copy;
         }
-        if t.kind == Kind::Word && t.is("DEFAULT") && !p.literal() {
+        if t.is_kw(p.src, "DEFAULT") && !p.literal() {
             return Clause::Copy; // an expression default is evaluated per row
         }
     }
     Clause::Instant
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    /// Keyword or unquoted identifier (also numbers).
-    Word,
-    /// `` `quoted identifier` ``.
-    Quoted,
-    /// `'string'` or `"string"`.
-    Str,
-    Punct(u8),
+fn tokens(src: &str) -> Vec<Token> {
+    lex::lex(src).tokens
 }
 
-#[derive(Debug, Clone)]
-struct Tok {
-    kind: Kind,
-    start: usize,
-    end: usize,
-    /// Upper-cased text of a word (empty for other kinds).
-    upper: String,
-}
-
-impl Tok {
-    fn text<'a>(&self, src: &'a str) -> &'a str {
-        &src[self.start..self.end]
-    }
-
-    fn is(&self, word: &str) -> bool {
-        self.kind == Kind::Word && self.upper == word
-    }
-}
-
-fn lex(src: &str) -> Vec<Tok> {
-    let b = src.as_bytes();
-    let mut toks = Vec::new();
-    let mut i = 0;
-    while i < b.len() {
-        let c = b[i];
-        if c.is_ascii_whitespace() {
-            i += 1;
-        } else if c == b'#' || (c == b'-' && b.get(i + 1) == Some(&b'-')) {
-            while i < b.len() && b[i] != b'\n' {
-                i += 1;
-            }
-        } else if c == b'/' && b.get(i + 1) == Some(&b'*') {
-            i += 2;
-            while i < b.len() && !(b[i] == b'*' && b.get(i + 1) == Some(&b'/')) {
-                i += 1;
-            }
-            i = (i + 2).min(b.len());
-        } else if c == b'`' || c == b'\'' || c == b'"' {
-            let start = i;
-            i += 1;
-            while i < b.len() {
-                if b[i] == b'\\' && c != b'`' {
-                    i += 2;
-                    continue;
-                }
-                if b[i] == c {
-                    if b.get(i + 1) == Some(&c) {
-                        i += 2;
-                        continue;
-                    }
-                    break;
-                }
-                i += 1;
-            }
-            i = (i + 1).min(b.len());
-            let kind = if c == b'`' { Kind::Quoted } else { Kind::Str };
-            toks.push(Tok {
-                kind,
-                start,
-                end: i,
-                upper: String::new(),
-            });
-        } else if c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80 {
-            let start = i;
-            while i < b.len()
-                && (b[i].is_ascii_alphanumeric() || b[i] == b'_' || b[i] == b'$' || b[i] >= 0x80)
-            {
-                i += 1;
-            }
-            // Numbers with a fraction (1.5) stay one word.
-            if b[start].is_ascii_digit() && b.get(i) == Some(&b'.') {
-                i += 1;
-                while i < b.len() && b[i].is_ascii_alphanumeric() {
-                    i += 1;
-                }
-            }
-            toks.push(Tok {
-                kind: Kind::Word,
-                start,
-                end: i,
-                upper: src[start..i].to_ascii_uppercase(),
-            });
-        } else {
-            toks.push(Tok {
-                kind: Kind::Punct(c),
-                start: i,
-                end: i + 1,
-                upper: String::new(),
-            });
-            i += 1;
-        }
-    }
-    toks
-}
-
-fn is_name(t: &Tok) -> bool {
-    matches!(t.kind, Kind::Word | Kind::Quoted)
+fn is_name(t: &Token) -> bool {
+    t.is_ident()
 }
 
 /// An identifier's name: backquotes removed, doubled backquotes undone.
@@ -462,19 +361,19 @@ fn unquote(text: &str) -> String {
 
 struct Cursor<'a> {
     src: &'a str,
-    toks: &'a [Tok],
+    toks: &'a [Token],
     at: usize,
 }
 
 impl<'a> Cursor<'a> {
-    fn next(&mut self) -> Option<&'a Tok> {
+    fn next(&mut self) -> Option<&'a Token> {
         let t = self.toks.get(self.at)?;
         self.at += 1;
         Some(t)
     }
 
     fn peek_word(&self, w: &str) -> bool {
-        self.toks.get(self.at).is_some_and(|t| t.is(w))
+        self.toks.get(self.at).is_some_and(|t| t.is_kw(self.src, w))
     }
 
     fn eat_word(&mut self, w: &str) -> bool {
@@ -489,7 +388,7 @@ impl<'a> Cursor<'a> {
         let hit = self
             .toks
             .get(self.at)
-            .is_some_and(|t| t.kind == Kind::Punct(c));
+            .is_some_and(|t| t.kind == Tok::Punct(c));
         if hit {
             self.at += 1;
         }
@@ -499,11 +398,18 @@ impl<'a> Cursor<'a> {
     /// A constant: string, number (optionally negative), NULL, TRUE or FALSE.
     fn literal(&mut self) -> bool {
         self.eat_punct(b'-');
+        let src = self.src;
         match self.next() {
-            Some(t) if t.kind == Kind::Str => true,
-            Some(t) if t.kind == Kind::Word => {
-                t.upper.bytes().next().is_some_and(|c| c.is_ascii_digit())
-                    || ["NULL", "TRUE", "FALSE"].contains(&t.upper.as_str())
+            Some(t) if matches!(t.kind, Tok::Str | Tok::Num) => true,
+            // Hex and bit literals (`0x1F`) lex as words that start with a digit.
+            Some(t) if t.kind == Tok::Word => {
+                t.text(src)
+                    .bytes()
+                    .next()
+                    .is_some_and(|c| c.is_ascii_digit())
+                    || ["NULL", "TRUE", "FALSE"]
+                        .iter()
+                        .any(|w| t.text(src).eq_ignore_ascii_case(w))
             }
             _ => false,
         }

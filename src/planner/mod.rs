@@ -14,7 +14,7 @@ mod classify;
 mod effects;
 mod fallback;
 mod insert;
-mod lex;
+pub(crate) mod lex;
 mod query;
 mod tables;
 mod tag;
