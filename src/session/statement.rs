@@ -215,17 +215,9 @@ impl Session {
             Err(e) => return self.send_error(&e).await,
         };
         let target = self.tx_target().cloned().unwrap_or(target);
-        let stateful = self.state_on(&target.cluster);
-        let mut lease = match self.ready_lease(rt, &target, false).await {
-            Ok(l) => l,
-            Err(answered) => return answered,
-        };
-        let result = lease
-            .conn()
-            .relay(&payload, ResponseKind::Query, &mut self.client.io)
-            .await;
-        match result {
-            Ok(outcome) => {
+        match self.relay_whole(rt, &target, &payload, false).await {
+            Err(answered) => answered,
+            Ok((mut lease, outcome)) => {
                 if !outcome.error {
                     self.vars.push(payload.slice(1..));
                     lease.conn().state_hash = self.vars.hash;
@@ -234,7 +226,29 @@ impl Session {
                 self.put_back(target, lease, &stmt.effects);
                 Answered::Done
             }
-            Err(e) => self.relay_failed(target, e, stateful).await,
+        }
+    }
+
+    /// Relays one command to `target` on a lease brought to the session's state (with
+    /// the pending transaction begun when `start`). Ok: the lease and how the answer
+    /// ended, for the caller to act on and give back; Err: the client has been
+    /// answered, or must be closed.
+    async fn relay_whole(
+        &mut self,
+        rt: &Runtime,
+        target: &Target,
+        payload: &[u8],
+        start: bool,
+    ) -> Result<(crate::backend::Lease, crate::protocol::relay::Outcome), Answered> {
+        let stateful = self.state_on(&target.cluster);
+        let mut lease = self.ready_lease(rt, target, start).await?;
+        match lease
+            .conn()
+            .relay(payload, ResponseKind::Query, &mut self.client.io)
+            .await
+        {
+            Ok(outcome) => Ok((lease, outcome)),
+            Err(e) => Err(self.relay_failed(target.clone(), e, stateful).await),
         }
     }
 
@@ -481,17 +495,9 @@ impl Session {
                 (r.end <= payload.len()).then(|| payload.slice(r))
             })
             .collect();
-        let stateful = self.state_on(&target.cluster);
-        let mut lease = match self.ready_lease(rt, &target, true).await {
-            Ok(l) => l,
-            Err(answered) => return answered,
-        };
-        let result = lease
-            .conn()
-            .relay(&payload, ResponseKind::Query, &mut self.client.io)
-            .await;
-        match result {
-            Ok(outcome) => {
+        match self.relay_whole(rt, &target, &payload, true).await {
+            Err(answered) => answered,
+            Ok((mut lease, outcome)) => {
                 if !sets.is_empty() {
                     if outcome.error {
                         // Some settings may have applied: this connection's state is
@@ -507,7 +513,6 @@ impl Session {
                 self.put_back(target, lease, &effects);
                 Answered::Done
             }
-            Err(e) => self.relay_failed(target, e, stateful).await,
         }
     }
 }
