@@ -82,7 +82,7 @@ impl std::fmt::Display for ClusterFailure {
     }
 }
 
-/// Control connections to every cluster; one per proxy, in [`crate::server::Shared`].
+/// Control connections to every cluster; one per proxy, in [`crate::shared::Shared`].
 pub struct ControlPool {
     timeout: Duration,
     clusters: Mutex<HashMap<String, Arc<ClusterControl>>>,
