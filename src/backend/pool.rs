@@ -132,9 +132,11 @@ impl ClusterPool {
                 let mut g = self.lock();
                 let pos = prefer
                     .and_then(|id| {
-                        g.idle
-                            .iter()
-                            .position(|c| c.thread_id == id && c.key == key)
+                        g.idle.iter().position(|c| {
+                            c.thread_id == id
+                                && c.key == key
+                                && (database.is_some() || c.database.is_none())
+                        })
                     })
                     .or_else(|| {
                         g.idle.iter().position(|c| {

@@ -37,9 +37,15 @@ impl Session {
             .iter()
             .position(|h| &h.target == target)
             .or_else(|| {
-                self.held
-                    .iter()
-                    .position(|h| h.target.cluster == target.cluster)
+                // Another database on the same cluster: the same connection, unless it
+                // would have to go back to no database at all (only a reserved one,
+                // whose state matters more, does that).
+                self.held.iter().position(|h| {
+                    h.target.cluster == target.cluster
+                        && (h.reserved()
+                            || target.database.is_some()
+                            || h.lease.conn_ref().database.is_none())
+                })
             });
         if let Some(i) = mine {
             return Ok(self.held.swap_remove(i).lease);
