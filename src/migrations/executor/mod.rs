@@ -38,7 +38,7 @@ pub use throttle::{NoSignals, ThrottleConfig, ThrottleSignals, ThrottleState};
 use super::copy::{CopyError, CopyOptions, CopyStop};
 use super::store::{self, MigrationRow, PendingRequest};
 use super::{Status, Strategy};
-use crate::backend::{SqlConn, SqlError};
+use crate::backend::{quote_ident, SqlConn, SqlError};
 use crate::vschema::Cluster;
 
 /// The user-level lock that makes an executor the owner of a cluster's queue.
@@ -741,8 +741,8 @@ async fn drop_old_tables(ctx: &Ctx, conn: &mut SqlConn) -> Result<(), String> {
         };
         let sql = format!(
             "DROP TABLE IF EXISTS {}.{}",
-            ident(&row.database),
-            ident(old)
+            quote_ident(&row.database),
+            quote_ident(old)
         );
         match timed(ctx, conn.execute(&sql)).await {
             Ok(_) => {
@@ -759,9 +759,4 @@ async fn drop_old_tables(ctx: &Ctx, conn: &mut SqlConn) -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-/// A backquoted identifier.
-fn ident(name: &str) -> String {
-    format!("`{}`", name.replace('`', "``"))
 }
