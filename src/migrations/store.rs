@@ -84,22 +84,9 @@ impl PendingRequest {
 /// One row of the queue: one migration on one database.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MigrationRow {
-    /// Shared by all rows of one logical DDL.
-    pub uuid: String,
-    /// Keyspace the statement was sent to.
-    pub keyspace: String,
-    /// Shard (or workspace database) this row is for.
-    pub shard: String,
-    /// Cluster that runs it (as named in the vschema when it was queued).
-    pub cluster: String,
-    /// Database on that cluster.
-    pub database: String,
-    /// Table it changes.
-    pub table: String,
-    /// The statement as the client sent it.
-    pub statement: String,
-    /// Strategy it runs with.
-    pub strategy: Strategy,
+    /// What was queued: the statement, where it runs, how, and whether its cut-over
+    /// waits for `ALTER MIGRATION ... COMPLETE`.
+    pub spec: NewMigration,
     /// Where it is in its life.
     pub status: Status,
     /// The copy engine's stage (`preflight` ... `done`), empty before it starts.
@@ -116,8 +103,6 @@ pub struct MigrationRow {
     pub throttle_reason: Option<String>,
     /// An admin request the executor has not acted on yet.
     pub requested: Option<PendingRequest>,
-    /// Whether the cut-over waits for `ALTER MIGRATION ... COMPLETE`.
-    pub postpone_completion: bool,
     /// Error (failed), or a note (cancelled, resumed after a lost owner).
     pub message: Option<String>,
     /// When it was queued (UTC, `YYYY-MM-DD HH:MM:SS.ffffff`).
@@ -683,15 +668,18 @@ fn parse_row(r: &[Option<String>]) -> Result<MigrationRow, StoreError> {
     };
     let progress = text(10)?;
     Ok(MigrationRow {
-        uuid: text(0)?,
-        keyspace: text(1)?,
-        shard: text(2)?,
-        cluster: text(3)?,
-        database: text(4)?,
-        table: text(5)?,
-        statement: text(6)?,
-        strategy: Strategy::parse(&strategy)
-            .ok_or_else(|| StoreError::Malformed(format!("strategy {strategy:?}")))?,
+        spec: NewMigration {
+            uuid: text(0)?,
+            keyspace: text(1)?,
+            shard: text(2)?,
+            cluster: text(3)?,
+            database: text(4)?,
+            table: text(5)?,
+            statement: text(6)?,
+            strategy: Strategy::parse(&strategy)
+                .ok_or_else(|| StoreError::Malformed(format!("strategy {strategy:?}")))?,
+            postpone_completion: opt(16).as_deref() == Some("1"),
+        },
         status: Status::parse(&status)
             .ok_or_else(|| StoreError::Malformed(format!("status {status:?}")))?,
         stage: text(9)?,
@@ -706,7 +694,6 @@ fn parse_row(r: &[Option<String>]) -> Result<MigrationRow, StoreError> {
         },
         throttle_reason: opt(14),
         requested,
-        postpone_completion: opt(16).as_deref() == Some("1"),
         message: opt(17),
         created_at: text(18)?,
         started_at: opt(19),
