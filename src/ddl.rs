@@ -397,7 +397,7 @@ pub async fn wait(
                 let mut rows = store::get(c.sql(), uuid).await?;
                 c.release();
                 // Two vschema clusters on one server share one queue table.
-                rows.retain(|r| r.cluster == cluster.name);
+                rows.retain(|r| r.spec.cluster == cluster.name);
                 Ok(rows)
             })
             .await;
@@ -442,7 +442,7 @@ pub async fn wait(
                 .and_then(|r| {
                     r.message
                         .as_ref()
-                        .map(|m| format!("{} ({}): {m}", r.database, r.cluster))
+                        .map(|m| format!("{} ({}): {m}", r.spec.database, r.spec.cluster))
                 });
             return Ok((status, message));
         }

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use shardgate::backend::SqlConn;
+use shardgate::backend::{quote_literal, SqlConn};
 use shardgate::demo::localdb::LocalMariaDb;
 use shardgate::migrations::copy::{CopyControl, CopyError, CopyProgress, CopyTask};
 use shardgate::migrations::executor::{
@@ -207,10 +207,10 @@ struct SharedFake(Arc<FakeCopy>);
 impl CopyEngine for SharedFake {
     fn task(&self, row: &MigrationRow) -> Result<CopyTask, String> {
         Ok(CopyTask {
-            uuid: row.uuid.clone(),
-            database: row.database.clone(),
-            table: row.table.clone(),
-            spec: row.statement.clone(),
+            uuid: row.spec.uuid.clone(),
+            database: row.spec.database.clone(),
+            table: row.spec.table.clone(),
+            spec: row.spec.statement.clone(),
             options: Default::default(),
         })
     }
@@ -306,13 +306,11 @@ async fn the_store_round_trips_every_column_and_enqueue_is_idempotent() {
         .await
         .expect("get_one")
         .expect("row");
-    assert_eq!(first.statement, tricky, "the statement survives quoting");
-    assert_eq!(first.table, "o'rders");
-    assert_eq!(first.keyspace, "ws");
-    assert_eq!(first.cluster, "c1");
-    assert_eq!(first.strategy, Strategy::Copy);
+    assert_eq!(
+        first.spec, rows[1],
+        "what was queued reads back as it was, quotes and backslashes included"
+    );
     assert_eq!(first.status, Status::Queued);
-    assert!(first.postpone_completion);
     assert_eq!(
         (first.retries, first.rows_copied, first.progress),
         (0, 0, 0.0)
@@ -368,6 +366,26 @@ async fn the_store_round_trips_every_column_and_enqueue_is_idempotent() {
     c.execute(&store::checkpoint_update_sql("u-1", "ws_2", &progress))
         .await
         .expect("the checkpoint SQL runs under any sql_mode");
+    // Every value quote_literal makes reads back as itself, whatever the mode.
+    for mode in ["NO_BACKSLASH_ESCAPES,ANSI_QUOTES", ""] {
+        c.execute(&format!("SET SESSION sql_mode = '{mode}'"))
+            .await
+            .expect("sql_mode");
+        for text in [tricky, "a\\b\\", "it's \"q\" ✓\n", "nul\0byte", ""] {
+            let back = c
+                .query(&format!("SELECT {}", quote_literal(text)))
+                .await
+                .expect("a quoted value parses");
+            assert_eq!(
+                back.scalar(),
+                Some(text),
+                "{text:?} under sql_mode '{mode}'"
+            );
+        }
+    }
+    c.execute("SET SESSION sql_mode = 'STRICT_ALL_TABLES,NO_BACKSLASH_ESCAPES,ANSI_QUOTES'")
+        .await
+        .expect("sql_mode");
     for db in ["ws_1", "ws_2"] {
         let row = store::get_one(&mut c, "u-1", db)
             .await
@@ -575,6 +593,7 @@ async fn admin_requests_follow_the_documented_transitions() {
             .await
             .expect("get")
             .expect("row")
+            .spec
             .postpone_completion
     );
 
@@ -786,7 +805,7 @@ async fn instant_and_direct_statements_run_one_at_a_time_spaced_and_never_two_on
     }
     let refused = rows
         .iter()
-        .find(|r| r.uuid == "refused")
+        .find(|r| r.spec.uuid == "refused")
         .expect("refused row");
     assert_eq!(refused.status, Status::Failed);
     assert!(
@@ -806,14 +825,14 @@ async fn instant_and_direct_statements_run_one_at_a_time_spaced_and_never_two_on
         "a refused instant change leaves the table alone"
     );
 
-    let done: Vec<&MigrationRow> = rows.iter().filter(|r| r.uuid != "refused").collect();
+    let done: Vec<&MigrationRow> = rows.iter().filter(|r| r.spec.uuid != "refused").collect();
     for r in &done {
         assert_eq!(
             r.status,
             Status::Complete,
             "{}/{}: {:?}",
-            r.uuid,
-            r.database,
+            r.spec.uuid,
+            r.spec.database,
             r.message
         );
     }
@@ -836,16 +855,16 @@ async fn instant_and_direct_statements_run_one_at_a_time_spaced_and_never_two_on
         assert!(
             w[1].0 >= w[0].1,
             "{}/{} started before {}/{} ended",
-            w[1].2.uuid,
-            w[1].2.database,
-            w[0].2.uuid,
-            w[0].2.database
+            w[1].2.spec.uuid,
+            w[1].2.spec.database,
+            w[0].2.spec.uuid,
+            w[0].2.spec.database
         );
     }
     // Instant statements are spaced: each starts at least 300 ms after the previous ended.
     let instants: Vec<_> = spans
         .iter()
-        .filter(|s| s.2.strategy == Strategy::Instant)
+        .filter(|s| s.2.spec.strategy == Strategy::Instant)
         .collect();
     assert_eq!(instants.len(), 10 + 5 + 1);
     for w in instants.windows(2) {
@@ -929,7 +948,7 @@ async fn copies_never_exceed_the_limit_and_never_share_a_table() {
     assert_eq!(executor.stats().snapshot().rows_copied, 400);
     let on_ws0: Vec<_> = rows
         .iter()
-        .filter(|r| r.database == "ws_0")
+        .filter(|r| r.spec.database == "ws_0")
         .map(|r| {
             (
                 seconds(r.started_at.as_deref().expect("s")),
@@ -1308,7 +1327,7 @@ async fn incident_replay_200_type_changes_never_exceed_the_copy_limit() {
             r.status,
             Status::Complete,
             "{}: {:?}",
-            r.database,
+            r.spec.database,
             r.message
         );
     }

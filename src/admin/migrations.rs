@@ -63,7 +63,11 @@ pub async fn show_migrations(
         }
     }
     rows.sort_by(|a, b| {
-        (&a.created_at, &a.uuid, &a.database).cmp(&(&b.created_at, &b.uuid, &b.database))
+        (&a.created_at, &a.spec.uuid, &a.spec.database).cmp(&(
+            &b.created_at,
+            &b.spec.uuid,
+            &b.spec.database,
+        ))
     });
     let mut out: Vec<Row> = rows.into_iter().map(migration_row).collect();
     out.extend(failures.iter().map(failure_row));
@@ -74,13 +78,13 @@ fn migration_row(r: MigrationRow) -> Row {
     let s = |v: String| Some(v.into_bytes());
     let o = |v: Option<String>| v.map(String::into_bytes);
     vec![
-        s(r.uuid),
-        s(r.keyspace),
-        s(r.shard),
-        s(r.cluster),
-        s(r.database),
-        s(r.table),
-        s(r.strategy.as_str().to_string()),
+        s(r.spec.uuid),
+        s(r.spec.keyspace),
+        s(r.spec.shard),
+        s(r.spec.cluster),
+        s(r.spec.database),
+        s(r.spec.table),
+        s(r.spec.strategy.as_str().to_string()),
         s(r.status.as_str().to_string()),
         s(r.stage),
         s(format!("{:.1}", r.progress)),
@@ -93,7 +97,7 @@ fn migration_row(r: MigrationRow) -> Row {
         s(r.created_at),
         o(r.started_at),
         o(r.completed_at),
-        s(r.statement),
+        s(r.spec.statement),
     ]
 }
 

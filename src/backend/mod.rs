@@ -8,4 +8,4 @@ pub mod sql;
 pub use conn::{BackendConn, BackendError, Collected, ConnKey, ConnectError};
 pub use pool::{ClusterPool, Lease};
 pub use reserve::Reserve;
-pub use sql::{Rows, SqlConn, SqlError};
+pub use sql::{quote_ident, quote_literal, Rows, SqlConn, SqlError};

@@ -1,7 +1,10 @@
 //! A small SQL client over [`BackendConn`] for shardgate's own work on clusters (the
 //! migration executor, health probes, admin): run a statement, get its rows as text.
-//! The data path never uses this: it relays client bytes raw.
+//! The data path never uses this: it relays client bytes raw. Statements are built as
+//! text, so this is also where names and values are quoted: [`quote_ident`],
+//! [`quote_literal`].
 
+use std::fmt::Write as _;
 use std::time::Duration;
 
 use super::conn::{BackendConn, BackendError, ConnKey};
@@ -9,6 +12,35 @@ use crate::protocol::relay::ResponseKind;
 use crate::protocol::wire::{get_lenenc_int, get_lenenc_str, parse_ok, ErrInfo, OkInfo};
 use crate::protocol::{caps, command, packet};
 use crate::vschema::Cluster;
+
+/// `` `name` `` with backquotes doubled: an identifier under every `sql_mode`.
+pub fn quote_ident(name: &str) -> String {
+    format!("`{}`", name.replace('`', "``"))
+}
+
+/// `s` as an SQL string value that reads the same under every `sql_mode`. Our own
+/// connections run with the server's default mode, which an operator may set to
+/// include `NO_BACKSLASH_ESCAPES` (or `ANSI_QUOTES`), so backslash escaping is never
+/// used:
+/// - text without backslashes and NUL bytes is a real literal, single-quoted with
+///   single quotes doubled (which every mode reads the same way);
+/// - anything else is the hex expression `CONVERT(X'..' USING utf8mb4)`.
+///
+/// The second form is an expression, not a literal, so where the grammar takes only a
+/// literal (`CREATE USER ... IDENTIFIED BY '...'`, `COMMENT '...'`) the caller must not
+/// pass backslashes or NUL bytes.
+pub fn quote_literal(s: &str) -> String {
+    if !s.contains(['\\', '\0']) {
+        return format!("'{}'", s.replace('\'', "''"));
+    }
+    let mut hex = String::with_capacity(s.len() * 2 + 32);
+    hex.push_str("CONVERT(X'");
+    for b in s.as_bytes() {
+        let _ = write!(hex, "{b:02x}");
+    }
+    hex.push_str("' USING utf8mb4)");
+    hex
+}
 
 /// Why a statement failed.
 #[derive(Debug)]
@@ -167,4 +199,29 @@ fn decode_rows(bytes: &[u8]) -> Option<Rows> {
         out.rows.push(values);
     }
     Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identifiers_double_their_backquotes() {
+        assert_eq!(quote_ident("orders"), "`orders`");
+        assert_eq!(quote_ident("a`b"), "`a``b`");
+    }
+
+    #[test]
+    fn literals_double_quotes_and_hex_encode_backslashes_and_nul() {
+        assert_eq!(quote_literal("ws_42"), "'ws_42'");
+        assert_eq!(quote_literal(""), "''");
+        assert_eq!(quote_literal("it's"), "'it''s'");
+        assert_eq!(quote_literal("\"a\"\n✓"), "'\"a\"\n✓'");
+        assert_eq!(quote_literal("a\\"), "CONVERT(X'615c' USING utf8mb4)");
+        assert_eq!(quote_literal("a\0"), "CONVERT(X'6100' USING utf8mb4)");
+        assert_eq!(
+            quote_literal("it's a \\ test"),
+            "CONVERT(X'697427732061205c2074657374' USING utf8mb4)"
+        );
+    }
 }

@@ -24,6 +24,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::backend::quote_literal;
+
 /// How long a server may take to accept connections.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a server may take to shut down after SIGTERM before it is killed.
@@ -45,7 +47,8 @@ pub struct LocalDbOptions {
     pub buffer_pool_mb: u32,
     /// User created with all privileges for clients (and shardgate) to log in as.
     pub user: String,
-    /// That user's password (mysql_native_password).
+    /// That user's password (mysql_native_password). Neither may contain a backslash
+    /// or NUL: they are written as SQL literals that must read the same in any mode.
     pub password: String,
 }
 
@@ -563,8 +566,16 @@ fn wait_ready(server: &mut LocalMariaDb) -> io::Result<()> {
 }
 
 fn create_user(server: &LocalMariaDb, user: &str, password: &str) -> io::Result<()> {
-    let user = sql_string(user);
-    let password = sql_string(password);
+    // `IDENTIFIED BY` takes only a literal, and a backslash has no literal that reads
+    // the same under every sql_mode (see `quote_literal`).
+    if [user, password].iter().any(|s| s.contains(['\\', '\0'])) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "a local server's user and password must not contain a backslash or NUL",
+        ));
+    }
+    let user = quote_literal(user);
+    let password = quote_literal(password);
     let mut script = String::new();
     for host in ["%", "localhost"] {
         script.push_str(&format!(
@@ -573,22 +584,6 @@ fn create_user(server: &LocalMariaDb, user: &str, password: &str) -> io::Result<
         ));
     }
     server.sql(&script).map(|_| ())
-}
-
-/// `s` as a single-quoted SQL string literal.
-pub fn sql_string(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('\'');
-    for c in s.chars() {
-        match c {
-            '\'' => out.push_str("''"),
-            '\\' => out.push_str("\\\\"),
-            '\0' => out.push_str("\\0"),
-            c => out.push(c),
-        }
-    }
-    out.push('\'');
-    out
 }
 
 fn run_client(client: &Path, socket: &Path, sql: &str) -> io::Result<String> {
@@ -733,12 +728,6 @@ fn terminate(child: &mut Child) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sql_string_escapes_quotes_and_backslashes() {
-        assert_eq!(sql_string("it's"), "'it''s'");
-        assert_eq!(sql_string(r"a\b"), r"'a\\b'");
-    }
 
     #[test]
     fn mariadb_commands_get_no_inherited_environment_and_no_option_files() {

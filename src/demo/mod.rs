@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
+use crate::backend::quote_ident;
 use crate::config::{PoolConfig, ProxyConfig, User};
 use crate::vschema::VSchema;
 use localdb::{LocalDbOptions, LocalMariaDb};
@@ -306,10 +307,6 @@ async fn load_sample_data(
     } else {
         Err(errors.join("\n"))
     }
-}
-
-fn quote_ident(name: &str) -> String {
-    format!("`{}`", name.replace('`', "``"))
 }
 
 fn print_banner(

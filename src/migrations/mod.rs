@@ -110,8 +110,8 @@ pub enum Request {
     Complete,
 }
 
-/// One logical DDL statement to queue: the executor fans it out to one row per
-/// target database.
+/// One logical DDL statement on one target database, as it is queued (one row of the
+/// queue; [`store::MigrationRow`] adds its state).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewMigration {
     /// Shared by all rows of one logical DDL (what the client gets back).
@@ -120,7 +120,7 @@ pub struct NewMigration {
     pub keyspace: String,
     /// Shard name (or workspace database) this row is for.
     pub shard: String,
-    /// Cluster that runs it.
+    /// Cluster that runs it (as named in the vschema when it was queued).
     pub cluster: String,
     /// Database on that cluster.
     pub database: String,

@@ -23,7 +23,7 @@ use std::fmt::Write as _;
 
 use super::copy::CopyProgress;
 use super::{NewMigration, Request, Status, Strategy};
-use crate::backend::{SqlConn, SqlError};
+use crate::backend::{quote_literal, SqlConn, SqlError};
 
 /// The sidecar schema.
 pub const SCHEMA: &str = "_shardgate";
@@ -84,22 +84,9 @@ impl PendingRequest {
 /// One row of the queue: one migration on one database.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MigrationRow {
-    /// Shared by all rows of one logical DDL.
-    pub uuid: String,
-    /// Keyspace the statement was sent to.
-    pub keyspace: String,
-    /// Shard (or workspace database) this row is for.
-    pub shard: String,
-    /// Cluster that runs it (as named in the vschema when it was queued).
-    pub cluster: String,
-    /// Database on that cluster.
-    pub database: String,
-    /// Table it changes.
-    pub table: String,
-    /// The statement as the client sent it.
-    pub statement: String,
-    /// Strategy it runs with.
-    pub strategy: Strategy,
+    /// What was queued: the statement, where it runs, how, and whether its cut-over
+    /// waits for `ALTER MIGRATION ... COMPLETE`.
+    pub spec: NewMigration,
     /// Where it is in its life.
     pub status: Status,
     /// The copy engine's stage (`preflight` ... `done`), empty before it starts.
@@ -116,8 +103,6 @@ pub struct MigrationRow {
     pub throttle_reason: Option<String>,
     /// An admin request the executor has not acted on yet.
     pub requested: Option<PendingRequest>,
-    /// Whether the cut-over waits for `ALTER MIGRATION ... COMPLETE`.
-    pub postpone_completion: bool,
     /// Error (failed), or a note (cancelled, resumed after a lost owner).
     pub message: Option<String>,
     /// When it was queued (UTC, `YYYY-MM-DD HH:MM:SS.ffffff`).
@@ -236,7 +221,13 @@ pub async fn enqueue(conn: &mut SqlConn, rows: &[NewMigration]) -> Result<u64, S
     for batch in rows.chunks(200) {
         let keys: Vec<String> = batch
             .iter()
-            .map(|m| format!("({}, {})", sql_text(&m.uuid), sql_text(&m.database)))
+            .map(|m| {
+                format!(
+                    "({}, {})",
+                    quote_literal(&m.uuid),
+                    quote_literal(&m.database)
+                )
+            })
             .collect();
         let existing = conn
             .query(&format!(
@@ -267,14 +258,14 @@ pub async fn enqueue(conn: &mut SqlConn, rows: &[NewMigration]) -> Result<u64, S
             let _ = write!(
                 sql,
                 "({}, {}, {}, {}, {}, {}, {}, {}, 'queued', {}, UTC_TIMESTAMP(6))",
-                sql_text(&m.uuid),
-                sql_text(&m.keyspace),
-                sql_text(&m.shard),
-                sql_text(&m.cluster),
-                sql_text(&m.database),
-                sql_text(&m.table),
-                sql_text(&m.statement),
-                sql_text(m.strategy.as_str()),
+                quote_literal(&m.uuid),
+                quote_literal(&m.keyspace),
+                quote_literal(&m.shard),
+                quote_literal(&m.cluster),
+                quote_literal(&m.database),
+                quote_literal(&m.table),
+                quote_literal(&m.statement),
+                quote_literal(m.strategy.as_str()),
                 u8::from(m.postpone_completion),
             );
         }
@@ -294,7 +285,7 @@ pub async fn list(
 ) -> Result<Vec<MigrationRow>, StoreError> {
     let filter = match pattern {
         Some(p) => {
-            let p = sql_text(p);
+            let p = quote_literal(p);
             format!(
                 " WHERE uuid LIKE {p} OR table_name LIKE {p} OR database_name LIKE {p} \
                  OR status LIKE {p} OR keyspace LIKE {p}"
@@ -313,7 +304,10 @@ pub async fn list(
 pub async fn get(conn: &mut SqlConn, uuid: &str) -> Result<Vec<MigrationRow>, StoreError> {
     select(
         conn,
-        &format!(" WHERE uuid = {} ORDER BY database_name", sql_text(uuid)),
+        &format!(
+            " WHERE uuid = {} ORDER BY database_name",
+            quote_literal(uuid)
+        ),
     )
     .await
 }
@@ -328,8 +322,8 @@ pub async fn get_one(
         conn,
         &format!(
             " WHERE uuid = {} AND database_name = {}",
-            sql_text(uuid),
-            sql_text(database)
+            quote_literal(uuid),
+            quote_literal(database)
         ),
     )
     .await?
@@ -371,11 +365,11 @@ pub async fn request(
     request: Request,
 ) -> Result<u64, StoreError> {
     let scope = match target {
-        Target::Uuid(uuid) => format!("uuid = {}", sql_text(uuid)),
+        Target::Uuid(uuid) => format!("uuid = {}", quote_literal(uuid)),
         Target::All { cluster: None } => "1 = 1".to_string(),
         Target::All {
             cluster: Some(cluster),
-        } => format!("cluster = {}", sql_text(cluster)),
+        } => format!("cluster = {}", quote_literal(cluster)),
     };
     let statements: Vec<String> = match request {
         Request::Pause => vec![
@@ -436,19 +430,19 @@ pub async fn request(
 /// transaction, so the checkpoint and the chunk commit together.
 pub fn checkpoint_update_sql(uuid: &str, database: &str, progress: &CopyProgress) -> String {
     let checkpoint = match &progress.checkpoint {
-        Some(c) => sql_text(c),
+        Some(c) => quote_literal(c),
         None => "NULL".to_string(),
     };
     format!(
         "UPDATE {TABLE} SET stage = {}, rows_copied = {}, rows_total = {}, progress = {}, \
          checkpoint = {checkpoint}, liveness_at = UTC_TIMESTAMP(6) \
          WHERE uuid = {} AND database_name = {}",
-        sql_text(&progress.stage),
+        quote_literal(&progress.stage),
         progress.rows_copied,
         progress.rows_total,
         percent(progress),
-        sql_text(uuid),
-        sql_text(database),
+        quote_literal(uuid),
+        quote_literal(database),
     )
 }
 
@@ -474,9 +468,9 @@ pub async fn set_status(
     status: Status,
     message: Option<&str>,
 ) -> Result<(), StoreError> {
-    let mut set = format!("status = {}", sql_text(status.as_str()));
+    let mut set = format!("status = {}", quote_literal(status.as_str()));
     if let Some(m) = message {
-        let _ = write!(set, ", message = {}", sql_text(m));
+        let _ = write!(set, ", message = {}", quote_literal(m));
     }
     if status.is_final() {
         set.push_str(", completed_at = UTC_TIMESTAMP(6), requested = NULL, throttle_reason = NULL, eta_seconds = NULL");
@@ -489,8 +483,8 @@ pub async fn set_status(
     }
     conn.execute(&format!(
         "UPDATE {TABLE} SET {set} WHERE uuid = {} AND database_name = {}",
-        sql_text(uuid),
-        sql_text(database)
+        quote_literal(uuid),
+        quote_literal(database)
     ))
     .await?;
     Ok(())
@@ -502,7 +496,7 @@ pub async fn heartbeat(conn: &mut SqlConn, owner: &str) -> Result<u64, StoreErro
         .execute(&format!(
             "UPDATE {TABLE} SET liveness_at = UTC_TIMESTAMP(6) \
              WHERE owner = {} AND status = 'running'",
-            sql_text(owner)
+            quote_literal(owner)
         ))
         .await?
         .affected_rows)
@@ -522,9 +516,9 @@ pub async fn claim(
              started_at = UTC_TIMESTAMP(6), liveness_at = UTC_TIMESTAMP(6), \
              throttle_reason = NULL \
              WHERE uuid = {} AND database_name = {} AND status = 'queued'",
-            sql_text(owner),
-            sql_text(uuid),
-            sql_text(database)
+            quote_literal(owner),
+            quote_literal(uuid),
+            quote_literal(database)
         ))
         .await?;
     Ok(ok.affected_rows == 1)
@@ -546,7 +540,7 @@ pub async fn requeue_orphans(
              owner = NULL \
              WHERE status = 'running' AND (owner IS NULL OR owner <> {}) \
              AND (liveness_at IS NULL OR liveness_at < UTC_TIMESTAMP(6) - INTERVAL {} MICROSECOND)",
-            sql_text(owner),
+            quote_literal(owner),
             (stale_seconds * 1e6) as u64
         ))
         .await?
@@ -571,7 +565,10 @@ pub async fn runnable(conn: &mut SqlConn, limit: u32) -> Result<Vec<MigrationRow
 pub async fn running_of(conn: &mut SqlConn, owner: &str) -> Result<Vec<MigrationRow>, StoreError> {
     select(
         conn,
-        &format!(" WHERE status = 'running' AND owner = {}", sql_text(owner)),
+        &format!(
+            " WHERE status = 'running' AND owner = {}",
+            quote_literal(owner)
+        ),
     )
     .await
 }
@@ -596,17 +593,17 @@ pub async fn report_progress(
     throttle_reason: Option<&str>,
 ) -> Result<(), StoreError> {
     let eta = eta_seconds.map_or("NULL".to_string(), |e| e.to_string());
-    let reason = throttle_reason.map_or("NULL".to_string(), sql_text);
+    let reason = throttle_reason.map_or("NULL".to_string(), quote_literal);
     conn.execute(&format!(
         "UPDATE {TABLE} SET stage = {}, rows_copied = GREATEST(rows_copied, {}), \
          rows_total = {}, progress = {}, eta_seconds = {eta}, throttle_reason = {reason} \
          WHERE uuid = {} AND database_name = {} AND status = 'running'",
-        sql_text(&progress.stage),
+        quote_literal(&progress.stage),
         progress.rows_copied,
         progress.rows_total,
         percent(progress),
-        sql_text(uuid),
-        sql_text(database)
+        quote_literal(uuid),
+        quote_literal(database)
     ))
     .await?;
     Ok(())
@@ -619,11 +616,11 @@ pub async fn set_old_table(
     database: &str,
     old_table: Option<&str>,
 ) -> Result<(), StoreError> {
-    let old = old_table.map_or("NULL".to_string(), sql_text);
+    let old = old_table.map_or("NULL".to_string(), quote_literal);
     conn.execute(&format!(
         "UPDATE {TABLE} SET old_table = {old} WHERE uuid = {} AND database_name = {}",
-        sql_text(uuid),
-        sql_text(database)
+        quote_literal(uuid),
+        quote_literal(database)
     ))
     .await?;
     Ok(())
@@ -671,15 +668,18 @@ fn parse_row(r: &[Option<String>]) -> Result<MigrationRow, StoreError> {
     };
     let progress = text(10)?;
     Ok(MigrationRow {
-        uuid: text(0)?,
-        keyspace: text(1)?,
-        shard: text(2)?,
-        cluster: text(3)?,
-        database: text(4)?,
-        table: text(5)?,
-        statement: text(6)?,
-        strategy: Strategy::parse(&strategy)
-            .ok_or_else(|| StoreError::Malformed(format!("strategy {strategy:?}")))?,
+        spec: NewMigration {
+            uuid: text(0)?,
+            keyspace: text(1)?,
+            shard: text(2)?,
+            cluster: text(3)?,
+            database: text(4)?,
+            table: text(5)?,
+            statement: text(6)?,
+            strategy: Strategy::parse(&strategy)
+                .ok_or_else(|| StoreError::Malformed(format!("strategy {strategy:?}")))?,
+            postpone_completion: opt(16).as_deref() == Some("1"),
+        },
         status: Status::parse(&status)
             .ok_or_else(|| StoreError::Malformed(format!("status {status:?}")))?,
         stage: text(9)?,
@@ -694,7 +694,6 @@ fn parse_row(r: &[Option<String>]) -> Result<MigrationRow, StoreError> {
         },
         throttle_reason: opt(14),
         requested,
-        postpone_completion: opt(16).as_deref() == Some("1"),
         message: opt(17),
         created_at: text(18)?,
         started_at: opt(19),
@@ -714,38 +713,9 @@ fn parse_u64(v: Option<&str>, what: &str) -> Result<u64, StoreError> {
         .ok_or_else(|| StoreError::Malformed(format!("{what} {v:?}")))
 }
 
-/// `s` as an SQL string literal that reads the same under every `sql_mode` (with or
-/// without `NO_BACKSLASH_ESCAPES`, `ANSI_QUOTES`): plain text is single-quoted;
-/// text with quotes, backslashes or control characters becomes a hex literal converted
-/// to utf8mb4.
-pub fn sql_text(s: &str) -> String {
-    let plain = s
-        .chars()
-        .all(|c| !c.is_control() && c != '\'' && c != '\\' && c != '"');
-    if plain {
-        return format!("'{s}'");
-    }
-    let mut hex = String::with_capacity(s.len() * 2 + 32);
-    hex.push_str("CONVERT(X'");
-    for b in s.as_bytes() {
-        let _ = write!(hex, "{b:02x}");
-    }
-    hex.push_str("' USING utf8mb4)");
-    hex
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn plain_text_is_single_quoted_and_anything_else_is_hex() {
-        assert_eq!(sql_text("ws_42"), "'ws_42'");
-        assert_eq!(sql_text(""), "''");
-        assert_eq!(sql_text("a'b"), "CONVERT(X'612762' USING utf8mb4)");
-        assert_eq!(sql_text("a\\"), "CONVERT(X'615c' USING utf8mb4)");
-        assert_eq!(sql_text("\n"), "CONVERT(X'0a' USING utf8mb4)");
-    }
 
     #[test]
     fn percent_never_claims_done_before_the_copy_does() {

@@ -5,10 +5,10 @@
 
 use std::time::Duration;
 
-use crate::backend::SqlConn;
+use crate::backend::{quote_ident, SqlConn};
 
-use super::schema::{self, col, table_ref};
-use super::sql::{code, lock_wait_secs, server_err, TRIGGER_MODE};
+use super::schema;
+use super::sql::{code, lock_wait_secs, qualified, server_err, TRIGGER_MODE};
 use super::CopyError;
 
 /// Keeps the ghost in step with the original from `install` until `remove`.
@@ -56,29 +56,29 @@ impl TriggerCapture {
     /// The three CREATE TRIGGER statements (insert, update, delete).
     pub fn create_statements(&self) -> [String; 3] {
         let db = &self.database;
-        let t = table_ref(db, &self.table);
-        let g = table_ref(db, &self.ghost);
-        let cols: Vec<String> = self.columns.iter().map(|c| col(c)).collect();
+        let t = qualified(db, &self.table);
+        let g = qualified(db, &self.ghost);
+        let cols: Vec<String> = self.columns.iter().map(|c| quote_ident(c)).collect();
         let cols = cols.join(", ");
         let new_vals: Vec<String> = self
             .columns
             .iter()
-            .map(|c| format!("NEW.{}", col(c)))
+            .map(|c| format!("NEW.{}", quote_ident(c)))
             .collect();
         let new_vals = new_vals.join(", ");
         let replace = format!("REPLACE INTO {g} ({cols}) VALUES ({new_vals})");
         let old_key: Vec<String> = self
             .key
             .iter()
-            .map(|k| format!("{0} = OLD.{0}", col(k)))
+            .map(|k| format!("{0} = OLD.{0}", quote_ident(k)))
             .collect();
         let delete_old = format!("DELETE FROM {g} WHERE {}", old_key.join(" AND "));
         let key_same: Vec<String> = self
             .key
             .iter()
-            .map(|k| format!("OLD.{0} <=> NEW.{0}", col(k)))
+            .map(|k| format!("OLD.{0} <=> NEW.{0}", quote_ident(k)))
             .collect();
-        let trg = |i: usize| table_ref(db, &self.names[i]);
+        let trg = |i: usize| qualified(db, &self.names[i]);
         [
             format!(
                 "CREATE TRIGGER {} AFTER INSERT ON {t} FOR EACH ROW {replace}",
@@ -194,7 +194,7 @@ pub(crate) async fn drop_triggers(
         capture
             .with_mdl_retries(
                 conn,
-                &format!("DROP TRIGGER IF EXISTS {}", table_ref(db, name)),
+                &format!("DROP TRIGGER IF EXISTS {}", qualified(db, name)),
             )
             .await?;
     }

@@ -3,10 +3,10 @@
 
 use std::time::{Duration, Instant};
 
-use crate::backend::SqlConn;
+use crate::backend::{quote_ident, SqlConn};
 
-use super::schema::{cell, col, table_ref, Column};
-use super::sql::{code, ident, server_err};
+use super::schema::{cell, Column};
+use super::sql::{code, qualified, server_err};
 use super::{CopyControl, CopyError, CopyProgress};
 
 /// Smallest and largest chunk, in rows.
@@ -54,8 +54,10 @@ impl KeyKind {
     /// Expression that reads a value as hex text (exact for every kind).
     fn select(&self, column: &str) -> String {
         match self {
-            KeyKind::Number | KeyKind::Temporal => format!("HEX(CAST({} AS CHAR))", col(column)),
-            KeyKind::Text { .. } | KeyKind::Binary => format!("HEX({})", col(column)),
+            KeyKind::Number | KeyKind::Temporal => {
+                format!("HEX(CAST({} AS CHAR))", quote_ident(column))
+            }
+            KeyKind::Text { .. } | KeyKind::Binary => format!("HEX({})", quote_ident(column)),
         }
     }
 
@@ -97,8 +99,8 @@ impl KeyKind {
             }
             KeyKind::Text { charset, collation } => Ok(format!(
                 "CONVERT(X'{hex}' USING {}) COLLATE {}",
-                ident(charset),
-                ident(collation)
+                quote_ident(charset),
+                quote_ident(collation)
             )),
             KeyKind::Binary => Ok(format!("X'{hex}'")),
         }
@@ -120,7 +122,7 @@ impl ChunkKey {
         let cols: Vec<String> = self
             .columns
             .iter()
-            .map(|(c, _)| format!("{}{dir}", col(c)))
+            .map(|(c, _)| format!("{}{dir}", quote_ident(c)))
             .collect();
         cols.join(", ")
     }
@@ -146,7 +148,7 @@ impl ChunkKey {
         let mut ors = Vec::new();
         for i in 0..self.columns.len() {
             let mut ands: Vec<String> = (0..i)
-                .map(|j| format!("{} = {}", col(&self.columns[j].0), lits[j]))
+                .map(|j| format!("{} = {}", quote_ident(&self.columns[j].0), lits[j]))
                 .collect();
             let last = i + 1 == self.columns.len();
             let op = match (after, last) {
@@ -154,7 +156,11 @@ impl ChunkKey {
                 (false, false) => "<",
                 (false, true) => "<=",
             };
-            ands.push(format!("{} {op} {}", col(&self.columns[i].0), lits[i]));
+            ands.push(format!(
+                "{} {op} {}",
+                quote_ident(&self.columns[i].0),
+                lits[i]
+            ));
             ors.push(format!("({})", ands.join(" AND ")));
         }
         Ok(format!("({})", ors.join(" OR ")))
@@ -218,10 +224,10 @@ pub(crate) async fn copy_rows<C: CopyControl>(
     progress: &mut CopyProgress,
     control: &C,
 ) -> Result<(), CopyError> {
-    let t = table_ref(plan.database, plan.table);
-    let g = table_ref(plan.database, plan.ghost);
-    let force = format!("FORCE INDEX ({})", ident(&plan.key.index));
-    let cols: Vec<String> = plan.columns.iter().map(|c| col(c)).collect();
+    let t = qualified(plan.database, plan.table);
+    let g = qualified(plan.database, plan.ghost);
+    let force = format!("FORCE INDEX ({})", quote_ident(&plan.key.index));
+    let cols: Vec<String> = plan.columns.iter().map(|c| quote_ident(c)).collect();
     let col_list = cols.join(", ");
     let update: Vec<String> = cols.iter().map(|c| format!("{c} = VALUES({c})")).collect();
     let update = update.join(", ");

@@ -26,8 +26,8 @@ pub use schema::CopyNames;
 pub use verify::TableChecksum;
 
 use chunk::{ChunkKey, CopyPlan, KeyKind};
-use schema::{table_ref, Column};
-use sql::{code, server_err};
+use schema::Column;
+use sql::{code, qualified, server_err};
 
 /// One table to change by copying.
 #[derive(Debug, Clone)]
@@ -165,7 +165,7 @@ pub async fn clean_up(cluster: &Cluster, task: &CopyTask) -> Result<(), CopyErro
     .await?;
     conn.execute(&format!(
         "DROP TABLE IF EXISTS {}",
-        table_ref(&task.database, &names.ghost)
+        qualified(&task.database, &names.ghost)
     ))
     .await
     .map_err(|e| server_err("dropping the ghost table", e))?;
@@ -268,13 +268,13 @@ async fn run_stages<C: CopyControl>(
     if checkpoint.is_none() {
         set_stage(progress, "ghost", control);
         trigger_probe.remove(&mut ddl).await?;
-        let g = table_ref(db, &names.ghost);
+        let g = qualified(db, &names.ghost);
         ddl.execute(&format!("DROP TABLE IF EXISTS {g}"))
             .await
             .map_err(|e| server_err("dropping an old ghost table", e))?;
         ddl.execute(&format!(
             "CREATE TABLE {g} LIKE {}",
-            table_ref(db, &task.table)
+            qualified(db, &task.table)
         ))
         .await
         .map_err(|e| server_err("creating the ghost table", e))?;
@@ -476,10 +476,10 @@ async fn cut_over<C: CopyControl>(
     let db = &task.database;
     let rename = format!(
         "RENAME TABLE {} TO {}, {} TO {}",
-        table_ref(db, &task.table),
-        table_ref(db, &names.old),
-        table_ref(db, &names.ghost),
-        table_ref(db, &task.table)
+        qualified(db, &task.table),
+        qualified(db, &names.old),
+        qualified(db, &names.ghost),
+        qualified(db, &task.table)
     );
     conn.execute(&format!(
         "SET SESSION lock_wait_timeout = {}",

@@ -1,9 +1,9 @@
 //! Names the copy derives from a migration, what it reads from `information_schema`,
 //! and the preflight that refuses what a copy cannot do.
 
-use crate::backend::{Rows, SqlConn};
+use crate::backend::{quote_literal, Rows, SqlConn};
 
-use super::sql::{ident, lit, qualified, server_err};
+use super::sql::server_err;
 use super::{CopyError, CopyTask};
 
 /// MariaDB's identifier length limit.
@@ -92,8 +92,8 @@ pub(crate) async fn table_exists(
         conn,
         &format!(
             "SELECT 1 FROM information_schema.TABLES WHERE TABLE_SCHEMA = {} AND TABLE_NAME = {}",
-            lit(db),
-            lit(table)
+            quote_literal(db),
+            quote_literal(table)
         ),
     )
     .await?;
@@ -111,8 +111,8 @@ pub(crate) async fn table_info(
         &format!(
             "SELECT ENGINE, TABLE_ROWS FROM information_schema.TABLES \
              WHERE TABLE_SCHEMA = {} AND TABLE_NAME = {} AND TABLE_TYPE = 'BASE TABLE'",
-            lit(db),
-            lit(table)
+            quote_literal(db),
+            quote_literal(table)
         ),
     )
     .await?;
@@ -134,8 +134,8 @@ pub(crate) async fn columns(
             "SELECT COLUMN_NAME, LOWER(DATA_TYPE), IS_GENERATED, CHARACTER_SET_NAME, \
              COLLATION_NAME FROM information_schema.COLUMNS \
              WHERE TABLE_SCHEMA = {} AND TABLE_NAME = {} ORDER BY ORDINAL_POSITION",
-            lit(db),
-            lit(table)
+            quote_literal(db),
+            quote_literal(table)
         ),
     )
     .await?;
@@ -167,8 +167,8 @@ pub(crate) async fn unique_keys(
               AND c.COLUMN_NAME = s.COLUMN_NAME \
              WHERE s.TABLE_SCHEMA = {} AND s.TABLE_NAME = {} AND s.NON_UNIQUE = 0 \
              ORDER BY s.INDEX_NAME = 'PRIMARY' DESC, s.INDEX_NAME, s.SEQ_IN_INDEX",
-            lit(db),
-            lit(table)
+            quote_literal(db),
+            quote_literal(table)
         ),
     )
     .await?;
@@ -212,8 +212,8 @@ pub(crate) async fn unique_column_sets(
              FROM information_schema.STATISTICS \
              WHERE TABLE_SCHEMA = {} AND TABLE_NAME = {} AND NON_UNIQUE = 0 \
              GROUP BY INDEX_NAME",
-            lit(db),
-            lit(table)
+            quote_literal(db),
+            quote_literal(table)
         ),
     )
     .await?;
@@ -244,8 +244,8 @@ pub(crate) async fn foreign_keys(
              WHERE REFERENCED_TABLE_NAME IS NOT NULL AND \
              ((TABLE_SCHEMA = {0} AND TABLE_NAME = {1}) OR \
               (REFERENCED_TABLE_SCHEMA = {0} AND REFERENCED_TABLE_NAME = {1}))",
-            lit(db),
-            lit(table)
+            quote_literal(db),
+            quote_literal(table)
         ),
     )
     .await
@@ -262,8 +262,8 @@ pub(crate) async fn triggers_on(
         &format!(
             "SELECT TRIGGER_NAME FROM information_schema.TRIGGERS \
              WHERE EVENT_OBJECT_SCHEMA = {} AND EVENT_OBJECT_TABLE = {}",
-            lit(db),
-            lit(table)
+            quote_literal(db),
+            quote_literal(table)
         ),
     )
     .await
@@ -275,13 +275,13 @@ pub(crate) async fn existing_triggers(
     db: &str,
     names: &[String],
 ) -> Result<Vec<String>, CopyError> {
-    let list: Vec<String> = names.iter().map(|n| lit(n)).collect();
+    let list: Vec<String> = names.iter().map(|n| quote_literal(n)).collect();
     first_column(
         conn,
         &format!(
             "SELECT TRIGGER_NAME FROM information_schema.TRIGGERS \
              WHERE TRIGGER_SCHEMA = {} AND TRIGGER_NAME IN ({})",
-            lit(db),
+            quote_literal(db),
             list.join(", ")
         ),
     )
@@ -371,16 +371,6 @@ pub(crate) async fn query(conn: &mut SqlConn, sql: &str) -> Result<Rows, CopyErr
 
 pub(crate) fn cell(row: &[Option<String>], i: usize) -> Option<&str> {
     row.get(i)?.as_deref()
-}
-
-/// `db`.`table`, quoted.
-pub(crate) fn table_ref(db: &str, table: &str) -> String {
-    qualified(db, table)
-}
-
-/// `` `name` ``.
-pub(crate) fn col(name: &str) -> String {
-    ident(name)
 }
 
 #[cfg(test)]

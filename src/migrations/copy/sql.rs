@@ -1,8 +1,8 @@
-//! Quoting and session settings shared by the copy's statements.
+//! Qualified names and session settings shared by the copy's statements.
 
 use std::time::Duration;
 
-use crate::backend::{SqlConn, SqlError};
+use crate::backend::{quote_ident, SqlConn, SqlError};
 
 use super::CopyError;
 
@@ -25,30 +25,9 @@ pub(crate) mod code {
     pub const DEADLOCK: u16 = 1213;
 }
 
-/// `` `name` `` with backquotes doubled.
-pub(crate) fn ident(name: &str) -> String {
-    format!("`{}`", name.replace('`', "``"))
-}
-
 /// `` `db`.`name` ``.
 pub(crate) fn qualified(db: &str, name: &str) -> String {
-    format!("{}.{}", ident(db), ident(name))
-}
-
-/// A string literal (the session's sql_mode is ours, so backslashes escape).
-pub(crate) fn lit(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('\'');
-    for c in s.chars() {
-        match c {
-            '\'' => out.push_str("''"),
-            '\\' => out.push_str("\\\\"),
-            '\0' => out.push_str("\\0"),
-            _ => out.push(c),
-        }
-    }
-    out.push('\'');
-    out
+    format!("{}.{}", quote_ident(db), quote_ident(name))
 }
 
 /// Whole seconds for `lock_wait_timeout`, at least 1.
@@ -102,10 +81,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn quotes_identifiers_and_literals() {
-        assert_eq!(ident("a`b"), "`a``b`");
+    fn quotes_qualified_names_and_rounds_lock_waits_up() {
         assert_eq!(qualified("d", "t"), "`d`.`t`");
-        assert_eq!(lit("it's a \\ test"), "'it''s a \\\\ test'");
+        assert_eq!(qualified("d", "a`b"), "`d`.`a``b`");
         assert_eq!(lock_wait_secs(Duration::from_millis(200)), 1);
         assert_eq!(lock_wait_secs(Duration::from_millis(2500)), 3);
     }

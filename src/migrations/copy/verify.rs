@@ -2,9 +2,10 @@
 //! one consistent snapshot. The triggers change the ghost in the same transaction as
 //! the application's write, so at any snapshot the two tables agree, under load too.
 
-use crate::backend::SqlConn;
+use crate::backend::{quote_ident, SqlConn};
 
-use super::schema::{cell, col, table_ref, Column};
+use super::schema::{cell, Column};
+use super::sql::qualified;
 use super::sql::server_err;
 use super::CopyError;
 
@@ -30,7 +31,7 @@ fn normalized(name: &str, old: &Column, new: &Column) -> String {
         "decimal",
     ];
     const DATETIME: &[&str] = &["date", "datetime", "timestamp"];
-    let c = col(name);
+    let c = quote_ident(name);
     let (a, b) = (old.data_type.as_str(), new.data_type.as_str());
     if EXACT.contains(&a) && EXACT.contains(&b) {
         // INT -> BIGINT, DECIMAL(10,2) -> DECIMAL(12,4): equal as numbers.
@@ -53,7 +54,7 @@ pub(crate) fn row_expression(columns: &[(String, Column, Column)]) -> String {
         .collect();
     let nulls: Vec<String> = columns
         .iter()
-        .map(|(n, _, _)| format!("ISNULL({})", col(n)))
+        .map(|(n, _, _)| format!("ISNULL({})", quote_ident(n)))
         .collect();
     format!(
         "CONCAT_WS('#', {}, CONCAT({}))",
@@ -75,7 +76,7 @@ pub(crate) async fn checksum(
         format!(
             "SELECT COUNT(*), COALESCE(BIT_XOR(CRC32({expr})), 0), \
              COALESCE(SUM(CRC32({expr})), 0) FROM {}",
-            table_ref(db, t)
+            qualified(db, t)
         )
     };
     conn.execute("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")

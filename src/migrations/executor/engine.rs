@@ -45,16 +45,16 @@ pub struct OnlineCopy {
 
 impl CopyEngine for OnlineCopy {
     fn task(&self, row: &MigrationRow) -> Result<CopyTask, String> {
-        let alter = strategy::parse_alter(&row.statement).ok_or_else(|| {
+        let alter = strategy::parse_alter(&row.spec.statement).ok_or_else(|| {
             format!(
                 "not an ALTER TABLE the copy engine can run: {}",
-                row.statement
+                row.spec.statement
             )
         })?;
         Ok(CopyTask {
-            uuid: row.uuid.clone(),
-            database: row.database.clone(),
-            table: row.table.clone(),
+            uuid: row.spec.uuid.clone(),
+            database: row.spec.database.clone(),
+            table: row.spec.table.clone(),
             spec: alter.spec,
             options: self.options.clone(),
         })

@@ -38,7 +38,7 @@ pub use throttle::{NoSignals, ThrottleConfig, ThrottleSignals, ThrottleState};
 use super::copy::{CopyError, CopyOptions, CopyStop};
 use super::store::{self, MigrationRow, PendingRequest};
 use super::{Status, Strategy};
-use crate::backend::{SqlConn, SqlError};
+use crate::backend::{quote_ident, SqlConn, SqlError};
 use crate::vschema::Cluster;
 
 /// The user-level lock that makes an executor the owner of a cluster's queue.
@@ -436,7 +436,7 @@ async fn refresh_running(
         let Some(shared) = state
             .running
             .values()
-            .find(|r| r.uuid == row.uuid && r.database == row.database)
+            .find(|r| r.uuid == row.spec.uuid && r.database == row.spec.database)
             .and_then(|r| r.shared.clone())
         else {
             continue;
@@ -444,15 +444,15 @@ async fn refresh_running(
         *lock(&shared.requested) = row.requested;
         shared
             .postpone
-            .store(row.postpone_completion, Ordering::Release);
+            .store(row.spec.postpone_completion, Ordering::Release);
         let progress = lock(&shared.progress).clone();
         let reason = lock(&shared.throttle_reason).clone();
         timed(
             ctx,
             store::report_progress(
                 conn,
-                &row.uuid,
-                &row.database,
+                &row.spec.uuid,
+                &row.spec.database,
                 &progress,
                 shared.eta_seconds(),
                 reason.as_deref(),
@@ -483,10 +483,10 @@ async fn start_runnable(
         .map(|r| (r.uuid.clone(), r.database.clone()))
         .collect();
     for row in candidates {
-        if running.contains(&(row.uuid.clone(), row.database.clone())) {
+        if running.contains(&(row.spec.uuid.clone(), row.spec.database.clone())) {
             continue;
         }
-        let table = (row.database.clone(), row.table.clone());
+        let table = (row.spec.database.clone(), row.spec.table.clone());
         if busy.contains(&table) {
             continue;
         }
@@ -495,7 +495,7 @@ async fn start_runnable(
             spawn(ctx, state, row, Kind::CleanUp, throttle);
             continue;
         }
-        let kind = match row.strategy {
+        let kind = match row.spec.strategy {
             Strategy::Copy => {
                 if state.copies() >= ctx.config.max_concurrent_copies_per_cluster {
                     continue;
@@ -518,7 +518,12 @@ async fn start_runnable(
                 Kind::Direct
             }
         };
-        if !timed(ctx, store::claim(conn, &row.uuid, &row.database, owner)).await? {
+        if !timed(
+            ctx,
+            store::claim(conn, &row.spec.uuid, &row.spec.database, owner),
+        )
+        .await?
+        {
             continue;
         }
         busy.insert(table);
@@ -536,11 +541,11 @@ fn spawn(
     throttle: &watch::Receiver<ThrottleState>,
 ) {
     let shared = (kind == Kind::Copy)
-        .then(|| Arc::new(Shared::new(row.postpone_completion, row.rows_copied)));
+        .then(|| Arc::new(Shared::new(row.spec.postpone_completion, row.rows_copied)));
     let entry = Running {
-        uuid: row.uuid.clone(),
-        database: row.database.clone(),
-        table: row.table.clone(),
+        uuid: row.spec.uuid.clone(),
+        database: row.spec.database.clone(),
+        table: row.spec.table.clone(),
         kind,
         shared: shared.clone(),
     };
@@ -568,9 +573,9 @@ async fn run_copy(
         Err(m) => return Outcome::Failed(m),
     };
     let control = MigrationControl::new(
-        row.uuid.clone(),
-        row.database.clone(),
-        row.table.clone(),
+        row.spec.uuid.clone(),
+        row.spec.database.clone(),
+        row.spec.table.clone(),
         shared.clone(),
         throttle,
         ctx.stats.clone(),
@@ -596,7 +601,7 @@ async fn run_copy(
 /// Runs an `instant` (with `ALGORITHM=INSTANT` forced and a short lock wait) or
 /// `direct` (as written) statement in the row's database.
 async fn run_statement(ctx: &Ctx, row: &MigrationRow, instant: bool) -> Outcome {
-    let mut conn = match connect(ctx, Some(&row.database)).await {
+    let mut conn = match connect(ctx, Some(&row.spec.database)).await {
         Ok(c) => c,
         Err(e) => return Outcome::Requeue(e),
     };
@@ -611,7 +616,7 @@ async fn run_statement(ctx: &Ctx, row: &MigrationRow, instant: bool) -> Outcome 
             return Outcome::Requeue(format!("session setup failed: {e}"));
         }
     }
-    match conn.execute(&row.statement).await {
+    match conn.execute(&row.spec.statement).await {
         Ok(_) => Outcome::Complete { old_table: None },
         Err(e) if instant && e.code() == Some(ER_LOCK_WAIT_TIMEOUT) => Outcome::Requeue(format!(
             "the table was busy (lock wait timeout); will try again: {e}"
@@ -631,7 +636,7 @@ async fn run_statement(ctx: &Ctx, row: &MigrationRow, instant: bool) -> Outcome 
 /// Acts on a pending cancel of a migration that is not running: removes a copy's ghost
 /// table and triggers.
 async fn clean_up(ctx: &Ctx, row: &MigrationRow) -> Outcome {
-    if row.strategy != Strategy::Copy {
+    if row.spec.strategy != Strategy::Copy {
         return Outcome::Cancelled;
     }
     let task = match ctx.engine.task(row) {
@@ -741,27 +746,22 @@ async fn drop_old_tables(ctx: &Ctx, conn: &mut SqlConn) -> Result<(), String> {
         };
         let sql = format!(
             "DROP TABLE IF EXISTS {}.{}",
-            ident(&row.database),
-            ident(old)
+            quote_ident(&row.spec.database),
+            quote_ident(old)
         );
         match timed(ctx, conn.execute(&sql)).await {
             Ok(_) => {
                 timed(
                     ctx,
-                    store::set_old_table(conn, &row.uuid, &row.database, None),
+                    store::set_old_table(conn, &row.spec.uuid, &row.spec.database, None),
                 )
                 .await?
             }
             // Busy (a lock wait timeout): try again at the next poll.
             Err(e) => {
-                tracing::info!(database = %row.database, table = %old, error = %e, "old table not dropped yet")
+                tracing::info!(database = %row.spec.database, table = %old, error = %e, "old table not dropped yet")
             }
         }
     }
     Ok(())
-}
-
-/// A backquoted identifier.
-fn ident(name: &str) -> String {
-    format!("`{}`", name.replace('`', "``"))
 }
