@@ -2,10 +2,11 @@
 //! own connection limit, checkout deadline and connect timeout, so a slow or dead
 //! cluster makes only its own statements wait or fail.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Notify;
 
 use super::conn::{BackendConn, ConnKey};
 use crate::config::PoolConfig;
@@ -27,13 +28,22 @@ pub struct ClusterPool {
     /// Latency and failures of statements sent to it.
     pub stats: crate::metrics::ClusterStats,
     config: PoolConfig,
-    slots: Arc<Semaphore>,
     inner: Mutex<Inner>,
+    /// Signalled when a lease ends while someone waits for one.
+    freed: Notify,
 }
 
+/// Everything about the pool that changes, under one lock: a checkout and a give-back
+/// are one uncontended lock each, which is the whole cost of pooling per statement.
 struct Inner {
-    idle: Vec<BackendConn>,
+    /// Idle connections, least recently used first.
+    idle: VecDeque<BackendConn>,
+    /// Connections open (idle or leased).
     open: usize,
+    /// Leases outstanding; never more than `max_connections`.
+    leased: usize,
+    /// Checkouts waiting for a lease to end.
+    waiting: usize,
     last_failure: Option<(Instant, String)>,
 }
 
@@ -42,7 +52,6 @@ struct Inner {
 pub struct Lease {
     conn: Option<BackendConn>,
     pool: Arc<ClusterPool>,
-    _slot: OwnedSemaphorePermit,
 }
 
 impl Lease {
@@ -64,9 +73,7 @@ impl Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        if let Some(conn) = self.conn.take() {
-            self.pool.give_back(conn);
-        }
+        self.pool.end_lease(self.conn.take());
     }
 }
 
@@ -74,15 +81,17 @@ impl ClusterPool {
     /// An empty pool for `cluster`.
     pub fn new(cluster: Cluster, config: PoolConfig) -> Arc<ClusterPool> {
         Arc::new(ClusterPool {
-            slots: Arc::new(Semaphore::new(config.max_connections)),
             stats: crate::metrics::ClusterStats::default(),
             cluster,
             config,
             inner: Mutex::new(Inner {
-                idle: Vec::new(),
+                idle: VecDeque::new(),
                 open: 0,
+                leased: 0,
+                waiting: 0,
                 last_failure: None,
             }),
+            freed: Notify::new(),
         })
     }
 
@@ -109,30 +118,15 @@ impl ClusterPool {
         state_hash: u64,
         prefer: Option<u32>,
     ) -> Result<Lease, ProxyError> {
-        let slot = match tokio::time::timeout(
-            self.config.checkout_timeout,
-            self.slots.clone().acquire_owned(),
-        )
-        .await
-        {
-            Ok(Ok(p)) => p,
-            Ok(Err(_)) => return Err(ProxyError::internal("pool closed")),
-            Err(_) => {
-                return Err(ProxyError::cluster_unavailable(
-                    &self.cluster.name,
-                    format!(
-                        "no free connection within {:?} ({} in use)",
-                        self.config.checkout_timeout, self.config.max_connections
-                    ),
-                ))
-            }
-        };
+        self.take_slot().await?;
+        // From here on a lease is counted: every way out hands it to a `Lease`, whose
+        // drop ends it, or ends it here.
         loop {
             let candidate = {
                 let mut g = self.lock();
                 let pos = prefer
                     .and_then(|id| {
-                        g.idle.iter().position(|c| {
+                        g.idle.iter().rposition(|c| {
                             c.thread_id == id
                                 && c.key == key
                                 && (database.is_some() || c.database.is_none())
@@ -153,17 +147,21 @@ impl ClusterPool {
                         })
                     });
                 match pos {
-                    Some(i) => Some(g.idle.remove(i)),
+                    Some(i) => g.idle.remove(i),
                     None => {
                         // Keep open <= max: make room by closing an idle connection of
                         // another key.
-                        if g.open >= self.config.max_connections && !g.idle.is_empty() {
-                            g.idle.remove(0);
+                        if g.open >= self.config.max_connections && g.idle.pop_front().is_some()
+                        {
                             g.open -= 1;
                         }
                         None
                     }
                 }
+            };
+            let lease = |conn| Lease {
+                conn: Some(conn),
+                pool: self.clone(),
             };
             match candidate {
                 Some(mut conn) => {
@@ -176,20 +174,55 @@ impl ClusterPool {
                         self.forget(conn);
                         continue;
                     }
-                    return Ok(Lease {
-                        conn: Some(conn),
-                        pool: self.clone(),
-                        _slot: slot,
-                    });
+                    return Ok(lease(conn));
                 }
-                None => {
-                    let conn = self.open(key, database).await?;
-                    return Ok(Lease {
-                        conn: Some(conn),
-                        pool: self.clone(),
-                        _slot: slot,
-                    });
+                None => match self.open(key, database).await {
+                    Ok(conn) => return Ok(lease(conn)),
+                    Err(e) => {
+                        self.end_lease(None);
+                        return Err(e);
+                    }
+                },
+            }
+        }
+    }
+
+    /// Counts a lease, waiting at most the checkout timeout while all are taken.
+    async fn take_slot(&self) -> Result<(), ProxyError> {
+        let max = self.config.max_connections;
+        {
+            let mut g = self.lock();
+            if g.leased < max {
+                g.leased += 1;
+                return Ok(());
+            }
+        }
+        let deadline = tokio::time::Instant::now() + self.config.checkout_timeout;
+        loop {
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            {
+                let mut g = self.lock();
+                if g.leased < max {
+                    g.leased += 1;
+                    return Ok(());
                 }
+                g.waiting += 1;
+                // Registered before the lock is released, so an end of lease from now
+                // on wakes this waiter.
+                freed.as_mut().enable();
+            }
+            // Uncounts the waiter however the wait ends, dropped future included.
+            let _waiting = Waiting(self);
+            let woke = tokio::time::timeout_at(deadline, freed).await;
+            if woke.is_err() {
+                return Err(ProxyError::cluster_unavailable(
+                    &self.cluster.name,
+                    format!(
+                        "no free connection within {:?} ({max} in use)",
+                        self.config.checkout_timeout
+                    ),
+                ));
             }
         }
     }
@@ -226,15 +259,43 @@ impl ClusterPool {
         g.open = g.open.saturating_sub(1);
     }
 
-    fn give_back(&self, conn: BackendConn) {
-        if conn.broken || conn.status & status::IN_TRANS != 0 || !conn.reserve.is_empty() {
-            // A connection that still holds a session's state (a transaction, temporary
-            // tables, locks) is never handed to another session: closing the socket
-            // makes the server roll back and drop whatever was open.
-            self.forget(conn);
-            return;
+    /// Ends a lease: its connection (if any) goes back to the idle list, or is closed
+    /// when it still holds a session's state; a waiting checkout is woken.
+    fn end_lease(&self, conn: Option<BackendConn>) {
+        let mut closed = None;
+        let wake = {
+            let mut g = self.lock();
+            g.leased = g.leased.saturating_sub(1);
+            if let Some(conn) = conn {
+                if conn.broken
+                    || conn.status & status::IN_TRANS != 0
+                    || !conn.reserve.is_empty()
+                {
+                    // A connection that still holds a session's state (a transaction,
+                    // temporary tables, locks) is never handed to another session:
+                    // closing the socket makes the server roll back and drop whatever
+                    // was open.
+                    g.open = g.open.saturating_sub(1);
+                    closed = Some(conn);
+                } else {
+                    g.idle.push_back(conn);
+                }
+            }
+            g.waiting > 0
+        };
+        drop(closed); // the socket closes outside the lock
+        if wake {
+            self.freed.notify_one();
         }
-        let mut g = self.lock();
-        g.idle.push(conn);
+    }
+}
+
+/// A checkout waiting for a lease to end, counted while it waits.
+struct Waiting<'a>(&'a ClusterPool);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        let mut g = self.0.lock();
+        g.waiting = g.waiting.saturating_sub(1);
     }
 }
