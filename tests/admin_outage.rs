@@ -92,18 +92,10 @@ fn column_exists(server: &LocalMariaDb, db: &str, table: &str, column: &str) -> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_one_cluster_stopped_the_admin_surface_answers_in_time_and_names_it() {
-    let servers = common::start_servers(3);
-    let toml = common::ShardedVSchema::new(&servers)
-        .table("notes", "workspace_id")
-        .build();
-    for s in &servers {
-        s.sql("CREATE TABLE app.notes (id INT PRIMARY KEY, workspace_id BIGINT NOT NULL)")
-            .expect("create notes");
-    }
+    let (servers, vs) = common::servers_with_notes(3);
     servers[0]
         .sql("CREATE TABLE main.items (id INT PRIMARY KEY)")
         .expect("create items");
-    let vs = VSchema::from_toml_str(&toml).expect("vschema");
     let proxy = common::start_proxy_config(config(vs.clone())).await;
     let mut app = proxy.connect("app", Some("app")).await;
     let mut admin = proxy.connect("admin", Some("app")).await;
@@ -250,15 +242,7 @@ async fn with_one_cluster_stopped_the_admin_surface_answers_in_time_and_names_it
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ddl_wait_polls_over_pooled_connections_without_redoing_the_schema_setup() {
-    let servers = common::start_servers(2);
-    let toml = common::ShardedVSchema::new(&servers)
-        .table("notes", "workspace_id")
-        .build();
-    for s in &servers {
-        s.sql("CREATE TABLE app.notes (id INT PRIMARY KEY, workspace_id BIGINT NOT NULL)")
-            .expect("create notes");
-    }
-    let vs = VSchema::from_toml_str(&toml).expect("vschema");
+    let (servers, vs) = common::servers_with_notes(2);
     // No executor: the migration stays queued, so the wait polls until its limit.
     let proxy = common::start_proxy_config(config(vs)).await;
     let mut app = proxy.connect("app", Some("app")).await;
@@ -316,15 +300,7 @@ async fn ddl_wait_polls_over_pooled_connections_without_redoing_the_schema_setup
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wait_that_loses_sight_of_its_cluster_ends_naming_it() {
-    let servers = common::start_servers(2);
-    let toml = common::ShardedVSchema::new(&servers)
-        .table("notes", "workspace_id")
-        .build();
-    for s in &servers {
-        s.sql("CREATE TABLE app.notes (id INT PRIMARY KEY, workspace_id BIGINT NOT NULL)")
-            .expect("create notes");
-    }
-    let vs = VSchema::from_toml_str(&toml).expect("vschema");
+    let (servers, vs) = common::servers_with_notes(2);
     let proxy = common::start_proxy_config(config(vs)).await;
     let mut app = proxy.connect("app", Some("app")).await;
     app.query_drop("SET @@ddl_wait = 120")

@@ -53,15 +53,7 @@ async fn error_of(conn: &mut mysql_async::Conn, sql: &str) -> (u16, String, Stri
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_alter_is_queued_and_changes_nothing_until_an_executor_runs_it() {
-    let servers = common::start_servers(2);
-    let toml = common::ShardedVSchema::new(&servers)
-        .table("notes", "workspace_id")
-        .build();
-    for s in &servers {
-        s.sql("CREATE TABLE app.notes (id INT PRIMARY KEY, workspace_id BIGINT NOT NULL)")
-            .expect("create");
-    }
-    let vs = VSchema::from_toml_str(&toml).expect("vschema");
+    let (servers, vs) = common::servers_with_notes(2);
     // No executor in this proxy: the queue only fills.
     let proxy = common::start_proxy_config(config(vs.clone(), None)).await;
     let addr = proxy.addr.to_string();
@@ -178,15 +170,7 @@ async fn an_alter_is_queued_and_changes_nothing_until_an_executor_runs_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ddl_wait_blocks_for_the_outcome_and_ddl_in_a_transaction_is_refused() {
-    let servers = common::start_servers(2);
-    let toml = common::ShardedVSchema::new(&servers)
-        .table("notes", "workspace_id")
-        .build();
-    for s in &servers {
-        s.sql("CREATE TABLE app.notes (id INT PRIMARY KEY, workspace_id BIGINT NOT NULL)")
-            .expect("create");
-    }
-    let vs = VSchema::from_toml_str(&toml).expect("vschema");
+    let (servers, vs) = common::servers_with_notes(2);
     let proxy = common::start_proxy_config(config(vs, Some(fast_executor()))).await;
     let addr = proxy.addr.to_string();
     let mut app = mysql_async::Conn::new(common::mysql_opts(&addr, "app", "app", Some("app")))

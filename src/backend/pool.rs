@@ -151,8 +151,7 @@ impl ClusterPool {
                     None => {
                         // Keep open <= max: make room by closing an idle connection of
                         // another key.
-                        if g.open >= self.config.max_connections && g.idle.pop_front().is_some()
-                        {
+                        if g.open >= self.config.max_connections && g.idle.pop_front().is_some() {
                             g.open -= 1;
                         }
                         None
@@ -267,10 +266,7 @@ impl ClusterPool {
             let mut g = self.lock();
             g.leased = g.leased.saturating_sub(1);
             if let Some(conn) = conn {
-                if conn.broken
-                    || conn.status & status::IN_TRANS != 0
-                    || !conn.reserve.is_empty()
-                {
+                if conn.broken || conn.status & status::IN_TRANS != 0 || !conn.reserve.is_empty() {
                     // A connection that still holds a session's state (a transaction,
                     // temporary tables, locks) is never handed to another session:
                     // closing the socket makes the server roll back and drop whatever

@@ -529,3 +529,19 @@ pub async fn raw_query(s: &mut tokio::net::TcpStream, sql: &[u8]) {
     shardgate::protocol::packet::put_packet(&mut out, 0, &p);
     s.write_all(&out).await.expect("send query");
 }
+
+/// `n` servers under the default [`ShardedVSchema`] with table `app.notes (id,
+/// workspace_id)` sharded by `workspace_id` and created on every shard: the setup of the
+/// schema-change tests. Returns the servers and the vschema.
+pub fn servers_with_notes(n: usize) -> (Vec<LocalMariaDb>, VSchema) {
+    let servers = start_servers(n);
+    let toml = ShardedVSchema::new(&servers)
+        .table("notes", "workspace_id")
+        .build();
+    for s in &servers {
+        s.sql("CREATE TABLE app.notes (id INT PRIMARY KEY, workspace_id BIGINT NOT NULL)")
+            .expect("create app.notes");
+    }
+    let vs = VSchema::from_toml_str(&toml).expect("vschema");
+    (servers, vs)
+}
