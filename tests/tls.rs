@@ -311,7 +311,7 @@ async fn require_tls_users_and_a_tls_only_proxy_refuse_plain_logins_with_error_3
         .await
         .expect_err("wrong password");
     assert_eq!(server_error_code(&e).map(|c| c.0), Some(1045), "{e}");
-    let mut conn = mysql_async::Conn::new(plain_opts(&addr, "app"))
+    let conn = mysql_async::Conn::new(plain_opts(&addr, "app"))
         .await
         .expect("other users may still log in without TLS");
     conn.disconnect().await.expect("disconnect");
@@ -397,4 +397,109 @@ async fn without_tls_configured_ssl_is_not_offered_and_an_ssl_request_is_refused
         .unwrap_or(0);
     assert!(n == 0 || first[0] == 21, "got byte {}", first[0]);
     tls.stop().await;
+}
+
+/// A client that writes its SSLRequest and its TLS ClientHello in one go (as libmariadb
+/// and most drivers do, without waiting): the proxy must hand the bytes it already read
+/// behind the SSLRequest to the TLS handshake. Driven by hand with a blocking socket and
+/// a bare rustls client so that both really leave in one write.
+fn login_with_ssl_request_and_client_hello_in_one_write(
+    addr: std::net::SocketAddr,
+    cert: &TestCert,
+) -> Vec<u8> {
+    use std::io::{Read, Write};
+
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName};
+    use shardgate::protocol::auth::native_token;
+    use shardgate::protocol::handshake::{build_handshake_response, HandshakeResponse};
+
+    fn read_packet(r: &mut impl Read) -> (u8, Vec<u8>) {
+        let mut h = [0u8; 4];
+        r.read_exact(&mut h).expect("packet header");
+        let len = h[0] as usize | (h[1] as usize) << 8 | (h[2] as usize) << 16;
+        let mut p = vec![0u8; len];
+        r.read_exact(&mut p).expect("packet payload");
+        (h[3], p)
+    }
+
+    let mut sock = std::net::TcpStream::connect(addr).expect("connect");
+    sock.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let (_, g) = read_packet(&mut sock);
+    let g = parse_greeting(&g).expect("greeting");
+    assert_ne!(g.capabilities & caps::SSL, 0);
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_file(&cert.cert).expect("test cert"))
+        .expect("trust the test cert");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = ServerName::try_from("127.0.0.1").expect("server name");
+    let mut tls = rustls::ClientConnection::new(Arc::new(config), name).expect("client");
+
+    let caps_wanted = caps::BACKEND_BASE | caps::DEPRECATE_EOF | caps::SSL;
+    let mut first = BytesMut::new();
+    let mut ssl_request = Vec::with_capacity(32);
+    ssl_request.extend_from_slice(&caps_wanted.to_le_bytes());
+    ssl_request.extend_from_slice(&(1u32 << 24).to_le_bytes());
+    ssl_request.push(45);
+    ssl_request.extend_from_slice(&[0u8; 23]);
+    put_packet(&mut first, 1, &ssl_request);
+    let mut hello = Vec::new();
+    tls.write_tls(&mut hello).expect("ClientHello");
+    assert!(!hello.is_empty());
+    first.extend_from_slice(&hello);
+    sock.write_all(&first)
+        .expect("SSLRequest + ClientHello in one write");
+
+    let mut stream = rustls::Stream::new(&mut tls, &mut sock);
+    let resp = HandshakeResponse {
+        capabilities: caps_wanted,
+        max_packet: 1 << 24,
+        collation: 45,
+        user: "secure".into(),
+        auth_response: native_token(b"secure", &g.scramble),
+        database: Some("app".into()),
+        auth_plugin: Some("mysql_native_password".into()),
+        attributes: vec![],
+        ext_capabilities: 0,
+    };
+    let mut out = BytesMut::new();
+    put_packet(&mut out, 2, &build_handshake_response(&resp));
+    stream.write_all(&out).expect("handshake response over TLS");
+    let (seq, ok) = read_packet(&mut stream);
+    assert_eq!(seq, 3, "the sequence goes on after the SSLRequest");
+    assert!(ok.starts_with(&[0]), "login OK over TLS: {ok:?}");
+    let mut out = BytesMut::new();
+    put_packet(&mut out, 0, b"\x03SELECT 'early-bytes'");
+    stream.write_all(&out).expect("query over TLS");
+    let mut answer = Vec::new();
+    for _ in 0..4 {
+        // column count, column definition, row, OK (DEPRECATE_EOF)
+        answer.extend_from_slice(&read_packet(&mut stream).1);
+    }
+    answer
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_hello_sent_right_behind_the_ssl_request_is_not_lost() {
+    let servers = common::start_servers(1);
+    let cert = test_cert();
+    let proxy = start(unsharded(&servers), Some((&cert, false))).await;
+    let addr = proxy.addr;
+    let cert = Arc::new(cert);
+    let c = cert.clone();
+    let answer = tokio::task::spawn_blocking(move || {
+        login_with_ssl_request_and_client_hello_in_one_write(addr, &c)
+    })
+    .await
+    .expect("the raw TLS client should not panic");
+    assert!(contains(&answer, b"early-bytes"), "{answer:?}");
+    proxy.stop().await;
 }
