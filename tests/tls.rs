@@ -503,3 +503,59 @@ async fn a_client_hello_sent_right_behind_the_ssl_request_is_not_lost() {
     assert!(contains(&answer, b"early-bytes"), "{answer:?}");
     proxy.stop().await;
 }
+
+#[test]
+fn the_config_file_reads_tls_paths_relative_to_itself_and_refuses_what_cannot_work() {
+    let cert = test_cert();
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::copy(&cert.cert, dir.path().join("cert.pem")).expect("copy cert");
+    std::fs::copy(&cert.key, dir.path().join("key.pem")).expect("copy key");
+    std::fs::write(
+        dir.path().join("vschema.toml"),
+        "[clusters.c1]\nprimary = \"127.0.0.1:1\"\nuser = \"u\"\npassword = \"p\"\n\
+         [keyspaces.app]\ncluster = \"c1\"\n",
+    )
+    .expect("write vschema");
+    let load = |body: &str| {
+        let path = dir.path().join("shardgate.toml");
+        std::fs::write(&path, format!("vschema = \"vschema.toml\"\n{body}")).expect("write");
+        ProxyConfig::load(&path)
+    };
+    let users = "[[users]]\nname = \"app\"\npassword = \"app\"\n\
+                 [[users]]\nname = \"secure\"\npassword = \"s\"\nrequire_tls = true\n";
+
+    let config = load(&format!(
+        "{users}[tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\nrequire = true\n"
+    ))
+    .expect("a valid TLS config");
+    assert!(config.tls.as_ref().is_some_and(|t| t.require));
+    let flags: Vec<(&str, bool)> = config
+        .users
+        .iter()
+        .map(|u| (u.name.as_str(), u.require_tls))
+        .collect();
+    assert_eq!(flags, vec![("app", false), ("secure", true)]);
+    let config = load(&format!(
+        "{users}[tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\n"
+    ))
+    .expect("require defaults to false");
+    assert!(config.tls.as_ref().is_some_and(|t| !t.require));
+
+    let e = load(users).expect_err("require_tls without [tls]");
+    assert!(e.contains("secure") && e.contains("[tls]"), "{e}");
+    let e = load(&format!(
+        "{users}[tls]\ncert = \"cert.pem\"\nkey = \"nope.pem\"\n"
+    ))
+    .expect_err("a missing key file");
+    assert!(e.contains("nope.pem"), "{e}");
+    let e = load(&format!(
+        "{users}[tls]\ncert = \"key.pem\"\nkey = \"key.pem\"\n"
+    ))
+    .expect_err("a key where the certificate should be");
+    assert!(e.contains("certificate"), "{e}");
+    let e = load(&format!(
+        "{users}[tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\nrequired = true\n"
+    ))
+    .expect_err("a misspelt key");
+    assert!(e.contains("required"), "{e}");
+}
