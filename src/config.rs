@@ -18,6 +18,8 @@ pub struct User {
     /// Default `@@ddl_wait` of this user's sessions (what an ORM's migration tool needs
     /// to see its schema change finished when its statement returns).
     pub ddl_wait: Option<Duration>,
+    /// This user may log in only over TLS.
+    pub require_tls: bool,
 }
 
 impl User {
@@ -28,6 +30,7 @@ impl User {
             password: password.to_string(),
             admin,
             ddl_wait: None,
+            require_tls: false,
         }
     }
 
@@ -92,6 +95,9 @@ pub struct ProxyConfig {
     /// Deadline of one control operation on one cluster (`SHOW MIGRATIONS`, `ALTER
     /// MIGRATION`, queueing DDL, one `@@ddl_wait` poll), connect included.
     pub admin_cluster_timeout: Duration,
+    /// TLS towards clients (`[tls]`); None: `CLIENT_SSL` is not offered and an
+    /// SSLRequest is refused.
+    pub tls: Option<crate::protocol::tls::ServerTls>,
 }
 
 /// The config file, as written (see `docs/configuration.md`).
@@ -110,6 +116,16 @@ struct ConfigFile {
     pool: PoolFile,
     #[serde(default)]
     migrations: MigrationsFile,
+    tls: Option<TlsFile>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TlsFile {
+    cert: String,
+    key: String,
+    #[serde(default)]
+    require: bool,
 }
 
 #[derive(Debug, Default, serde::Deserialize)]
@@ -132,6 +148,8 @@ struct UserFile {
     #[serde(default)]
     admin: bool,
     ddl_wait_s: Option<f64>,
+    #[serde(default)]
+    require_tls: bool,
 }
 
 #[derive(Debug, Default, serde::Deserialize)]
@@ -164,6 +182,7 @@ impl ProxyConfig {
             migrations: Some(crate::migrations::executor::ExecutorConfig::default()),
             metrics_listen: None,
             admin_cluster_timeout: crate::admin::DEFAULT_CLUSTER_TIMEOUT,
+            tls: None,
         }
     }
 
@@ -247,7 +266,28 @@ impl ProxyConfig {
             }
             Some(ms) => Duration::from_millis(ms),
         };
+        let tls = match &file.tls {
+            None => None,
+            Some(t) => Some(
+                crate::protocol::tls::ServerTls::from_pem_files(
+                    &base.join(&t.cert),
+                    &base.join(&t.key),
+                    t.require,
+                )
+                .map_err(|e| format!("{}: [tls]: {e}", path.display()))?,
+            ),
+        };
+        if tls.is_none() {
+            if let Some(u) = file.users.iter().find(|u| u.require_tls) {
+                return Err(format!(
+                    "{}: user {} has require_tls but there is no [tls]: it could never log in",
+                    path.display(),
+                    u.name
+                ));
+            }
+        }
         Ok(ProxyConfig {
+            tls,
             admin_cluster_timeout,
             metrics_listen,
             migrations,
@@ -263,6 +303,7 @@ impl ProxyConfig {
                         .ddl_wait_s
                         .filter(|s| s.is_finite() && *s > 0.0)
                         .map(Duration::from_secs_f64),
+                    require_tls: u.require_tls,
                 })
                 .collect(),
             pool,

@@ -70,6 +70,8 @@ pub mod codes {
     pub const UNSUPPORTED_PS: u16 = 1295;
     /// ER_NOT_SUPPORTED_YET
     pub const NOT_SUPPORTED_YET: u16 = 1235;
+    /// ER_SECURE_TRANSPORT_REQUIRED (MySQL's; MariaDB has no code of its own for it)
+    pub const SECURE_TRANSPORT_REQUIRED: u16 = 3159;
     /// ER_STATEMENT_TIMEOUT (MariaDB max_statement_time)
     pub const STATEMENT_TIMEOUT: u16 = 1969;
     /// ER_SPECIFIC_ACCESS_DENIED_ERROR
@@ -147,6 +149,22 @@ impl ProxyError {
             codes::NOT_SUPPORTED_YET,
             b"42000",
             format!("shardgate does not support {} yet", what.into()),
+            Fault::Client,
+        )
+    }
+
+    /// 3159 (HY000): a client that must use TLS logged in without it. Without a user
+    /// (the proxy-wide `[tls] require`) the message is MySQL's own, which drivers and
+    /// people recognise; with one, it names the user whose `require_tls` refused it.
+    pub fn insecure_transport(user: Option<&str>) -> Self {
+        let message = match user {
+            None => "Connections using insecure transport are prohibited while --require_secure_transport=ON.".to_string(),
+            Some(u) => format!("Connections using insecure transport are prohibited for user '{u}' (require_tls)"),
+        };
+        Self::new(
+            codes::SECURE_TRANSPORT_REQUIRED,
+            b"HY000",
+            message,
             Fault::Client,
         )
     }

@@ -8,7 +8,8 @@
 //! The data path, in the order a statement takes it:
 //!
 //! - [`server`]: the listener, connection limits and graceful shutdown.
-//! - [`protocol`]: the wire codec (framing, handshake, auth, packets), both sides.
+//! - [`protocol`]: the wire codec (framing, handshake, auth, packets), both sides, and
+//!   TLS from clients ([`protocol::tls`]).
 //! - [`session`]: one client connection: login, the command loop, the session's state
 //!   (variables, transaction, *reserved* backend connections and why they are
 //!   reserved), and what happens when a backend is lost.

@@ -51,7 +51,7 @@ enum Command {
 ))]
 struct ServeArgs {
     /// The proxy's config file: listen address, users, pools, vschema path.
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["vschema", "listen", "users"])]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["vschema", "listen", "users", "tls_cert", "tls_key"])]
     config: Option<PathBuf>,
     /// The shard map to serve, without a config file.
     #[arg(long, value_name = "FILE", requires = "users")]
@@ -67,6 +67,12 @@ struct ServeArgs {
         value_parser = parse_user
     )]
     users: Vec<User>,
+    /// TLS for clients (with --vschema): the certificate chain, PEM. Needs --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// TLS for clients (with --vschema): the certificate's private key, PEM.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -162,7 +168,13 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         (Some(file), _) => ProxyConfig::load(&file)?,
         (None, Some(vfile)) => {
             let vs = VSchema::load(&vfile).map_err(|e| format!("{}:\n{e}", vfile.display()))?;
-            ProxyConfig::new(args.listen, args.users, vs)
+            let mut config = ProxyConfig::new(args.listen, args.users, vs);
+            if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+                config.tls = Some(shardgate::protocol::tls::ServerTls::from_pem_files(
+                    cert, key, false,
+                )?);
+            }
+            config
         }
         // clap requires one of the two.
         (None, None) => return Err("serve needs --config or --vschema".to_string()),

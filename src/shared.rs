@@ -29,6 +29,8 @@ pub struct UserEntry {
     pub admin: bool,
     /// Default `@@ddl_wait`.
     pub ddl_wait: Option<Duration>,
+    /// May log in only over TLS.
+    pub require_tls: bool,
 }
 
 /// What routing needs, as one consistent snapshot.
@@ -101,6 +103,7 @@ impl Shared {
                         password_hash: hash,
                         admin: u.admin,
                         ddl_wait: u.ddl_wait,
+                        require_tls: u.require_tls,
                     },
                 )
             })

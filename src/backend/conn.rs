@@ -407,6 +407,10 @@ impl BackendConn {
                 return Err(fail(wrote, e.to_string()));
             }
         }
+        // Free on TCP; a TLS client stream may still hold the last records.
+        if let Err(e) = client.flush().await {
+            return Err(BackendError::Client(e));
+        }
         let outcome = scanner.outcome();
         self.note(&outcome);
         Ok(outcome)

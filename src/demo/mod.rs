@@ -119,6 +119,7 @@ async fn serve_demo(
         opts.workspaces
     );
 
+    let tls = DemoCert::create(opts.listen)?;
     let config = Arc::new(ProxyConfig {
         listen: opts.listen,
         users: User::demo_users(),
@@ -129,12 +130,17 @@ async fn serve_demo(
         migrations: Some(crate::migrations::executor::ExecutorConfig::default()),
         metrics_listen: None,
         admin_cluster_timeout: crate::admin::DEFAULT_CLUSTER_TIMEOUT,
+        tls: Some(crate::protocol::tls::ServerTls::from_pem(
+            tls.cert_pem.as_bytes(),
+            tls.key_pem.as_bytes(),
+            false,
+        )?),
     });
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let mut proxy = tokio::spawn(crate::server::serve(config, listener, async move {
         let _ = stop_rx.await;
     }));
-    print_banner(opts, vschema, servers, begun);
+    print_banner(opts, vschema, servers, begun, &tls.cert_path);
 
     let outcome = tokio::select! {
         signal = shutdown_signal() => {
@@ -314,6 +320,7 @@ fn print_banner(
     vschema: &VSchema,
     servers: &BTreeMap<String, LocalMariaDb>,
     begun: Instant,
+    cert: &std::path::Path,
 ) {
     let port = opts.listen.port();
     let host = opts.listen.ip();
@@ -325,6 +332,10 @@ fn print_banner(
     println!(
         "  proxy     {}  users app/app, admin/admin (admin)",
         opts.listen
+    );
+    println!(
+        "  TLS       self-signed certificate {} (mariadb --ssl; --ssl-ca=that file to verify it)",
+        cert.display()
     );
     for (name, server) in servers {
         let shards: Vec<String> = vschema
@@ -348,6 +359,10 @@ fn print_banner(
     println!("Try:");
     println!(
         "  mariadb -h{host} -P{port} -uapp -papp app -e \"SELECT * FROM conversations WHERE workspace_id=7\""
+    );
+    println!(
+        "  mariadb --ssl --ssl-ca={} -h{host} -P{port} -uapp -papp app -e \"SELECT 1\"   # over TLS",
+        cert.display()
     );
     if let (Some(ks), Some((first_name, first))) = (vschema.keyspace("app"), servers.iter().next())
     {
@@ -373,6 +388,41 @@ fn print_banner(
     }
     println!();
     println!("Press Ctrl-C to stop the proxy and all servers.");
+}
+
+/// The demo's self-signed certificate, written to a temp directory (removed on drop) so
+/// that clients can verify it with `--ssl-ca`.
+struct DemoCert {
+    dir: PathBuf,
+    cert_path: PathBuf,
+    cert_pem: String,
+    key_pem: String,
+}
+
+impl DemoCert {
+    fn create(listen: SocketAddr) -> Result<DemoCert, String> {
+        let ip = listen.ip().to_string();
+        let (cert_pem, key_pem) =
+            crate::protocol::tls::self_signed(&["localhost", "127.0.0.1", &ip])
+                .map_err(|e| format!("demo certificate: {e}"))?;
+        let dir = std::env::temp_dir().join(format!("shardgate-demo-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let cert_path = dir.join("cert.pem");
+        std::fs::write(&cert_path, &cert_pem)
+            .map_err(|e| format!("{}: {e}", cert_path.display()))?;
+        Ok(DemoCert {
+            dir,
+            cert_path,
+            cert_pem,
+            key_pem,
+        })
+    }
+}
+
+impl Drop for DemoCert {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 /// Waits for Ctrl-C or SIGTERM and names which came.

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod handshake;
 pub mod packet;
 pub mod relay;
+pub mod tls;
 pub mod wire;
 
 /// Capability flags (`CLIENT_*`).
@@ -43,7 +44,8 @@ pub mod caps {
     /// packets look like ERR to a relay) and not the prepared-statement ones.
     pub const MARIADB_RELAYABLE: u32 = MARIADB_EXTENDED_METADATA;
 
-    /// What shardgate offers clients. No SSL (not yet), no compression, no LOAD DATA
+    /// What shardgate offers clients (plus `SSL` when TLS is configured, see
+    /// [`super::tls`]). No compression, no LOAD DATA
     /// LOCAL (the relay does not forward file contents), no MariaDB extended capabilities
     /// (`LONG_PASSWORD` set tells MariaDB clients this is a MySQL-style server).
     pub const SERVER_OFFERED: u32 = LONG_PASSWORD

@@ -168,11 +168,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> PacketConn<S> {
         put_packet(&mut self.wbuf, seq, payload)
     }
 
-    /// Writes everything queued.
+    /// Writes everything queued. The stream's own flush is free on TCP and sends what
+    /// a TLS stream still holds.
     pub async fn flush(&mut self) -> std::io::Result<()> {
         if !self.wbuf.is_empty() {
             self.io.write_all(&self.wbuf).await?;
             self.wbuf.clear();
+            self.io.flush().await?;
         }
         Ok(())
     }

@@ -5,13 +5,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpStream;
-
 use crate::backend::ConnKey;
 use crate::error::ProxyError;
 use crate::protocol::auth::{self, NATIVE_PASSWORD};
 use crate::protocol::handshake::{self, Greeting};
 use crate::protocol::packet::{PacketConn, ReadError};
+use crate::protocol::tls::{self, ClientStream};
 use crate::protocol::wire::{self, OkInfo};
 use crate::protocol::{caps, status};
 use crate::router::{self, DbContext, Dispatch};
@@ -31,7 +30,7 @@ pub(super) struct Login {
 
 pub(super) async fn login(
     shared: &Arc<Shared>,
-    client: &mut PacketConn<TcpStream>,
+    client: &mut PacketConn<ClientStream>,
     id: u32,
     peer: SocketAddr,
 ) -> Option<Login> {
@@ -40,7 +39,9 @@ pub(super) async fn login(
         server_version: shared.server_version.clone(),
         connection_id: id,
         scramble: scramble.to_vec(),
-        capabilities: shared.offered_capabilities,
+        // SSL only when there is a certificate to offer.
+        capabilities: shared.offered_capabilities
+            | shared.config.tls.as_ref().map_or(0, |_| caps::SSL),
         collation: shared.default_collation,
         status: status::AUTOCOMMIT,
         auth_plugin: NATIVE_PASSWORD.to_string(),
@@ -60,12 +61,41 @@ pub(super) async fn login(
         }
         Err(_) => return None,
     };
-    let mut seq = seq.wrapping_add(1);
-    if handshake::is_ssl_request(&payload) {
-        let e = ProxyError::not_supported("TLS connections");
-        let _ = client.send(seq, &wire::proxy_err_payload(&e)).await;
-        return None;
-    }
+    let seq = seq.wrapping_add(1);
+    let (mut seq, payload) = match (handshake::is_ssl_request(&payload), &shared.config.tls) {
+        (true, None) => {
+            let e = ProxyError::not_supported("TLS connections");
+            let _ = client.send(seq, &wire::proxy_err_payload(&e)).await;
+            return None;
+        }
+        (true, Some(tls)) => {
+            if let Err(e) = tls::start_tls(tls, client).await {
+                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                return None;
+            }
+            // The real handshake response, over TLS; its sequence id goes on.
+            match client.read_packet(64 * 1024).await {
+                Ok((s, p)) => (s.wrapping_add(1), p),
+                Err(ReadError::TooLarge(_)) => {
+                    let _ = client
+                        .send(
+                            seq.wrapping_add(1),
+                            &wire::proxy_err_payload(&ProxyError::bad_handshake()),
+                        )
+                        .await;
+                    return None;
+                }
+                Err(_) => return None,
+            }
+        }
+        (false, Some(tls)) if tls.require => {
+            tracing::info!(%peer, "refused: no TLS");
+            let e = ProxyError::insecure_transport(None);
+            let _ = client.send(seq, &wire::proxy_err_payload(&e)).await;
+            return None;
+        }
+        (false, _) => (seq, payload),
+    };
     let Some(resp) = handshake::parse_handshake_response(&payload) else {
         let _ = client
             .send(seq, &wire::proxy_err_payload(&ProxyError::bad_handshake()))
@@ -95,6 +125,12 @@ pub(super) async fn login(
         return None;
     }
     let capabilities = resp.capabilities & caps::SERVER_OFFERED;
+    if user.is_some_and(|u| u.require_tls) && !client.io.is_tls() {
+        tracing::info!(user = %resp.user, %peer, "refused: user requires TLS");
+        let e = ProxyError::insecure_transport(Some(&resp.user));
+        let _ = client.send(seq, &wire::proxy_err_payload(&e)).await;
+        return None;
+    }
     let ext_capabilities = resp.ext_capabilities & shared.offered_ext_capabilities;
     let vs = shared.vschema();
     let ctx = match resp.database.as_deref() {

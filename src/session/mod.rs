@@ -40,6 +40,7 @@ use crate::error::ProxyError;
 use crate::planner::{self, StatementKind, StatementPlan};
 use crate::protocol::packet::{PacketConn, ReadError};
 use crate::protocol::relay::ResponseKind;
+use crate::protocol::tls::ClientStream;
 use crate::protocol::wire::{self, OkInfo};
 use crate::protocol::{caps, command, status};
 use crate::router::{self, DbContext, Target};
@@ -59,7 +60,7 @@ pub async fn run(
     permit: Option<OwnedSemaphorePermit>,
     stop: watch::Receiver<bool>,
 ) {
-    let mut client = PacketConn::with_capacity(stream, 2 * 1024, 0);
+    let mut client = PacketConn::with_capacity(ClientStream::Plain(stream), 2 * 1024, 0);
     let Some(_permit) = permit else {
         let e = ProxyError::too_many_connections();
         let _ = client.send(0, &wire::proxy_err_payload(&e)).await;
@@ -97,7 +98,7 @@ enum Answered {
 
 struct Session {
     shared: Arc<Shared>,
-    client: PacketConn<TcpStream>,
+    client: PacketConn<ClientStream>,
     id: u32,
     user: String,
     admin: bool,
@@ -124,7 +125,12 @@ struct Session {
 }
 
 impl Session {
-    fn new(shared: Arc<Shared>, client: PacketConn<TcpStream>, id: u32, login: Login) -> Session {
+    fn new(
+        shared: Arc<Shared>,
+        client: PacketConn<ClientStream>,
+        id: u32,
+        login: Login,
+    ) -> Session {
         Session {
             key: ConnKey {
                 caps: login.capabilities & caps::RELAY_SENSITIVE,
