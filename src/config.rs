@@ -98,6 +98,9 @@ pub struct ProxyConfig {
     /// TLS towards clients (`[tls]`); None: `CLIENT_SSL` is not offered and an
     /// SSLRequest is refused.
     pub tls: Option<crate::protocol::tls::ServerTls>,
+    /// The front door: pending logins, login throttling
+    /// (see `docs/security.md#limits`).
+    pub limits: LimitsConfig,
 }
 
 /// The config file, as written (see `docs/configuration.md`).
@@ -117,6 +120,13 @@ struct ConfigFile {
     #[serde(default)]
     migrations: MigrationsFile,
     tls: Option<TlsFile>,
+    max_pending_logins: Option<usize>,
+    max_pending_logins_per_ip: Option<usize>,
+    login_timeout_ms: Option<u64>,
+    login_throttle_failures: Option<u32>,
+    login_throttle_window_s: Option<u64>,
+    login_throttle_delay_ms: Option<u64>,
+    login_throttle_max_delay_ms: Option<u64>,
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -183,6 +193,7 @@ impl ProxyConfig {
             metrics_listen: None,
             admin_cluster_timeout: crate::admin::DEFAULT_CLUSTER_TIMEOUT,
             tls: None,
+            limits: LimitsConfig::default(),
         }
     }
 
@@ -286,7 +297,10 @@ impl ProxyConfig {
                 ));
             }
         }
+        let limits =
+            LimitsConfig::from_file(&file).map_err(|e| format!("{}: {e}", path.display()))?;
         Ok(ProxyConfig {
+            limits,
             tls,
             admin_cluster_timeout,
             metrics_listen,
@@ -311,5 +325,79 @@ impl ProxyConfig {
             max_client_connections: file.max_client_connections.unwrap_or(DEFAULT_MAX_CLIENTS),
             vschema,
         })
+    }
+}
+
+/// Limits of the front door: sockets that have not logged in yet and failed logins
+/// (see `docs/security.md#limits`).
+#[derive(Debug, Clone)]
+pub struct LimitsConfig {
+    /// Most sockets in the handshake at once (their own pool, apart from
+    /// `max_client_connections`, which only authenticated sessions take).
+    pub max_pending_logins: usize,
+    /// Most sockets in the handshake at once from one IP address (loopback included).
+    pub max_pending_logins_per_ip: usize,
+    /// How long a socket may take from accept to a logged-in session.
+    pub login_timeout: Duration,
+    /// Failed logins (per address, and per user name) within `login_throttle_window`
+    /// before later attempts are delayed; 0: no throttling.
+    pub login_throttle_failures: u32,
+    /// A throttle record is forgotten once this long has passed without a failure.
+    pub login_throttle_window: Duration,
+    /// The first delay; it doubles with each further failure.
+    pub login_throttle_delay: Duration,
+    /// The longest delay (also kept within `login_timeout`).
+    pub login_throttle_max_delay: Duration,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_pending_logins: 256,
+            max_pending_logins_per_ip: 32,
+            login_timeout: Duration::from_millis(5000),
+            login_throttle_failures: 5,
+            login_throttle_window: Duration::from_secs(60),
+            login_throttle_delay: Duration::from_millis(100),
+            login_throttle_max_delay: Duration::from_millis(5000),
+        }
+    }
+}
+
+impl LimitsConfig {
+    fn from_file(file: &ConfigFile) -> Result<LimitsConfig, String> {
+        let mut l = LimitsConfig::default();
+        let positive = |name: &str, v: Option<u64>| match v {
+            Some(0) => Err(format!("{name} must be > 0")),
+            _ => Ok(v),
+        };
+        if let Some(n) = positive(
+            "max_pending_logins",
+            file.max_pending_logins.map(|n| n as u64),
+        )? {
+            l.max_pending_logins = n as usize;
+        }
+        if let Some(n) = positive(
+            "max_pending_logins_per_ip",
+            file.max_pending_logins_per_ip.map(|n| n as u64),
+        )? {
+            l.max_pending_logins_per_ip = n as usize;
+        }
+        if let Some(ms) = positive("login_timeout_ms", file.login_timeout_ms)? {
+            l.login_timeout = Duration::from_millis(ms);
+        }
+        if let Some(n) = file.login_throttle_failures {
+            l.login_throttle_failures = n;
+        }
+        if let Some(s) = positive("login_throttle_window_s", file.login_throttle_window_s)? {
+            l.login_throttle_window = Duration::from_secs(s);
+        }
+        if let Some(ms) = file.login_throttle_delay_ms {
+            l.login_throttle_delay = Duration::from_millis(ms);
+        }
+        if let Some(ms) = file.login_throttle_max_delay_ms {
+            l.login_throttle_max_delay = Duration::from_millis(ms);
+        }
+        Ok(l)
     }
 }

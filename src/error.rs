@@ -191,6 +191,19 @@ impl ProxyError {
         e
     }
 
+    /// 1040 (08004): the pool of sockets still logging in is full (`per_ip`: this
+    /// address's share of it).
+    pub fn too_many_pending_logins(per_ip: bool) -> Self {
+        let why = if per_ip {
+            "Too many connections (pending logins from this address)"
+        } else {
+            "Too many connections (pending logins)"
+        };
+        let mut e = Self::new(codes::TOO_MANY_CONNECTIONS, b"08004", why, Fault::Client);
+        e.retryable = true;
+        e
+    }
+
     /// 1105 (HY000): a cluster could not serve (connect failed, pool exhausted, lost).
     pub fn cluster_unavailable(cluster: &str, why: impl fmt::Display) -> Self {
         let mut e = Self::new(

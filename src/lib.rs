@@ -7,7 +7,9 @@
 //!
 //! The data path, in the order a statement takes it:
 //!
-//! - [`server`]: the listener, connection limits and graceful shutdown.
+//! - [`server`]: the listener and graceful shutdown.
+//! - [`frontdoor`]: before a socket is a session: the pending-login pool (apart from
+//!   the client slots), the login throttle, and escaping client text for the log.
 //! - [`protocol`]: the wire codec (framing, handshake, auth, packets), both sides, and
 //!   TLS from clients ([`protocol::tls`]).
 //! - [`session`]: one client connection: login, the command loop, the session's state
@@ -47,6 +49,7 @@ pub mod ddl;
 pub mod demo;
 pub mod engine;
 pub mod error;
+pub mod frontdoor;
 pub mod metrics;
 pub mod metrics_http;
 pub mod migrations;

@@ -1,11 +1,12 @@
-//! The listener: accepts clients, caps their number, and shuts down gracefully.
+//! The listener: accepts clients, admits them through the [`crate::frontdoor`], and
+//! shuts down gracefully.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 
 use crate::config::ProxyConfig;
 use crate::migrations::executor::{Executor, ThrottleSignals};
@@ -33,7 +34,6 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let shared = Shared::new(config.clone()).await;
-    let slots = Arc::new(Semaphore::new(config.max_client_connections));
     let (stop_tx, stop_rx) = watch::channel(false);
     let executors: Vec<Executor> = match &config.migrations {
         None => Vec::new(),
@@ -80,10 +80,12 @@ pub async fn serve(
                 };
                 let _ = stream.set_nodelay(true);
                 let shared = shared.clone();
-                let permit = slots.clone().try_acquire_owned().ok();
+                // A pending-login slot, not a client slot: only a logged-in session
+                // takes one of those.
+                let admission = shared.door.admit(peer.ip());
                 let stop = stop_rx.clone();
                 tokio::spawn(async move {
-                    crate::session::run(shared, stream, peer, permit, stop).await;
+                    crate::session::run(shared, stream, peer, admission, stop).await;
                 });
             }
         }
@@ -100,9 +102,7 @@ pub async fn serve(
     }
     // Wait for sessions to finish what they are doing.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while slots.available_permits() < config.max_client_connections
-        && tokio::time::Instant::now() < deadline
-    {
+    while shared.door.sessions() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     Ok(())

@@ -75,6 +75,8 @@ pub struct Shared {
     /// MariaDB extended capabilities offered to clients.
     pub offered_ext_capabilities: u32,
     next_connection_id: AtomicU32,
+    /// Pending-login and client slots, the login throttle.
+    pub door: crate::frontdoor::FrontDoor,
 }
 
 impl Shared {
@@ -113,7 +115,9 @@ impl Shared {
             config.admin_cluster_timeout,
         ));
         let probe = probe_backends(&vs).await;
+        let door = crate::frontdoor::FrontDoor::new(&config.limits, config.max_client_connections);
         Arc::new(Shared {
+            door,
             config,
             control,
             runtime: ArcSwap::from_pointee(Runtime {

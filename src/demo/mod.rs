@@ -135,6 +135,7 @@ async fn serve_demo(
             tls.key_pem.as_bytes(),
             false,
         )?),
+        limits: crate::config::LimitsConfig::default(),
     });
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let mut proxy = tokio::spawn(crate::server::serve(config, listener, async move {

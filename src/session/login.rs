@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use crate::backend::ConnKey;
 use crate::error::ProxyError;
+use crate::frontdoor::LogSafe;
 use crate::protocol::auth::{self, NATIVE_PASSWORD};
 use crate::protocol::handshake::{self, Greeting};
 use crate::protocol::packet::{PacketConn, ReadError};
@@ -26,6 +27,8 @@ pub(super) struct Login {
     pub ext_capabilities: u32,
     pub collation: u8,
     pub ctx: DbContext,
+    /// The session's client slot (taken once authenticated).
+    pub slot: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 pub(super) async fn login(
@@ -34,6 +37,7 @@ pub(super) async fn login(
     id: u32,
     peer: SocketAddr,
 ) -> Option<Login> {
+    let started = tokio::time::Instant::now();
     let scramble = auth::new_scramble();
     let greeting = Greeting {
         server_version: shared.server_version.clone(),
@@ -116,21 +120,32 @@ pub(super) async fn login(
         token = reply.to_vec();
     }
     let host = peer.ip().to_string();
+    let door = &shared.door;
+    // Throttled: every attempt waits, right or wrong, so its timing tells nothing.
+    tokio::time::sleep(door.login_delay(peer.ip(), &resp.user, started)).await;
     let user = shared.users.get(&resp.user);
     let ok = user.is_some_and(|u| auth::verify_native(&token, &scramble, u.password_hash.as_ref()));
     if !ok {
-        tracing::info!(user = %resp.user, %peer, "access denied");
+        tracing::info!(user = %LogSafe(&resp.user), %peer, "access denied");
+        let now = tokio::time::Instant::now();
+        crate::frontdoor::log_notices(door.throttle.record_failure(peer.ip(), &resp.user, now));
         let e = ProxyError::access_denied(&resp.user, &host, !token.is_empty());
         let _ = client.send(seq, &wire::proxy_err_payload(&e)).await;
         return None;
     }
+    door.throttle.record_success(peer.ip(), &resp.user);
     let capabilities = resp.capabilities & caps::SERVER_OFFERED;
     if user.is_some_and(|u| u.require_tls) && !client.io.is_tls() {
-        tracing::info!(user = %resp.user, %peer, "refused: user requires TLS");
+        tracing::info!(user = %LogSafe(&resp.user), %peer, "refused: user requires TLS");
         let e = ProxyError::insecure_transport(Some(&resp.user));
         let _ = client.send(seq, &wire::proxy_err_payload(&e)).await;
         return None;
     }
+    let Some(slot) = door.client_slot() else {
+        let e = ProxyError::too_many_connections();
+        let _ = client.send(seq, &wire::proxy_err_payload(&e)).await;
+        return None;
+    };
     let ext_capabilities = resp.ext_capabilities & shared.offered_ext_capabilities;
     let vs = shared.vschema();
     let ctx = match resp.database.as_deref() {
@@ -171,6 +186,7 @@ pub(super) async fn login(
         ext_capabilities,
         collation: resp.collation,
         ctx,
+        slot: Some(slot),
     })
 }
 

@@ -33,10 +33,11 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use tokio::net::TcpStream;
-use tokio::sync::{watch, OwnedSemaphorePermit};
+use tokio::sync::watch;
 
 use crate::backend::{Collected, ConnKey};
 use crate::error::ProxyError;
+use crate::frontdoor::{LogSafe, PendingLogin};
 use crate::planner::{self, StatementKind, StatementPlan};
 use crate::protocol::packet::{PacketConn, ReadError};
 use crate::protocol::relay::ResponseKind;
@@ -49,31 +50,36 @@ use crate::shared::Shared;
 use login::Login;
 use state::{DdlSettings, Held, SessionVars};
 
-/// How long a client may take to log in.
-const LOGIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// Serves one client until it quits, fails, or the server shuts down.
+/// Serves one client until it quits, fails, or the server shuts down. `admission` is
+/// the socket's pending-login slot, or the error it is refused with.
 pub async fn run(
     shared: Arc<Shared>,
     stream: TcpStream,
     peer: SocketAddr,
-    permit: Option<OwnedSemaphorePermit>,
+    admission: Result<PendingLogin, ProxyError>,
     stop: watch::Receiver<bool>,
 ) {
     let mut client = PacketConn::with_capacity(ClientStream::Plain(stream), 2 * 1024, 0);
-    let Some(_permit) = permit else {
-        let e = ProxyError::too_many_connections();
-        let _ = client.send(0, &wire::proxy_err_payload(&e)).await;
-        return;
+    let pending = match admission {
+        Ok(p) => p,
+        Err(e) => {
+            let refusal = wire::proxy_err_payload(&e);
+            let _ =
+                tokio::time::timeout(std::time::Duration::from_secs(1), client.send(0, &refusal))
+                    .await;
+            return;
+        }
     };
     let id = shared.next_connection_id();
-    shared.clients.fetch_add(1, Ordering::Relaxed);
-    let _count = ClientCount(shared.clone());
-    let login =
-        tokio::time::timeout(LOGIN_TIMEOUT, login::login(&shared, &mut client, id, peer)).await;
-    let Ok(Some(login)) = login else {
+    let login = login::login(&shared, &mut client, id, peer);
+    let login = tokio::time::timeout(shared.door.login_timeout, login).await;
+    drop(pending);
+    let Ok(Some(mut login)) = login else {
         return;
     };
+    let _slot = login.slot.take();
+    shared.clients.fetch_add(1, Ordering::Relaxed);
+    let _count = ClientCount(shared.clone());
     let mut session = Session::new(shared.clone(), client, id, login);
     session.serve(stop).await;
 }
@@ -269,7 +275,7 @@ impl Session {
     }
 
     async fn send_error(&mut self, e: &ProxyError) -> Answered {
-        tracing::debug!(session = self.id, error = %e, "statement refused");
+        tracing::debug!(session = self.id, error = %LogSafe(e), "statement refused");
         self.send_raw(&wire::proxy_err_payload(e)).await
     }
 

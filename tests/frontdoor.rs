@@ -1,0 +1,261 @@
+//! The front door: sockets that never log in cannot lock logged-in users out, failed
+//! logins are throttled.
+//! Sources other than 127.0.0.1 are other loopback addresses (127.0.0.2, ...), so
+//! per-address limits can be shown on one machine.
+
+mod common;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use mysql_async::prelude::*;
+use shardgate::config::{PoolConfig, ProxyConfig};
+use shardgate::demo::localdb::LocalMariaDb;
+use shardgate::vschema::VSchema;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpSocket, TcpStream};
+
+/// One server (keyspace `main`, unsharded, default, with table `main.t`) and a proxy
+/// over it with a pool of one backend connection and `limits` applied to its config.
+async fn setup(limits: impl FnOnce(&mut ProxyConfig)) -> (Vec<LocalMariaDb>, common::Proxy) {
+    let servers = common::start_servers(1);
+    let toml = common::sharded_vschema(&servers);
+    common::direct_query(&servers[0], "CREATE TABLE main.t (id INT PRIMARY KEY)");
+    let vs = VSchema::from_toml_str(&toml).expect("vschema");
+    let mut config = ProxyConfig::new(
+        "127.0.0.1:0".parse().expect("addr"),
+        common::test_users(),
+        vs,
+    );
+    config.pool = PoolConfig {
+        max_connections: 1,
+        checkout_timeout: Duration::from_secs(2),
+        ..PoolConfig::default()
+    };
+    config.migrations = None;
+    limits(&mut config);
+    let proxy = common::start_proxy_config(config).await;
+    (servers, proxy)
+}
+
+fn loopback(last: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(127, 0, 0, last))
+}
+
+/// A TCP connection to `addr` from the loopback address `from`.
+async fn connect_from(from: IpAddr, addr: SocketAddr) -> TcpStream {
+    let socket = TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(SocketAddr::new(from, 0))
+        .expect("bind a loopback source address");
+    socket.connect(addr).await.expect("connect to the proxy")
+}
+
+/// An ERR packet's (code, SQLSTATE, message).
+fn parse_err(p: &[u8]) -> Option<(u16, String, String)> {
+    if p.first() != Some(&0xff) || p.len() < 9 {
+        return None;
+    }
+    let code = u16::from_le_bytes([p[1], p[2]]);
+    let state = String::from_utf8_lossy(&p[4..9]).into_owned();
+    let msg = String::from_utf8_lossy(&p[9..]).into_owned();
+    Some((code, state, msg))
+}
+
+/// Logs in from `from` as `user`/`password`: the ready connection, or the ERR packet's
+/// (code, SQLSTATE, message).
+async fn login_from(
+    from: IpAddr,
+    addr: SocketAddr,
+    user: &str,
+    password: &str,
+) -> Result<TcpStream, (u16, String, String)> {
+    use shardgate::protocol::auth::native_token;
+    use shardgate::protocol::handshake::{
+        build_handshake_response, parse_greeting, HandshakeResponse,
+    };
+    use shardgate::protocol::{caps, packet::put_packet};
+
+    let mut s = connect_from(from, addr).await;
+    let (_, g) = common::raw_read(&mut s).await.expect("greeting");
+    if let Some(e) = parse_err(&g) {
+        return Err(e);
+    }
+    let g = parse_greeting(&g).expect("valid greeting");
+    let resp = HandshakeResponse {
+        capabilities: caps::BACKEND_BASE | caps::DEPRECATE_EOF,
+        max_packet: 1 << 24,
+        collation: 45,
+        user: user.into(),
+        auth_response: native_token(password.as_bytes(), &g.scramble),
+        database: None,
+        auth_plugin: Some("mysql_native_password".into()),
+        attributes: vec![],
+        ext_capabilities: 0,
+    };
+    let mut out = bytes::BytesMut::new();
+    put_packet(&mut out, 1, &build_handshake_response(&resp));
+    s.write_all(&out).await.expect("send login");
+    let (_, reply) = common::raw_read(&mut s).await.expect("login reply");
+    match parse_err(&reply) {
+        Some(e) => Err(e),
+        None => {
+            assert_eq!(reply.as_slice().first(), Some(&0), "login OK");
+            Ok(s)
+        }
+    }
+}
+
+/// Whether the proxy closed `s` (reads end of stream within 5 s).
+async fn closed(s: &mut TcpStream) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut b = [0u8; 64];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), s.read(&mut b)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sockets_that_never_log_in_cannot_lock_out_logged_in_users() {
+    let (_servers, proxy) = setup(|c| {
+        // Fewer client slots than silent sockets: before the front door, 300 sockets
+        // took every slot for the whole login deadline.
+        c.max_client_connections = 10;
+    })
+    .await;
+    // 300 sockets from one address that never answer the greeting.
+    let attacker = loopback(2);
+    let mut silent = Vec::new();
+    for _ in 0..300 {
+        silent.push(connect_from(attacker, proxy.addr).await);
+    }
+    // That address's share of the pending logins (32) waits; the rest are refused at
+    // once, with 1040 instead of a greeting.
+    let mut greeted = 0;
+    let mut refused = 0;
+    for s in &mut silent {
+        let (_, p) = common::raw_read(s).await.expect("a greeting or an error");
+        match parse_err(&p) {
+            None => greeted += 1,
+            Some((code, state, msg)) => {
+                assert_eq!((code, state.as_str()), (1040, "08004"), "{msg}");
+                assert!(msg.contains("pending logins"), "{msg}");
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!((greeted, refused), (32, 268));
+
+    let started = Instant::now();
+    let mut conn = proxy.connect("app", Some("main")).await;
+    let one: Option<i64> = conn.query_first("SELECT 1").await.expect("query");
+    let took = started.elapsed();
+    assert_eq!(one, Some(1));
+    assert!(took < Duration::from_secs(2), "login + query took {took:?}");
+    eprintln!("login + query with 300 silent sockets open: {took:?}");
+    conn.disconnect().await.expect("disconnect");
+    drop(silent);
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pending_login_pool_is_bounded_and_frees_its_slots_at_the_login_deadline() {
+    let (_servers, proxy) = setup(|c| {
+        c.limits.max_pending_logins = 16;
+        c.limits.max_pending_logins_per_ip = 1000;
+        c.limits.login_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let mut silent = Vec::new();
+    for _ in 0..16 {
+        let mut s = connect_from(loopback(2), proxy.addr).await;
+        let (_, g) = common::raw_read(&mut s).await.expect("greeting");
+        assert!(parse_err(&g).is_none(), "greeted");
+        silent.push(s);
+    }
+    // The pool is full: refused at once, from any address.
+    let started = Instant::now();
+    let e = login_from(loopback(3), proxy.addr, "app", "app")
+        .await
+        .expect_err("refused");
+    assert_eq!(
+        e,
+        (
+            1040,
+            "08004".into(),
+            "Too many connections (pending logins)".into()
+        )
+    );
+    assert!(started.elapsed() < Duration::from_millis(500));
+    // At the login deadline the silent sockets are closed and their slots come back.
+    for s in &mut silent {
+        assert!(closed(s).await, "closed at the login deadline");
+    }
+    let s = login_from(loopback(3), proxy.addr, "app", "app").await;
+    assert!(s.is_ok(), "{:?}", s.err());
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_logins_are_throttled_by_address_and_by_user() {
+    let delay = Duration::from_millis(20);
+    let max_delay = Duration::from_millis(150);
+    let (_servers, proxy) = setup(|c| {
+        c.limits.login_throttle_failures = 5;
+        c.limits.login_throttle_window = Duration::from_secs(1);
+        c.limits.login_throttle_delay = delay;
+        c.limits.login_throttle_max_delay = max_delay;
+    })
+    .await;
+    let here = loopback(1);
+    let started = Instant::now();
+    let mut first_five = Duration::ZERO;
+    for i in 0..50 {
+        let e = login_from(here, proxy.addr, "app", "wrong")
+            .await
+            .expect_err("wrong password refused");
+        assert_eq!((e.0, e.1.as_str()), (1045, "28000"), "{}", e.2);
+        if i == 4 {
+            first_five = started.elapsed();
+        }
+    }
+    let fifty = started.elapsed();
+    eprintln!("5 wrong passwords: {first_five:?}; 50: {fifty:?}");
+    assert!(first_five < Duration::from_secs(1), "{first_five:?}");
+    // 45 throttled attempts: 20 + 40 + 80 + 42 x 150 ms = 6.4 s.
+    assert!(fifty > Duration::from_secs(3), "{fifty:?}");
+
+    // Another user from another address: not delayed.
+    let t = Instant::now();
+    login_from(loopback(2), proxy.addr, "admin", "admin")
+        .await
+        .expect("admin logs in");
+    let other = t.elapsed();
+    // The same user from another address: delayed (the user is throttled).
+    let t = Instant::now();
+    login_from(loopback(3), proxy.addr, "app", "app")
+        .await
+        .expect("app logs in");
+    let same_user = t.elapsed();
+    // After a quiet window, the same address and user: not delayed.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let t = Instant::now();
+    login_from(here, proxy.addr, "app", "app")
+        .await
+        .expect("app logs in after the window");
+    let after_window = t.elapsed();
+    eprintln!(
+        "other user+address {other:?}, same user {same_user:?}, after window {after_window:?}"
+    );
+    assert!(other < max_delay, "{other:?}");
+    assert!(
+        same_user >= max_delay - Duration::from_millis(10),
+        "{same_user:?}"
+    );
+    assert!(after_window < max_delay, "{after_window:?}");
+    proxy.stop().await;
+}
