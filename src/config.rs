@@ -98,7 +98,7 @@ pub struct ProxyConfig {
     /// TLS towards clients (`[tls]`); None: `CLIENT_SSL` is not offered and an
     /// SSLRequest is refused.
     pub tls: Option<crate::protocol::tls::ServerTls>,
-    /// The front door: pending logins, login throttling
+    /// The front door: pending logins, login throttling, idle limits
     /// (see `docs/security.md#limits`).
     pub limits: LimitsConfig,
 }
@@ -127,6 +127,8 @@ struct ConfigFile {
     login_throttle_window_s: Option<u64>,
     login_throttle_delay_ms: Option<u64>,
     login_throttle_max_delay_ms: Option<u64>,
+    idle_transaction_timeout_ms: Option<u64>,
+    wait_timeout_s: Option<u64>,
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -328,8 +330,8 @@ impl ProxyConfig {
     }
 }
 
-/// Limits of the front door: sockets that have not logged in yet and failed logins
-/// (see `docs/security.md#limits`).
+/// Limits of the front door: sockets that have not logged in yet, failed logins, and
+/// sessions that sit idle (see `docs/security.md#limits`).
 #[derive(Debug, Clone)]
 pub struct LimitsConfig {
     /// Most sockets in the handshake at once (their own pool, apart from
@@ -348,6 +350,11 @@ pub struct LimitsConfig {
     pub login_throttle_delay: Duration,
     /// The longest delay (also kept within `login_timeout`).
     pub login_throttle_max_delay: Duration,
+    /// A session idle this long while it holds a reserved backend connection (an open
+    /// transaction, locks, temporary tables...) is ended; None: no limit.
+    pub idle_transaction_timeout: Option<Duration>,
+    /// Any session idle this long is ended; None: no limit.
+    pub wait_timeout: Option<Duration>,
 }
 
 impl Default for LimitsConfig {
@@ -360,6 +367,8 @@ impl Default for LimitsConfig {
             login_throttle_window: Duration::from_secs(60),
             login_throttle_delay: Duration::from_millis(100),
             login_throttle_max_delay: Duration::from_millis(5000),
+            idle_transaction_timeout: Some(Duration::from_millis(60_000)),
+            wait_timeout: Some(Duration::from_secs(28_800)),
         }
     }
 }
@@ -397,6 +406,12 @@ impl LimitsConfig {
         }
         if let Some(ms) = file.login_throttle_max_delay_ms {
             l.login_throttle_max_delay = Duration::from_millis(ms);
+        }
+        if let Some(ms) = file.idle_transaction_timeout_ms {
+            l.idle_transaction_timeout = (ms > 0).then(|| Duration::from_millis(ms));
+        }
+        if let Some(s) = file.wait_timeout_s {
+            l.wait_timeout = (s > 0).then(|| Duration::from_secs(s));
         }
         Ok(l)
     }

@@ -78,6 +78,8 @@ pub mod codes {
     pub const SPECIFIC_ACCESS_DENIED: u16 = 1227;
     /// ER_CANT_DO_THIS_DURING_AN_TRANSACTION
     pub const CANT_DO_IN_TRANSACTION: u16 = 1179;
+    /// ER_CONNECTION_KILLED (MariaDB)
+    pub const CONNECTION_KILLED: u16 = 1927;
 }
 
 impl ProxyError {
@@ -202,6 +204,17 @@ impl ProxyError {
         let mut e = Self::new(codes::TOO_MANY_CONNECTIONS, b"08004", why, Fault::Client);
         e.retryable = true;
         e
+    }
+
+    /// 1927 (70100): shardgate ended an idle session, as MariaDB answers a connection
+    /// that was killed; the connection closes after it.
+    pub fn idle_session_ended(why: impl fmt::Display) -> Self {
+        Self::new(
+            codes::CONNECTION_KILLED,
+            b"70100",
+            format!("Connection was killed: {why}"),
+            Fault::Client,
+        )
     }
 
     /// 1105 (HY000): a cluster could not serve (connect failed, pool exhausted, lost).

@@ -1,5 +1,5 @@
 //! The front door: sockets that never log in cannot lock logged-in users out, failed
-//! logins are throttled.
+//! logins are throttled, and idle sessions holding a backend connection are ended.
 //! Sources other than 127.0.0.1 are other loopback addresses (127.0.0.2, ...), so
 //! per-address limits can be shown on one machine.
 
@@ -104,6 +104,12 @@ async fn login_from(
             Ok(s)
         }
     }
+}
+
+/// The first packet a raw connection receives: an ERR's (code, SQLSTATE, message).
+async fn read_err(s: &mut TcpStream) -> (u16, String, String) {
+    let (_, p) = common::raw_read(s).await.expect("a packet");
+    parse_err(&p).unwrap_or_else(|| panic!("an ERR packet, got {p:?}"))
 }
 
 /// Whether the proxy closed `s` (reads end of stream within 5 s).
@@ -257,5 +263,80 @@ async fn failed_logins_are_throttled_by_address_and_by_user() {
         "{same_user:?}"
     );
     assert!(after_window < max_delay, "{after_window:?}");
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_transaction_is_ended_rolled_back_and_its_pool_slot_freed() {
+    let (servers, proxy) = setup(|c| {
+        c.limits.idle_transaction_timeout = Some(Duration::from_secs(1));
+    })
+    .await;
+    let addr = proxy.addr_string();
+    let mut s = common::raw_login(&addr, "app", "app", Some("main")).await;
+    for sql in ["BEGIN", "INSERT INTO t VALUES (1)"] {
+        common::raw_query(&mut s, sql.as_bytes()).await;
+        let (_, p) = common::raw_read(&mut s).await.expect("reply");
+        assert_eq!(p.as_slice().first(), Some(&0), "{sql}: OK");
+    }
+    // Busy is not idle: statements 600 ms apart keep the transaction alive.
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        common::raw_query(&mut s, b"SELECT 1").await;
+        let mut rows = 0;
+        while let Some((_, p)) = common::raw_read(&mut s).await {
+            assert_ne!(p.as_slice().first(), Some(&0xff), "no error");
+            rows += 1;
+            if p.as_slice().first() == Some(&0xfe) {
+                break;
+            }
+        }
+        assert!(rows >= 3, "a result set");
+    }
+    // Then 2 s of silence.
+    let started = Instant::now();
+    let (code, state, msg) = read_err(&mut s).await;
+    let waited = started.elapsed();
+    eprintln!("idle transaction ended after {waited:?}: {msg}");
+    assert_eq!((code, state.as_str()), (1927, "70100"), "{msg}");
+    assert!(msg.contains("idle_transaction_timeout_ms"), "{msg}");
+    assert!(msg.contains("transaction"), "{msg}");
+    assert!(waited < Duration::from_secs(2), "{waited:?}");
+    assert!(closed(&mut s).await, "connection closed");
+    assert_eq!(
+        common::direct_query(&servers[0], "SELECT COUNT(*) FROM main.t").trim(),
+        "0",
+        "the insert was rolled back"
+    );
+    // The pool's one connection is free for another session.
+    let mut other = proxy.connect("app", Some("main")).await;
+    other
+        .query_drop("INSERT INTO t VALUES (2)")
+        .await
+        .expect("another session gets the pool slot");
+    let n: Option<i64> = other
+        .query_first("SELECT COUNT(*) FROM t")
+        .await
+        .expect("count");
+    assert_eq!(n, Some(1));
+    // Idle outside a transaction: not ended by this limit.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let one: Option<i64> = other.query_first("SELECT 1").await.expect("still served");
+    assert_eq!(one, Some(1));
+    other.disconnect().await.expect("disconnect");
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_session_idle_past_wait_timeout_is_ended() {
+    let (_servers, proxy) = setup(|c| {
+        c.limits.wait_timeout = Some(Duration::from_secs(1));
+    })
+    .await;
+    let mut s = common::raw_login(&proxy.addr_string(), "app", "app", Some("main")).await;
+    let (code, state, msg) = read_err(&mut s).await;
+    assert_eq!((code, state.as_str()), (1927, "70100"), "{msg}");
+    assert!(msg.contains("wait_timeout_s"), "{msg}");
+    assert!(closed(&mut s).await, "connection closed");
     proxy.stop().await;
 }

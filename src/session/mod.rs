@@ -21,6 +21,7 @@
 //! reserved connection is lost, so is the session's state: the client gets the error
 //! and its connection is closed, as a direct connection would have died.
 
+mod idle;
 mod leases;
 mod login;
 mod schema;
@@ -192,9 +193,16 @@ impl Session {
     async fn serve(&mut self, mut stop: watch::Receiver<bool>) {
         let limit = self.shared.config.max_packet_size;
         loop {
+            let idle = self.idle_limit();
             let read = tokio::select! {
                 r = self.client.read_packet(limit) => r,
                 _ = stop.changed() => return,
+                _ = crate::frontdoor::sleep_or_never(idle.map(|l| l.after)) => {
+                    if let Some(l) = idle {
+                        self.end_idle(l).await;
+                    }
+                    return;
+                }
             };
             let payload = match read {
                 Ok((_, p)) => p,
