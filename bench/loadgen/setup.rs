@@ -262,7 +262,8 @@ pub fn workspaces_on_first_shard(vschema: &VSchema, count: usize) -> Result<Vec<
 
 pub fn config_toml(listen: SocketAddr, pool: usize) -> String {
     format!(
-        "listen = \"{listen}\"\nvschema = \"vschema.toml\"\nmax_client_connections = 20000\n\n\
+        "listen = \"{listen}\"\nvschema = \"vschema.toml\"\nmax_client_connections = 20000\n\
+         max_pending_logins = 1000\nmax_pending_logins_per_ip = 1000\n\n\
          [[users]]\nname = \"{PROXY_USER}\"\npassword = \"{PROXY_PASSWORD}\"\n\n\
          [pool]\nmax_connections = {pool}\n"
     )
