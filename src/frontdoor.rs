@@ -34,6 +34,7 @@ const MAX_TRACKED: usize = 100_000;
 /// The proxy's admission state, shared by the listener and every session.
 pub struct FrontDoor {
     pending: Arc<Semaphore>,
+    max_pending: usize,
     per_ip: Arc<Mutex<HashMap<IpAddr, usize>>>,
     max_per_ip: usize,
     clients: Arc<Semaphore>,
@@ -70,6 +71,7 @@ impl FrontDoor {
     pub fn new(l: &LimitsConfig, max_clients: usize) -> FrontDoor {
         FrontDoor {
             pending: Arc::new(Semaphore::new(l.max_pending_logins)),
+            max_pending: l.max_pending_logins,
             per_ip: Arc::new(Mutex::new(HashMap::new())),
             max_per_ip: l.max_pending_logins_per_ip,
             clients: Arc::new(Semaphore::new(max_clients)),
@@ -107,6 +109,11 @@ impl FrontDoor {
     /// `max_client_connections` sessions are open.
     pub fn client_slot(&self) -> Option<OwnedSemaphorePermit> {
         self.clients.clone().try_acquire_owned().ok()
+    }
+
+    /// Sockets holding a pending-login slot now.
+    pub fn pending_logins(&self) -> usize {
+        self.max_pending - self.pending.available_permits()
     }
 
     /// Authenticated sessions open now.
@@ -466,6 +473,7 @@ mod tests {
         let _b1 = door.admit(B).expect("B has its own share");
         let e = door.admit(B).expect_err("pool full");
         assert_eq!(e.message, "Too many connections (pending logins)");
+        assert_eq!(door.pending_logins(), 3);
         drop(a1);
         let _b2 = door.admit(B).expect("a slot came back");
         assert_eq!(door.sessions(), 0);

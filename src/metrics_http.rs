@@ -29,11 +29,17 @@ pub fn render(shared: &Shared) -> String {
     metric(
         "shardgate_client_connections",
         "gauge",
-        "Client connections open now.",
+        "Client sessions open now (logged in).",
         vec![(
             String::new(),
             shared.clients.load(Ordering::Relaxed).to_string(),
         )],
+    );
+    metric(
+        "shardgate_pending_logins",
+        "gauge",
+        "Sockets in the handshake now (not logged in yet).",
+        vec![(String::new(), shared.door.pending_logins().to_string())],
     );
     metric(
         "shardgate_cluster_statements_total",
