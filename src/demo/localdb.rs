@@ -158,8 +158,23 @@ impl LocalMariaDb {
 
     /// Suspends the server process (SIGSTOP): connections stay open but nothing is
     /// answered, like a badly degraded host. [`LocalMariaDb::resume`] undoes it.
+    /// Returns once every thread of the server has stopped, so nothing sent after it is
+    /// answered (a thread busy on another core finishes its current step first).
     pub fn pause(&self) -> io::Result<()> {
-        self.signal(SIGSTOP)
+        self.signal(SIGSTOP)?;
+        let Some(pid) = self.pid() else {
+            return Ok(());
+        };
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while !all_threads_stopped(pid) {
+            if Instant::now() > deadline {
+                return Err(io::Error::other(
+                    "the server did not stop within 2 s of SIGSTOP",
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Ok(())
     }
 
     /// Resumes a server suspended with [`LocalMariaDb::pause`] (SIGCONT).
@@ -723,6 +738,27 @@ fn terminate(child: &mut Child) {
     }
     let _ = send_signal(child.id(), SIGKILL);
     let _ = child.wait();
+}
+
+/// Whether every thread of process `pid` is stopped (state `T` in `/proc`); false when
+/// that cannot be read.
+fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().all(|t| {
+        std::fs::read_to_string(t.path().join("stat"))
+            .ok()
+            .and_then(|stat| {
+                // The state follows the command name, which is in parentheses.
+                let after = stat.rsplit_once(')')?.1;
+                after
+                    .split_whitespace()
+                    .next()
+                    .map(|s| s == "T" || s == "t")
+            })
+            .unwrap_or(false)
+    })
 }
 
 #[cfg(test)]
