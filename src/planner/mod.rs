@@ -15,6 +15,7 @@ mod effects;
 mod fallback;
 mod insert;
 pub(crate) mod lex;
+mod privilege;
 mod query;
 mod tables;
 mod tag;
@@ -26,6 +27,7 @@ use classify::Head;
 pub use effects::{Effects, Reserve};
 use insert::InsertRoute;
 use lex::Token;
+pub use privilege::{protected_schema, Privilege};
 use tables::TableName;
 pub use text::sql_text;
 
@@ -52,6 +54,9 @@ pub trait ShardingSchema {
 pub struct Plan {
     /// The statements in order.
     pub statements: Vec<StatementPlan>,
+    /// What the query needs from its user: [`Privilege::Admin`] when any of its
+    /// statements does (the session then refuses the whole query for other users).
+    pub privilege: Privilege,
 }
 
 /// The plan of one statement.
@@ -227,7 +232,11 @@ pub fn plan(sql: &str, schema: &dyn ShardingSchema) -> Plan {
         }
         _ => {}
     }
-    Plan { statements }
+    let privilege = privilege::of_query(sql, toks);
+    Plan {
+        statements,
+        privilege,
+    }
 }
 
 /// `r` without the whitespace around it, the lexer's whitespace only: `str::trim`
