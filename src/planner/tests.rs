@@ -1263,3 +1263,60 @@ fn the_admin_reason_names_the_statement_class() {
     assert!(reason("SHOW PROCESSLIST").contains("PROCESSLIST"));
     assert!(reason("SELECT 1 INTO OUTFILE '/x'").contains("OUTFILE"));
 }
+
+// ---- a tag and the WHERE clause must agree ----
+
+#[test]
+fn a_tag_and_a_filter_on_another_workspace_are_unroutable() {
+    let disagree = [
+        "/*workspace_id:3*/ SELECT * FROM messages WHERE workspace_id = 9",
+        "SELECT * FROM messages WHERE workspace_id = '9' /*workspace_id:3*/",
+        "/*workspace_id:3*/ UPDATE messages SET body = 'x' WHERE workspace_id = 9",
+        "/*workspace_id:3*/ DELETE FROM messages WHERE workspace_id = 9",
+        "/*workspace_id:3*/ SELECT * FROM messages WHERE workspace_id IN (3, 9)",
+        "/*workspace_id:3*/ SELECT * FROM messages WHERE workspace_id IN (9)",
+        "/*workspace_id:3*/ SELECT * FROM messages m WHERE m.workspace_id = 9 AND body = 'a'",
+        // Parsed path: a join.
+        "/*workspace_id:3*/ SELECT * FROM messages m JOIN channels c ON c.workspace_id = m.workspace_id WHERE m.workspace_id = 9",
+        // Token fallback path: text the parser cannot read.
+        "/*workspace_id:3*/ SELECT * FROM messages WHERE workspace_id = 9 LOCK IN SHARE MODE",
+        "/*workspace_id:3*/ SELECT * FROM accounts WHERE ws = 9",
+    ];
+    for sql in disagree {
+        let r = route(sql);
+        let Route::Unroutable(msg) = &r else {
+            panic!("{sql}: {r:?}");
+        };
+        assert!(
+            msg.contains("workspace_id:3") && msg.contains('9'),
+            "{sql}: {msg}"
+        );
+    }
+    let Route::Unroutable(msg) =
+        route("/*workspace_id:3*/ SELECT * FROM messages WHERE workspace_id = 9")
+    else {
+        panic!("unroutable");
+    };
+    assert!(msg.contains("messages.workspace_id = 9"), "{msg}");
+}
+
+#[test]
+fn a_tag_and_a_filter_that_agree_route_to_the_workspace() {
+    for sql in [
+        "/*workspace_id:3*/ SELECT * FROM messages WHERE workspace_id = 3",
+        "/*workspace_id:3*/ SELECT * FROM messages WHERE workspace_id IN (3, 3)",
+        "/*workspace_id:3*/ UPDATE messages SET body = 'x' WHERE workspace_id = 3",
+        "/*workspace_id:3*/ DELETE FROM messages WHERE workspace_id = 3",
+        "/*workspace_id:3*/ SELECT * FROM messages WHERE workspace_id = 3 LOCK IN SHARE MODE",
+        // No filter on the sharding column: the tag routes, as before.
+        "/*workspace_id:3*/ SELECT * FROM messages WHERE body = 'a'",
+        "/*workspace_id:3*/ SELECT * FROM messages",
+        "/*workspace_id:3*/ SELECT * FROM messages WHERE workspace_id = 9 OR workspace_id = 3",
+    ] {
+        assert_eq!(route(sql), ws(&[3]), "{sql}");
+    }
+    // INSERT rows already had to agree with the tag.
+    assert!(unroutable(route(
+        "/*workspace_id:3*/ INSERT INTO messages (workspace_id, body) VALUES (9, 'x')"
+    )));
+}
