@@ -136,8 +136,19 @@ fn by_head(sql: &str, toks: &[Token]) -> Privilege {
         return Privilege::Tenant;
     };
     let second = toks.get(1);
-    let word = first.text(sql).to_ascii_uppercase();
-    match word.as_str() {
+    // Upper-case the first word on the stack: this runs for every statement.
+    let mut buf = [0u8; 10];
+    let raw = first.text(sql).as_bytes();
+    let word = match buf.get_mut(..raw.len()) {
+        Some(dst) => {
+            for (d, s) in dst.iter_mut().zip(raw) {
+                *d = s.to_ascii_uppercase();
+            }
+            std::str::from_utf8(dst).unwrap_or("")
+        }
+        None => "",
+    };
+    match word {
         "GRANT" | "REVOKE" => Privilege::Admin(USERS),
         "KILL" => Privilege::Admin(KILL),
         "SHUTDOWN" | "RESTART" => Privilege::Admin("SHUTDOWN/RESTART"),
@@ -363,6 +374,16 @@ fn show(sql: &str, toks: &[Token]) -> Privilege {
     Privilege::Tenant
 }
 
+/// Words before the `INTO` of an INSERT, whose table may be called `dumpfile`.
+const INSERT_INTO: &[&str] = &[
+    "INSERT",
+    "REPLACE",
+    "IGNORE",
+    "LOW_PRIORITY",
+    "DELAYED",
+    "HIGH_PRIORITY",
+];
+
 /// Anywhere in a statement: server files, protected schemas, other sessions.
 fn anywhere(sql: &str, toks: &[Token]) -> Privilege {
     for (i, t) in toks.iter().enumerate() {
@@ -371,17 +392,24 @@ fn anywhere(sql: &str, toks: &[Token]) -> Privilege {
         if t.kind == Tok::Word {
             let call = next.is_some_and(|n| n.is_punct(b'('));
             if (t.is_kw(sql, "LOAD_FILE") && call)
-                || (t.is_kw(sql, "INTO") && kw_any(next, sql, &["OUTFILE", "DUMPFILE"]))
+                || (t.is_kw(sql, "INTO")
+                    && kw_any(next, sql, &["OUTFILE", "DUMPFILE"])
+                    && !kw_any(prev, sql, INSERT_INTO))
                 || (kw_any(Some(t), sql, &["DATA", "INDEX"]) && kw(next, sql, "DIRECTORY"))
             {
                 return Privilege::Admin(SERVER_FILES);
             }
         }
+        let qualifies = next.is_some_and(|n| n.is_punct(b'.'))
+            && !prev.is_some_and(|p| p.is_punct(b'.') || p.is_punct(b'@'));
+        // PROCESSLIST, INNODB_TRX, possibly quoted: a cheap filter for the hot path.
+        let maybe_session_table = (10..=13).contains(&(t.end - t.start));
+        if !(qualifies || maybe_session_table) {
+            continue;
+        }
         let Some(name) = name_of(t, sql) else {
             continue;
         };
-        let qualifies = next.is_some_and(|n| n.is_punct(b'.'))
-            && !prev.is_some_and(|p| p.is_punct(b'.') || p.is_punct(b'@'));
         if qualifies {
             if let Some(why) = protected_schema(&name) {
                 return Privilege::Admin(why);

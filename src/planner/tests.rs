@@ -1240,6 +1240,7 @@ fn strings_comments_and_tenant_statements_need_no_admin() {
         "CALL p()",
         "SELECT * FROM t INTO @x",
         "SELECT 'a\\'b' FROM t",
+        "INSERT INTO dumpfile (a) VALUES (1)",
     ];
     for sql in tenant {
         assert_eq!(
