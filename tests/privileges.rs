@@ -71,6 +71,7 @@ async fn host_and_cross_tenant_statements_are_refused_for_app_and_run_for_admin(
         "SET @@global.max_connections = 7".into(),
         "SET NAMES utf8mb4, GLOBAL max_connections = 7".into(),
         "SET sql_log_bin = 0".into(),
+        "SET NAMES gbk".into(),
         "SHUTDOWN".into(),
         "KILL 1".into(),
         "KILL QUERY 1".into(),
@@ -222,6 +223,32 @@ async fn host_and_cross_tenant_statements_are_refused_for_app_and_run_for_admin(
     let out = common::cli(&addr, "app", "app", Some("app"), "use mysql");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && stderr.contains("1227"), "{stderr}");
+
+    // A login in a character set where 0xbf 0x5c is one character: the server would end
+    // the string at the quote after it and run the DROP; every query is refused.
+    let mut raw = common::raw_login_with(&addr, "app", "app", Some("app"), 0, 28).await;
+    common::raw_query(&mut raw, b"SELECT 'a\\'b\xbf\\' ; DROP DATABASE app ; #'").await;
+    let (_, reply): (u8, Vec<u8>) = common::raw_read(&mut raw).await.expect("a reply");
+    assert_eq!(
+        reply.as_slice().first(),
+        Some(&0xff),
+        "an error packet: {reply:?}"
+    );
+    assert_eq!(
+        reply.get(1..3),
+        Some(&1227u16.to_le_bytes()[..]),
+        "{reply:?}"
+    );
+    drop(raw);
+    for s in &servers {
+        assert_eq!(
+            count_on(
+                s,
+                "SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = 'app'"
+            ),
+            1
+        );
+    }
 
     // Admin users keep all of it.
     let mut admin = proxy.connect("admin", Some("main")).await;

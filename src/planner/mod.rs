@@ -27,7 +27,7 @@ use classify::Head;
 pub use effects::{Effects, Reserve};
 use insert::InsertRoute;
 use lex::Token;
-pub use privilege::{protected_schema, Privilege};
+pub use privilege::{backslash_unsafe_collation, protected_schema, Privilege};
 use tables::TableName;
 pub use text::sql_text;
 

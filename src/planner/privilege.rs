@@ -335,7 +335,51 @@ fn assignment(sql: &str, toks: &[Token]) -> Option<Privilege> {
             at = 4;
         }
     }
+    if let Some(value) = client_charset_value(sql, toks, at) {
+        let unsafe_charset = match value.kind {
+            Tok::Word => BACKSLASH_UNSAFE_CHARSETS
+                .iter()
+                .any(|c| value.is_kw(sql, c)),
+            Tok::Str => BACKSLASH_UNSAFE_CHARSETS
+                .iter()
+                .any(|c| value.str_inner(sql).eq_ignore_ascii_case(c)),
+            // `@var`, an expression: shardgate cannot tell which it is.
+            _ => true,
+        };
+        return unsafe_charset.then_some(Privilege::Admin(UNSAFE_CHARSET));
+    }
     kw_any(toks.get(at), sql, REPLICATION_VARIABLES).then_some(Privilege::Admin(REPLICATION))
+}
+
+/// The client character sets in which a character may end with the byte of `\`
+/// (0x5C): the server then reads strings differently from shardgate's lexer, so a
+/// statement could hide in what shardgate takes for a string.
+const BACKSLASH_UNSAFE_CHARSETS: &[&str] = &["BIG5", "CP932", "GBK", "GB18030", "SJIS"];
+
+const UNSAFE_CHARSET: &str =
+    "a client character set whose characters may end in a backslash byte (big5, cp932, gbk, gb18030, sjis)";
+
+/// The value token of `NAMES x`, `CHARACTER SET x`, `CHARSET x` or
+/// `character_set_client = x` at `toks[at]`.
+fn client_charset_value<'t>(sql: &str, toks: &'t [Token], at: usize) -> Option<&'t Token> {
+    let name = toks.get(at)?;
+    if name.is_kw(sql, "NAMES") || name.is_kw(sql, "CHARSET") {
+        toks.get(at + 1)
+    } else if (name.is_kw(sql, "CHARACTER") && kw(toks.get(at + 1), sql, "SET"))
+        || name.is_kw(sql, "CHARACTER_SET_CLIENT")
+    {
+        // `CHARACTER SET x`, `character_set_client = x`.
+        toks.get(at + 2)
+    } else {
+        None
+    }
+}
+
+/// Whether a handshake collation id belongs to a character set in which a character
+/// may end with a backslash byte (see [`Privilege`]): big5, sjis, gbk, cp932, and
+/// MySQL's gb18030.
+pub fn backslash_unsafe_collation(id: u8) -> bool {
+    matches!(id, 1 | 84 | 13 | 88 | 28 | 87 | 95 | 96 | 248..=250)
 }
 
 fn show(sql: &str, toks: &[Token]) -> Privilege {

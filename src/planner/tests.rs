@@ -1188,6 +1188,14 @@ fn statements_that_reach_the_host_or_other_tenants_need_admin() {
         // Any statement of a multi-statement query.
         "SELECT 1; DROP DATABASE app",
         "SELECT 1; SET GLOBAL x = 1; SELECT 2",
+        // Client character sets whose characters may end in 0x5C.
+        "SET NAMES gbk",
+        "SET NAMES 'sjis' COLLATE sjis_bin",
+        "SET CHARACTER SET big5",
+        "SET CHARSET cp932",
+        "SET character_set_client = gbk",
+        "SET @@session.character_set_client = @cs",
+        "SET STATEMENT character_set_client = gbk FOR SELECT 1",
         // Under NO_BACKSLASH_ESCAPES the string ends at the second quote.
         "SELECT 'a\\'; DROP DATABASE app; -- '",
     ];
@@ -1241,6 +1249,10 @@ fn strings_comments_and_tenant_statements_need_no_admin() {
         "SELECT * FROM t INTO @x",
         "SELECT 'a\\'b' FROM t",
         "INSERT INTO dumpfile (a) VALUES (1)",
+        "SET NAMES utf8mb4 COLLATE utf8mb4_unicode_ci",
+        "SET NAMES 'latin1'",
+        "SET CHARACTER SET DEFAULT",
+        "SET character_set_client = utf8mb4, character_set_results = gbk",
     ];
     for sql in tenant {
         assert_eq!(

@@ -37,7 +37,7 @@ impl Session {
         if let Some(setting) = crate::ddl::parse_ddl_setting(&text) {
             return self.ddl_setting(setting).await;
         }
-        if let Some(e) = self.protected_database() {
+        if let Some(e) = self.protected_database().or_else(|| self.unsafe_charset()) {
             return self.send_error(&e).await;
         }
         let mut plan = planner::plan(&text, schema_for(vs, &self.ctx));
@@ -202,6 +202,21 @@ impl Session {
         };
         let what = planner::protected_schema(db).filter(|_| !self.admin)?;
         Some(ProxyError::admin_statement(&self.user, what))
+    }
+
+    /// For a non-admin user who logged in with a character set in which a character
+    /// may end with a backslash byte, the error every query gets: shardgate's lexer
+    /// would not read its strings as the server does (`SET NAMES` to such a character
+    /// set is refused by its plan).
+    fn unsafe_charset(&self) -> Option<ProxyError> {
+        if self.admin || !planner::backslash_unsafe_collation(self.key.collation) {
+            return None;
+        }
+        Some(ProxyError::admin_statement(
+            &self.user,
+            "queries in a client character set whose characters may end in a backslash byte \
+             (big5, cp932, gbk, gb18030, sjis); connect with utf8mb4",
+        ))
     }
 
     /// Applies a session setting to the connections the session holds, so they stay in
