@@ -424,7 +424,8 @@ fn dml_route(
     if let TagScan::One(id) = tag {
         // The tag routes without a parse; only what cannot go to one workspace is kept.
         let route = tagged_route(sql, text, toks, tables, schema, write, id);
-        if let Route::Workspaces(_) = route {
+        if matches!(route, Route::Workspaces(_)) && names_sharding_column(sql, toks, tables, schema)
+        {
             // A filter on the sharding column that names another workspace disagrees
             // with the tag: refuse rather than read or write the wrong workspace.
             let (_, by_filter) =
@@ -437,6 +438,27 @@ fn dml_route(
     }
     let (kind, route) = untagged_route(sql, text, toks, tables, schema, write, default_kind);
     (kind, conflict_check(tag, route))
+}
+
+/// Whether a token names the sharding column of one of `tables`: only then can a tagged
+/// statement's conditions name a workspace (and the tagged path skip a parse otherwise).
+fn names_sharding_column(
+    sql: &str,
+    toks: &[Token],
+    tables: &[TableName<'_>],
+    schema: &dyn ShardingSchema,
+) -> bool {
+    let columns: Vec<&str> = tables
+        .iter()
+        .filter_map(|t| schema.sharding_column(&t.name))
+        .collect();
+    !columns.is_empty()
+        && toks.iter().any(|t| {
+            t.is_ident() && {
+                let name = t.ident(sql);
+                columns.iter().any(|c| c.eq_ignore_ascii_case(&name))
+            }
+        })
 }
 
 /// Routes a SELECT / UPDATE / DELETE by its own conditions, ignoring any tag: the
