@@ -296,6 +296,20 @@ impl ProxyError {
         )
     }
 
+    /// 1227 (42000): a statement only shardgate admin users may run, because it reaches
+    /// the database host, other tenants or other sessions; `what` names its class.
+    pub fn admin_statement(user: &str, what: &str) -> Self {
+        Self::new(
+            codes::SPECIFIC_ACCESS_DENIED,
+            b"42000",
+            format!(
+                "Access denied; you need (at least one of) the SUPER privilege(s) for this operation: \
+                 shardgate runs {what} only for its admin users, and '{user}' is not one"
+            ),
+            Fault::Client,
+        )
+    }
+
     /// 1105 (HY000): shardgate's own failure.
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(codes::UNKNOWN, b"HY000", message, Fault::Proxy)

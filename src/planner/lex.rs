@@ -105,6 +105,13 @@ const MULTI_OPS: [&[u8]; 12] = [
 /// Splits `sql` into tokens. Never fails: unterminated strings and comments run to the
 /// end of the text (the backend will reject them).
 pub(crate) fn lex(sql: &str) -> Lexed {
+    lex_with(sql, true)
+}
+
+/// [`lex`], reading a backslash in a string as an escape (the default) or, with
+/// `backslash_escapes` false, as an ordinary character, as the server does under
+/// `sql_mode=NO_BACKSLASH_ESCAPES`.
+pub(crate) fn lex_with(sql: &str, backslash_escapes: bool) -> Lexed {
     let b = sql.as_bytes();
     let len = b.len();
     let mut out = Lexed {
@@ -153,7 +160,7 @@ pub(crate) fn lex(sql: &str) -> Lexed {
             let start = i;
             i += 1;
             while i < len {
-                if b[i] == b'\\' && c != b'`' {
+                if b[i] == b'\\' && c != b'`' && backslash_escapes {
                     i += 2;
                 } else if b[i] == c {
                     if b.get(i + 1) == Some(&c) {

@@ -15,6 +15,7 @@ mod effects;
 mod fallback;
 mod insert;
 pub(crate) mod lex;
+mod privilege;
 mod query;
 mod tables;
 mod tag;
@@ -26,6 +27,7 @@ use classify::Head;
 pub use effects::{Effects, Reserve};
 use insert::InsertRoute;
 use lex::Token;
+pub use privilege::{backslash_unsafe_collation, protected_schema, Privilege};
 use tables::TableName;
 pub use text::sql_text;
 
@@ -52,6 +54,9 @@ pub trait ShardingSchema {
 pub struct Plan {
     /// The statements in order.
     pub statements: Vec<StatementPlan>,
+    /// What the query needs from its user: [`Privilege::Admin`] when any of its
+    /// statements does (the session then refuses the whole query for other users).
+    pub privilege: Privilege,
 }
 
 /// The plan of one statement.
@@ -227,7 +232,11 @@ pub fn plan(sql: &str, schema: &dyn ShardingSchema) -> Plan {
         }
         _ => {}
     }
-    Plan { statements }
+    let privilege = privilege::of_query(sql, toks);
+    Plan {
+        statements,
+        privilege,
+    }
 }
 
 /// `r` without the whitespace around it, the lexer's whitespace only: `str::trim`
@@ -415,9 +424,55 @@ fn dml_route(
     if let TagScan::One(id) = tag {
         // The tag routes without a parse; only what cannot go to one workspace is kept.
         let route = tagged_route(sql, text, toks, tables, schema, write, id);
+        if matches!(route, Route::Workspaces(_)) && names_sharding_column(sql, toks, tables, schema)
+        {
+            // A filter on the sharding column that names another workspace disagrees
+            // with the tag: refuse rather than read or write the wrong workspace.
+            let (_, by_filter) =
+                untagged_route(sql, text, toks, tables, schema, write, default_kind.clone());
+            if let Some(e) = tag_disagreement(id, &by_filter, sql, toks, tables, schema) {
+                return (default_kind, e);
+            }
+        }
         return (default_kind, route);
     }
-    if tag == TagScan::None && is_simple(sql, toks) {
+    let (kind, route) = untagged_route(sql, text, toks, tables, schema, write, default_kind);
+    (kind, conflict_check(tag, route))
+}
+
+/// Whether a token names the sharding column of one of `tables`: only then can a tagged
+/// statement's conditions name a workspace (and the tagged path skip a parse otherwise).
+fn names_sharding_column(
+    sql: &str,
+    toks: &[Token],
+    tables: &[TableName<'_>],
+    schema: &dyn ShardingSchema,
+) -> bool {
+    let columns: Vec<&str> = tables
+        .iter()
+        .filter_map(|t| schema.sharding_column(&t.name))
+        .collect();
+    !columns.is_empty()
+        && toks.iter().any(|t| {
+            t.is_ident() && {
+                let name = t.ident(sql);
+                columns.iter().any(|c| c.eq_ignore_ascii_case(&name))
+            }
+        })
+}
+
+/// Routes a SELECT / UPDATE / DELETE by its own conditions, ignoring any tag: the
+/// token scan for simple statements, else the parse tree, else the token fallback.
+fn untagged_route(
+    sql: &str,
+    text: &str,
+    toks: &[Token],
+    tables: &[TableName<'_>],
+    schema: &dyn ShardingSchema,
+    write: bool,
+    default_kind: StatementKind,
+) -> (StatementKind, Route) {
+    if is_simple(sql, toks) {
         // The common case, a single-table statement whose sharded table is pinned by a
         // top-level `=`/`IN` conjunct, needs no parse tree: the token scan proves it
         // (no OR, one SELECT, one sharded table). Anything else is parsed.
@@ -426,8 +481,10 @@ fn dml_route(
         }
     }
     let Some(stmt) = parse_one(text) else {
-        let route = fallback::route(sql, toks, tables, schema, write, None);
-        return (default_kind, conflict_check(tag, route));
+        return (
+            default_kind,
+            fallback::route(sql, toks, tables, schema, write, None),
+        );
     };
     let kind = match &stmt {
         Statement::Query(_) => StatementKind::Select,
@@ -435,12 +492,54 @@ fn dml_route(
         Statement::Delete(_) => StatementKind::Delete,
         // Parsed as something the tree walk has no model of: stay on the safe side.
         _ => {
-            let route = fallback::route(sql, toks, tables, schema, write, None);
-            return (default_kind, conflict_check(tag, route));
+            return (
+                default_kind,
+                fallback::route(sql, toks, tables, schema, write, None),
+            )
         }
     };
     let analysis = query::analyze(&stmt, schema);
-    (kind, conflict_check(tag, decide(&analysis, tables, schema)))
+    (kind, decide(&analysis, tables, schema))
+}
+
+/// The error for a statement tagged `tag` whose conditions pin other workspaces (an
+/// `IN` list with the tag's workspace and others disagrees too).
+fn tag_disagreement(
+    tag: u64,
+    by_filter: &Route,
+    sql: &str,
+    toks: &[Token],
+    tables: &[TableName<'_>],
+    schema: &dyn ShardingSchema,
+) -> Option<Route> {
+    let Route::Workspaces(ids) = by_filter else {
+        return None;
+    };
+    if ids.as_slice() == [tag] {
+        return None;
+    }
+    // The sharded table the statement names first, for the message.
+    let names = tables
+        .iter()
+        .map(|t| t.name.clone())
+        .chain(toks.iter().filter(|t| t.is_ident()).map(|t| t.ident(sql)));
+    let (table, column) = names
+        .into_iter()
+        .find_map(|n| {
+            schema
+                .sharding_column(&n)
+                .map(|c| (n.into_owned(), c.to_owned()))
+        })
+        .unwrap_or_else(|| ("the table".to_owned(), "its sharding column".to_owned()));
+    let list: Vec<String> = ids.iter().map(u64::to_string).collect();
+    let filter = match list.as_slice() {
+        [one] => format!("{table}.{column} = {one}"),
+        _ => format!("{table}.{column} IN ({})", list.join(", ")),
+    };
+    Some(Route::Unroutable(format!(
+        "the query is tagged workspace_id:{tag} but its conditions name {filter}; \
+         the tag and the WHERE clause must name the same single workspace"
+    )))
 }
 
 fn conflict_check(tag: TagScan, route: Route) -> Route {

@@ -1085,3 +1085,251 @@ fn a_unicode_space_before_a_statement_stays_in_its_span() {
     );
     assert_eq!(p.statements[1].kind, StatementKind::Other);
 }
+
+// ---- privileges ----
+
+fn needs_admin(sql: &str) -> bool {
+    matches!(plan(sql, &SHARDED).privilege, Privilege::Admin(_))
+}
+
+#[test]
+fn statements_that_reach_the_host_or_other_tenants_need_admin() {
+    let admin_only = [
+        "DROP DATABASE app",
+        "drop schema if exists app",
+        "CREATE USER evil IDENTIFIED BY 'x'",
+        "ALTER USER app IDENTIFIED BY 'y'",
+        "DROP USER app",
+        "RENAME USER a TO b",
+        "CREATE ROLE r",
+        "GRANT ALL ON *.* TO evil",
+        "REVOKE ALL ON *.* FROM app",
+        "SET PASSWORD FOR root = PASSWORD('x')",
+        "SET DEFAULT ROLE r FOR app",
+        "SET GLOBAL max_connections = 1",
+        "set persist max_connections = 1",
+        "SET @@global.max_connections = 1",
+        "SET @@GLOBAL . max_connections = 1",
+        "SET NAMES utf8mb4, GLOBAL read_only = 1",
+        "SET sql_log_bin = 0",
+        "SET @@session.sql_log_bin = 0",
+        "SHUTDOWN",
+        "KILL 12",
+        "KILL QUERY 12",
+        "SELECT LOAD_FILE('/etc/passwd')",
+        "SELECT load_file ('/etc/passwd') AS x",
+        "LOAD DATA INFILE '/etc/passwd' INTO TABLE t",
+        "LOAD DATA LOW_PRIORITY INFILE '/etc/passwd' INTO TABLE t",
+        "LOAD XML INFILE '/x.xml' INTO TABLE t",
+        "SELECT * FROM messages WHERE workspace_id = 1 INTO OUTFILE '/tmp/x'",
+        "SELECT 1 INTO DUMPFILE '/tmp/x'",
+        "CREATE TABLE t (a INT) DATA DIRECTORY = '/tmp'",
+        "USE mysql",
+        "USE `performance_schema`",
+        "USE sys",
+        "USE _shardgate",
+        "SELECT * FROM mysql.user",
+        "SELECT * FROM `mysql`.`user`",
+        "SELECT * FROM MySQL . user",
+        "SELECT * FROM \"mysql\".\"user\"",
+        "SELECT * FROM _shardgate.schema_migrations",
+        "SELECT * FROM performance_schema.threads",
+        "SELECT sys.ps_thread_id(1)",
+        "UPDATE mysql.user SET password = ''",
+        "SHOW TABLES FROM mysql",
+        "SHOW COLUMNS FROM user IN mysql",
+        "SHOW PROCESSLIST",
+        "show full processlist",
+        "SELECT * FROM information_schema.PROCESSLIST",
+        "SELECT info FROM information_schema . `processlist`",
+        "SELECT * FROM processlist",
+        "SELECT * FROM information_schema.innodb_trx",
+        "SHOW ENGINE INNODB STATUS",
+        "SHOW BINLOG EVENTS",
+        "SHOW MASTER STATUS",
+        "SHOW CREATE USER root",
+        "FLUSH PRIVILEGES",
+        "FLUSH TABLES",
+        "RESET MASTER",
+        "PURGE BINARY LOGS BEFORE NOW()",
+        "CHANGE MASTER TO MASTER_HOST = 'x'",
+        "START SLAVE",
+        "STOP REPLICA",
+        "INSTALL PLUGIN x SONAME 'x.so'",
+        "INSTALL SONAME 'ha_connect'",
+        "UNINSTALL PLUGIN x",
+        "CREATE SERVER s FOREIGN DATA WRAPPER mysql OPTIONS (HOST 'x')",
+        "DROP SERVER s",
+        "CREATE PROCEDURE p() SELECT 1",
+        "CREATE OR REPLACE DEFINER = 'root'@'localhost' PROCEDURE p() SELECT 1",
+        "CREATE DEFINER=CURRENT_USER() FUNCTION f() RETURNS INT RETURN 1",
+        "CREATE DEFINER = root@localhost TRIGGER tr BEFORE INSERT ON t FOR EACH ROW SET @a = 1",
+        "CREATE AGGREGATE FUNCTION f() RETURNS INT RETURN 1",
+        "DROP PROCEDURE p",
+        "DROP FUNCTION IF EXISTS f",
+        "ALTER EVENT e DISABLE",
+        "CREATE EVENT e ON SCHEDULE EVERY 1 DAY DO DELETE FROM t",
+        "DROP TRIGGER tr",
+        "BINLOG 'AAAA'",
+        // The statement inside counts.
+        "SET STATEMENT max_statement_time = 1 FOR DROP DATABASE app",
+        "SET STATEMENT max_statement_time = 1 FOR SET STATEMENT a = 1 FOR KILL 3",
+        "PREPARE s FROM 'DROP DATABASE app'",
+        "PREPARE s FROM 'DROP ' 'DATABASE app'",
+        "PREPARE s FROM 'DROP DATA\\BASE app'",
+        "PREPARE s FROM 'SELECT * FROM mysql.user WHERE User = ''root'''",
+        "EXECUTE IMMEDIATE 'KILL 5'",
+        "EXECUTE IMMEDIATE 'SELECT ?' USING LOAD_FILE('/etc/passwd')",
+        "PREPARE s FROM @sql",
+        "EXECUTE IMMEDIATE CONCAT('DROP DATABASE ', 'app')",
+        // Executable comments run on the server.
+        "SELECT 1 /*! , LOAD_FILE('/etc/passwd') */",
+        "/*!50000 KILL 3 */",
+        // Any statement of a multi-statement query.
+        "SELECT 1; DROP DATABASE app",
+        "SELECT 1; SET GLOBAL x = 1; SELECT 2",
+        // Client character sets whose characters may end in 0x5C.
+        "SET NAMES gbk",
+        "SET NAMES 'sjis' COLLATE sjis_bin",
+        "SET CHARACTER SET big5",
+        "SET CHARSET cp932",
+        "SET character_set_client = gbk",
+        "SET @@session.character_set_client = @cs",
+        "SET STATEMENT character_set_client = gbk FOR SELECT 1",
+        // Under NO_BACKSLASH_ESCAPES the string ends at the second quote.
+        "SELECT 'a\\'; DROP DATABASE app; -- '",
+    ];
+    for sql in admin_only {
+        assert!(needs_admin(sql), "{sql} should need admin");
+    }
+}
+
+#[test]
+fn strings_comments_and_tenant_statements_need_no_admin() {
+    let tenant = [
+        "SELECT 'LOAD_FILE(' FROM messages WHERE workspace_id = 1",
+        "SELECT 'DROP DATABASE app', \"SET GLOBAL x = 1\"",
+        "SELECT * FROM messages /* KILL 3; DROP DATABASE app */ WHERE workspace_id = 1",
+        "SELECT 1 -- INTO OUTFILE '/tmp/x'",
+        "SELECT 1 # LOAD_FILE('/etc/passwd')",
+        "SELECT 'mysql.user', `mysql` FROM t",
+        "SELECT * FROM t WHERE body = 'SHOW PROCESSLIST'",
+        "SELECT load_file FROM t",
+        "INSERT INTO messages (workspace_id, body) VALUES (1, 'GRANT ALL ON *.* TO x')",
+        "UPDATE messages SET body = 'KILL 3' WHERE workspace_id = 1",
+        "DROP TABLE t",
+        "DROP TEMPORARY TABLE t",
+        "CREATE DATABASE app2",
+        "CREATE TABLE t (a INT)",
+        "CREATE INDEX i ON t (a)",
+        "CREATE VIEW v AS SELECT 1",
+        "ALTER TABLE t ADD c INT",
+        "SET NAMES utf8mb4",
+        "SET @global = 1",
+        "SET SESSION sql_mode = 'STRICT_ALL_TABLES'",
+        "SET @@session.time_zone = '+00:00', autocommit = 0",
+        "SET @a = @@global.max_connections",
+        "SELECT @@global.max_connections",
+        "SET ROLE r",
+        "SET TRANSACTION ISOLATION LEVEL READ COMMITTED",
+        "SET STATEMENT max_statement_time = 1 FOR SELECT 1",
+        "START TRANSACTION",
+        "SHOW TABLES",
+        "SHOW GLOBAL STATUS",
+        "SHOW GRANTS",
+        "SHOW COLUMNS FROM messages",
+        "USE app",
+        "USE information_schema",
+        "SELECT * FROM information_schema.TABLES",
+        "PREPARE s FROM 'SELECT * FROM messages WHERE workspace_id = ?'",
+        "EXECUTE IMMEDIATE 'SELECT ?' USING 1",
+        "DEALLOCATE PREPARE s",
+        "LOAD DATA LOCAL INFILE '/tmp/x' INTO TABLE t",
+        "CALL p()",
+        "SELECT * FROM t INTO @x",
+        "SELECT 'a\\'b' FROM t",
+        "INSERT INTO dumpfile (a) VALUES (1)",
+        "SET NAMES utf8mb4 COLLATE utf8mb4_unicode_ci",
+        "SET NAMES 'latin1'",
+        "SET CHARACTER SET DEFAULT",
+        "SET character_set_client = utf8mb4, character_set_results = gbk",
+    ];
+    for sql in tenant {
+        assert_eq!(
+            plan(sql, &SHARDED).privilege,
+            Privilege::Tenant,
+            "{sql} should be a tenant's"
+        );
+    }
+}
+
+#[test]
+fn the_admin_reason_names_the_statement_class() {
+    let reason = |sql: &str| match plan(sql, &SHARDED).privilege {
+        Privilege::Admin(why) => why,
+        Privilege::Tenant => panic!("{sql} should need admin"),
+    };
+    assert!(reason("DROP DATABASE app").contains("DROP DATABASE"));
+    assert!(reason("SET GLOBAL x = 1").contains("SET GLOBAL"));
+    assert!(reason("SELECT * FROM mysql.user").contains("mysql schema"));
+    assert!(reason("KILL 3").contains("KILL"));
+    assert!(reason("SHOW PROCESSLIST").contains("PROCESSLIST"));
+    assert!(reason("SELECT 1 INTO OUTFILE '/x'").contains("OUTFILE"));
+}
+
+// ---- a tag and the WHERE clause must agree ----
+
+#[test]
+fn a_tag_and_a_filter_on_another_workspace_are_unroutable() {
+    let disagree = [
+        "/*workspace_id:3*/ SELECT * FROM messages WHERE workspace_id = 9",
+        "SELECT * FROM messages WHERE workspace_id = '9' /*workspace_id:3*/",
+        "/*workspace_id:3*/ UPDATE messages SET body = 'x' WHERE workspace_id = 9",
+        "/*workspace_id:3*/ DELETE FROM messages WHERE workspace_id = 9",
+        "/*workspace_id:3*/ SELECT * FROM messages WHERE workspace_id IN (3, 9)",
+        "/*workspace_id:3*/ SELECT * FROM messages WHERE workspace_id IN (9)",
+        "/*workspace_id:3*/ SELECT * FROM messages m WHERE m.workspace_id = 9 AND body = 'a'",
+        // Parsed path: a join.
+        "/*workspace_id:3*/ SELECT * FROM messages m JOIN channels c ON c.workspace_id = m.workspace_id WHERE m.workspace_id = 9",
+        // Token fallback path: text the parser cannot read.
+        "/*workspace_id:3*/ SELECT * FROM messages WHERE workspace_id = 9 LOCK IN SHARE MODE",
+        "/*workspace_id:3*/ SELECT * FROM accounts WHERE ws = 9",
+    ];
+    for sql in disagree {
+        let r = route(sql);
+        let Route::Unroutable(msg) = &r else {
+            panic!("{sql}: {r:?}");
+        };
+        assert!(
+            msg.contains("workspace_id:3") && msg.contains('9'),
+            "{sql}: {msg}"
+        );
+    }
+    let Route::Unroutable(msg) =
+        route("/*workspace_id:3*/ SELECT * FROM messages WHERE workspace_id = 9")
+    else {
+        panic!("unroutable");
+    };
+    assert!(msg.contains("messages.workspace_id = 9"), "{msg}");
+}
+
+#[test]
+fn a_tag_and_a_filter_that_agree_route_to_the_workspace() {
+    for sql in [
+        "/*workspace_id:3*/ SELECT * FROM messages WHERE workspace_id = 3",
+        "/*workspace_id:3*/ SELECT * FROM messages WHERE workspace_id IN (3, 3)",
+        "/*workspace_id:3*/ UPDATE messages SET body = 'x' WHERE workspace_id = 3",
+        "/*workspace_id:3*/ DELETE FROM messages WHERE workspace_id = 3",
+        "/*workspace_id:3*/ SELECT * FROM messages WHERE workspace_id = 3 LOCK IN SHARE MODE",
+        // No filter on the sharding column: the tag routes, as before.
+        "/*workspace_id:3*/ SELECT * FROM messages WHERE body = 'a'",
+        "/*workspace_id:3*/ SELECT * FROM messages",
+        "/*workspace_id:3*/ SELECT * FROM messages WHERE workspace_id = 9 OR workspace_id = 3",
+    ] {
+        assert_eq!(route(sql), ws(&[3]), "{sql}");
+    }
+    // INSERT rows already had to agree with the tag.
+    assert!(unroutable(route(
+        "/*workspace_id:3*/ INSERT INTO messages (workspace_id, body) VALUES (9, 'x')"
+    )));
+}

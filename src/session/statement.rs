@@ -37,7 +37,15 @@ impl Session {
         if let Some(setting) = crate::ddl::parse_ddl_setting(&text) {
             return self.ddl_setting(setting).await;
         }
+        if let Some(e) = self.protected_database().or_else(|| self.unsafe_charset()) {
+            return self.send_error(&e).await;
+        }
         let mut plan = planner::plan(&text, schema_for(vs, &self.ctx));
+        if let (planner::Privilege::Admin(what), false) = (plan.privilege, self.admin) {
+            // Nothing of a query with such a statement reaches a backend.
+            let e = ProxyError::admin_statement(&self.user, what);
+            return self.send_error(&e).await;
+        }
         // A statement that qualifies its tables with another keyspace is planned with
         // that keyspace's sharding.
         if let [only] = plan.statements.as_slice() {
@@ -148,6 +156,12 @@ impl Session {
     }
 
     pub(super) async fn use_database(&mut self, db: &str) -> Answered {
+        if let (Some(what), false) = (planner::protected_schema(db), self.admin) {
+            // COM_INIT_DB; `USE db` was already refused by its plan.
+            return self
+                .send_error(&ProxyError::admin_statement(&self.user, what))
+                .await;
+        }
         let rt = self.shared.runtime();
         match super::login::resolve_database(&rt.vschema, db) {
             None => self.send_error(&ProxyError::unknown_database(db)).await,
@@ -175,6 +189,34 @@ impl Session {
                 self.send_ok(OkInfo::default()).await
             }
         }
+    }
+
+    /// For a non-admin user whose session's database is a protected schema (the
+    /// handshake named it: `USE` and `COM_INIT_DB` refuse it), the error every query
+    /// gets.
+    fn protected_database(&self) -> Option<ProxyError> {
+        let db = match &self.ctx {
+            DbContext::PassThrough(db) | DbContext::Workspace { database: db, .. } => db,
+            DbContext::Keyspace(ks) => ks,
+            DbContext::None => return None,
+        };
+        let what = planner::protected_schema(db).filter(|_| !self.admin)?;
+        Some(ProxyError::admin_statement(&self.user, what))
+    }
+
+    /// For a non-admin user who logged in with a character set in which a character
+    /// may end with a backslash byte, the error every query gets: shardgate's lexer
+    /// would not read its strings as the server does (`SET NAMES` to such a character
+    /// set is refused by its plan).
+    fn unsafe_charset(&self) -> Option<ProxyError> {
+        if self.admin || !planner::backslash_unsafe_collation(self.key.collation) {
+            return None;
+        }
+        Some(ProxyError::admin_statement(
+            &self.user,
+            "queries in a client character set whose characters may end in a backslash byte \
+             (big5, cp932, gbk, gb18030, sjis); connect with utf8mb4",
+        ))
     }
 
     /// Applies a session setting to the connections the session holds, so they stay in
