@@ -15,8 +15,9 @@
 //! - [`session`]: one client connection: login, the command loop, the session's state
 //!   (variables, transaction, *reserved* backend connections and why they are
 //!   reserved), and what happens when a backend is lost.
-//! - [`planner`]: classifies a statement, finds its workspace(s) from its text, and says
-//!   what it leaves on its connection ([`planner::Effects`]).
+//! - [`planner`]: classifies a statement, finds its workspace(s) from its text, says
+//!   what it leaves on its connection ([`planner::Effects`]) and whether only an admin
+//!   user may run it ([`planner::Privilege`]).
 //! - [`router`]: turns a plan plus the vschema into backend targets.
 //! - [`engine`]: execution primitives over several shards (split `INSERT`, parallel
 //!   broadcast), behind a [`engine::Cursor`] the session implements.
