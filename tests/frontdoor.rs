@@ -12,7 +12,6 @@ use mysql_async::prelude::*;
 use shardgate::config::{PoolConfig, ProxyConfig};
 use shardgate::demo::localdb::LocalMariaDb;
 use shardgate::vschema::VSchema;
-use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpSocket, TcpStream};
 
 /// One server (keyspace `main`, unsharded, default, with table `main.t`) and a proxy
@@ -70,33 +69,12 @@ async fn login_from(
     user: &str,
     password: &str,
 ) -> Result<TcpStream, (u16, String, String)> {
-    use shardgate::protocol::auth::native_token;
-    use shardgate::protocol::handshake::{
-        build_handshake_response, parse_greeting, HandshakeResponse,
-    };
-    use shardgate::protocol::{caps, packet::put_packet};
-
     let mut s = connect_from(from, addr).await;
     let (_, g) = common::raw_read(&mut s).await.expect("greeting");
     if let Some(e) = parse_err(&g) {
         return Err(e);
     }
-    let g = parse_greeting(&g).expect("valid greeting");
-    let resp = HandshakeResponse {
-        capabilities: caps::BACKEND_BASE | caps::DEPRECATE_EOF,
-        max_packet: 1 << 24,
-        collation: 45,
-        user: user.into(),
-        auth_response: native_token(password.as_bytes(), &g.scramble),
-        database: None,
-        auth_plugin: Some("mysql_native_password".into()),
-        attributes: vec![],
-        ext_capabilities: 0,
-    };
-    let mut out = bytes::BytesMut::new();
-    put_packet(&mut out, 1, &build_handshake_response(&resp));
-    s.write_all(&out).await.expect("send login");
-    let (_, reply) = common::raw_read(&mut s).await.expect("login reply");
+    let reply = common::raw_answer_greeting(&mut s, &g, user, password, None, 0, 45).await;
     match parse_err(&reply) {
         Some(e) => Err(e),
         None => {

@@ -473,6 +473,24 @@ pub async fn raw_login_with(
     extra_caps: u32,
     collation: u8,
 ) -> tokio::net::TcpStream {
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (_, g) = raw_read(&mut s).await.expect("greeting");
+    let ok = raw_answer_greeting(&mut s, &g, user, password, db, extra_caps, collation).await;
+    assert_eq!(ok.first(), Some(&0), "login ok");
+    s
+}
+
+/// Answers greeting `g` on a raw connection with a `mysql_native_password` handshake
+/// response (DEPRECATE_EOF plus `extra_caps`) and returns the server's reply packet.
+pub async fn raw_answer_greeting(
+    s: &mut tokio::net::TcpStream,
+    g: &[u8],
+    user: &str,
+    password: &str,
+    db: Option<&str>,
+    extra_caps: u32,
+    collation: u8,
+) -> Vec<u8> {
     use shardgate::protocol::auth::native_token;
     use shardgate::protocol::handshake::{
         build_handshake_response, parse_greeting, HandshakeResponse,
@@ -480,9 +498,7 @@ pub async fn raw_login_with(
     use shardgate::protocol::{caps, packet::put_packet};
     use tokio::io::AsyncWriteExt;
 
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let (_, g) = raw_read(&mut s).await.expect("greeting");
-    let g = parse_greeting(&g).expect("valid greeting");
+    let g = parse_greeting(g).expect("valid greeting");
     let resp = HandshakeResponse {
         capabilities: caps::BACKEND_BASE | caps::DEPRECATE_EOF | extra_caps,
         max_packet: 1 << 24,
@@ -497,9 +513,7 @@ pub async fn raw_login_with(
     let mut out = bytes::BytesMut::new();
     put_packet(&mut out, 1, &build_handshake_response(&resp));
     s.write_all(&out).await.expect("send login");
-    let (_, ok) = raw_read(&mut s).await.expect("login reply");
-    assert_eq!(ok.first(), Some(&0), "login ok");
-    s
+    raw_read(s).await.expect("login reply").1
 }
 
 /// Reads one packet from a raw connection: (sequence id, payload), or None when the
