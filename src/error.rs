@@ -80,6 +80,10 @@ pub mod codes {
     pub const CANT_DO_IN_TRANSACTION: u16 = 1179;
     /// ER_CONNECTION_KILLED (MariaDB)
     pub const CONNECTION_KILLED: u16 = 1927;
+    /// ER_NO_SUCH_THREAD
+    pub const NO_SUCH_THREAD: u16 = 1094;
+    /// ER_KILL_DENIED_ERROR
+    pub const KILL_DENIED: u16 = 1095;
 }
 
 impl ProxyError {
@@ -213,6 +217,37 @@ impl ProxyError {
             codes::CONNECTION_KILLED,
             b"70100",
             format!("Connection was killed: {why}"),
+            Fault::Client,
+        )
+    }
+
+    /// 1927 (70100): the session was ended by `KILL CONNECTION`; the connection
+    /// closes after it.
+    pub fn connection_killed() -> Self {
+        Self::new(
+            codes::CONNECTION_KILLED,
+            b"70100",
+            "Connection was killed",
+            Fault::Client,
+        )
+    }
+
+    /// 1094 (HY000): `KILL` of a session id that is not live.
+    pub fn unknown_thread(id: u64) -> Self {
+        Self::new(
+            codes::NO_SUCH_THREAD,
+            b"HY000",
+            format!("Unknown thread id: {id}"),
+            Fault::Client,
+        )
+    }
+
+    /// 1095 (HY000): `KILL` of another user's session by a non-admin user.
+    pub fn kill_denied(id: u64) -> Self {
+        Self::new(
+            codes::KILL_DENIED,
+            b"HY000",
+            format!("You are not owner of thread {id}"),
             Fault::Client,
         )
     }

@@ -75,6 +75,9 @@ pub struct Shared {
     /// MariaDB extended capabilities offered to clients.
     pub offered_ext_capabilities: u32,
     next_connection_id: AtomicU32,
+    /// Live client sessions by their connection id (for `KILL`): registered at login,
+    /// unregistered when the session ends. The serving path never takes this lock.
+    sessions: Mutex<HashMap<u32, Arc<SessionHandle>>>,
     /// Pending-login and client slots, the login throttle.
     pub door: crate::frontdoor::FrontDoor,
 }
@@ -131,6 +134,7 @@ impl Shared {
             offered_capabilities: probe.offered_capabilities,
             offered_ext_capabilities: probe.offered_ext_capabilities,
             next_connection_id: AtomicU32::new(1),
+            sessions: Mutex::new(HashMap::new()),
             executor_stats: Mutex::new(Vec::new()),
             clients: AtomicI64::new(0),
         })
@@ -150,6 +154,78 @@ impl Shared {
     /// A fresh connection id for a client.
     pub fn next_connection_id(&self) -> u32 {
         self.next_connection_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Registers a logged-in session under its connection id; the receiver turns true
+    /// when another session kills it. Unregister with [`Shared::unregister_session`].
+    pub fn register_session(
+        &self,
+        id: u32,
+        user: &str,
+    ) -> (Arc<SessionHandle>, tokio::sync::watch::Receiver<bool>) {
+        let (killed, rx) = tokio::sync::watch::channel(false);
+        let handle = Arc::new(SessionHandle {
+            user: user.to_string(),
+            killed,
+            running: tokio::sync::Mutex::new(Running::default()),
+        });
+        self.sessions_lock().insert(id, handle.clone());
+        (handle, rx)
+    }
+
+    /// Forgets a session that ended.
+    pub fn unregister_session(&self, id: u32) {
+        self.sessions_lock().remove(&id);
+    }
+
+    /// The live session with connection id `id`.
+    pub fn session(&self, id: u32) -> Option<Arc<SessionHandle>> {
+        self.sessions_lock().get(&id).cloned()
+    }
+
+    fn sessions_lock(&self) -> std::sync::MutexGuard<'_, HashMap<u32, Arc<SessionHandle>>> {
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// What another session needs to know about a live session to `KILL` it.
+pub struct SessionHandle {
+    /// The user it logged in as.
+    pub user: String,
+    killed: tokio::sync::watch::Sender<bool>,
+    /// The backend statement it runs now. Held by a killer while it sends
+    /// `KILL QUERY`, so the session cannot give that backend connection back to the
+    /// pool (where the thread id would name another session's statement) meanwhile.
+    pub running: tokio::sync::Mutex<Running>,
+}
+
+/// Where a session's current statement runs.
+#[derive(Debug, Default)]
+pub struct Running {
+    /// The cluster of the statement's backend connection (kept between statements).
+    pub cluster: String,
+    /// The backend connection's thread id; 0 while no statement runs.
+    pub thread_id: u32,
+}
+
+impl SessionHandle {
+    /// Asks the session to end (its serve loop watches for this).
+    pub fn kill(&self) {
+        self.killed.send_replace(true);
+    }
+
+    /// Records that a statement starts on `thread_id` of `cluster`.
+    pub async fn statement_started(&self, cluster: &str, thread_id: u32) {
+        let mut r = self.running.lock().await;
+        if r.cluster != cluster {
+            r.cluster = cluster.to_string();
+        }
+        r.thread_id = thread_id;
+    }
+
+    /// Records that the statement ended (before its connection goes back to the pool).
+    pub async fn statement_ended(&self) {
+        self.running.lock().await.thread_id = 0;
     }
 }
 
