@@ -4,7 +4,8 @@
 //! it decides itself which statements a tenant's user may send: those that stay in the
 //! tenant's own data. Statements that reach the database host (files, plugins,
 //! shutdown), other tenants (every shard at once, other sessions' statements, backend
-//! thread ids), the server's accounts and grants, its replication, or shardgate's own
+//! thread ids; a `KILL` on its own is answered by the session with shardgate's session
+//! ids before this check, so it is not refused here), the server's accounts and grants, its replication, or shardgate's own
 //! sidecar schema are for admin users only (`docs/security.md`).
 //!
 //! Decided from tokens, never from strings or comments (`SELECT 'LOAD_FILE('` is
@@ -46,7 +47,11 @@ const SERVER_FILES: &str =
     "access to files on the database server (LOAD_FILE, LOAD DATA INFILE, INTO OUTFILE/DUMPFILE, DATA/INDEX DIRECTORY)";
 const PROCESSLIST: &str =
     "SHOW PROCESSLIST and information_schema.PROCESSLIST (other sessions' statements)";
-const KILL: &str = "KILL (backend thread ids belong to every tenant's sessions)";
+/// A `KILL` sent on its own never gets here for a tenant: the session answers it with
+/// shardgate's session ids (`session::kill`), for any user. What is left is a `KILL`
+/// that would reach a backend (in `PREPARE`, `EXECUTE IMMEDIATE`, `SET STATEMENT ...
+/// FOR`), where the ids are backend thread ids shared by every tenant's sessions.
+const KILL: &str = "KILL inside PREPARE, EXECUTE IMMEDIATE or SET STATEMENT (there it would reach a backend, whose thread ids belong to every tenant's sessions; send KILL on its own to kill a shardgate session)";
 const DYNAMIC: &str =
     "PREPARE/EXECUTE IMMEDIATE of a statement held in a variable (shardgate cannot see what it is)";
 

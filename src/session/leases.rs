@@ -287,6 +287,10 @@ impl Session {
             }
             Err(e) => return self.fail(e, stateful).await,
         }
+        let thread_id = lease.conn_ref().thread_id;
+        self.handle
+            .statement_started(&target.cluster, thread_id)
+            .await;
         let result = match self.shared.config.pool.query_timeout {
             None => {
                 lease
@@ -299,6 +303,7 @@ impl Session {
                 match tokio::time::timeout(limit, relay).await {
                     Ok(r) => r,
                     Err(_) => {
+                        self.handle.statement_ended().await;
                         let conn = lease.conn();
                         conn.broken = true;
                         let mid_response = conn.relayed;
@@ -318,6 +323,7 @@ impl Session {
                 }
             }
         };
+        self.handle.statement_ended().await;
         match result {
             Ok(_) => {
                 self.record(rt, &target, started, None);

@@ -22,6 +22,7 @@
 //! and its connection is closed, as a direct connection would have died.
 
 mod idle;
+mod kill;
 mod leases;
 mod login;
 mod schema;
@@ -81,8 +82,19 @@ pub async fn run(
     let _slot = login.slot.take();
     shared.clients.fetch_add(1, Ordering::Relaxed);
     let _count = ClientCount(shared.clone());
-    let mut session = Session::new(shared.clone(), client, id, login);
-    session.serve(stop).await;
+    let (handle, killed) = shared.register_session(id, &login.user);
+    let _registered = Registered(shared.clone(), id);
+    let mut session = Session::new(shared.clone(), client, id, login, handle);
+    session.serve(stop, killed).await;
+}
+
+/// Keeps a session in the registry `KILL` looks in while it lives.
+struct Registered(Arc<Shared>, u32);
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.0.unregister_session(self.1);
+    }
 }
 
 /// Counts a client connection for `/metrics` while it lives.
@@ -129,6 +141,8 @@ struct Session {
     /// Where the previous statement ran: its target and the backend connection's
     /// thread id (a question about that statement goes there).
     last: Option<(Target, u32)>,
+    /// This session in the registry: where it says which backend statement it runs.
+    handle: Arc<crate::shared::SessionHandle>,
 }
 
 impl Session {
@@ -137,6 +151,7 @@ impl Session {
         client: PacketConn<ClientStream>,
         id: u32,
         login: Login,
+        handle: Arc<crate::shared::SessionHandle>,
     ) -> Session {
         Session {
             key: ConnKey {
@@ -164,6 +179,7 @@ impl Session {
             statements: 0,
             last_insert_id: 0,
             last: None,
+            handle,
         }
     }
 
@@ -190,13 +206,22 @@ impl Session {
         s
     }
 
-    async fn serve(&mut self, mut stop: watch::Receiver<bool>) {
+    async fn serve(&mut self, mut stop: watch::Receiver<bool>, mut killed: watch::Receiver<bool>) {
         let limit = self.shared.config.max_packet_size;
         loop {
+            if *killed.borrow() {
+                // Killed while it ran a statement: that statement was answered.
+                self.end_killed().await;
+                return;
+            }
             let idle = self.idle_limit();
             let read = tokio::select! {
                 r = self.client.read_packet(limit) => r,
                 _ = stop.changed() => return,
+                Ok(()) = killed.changed() => {
+                    self.end_killed().await;
+                    return;
+                }
                 _ = crate::frontdoor::sleep_or_never(idle.map(|l| l.after)) => {
                     if let Some(l) = idle {
                         self.end_idle(l).await;
@@ -314,10 +339,21 @@ impl Session {
                 column_type: wire::column_type::VAR_STRING,
             })
             .collect();
+        self.send_columns(&specs, rows).await
+    }
+
+    /// A result set of shardgate's own with typed columns (a
+    /// [`wire::column_type::LONGLONG`] column is sent as a binary, not-null BIGINT, so
+    /// drivers read an integer); values in text form.
+    async fn send_columns(
+        &mut self,
+        specs: &[wire::ColumnSpec],
+        rows: Vec<Vec<Option<Vec<u8>>>>,
+    ) -> Answered {
         let st = self.idle_status();
         let mut out = BytesMut::new();
         let extended = self.key.ext & caps::MARIADB_EXTENDED_METADATA != 0;
-        wire::put_result_set(&mut out, &specs, &rows, self.deprecate_eof(), extended, st);
+        wire::put_result_set(&mut out, specs, &rows, self.deprecate_eof(), extended, st);
         self.client.wbuf.extend_from_slice(&out);
         match self.client.flush().await {
             Ok(()) => Answered::Done,

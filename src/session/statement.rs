@@ -40,6 +40,9 @@ impl Session {
         if let Some(e) = self.protected_database().or_else(|| self.unsafe_charset()) {
             return self.send_error(&e).await;
         }
+        if let Some(stmt) = super::kill::parse(&text) {
+            return self.session_statement(stmt).await;
+        }
         let mut plan = planner::plan(&text, schema_for(vs, &self.ctx));
         if let (planner::Privilege::Admin(what), false) = (plan.privilege, self.admin) {
             // Nothing of a query with such a statement reaches a backend.

@@ -1,0 +1,244 @@
+//! `KILL` and `CONNECTION_ID()` in terms of shardgate's own session ids (the id the
+//! handshake announced), answered by shardgate and never forwarded: a backend's thread
+//! ids belong to every tenant's sessions.
+//!
+//! - `KILL [HARD|SOFT] [CONNECTION] n` ends session `n`: its client connection is
+//!   closed after `ERROR 1927`, and its reserved backend connections are closed with
+//!   it (an open transaction rolls back); a statement it is running is interrupted.
+//! - `KILL [HARD|SOFT] QUERY n` interrupts the statement session `n` runs now, with
+//!   `KILL QUERY <thread>` on that statement's backend (over a pool connection of that
+//!   cluster); the session goes on.
+//!
+//! A user may kill its own sessions; an admin user any session. An unknown id gets
+//! `ERROR 1094`, another user's session `ERROR 1095`, as on MariaDB.
+//!
+//! `SELECT CONNECTION_ID()` (that statement alone) answers the session's id; any other
+//! statement that mentions `CONNECTION_ID()` runs on a backend and sees that backend
+//! connection's thread id.
+
+use std::sync::Arc;
+
+use crate::error::ProxyError;
+use crate::planner::lex::{self, Tok, Token};
+use crate::protocol::relay::ResponseKind;
+use crate::protocol::wire;
+use crate::shared::SessionHandle;
+
+use super::{Answered, Session};
+
+/// A statement about sessions that shardgate answers itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum SessionStatement {
+    /// `KILL [CONNECTION] n`
+    KillConnection(u64),
+    /// `KILL QUERY n`
+    KillQuery(u64),
+    /// A form of `KILL` shardgate does not run; the text says which.
+    KillUnsupported(&'static str),
+    /// `SELECT CONNECTION_ID()`
+    ConnectionId,
+}
+
+/// `text` as one of shardgate's session statements, if it is one. Cheap for every
+/// other statement: it lexes only a text that contains `kill` or is short and starts
+/// with `S`.
+pub(super) fn parse(text: &str) -> Option<SessionStatement> {
+    let head = text
+        .trim_start()
+        .as_bytes()
+        .first()
+        .map(u8::to_ascii_uppercase);
+    let mentions_kill = text
+        .as_bytes()
+        .windows(4)
+        .any(|w| w.eq_ignore_ascii_case(b"KILL"));
+    let short_select = head == Some(b'S') && text.len() <= 80;
+    if !(mentions_kill || short_select) {
+        return None;
+    }
+    let toks = lex::lex(text).tokens;
+    let mut stmts: Vec<&[Token]> = toks
+        .split(|t| t.is_punct(b';'))
+        .filter(|s| !s.is_empty())
+        .collect();
+    let is_kill = |s: &&[Token]| s.first().is_some_and(|t| t.is_kw(text, "KILL"));
+    if stmts.len() > 1 {
+        // A KILL in a multi-statement query would reach a backend.
+        return stmts
+            .iter()
+            .any(is_kill)
+            .then_some(SessionStatement::KillUnsupported(
+                "KILL inside a multi-statement query (send it on its own)",
+            ));
+    }
+    let stmt = stmts.pop()?;
+    if is_kill(&stmt) {
+        return Some(kill(text, &stmt[1..]));
+    }
+    let words = ["SELECT", "CONNECTION_ID"];
+    let connection_id = stmt.len() == 4
+        && stmt.iter().zip(words).all(|(t, w)| t.is_kw(text, w))
+        && stmt[2].is_punct(b'(')
+        && stmt[3].is_punct(b')');
+    connection_id.then_some(SessionStatement::ConnectionId)
+}
+
+/// The rest of a `KILL` statement, after `KILL`.
+fn kill(sql: &str, mut rest: &[Token]) -> SessionStatement {
+    if rest
+        .first()
+        .is_some_and(|t| t.is_kw(sql, "HARD") || t.is_kw(sql, "SOFT"))
+    {
+        rest = &rest[1..];
+    }
+    let mut query = false;
+    if let Some(t) = rest.first() {
+        if t.is_kw(sql, "QUERY") {
+            query = true;
+            rest = &rest[1..];
+        } else if t.is_kw(sql, "CONNECTION") {
+            rest = &rest[1..];
+        }
+    }
+    if rest.first().is_some_and(|t| t.is_kw(sql, "USER")) {
+        return SessionStatement::KillUnsupported("KILL USER");
+    }
+    if rest.first().is_some_and(|t| t.is_kw(sql, "ID")) {
+        return SessionStatement::KillUnsupported("KILL QUERY ID (a backend's query id)");
+    }
+    let id = match rest {
+        [n] if n.kind == Tok::Num => n.text(sql).parse::<u64>().ok(),
+        _ => None,
+    };
+    match (id, query) {
+        (Some(n), true) => SessionStatement::KillQuery(n),
+        (Some(n), false) => SessionStatement::KillConnection(n),
+        (None, _) => {
+            SessionStatement::KillUnsupported("KILL of anything but a session id given as a number")
+        }
+    }
+}
+
+impl Session {
+    /// Answers one of shardgate's session statements.
+    pub(super) async fn session_statement(&mut self, stmt: SessionStatement) -> Answered {
+        match stmt {
+            SessionStatement::ConnectionId => {
+                let spec = wire::ColumnSpec {
+                    name: "CONNECTION_ID()".to_string(),
+                    column_type: wire::column_type::LONGLONG,
+                };
+                let row = vec![Some(self.id.to_string().into_bytes())];
+                self.send_columns(&[spec], vec![row]).await
+            }
+            SessionStatement::KillUnsupported(what) => {
+                self.send_error(&ProxyError::not_supported(what)).await
+            }
+            SessionStatement::KillConnection(n) => self.kill(n, false).await,
+            SessionStatement::KillQuery(n) => self.kill(n, true).await,
+        }
+    }
+
+    async fn kill(&mut self, n: u64, query_only: bool) -> Answered {
+        let handle = u32::try_from(n).ok().and_then(|id| self.shared.session(id));
+        let Some(handle) = handle else {
+            return self.send_error(&ProxyError::unknown_thread(n)).await;
+        };
+        if !(self.admin || handle.user == self.user) {
+            return self.send_error(&ProxyError::kill_denied(n)).await;
+        }
+        let own = n == u64::from(self.id);
+        if own && !query_only {
+            // As on MariaDB: the session ends, and says so.
+            let _ = self.send_error(&ProxyError::connection_killed()).await;
+            return Answered::Close;
+        }
+        tracing::info!(session = self.id, target = n, query_only, "KILL");
+        if !own {
+            // This session runs nothing but the KILL itself.
+            if !query_only {
+                handle.kill();
+            }
+            if let Err(e) = self.interrupt(&handle).await {
+                return self.send_error(&e).await;
+            }
+        }
+        self.send_ok(wire::OkInfo::default()).await
+    }
+
+    /// Interrupts the statement `handle`'s session runs now, if any, with
+    /// `KILL QUERY` on its backend.
+    async fn interrupt(&self, handle: &Arc<SessionHandle>) -> Result<(), ProxyError> {
+        let cluster = {
+            let r = handle.running.lock().await;
+            if r.thread_id == 0 {
+                return Ok(());
+            }
+            r.cluster.clone()
+        };
+        let rt = self.shared.runtime();
+        let Some(pool) = rt.pool(&cluster) else {
+            return Ok(());
+        };
+        let mut lease = pool.checkout(self.key, None, 0, None).await?;
+        // Held while KILL QUERY runs: the session cannot give its connection back to
+        // the pool (where the thread id would soon name another session's statement).
+        let r = handle.running.lock().await;
+        if r.thread_id == 0 || r.cluster != cluster {
+            return Ok(());
+        }
+        let q = format!("\x03KILL QUERY {}", r.thread_id);
+        lease
+            .conn()
+            .exec(q.as_bytes(), ResponseKind::Query)
+            .await
+            .map_err(|e| ProxyError::lost_backend(&cluster, e))?;
+        Ok(())
+    }
+
+    /// Tells the client its session was killed; the caller then ends it.
+    pub(super) async fn end_killed(&mut self) {
+        tracing::info!(session = self.id, "session ended by KILL");
+        let e = ProxyError::connection_killed();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), self.send_error(&e)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{parse, SessionStatement as S};
+
+    #[test]
+    fn parses_kill_and_connection_id() {
+        assert_eq!(parse("KILL 5"), Some(S::KillConnection(5)));
+        assert_eq!(parse("kill connection 7;"), Some(S::KillConnection(7)));
+        assert_eq!(parse("KILL HARD QUERY 9 ;"), Some(S::KillQuery(9)));
+        assert_eq!(parse("/* x */ KILL QUERY 3"), Some(S::KillQuery(3)));
+        assert!(matches!(
+            parse("KILL USER app"),
+            Some(S::KillUnsupported(_))
+        ));
+        assert!(matches!(
+            parse("KILL QUERY ID 4"),
+            Some(S::KillUnsupported(_))
+        ));
+        assert!(matches!(
+            parse("KILL CONNECTION_ID()"),
+            Some(S::KillUnsupported(_))
+        ));
+        assert!(matches!(
+            parse("SELECT 1; KILL 3"),
+            Some(S::KillUnsupported(_))
+        ));
+        assert!(matches!(
+            parse("KILL 99999999999999999999999"),
+            Some(S::KillUnsupported(_))
+        ));
+        assert_eq!(parse("select connection_id();"), Some(S::ConnectionId));
+        assert_eq!(parse("  SELECT CONNECTION_ID ( ) "), Some(S::ConnectionId));
+        assert_eq!(parse("SELECT CONNECTION_ID() + 1"), None);
+        assert_eq!(parse("SELECT 'KILL 3'"), None);
+        assert_eq!(parse("UPDATE t SET kill = 1"), None);
+        assert_eq!(parse("SELECT 1"), None);
+    }
+}
