@@ -10,6 +10,8 @@
 //! - `leases`: getting a backend connection ready for a statement, relaying the answer,
 //!   and deciding afterwards whether the connection goes back to the pool;
 //! - `schema`: application DDL into the migration queue, and the admin statements.
+//! - `kill`: `KILL` and `SELECT CONNECTION_ID()` with shardgate's own session ids (the
+//!   session registry is in [`crate::shared`]).
 //!
 //! **Reserved connections.** A backend connection returns to its cluster's pool after
 //! every statement, unless the session left state on it that no other connection has:
