@@ -40,8 +40,8 @@ pub(super) enum SessionStatement {
 }
 
 /// `text` as one of shardgate's session statements, if it is one. Cheap for every
-/// other statement: it lexes only a text that contains `kill` or is short and starts
-/// with `S`.
+/// other statement: it lexes only a text that contains `kill`, or a short one that starts
+/// with `S` and contains `connection_id`.
 pub(super) fn parse(text: &str) -> Option<SessionStatement> {
     let head = text
         .trim_start()
@@ -52,7 +52,12 @@ pub(super) fn parse(text: &str) -> Option<SessionStatement> {
         .as_bytes()
         .windows(4)
         .any(|w| w.eq_ignore_ascii_case(b"KILL"));
-    let short_select = head == Some(b'S') && text.len() <= 80;
+    let short_select = head == Some(b'S')
+        && text.len() <= 80
+        && text
+            .as_bytes()
+            .windows(13)
+            .any(|w| w.eq_ignore_ascii_case(b"CONNECTION_ID"));
     if !(mentions_kill || short_select) {
         return None;
     }
