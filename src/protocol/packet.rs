@@ -375,6 +375,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin> PacketConn<S> {
         Ok(())
     }
 
+    /// Before closing a connection whose client is still sending (a refused packet):
+    /// ends our side of the stream, then reads and drops what comes for at most `for_`,
+    /// so the client reads the answer already sent instead of a connection reset.
+    pub async fn discard_input(&mut self, for_: Duration) {
+        self.rbuf = BytesMut::new();
+        if let Some(l) = &mut self.limits {
+            l.hold_for(0);
+        }
+        let _ = self.io.shutdown().await;
+        let mut scratch = vec![0u8; 16 * 1024];
+        let _ = tokio::time::timeout(for_, async {
+            while let Ok(n) = self.io.read(&mut scratch).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+
     /// Queues a logical packet; returns the next sequence id.
     pub fn queue(&mut self, seq: u8, payload: &[u8]) -> u8 {
         put_packet(&mut self.wbuf, seq, payload)

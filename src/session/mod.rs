@@ -216,6 +216,8 @@ impl Session {
                     tracing::info!(session = self.id, "closed: client buffer budget exhausted");
                     let e = ProxyError::out_of_buffer_budget();
                     let _ = self.send_error(&e).await;
+                    let linger = std::time::Duration::from_secs(2);
+                    self.client.discard_input(linger).await;
                     return;
                 }
                 Err(ReadError::Stalled) => {
