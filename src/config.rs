@@ -20,6 +20,8 @@ pub struct User {
     pub ddl_wait: Option<Duration>,
     /// This user may log in only over TLS.
     pub require_tls: bool,
+    /// Most sessions of this user at once; None: no limit of its own.
+    pub max_connections: Option<usize>,
 }
 
 impl User {
@@ -31,6 +33,7 @@ impl User {
             admin,
             ddl_wait: None,
             require_tls: false,
+            max_connections: None,
         }
     }
 
@@ -129,6 +132,8 @@ struct ConfigFile {
     login_throttle_max_delay_ms: Option<u64>,
     idle_transaction_timeout_ms: Option<u64>,
     wait_timeout_s: Option<u64>,
+    client_buffer_budget_mb: Option<u64>,
+    packet_stall_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -162,6 +167,7 @@ struct UserFile {
     ddl_wait_s: Option<f64>,
     #[serde(default)]
     require_tls: bool,
+    max_connections: Option<usize>,
 }
 
 #[derive(Debug, Default, serde::Deserialize)]
@@ -299,6 +305,13 @@ impl ProxyConfig {
                 ));
             }
         }
+        if let Some(u) = file.users.iter().find(|u| u.max_connections == Some(0)) {
+            return Err(format!(
+                "{}: user {}: max_connections must be > 0 (leave it out for no limit)",
+                path.display(),
+                u.name
+            ));
+        }
         let limits =
             LimitsConfig::from_file(&file).map_err(|e| format!("{}: {e}", path.display()))?;
         Ok(ProxyConfig {
@@ -320,6 +333,7 @@ impl ProxyConfig {
                         .filter(|s| s.is_finite() && *s > 0.0)
                         .map(Duration::from_secs_f64),
                     require_tls: u.require_tls,
+                    max_connections: u.max_connections,
                 })
                 .collect(),
             pool,
@@ -355,7 +369,18 @@ pub struct LimitsConfig {
     pub idle_transaction_timeout: Option<Duration>,
     /// Any session idle this long is ended; None: no limit.
     pub wait_timeout: Option<Duration>,
+    /// Bytes that all client read buffers together may hold beyond each session's
+    /// baseline ([`CLIENT_BUFFER_BASELINE`]); a session whose packet needs more than
+    /// is left gets error 1041 and is closed.
+    pub client_buffer_budget: usize,
+    /// A packet whose bytes stop arriving for this long ends its session; None: no
+    /// limit.
+    pub packet_stall_timeout: Option<Duration>,
 }
+
+/// Read-buffer capacity a client session may have without drawing on
+/// `client_buffer_budget` (every ordinary statement fits).
+pub const CLIENT_BUFFER_BASELINE: usize = 64 * 1024;
 
 impl Default for LimitsConfig {
     fn default() -> Self {
@@ -369,6 +394,8 @@ impl Default for LimitsConfig {
             login_throttle_max_delay: Duration::from_millis(5000),
             idle_transaction_timeout: Some(Duration::from_millis(60_000)),
             wait_timeout: Some(Duration::from_secs(28_800)),
+            client_buffer_budget: 256 << 20,
+            packet_stall_timeout: Some(Duration::from_millis(30_000)),
         }
     }
 }
@@ -412,6 +439,15 @@ impl LimitsConfig {
         }
         if let Some(s) = file.wait_timeout_s {
             l.wait_timeout = (s > 0).then(|| Duration::from_secs(s));
+        }
+        if let Some(mb) = positive("client_buffer_budget_mb", file.client_buffer_budget_mb)? {
+            l.client_buffer_budget = usize::try_from(mb)
+                .ok()
+                .and_then(|mb| mb.checked_mul(1 << 20))
+                .ok_or("client_buffer_budget_mb is too large")?;
+        }
+        if let Some(ms) = file.packet_stall_timeout_ms {
+            l.packet_stall_timeout = (ms > 0).then(|| Duration::from_millis(ms));
         }
         Ok(l)
     }

@@ -50,6 +50,10 @@ impl std::error::Error for ProxyError {}
 pub mod codes {
     /// ER_CON_COUNT_ERROR
     pub const TOO_MANY_CONNECTIONS: u16 = 1040;
+    /// ER_OUT_OF_RESOURCES
+    pub const OUT_OF_RESOURCES: u16 = 1041;
+    /// ER_USER_LIMIT_REACHED
+    pub const USER_LIMIT_REACHED: u16 = 1226;
     /// ER_HANDSHAKE_ERROR
     pub const HANDSHAKE: u16 = 1043;
     /// ER_ACCESS_DENIED_ERROR
@@ -183,6 +187,34 @@ impl ProxyError {
             "shardgate does not support the prepared statement protocol yet; use text queries",
             Fault::Client,
         )
+    }
+
+    /// 1041 (HY000): the client read buffers' memory budget cannot hold this packet
+    /// now; retrying later may work, when other large packets are done.
+    pub fn out_of_buffer_budget() -> Self {
+        let mut e = Self::new(
+            codes::OUT_OF_RESOURCES,
+            b"HY000",
+            "Out of memory: the proxy's budget for client packets is in use; try again later",
+            Fault::Proxy,
+        );
+        e.retryable = true;
+        e
+    }
+
+    /// 1226 (42000): `user` already has its `max_connections` sessions (MariaDB's
+    /// wording for `max_user_connections`).
+    pub fn user_connections_exceeded(user: &str, limit: usize) -> Self {
+        let mut e = Self::new(
+            codes::USER_LIMIT_REACHED,
+            b"42000",
+            format!(
+                "User '{user}' has exceeded the 'max_user_connections' resource (current value: {limit})"
+            ),
+            Fault::Client,
+        );
+        e.retryable = true;
+        e
     }
 
     /// 1040 (08004): too many client connections.

@@ -10,6 +10,11 @@
 //! - **Login throttle.** After `login_throttle_failures` failed logins from one address,
 //!   or for one user name, later attempts wait before their answer, doubling from
 //!   `login_throttle_delay` up to `login_throttle_max_delay` ([`LoginThrottle`]).
+//! - **Per-user sessions.** A user with `max_connections` holds one [`UserSlot`] per
+//!   session; a login beyond the limit is refused with 1226 ([`FrontDoor::user_slot`]).
+//! - **Client buffer budget.** What client read buffers hold beyond a small baseline
+//!   comes from one [`BufferBudget`] ([`FrontDoor::read_limits`]); see
+//!   [`crate::protocol::packet`].
 //! - **Log escaping.** [`LogSafe`] writes client-supplied text with its control
 //!   characters escaped, so a user name cannot forge log lines or colour a terminal.
 
@@ -23,8 +28,9 @@ use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
-use crate::config::LimitsConfig;
+use crate::config::{LimitsConfig, CLIENT_BUFFER_BASELINE};
 use crate::error::ProxyError;
+use crate::protocol::packet::{BufferBudget, ReadLimits};
 
 /// Most addresses, and most user names, the login throttle remembers at once; beyond
 /// that, new ones are not tracked until old records expire (memory stays bounded
@@ -43,6 +49,30 @@ pub struct FrontDoor {
     pub login_timeout: Duration,
     /// Failed-login bookkeeping.
     pub throttle: LoginThrottle,
+    /// Sessions open now, by user (only users with `max_connections`).
+    per_user: Arc<Mutex<HashMap<String, usize>>>,
+    /// What client read buffers may hold beyond their baselines.
+    pub buffers: Arc<BufferBudget>,
+    packet_stall_timeout: Option<Duration>,
+}
+
+/// A session's place in its user's `max_connections`, given back when dropped.
+#[derive(Debug)]
+pub struct UserSlot {
+    user: String,
+    per_user: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+impl Drop for UserSlot {
+    fn drop(&mut self) {
+        let mut m = lock(&self.per_user);
+        if let Some(n) = m.get_mut(&self.user) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&self.user);
+            }
+        }
+    }
 }
 
 /// A socket's slot in the pending-login pool, given back when dropped (at the end of
@@ -83,7 +113,44 @@ impl FrontDoor {
                 delay: l.login_throttle_delay,
                 max_delay: l.login_throttle_max_delay,
             }),
+            per_user: Arc::new(Mutex::new(HashMap::new())),
+            buffers: Arc::new(BufferBudget::new(l.client_buffer_budget)),
+            packet_stall_timeout: l.packet_stall_timeout,
         }
+    }
+
+    /// The read bounds of a new client connection.
+    pub fn read_limits(&self) -> ReadLimits {
+        ReadLimits::new(
+            self.buffers.clone(),
+            CLIENT_BUFFER_BASELINE,
+            self.packet_stall_timeout,
+        )
+    }
+
+    /// A session slot of `user`, whose limit is `limit` (None: no limit, nothing
+    /// counted), or the 1226 error the login is refused with.
+    pub fn user_slot(
+        &self,
+        user: &str,
+        limit: Option<usize>,
+    ) -> Result<Option<UserSlot>, ProxyError> {
+        let Some(limit) = limit else { return Ok(None) };
+        let mut m = lock(&self.per_user);
+        let n = m.get(user).copied().unwrap_or(0);
+        if n >= limit {
+            return Err(ProxyError::user_connections_exceeded(user, limit));
+        }
+        m.insert(user.to_string(), n + 1);
+        Ok(Some(UserSlot {
+            user: user.to_string(),
+            per_user: self.per_user.clone(),
+        }))
+    }
+
+    /// Sessions of `user` counted against its `max_connections` now.
+    pub fn user_sessions(&self, user: &str) -> usize {
+        lock(&self.per_user).get(user).copied().unwrap_or(0)
     }
 
     /// A pending-login slot for a socket from `ip`, or the error it is refused with
@@ -477,5 +544,24 @@ mod tests {
         drop(a1);
         let _b2 = door.admit(B).expect("a slot came back");
         assert_eq!(door.sessions(), 0);
+    }
+
+    #[test]
+    fn user_slots_are_capped_and_given_back() {
+        let door = FrontDoor::new(&LimitsConfig::default(), 10);
+        assert!(door.user_slot("free", None).expect("no limit").is_none());
+        let a = door.user_slot("app", Some(2)).expect("first");
+        let _b = door.user_slot("app", Some(2)).expect("second");
+        let e = door.user_slot("app", Some(2)).expect_err("third refused");
+        assert_eq!((e.code, &e.sqlstate), (1226, b"42000"));
+        assert_eq!(
+            e.message,
+            "User 'app' has exceeded the 'max_user_connections' resource (current value: 2)"
+        );
+        let _other = door.user_slot("admin", Some(2)).expect("another user");
+        assert_eq!(door.user_sessions("app"), 2);
+        drop(a);
+        assert_eq!(door.user_sessions("app"), 1);
+        let _c = door.user_slot("app", Some(2)).expect("a slot came back");
     }
 }

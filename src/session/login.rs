@@ -29,6 +29,8 @@ pub(super) struct Login {
     pub ctx: DbContext,
     /// The session's client slot (taken once authenticated).
     pub slot: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// The session's place in its user's `max_connections`, if it has one.
+    pub user_slot: Option<crate::frontdoor::UserSlot>,
 }
 
 pub(super) async fn login(
@@ -146,6 +148,20 @@ pub(super) async fn login(
         let _ = client.send(seq, &wire::proxy_err_payload(&e)).await;
         return None;
     };
+    let limit = shared
+        .config
+        .users
+        .iter()
+        .find(|u| u.name == resp.user)
+        .and_then(|u| u.max_connections);
+    let user_slot = match door.user_slot(&resp.user, limit) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::info!(user = %LogSafe(&resp.user), %peer, "refused: max_connections");
+            let _ = client.send(seq, &wire::proxy_err_payload(&e)).await;
+            return None;
+        }
+    };
     let ext_capabilities = resp.ext_capabilities & shared.offered_ext_capabilities;
     let vs = shared.vschema();
     let ctx = match resp.database.as_deref() {
@@ -187,6 +203,7 @@ pub(super) async fn login(
         collation: resp.collation,
         ctx,
         slot: Some(slot),
+        user_slot,
     })
 }
 

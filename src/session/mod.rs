@@ -64,6 +64,7 @@ pub async fn run(
     stop: watch::Receiver<bool>,
 ) {
     let mut client = PacketConn::with_capacity(ClientStream::Plain(stream), 2 * 1024, 0);
+    client.limits = Some(shared.door.read_limits());
     let pending = match admission {
         Ok(p) => p,
         Err(e) => {
@@ -82,6 +83,7 @@ pub async fn run(
         return;
     };
     let _slot = login.slot.take();
+    let _user_slot = login.user_slot.take();
     shared.clients.fetch_add(1, Ordering::Relaxed);
     let _count = ClientCount(shared.clone());
     let (handle, killed) = shared.register_session(id, &login.user);
@@ -235,6 +237,18 @@ impl Session {
                 Ok((_, p)) => p,
                 Err(ReadError::TooLarge(n)) => {
                     let _ = self.send_error(&ProxyError::packet_too_large(n)).await;
+                    return;
+                }
+                Err(ReadError::OutOfBudget) => {
+                    tracing::info!(session = self.id, "closed: client buffer budget exhausted");
+                    let e = ProxyError::out_of_buffer_budget();
+                    let _ = self.send_error(&e).await;
+                    let linger = std::time::Duration::from_secs(2);
+                    self.client.discard_input(linger).await;
+                    return;
+                }
+                Err(ReadError::Stalled) => {
+                    tracing::info!(session = self.id, "closed: packet stalled");
                     return;
                 }
                 Err(_) => return,
