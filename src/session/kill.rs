@@ -48,7 +48,7 @@ pub(super) fn parse(text: &str) -> Option<SessionStatement> {
     // a multi-statement query is left to the privilege check (admin-only: there it
     // would reach a backend).
     let trimmed = text.trim_start().as_bytes();
-    let starts_kill = trimmed
+    let starts_kill = after_comments(trimmed)
         .get(..4)
         .is_some_and(|w| w.eq_ignore_ascii_case(b"KILL"));
     let short_select = trimmed.first().map(u8::to_ascii_uppercase) == Some(b'S')
@@ -207,6 +207,18 @@ impl Session {
     }
 }
 
+/// `sql` without the `/* ... */` comments it starts with (a query-log tag), then white
+/// space. Executable comments (`/*! ... */`) are kept: their content is SQL.
+fn after_comments(mut sql: &[u8]) -> &[u8] {
+    while sql.starts_with(b"/*") && !sql.starts_with(b"/*!") && !sql.starts_with(b"/*M!") {
+        match sql.windows(2).position(|w| w == b"*/") {
+            Some(end) => sql = sql[end + 2..].trim_ascii_start(),
+            None => return sql,
+        }
+    }
+    sql
+}
+
 #[cfg(test)]
 mod tests {
     use super::{parse, SessionStatement as S};
@@ -230,9 +242,12 @@ mod tests {
             Some(S::KillUnsupported(_))
         ));
         assert!(matches!(
-            parse("SELECT 1; KILL 3"),
+            parse("KILL 3; SELECT 1"),
             Some(S::KillUnsupported(_))
         ));
+        // A KILL further into a multi-statement query is the privilege check's: there it
+        // would reach a backend.
+        assert_eq!(parse("SELECT 1; KILL 3"), None);
         assert!(matches!(
             parse("KILL 99999999999999999999999"),
             Some(S::KillUnsupported(_))
