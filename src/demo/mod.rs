@@ -6,6 +6,7 @@
 //! Ctrl-C or SIGTERM stops the proxy and every server and removes their directories.
 
 pub mod localdb;
+mod process;
 mod sample;
 
 use std::collections::BTreeMap;
