@@ -50,17 +50,6 @@ async fn connect_from(from: IpAddr, addr: SocketAddr) -> TcpStream {
     socket.connect(addr).await.expect("connect to the proxy")
 }
 
-/// An ERR packet's (code, SQLSTATE, message).
-fn parse_err(p: &[u8]) -> Option<(u16, String, String)> {
-    if p.first() != Some(&0xff) || p.len() < 9 {
-        return None;
-    }
-    let code = u16::from_le_bytes([p[1], p[2]]);
-    let state = String::from_utf8_lossy(&p[4..9]).into_owned();
-    let msg = String::from_utf8_lossy(&p[9..]).into_owned();
-    Some((code, state, msg))
-}
-
 /// Logs in from `from` as `user`/`password`: the ready connection, or the ERR packet's
 /// (code, SQLSTATE, message).
 async fn login_from(
@@ -71,11 +60,11 @@ async fn login_from(
 ) -> Result<TcpStream, (u16, String, String)> {
     let mut s = connect_from(from, addr).await;
     let (_, g) = common::raw_read(&mut s).await.expect("greeting");
-    if let Some(e) = parse_err(&g) {
+    if let Some(e) = common::raw_err(&g) {
         return Err(e);
     }
     let reply = common::raw_answer_greeting(&mut s, &g, user, password, None, 0, 45).await;
-    match parse_err(&reply) {
+    match common::raw_err(&reply) {
         Some(e) => Err(e),
         None => {
             assert_eq!(reply.as_slice().first(), Some(&0), "login OK");
@@ -87,7 +76,7 @@ async fn login_from(
 /// The first packet a raw connection receives: an ERR's (code, SQLSTATE, message).
 async fn read_err(s: &mut TcpStream) -> (u16, String, String) {
     let (_, p) = common::raw_read(s).await.expect("a packet");
-    parse_err(&p).unwrap_or_else(|| panic!("an ERR packet, got {p:?}"))
+    common::raw_err(&p).unwrap_or_else(|| panic!("an ERR packet, got {p:?}"))
 }
 
 /// Whether the proxy closed `s` (reads end of stream within 5 s).
@@ -123,7 +112,7 @@ async fn sockets_that_never_log_in_cannot_lock_out_logged_in_users() {
     let mut refused = 0;
     for s in &mut silent {
         let (_, p) = common::raw_read(s).await.expect("a greeting or an error");
-        match parse_err(&p) {
+        match common::raw_err(&p) {
             None => greeted += 1,
             Some((code, state, msg)) => {
                 assert_eq!((code, state.as_str()), (1040, "08004"), "{msg}");
@@ -158,7 +147,7 @@ async fn the_pending_login_pool_is_bounded_and_frees_its_slots_at_the_login_dead
     for _ in 0..16 {
         let mut s = connect_from(loopback(2), proxy.addr).await;
         let (_, g) = common::raw_read(&mut s).await.expect("greeting");
-        assert!(parse_err(&g).is_none(), "greeted");
+        assert!(common::raw_err(&g).is_none(), "greeted");
         silent.push(s);
     }
     // The pool is full: refused at once, from any address.

@@ -13,25 +13,11 @@ use shardgate::config::{PoolConfig, ProxyConfig, User};
 use shardgate::demo::localdb::LocalMariaDb;
 use shardgate::vschema::VSchema;
 
-async fn server_error(conn: &mut mysql_async::Conn, sql: &str) -> (u16, String) {
-    match conn.query_drop(sql).await {
-        Err(mysql_async::Error::Server(e)) => (e.code, e.message),
-        other => panic!("expected a server error for {sql:?}, got {other:?}"),
-    }
-}
-
-fn number_on(server: &LocalMariaDb, sql: &str) -> u64 {
-    common::direct_query(server, sql)
-        .trim()
-        .parse()
-        .unwrap_or_else(|e| panic!("`{sql}` should answer a number: {e}"))
-}
-
 /// Polls `sql` on `server` until it answers 0 (at most 10 s).
 fn wait_for_zero(server: &LocalMariaDb, sql: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let n = number_on(server, sql);
+        let n = common::number_on(server, sql);
         if n == 0 {
             return;
         }
@@ -122,19 +108,19 @@ async fn kill_and_connection_id_use_shardgate_session_ids() {
     assert_eq!(one, Some(1));
 
     // Another non-admin user may not kill A; an unknown id is unknown.
-    let (code, msg) = server_error(&mut other, &format!("KILL QUERY {a_id}")).await;
+    let (code, msg) = common::server_error(&mut other, &format!("KILL QUERY {a_id}")).await;
     assert_eq!(
         (code, msg),
         (1095, format!("You are not owner of thread {a_id}"))
     );
-    let (code, _) = server_error(&mut other, &format!("KILL {a_id}")).await;
+    let (code, _) = common::server_error(&mut other, &format!("KILL {a_id}")).await;
     assert_eq!(code, 1095);
-    let (code, msg) = server_error(&mut other, "KILL 4000000").await;
+    let (code, msg) = common::server_error(&mut other, "KILL 4000000").await;
     assert_eq!(
         (code, msg),
         (1094, "Unknown thread id: 4000000".to_string())
     );
-    let (code, _) = server_error(&mut b, "KILL CONNECTION 4000000").await;
+    let (code, _) = common::server_error(&mut b, "KILL CONNECTION 4000000").await;
     assert_eq!(code, 1094);
     let one: Option<u32> = a.query_first("SELECT 1").await.expect("A untouched");
     assert_eq!(one, Some(1));
@@ -150,7 +136,7 @@ async fn kill_and_connection_id_use_shardgate_session_ids() {
         .expect("backend thread of A's transaction");
     let thread = thread.expect("a thread id");
     assert_eq!(
-        number_on(
+        common::number_on(
             &servers[0],
             &format!("SELECT COUNT(*) FROM information_schema.INNODB_TRX WHERE trx_mysql_thread_id = {thread}")
         ),
@@ -168,7 +154,7 @@ async fn kill_and_connection_id_use_shardgate_session_ids() {
         "SELECT COUNT(*) FROM information_schema.INNODB_TRX",
     );
     assert_eq!(
-        number_on(
+        common::number_on(
             &servers[0],
             "SET SESSION TRANSACTION ISOLATION LEVEL READ UNCOMMITTED; \
              SELECT COUNT(*) FROM app.messages WHERE body = 'killed-tx'"
@@ -200,12 +186,12 @@ async fn kill_and_connection_id_use_shardgate_session_ids() {
 
     // Killing itself ends the session with 1927.
     let b_id = b.id();
-    let (code, _) = server_error(&mut b, &format!("KILL {b_id}")).await;
+    let (code, _) = common::server_error(&mut b, &format!("KILL {b_id}")).await;
     assert_eq!(code, 1927);
 
     // A KILL that would reach a backend is still refused for a tenant.
     let mut c = proxy.connect("app", Some("app")).await;
-    let (code, _) = server_error(&mut c, "EXECUTE IMMEDIATE 'KILL 5'").await;
+    let (code, _) = common::server_error(&mut c, "EXECUTE IMMEDIATE 'KILL 5'").await;
     assert_eq!(code, 1227);
     drop(a);
     proxy.stop().await;

@@ -40,17 +40,6 @@ async fn setup(limits: impl FnOnce(&mut ProxyConfig)) -> (Vec<LocalMariaDb>, com
     (servers, proxy)
 }
 
-/// An ERR packet's (code, SQLSTATE, message).
-fn parse_err(p: &[u8]) -> Option<(u16, String, String)> {
-    if p.first() != Some(&0xff) || p.len() < 9 {
-        return None;
-    }
-    let code = u16::from_le_bytes([p[1], p[2]]);
-    let state = String::from_utf8_lossy(&p[4..9]).into_owned();
-    let msg = String::from_utf8_lossy(&p[9..]).into_owned();
-    Some((code, state, msg))
-}
-
 /// The header of a COM_QUERY packet announcing `len` payload bytes (under 16 MiB),
 /// and the first `sent` bytes of its payload.
 fn partial_query(len: usize, sent: usize) -> Vec<u8> {
@@ -138,7 +127,7 @@ async fn stalled_packets_beyond_the_budget_are_refused_and_the_budget_comes_back
         match next_word(&mut s, Duration::from_millis(500)).await {
             Err(()) => held.push(s),
             Ok(Some(p)) => {
-                let (code, state, msg) = parse_err(&p).expect("an ERR packet");
+                let (code, state, msg) = common::raw_err(&p).expect("an ERR packet");
                 assert_eq!((code, state.as_str()), (1041, "HY000"), "client {i}: {msg}");
                 assert!(msg.contains("try again later"), "{msg}");
                 assert!(
@@ -210,7 +199,7 @@ async fn a_user_over_max_connections_is_refused_with_1226() {
     let mut s = TcpStream::connect(&addr).await.expect("connect");
     let (_, g) = common::raw_read(&mut s).await.expect("greeting");
     let reply = common::raw_answer_greeting(&mut s, &g, "app", "app", Some("main"), 0, 45).await;
-    let (code, state, msg) = parse_err(&reply).expect("third login refused");
+    let (code, state, msg) = common::raw_err(&reply).expect("third login refused");
     assert_eq!((code, state.as_str()), (1226, "42000"));
     assert_eq!(
         msg,

@@ -9,20 +9,6 @@ use mysql_async::prelude::*;
 use shardgate::demo::localdb::LocalMariaDb;
 use shardgate::vschema::VSchema;
 
-async fn server_error(conn: &mut mysql_async::Conn, sql: &str) -> (u16, String) {
-    match conn.query_drop(sql).await {
-        Err(mysql_async::Error::Server(e)) => (e.code, e.message),
-        other => panic!("expected a server error for {sql:?}, got {other:?}"),
-    }
-}
-
-fn count_on(server: &LocalMariaDb, sql: &str) -> u64 {
-    common::direct_query(server, sql)
-        .trim()
-        .parse()
-        .unwrap_or_else(|e| panic!("`{sql}` should answer a number: {e}"))
-}
-
 fn setup(servers: &[LocalMariaDb]) -> String {
     let toml = common::ShardedVSchema::new(servers)
         .table("messages", "workspace_id")
@@ -118,7 +104,7 @@ async fn host_and_cross_tenant_statements_are_refused_for_app_and_run_for_admin(
         "SELECT * FROM messages WHERE workspace_id = 1; CREATE USER evil@'%'".into(),
     ];
     for sql in &refused {
-        let (code, message) = server_error(&mut app, sql).await;
+        let (code, message) = common::server_error(&mut app, sql).await;
         assert_eq!(code, 1227, "{sql}: {message}");
         assert!(
             message.contains("admin users") && message.contains("'app'"),
@@ -128,15 +114,15 @@ async fn host_and_cross_tenant_statements_are_refused_for_app_and_run_for_admin(
         let one: Option<u32> = app.query_first("SELECT 1").await.expect("SELECT 1 after");
         assert_eq!(one, Some(1), "after {sql}");
     }
-    let (_, message) = server_error(&mut app, "DROP DATABASE app").await;
+    let (_, message) = common::server_error(&mut app, "DROP DATABASE app").await;
     assert!(message.contains("DROP DATABASE"), "{message}");
-    let (_, message) = server_error(&mut app, "SELECT * FROM mysql.user").await;
+    let (_, message) = common::server_error(&mut app, "SELECT * FROM mysql.user").await;
     assert!(message.contains("mysql schema"), "{message}");
 
     // Nothing reached a backend.
     for (s, before) in servers.iter().zip(&accounts_before) {
         assert_eq!(
-            count_on(
+            common::number_on(
                 s,
                 "SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = 'app'"
             ),
@@ -145,7 +131,7 @@ async fn host_and_cross_tenant_statements_are_refused_for_app_and_run_for_admin(
             s.addr()
         );
         assert_eq!(
-            count_on(s, "SELECT COUNT(*) FROM mysql.user WHERE User = 'evil'"),
+            common::number_on(s, "SELECT COUNT(*) FROM mysql.user WHERE User = 'evil'"),
             0
         );
         assert_eq!(
@@ -153,30 +139,33 @@ async fn host_and_cross_tenant_statements_are_refused_for_app_and_run_for_admin(
             before,
             "accounts and passwords unchanged"
         );
-        assert_eq!(count_on(s, "SELECT COUNT(*) FROM mysql.servers"), 0);
         assert_eq!(
-            count_on(
+            common::number_on(s, "SELECT COUNT(*) FROM mysql.servers"),
+            0
+        );
+        assert_eq!(
+            common::number_on(
                 s,
                 "SELECT COUNT(*) FROM information_schema.ROUTINES WHERE ROUTINE_SCHEMA = 'app'"
             ),
             0
         );
         assert_eq!(
-            count_on(
+            common::number_on(
                 s,
                 "SELECT COUNT(*) FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = 'app'"
             ),
             0
         );
         assert_eq!(
-            count_on(
+            common::number_on(
                 s,
                 "SELECT COUNT(*) FROM information_schema.EVENTS WHERE EVENT_SCHEMA = 'app'"
             ),
             0
         );
         assert_eq!(
-            count_on(s, "SELECT COUNT(*) FROM app.messages"),
+            common::number_on(s, "SELECT COUNT(*) FROM app.messages"),
             0,
             "no LOAD DATA rows"
         );
@@ -244,7 +233,7 @@ async fn host_and_cross_tenant_statements_are_refused_for_app_and_run_for_admin(
     drop(raw);
     for s in &servers {
         assert_eq!(
-            count_on(
+            common::number_on(
                 s,
                 "SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = 'app'"
             ),
@@ -260,7 +249,7 @@ async fn host_and_cross_tenant_statements_are_refused_for_app_and_run_for_admin(
         .await
         .expect("admin SET GLOBAL");
     assert_eq!(
-        count_on(&servers[0], "SELECT @@global.max_connections"),
+        common::number_on(&servers[0], "SELECT @@global.max_connections"),
         original + 1
     );
     admin
@@ -268,7 +257,7 @@ async fn host_and_cross_tenant_statements_are_refused_for_app_and_run_for_admin(
         .await
         .expect("admin resets it");
     assert_eq!(
-        count_on(&servers[0], "SELECT @@global.max_connections"),
+        common::number_on(&servers[0], "SELECT @@global.max_connections"),
         original
     );
     let processes: Vec<mysql_async::Row> = admin
@@ -323,7 +312,7 @@ async fn a_tag_must_agree_with_the_where_clause() {
             format!("/*workspace_id:{a}*/ INSERT INTO messages (workspace_id, body) VALUES ({other}, 'x')"),
         ];
         for sql in &statements {
-            let (code, message) = server_error(&mut app, sql).await;
+            let (code, message) = common::server_error(&mut app, sql).await;
             assert_eq!(code, 1105, "{sql}: {message}");
             assert!(
                 message.contains(&format!("workspace_id:{a}"))
@@ -332,7 +321,7 @@ async fn a_tag_must_agree_with_the_where_clause() {
             );
         }
     }
-    let (_, message) = server_error(
+    let (_, message) = common::server_error(
         &mut app,
         &format!("/*workspace_id:{a}*/ SELECT * FROM messages WHERE workspace_id = {far}"),
     )
@@ -346,7 +335,7 @@ async fn a_tag_must_agree_with_the_where_clause() {
     for w in [a, near, far] {
         let s = &servers[owner(&toml, w)];
         assert_eq!(
-            count_on(
+            common::number_on(
                 s,
                 &format!(
                     "SELECT COUNT(*) FROM app.messages WHERE workspace_id = {w} AND body = 'orig {w}'"
@@ -358,7 +347,7 @@ async fn a_tag_must_agree_with_the_where_clause() {
     }
     let total: u64 = servers
         .iter()
-        .map(|s| count_on(s, "SELECT COUNT(*) FROM app.messages"))
+        .map(|s| common::number_on(s, "SELECT COUNT(*) FROM app.messages"))
         .sum();
     assert_eq!(total, 3);
 

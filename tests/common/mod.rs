@@ -559,3 +559,31 @@ pub fn servers_with_notes(n: usize) -> (Vec<LocalMariaDb>, VSchema) {
     let vs = VSchema::from_toml_str(&toml).expect("vschema");
     (servers, vs)
 }
+
+/// The server error a statement must fail with: (code, message).
+pub async fn server_error(conn: &mut mysql_async::Conn, sql: &str) -> (u16, String) {
+    use mysql_async::prelude::Queryable;
+    match conn.query_drop(sql).await {
+        Err(mysql_async::Error::Server(e)) => (e.code, e.message),
+        other => panic!("expected a server error for {sql:?}, got {other:?}"),
+    }
+}
+
+/// A number `sql` answers when run directly on `server`.
+pub fn number_on(server: &LocalMariaDb, sql: &str) -> u64 {
+    direct_query(server, sql)
+        .trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("`{sql}` should answer a number: {e}"))
+}
+
+/// An ERR packet's (code, SQLSTATE, message); None for any other packet.
+pub fn raw_err(p: &[u8]) -> Option<(u16, String, String)> {
+    if p.first() != Some(&0xff) || p.len() < 9 {
+        return None;
+    }
+    let code = u16::from_le_bytes([p[1], p[2]]);
+    let state = String::from_utf8_lossy(&p[4..9]).into_owned();
+    let msg = String::from_utf8_lossy(&p[9..]).into_owned();
+    Some((code, state, msg))
+}
