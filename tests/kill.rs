@@ -42,16 +42,7 @@ async fn wait_unknown(conn: &mut mysql_async::Conn, id: u32) {
 }
 
 async fn start(servers: &[LocalMariaDb]) -> common::Proxy {
-    let toml = common::ShardedVSchema::new(servers)
-        .table("messages", "workspace_id")
-        .build();
-    for s in servers {
-        common::direct_query(
-            s,
-            "CREATE TABLE app.messages (id BIGINT AUTO_INCREMENT PRIMARY KEY, \
-             workspace_id BIGINT NOT NULL, body VARCHAR(200))",
-        );
-    }
+    let toml = common::vschema_with_messages(servers);
     let vschema = VSchema::from_toml_str(&toml).expect("test vschema");
     let mut users = common::test_users();
     users.push(User::new("other", "other", false));

@@ -10,17 +10,7 @@ use shardgate::demo::localdb::LocalMariaDb;
 use shardgate::vschema::VSchema;
 
 fn setup(servers: &[LocalMariaDb]) -> String {
-    let toml = common::ShardedVSchema::new(servers)
-        .table("messages", "workspace_id")
-        .build();
-    for s in servers {
-        common::direct_query(
-            s,
-            "CREATE TABLE app.messages (id BIGINT AUTO_INCREMENT PRIMARY KEY, \
-             workspace_id BIGINT NOT NULL, body VARCHAR(200))",
-        );
-    }
-    toml
+    common::vschema_with_messages(servers)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -587,3 +587,20 @@ pub fn raw_err(p: &[u8]) -> Option<(u16, String, String)> {
     let msg = String::from_utf8_lossy(&p[9..]).into_owned();
     Some((code, state, msg))
 }
+
+/// The default [`ShardedVSchema`] over `servers` with table `app.messages (id,
+/// workspace_id, body)` sharded by `workspace_id` and created on every shard; returns
+/// the TOML text.
+pub fn vschema_with_messages(servers: &[LocalMariaDb]) -> String {
+    let toml = ShardedVSchema::new(servers)
+        .table("messages", "workspace_id")
+        .build();
+    for s in servers {
+        direct_query(
+            s,
+            "CREATE TABLE app.messages (id BIGINT AUTO_INCREMENT PRIMARY KEY, \
+             workspace_id BIGINT NOT NULL, body VARCHAR(200))",
+        );
+    }
+    toml
+}
