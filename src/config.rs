@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+pub use crate::access::{Role, Scope};
 use crate::vschema::VSchema;
 
 /// A user that may log in to shardgate (mysql_native_password).
@@ -13,8 +14,10 @@ pub struct User {
     pub name: String,
     /// Password in clear; only its double SHA1 is kept at run time.
     pub password: String,
-    /// Admin users may run shardgate's admin statements.
-    pub admin: bool,
+    /// What the user may do (`docs/security.md#roles`).
+    pub role: Role,
+    /// Where the user may go: keyspaces, and the workspaces it is bound to.
+    pub scope: Scope,
     /// Default `@@ddl_wait` of this user's sessions (what an ORM's migration tool needs
     /// to see its schema change finished when its statement returns).
     pub ddl_wait: Option<Duration>,
@@ -25,12 +28,14 @@ pub struct User {
 }
 
 impl User {
-    /// A user without a default `ddl_wait`.
+    /// A user without a default `ddl_wait`, with every keyspace and workspace open to
+    /// it: role `admin` when `admin`, else `app`.
     pub fn new(name: &str, password: &str, admin: bool) -> User {
         User {
             name: name.to_string(),
             password: password.to_string(),
-            admin,
+            role: if admin { Role::Admin } else { Role::App },
+            scope: Scope::default(),
             ddl_wait: None,
             require_tls: false,
             max_connections: None,
@@ -164,6 +169,9 @@ struct UserFile {
     password: String,
     #[serde(default)]
     admin: bool,
+    role: Option<String>,
+    keyspaces: Option<Vec<String>>,
+    workspaces: Option<Vec<u64>>,
     ddl_wait_s: Option<f64>,
     #[serde(default)]
     require_tls: bool,
@@ -314,6 +322,12 @@ impl ProxyConfig {
         }
         let limits =
             LimitsConfig::from_file(&file).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut access = Vec::with_capacity(file.users.len());
+        for u in &file.users {
+            let (role, scope) = user_access(u, &vschema)
+                .map_err(|e| format!("{}: user {}: {e}", path.display(), u.name))?;
+            access.push((role, scope));
+        }
         Ok(ProxyConfig {
             limits,
             tls,
@@ -324,10 +338,12 @@ impl ProxyConfig {
             users: file
                 .users
                 .into_iter()
-                .map(|u| User {
+                .zip(access)
+                .map(|(u, (role, scope))| User {
                     name: u.name,
                     password: u.password,
-                    admin: u.admin,
+                    role,
+                    scope,
                     ddl_wait: u
                         .ddl_wait_s
                         .filter(|s| s.is_finite() && *s > 0.0)
@@ -342,6 +358,47 @@ impl ProxyConfig {
             vschema,
         })
     }
+}
+
+/// A user's role and scope from its `[[users]]` table, checked against the vschema:
+/// `admin = true` is role `admin`; a keyspace must exist; a workspace list must not be
+/// empty.
+fn user_access(u: &UserFile, vschema: &VSchema) -> Result<(Role, Scope), String> {
+    let role = match (u.role.as_deref(), u.admin) {
+        (None, admin) => {
+            if admin {
+                Role::Admin
+            } else {
+                Role::App
+            }
+        }
+        (Some(r), admin) => {
+            let role = Role::parse(r)
+                .ok_or_else(|| format!("role = \"{r}\": expected \"app\", \"dba\" or \"admin\""))?;
+            if admin && role != Role::Admin {
+                return Err(format!("admin = true contradicts role = \"{r}\""));
+            }
+            role
+        }
+    };
+    if let Some(names) = &u.keyspaces {
+        if names.is_empty() {
+            return Err("keyspaces = []: the user could use no keyspace (leave it out for all)".into());
+        }
+        if let Some(k) = names.iter().find(|k| vschema.keyspace(k).is_none()) {
+            return Err(format!("keyspaces: '{k}' is not a keyspace of the vschema"));
+        }
+    }
+    if u.workspaces.as_ref().is_some_and(|w| w.is_empty()) {
+        return Err("workspaces = []: the user could reach no workspace (leave it out for all)".into());
+    }
+    if role != Role::App && u.workspaces.is_some() {
+        return Err(format!(
+            "workspaces: only role \"app\" users can be bound to workspaces, and this one is \"{}\"",
+            role.name()
+        ));
+    }
+    Ok((role, Scope::new(u.keyspaces.clone(), u.workspaces.clone())))
 }
 
 /// Limits of the front door: sockets that have not logged in yet, failed logins, and

@@ -88,6 +88,10 @@ pub mod codes {
     pub const NO_SUCH_THREAD: u16 = 1094;
     /// ER_KILL_DENIED_ERROR
     pub const KILL_DENIED: u16 = 1095;
+    /// ER_DBACCESS_DENIED_ERROR
+    pub const DB_ACCESS_DENIED: u16 = 1044;
+    /// ER_TABLEACCESS_DENIED_ERROR
+    pub const TABLE_ACCESS_DENIED: u16 = 1142;
 }
 
 impl ProxyError {
@@ -353,14 +357,48 @@ impl ProxyError {
         )
     }
 
-    /// 1227 (42000): a statement for admin users only.
-    pub fn admin_only(user: &str) -> Self {
+    /// 1227 (42000): a migration statement from a user below role `dba`.
+    pub fn migrations_role(user: &str, role: &str) -> Self {
         Self::new(
             codes::SPECIFIC_ACCESS_DENIED,
             b"42000",
-            format!("Access denied; shardgate admin statements need an admin user, and '{user}' is not one"),
+            format!(
+                "Access denied; shardgate's migration statements and @@ddl_strategy = 'direct' \
+                 need a user of role dba or admin, and '{user}' has role {role}"
+            ),
             Fault::Client,
         )
+    }
+
+    /// 1044 (42000): the user's scope does not include database `db` (MySQL's message,
+    /// as a server gives it for a database its account has no grant on).
+    pub fn db_access_denied(user: &str, db: &str) -> Self {
+        Self::new(
+            codes::DB_ACCESS_DENIED,
+            b"42000",
+            format!("Access denied for user '{user}'@'%' to database '{db}'"),
+            Fault::Client,
+        )
+    }
+
+    /// 1142 (42000) when `table` is known, else 1227 (42000): a statement outside the
+    /// workspaces or keyspaces the user is bound to. `command` is the statement's verb
+    /// (`SELECT`), `why` says what in the statement is outside the user's scope.
+    pub fn out_of_scope(user: &str, command: &str, table: Option<&str>, why: &str) -> Self {
+        match table {
+            Some(t) => Self::new(
+                codes::TABLE_ACCESS_DENIED,
+                b"42000",
+                format!("{command} command denied to user '{user}'@'%' for table '{t}': {why}"),
+                Fault::Client,
+            ),
+            None => Self::new(
+                codes::SPECIFIC_ACCESS_DENIED,
+                b"42000",
+                format!("Access denied for user '{user}'@'%': {why}"),
+                Fault::Client,
+            ),
+        }
     }
 
     /// 1227 (42000): a statement only shardgate admin users may run, because it reaches

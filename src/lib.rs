@@ -43,6 +43,7 @@
 //! Not on the serving path: [`demo`] (local MariaDB servers with sample data, for
 //! `shardgate demo` and the tests; [`demo::localdb`] starts the servers).
 
+pub mod access;
 pub mod admin;
 pub mod backend;
 pub mod config;

@@ -25,8 +25,10 @@ use crate::vschema::VSchema;
 pub struct UserEntry {
     /// SHA1(SHA1(password)); None for an empty password.
     pub password_hash: Option<[u8; 20]>,
-    /// May run admin statements.
-    pub admin: bool,
+    /// What the user may do.
+    pub role: crate::access::Role,
+    /// Where the user may go.
+    pub scope: Arc<crate::access::Scope>,
     /// Default `@@ddl_wait`.
     pub ddl_wait: Option<Duration>,
     /// May log in only over TLS.
@@ -106,7 +108,8 @@ impl Shared {
                     u.name.clone(),
                     UserEntry {
                         password_hash: hash,
-                        admin: u.admin,
+                        role: u.role,
+                        scope: Arc::new(u.scope.clone()),
                         ddl_wait: u.ddl_wait,
                         require_tls: u.require_tls,
                     },

@@ -49,7 +49,11 @@ pub(crate) fn route(
     let mut reference = false;
     for t in toks.iter().filter(|t| t.is_ident()) {
         let name = t.ident(sql);
-        let in_table_position = tables.iter().any(|tn| tn.name == name);
+        let in_table_position = tables.iter().any(|tn| tn.name == name && !tn.is_system());
+        if !in_table_position && tables.iter().any(|tn| tn.name == name) {
+            // Only a table of the server's own schemas has this name here.
+            continue;
+        }
         if !in_table_position && !schema.is_listed(&name) {
             continue;
         }

@@ -11,6 +11,7 @@ use sqlparser::dialect::MySqlDialect;
 use sqlparser::parser::Parser;
 
 mod classify;
+mod confine;
 mod effects;
 mod fallback;
 mod insert;
@@ -24,6 +25,7 @@ mod tests;
 mod text;
 
 use classify::Head;
+pub use confine::{confine, qualified_schemas, Denial};
 pub use effects::{Effects, Reserve};
 use insert::InsertRoute;
 use lex::Token;
@@ -593,7 +595,7 @@ fn decide(a: &query::Analysis, tables: &[TableName<'_>], schema: &dyn ShardingSc
     }
     // Every sharded table the tokens show after FROM/JOIN/... must have been seen by the
     // tree walk as often; otherwise it sits somewhere the walk does not look.
-    for t in tables {
+    for t in tables.iter().filter(|t| !t.is_system()) {
         let Some(column) = schema.sharding_column(&t.name) else {
             continue;
         };
@@ -603,7 +605,7 @@ fn decide(a: &query::Analysis, tables: &[TableName<'_>], schema: &dyn ShardingSc
         }
         let in_tokens = tables
             .iter()
-            .filter(|o| o.name.eq_ignore_ascii_case(&t.name))
+            .filter(|o| !o.is_system() && o.name.eq_ignore_ascii_case(&t.name))
             .count();
         let in_tree = a.seen.iter().filter(|s| **s == lower).count();
         if in_tokens > in_tree {

@@ -384,6 +384,12 @@ impl Analyzer<'_> {
                 if name.0.len() == 1 && self.out.ctes.contains(&lower) {
                     return;
                 }
+                let system = name.0.len() == 2
+                    && matches!(&name.0[0], ObjectNamePart::Identifier(s) if super::tables::is_system_schema(&s.value));
+                if system {
+                    // The server's own tables: neither sharded nor reference.
+                    return;
+                }
                 self.out.seen.push(lower);
                 let t = ScopeTable {
                     name: table.to_owned(),

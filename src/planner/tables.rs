@@ -216,6 +216,21 @@ fn read_list<'a>(sql: &'a str, toks: &[Token], mut j: usize, out: &mut Vec<Table
     }
 }
 
+/// Whether `schema` is one of the server's own schemas, whose tables are never the
+/// keyspace's (`information_schema.TABLES` is not a sharded table named `TABLES`).
+pub(crate) fn is_system_schema(schema: &str) -> bool {
+    ["information_schema", "performance_schema", "mysql", "sys"]
+        .iter()
+        .any(|s| s.eq_ignore_ascii_case(schema))
+}
+
+impl TableName<'_> {
+    /// Qualified with one of the server's own schemas.
+    pub(crate) fn is_system(&self) -> bool {
+        self.schema.as_deref().is_some_and(is_system_schema)
+    }
+}
+
 /// The schema every qualified table names, when they all name the same one.
 pub(crate) fn common_schema(tables: &[TableName<'_>]) -> Option<String> {
     let mut schemas = tables.iter().filter_map(|t| t.schema.as_deref());

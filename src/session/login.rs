@@ -21,7 +21,8 @@ use crate::vschema::VSchema;
 /// What a successful login established.
 pub(super) struct Login {
     pub user: String,
-    pub admin: bool,
+    pub role: crate::access::Role,
+    pub scope: Arc<crate::access::Scope>,
     pub ddl_wait: Option<Duration>,
     pub capabilities: u32,
     pub ext_capabilities: u32,
@@ -175,6 +176,15 @@ pub(super) async fn login(
             }
         },
     };
+    let entry = shared.users.get(&resp.user);
+    if let Some(db) = resp.database.as_deref() {
+        if entry.is_some_and(|u| !u.scope.allows_database(&vs, db)) {
+            tracing::info!(user = %LogSafe(&resp.user), %peer, database = %LogSafe(db), "refused: database outside the user's scope");
+            let e = ProxyError::db_access_denied(&resp.user, db);
+            let _ = client.send(seq, &wire::proxy_err_payload(&e)).await;
+            return None;
+        }
+    }
     if let DbContext::PassThrough(db) | DbContext::Workspace { database: db, .. } = &ctx {
         // Only its cluster knows whether a pass-through or workspace database exists; a
         // direct server refuses the login when it does not, and so do we.
@@ -193,9 +203,9 @@ pub(super) async fn login(
         ..OkInfo::default()
     });
     client.send(seq, &ok).await.ok()?;
-    let entry = shared.users.get(&resp.user);
     Some(Login {
-        admin: entry.is_some_and(|u| u.admin),
+        role: entry.map_or(crate::access::Role::App, |u| u.role),
+        scope: entry.map_or_else(Default::default, |u| u.scope.clone()),
         ddl_wait: entry.and_then(|u| u.ddl_wait),
         user: resp.user,
         capabilities,

@@ -124,7 +124,12 @@ struct Session {
     client: PacketConn<ClientStream>,
     id: u32,
     user: String,
+    /// What the user may do; `admin` is `role.is_admin()`.
+    role: crate::access::Role,
     admin: bool,
+    /// Where the user may go (keyspaces, workspaces).
+    scope: Arc<crate::access::Scope>,
+
     /// The login's default `@@ddl_wait` (restored by `COM_RESET_CONNECTION`).
     login_ddl_wait: Option<std::time::Duration>,
     ddl: DdlSettings,
@@ -167,7 +172,10 @@ impl Session {
             client,
             id,
             user: login.user,
-            admin: login.admin,
+            admin: login.role.is_admin(),
+            role: login.role,
+            scope: login.scope,
+
             login_ddl_wait: login.ddl_wait,
             ddl: DdlSettings {
                 wait: login.ddl_wait,

@@ -21,8 +21,10 @@ impl Session {
                 self.ddl.wait = (!d.is_zero()).then_some(d);
                 self.send_ok(OkInfo::default()).await
             }
-            Ok(crate::ddl::DdlSetting::Strategy(Some(Strategy::Direct))) if !self.admin => {
-                let e = ProxyError::admin_only(&self.user);
+            Ok(crate::ddl::DdlSetting::Strategy(Some(Strategy::Direct)))
+                if !self.role.runs_migrations() =>
+            {
+                let e = ProxyError::migrations_role(&self.user, self.role.name());
                 self.send_error(&e).await
             }
             Ok(crate::ddl::DdlSetting::Strategy(s)) => {
@@ -109,8 +111,8 @@ impl Session {
         vs: &VSchema,
         parsed: Result<crate::admin::AdminStatement, ProxyError>,
     ) -> Answered {
-        if !self.admin {
-            let e = ProxyError::admin_only(&self.user);
+        if !self.role.runs_migrations() {
+            let e = ProxyError::migrations_role(&self.user, self.role.name());
             return self.send_error(&e).await;
         }
         match parsed {

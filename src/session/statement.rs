@@ -60,6 +60,11 @@ impl Session {
                 }
             }
         }
+        if !self.scope.is_unrestricted() {
+            if let Some(e) = self.out_of_scope(vs, &plan, &text) {
+                return self.send_error(&e).await;
+            }
+        }
         if !plan.statements.iter().any(|s| s.effects.reads_diagnostics) {
             // Nobody asks about the previous statement: its connection is free.
             self.release_diagnostics(self.statements);
@@ -166,6 +171,11 @@ impl Session {
                 .await;
         }
         let rt = self.shared.runtime();
+        if !self.scope.allows_database(&rt.vschema, db) {
+            return self
+                .send_error(&ProxyError::db_access_denied(&self.user, db))
+                .await;
+        }
         match super::login::resolve_database(&rt.vschema, db) {
             None => self.send_error(&ProxyError::unknown_database(db)).await,
             Some(ctx @ DbContext::Keyspace(_)) => {
@@ -205,6 +215,51 @@ impl Session {
         };
         let what = planner::protected_schema(db).filter(|_| !self.admin)?;
         Some(ProxyError::admin_statement(&self.user, what))
+    }
+
+    /// For a user with a scope: the error for the first statement of `plan` that names
+    /// a database outside its keyspaces, or (for a workspace-bound user) that is not
+    /// confined to its workspaces (`planner::confine`). A query with such a statement
+    /// runs none of its statements.
+    fn out_of_scope(&self, vs: &VSchema, plan: &planner::Plan, text: &str) -> Option<ProxyError> {
+        for stmt in &plan.statements {
+            for db in planner::qualified_schemas(text, stmt.span.clone()) {
+                if !self.scope.allows_database(vs, &db) {
+                    return Some(ProxyError::db_access_denied(&self.user, &db));
+                }
+            }
+            let Some(workspaces) = self.scope.workspaces() else {
+                continue;
+            };
+            if stmt.qualified_schema.as_deref().is_some_and(|q| vs.workspace_database(q).is_some())
+                || matches!(self.ctx, DbContext::Workspace { .. })
+            {
+                // One workspace's own database, already checked against the scope.
+                continue;
+            }
+            let Some(ks) = router::statement_keyspace(vs, &self.ctx, stmt) else {
+                continue;
+            };
+            if !ks.sharded || ks.tenancy != crate::vschema::Tenancy::SharedTables {
+                continue;
+            }
+            if let Err(d) = planner::confine(text, stmt.span.clone(), ks, workspaces) {
+                let why = format!(
+                    "user '{}' is bound to {} of keyspace '{}', and {}",
+                    self.user,
+                    self.scope.describe_workspaces(),
+                    ks.name,
+                    d.reason
+                );
+                return Some(ProxyError::out_of_scope(
+                    &self.user,
+                    d.command,
+                    d.table.as_deref(),
+                    &why,
+                ));
+            }
+        }
+        None
     }
 
     /// For a non-admin user who logged in with a character set in which a character
