@@ -194,9 +194,15 @@ mod tests {
         assert!(s.allows_database(&vs, "app"));
         assert!(s.allows_database(&vs, "INFORMATION_SCHEMA"));
         assert!(s.allows_database(&vs, "ws_9"));
-        assert!(!s.allows_database(&vs, "ws_10"), "a workspace it is not bound to");
+        assert!(
+            !s.allows_database(&vs, "ws_10"),
+            "a workspace it is not bound to"
+        );
         assert!(!s.allows_database(&vs, "crm"), "a keyspace not in its list");
-        assert!(!s.allows_database(&vs, "some_other_db"), "a pass-through database");
+        assert!(
+            !s.allows_database(&vs, "some_other_db"),
+            "a pass-through database"
+        );
         assert_eq!(s.describe_workspaces(), "workspaces 3, 9");
         let only_crm = Scope::new(Some(vec!["crm".into()]), None);
         assert!(!only_crm.allows_database(&vs, "ws_9"));

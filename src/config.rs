@@ -383,14 +383,18 @@ fn user_access(u: &UserFile, vschema: &VSchema) -> Result<(Role, Scope), String>
     };
     if let Some(names) = &u.keyspaces {
         if names.is_empty() {
-            return Err("keyspaces = []: the user could use no keyspace (leave it out for all)".into());
+            return Err(
+                "keyspaces = []: the user could use no keyspace (leave it out for all)".into(),
+            );
         }
         if let Some(k) = names.iter().find(|k| vschema.keyspace(k).is_none()) {
             return Err(format!("keyspaces: '{k}' is not a keyspace of the vschema"));
         }
     }
     if u.workspaces.as_ref().is_some_and(|w| w.is_empty()) {
-        return Err("workspaces = []: the user could reach no workspace (leave it out for all)".into());
+        return Err(
+            "workspaces = []: the user could reach no workspace (leave it out for all)".into(),
+        );
     }
     if role != Role::App && u.workspaces.is_some() {
         return Err(format!(

@@ -234,7 +234,10 @@ mod tests {
     #[test]
     fn user_specs_parse_with_admin_suffix_and_colons_in_passwords() {
         let user = parse_user("app:app").expect("plain user");
-        assert_eq!((user.name.as_str(), user.role), ("app", shardgate::access::Role::App));
+        assert_eq!(
+            (user.name.as_str(), user.role),
+            ("app", shardgate::access::Role::App)
+        );
         let admin = parse_user("root:s3:cret:admin").expect("admin user");
         assert_eq!(admin.name, "root");
         assert_eq!(admin.password, "s3:cret");

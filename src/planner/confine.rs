@@ -61,7 +61,11 @@ pub fn qualified_schemas(sql: &str, span: Range<usize>) -> Vec<String> {
             out.push(s.to_owned());
         }
     };
-    for t in tables::table_names(text, &toks, true) {
+    let ddl = matches!(
+        classify::classify(text, &toks),
+        Head::Kind(StatementKind::Ddl(_))
+    );
+    for t in tables::table_names(text, &toks, ddl) {
         if let Some(s) = &t.schema {
             add(s);
         }
@@ -181,10 +185,22 @@ fn no_query(command: &'static str, text: &str, toks: &[Token]) -> Result<(), Den
 /// (`DO 1`, `SAVEPOINT a`).
 fn other(text: &str, toks: &[Token], schema: &dyn ShardingSchema) -> Result<(), Denial> {
     const REFUSED: [(&str, &str); 6] = [
-        ("CALL", "a stored procedure runs with its definer's rights, over every workspace's rows"),
-        ("HANDLER", "HANDLER reads a table's rows in index order, every workspace's"),
-        ("PREPARE", "a statement prepared from text is not checked when it is executed"),
-        ("EXECUTE", "a statement prepared from text is not checked when it is executed"),
+        (
+            "CALL",
+            "a stored procedure runs with its definer's rights, over every workspace's rows",
+        ),
+        (
+            "HANDLER",
+            "HANDLER reads a table's rows in index order, every workspace's",
+        ),
+        (
+            "PREPARE",
+            "a statement prepared from text is not checked when it is executed",
+        ),
+        (
+            "EXECUTE",
+            "a statement prepared from text is not checked when it is executed",
+        ),
         ("LOAD", "LOAD DATA rows are not checked for their workspace"),
         ("TABLE", "TABLE reads every row of a table"),
     ];
@@ -331,7 +347,16 @@ fn dml(
         _ => StatementKind::Select,
     };
     let (_, route) = untagged_route(text, body, toks, &tables, schema, write, kind);
-    route_within(command, route, bound)
+    route_within(command, route, bound).map_err(|mut d| {
+        if d.table.is_none() {
+            // Name the first sharded table, as a server names the table it refuses.
+            d.table = used
+                .iter()
+                .find(|(_, t)| schema.sharding_column(t).is_some() || schema.is_reference(t))
+                .map(|(_, t)| t.clone());
+        }
+        d
+    })
 }
 
 fn route_within(command: &'static str, route: Route, bound: &[u64]) -> Result<(), Denial> {
@@ -356,7 +381,12 @@ fn route_within(command: &'static str, route: Route, bound: &[u64]) -> Result<()
 }
 
 /// INSERT / REPLACE: literal rows, every one in the user's workspaces.
-fn insert(text: &str, toks: &[Token], schema: &dyn ShardingSchema, bound: &[u64]) -> Result<(), Denial> {
+fn insert(
+    text: &str,
+    toks: &[Token],
+    schema: &dyn ShardingSchema,
+    bound: &[u64],
+) -> Result<(), Denial> {
     const COMMAND: &str = "INSERT";
     let tables = tables::table_names(text, toks, false);
     let target = tables.first().map(|t| t.name.to_string());
@@ -375,7 +405,9 @@ fn insert(text: &str, toks: &[Token], schema: &dyn ShardingSchema, bound: &[u64]
             let suffix = text.get(shape.suffix.clone()).unwrap_or("");
             let stoks = lex::lex(suffix).tokens;
             let moves = stoks.windows(2).any(|w| {
-                w[0].is_ident() && w[0].ident(suffix).eq_ignore_ascii_case(col) && w[1].is_punct(b'=')
+                w[0].is_ident()
+                    && w[0].ident(suffix).eq_ignore_ascii_case(col)
+                    && w[1].is_punct(b'=')
             });
             if moves {
                 return Err(Denial::new(
@@ -390,7 +422,10 @@ fn insert(text: &str, toks: &[Token], schema: &dyn ShardingSchema, bound: &[u64]
         InsertRoute::Done(Route::AnyShard) => {
             check_tables(COMMAND, &relations(None, &tables), schema)
         }
-        InsertRoute::Done(r) => route_within(COMMAND, r, bound),
+        InsertRoute::Done(r) => route_within(COMMAND, r, bound).map_err(|mut d| {
+            d.table = d.table.or(target);
+            d
+        }),
         InsertRoute::Select(_) | InsertRoute::Fallback => Err(Denial::new(
             COMMAND,
             target.as_deref(),
@@ -529,5 +564,11 @@ mod tests {
             vec!["other"]
         );
         assert_eq!(q("SELECT m.id FROM messages m"), Vec::<String>::new());
+        assert_eq!(
+            q("SELECT m.body, p.name FROM messages m JOIN plans p ON p.id = 1"),
+            Vec::<String>::new(),
+            "`ON p.id` is a join condition, not a table"
+        );
+        assert_eq!(q("CREATE INDEX i ON crm.accounts (id)"), vec!["crm"]);
     }
 }

@@ -231,7 +231,10 @@ impl Session {
             let Some(workspaces) = self.scope.workspaces() else {
                 continue;
             };
-            if stmt.qualified_schema.as_deref().is_some_and(|q| vs.workspace_database(q).is_some())
+            if stmt
+                .qualified_schema
+                .as_deref()
+                .is_some_and(|q| vs.workspace_database(q).is_some())
                 || matches!(self.ctx, DbContext::Workspace { .. })
             {
                 // One workspace's own database, already checked against the scope.
