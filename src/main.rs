@@ -59,11 +59,12 @@ struct ServeArgs {
     /// Address for MySQL clients (with --vschema).
     #[arg(long, value_name = "ADDR", default_value = shardgate::config::DEFAULT_LISTEN)]
     listen: SocketAddr,
-    /// A user clients log in as (with --vschema); repeat for more. A trailing
-    /// `:admin` allows the admin statements (SHOW MIGRATIONS, ALTER MIGRATION...).
+    /// A user clients log in as (with --vschema); repeat for more. A trailing role,
+    /// `:dba` (migration statements) or `:admin` (everything), raises it above `app`.
+    /// Keyspace lists and workspace bindings need a config file.
     #[arg(
         long = "user",
-        value_name = "NAME:PASSWORD[:admin]",
+        value_name = "NAME:PASSWORD[:dba|:admin]",
         value_parser = parse_user
     )]
     users: Vec<User>,
@@ -105,13 +106,20 @@ enum VschemaCommand {
 /// `NAME:PASSWORD` or `NAME:PASSWORD:admin`. The password is everything between the
 /// first colon and an `:admin` suffix, so it may contain colons itself.
 fn parse_user(spec: &str) -> Result<User, String> {
-    let (rest, admin) = match spec.strip_suffix(":admin") {
-        Some(rest) if rest.contains(':') => (rest, true),
-        _ => (spec, false),
+    let (rest, role) = match spec.rsplit_once(':') {
+        Some((rest, r)) if rest.contains(':') => match shardgate::access::Role::parse(r) {
+            Some(role) if r != "app" => (rest, role),
+            _ => (spec, shardgate::access::Role::App),
+        },
+        _ => (spec, shardgate::access::Role::App),
     };
     match rest.split_once(':') {
-        Some((name, password)) if !name.is_empty() => Ok(User::new(name, password, admin)),
-        _ => Err("expected NAME:PASSWORD or NAME:PASSWORD:admin".to_string()),
+        Some((name, password)) if !name.is_empty() => {
+            let mut user = User::new(name, password, false);
+            user.role = role;
+            Ok(user)
+        }
+        _ => Err("expected NAME:PASSWORD, NAME:PASSWORD:dba or NAME:PASSWORD:admin".to_string()),
     }
 }
 
@@ -232,7 +240,7 @@ mod tests {
     }
 
     #[test]
-    fn user_specs_parse_with_admin_suffix_and_colons_in_passwords() {
+    fn user_specs_parse_with_role_suffix_and_colons_in_passwords() {
         let user = parse_user("app:app").expect("plain user");
         assert_eq!(
             (user.name.as_str(), user.role),
@@ -242,6 +250,16 @@ mod tests {
         assert_eq!(admin.name, "root");
         assert_eq!(admin.password, "s3:cret");
         assert!(admin.role.is_admin());
+        let dba = parse_user("ops:pw:dba").expect("dba user");
+        assert_eq!(
+            (dba.password.as_str(), dba.role),
+            ("pw", shardgate::access::Role::Dba)
+        );
+        let colon = parse_user("u:a:b").expect("a colon in the password");
+        assert_eq!(
+            (colon.password.as_str(), colon.role),
+            ("a:b", shardgate::access::Role::App)
+        );
         assert!(parse_user("nopassword").is_err());
         assert!(parse_user(":pw").is_err());
     }

@@ -165,12 +165,20 @@ impl Shared {
         &self,
         id: u32,
         user: &str,
+        host: String,
+        db: Option<String>,
     ) -> (Arc<SessionHandle>, tokio::sync::watch::Receiver<bool>) {
         let (killed, rx) = tokio::sync::watch::channel(false);
         let handle = Arc::new(SessionHandle {
             user: user.to_string(),
+            host,
             killed,
             running: tokio::sync::Mutex::new(Running::default()),
+            activity: std::sync::Mutex::new(Activity {
+                since: std::time::Instant::now(),
+                statement: None,
+                db,
+            }),
         });
         self.sessions_lock().insert(id, handle.clone());
         (handle, rx)
@@ -179,6 +187,17 @@ impl Shared {
     /// Forgets a session that ended.
     pub fn unregister_session(&self, id: u32) {
         self.sessions_lock().remove(&id);
+    }
+
+    /// The live sessions, by connection id, for `SHOW PROCESSLIST`.
+    pub fn sessions(&self) -> Vec<(u32, Arc<SessionHandle>)> {
+        let mut all: Vec<(u32, Arc<SessionHandle>)> = self
+            .sessions_lock()
+            .iter()
+            .map(|(id, h)| (*id, h.clone()))
+            .collect();
+        all.sort_unstable_by_key(|(id, _)| *id);
+        all
     }
 
     /// The live session with connection id `id`.
@@ -191,10 +210,15 @@ impl Shared {
     }
 }
 
-/// What another session needs to know about a live session to `KILL` it.
+/// What another session needs to know about a live session to `KILL` it or list it.
 pub struct SessionHandle {
     /// The user it logged in as.
     pub user: String,
+    /// The client's address, `ip:port`.
+    pub host: String,
+    /// What it does now, for `SHOW PROCESSLIST` (a lock of its own, never held across
+    /// an await: the serving path takes it twice per query, uncontended).
+    activity: std::sync::Mutex<Activity>,
     killed: tokio::sync::watch::Sender<bool>,
     /// The backend statement it runs now. Held by a killer while it sends
     /// `KILL QUERY`, so the session cannot give that backend connection back to the
@@ -211,7 +235,39 @@ pub struct Running {
     pub thread_id: u32,
 }
 
+/// A session's current command, as `SHOW PROCESSLIST` shows it.
+#[derive(Debug, Clone)]
+pub struct Activity {
+    /// When the current command started, or the last one ended.
+    pub since: std::time::Instant,
+    /// The text of the query running now; None between commands.
+    pub statement: Option<bytes::Bytes>,
+    /// The session's database.
+    pub db: Option<String>,
+}
+
 impl SessionHandle {
+    /// A copy of what the session does now.
+    pub fn activity(&self) -> Activity {
+        self.activity_lock().clone()
+    }
+
+    /// Records that a query starts (`text` without the command byte) or ends (None).
+    pub fn set_statement(&self, text: Option<bytes::Bytes>) {
+        let mut a = self.activity_lock();
+        a.statement = text;
+        a.since = std::time::Instant::now();
+    }
+
+    /// Records the session's database after `USE` or `COM_INIT_DB`.
+    pub fn set_db(&self, db: Option<String>) {
+        self.activity_lock().db = db;
+    }
+
+    fn activity_lock(&self) -> std::sync::MutexGuard<'_, Activity> {
+        self.activity.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Asks the session to end (its serve loop watches for this).
     pub fn kill(&self) {
         self.killed.send_replace(true);

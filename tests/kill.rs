@@ -187,3 +187,83 @@ async fn kill_and_connection_id_use_shardgate_session_ids() {
     drop(a);
     proxy.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn show_processlist_lists_the_users_own_sessions_with_shardgate_ids() {
+    let servers = common::start_servers(1);
+    let proxy = start(&servers).await;
+    let mut a = proxy.connect("app", Some("app")).await;
+    let mut b = proxy.connect("app", None).await;
+    let mut other = mysql_async::Conn::new(common::mysql_opts(
+        &proxy.addr_string(),
+        "other",
+        "other",
+        Some("app"),
+    ))
+    .await
+    .expect("other logs in");
+    let mut admin = proxy.connect("admin", None).await;
+    let id = |c: &mysql_async::Conn| u64::from(c.id());
+    // b runs a long statement while a looks.
+    let sleeper = tokio::spawn(async move {
+        let r = b.query_first::<u64, _>("SELECT SLEEP(2)").await;
+        (b, r)
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    type Row = (
+        u64,
+        String,
+        String,
+        Option<String>,
+        String,
+        u64,
+        String,
+        Option<String>,
+        String,
+    );
+    let rows: Vec<Row> = a.query("SHOW FULL PROCESSLIST").await.expect("processlist");
+    let ids: Vec<u64> = rows.iter().map(|r| r.0).collect();
+    let (mut b_id, mut b_row) = (0, None);
+    for r in &rows {
+        assert_eq!(r.1, "app", "only the user's own sessions: {rows:?}");
+        assert!(r.2.starts_with("127.0.0.1:"), "{r:?}");
+        if r.7.as_deref() == Some("SELECT SLEEP(2)") {
+            b_id = r.0;
+            b_row = Some(r.clone());
+        }
+    }
+    assert_eq!(ids.len(), 2, "a and b: {rows:?}");
+    assert!(
+        ids.contains(&id(&a)),
+        "the ids are CONNECTION_ID()'s: {rows:?}"
+    );
+    let own = rows.iter().find(|r| r.0 == id(&a)).expect("own row");
+    assert_eq!(
+        (own.3.as_deref(), own.4.as_str(), own.7.as_deref()),
+        (Some("app"), "Query", Some("SHOW FULL PROCESSLIST"))
+    );
+    let b_row = b_row.expect("b's running statement is listed");
+    assert_eq!((b_row.3.as_deref(), b_row.4.as_str()), (None, "Query"));
+    // The id is the one KILL QUERY takes: it interrupts b's sleep.
+    a.query_drop(format!("KILL QUERY {b_id}"))
+        .await
+        .expect("kill b's query by its listed id");
+    let (b, slept) = tokio::time::timeout(Duration::from_secs(5), sleeper)
+        .await
+        .expect("b returns")
+        .expect("b task");
+    match slept {
+        Err(mysql_async::Error::Server(e)) => assert_eq!(e.code, 1317, "{}", e.message),
+        other => panic!("b's statement should be interrupted: {other:?}"),
+    }
+    // `other` sees itself only; the admin sees everyone, idle sessions as Sleep.
+    let theirs: Vec<Row> = other.query("SHOW PROCESSLIST").await.expect("other");
+    assert_eq!(theirs.len(), 1, "{theirs:?}");
+    assert_eq!((theirs[0].0, theirs[0].1.as_str()), (id(&other), "other"));
+    let all: Vec<Row> = admin.query("SHOW PROCESSLIST").await.expect("admin");
+    assert_eq!(all.len(), 4, "{all:?}");
+    let idle = all.iter().find(|r| r.0 == id(&a)).expect("a listed");
+    assert_eq!((idle.4.as_str(), idle.7.as_deref()), ("Sleep", None));
+    drop((a, b, other, admin));
+    proxy.stop().await;
+}

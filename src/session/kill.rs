@@ -37,6 +37,12 @@ pub(super) enum SessionStatement {
     KillUnsupported(&'static str),
     /// `SELECT CONNECTION_ID()`
     ConnectionId,
+    /// `SHOW [FULL] PROCESSLIST`: shardgate's sessions, the user's own unless it is an
+    /// admin (as MariaDB shows without the PROCESS privilege).
+    ProcessList {
+        /// `FULL`: the whole statement text, not its first 100 characters.
+        full: bool,
+    },
 }
 
 /// `text` as one of shardgate's session statements, if it is one. Cheap for every
@@ -51,11 +57,11 @@ pub(super) fn parse(text: &str) -> Option<SessionStatement> {
     let starts_kill = after_comments(trimmed)
         .get(..4)
         .is_some_and(|w| w.eq_ignore_ascii_case(b"KILL"));
-    let short_select = trimmed.first().map(u8::to_ascii_uppercase) == Some(b'S')
-        && trimmed.len() <= 48
-        && trimmed
-            .windows(13)
-            .any(|w| w.eq_ignore_ascii_case(b"CONNECTION_ID"));
+    let short_s = trimmed.first().map(u8::to_ascii_uppercase) == Some(b'S') && trimmed.len() <= 48;
+    let short_select = short_s
+        && trimmed.windows(11).any(|w| {
+            w.eq_ignore_ascii_case(b"CONNECTION_") || w.eq_ignore_ascii_case(b"PROCESSLIST")
+        });
     if !(starts_kill || short_select) {
         return None;
     }
@@ -77,6 +83,15 @@ pub(super) fn parse(text: &str) -> Option<SessionStatement> {
     let stmt = stmts.pop()?;
     if is_kill(&stmt) {
         return Some(kill(text, &stmt[1..]));
+    }
+    let show = |words: &[&str]| {
+        stmt.len() == words.len() && stmt.iter().zip(words).all(|(t, w)| t.is_kw(text, w))
+    };
+    if show(&["SHOW", "PROCESSLIST"]) {
+        return Some(SessionStatement::ProcessList { full: false });
+    }
+    if show(&["SHOW", "FULL", "PROCESSLIST"]) {
+        return Some(SessionStatement::ProcessList { full: true });
     }
     let words = ["SELECT", "CONNECTION_ID"];
     let connection_id = stmt.len() == 4
@@ -137,9 +152,66 @@ impl Session {
             SessionStatement::KillUnsupported(what) => {
                 self.send_error(&ProxyError::not_supported(what)).await
             }
+            SessionStatement::ProcessList { full } => self.process_list(full).await,
             SessionStatement::KillConnection(n) => self.kill(n, false).await,
             SessionStatement::KillQuery(n) => self.kill(n, true).await,
         }
+    }
+
+    /// `SHOW [FULL] PROCESSLIST` from shardgate's registry, with MariaDB's columns:
+    /// ids are the ones `KILL` and `CONNECTION_ID()` use; `Info` is the query a session
+    /// runs now (its first 100 characters without `FULL`).
+    async fn process_list(&mut self, full: bool) -> Answered {
+        const COLUMNS: [(&str, u8); 9] = [
+            ("Id", wire::column_type::LONGLONG),
+            ("User", wire::column_type::VAR_STRING),
+            ("Host", wire::column_type::VAR_STRING),
+            ("db", wire::column_type::VAR_STRING),
+            ("Command", wire::column_type::VAR_STRING),
+            ("Time", wire::column_type::LONGLONG),
+            ("State", wire::column_type::VAR_STRING),
+            ("Info", wire::column_type::VAR_STRING),
+            ("Progress", wire::column_type::VAR_STRING),
+        ];
+        let specs: Vec<wire::ColumnSpec> = COLUMNS
+            .iter()
+            .map(|(name, t)| wire::ColumnSpec {
+                name: (*name).to_string(),
+                column_type: *t,
+            })
+            .collect();
+        let now = std::time::Instant::now();
+        let rows = self
+            .shared
+            .sessions()
+            .into_iter()
+            .filter(|(_, h)| self.admin || h.user == self.user)
+            .map(|(id, h)| {
+                let a = h.activity();
+                let running = a.statement.is_some();
+                let info = a.statement.map(|s| {
+                    let text = String::from_utf8_lossy(&s).into_owned();
+                    if full {
+                        text
+                    } else {
+                        text.chars().take(100).collect()
+                    }
+                });
+                let text = |s: &str| Some(s.as_bytes().to_vec());
+                vec![
+                    text(&id.to_string()),
+                    text(&h.user),
+                    text(&h.host),
+                    a.db.map(String::into_bytes),
+                    text(if running { "Query" } else { "Sleep" }),
+                    text(&now.saturating_duration_since(a.since).as_secs().to_string()),
+                    text(if running { "executing" } else { "" }),
+                    info.map(String::into_bytes),
+                    text("0.000"),
+                ]
+            })
+            .collect();
+        self.send_columns(&specs, rows).await
     }
 
     async fn kill(&mut self, n: u64, query_only: bool) -> Answered {

@@ -86,7 +86,13 @@ pub async fn run(
     let _user_slot = login.user_slot.take();
     shared.clients.fetch_add(1, Ordering::Relaxed);
     let _count = ClientCount(shared.clone());
-    let (handle, killed) = shared.register_session(id, &login.user);
+    let db = match &login.ctx {
+        DbContext::None => None,
+        DbContext::Keyspace(d)
+        | DbContext::PassThrough(d)
+        | DbContext::Workspace { database: d, .. } => Some(d.clone()),
+    };
+    let (handle, killed) = shared.register_session(id, &login.user, peer.to_string(), db);
     let _registered = Registered(shared.clone(), id);
     let mut session = Session::new(shared.clone(), client, id, login, handle);
     session.serve(stop, killed).await;

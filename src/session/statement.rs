@@ -19,7 +19,9 @@ use crate::vschema::VSchema;
 impl Session {
     pub(super) async fn query(&mut self, payload: Bytes) -> Answered {
         self.statements += 1;
+        self.handle.set_statement(Some(payload.slice(1..)));
         let answer = self.query_inner(payload).await;
+        self.handle.set_statement(None);
         // Connections kept for a question about an earlier statement, and not used by
         // this one, go back to the pool.
         self.release_diagnostics(self.statements);
@@ -180,6 +182,7 @@ impl Session {
             None => self.send_error(&ProxyError::unknown_database(db)).await,
             Some(ctx @ DbContext::Keyspace(_)) => {
                 self.ctx = ctx;
+                self.handle.set_db(Some(db.to_string()));
                 self.send_ok(OkInfo::default()).await
             }
             Some(ctx) => {
@@ -198,6 +201,7 @@ impl Session {
                     Err(answered) => return answered,
                 };
                 self.ctx = ctx;
+                self.handle.set_db(Some(db.to_string()));
                 self.put_back(target, lease, &Effects::default());
                 self.send_ok(OkInfo::default()).await
             }
