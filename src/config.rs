@@ -64,6 +64,12 @@ pub struct PoolConfig {
     /// How long a statement may run on a backend before shardgate gives up on it
     /// (None: no limit, as with a direct connection).
     pub query_timeout: Option<Duration>,
+    /// What a statement for a `down` or drained cluster gets (`[traffic]`).
+    pub on_unavailable: crate::traffic::OnUnavailable,
+    /// Most statements waiting in one cluster's buffer.
+    pub buffer_size: usize,
+    /// Longest wait in the buffer.
+    pub buffer_timeout: Duration,
     /// Idle connections older than this are closed.
     pub idle_timeout: Duration,
 }
@@ -75,6 +81,9 @@ impl Default for PoolConfig {
             checkout_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(3),
             query_timeout: None,
+            on_unavailable: crate::traffic::OnUnavailable::Fail,
+            buffer_size: 1000,
+            buffer_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(300),
         }
     }
@@ -109,6 +118,10 @@ pub struct ProxyConfig {
     /// The front door: pending logins, login throttling, idle limits
     /// (see `docs/security.md#limits`).
     pub limits: LimitsConfig,
+    /// Probing the clusters and the thresholds of their health states (`[health]`).
+    pub health: crate::health::HealthConfig,
+    /// Where operators' intents (DRAIN/UNDRAIN) are kept; None: not kept.
+    pub traffic_state_file: Option<std::path::PathBuf>,
 }
 
 /// The config file, as written (see `docs/configuration.md`).
@@ -139,6 +152,10 @@ struct ConfigFile {
     wait_timeout_s: Option<u64>,
     client_buffer_budget_mb: Option<u64>,
     packet_stall_timeout_ms: Option<u64>,
+    #[serde(default)]
+    health: crate::health::HealthFile,
+    #[serde(default)]
+    traffic: crate::traffic::TrafficFile,
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -210,6 +227,8 @@ impl ProxyConfig {
             admin_cluster_timeout: crate::admin::DEFAULT_CLUSTER_TIMEOUT,
             tls: None,
             limits: LimitsConfig::default(),
+            health: crate::health::HealthConfig::default(),
+            traffic_state_file: None,
         }
     }
 
@@ -322,6 +341,17 @@ impl ProxyConfig {
         }
         let limits =
             LimitsConfig::from_file(&file).map_err(|e| format!("{}: {e}", path.display()))?;
+        let health = file
+            .health
+            .to_config()
+            .map_err(|e| format!("{}: [health]: {e}", path.display()))?;
+        let traffic = file
+            .traffic
+            .to_config(base)
+            .map_err(|e| format!("{}: [traffic]: {e}", path.display()))?;
+        pool.on_unavailable = traffic.on_unavailable;
+        pool.buffer_size = traffic.buffer_size;
+        pool.buffer_timeout = traffic.buffer_timeout;
         let mut access = Vec::with_capacity(file.users.len());
         for u in &file.users {
             let (role, scope) = user_access(u, &vschema)
@@ -329,6 +359,8 @@ impl ProxyConfig {
             access.push((role, scope));
         }
         Ok(ProxyConfig {
+            health,
+            traffic_state_file: traffic.state_file,
             limits,
             tls,
             admin_cluster_timeout,

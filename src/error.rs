@@ -88,6 +88,9 @@ pub mod codes {
     pub const NO_SUCH_THREAD: u16 = 1094;
     /// ER_KILL_DENIED_ERROR
     pub const KILL_DENIED: u16 = 1095;
+    /// ER_SERVER_SHUTDOWN: the statement did not run because its cluster is not
+    /// serving; drivers treat its SQLSTATE class 08 as a transient connection failure.
+    pub const CLUSTER_NOT_SERVING: u16 = 1053;
     /// ER_DBACCESS_DENIED_ERROR
     pub const DB_ACCESS_DENIED: u16 = 1044;
     /// ER_TABLEACCESS_DENIED_ERROR
@@ -294,6 +297,21 @@ impl ProxyError {
             codes::UNKNOWN,
             b"HY000",
             format!("shardgate: cluster '{cluster}' is unavailable: {why}"),
+            Fault::Shard,
+        );
+        e.retryable = true;
+        e.cluster = Some(cluster.to_string());
+        e
+    }
+
+    /// 1053 (08S01): `cluster` is not serving (health `down`, or drained by an
+    /// operator): the statement did not run, and a retry after the cluster is back
+    /// (or after a failover) can succeed. `why` says which, since when, and why.
+    pub fn cluster_not_serving(cluster: &str, why: impl fmt::Display) -> Self {
+        let mut e = Self::new(
+            codes::CLUSTER_NOT_SERVING,
+            b"08S01",
+            format!("shardgate: cluster '{cluster}' is not serving: {why}; the statement did not run, retry later"),
             Fault::Shard,
         );
         e.retryable = true;

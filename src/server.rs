@@ -24,6 +24,18 @@ impl ThrottleSignals for PoolSignals {
     fn error_rate(&self, cluster: &str) -> Option<f64> {
         self.0.runtime().pool(cluster)?.stats.error_rate()
     }
+
+    fn health_hold(&self, cluster: &str) -> Option<String> {
+        let rt = self.0.runtime();
+        let pool = rt.pool(cluster)?;
+        let intent = pool.traffic.intent();
+        if intent != crate::traffic::Intent::Serving {
+            return Some(format!("cluster {}", intent.name()));
+        }
+        let h = pool.health.snapshot();
+        (h.state != crate::health::Health::Healthy)
+            .then(|| format!("cluster {}: {}", h.state.name(), h.reason))
+    }
 }
 
 /// Serves MySQL clients on `listener` until `shutdown` completes, then stops accepting,
@@ -34,7 +46,13 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let shared = Shared::new(config.clone()).await;
+    if let Some(path) = &config.traffic_state_file {
+        let rt = shared.runtime();
+        crate::traffic::load_state(path, |c| rt.pool(c).map(|p| &p.traffic))
+            .map_err(std::io::Error::other)?;
+    }
     let (stop_tx, stop_rx) = watch::channel(false);
+    crate::health::spawn_monitors(&shared, config.health.clone(), stop_rx.clone());
     let executors: Vec<Executor> = match &config.migrations {
         None => Vec::new(),
         Some(exec) => {

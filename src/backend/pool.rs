@@ -27,6 +27,10 @@ pub struct ClusterPool {
     pub cluster: Cluster,
     /// Latency and failures of statements sent to it.
     pub stats: crate::metrics::ClusterStats,
+    /// Its health as the monitor sees it (`down`: checkouts fail or wait).
+    pub health: crate::health::ClusterHealth,
+    /// What operators want of it (`draining`, `drained`: checkouts fail or wait).
+    pub traffic: crate::traffic::ClusterTraffic,
     config: PoolConfig,
     inner: Mutex<Inner>,
     /// Signalled when a lease ends while someone waits for one.
@@ -44,6 +48,9 @@ struct Inner {
     leased: usize,
     /// Checkouts waiting for a lease to end.
     waiting: usize,
+    /// Backend thread ids of the leased connections (what a drain kills at its
+    /// deadline).
+    leased_threads: Vec<u32>,
     last_failure: Option<(Instant, String)>,
 }
 
@@ -82,6 +89,8 @@ impl ClusterPool {
     pub fn new(cluster: Cluster, config: PoolConfig) -> Arc<ClusterPool> {
         Arc::new(ClusterPool {
             stats: crate::metrics::ClusterStats::default(),
+            health: crate::health::ClusterHealth::default(),
+            traffic: crate::traffic::ClusterTraffic::default(),
             cluster,
             config,
             inner: Mutex::new(Inner {
@@ -89,6 +98,7 @@ impl ClusterPool {
                 open: 0,
                 leased: 0,
                 waiting: 0,
+                leased_threads: Vec::new(),
                 last_failure: None,
             }),
             freed: Notify::new(),
@@ -99,6 +109,104 @@ impl ClusterPool {
     pub fn counts(&self) -> (usize, usize) {
         let g = self.lock();
         (g.open, g.idle.len())
+    }
+
+    /// Leases outstanding: statements running and connections sessions hold.
+    pub fn leased(&self) -> usize {
+        self.lock().leased
+    }
+
+    /// Backend thread ids of the leased connections.
+    pub fn leased_threads(&self) -> Vec<u32> {
+        self.lock().leased_threads.clone()
+    }
+
+    /// Closes every idle connection.
+    pub fn close_idle(&self) {
+        let closed: Vec<BackendConn> = {
+            let mut g = self.lock();
+            let all: Vec<BackendConn> = g.idle.drain(..).collect();
+            g.open = g.open.saturating_sub(all.len());
+            all
+        };
+        drop(closed);
+    }
+
+    /// Why the cluster takes no statement now, if it does not: drained or draining by
+    /// intent, or `down`.
+    pub fn not_serving(&self) -> Option<String> {
+        let intent = self.traffic.intent();
+        if intent != crate::traffic::Intent::Serving {
+            let d = self.traffic.detail();
+            let reason = if d.reason.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", d.reason)
+            };
+            return Some(format!("{} by an operator{reason}", intent.name()));
+        }
+        if self.health.get() == crate::health::Health::Down {
+            let h = self.health.snapshot();
+            return Some(format!(
+                "down for {} s ({})",
+                h.since.elapsed().as_secs(),
+                h.reason
+            ));
+        }
+        None
+    }
+
+    /// Returns at once when the cluster serves; otherwise fails at once, or (with
+    /// `on_unavailable = "buffer"`) waits in the cluster's buffer until it serves again
+    /// or the buffer's time runs out.
+    async fn admit(&self) -> Result<(), ProxyError> {
+        let Some(why) = self.not_serving() else {
+            return Ok(());
+        };
+        let name = &self.cluster.name;
+        if self.config.on_unavailable == crate::traffic::OnUnavailable::Fail {
+            return Err(ProxyError::cluster_not_serving(name, why));
+        }
+        let buffered = &self.traffic.buffered;
+        if buffered.fetch_add(1, std::sync::atomic::Ordering::Relaxed) >= self.config.buffer_size {
+            buffered.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            return Err(ProxyError::cluster_not_serving(
+                name,
+                format!(
+                    "{why}; its buffer is full ({} statements)",
+                    self.config.buffer_size
+                ),
+            ));
+        }
+        struct Unbuffer<'a>(&'a std::sync::atomic::AtomicUsize);
+        impl Drop for Unbuffer<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        let _unbuffer = Unbuffer(buffered);
+        let deadline = tokio::time::Instant::now() + self.config.buffer_timeout;
+        loop {
+            let changed = self.traffic.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let Some(why) = self.not_serving() else {
+                return Ok(());
+            };
+            // Also look again now and then: a health change is also signalled, but a
+            // look costs nothing.
+            let wake = deadline.min(tokio::time::Instant::now() + Duration::from_millis(250));
+            let _ = tokio::time::timeout_at(wake, changed).await;
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ProxyError::cluster_not_serving(
+                    name,
+                    format!(
+                        "{why}; waited {} ms in its buffer",
+                        self.config.buffer_timeout.as_millis()
+                    ),
+                ));
+            }
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -118,6 +226,7 @@ impl ClusterPool {
         state_hash: u64,
         prefer: Option<u32>,
     ) -> Result<Lease, ProxyError> {
+        self.admit().await?;
         self.take_slot().await?;
         // From here on a lease is counted: every way out hands it to a `Lease`, whose
         // drop ends it, or ends it here.
@@ -147,7 +256,13 @@ impl ClusterPool {
                         })
                     });
                 match pos {
-                    Some(i) => g.idle.remove(i),
+                    Some(i) => {
+                        let conn = g.idle.remove(i);
+                        if let Some(c) = &conn {
+                            g.leased_threads.push(c.thread_id);
+                        }
+                        conn
+                    }
                     None => {
                         // Keep open <= max: make room by closing an idle connection of
                         // another key.
@@ -237,6 +352,7 @@ impl ClusterPool {
             Ok((conn, _)) => {
                 let mut g = self.lock();
                 g.open += 1;
+                g.leased_threads.push(conn.thread_id);
                 g.last_failure = None;
                 Ok(conn)
             }
@@ -252,10 +368,15 @@ impl ClusterPool {
         }
     }
 
+    /// Closes a leased connection that turned out unusable (its lease goes on).
     fn forget(&self, conn: BackendConn) {
+        let id = conn.thread_id;
         drop(conn);
         let mut g = self.lock();
         g.open = g.open.saturating_sub(1);
+        if let Some(i) = g.leased_threads.iter().position(|t| *t == id) {
+            g.leased_threads.swap_remove(i);
+        }
     }
 
     /// Ends a lease: its connection (if any) goes back to the idle list, or is closed
@@ -266,6 +387,9 @@ impl ClusterPool {
             let mut g = self.lock();
             g.leased = g.leased.saturating_sub(1);
             if let Some(conn) = conn {
+                if let Some(i) = g.leased_threads.iter().position(|t| *t == conn.thread_id) {
+                    g.leased_threads.swap_remove(i);
+                }
                 if conn.broken || conn.status & status::IN_TRANS != 0 || !conn.reserve.is_empty() {
                     // A connection that still holds a session's state (a transaction,
                     // temporary tables, locks) is never handed to another session:
@@ -273,8 +397,12 @@ impl ClusterPool {
                     // was open.
                     g.open = g.open.saturating_sub(1);
                     closed = Some(conn);
-                } else {
+                } else if self.traffic.intent() == crate::traffic::Intent::Serving {
                     g.idle.push_back(conn);
+                } else {
+                    // A draining cluster keeps no idle connections.
+                    g.open = g.open.saturating_sub(1);
+                    closed = Some(conn);
                 }
             }
             g.waiting > 0

@@ -137,6 +137,8 @@ async fn serve_demo(
             false,
         )?),
         limits: crate::config::LimitsConfig::default(),
+        health: crate::health::HealthConfig::default(),
+        traffic_state_file: None,
     });
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let mut proxy = tokio::spawn(crate::server::serve(config, listener, async move {

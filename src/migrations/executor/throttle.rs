@@ -19,6 +19,12 @@ pub trait ThrottleSignals: Send + Sync {
     fn p99_latency(&self, cluster: &str) -> Option<Duration>;
     /// The share (0.0-1.0) of the proxy's statements on `cluster` that failed lately.
     fn error_rate(&self, cluster: &str) -> Option<f64>;
+    /// Why copies on `cluster` must wait whatever else the samples say: the proxy's
+    /// health monitor sees it degraded or down, or an operator drains it.
+    fn health_hold(&self, cluster: &str) -> Option<String> {
+        let _ = cluster;
+        None
+    }
 }
 
 /// No proxy signals (tools, tests): only the cluster's own signals throttle.
@@ -234,6 +240,9 @@ pub(crate) async fn sample_loop(
                 }
             }
         };
+        if let Some(hold) = signals.health_hold(&cluster.name) {
+            state.cluster_reason = Some(hold);
+        }
         if state.cluster_reason.is_none() {
             state.cluster_reason = proxy_reason(&cluster, &config, signals.as_ref(), &mut p99);
         }
