@@ -60,10 +60,12 @@ struct ServeArgs {
     #[arg(long, value_name = "ADDR", default_value = shardgate::config::DEFAULT_LISTEN)]
     listen: SocketAddr,
     /// A user clients log in as (with --vschema); repeat for more. A trailing
-    /// `:admin` allows the admin statements (SHOW MIGRATIONS, ALTER MIGRATION...).
+    /// `:admin` allows the admin statements (SHOW MIGRATIONS, ALTER MIGRATION...); a
+    /// trailing `:caching_sha2_password` (before or after it) makes the user log in
+    /// with that plugin instead of mysql_native_password.
     #[arg(
         long = "user",
-        value_name = "NAME:PASSWORD[:admin]",
+        value_name = "NAME:PASSWORD[:admin][:caching_sha2_password]",
         value_parser = parse_user
     )]
     users: Vec<User>,
@@ -102,16 +104,37 @@ enum VschemaCommand {
     },
 }
 
-/// `NAME:PASSWORD` or `NAME:PASSWORD:admin`. The password is everything between the
-/// first colon and an `:admin` suffix, so it may contain colons itself.
+/// `NAME:PASSWORD`, optionally followed by `:admin` and/or an auth plugin suffix
+/// (`:caching_sha2_password`, `:mysql_native_password`), in either order. The password
+/// is everything between the first colon and those suffixes, so it may contain colons
+/// itself.
 fn parse_user(spec: &str) -> Result<User, String> {
-    let (rest, admin) = match spec.strip_suffix(":admin") {
-        Some(rest) if rest.contains(':') => (rest, true),
-        _ => (spec, false),
-    };
+    use shardgate::protocol::auth::AuthPlugin;
+    let mut rest = spec;
+    let mut admin = false;
+    let mut plugin = None;
+    loop {
+        let Some((head, last)) = rest.rsplit_once(':') else {
+            break;
+        };
+        // A suffix only if a `NAME:PASSWORD` is left before it.
+        if !head.contains(':') {
+            break;
+        }
+        match (last, AuthPlugin::from_name(last)) {
+            ("admin", _) if !admin => admin = true,
+            (_, Some(p)) if plugin.is_none() => plugin = Some(p),
+            _ => break,
+        }
+        rest = head;
+    }
     match rest.split_once(':') {
-        Some((name, password)) if !name.is_empty() => Ok(User::new(name, password, admin)),
-        _ => Err("expected NAME:PASSWORD or NAME:PASSWORD:admin".to_string()),
+        Some((name, password)) if !name.is_empty() => {
+            let mut user = User::new(name, password, admin);
+            user.auth_plugin = plugin.unwrap_or_default();
+            Ok(user)
+        }
+        _ => Err("expected NAME:PASSWORD[:admin][:caching_sha2_password]".to_string()),
     }
 }
 
@@ -240,6 +263,25 @@ mod tests {
         assert_eq!(admin.password, "s3:cret");
         assert!(admin.admin);
         assert!(parse_user("nopassword").is_err());
+        // Plugin suffixes, in either order with :admin; the default is native.
+        use shardgate::protocol::auth::AuthPlugin;
+        assert_eq!(user.auth_plugin, AuthPlugin::NativePassword);
+        for spec in [
+            "u:p:w:caching_sha2_password:admin",
+            "u:p:w:admin:caching_sha2_password",
+        ] {
+            let u = parse_user(spec).expect(spec);
+            assert_eq!((u.name.as_str(), u.password.as_str()), ("u", "p:w"));
+            assert!(u.admin);
+            assert_eq!(u.auth_plugin, AuthPlugin::CachingSha2Password);
+        }
+        let u = parse_user("u:pw:mysql_native_password").expect("native");
+        assert_eq!((u.password.as_str(), u.admin), ("pw", false));
+        assert_eq!(u.auth_plugin, AuthPlugin::NativePassword);
+        // A password that is only a plugin name stays a password.
+        let u = parse_user("u:caching_sha2_password").expect("password");
+        assert_eq!(u.password, "caching_sha2_password");
+        assert_eq!(u.auth_plugin, AuthPlugin::NativePassword);
         assert!(parse_user(":pw").is_err());
     }
 }

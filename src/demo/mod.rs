@@ -137,6 +137,7 @@ async fn serve_demo(
             false,
         )?),
         limits: crate::config::LimitsConfig::default(),
+        rsa_key: None,
     });
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let mut proxy = tokio::spawn(crate::server::serve(config, listener, async move {
