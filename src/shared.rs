@@ -90,6 +90,9 @@ pub struct Shared {
     /// The RSA key for `caching_sha2_password` without TLS: the configured one, or one
     /// generated at start-up when a user needs it; None when no user does.
     pub rsa_key: Option<Arc<RsaKeys>>,
+    /// The plugin the greeting names: `caching_sha2_password` when every user has it
+    /// (so clients start with it and need no auth switch), else `mysql_native_password`.
+    pub greeting_plugin: auth::AuthPlugin,
 }
 
 impl Shared {
@@ -132,6 +135,16 @@ impl Shared {
             config.admin_cluster_timeout,
         ));
         let rsa_key = rsa_key(&config).await;
+        let greeting_plugin = if !config.users.is_empty()
+            && config
+                .users
+                .iter()
+                .all(|u| u.auth_plugin == auth::AuthPlugin::CachingSha2Password)
+        {
+            auth::AuthPlugin::CachingSha2Password
+        } else {
+            auth::AuthPlugin::NativePassword
+        };
         let probe = probe_backends(&vs).await;
         let door = crate::frontdoor::FrontDoor::new(&config.limits, config.max_client_connections);
         Arc::new(Shared {
@@ -154,6 +167,7 @@ impl Shared {
             clients: AtomicI64::new(0),
             sha2_cache: Sha2Cache::default(),
             rsa_key,
+            greeting_plugin,
         })
     }
 

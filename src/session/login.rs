@@ -52,7 +52,7 @@ pub(super) async fn login(
             | shared.config.tls.as_ref().map_or(0, |_| caps::SSL),
         collation: shared.default_collation,
         status: status::AUTOCOMMIT,
-        auth_plugin: NATIVE_PASSWORD.to_string(),
+        auth_plugin: shared.greeting_plugin.name().to_string(),
         ext_capabilities: shared.offered_ext_capabilities,
     };
     client

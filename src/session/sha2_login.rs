@@ -42,7 +42,11 @@ pub(super) async fn read_auth_packet(
             *seq = s.wrapping_add(1);
             Ok(p)
         }
-        Err(ReadError::TooLarge(_)) => Err(Verdict::Malformed),
+        Err(ReadError::TooLarge(_)) => {
+            // The client sent its packet at `seq`; the error answers it.
+            *seq = seq.wrapping_add(1);
+            Err(Verdict::Malformed)
+        }
         Err(_) => Err(Verdict::Gone),
     }
 }
