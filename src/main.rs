@@ -113,10 +113,7 @@ fn parse_user(spec: &str) -> Result<User, String> {
     let mut rest = spec;
     let mut admin = false;
     let mut plugin = None;
-    loop {
-        let Some((head, last)) = rest.rsplit_once(':') else {
-            break;
-        };
+    while let Some((head, last)) = rest.rsplit_once(':') {
         // A suffix only if a `NAME:PASSWORD` is left before it.
         if !head.contains(':') {
             break;
