@@ -379,6 +379,24 @@ async fn pymysql_login(
     stdout.trim().to_string()
 }
 
+/// `shardgate_caching_sha2_logins_total`: (fast path, full authentication).
+async fn sha2_counts(metrics: std::net::SocketAddr) -> (u64, u64) {
+    use tokio::io::AsyncReadExt;
+    let mut s = TcpStream::connect(metrics).await.expect("connect metrics");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("request");
+    let mut body = String::new();
+    s.read_to_string(&mut body).await.expect("response");
+    let value = |path: &str| -> u64 {
+        let series = format!("shardgate_caching_sha2_logins_total{{path=\"{path}\"}} ");
+        body.lines()
+            .find_map(|l| l.strip_prefix(&series).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or_else(|| panic!("no {series} in:\n{body}"))
+    };
+    (value("fast"), value("full"))
+}
+
 /// Whether a raw caching_sha2 login of `user` is answered with the fast path now.
 async fn cached(addr: &str, user: &str, password: &str) -> bool {
     let mut raw = Raw::sha2_hello(addr, user, password).await;
@@ -388,10 +406,14 @@ async fn cached(addr: &str, user: &str, password: &str) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mysql_async_and_pymysql_log_in_without_tls_through_the_rsa_key() {
     let servers = common::start_servers(1);
+    let metrics = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port");
     // Throttling on (one failure, 300 ms) to check that caching_sha2 failures count.
     let proxy = start(&servers, None, |c| {
         c.limits.login_throttle_failures = 1;
         c.limits.login_throttle_delay = Duration::from_millis(300);
+        c.metrics_listen = Some(metrics);
     })
     .await;
     let addr = proxy.addr_string();
@@ -408,10 +430,13 @@ async fn mysql_async_and_pymysql_log_in_without_tls_through_the_rsa_key() {
         assert_eq!(one, Some(1));
         conn.disconnect().await.expect("disconnect");
     }
+    // The first login was a full authentication, the second took the fast path.
+    assert_eq!(sha2_counts(metrics).await, (1, 1));
     assert!(
         cached(&addr, "sha", "sha-secret").await,
         "mysql_async's login filled the cache"
     );
+    assert_eq!(sha2_counts(metrics).await, (2, 1));
 
     // PyMySQL (with `cryptography` for RSA), plain TCP, switched from native (5).
     assert!(!cached(&addr, "shapy", "shapy-secret").await);
@@ -423,21 +448,42 @@ async fn mysql_async_and_pymysql_log_in_without_tls_through_the_rsa_key() {
         cached(&addr, "shapy", "shapy-secret").await,
         "PyMySQL's login filled the cache"
     );
-    // Again, now with the cache filled.
+    assert_eq!(sha2_counts(metrics).await, (3, 2));
+    // Again, now with the cache filled: PyMySQL hashes the switch's nonce with its
+    // trailing NUL, so it misses the fast path and authenticates in full again.
     assert_eq!(
         pymysql_login(&proxy.addr, "shapy", "shapy-secret", None, false).await,
         "ok 1 plain"
     );
+    assert_eq!(sha2_counts(metrics).await, (3, 3));
     // (4) A native user from PyMySQL starting with caching_sha2: switched to native.
     assert_eq!(
         pymysql_login(&proxy.addr, "app", "app", None, true).await,
         "ok 1 plain"
     );
-    // A caching_sha2 user from PyMySQL starting with it: no switch.
+    // A caching_sha2 user from PyMySQL starting with it: no switch, the fast path.
     assert_eq!(
         pymysql_login(&proxy.addr, "shapy", "shapy-secret", None, true).await,
         "ok 1 plain"
     );
+    assert_eq!(sha2_counts(metrics).await, (4, 3));
+
+    // The mariadb CLI without TLS: libmariadb asks for the key itself.
+    let out = common::cli_with_args(
+        &addr,
+        "shacli",
+        "shacli-secret",
+        Some("app"),
+        "SELECT 1",
+        &["--skip-ssl"],
+    );
+    assert!(
+        out.status.success(),
+        "mariadb --skip-ssl as a caching_sha2 user: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1");
+    assert_eq!(sha2_counts(metrics).await, (4, 4), "a full authentication");
 
     // (3) Wrong passwords: 1045 from both clients.
     let e = mysql_async::Conn::new(common::mysql_opts(&addr, "sha", "wrong", Some("app")))

@@ -11,6 +11,7 @@
 //! that succeeds fills the cache, so the next login of that user is fast.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use rand::RngCore;
@@ -126,13 +127,32 @@ impl std::fmt::Debug for PasswordVerifier {
 }
 
 /// The cache of fast authentication: user name → `SHA256(SHA256(password))`. Empty at
-/// start; filled only by a successful full authentication.
+/// start; filled only by a successful full authentication. Also counts the logins of
+/// each path (for `/metrics`: a cache that keeps missing shows there).
 #[derive(Debug, Default)]
-pub struct Sha2Cache(Mutex<HashMap<String, [u8; 32]>>);
+pub struct Sha2Cache {
+    hashes: Mutex<HashMap<String, [u8; 32]>>,
+    fast: AtomicU64,
+    full: AtomicU64,
+}
 
 impl Sha2Cache {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, [u8; 32]>> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
+        self.hashes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Counts a successful login by the fast path (true) or full authentication.
+    pub fn count(&self, fast: bool) {
+        let c = if fast { &self.fast } else { &self.full };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Successful logins so far: (fast path, full authentication).
+    pub fn counts(&self) -> (u64, u64) {
+        (
+            self.fast.load(Ordering::Relaxed),
+            self.full.load(Ordering::Relaxed),
+        )
     }
 
     /// The cached hash of `user`.
@@ -297,6 +317,10 @@ mod tests {
         assert_eq!(c.get("u"), None);
         c.insert("u", b"pw");
         assert_eq!(c.get("u"), Some(double_sha256(b"pw")));
+        c.count(true);
+        c.count(false);
+        c.count(false);
+        assert_eq!(c.counts(), (1, 2));
     }
 
     #[test]

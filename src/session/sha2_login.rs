@@ -115,6 +115,7 @@ async fn run(
     if let Some(cached) = shared.sha2_cache.get(user) {
         if entry.is_some() && verify_sha2(token, nonce, &cached) {
             send(client, seq, &[MORE_DATA, FAST_AUTH_SUCCESS]).await?;
+            shared.sha2_cache.count(true);
             tracing::debug!(user = %LogSafe(user), "caching_sha2_password: fast authentication");
             return Ok(Verdict::Ok);
         }
@@ -158,6 +159,7 @@ async fn run(
     match password {
         Some(pw) if verifier.is_some_and(|v| v.matches(&pw)) => {
             shared.sha2_cache.insert(user, &pw);
+            shared.sha2_cache.count(false);
             tracing::debug!(user = %LogSafe(user), "caching_sha2_password: full authentication");
             Ok(Verdict::Ok)
         }
