@@ -221,10 +221,13 @@ async fn raw_exchange_full_authentication_then_the_fast_path_and_refusals() {
     assert_eq!(raw.expect(2).await, FULL, "a refused login fills no cache");
     drop(raw);
 
-    // An unknown user starting with caching_sha2: no switch, the same exchange, 1045.
+    // An unknown user is treated as a user of the greeting's plugin (native here):
+    // switched from caching_sha2 like `app` below, then 1045.
     let mut raw = Raw::sha2_hello(&addr, "nobody", "x").await;
-    let (_, reply) = rsa_full_auth(&mut raw, "x").await;
-    assert_eq!(err_code(&reply), Some(1045));
+    let (plugin, nonce) = parse_auth_switch(&raw.expect(2).await).expect("an auth switch");
+    assert_eq!(plugin, NATIVE);
+    raw.send(3, &native_token(b"x", &nonce)).await;
+    assert_eq!(err_code(&raw.expect(4).await), Some(1045));
 
     // An empty password: a lone NUL (libmysqlclient) or nothing is answered OK at once.
     for token in [vec![0u8], vec![]] {
@@ -302,6 +305,10 @@ async fn only_caching_sha2_users_are_greeted_with_caching_sha2() {
     let mut raw = Raw::sha2_hello(&addr, "sha", "sha-secret").await;
     let (_, reply) = rsa_full_auth(&mut raw, "sha-secret").await;
     assert!(is_ok(&reply), "{reply:?}");
+    // An unknown user: the same exchange as a caching_sha2 user's, then 1045.
+    let mut raw = Raw::sha2_hello(&addr, "nobody", "x").await;
+    let (_, reply) = rsa_full_auth(&mut raw, "x").await;
+    assert_eq!(err_code(&reply), Some(1045));
     // mysql_async follows the greeting: no switch, the fast path.
     let mut conn =
         mysql_async::Conn::new(common::mysql_opts(&addr, "sha", "sha-secret", Some("app")))

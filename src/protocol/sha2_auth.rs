@@ -127,7 +127,9 @@ impl std::fmt::Debug for PasswordVerifier {
 }
 
 /// The cache of fast authentication: user name → `SHA256(SHA256(password))`. Empty at
-/// start; filled only by a successful full authentication. Also counts the logins of
+/// start; filled only by a successful full authentication, so it holds at most one
+/// entry per configured user (users are fixed while shardgate runs, so an entry never
+/// goes stale). Also counts the logins of
 /// each path (for `/metrics`: a cache that keeps missing shows there).
 #[derive(Debug, Default)]
 pub struct Sha2Cache {

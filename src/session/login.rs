@@ -16,9 +16,9 @@ use crate::protocol::wire::{self, OkInfo};
 use crate::protocol::{caps, status};
 use crate::router::{self, DbContext, Dispatch};
 use crate::shared::Shared;
+use crate::vschema::VSchema;
 
 use super::sha2_login::{self, Verdict};
-use crate::vschema::VSchema;
 
 /// What a successful login established.
 pub(super) struct Login {
@@ -113,12 +113,10 @@ pub(super) async fn login(
     let entry = shared.users.get(&resp.user);
     // A client without CLIENT_PLUGIN_AUTH answered for mysql_native_password.
     let client_plugin = resp.auth_plugin.as_deref().unwrap_or(NATIVE_PASSWORD);
-    // The user's plugin. For a name nobody has, the client's own if shardgate speaks
-    // it, so that no auth switch tells unknown names apart from known ones.
-    let plugin = match entry {
-        Some(u) => u.auth_plugin,
-        None => AuthPlugin::from_name(client_plugin).unwrap_or_default(),
-    };
+    // The user's plugin. For a name nobody has, the greeting's: the exchange is then
+    // the one of every user with that plugin (most users, or all), so it does not
+    // tell unknown names apart from them.
+    let plugin = entry.map_or(shared.greeting_plugin, |u| u.auth_plugin);
     let mut token = resp.auth_response.clone();
     let mut scramble = scramble;
     if client_plugin != plugin.name() {

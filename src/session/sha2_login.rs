@@ -129,7 +129,7 @@ async fn run(
             _ => return Err(Verdict::Malformed),
         }
     } else {
-        let Some(keys) = shared.rsa_key.as_deref() else {
+        let Some(keys) = shared.rsa_key.clone() else {
             // Cannot happen for a configured caching_sha2 user (a key is generated at
             // start-up); for an unknown name, nothing to decrypt with: refuse.
             return Ok(Verdict::Denied {
@@ -145,8 +145,13 @@ async fn run(
         }
         if answer.len() == keys.size() {
             // A wrong key, nonce or padding decrypts to None: refused like a wrong
-            // password.
-            keys.decrypt_password(&answer, nonce)
+            // password. The private-key operation takes about a millisecond of CPU:
+            // off the async workers, which serve logged-in sessions meanwhile.
+            let nonce = nonce.to_vec();
+            tokio::task::spawn_blocking(move || keys.decrypt_password(&answer, &nonce))
+                .await
+                .ok()
+                .flatten()
         } else {
             // Not a ciphertext: a client sending its password in clear over a plain
             // connection. MySQL refuses it; so does shardgate (the damage is done,
