@@ -275,17 +275,17 @@ async fn rsa_key(config: &ProxyConfig) -> Option<Arc<RsaKeys>> {
         return None;
     }
     // Key generation takes a while of CPU: off the async workers.
-    match tokio::task::spawn_blocking(RsaKeys::generate).await {
-        Ok(Ok(k)) => {
+    let generated = tokio::task::spawn_blocking(RsaKeys::generate)
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|k| k);
+    match generated {
+        Ok(k) => {
             tracing::info!(
                 bits = crate::protocol::sha2_auth::GENERATED_KEY_BITS,
                 "generated an RSA key pair for caching_sha2_password (no [auth] rsa_private_key)"
             );
             Some(Arc::new(k))
-        }
-        Ok(Err(e)) => {
-            tracing::error!(error = %e, "no RSA key: caching_sha2_password needs TLS");
-            None
         }
         Err(e) => {
             tracing::error!(error = %e, "no RSA key: caching_sha2_password needs TLS");
