@@ -7,7 +7,7 @@ use std::time::Duration;
 pub use crate::access::{Role, Scope};
 use crate::vschema::VSchema;
 
-/// A user that may log in to shardgate (mysql_native_password).
+/// A user that may log in to shardgate.
 #[derive(Debug, Clone)]
 pub struct User {
     /// Login name.
@@ -25,6 +25,8 @@ pub struct User {
     pub require_tls: bool,
     /// Most sessions of this user at once; None: no limit of its own.
     pub max_connections: Option<usize>,
+    /// The plugin this user authenticates with (`auth_plugin`).
+    pub auth_plugin: crate::protocol::auth::AuthPlugin,
 }
 
 impl User {
@@ -39,6 +41,7 @@ impl User {
             ddl_wait: None,
             require_tls: false,
             max_connections: None,
+            auth_plugin: Default::default(),
         }
     }
 
@@ -122,6 +125,9 @@ pub struct ProxyConfig {
     pub health: crate::health::HealthConfig,
     /// Where operators' intents (DRAIN/UNDRAIN) are kept; None: not kept.
     pub traffic_state_file: Option<std::path::PathBuf>,
+    /// The RSA key for `caching_sha2_password` without TLS (`[auth] rsa_private_key`);
+    /// None: generated at start-up if a user needs it.
+    pub rsa_key: Option<std::sync::Arc<crate::protocol::sha2_auth::RsaKeys>>,
 }
 
 /// The config file, as written (see `docs/configuration.md`).
@@ -156,6 +162,13 @@ struct ConfigFile {
     health: crate::health::HealthFile,
     #[serde(default)]
     traffic: crate::traffic::TrafficFile,
+    auth: Option<AuthFile>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuthFile {
+    rsa_private_key: Option<String>,
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -193,6 +206,7 @@ struct UserFile {
     #[serde(default)]
     require_tls: bool,
     max_connections: Option<usize>,
+    auth_plugin: Option<String>,
 }
 
 #[derive(Debug, Default, serde::Deserialize)]
@@ -229,6 +243,7 @@ impl ProxyConfig {
             limits: LimitsConfig::default(),
             health: crate::health::HealthConfig::default(),
             traffic_state_file: None,
+            rsa_key: None,
         }
     }
 
@@ -358,6 +373,8 @@ impl ProxyConfig {
                 .map_err(|e| format!("{}: user {}: {e}", path.display(), u.name))?;
             access.push((role, scope));
         }
+        let (mut plugins, rsa_key) =
+            auth_settings(&file, base).map_err(|e| format!("{}: {e}", path.display()))?;
         Ok(ProxyConfig {
             health,
             traffic_state_file: traffic.state_file,
@@ -382,12 +399,14 @@ impl ProxyConfig {
                         .map(Duration::from_secs_f64),
                     require_tls: u.require_tls,
                     max_connections: u.max_connections,
+                    auth_plugin: plugins.next().unwrap_or_default(),
                 })
                 .collect(),
             pool,
             max_packet_size: file.max_packet_size.unwrap_or(DEFAULT_MAX_PACKET),
             max_client_connections: file.max_client_connections.unwrap_or(DEFAULT_MAX_CLIENTS),
             vschema,
+            rsa_key,
         })
     }
 }
@@ -435,6 +454,53 @@ fn user_access(u: &UserFile, vschema: &VSchema) -> Result<(Role, Scope), String>
         ));
     }
     Ok((role, Scope::new(u.keyspaces.clone(), u.workspaces.clone())))
+}
+
+/// Each user's `auth_plugin`, in the order of `[[users]]` (an unknown name is an error
+/// that names the user), and the `[auth] rsa_private_key` (a path relative to the
+/// config file), loaded.
+#[allow(clippy::type_complexity)]
+fn auth_settings(
+    file: &ConfigFile,
+    base: &std::path::Path,
+) -> Result<
+    (
+        std::vec::IntoIter<crate::protocol::auth::AuthPlugin>,
+        Option<std::sync::Arc<crate::protocol::sha2_auth::RsaKeys>>,
+    ),
+    String,
+> {
+    use crate::protocol::auth::AuthPlugin;
+    let mut plugins = Vec::with_capacity(file.users.len());
+    for u in &file.users {
+        let plugin = match u.auth_plugin.as_deref() {
+            None => AuthPlugin::default(),
+            Some(name) => AuthPlugin::from_name(name).ok_or_else(|| {
+                format!(
+                    "user {}: unknown auth_plugin {name:?} \
+                     (mysql_native_password or caching_sha2_password)",
+                    u.name
+                )
+            })?,
+        };
+        plugins.push(plugin);
+    }
+    let rsa_key = match file
+        .auth
+        .as_ref()
+        .and_then(|a| a.rsa_private_key.as_deref())
+    {
+        None => None,
+        Some(p) => {
+            let p = base.join(p);
+            let text = std::fs::read_to_string(&p)
+                .map_err(|e| format!("[auth] rsa_private_key {}: {e}", p.display()))?;
+            let keys = crate::protocol::sha2_auth::RsaKeys::from_pem(&text)
+                .map_err(|e| format!("[auth] rsa_private_key {}: {e}", p.display()))?;
+            Some(std::sync::Arc::new(keys))
+        }
+    };
+    Ok((plugins.into_iter(), rsa_key))
 }
 
 /// Limits of the front door: sockets that have not logged in yet, failed logins, and

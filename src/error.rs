@@ -58,6 +58,8 @@ pub mod codes {
     pub const HANDSHAKE: u16 = 1043;
     /// ER_ACCESS_DENIED_ERROR
     pub const ACCESS_DENIED: u16 = 1045;
+    /// ER_NOT_SUPPORTED_AUTH_MODE
+    pub const NOT_SUPPORTED_AUTH_MODE: u16 = 1251;
     /// ER_UNKNOWN_COM_ERROR
     pub const UNKNOWN_COMMAND: u16 = 1047;
     /// ER_BAD_DB_ERROR
@@ -116,6 +118,18 @@ impl ProxyError {
             codes::ACCESS_DENIED,
             b"28000",
             format!("Access denied for user '{user}'@'{host}' (using password: {using})"),
+            Fault::Client,
+        )
+    }
+
+    /// 1251 (08004): the client cannot switch to the user's auth plugin (it did not
+    /// announce `CLIENT_PLUGIN_AUTH`), as MySQL answers such old clients.
+    pub fn auth_mode_not_supported() -> Self {
+        Self::new(
+            codes::NOT_SUPPORTED_AUTH_MODE,
+            b"08004",
+            "Client does not support authentication protocol requested by server; \
+             consider upgrading MySQL client",
             Fault::Client,
         )
     }

@@ -60,11 +60,13 @@ struct ServeArgs {
     #[arg(long, value_name = "ADDR", default_value = shardgate::config::DEFAULT_LISTEN)]
     listen: SocketAddr,
     /// A user clients log in as (with --vschema); repeat for more. A trailing role,
-    /// `:dba` (migration statements) or `:admin` (everything), raises it above `app`.
-    /// Keyspace lists and workspace bindings need a config file.
+    /// `:dba` (migration statements) or `:admin` (everything), raises it above `app`;
+    /// a trailing `:caching_sha2_password` (before or after it) makes the user log in
+    /// with that plugin instead of mysql_native_password. Keyspace lists and workspace
+    /// bindings need a config file.
     #[arg(
         long = "user",
-        value_name = "NAME:PASSWORD[:dba|:admin]",
+        value_name = "NAME:PASSWORD[:dba|:admin][:caching_sha2_password]",
         value_parser = parse_user
     )]
     users: Vec<User>,
@@ -103,23 +105,36 @@ enum VschemaCommand {
     },
 }
 
-/// `NAME:PASSWORD` or `NAME:PASSWORD:admin`. The password is everything between the
-/// first colon and an `:admin` suffix, so it may contain colons itself.
+/// `NAME:PASSWORD`, optionally followed by a role (`:dba`, `:admin`) and/or an auth plugin suffix
+/// (`:caching_sha2_password`, `:mysql_native_password`), in either order. The password
+/// is everything between the first colon and those suffixes, so it may contain colons
+/// itself.
 fn parse_user(spec: &str) -> Result<User, String> {
-    let (rest, role) = match spec.rsplit_once(':') {
-        Some((rest, r)) if rest.contains(':') => match shardgate::access::Role::parse(r) {
-            Some(role) if r != "app" => (rest, role),
-            _ => (spec, shardgate::access::Role::App),
-        },
-        _ => (spec, shardgate::access::Role::App),
-    };
+    use shardgate::access::Role;
+    use shardgate::protocol::auth::AuthPlugin;
+    let mut rest = spec;
+    let mut role = None;
+    let mut plugin = None;
+    while let Some((head, last)) = rest.rsplit_once(':') {
+        // A suffix only if a `NAME:PASSWORD` is left before it.
+        if !head.contains(':') {
+            break;
+        }
+        match (Role::parse(last), AuthPlugin::from_name(last)) {
+            (Some(r), _) if role.is_none() && r != Role::App => role = Some(r),
+            (_, Some(p)) if plugin.is_none() => plugin = Some(p),
+            _ => break,
+        }
+        rest = head;
+    }
     match rest.split_once(':') {
         Some((name, password)) if !name.is_empty() => {
             let mut user = User::new(name, password, false);
-            user.role = role;
+            user.role = role.unwrap_or(Role::App);
+            user.auth_plugin = plugin.unwrap_or_default();
             Ok(user)
         }
-        _ => Err("expected NAME:PASSWORD, NAME:PASSWORD:dba or NAME:PASSWORD:admin".to_string()),
+        _ => Err("expected NAME:PASSWORD[:dba|:admin][:caching_sha2_password]".to_string()),
     }
 }
 
@@ -261,6 +276,25 @@ mod tests {
             ("a:b", shardgate::access::Role::App)
         );
         assert!(parse_user("nopassword").is_err());
+        // Plugin suffixes, in either order with :admin; the default is native.
+        use shardgate::protocol::auth::AuthPlugin;
+        assert_eq!(user.auth_plugin, AuthPlugin::NativePassword);
+        for spec in [
+            "u:p:w:caching_sha2_password:admin",
+            "u:p:w:admin:caching_sha2_password",
+        ] {
+            let u = parse_user(spec).expect(spec);
+            assert_eq!((u.name.as_str(), u.password.as_str()), ("u", "p:w"));
+            assert!(u.role.is_admin());
+            assert_eq!(u.auth_plugin, AuthPlugin::CachingSha2Password);
+        }
+        let u = parse_user("u:pw:mysql_native_password").expect("native");
+        assert_eq!((u.password.as_str(), u.role.is_admin()), ("pw", false));
+        assert_eq!(u.auth_plugin, AuthPlugin::NativePassword);
+        // A password that is only a plugin name stays a password.
+        let u = parse_user("u:caching_sha2_password").expect("password");
+        assert_eq!(u.password, "caching_sha2_password");
+        assert_eq!(u.auth_plugin, AuthPlugin::NativePassword);
         assert!(parse_user(":pw").is_err());
     }
 }

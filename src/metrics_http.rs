@@ -169,6 +169,17 @@ pub fn render(shared: &Shared) -> String {
         "Migrations that failed under this proxy's executor.",
         per(&|s| s.failed.to_string()),
     );
+    let (fast, full) = shared.sha2_cache.counts();
+    metric(
+        "shardgate_caching_sha2_logins_total",
+        "counter",
+        "Passwords caching_sha2_password verified, by path: fast (the cache) or full \
+         (the password over TLS or RSA, which fills the cache).",
+        vec![
+            ("{path=\"fast\"}".to_string(), fast.to_string()),
+            ("{path=\"full\"}".to_string(), full.to_string()),
+        ],
+    );
     out
 }
 

@@ -17,6 +17,7 @@ use crate::admin::ControlPool;
 use crate::backend::{BackendConn, ClusterPool, ConnKey};
 use crate::config::ProxyConfig;
 use crate::migrations::executor::ExecutorStats;
+use crate::protocol::sha2_auth::{PasswordVerifier, RsaKeys, Sha2Cache};
 use crate::protocol::{auth, caps};
 use crate::vschema::VSchema;
 
@@ -33,6 +34,10 @@ pub struct UserEntry {
     pub ddl_wait: Option<Duration>,
     /// May log in only over TLS.
     pub require_tls: bool,
+    /// The plugin this user authenticates with.
+    pub auth_plugin: auth::AuthPlugin,
+    /// Checks a password sent in full (`caching_sha2_password` users with a password).
+    pub sha2_verifier: Option<PasswordVerifier>,
 }
 
 /// What routing needs, as one consistent snapshot.
@@ -82,6 +87,14 @@ pub struct Shared {
     sessions: Mutex<HashMap<u32, Arc<SessionHandle>>>,
     /// Pending-login and client slots, the login throttle.
     pub door: crate::frontdoor::FrontDoor,
+    /// `caching_sha2_password`'s fast-authentication cache (empty at start).
+    pub sha2_cache: Sha2Cache,
+    /// The RSA key for `caching_sha2_password` without TLS: the configured one, or one
+    /// generated at start-up when a user needs it; None when no user does.
+    pub rsa_key: Option<Arc<RsaKeys>>,
+    /// The plugin the greeting names: `caching_sha2_password` when every user has it
+    /// (so clients start with it and need no auth switch), else `mysql_native_password`.
+    pub greeting_plugin: auth::AuthPlugin,
 }
 
 impl Shared {
@@ -112,6 +125,10 @@ impl Shared {
                         scope: Arc::new(u.scope.clone()),
                         ddl_wait: u.ddl_wait,
                         require_tls: u.require_tls,
+                        auth_plugin: u.auth_plugin,
+                        sha2_verifier: (u.auth_plugin == auth::AuthPlugin::CachingSha2Password
+                            && !u.password.is_empty())
+                        .then(|| PasswordVerifier::new(u.password.as_bytes())),
                     },
                 )
             })
@@ -120,6 +137,17 @@ impl Shared {
             vs.clusters.values(),
             config.admin_cluster_timeout,
         ));
+        let rsa_key = rsa_key(&config).await;
+        let greeting_plugin = if !config.users.is_empty()
+            && config
+                .users
+                .iter()
+                .all(|u| u.auth_plugin == auth::AuthPlugin::CachingSha2Password)
+        {
+            auth::AuthPlugin::CachingSha2Password
+        } else {
+            auth::AuthPlugin::NativePassword
+        };
         let probe = probe_backends(&vs).await;
         let door = crate::frontdoor::FrontDoor::new(&config.limits, config.max_client_connections);
         Arc::new(Shared {
@@ -140,6 +168,9 @@ impl Shared {
             sessions: Mutex::new(HashMap::new()),
             executor_stats: Mutex::new(Vec::new()),
             clients: AtomicI64::new(0),
+            sha2_cache: Sha2Cache::default(),
+            rsa_key,
+            greeting_plugin,
         })
     }
 
@@ -285,6 +316,40 @@ impl SessionHandle {
     /// Records that the statement ended (before its connection goes back to the pool).
     pub async fn statement_ended(&self) {
         self.running.lock().await.thread_id = 0;
+    }
+}
+
+/// The configured RSA key; else, if a user logs in with `caching_sha2_password`, a new
+/// one (clients without TLS need one for full authentication, and MySQL makes its own
+/// too). None if generating fails: such clients are then refused, TLS ones still work.
+async fn rsa_key(config: &ProxyConfig) -> Option<Arc<RsaKeys>> {
+    if let Some(k) = &config.rsa_key {
+        return Some(k.clone());
+    }
+    if !config
+        .users
+        .iter()
+        .any(|u| u.auth_plugin == auth::AuthPlugin::CachingSha2Password)
+    {
+        return None;
+    }
+    // Key generation takes a while of CPU: off the async workers.
+    let generated = tokio::task::spawn_blocking(RsaKeys::generate)
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|k| k);
+    match generated {
+        Ok(k) => {
+            tracing::info!(
+                bits = crate::protocol::sha2_auth::GENERATED_KEY_BITS,
+                "generated an RSA key pair for caching_sha2_password (no [auth] rsa_private_key)"
+            );
+            Some(Arc::new(k))
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "no RSA key: caching_sha2_password needs TLS");
+            None
+        }
     }
 }
 

@@ -40,6 +40,7 @@ async fn a_hanging_cluster_fails_its_own_statements_and_never_the_others() {
         // loaded 2-core machine; the hanging statement still ends well within 10 s.
         query_timeout: Some(Duration::from_millis(4000)),
         idle_timeout: Duration::from_secs(300),
+        ..PoolConfig::default()
     };
     let proxy = common::start_proxy_with(vs, pool).await;
     let addr = proxy.addr.to_string();

@@ -17,6 +17,7 @@ fn pool(max: usize, checkout_ms: u64, query_timeout: Option<Duration>) -> PoolCo
         connect_timeout: Duration::from_secs(3),
         query_timeout,
         idle_timeout: Duration::from_secs(300),
+        ..PoolConfig::default()
     }
 }
 

@@ -6,7 +6,8 @@
 
 mod common;
 
-use std::path::PathBuf;
+use common::{test_cert, unsharded, TestCert};
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,42 +21,6 @@ use shardgate::protocol::{caps, wire};
 use shardgate::vschema::VSchema;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-
-/// A self-signed certificate for 127.0.0.1 and localhost, written as PEM files.
-struct TestCert {
-    _dir: tempfile::TempDir,
-    cert: PathBuf,
-    key: PathBuf,
-}
-
-fn test_cert() -> TestCert {
-    let certified =
-        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string(), "localhost".into()])
-            .expect("generate a self-signed certificate");
-    let dir = tempfile::tempdir().expect("temp dir");
-    let cert = dir.path().join("cert.pem");
-    let key = dir.path().join("key.pem");
-    std::fs::write(&cert, certified.cert.pem()).expect("write cert");
-    std::fs::write(&key, certified.key_pair.serialize_pem()).expect("write key");
-    TestCert {
-        _dir: dir,
-        cert,
-        key,
-    }
-}
-
-/// One unsharded keyspace `app` on the first server.
-fn unsharded(servers: &[shardgate::demo::localdb::LocalMariaDb]) -> VSchema {
-    servers[0]
-        .sql("CREATE DATABASE IF NOT EXISTS app")
-        .expect("db");
-    let toml = format!(
-        "[clusters.c1]\nprimary = \"{}\"\nuser = \"shardgate\"\npassword = \"shardgate\"\n\
-         [keyspaces.app]\ncluster = \"c1\"\n",
-        servers[0].addr()
-    );
-    VSchema::from_toml_str(&toml).expect("vschema")
-}
 
 /// The test users plus `secure`/`secure`, who may log in only over TLS.
 fn users() -> Vec<User> {

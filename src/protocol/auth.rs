@@ -1,12 +1,44 @@
 //! `mysql_native_password`: the client proves it knows the password by sending
 //! `SHA1(password) XOR SHA1(scramble + SHA1(SHA1(password)))`. The server keeps only
-//! `SHA1(SHA1(password))`.
+//! `SHA1(SHA1(password))`. The other plugin, `caching_sha2_password`, is in
+//! [`super::sha2_auth`].
 
 use rand::Rng;
 use sha1::{Digest, Sha1};
 
-/// Name of the only auth plugin shardgate speaks.
+/// Name of the default auth plugin (the greeting offers it).
 pub const NATIVE_PASSWORD: &str = "mysql_native_password";
+/// Name of MySQL 8's default plugin, which shardgate also speaks.
+pub const CACHING_SHA2_PASSWORD: &str = "caching_sha2_password";
+
+/// The plugin a user logs in with (config `auth_plugin`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AuthPlugin {
+    /// `mysql_native_password` (SHA1 scramble).
+    #[default]
+    NativePassword,
+    /// `caching_sha2_password` (SHA256 scramble, cache, full authentication).
+    CachingSha2Password,
+}
+
+impl AuthPlugin {
+    /// The plugin's name on the wire and in the config.
+    pub fn name(self) -> &'static str {
+        match self {
+            AuthPlugin::NativePassword => NATIVE_PASSWORD,
+            AuthPlugin::CachingSha2Password => CACHING_SHA2_PASSWORD,
+        }
+    }
+
+    /// The plugin called `name`; None for a plugin shardgate does not speak.
+    pub fn from_name(name: &str) -> Option<AuthPlugin> {
+        match name {
+            NATIVE_PASSWORD => Some(AuthPlugin::NativePassword),
+            CACHING_SHA2_PASSWORD => Some(AuthPlugin::CachingSha2Password),
+            _ => None,
+        }
+    }
+}
 
 /// A 20-byte scramble of printable, non-NUL bytes (some clients treat it as a C string).
 pub fn new_scramble() -> [u8; 20] {

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod handshake;
 pub mod packet;
 pub mod relay;
+pub mod sha2_auth;
 pub mod tls;
 pub mod wire;
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use crate::backend::ConnKey;
 use crate::error::ProxyError;
 use crate::frontdoor::LogSafe;
-use crate::protocol::auth::{self, NATIVE_PASSWORD};
+use crate::protocol::auth::{self, AuthPlugin, NATIVE_PASSWORD};
 use crate::protocol::handshake::{self, Greeting};
 use crate::protocol::packet::{PacketConn, ReadError};
 use crate::protocol::tls::{self, ClientStream};
@@ -17,6 +17,8 @@ use crate::protocol::{caps, status};
 use crate::router::{self, DbContext, Dispatch};
 use crate::shared::Shared;
 use crate::vschema::VSchema;
+
+use super::sha2_login::{self, Verdict};
 
 /// What a successful login established.
 pub(super) struct Login {
@@ -51,7 +53,7 @@ pub(super) async fn login(
             | shared.config.tls.as_ref().map_or(0, |_| caps::SSL),
         collation: shared.default_collation,
         status: status::AUTOCOMMIT,
-        auth_plugin: NATIVE_PASSWORD.to_string(),
+        auth_plugin: shared.greeting_plugin.name().to_string(),
         ext_capabilities: shared.offered_ext_capabilities,
     };
     client
@@ -109,36 +111,84 @@ pub(super) async fn login(
             .await;
         return None;
     };
+    let entry = shared.users.get(&resp.user);
+    // A client without CLIENT_PLUGIN_AUTH answered for mysql_native_password.
+    let client_plugin = resp.auth_plugin.as_deref().unwrap_or(NATIVE_PASSWORD);
+    // The user's plugin. For a name nobody has, the greeting's: the exchange is then
+    // the one of every user with that plugin (most users, or all), so it does not
+    // tell unknown names apart from them.
+    let plugin = entry.map_or(shared.greeting_plugin, |u| u.auth_plugin);
     let mut token = resp.auth_response.clone();
-    if resp
-        .auth_plugin
-        .as_deref()
-        .is_some_and(|p| p != NATIVE_PASSWORD)
-    {
-        // The client computed its answer for another plugin: ask again in ours.
-        let switch = handshake::build_auth_switch(NATIVE_PASSWORD, &scramble);
+    let mut scramble = scramble;
+    if client_plugin != plugin.name() {
+        if resp.capabilities & caps::PLUGIN_AUTH == 0 {
+            // It could not follow an auth switch.
+            let e = ProxyError::auth_mode_not_supported();
+            let _ = client.send(seq, &wire::proxy_err_payload(&e)).await;
+            return None;
+        }
+        // The client computed its answer for another plugin: ask again in the user's,
+        // with a fresh nonce, as MySQL does.
+        scramble = auth::new_scramble();
+        let switch = handshake::build_auth_switch(plugin.name(), &scramble);
         client.send(seq, &switch).await.ok()?;
-        let (s, reply) = client.read_packet(64 * 1024).await.ok()?;
-        seq = s.wrapping_add(1);
-        token = reply.to_vec();
+        match sha2_login::read_auth_packet(client, &mut seq).await {
+            Ok(reply) => token = reply.to_vec(),
+            Err(Verdict::Malformed) => {
+                let _ = client
+                    .send(seq, &wire::proxy_err_payload(&ProxyError::bad_handshake()))
+                    .await;
+                return None;
+            }
+            Err(_) => return None,
+        }
     }
     let host = peer.ip().to_string();
     let door = &shared.door;
-    // Throttled: every attempt waits, right or wrong, so its timing tells nothing.
+    // Throttled: every attempt waits, right or wrong, so its timing tells nothing. The
+    // wait comes before any answer that depends on the password (caching_sha2's fast
+    // path answers at once).
     tokio::time::sleep(door.login_delay(peer.ip(), &resp.user, started)).await;
-    let user = shared.users.get(&resp.user);
-    let ok = user.is_some_and(|u| auth::verify_native(&token, &scramble, u.password_hash.as_ref()));
-    if !ok {
-        tracing::info!(user = %LogSafe(&resp.user), %peer, "access denied");
-        let now = tokio::time::Instant::now();
-        crate::frontdoor::log_notices(door.throttle.record_failure(peer.ip(), &resp.user, now));
-        let e = ProxyError::access_denied(&resp.user, &host, !token.is_empty());
-        let _ = client.send(seq, &wire::proxy_err_payload(&e)).await;
-        return None;
+    let verdict = match plugin {
+        AuthPlugin::NativePassword => {
+            if entry
+                .is_some_and(|u| auth::verify_native(&token, &scramble, u.password_hash.as_ref()))
+            {
+                Verdict::Ok
+            } else {
+                Verdict::Denied {
+                    using_password: !token.is_empty(),
+                }
+            }
+        }
+        AuthPlugin::CachingSha2Password => {
+            sha2_login::authenticate(
+                shared, client, &mut seq, &resp.user, entry, &token, &scramble,
+            )
+            .await
+        }
+    };
+    match verdict {
+        Verdict::Ok => {}
+        Verdict::Denied { using_password } => {
+            tracing::info!(user = %LogSafe(&resp.user), %peer, "access denied");
+            let now = tokio::time::Instant::now();
+            crate::frontdoor::log_notices(door.throttle.record_failure(peer.ip(), &resp.user, now));
+            let e = ProxyError::access_denied(&resp.user, &host, using_password);
+            let _ = client.send(seq, &wire::proxy_err_payload(&e)).await;
+            return None;
+        }
+        Verdict::Malformed => {
+            let _ = client
+                .send(seq, &wire::proxy_err_payload(&ProxyError::bad_handshake()))
+                .await;
+            return None;
+        }
+        Verdict::Gone => return None,
     }
     door.throttle.record_success(peer.ip(), &resp.user);
     let capabilities = resp.capabilities & caps::SERVER_OFFERED;
-    if user.is_some_and(|u| u.require_tls) && !client.io.is_tls() {
+    if entry.is_some_and(|u| u.require_tls) && !client.io.is_tls() {
         tracing::info!(user = %LogSafe(&resp.user), %peer, "refused: user requires TLS");
         let e = ProxyError::insecure_transport(Some(&resp.user));
         let _ = client.send(seq, &wire::proxy_err_payload(&e)).await;

@@ -28,6 +28,7 @@ mod kill;
 mod leases;
 mod login;
 mod schema;
+mod sha2_login;
 mod state;
 mod statement;
 

@@ -604,3 +604,41 @@ pub fn vschema_with_messages(servers: &[LocalMariaDb]) -> String {
     }
     toml
 }
+
+/// A self-signed certificate for 127.0.0.1 and localhost, written as PEM files.
+pub struct TestCert {
+    _dir: tempfile::TempDir,
+    /// The certificate (also the CA clients verify against).
+    pub cert: PathBuf,
+    /// Its private key.
+    pub key: PathBuf,
+}
+
+pub fn test_cert() -> TestCert {
+    let certified =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string(), "localhost".into()])
+            .expect("generate a self-signed certificate");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cert = dir.path().join("cert.pem");
+    let key = dir.path().join("key.pem");
+    std::fs::write(&cert, certified.cert.pem()).expect("write cert");
+    std::fs::write(&key, certified.key_pair.serialize_pem()).expect("write key");
+    TestCert {
+        _dir: dir,
+        cert,
+        key,
+    }
+}
+
+/// One unsharded keyspace `app` on the first server.
+pub fn unsharded(servers: &[LocalMariaDb]) -> VSchema {
+    servers[0]
+        .sql("CREATE DATABASE IF NOT EXISTS app")
+        .expect("db");
+    let toml = format!(
+        "[clusters.c1]\nprimary = \"{}\"\nuser = \"shardgate\"\npassword = \"shardgate\"\n\
+         [keyspaces.app]\ncluster = \"c1\"\n",
+        servers[0].addr()
+    );
+    VSchema::from_toml_str(&toml).expect("vschema")
+}
