@@ -102,8 +102,8 @@ impl ClusterStats {
         }
     }
 
-    /// The last ten seconds.
-    pub fn window(&self) -> WindowSummary {
+    /// The last ten seconds' latency buckets and error count.
+    fn recent(&self) -> ([u64; BUCKETS], u64) {
         let now_second = Instant::now().duration_since(self.origin).as_secs();
         let mut buckets = [0u64; BUCKETS];
         let mut errors = 0;
@@ -117,21 +117,23 @@ impl ClusterStats {
             }
             errors += slot.errors.load(Ordering::Relaxed);
         }
+        (buckets, errors)
+    }
+
+    /// The last ten seconds.
+    pub fn window(&self) -> WindowSummary {
+        let (buckets, errors) = self.recent();
         let count: u64 = buckets.iter().sum();
-        let p99 = (count > 0).then(|| {
-            let rank = (count * 99).div_ceil(100);
-            let mut seen = 0;
-            let mut bound = *BOUNDS_US.last().unwrap_or(&0) * 2;
-            for (i, n) in buckets.iter().enumerate() {
-                seen += n;
-                if seen >= rank {
-                    bound = BOUNDS_US.get(i).copied().unwrap_or(bound);
-                    break;
-                }
-            }
-            Duration::from_micros(bound)
-        });
-        WindowSummary { count, errors, p99 }
+        WindowSummary {
+            count,
+            errors,
+            p99: quantile(&buckets, 0.99),
+        }
+    }
+
+    /// The `q` quantile (0-1) of the last ten seconds' latencies (bucket upper bound).
+    pub fn percentile(&self, q: f64) -> Option<Duration> {
+        quantile(&self.recent().0, q)
     }
 
     /// Share of failed statements in the window (None without statements).
@@ -139,6 +141,25 @@ impl ClusterStats {
         let w = self.window();
         (w.count > 0).then(|| w.errors as f64 / w.count as f64)
     }
+}
+
+/// The upper bound of the bucket that holds the `q` quantile; None when empty.
+fn quantile(buckets: &[u64; BUCKETS], q: f64) -> Option<Duration> {
+    let count: u64 = buckets.iter().sum();
+    if count == 0 {
+        return None;
+    }
+    let rank = ((count as f64 * q.clamp(0.0, 1.0)).ceil() as u64).max(1);
+    let mut seen = 0;
+    let mut bound = *BOUNDS_US.last().unwrap_or(&0) * 2;
+    for (i, n) in buckets.iter().enumerate() {
+        seen += n;
+        if seen >= rank {
+            bound = BOUNDS_US.get(i).copied().unwrap_or(bound);
+            break;
+        }
+    }
+    Some(Duration::from_micros(bound))
 }
 
 #[cfg(test)]

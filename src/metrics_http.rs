@@ -84,6 +84,82 @@ pub fn render(shared: &Shared) -> String {
             .collect(),
     );
     metric(
+        "shardgate_cluster_health",
+        "gauge",
+        "1 for the cluster's health state now (healthy, degraded, down), 0 for the others.",
+        pools
+            .iter()
+            .flat_map(|(c, p)| {
+                let now = p.health.get();
+                [
+                    crate::health::Health::Healthy,
+                    crate::health::Health::Degraded,
+                    crate::health::Health::Down,
+                ]
+                .map(|h| {
+                    (
+                        format!("{{cluster=\"{}\",state=\"{}\"}}", escape(c), h.name()),
+                        u8::from(h == now).to_string(),
+                    )
+                })
+            })
+            .collect(),
+    );
+    metric(
+        "shardgate_cluster_health_changes_total",
+        "counter",
+        "Changes of the cluster's health state since start.",
+        pools
+            .iter()
+            .map(|(c, p)| (label(c), p.health.snapshot().transitions.to_string()))
+            .collect(),
+    );
+    metric(
+        "shardgate_cluster_intent",
+        "gauge",
+        "1 for what operators want of the cluster now (serving, draining, drained), 0 for the others.",
+        pools
+            .iter()
+            .flat_map(|(c, p)| {
+                let now = p.traffic.intent();
+                [
+                    crate::traffic::Intent::Serving,
+                    crate::traffic::Intent::Draining,
+                    crate::traffic::Intent::Drained,
+                ]
+                .map(|i| {
+                    (
+                        format!("{{cluster=\"{}\",intent=\"{}\"}}", escape(c), i.name()),
+                        u8::from(i == now).to_string(),
+                    )
+                })
+            })
+            .collect(),
+    );
+    metric(
+        "shardgate_cluster_buffered",
+        "gauge",
+        "Statements waiting in the cluster's buffer now.",
+        pools
+            .iter()
+            .map(|(c, p)| {
+                (
+                    label(c),
+                    p.traffic.buffered.load(Ordering::Relaxed).to_string(),
+                )
+            })
+            .collect(),
+    );
+    metric(
+        "shardgate_cluster_in_flight",
+        "gauge",
+        "Backend connections leased now (statements running, sessions holding one).",
+        pools
+            .iter()
+            .map(|(c, p)| (label(c), p.leased().to_string()))
+            .collect(),
+    );
+    metric(
         "shardgate_pool_connections",
         "gauge",
         "Backend connections by state.",

@@ -10,6 +10,7 @@
 
 pub mod control;
 pub mod migrations;
+pub mod traffic;
 
 pub use control::{ClusterFailure, ControlConn, ControlPool, DEFAULT_CLUSTER_TIMEOUT};
 pub use migrations::{alter_migration, show_migrations};
@@ -30,6 +31,34 @@ pub enum AdminStatement {
         /// What to do.
         request: Request,
     },
+    /// `SHOW CLUSTERS`
+    ShowClusters,
+    /// `DRAIN CLUSTER c [WAIT n SECONDS]`
+    Drain {
+        /// The cluster.
+        cluster: String,
+        /// How long running statements and open transactions may take to finish.
+        wait: std::time::Duration,
+    },
+    /// `UNDRAIN CLUSTER c`
+    Undrain {
+        /// The cluster.
+        cluster: String,
+    },
+}
+
+/// How long `DRAIN CLUSTER` waits for running work without `WAIT n SECONDS`.
+pub const DEFAULT_DRAIN_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+impl AdminStatement {
+    /// Whether only admin users may run it (traffic control); the others need role
+    /// `dba` or above.
+    pub fn needs_admin(&self) -> bool {
+        matches!(
+            self,
+            AdminStatement::Drain { .. } | AdminStatement::Undrain { .. }
+        )
+    }
 }
 
 /// Recognizes shardgate's admin statements (case-insensitive, optional trailing `;`).
@@ -42,8 +71,11 @@ pub fn parse_admin(sql: &str) -> Option<Result<AdminStatement, ProxyError>> {
     let (Some(verb), Some(noun)) = (first_two.next(), first_two.next()) else {
         return None;
     };
-    let admin = (verb.eq_ignore_ascii_case("SHOW") && noun.eq_ignore_ascii_case("MIGRATIONS"))
-        || (verb.eq_ignore_ascii_case("ALTER") && noun.eq_ignore_ascii_case("MIGRATION"));
+    let admin = (verb.eq_ignore_ascii_case("SHOW")
+        && (noun.eq_ignore_ascii_case("MIGRATIONS") || noun.eq_ignore_ascii_case("CLUSTERS")))
+        || (verb.eq_ignore_ascii_case("ALTER") && noun.eq_ignore_ascii_case("MIGRATION"))
+        || ((verb.eq_ignore_ascii_case("DRAIN") || verb.eq_ignore_ascii_case("UNDRAIN"))
+            && noun.eq_ignore_ascii_case("CLUSTER"));
     if !admin {
         return None;
     }
@@ -58,6 +90,32 @@ pub fn parse_admin(sql: &str) -> Option<Result<AdminStatement, ProxyError>> {
             None => bad("SHOW MIGRATIONS LIKE needs a quoted pattern"),
         },
         ["SHOW", "MIGRATIONS", ..] => bad("usage: SHOW MIGRATIONS [LIKE 'pattern']"),
+        ["SHOW", "CLUSTERS"] => Some(Ok(AdminStatement::ShowClusters)),
+        ["SHOW", "CLUSTERS", ..] => bad("usage: SHOW CLUSTERS"),
+        ["DRAIN", "CLUSTER", _] => Some(Ok(AdminStatement::Drain {
+            cluster: name(orig[2]),
+            wait: DEFAULT_DRAIN_WAIT,
+        })),
+        ["DRAIN", "CLUSTER", _, "WAIT", n, "SECONDS" | "SECOND"] => {
+            match n
+                .parse::<f64>()
+                .ok()
+                .filter(|s| s.is_finite() && *s >= 0.0 && *s <= 86_400.0)
+            {
+                Some(s) => Some(Ok(AdminStatement::Drain {
+                    cluster: name(orig[2]),
+                    wait: std::time::Duration::from_secs_f64(s),
+                })),
+                None => {
+                    bad("DRAIN CLUSTER ... WAIT n SECONDS: n is a number of seconds (0 to 86400)")
+                }
+            }
+        }
+        ["DRAIN", ..] => bad("usage: DRAIN CLUSTER name [WAIT n SECONDS]"),
+        ["UNDRAIN", "CLUSTER", _] => Some(Ok(AdminStatement::Undrain {
+            cluster: name(orig[2]),
+        })),
+        ["UNDRAIN", ..] => bad("usage: UNDRAIN CLUSTER name"),
         ["ALTER", "MIGRATION", rest @ ..] => {
             let usage = "usage: ALTER MIGRATION 'uuid' | ALL [ON CLUSTER name] PAUSE | RESUME | CANCEL | RETRY | COMPLETE";
             let Some((verb, middle)) = rest.split_last() else {
@@ -88,6 +146,12 @@ pub fn parse_admin(sql: &str) -> Option<Result<AdminStatement, ProxyError>> {
     }
 }
 
+/// A cluster name as written: bare, or in backquotes or quotes.
+fn name(s: &str) -> String {
+    s.trim_matches(|c| c == '`' || c == '\'' || c == '"')
+        .to_string()
+}
+
 fn unquote(s: &str) -> Option<String> {
     let inner = s
         .strip_prefix('\'')
@@ -99,6 +163,45 @@ fn unquote(s: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn traffic_statements_parse() {
+        use std::time::Duration;
+        assert_eq!(
+            parse_admin("show clusters;").and_then(Result::ok),
+            Some(AdminStatement::ShowClusters)
+        );
+        assert_eq!(
+            parse_admin("DRAIN CLUSTER `c1`").and_then(Result::ok),
+            Some(AdminStatement::Drain {
+                cluster: "c1".into(),
+                wait: DEFAULT_DRAIN_WAIT
+            })
+        );
+        assert_eq!(
+            parse_admin("drain cluster c2 wait 2.5 seconds").and_then(Result::ok),
+            Some(AdminStatement::Drain {
+                cluster: "c2".into(),
+                wait: Duration::from_millis(2500)
+            })
+        );
+        assert_eq!(
+            parse_admin("UNDRAIN CLUSTER 'c1'").and_then(Result::ok),
+            Some(AdminStatement::Undrain {
+                cluster: "c1".into()
+            })
+        );
+        for bad in [
+            "DRAIN CLUSTER",
+            "DRAIN CLUSTER c1 WAIT x SECONDS",
+            "SHOW CLUSTERS NOW",
+            "UNDRAIN CLUSTER a b",
+        ] {
+            assert!(matches!(parse_admin(bad), Some(Err(_))), "{bad}");
+        }
+        assert!(parse_admin("SHOW TABLES").is_none());
+        assert!(parse_admin("DRAIN").is_none());
+    }
 
     #[test]
     fn admin_statements_parse() {

@@ -106,16 +106,53 @@ impl Session {
         }
     }
 
+    /// The answer to `DRAIN`/`UNDRAIN CLUSTER`: one row, the cluster and what happened.
+    async fn traffic_answer(&mut self, cluster: &str, r: Result<String, ProxyError>) -> Answered {
+        match r {
+            Ok(message) => {
+                let row = vec![
+                    Some(cluster.as_bytes().to_vec()),
+                    Some(message.into_bytes()),
+                ];
+                self.send_result_set(&["Cluster", "Message"], vec![row])
+                    .await
+            }
+            Err(e) => self.send_error(&e).await,
+        }
+    }
+
     pub(super) async fn admin_statement(
         &mut self,
         vs: &VSchema,
         parsed: Result<crate::admin::AdminStatement, ProxyError>,
     ) -> Answered {
+        let needs_admin = parsed.as_ref().is_ok_and(|s| s.needs_admin());
+        if needs_admin && !self.admin {
+            let e = ProxyError::admin_statement(
+                &self.user,
+                "traffic control (DRAIN CLUSTER, UNDRAIN CLUSTER)",
+            );
+            return self.send_error(&e).await;
+        }
         if !self.role.runs_migrations() {
             let e = ProxyError::migrations_role(&self.user, self.role.name());
             return self.send_error(&e).await;
         }
         match parsed {
+            Ok(crate::admin::AdminStatement::ShowClusters) => {
+                let rows = crate::admin::traffic::show_clusters(&self.shared);
+                self.send_result_set(&crate::admin::traffic::CLUSTER_COLUMNS, rows)
+                    .await
+            }
+            Ok(crate::admin::AdminStatement::Drain { cluster, wait }) => {
+                let r =
+                    crate::admin::traffic::drain(&self.shared, &cluster, wait, &self.user).await;
+                self.traffic_answer(&cluster, r).await
+            }
+            Ok(crate::admin::AdminStatement::Undrain { cluster }) => {
+                let r = crate::admin::traffic::undrain(&self.shared, &cluster, &self.user);
+                self.traffic_answer(&cluster, r).await
+            }
             Err(e) => self.send_error(&e).await,
             Ok(crate::admin::AdminStatement::ShowMigrations(pattern)) => {
                 match crate::admin::show_migrations(&self.shared.control, vs, pattern.as_deref())

@@ -1,0 +1,200 @@
+//! `SHOW CLUSTERS`, `DRAIN CLUSTER` and `UNDRAIN CLUSTER` (`docs/traffic.md`).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::error::ProxyError;
+use crate::shared::{Runtime, Shared};
+use crate::traffic::Intent;
+
+/// One result row.
+pub type Row = Vec<Option<Vec<u8>>>;
+
+/// The columns of `SHOW CLUSTERS`.
+pub const CLUSTER_COLUMNS: [&str; 16] = [
+    "Cluster",
+    "Primary",
+    "Health",
+    "Intent",
+    "Reason",
+    "Since_s",
+    "P50_ms",
+    "P99_ms",
+    "Error_rate",
+    "Statements_10s",
+    "In_flight",
+    "Pool_open",
+    "Pool_idle",
+    "Buffered",
+    "Probe_ms",
+    "Threads_running",
+];
+
+/// One row per cluster of the vschema in force: health, intent and why, the last ten
+/// seconds of traffic, the pool, the buffer, the last probe.
+pub fn show_clusters(shared: &Shared) -> Vec<Row> {
+    let rt = shared.runtime();
+    let now = Instant::now();
+    let mut rows = Vec::new();
+    for c in rt.vschema.clusters.values() {
+        let Some(pool) = rt.pool(&c.name) else {
+            continue;
+        };
+        let h = pool.health.snapshot();
+        let intent = pool.traffic.intent();
+        let detail = pool.traffic.detail();
+        let w = pool.stats.window();
+        let (open, idle) = pool.counts();
+        // Intent explains more than health when an operator acted.
+        let (reason, since) = if intent != Intent::Serving {
+            let ago = unix_now().saturating_sub(detail.since);
+            (detail.reason, ago)
+        } else {
+            (
+                h.reason.clone(),
+                now.saturating_duration_since(h.since).as_secs(),
+            )
+        };
+        let ms = |d: Option<Duration>| d.map(|d| format!("{:.1}", d.as_secs_f64() * 1000.0));
+        let text = |s: String| Some(s.into_bytes());
+        rows.push(vec![
+            text(c.name.clone()),
+            text(c.primary.clone()),
+            text(h.state.name().to_string()),
+            text(intent.name().to_string()),
+            text(reason),
+            text(since.to_string()),
+            ms(pool.stats.percentile(0.50)).map(String::into_bytes),
+            ms(w.p99).map(String::into_bytes),
+            text(match w.count {
+                0 => "0".to_string(),
+                n => format!("{:.3}", w.errors as f64 / n as f64),
+            }),
+            text(w.count.to_string()),
+            text(pool.leased().to_string()),
+            text(open.to_string()),
+            text(idle.to_string()),
+            text(
+                pool.traffic
+                    .buffered
+                    .load(std::sync::atomic::Ordering::Relaxed)
+                    .to_string(),
+            ),
+            ms(h.last_probe.as_ref().map(|p| p.took)).map(String::into_bytes),
+            h.last_probe
+                .and_then(|p| p.threads_running)
+                .map(|n| n.to_string().into_bytes()),
+        ]);
+    }
+    rows
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn known_pool(rt: &Runtime, cluster: &str) -> Result<Arc<crate::backend::ClusterPool>, ProxyError> {
+    rt.pool(cluster).cloned().ok_or_else(|| {
+        ProxyError::unroutable(format!(
+            "shardgate: there is no cluster '{cluster}' (SHOW CLUSTERS lists them)"
+        ))
+    })
+}
+
+/// Keeps the intents in the state file, if there is one; an error names the file.
+fn persist(shared: &Shared, rt: &Runtime) -> Result<(), ProxyError> {
+    let Some(path) = &shared.config.traffic_state_file else {
+        return Ok(());
+    };
+    crate::traffic::save_state(
+        path,
+        rt.pools
+            .iter()
+            .filter(|(_, p)| p.traffic.intent() != Intent::Serving || p.traffic.detail().since != 0)
+            .map(|(name, p)| (name.as_str(), &p.traffic)),
+    )
+    .map_err(|e| ProxyError::internal(&format!("the intent is set but could not be kept: {e}")))
+}
+
+/// `DRAIN CLUSTER c [WAIT n SECONDS]`: no new statement starts on `cluster`; statements
+/// running and open transactions get until `wait` to finish; what is left then is
+/// closed (its backend connections killed, so open transactions roll back and their
+/// clients learn it). Returns the summary for the OK packet's info.
+pub async fn drain(
+    shared: &Shared,
+    cluster: &str,
+    wait: Duration,
+    by: &str,
+) -> Result<String, ProxyError> {
+    let rt = shared.runtime();
+    let pool = known_pool(&rt, cluster)?;
+    let started = Instant::now();
+    pool.traffic
+        .set(Intent::Draining, &format!("DRAIN CLUSTER by {by}"));
+    persist(shared, &rt)?;
+    tracing::warn!(%cluster, by, wait_s = wait.as_secs_f64(), "draining cluster");
+    pool.close_idle();
+    let deadline = started + wait;
+    while pool.leased() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let left = pool.leased_threads();
+    let mut killed = 0;
+    if !left.is_empty() {
+        let c = pool.cluster.clone();
+        let ids = left.clone();
+        let r = shared
+            .control
+            .on_one(&c, |mut conn| async move {
+                let mut n = 0;
+                for id in ids {
+                    // Gone already: 1094, which is fine.
+                    if conn
+                        .sql()
+                        .execute(&format!("KILL CONNECTION {id}"))
+                        .await
+                        .is_ok()
+                    {
+                        n += 1;
+                    }
+                }
+                conn.release();
+                Ok(n)
+            })
+            .await;
+        match r {
+            Ok(n) => killed = n,
+            Err(f) => {
+                tracing::warn!(%cluster, reason = %f.reason, "drain could not kill the connections left")
+            }
+        }
+    }
+    pool.close_idle();
+    pool.traffic
+        .set(Intent::Drained, &format!("DRAIN CLUSTER by {by}"));
+    persist(shared, &rt)?;
+    let took = started.elapsed().as_secs_f64();
+    tracing::warn!(%cluster, killed, took_s = took, "cluster drained");
+    Ok(format!(
+        "cluster {cluster} drained in {took:.1} s: {} backend connection(s) still in use at the deadline, {killed} killed",
+        left.len()
+    ))
+}
+
+/// `UNDRAIN CLUSTER c`: the cluster serves again.
+pub fn undrain(shared: &Shared, cluster: &str, by: &str) -> Result<String, ProxyError> {
+    let rt = shared.runtime();
+    let pool = known_pool(&rt, cluster)?;
+    let before = pool.traffic.intent();
+    pool.traffic
+        .set(Intent::Serving, &format!("UNDRAIN CLUSTER by {by}"));
+    persist(shared, &rt)?;
+    tracing::warn!(%cluster, by, "cluster serving again");
+    Ok(format!(
+        "cluster {cluster} serving (was {}); health {}",
+        before.name(),
+        pool.health.get().name()
+    ))
+}
