@@ -115,7 +115,7 @@ fn persist(shared: &Shared, rt: &Runtime) -> Result<(), ProxyError> {
             .filter(|(_, p)| p.traffic.intent() != Intent::Serving || p.traffic.detail().since != 0)
             .map(|(name, p)| (name.as_str(), &p.traffic)),
     )
-    .map_err(|e| ProxyError::internal(&format!("the intent is set but could not be kept: {e}")))
+    .map_err(|e| ProxyError::internal(format!("the intent is set but could not be kept: {e}")))
 }
 
 /// `DRAIN CLUSTER c [WAIT n SECONDS]`: no new statement starts on `cluster`; statements
