@@ -102,6 +102,14 @@ impl ClusterStats {
         }
     }
 
+    /// Forgets the window (not the totals): what happened before a cluster went down
+    /// says nothing of how it does once it is back.
+    pub fn clear_window(&self) {
+        for slot in &self.slots {
+            slot.second.store(u64::MAX, Ordering::Relaxed);
+        }
+    }
+
     /// The last ten seconds' latency buckets and error count.
     fn recent(&self) -> ([u64; BUCKETS], u64) {
         let now_second = Instant::now().duration_since(self.origin).as_secs();

@@ -5,18 +5,9 @@ mod common;
 use mysql_async::prelude::*;
 use shardgate::config::ProxyConfig;
 use shardgate::vschema::VSchema;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 async fn get(addr: std::net::SocketAddr, path: &str) -> String {
-    let mut s = tokio::net::TcpStream::connect(addr)
-        .await
-        .expect("connect metrics");
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
-        .await
-        .expect("request");
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.expect("response");
-    out
+    common::http_get(addr, path).await
 }
 
 fn value(body: &str, series: &str) -> f64 {

@@ -208,6 +208,8 @@ struct Detail {
     since_wall: SystemTime,
     failures: u32,
     successes: u32,
+    /// Consecutive looks at the traffic window that found nothing wrong.
+    traffic_good: u32,
     last_failure: String,
     transitions: u64,
     last_probe: Option<ProbeReading>,
@@ -223,6 +225,7 @@ impl Default for ClusterHealth {
                 since_wall: SystemTime::now(),
                 failures: 0,
                 successes: 0,
+                traffic_good: 0,
                 last_failure: String::new(),
                 transitions: 0,
                 last_probe: None,
@@ -282,6 +285,11 @@ impl ClusterHealth {
             }
         }
         let traffic_bad = traffic_reason(config, &traffic);
+        d.traffic_good = if traffic_bad.is_some() {
+            0
+        } else {
+            d.traffic_good.saturating_add(1)
+        };
         let (wanted, reason) = if d.failures >= config.down_after_failures.max(1) {
             (
                 Health::Down,
@@ -293,18 +301,19 @@ impl ClusterHealth {
                 format!("probe failed: {}", d.last_failure),
             )
         } else if let Some(why) = traffic_bad {
-            if d.successes > 0 {
-                // Traffic alone never keeps recovery waiting on probes.
-                d.successes = 0;
-            }
             (Health::Degraded, why)
         } else {
             (Health::Healthy, String::new())
         };
         let now = self.get();
+        let recover = config.recover_after_successes.max(1);
         let change = match wanted.cmp(&now) {
             std::cmp::Ordering::Greater => true,
-            std::cmp::Ordering::Less => d.successes >= config.recover_after_successes.max(1),
+            // Better: after enough good probes in a row, and, to be healthy, as many
+            // looks at normal traffic.
+            std::cmp::Ordering::Less => {
+                d.successes >= recover && (wanted != Health::Healthy || d.traffic_good >= recover)
+            }
             std::cmp::Ordering::Equal => {
                 if wanted != Health::Healthy {
                     // Same state, newer reason.
@@ -317,7 +326,7 @@ impl ClusterHealth {
             return None;
         }
         let reason = if wanted == Health::Healthy {
-            format!("{} good probes in a row", d.successes)
+            format!("{} good probes in a row, traffic normal", d.successes)
         } else {
             reason
         };

@@ -93,6 +93,14 @@ async fn monitor(
         let window = pool.stats.window();
         if let Some(t) = pool.health.observe(&cluster.name, &config, outcome, window) {
             report(&t, config.webhook.as_deref());
+            if t.to == super::Health::Down {
+                // Idle connections to a cluster that stopped answering are suspect (a
+                // crashed server's are dead): none is handed out when it is back.
+                pool.close_idle();
+                // The statements that failed on the way down must not hold its
+                // recovery back once probes pass again.
+                pool.stats.clear_window();
+            }
             if t.to < t.from {
                 // Statements waiting in the buffer may go on.
                 pool.traffic.changed.notify_waiters();

@@ -3,7 +3,7 @@
 //! statement's answer, and deciding afterwards whether the connection stays with the
 //! session or goes back to the pool.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
@@ -378,6 +378,12 @@ impl Session {
         started: Instant,
         error: Option<&ProxyError>,
     ) {
+        // A statement refused because the cluster is not serving never reached it: it
+        // says nothing of the cluster's latency or errors (and counting it would keep
+        // a recovered cluster's error rate high, so its health could not come back).
+        if error.is_some_and(|e| e.code == crate::error::codes::CLUSTER_NOT_SERVING) {
+            return;
+        }
         if let Some(pool) = rt.pool(&target.cluster) {
             let failed = error.is_some_and(|e| e.fault == Fault::Shard);
             pool.stats.record(started.elapsed(), failed);
@@ -390,11 +396,32 @@ impl Session {
             return;
         };
         let key = self.key;
+        // Bounded like any statement: on a hung cluster the KILL hangs too, and must
+        // not hold a pool slot longer than the statement it ends did.
+        let limit = self
+            .shared
+            .config
+            .pool
+            .query_timeout
+            .unwrap_or(Duration::from_secs(10));
         tokio::spawn(async move {
-            if let Ok(mut lease) = pool.checkout(key, None, 0, None).await {
-                let q = format!("\x03KILL QUERY {thread_id}");
-                let _ = lease.conn().exec(q.as_bytes(), ResponseKind::Query).await;
-            }
+            let kill = async {
+                if let Ok(mut lease) = pool.checkout(key, None, 0, None).await {
+                    let q = format!("\x03KILL QUERY {thread_id}");
+                    // Cut off by the deadline mid-exchange, the connection must not go
+                    // back to the pool: it is pooled only once the answer is read.
+                    lease.conn().broken = true;
+                    if lease
+                        .conn()
+                        .exec(q.as_bytes(), ResponseKind::Query)
+                        .await
+                        .is_ok()
+                    {
+                        lease.conn().broken = false;
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(limit, kill).await;
         });
     }
 }

@@ -443,10 +443,33 @@ impl Session {
                 }
                 held(&|h| h.reserved())
                     .or_else(|| held(&|_| true))
-                    .or(Some(fallback))
+                    .or_else(|| Some(self.serving_shard(vs, &keyspace, fallback)))
             }
             Dispatch::SplitInsert(_) | Dispatch::Broadcast(_) => None,
         }
+    }
+
+    /// `fallback` if its cluster serves, else the first shard of `keyspace` whose
+    /// cluster does (any shard answers a statement that names no sharded table, so a
+    /// drained or down first shard must not fail it).
+    fn serving_shard(&self, vs: &VSchema, keyspace: &str, fallback: Target) -> Target {
+        let rt = self.shared.runtime();
+        let serves = |cluster: &str| rt.pool(cluster).is_some_and(|p| p.not_serving().is_none());
+        if serves(&fallback.cluster) {
+            return fallback;
+        }
+        vs.keyspace(keyspace)
+            .and_then(|ks| {
+                ks.shards
+                    .iter()
+                    .find(|s| serves(&s.cluster))
+                    .map(|s| Target {
+                        cluster: s.cluster.clone(),
+                        database: Some(s.database.clone()),
+                        label: format!("{}/{}", ks.name, s.name),
+                    })
+            })
+            .unwrap_or(fallback)
     }
 
     fn check_transaction(&self, target: &Target) -> Result<(), ProxyError> {

@@ -642,3 +642,17 @@ pub fn unsharded(servers: &[LocalMariaDb]) -> VSchema {
     );
     VSchema::from_toml_str(&toml).expect("vschema")
 }
+
+/// The body (headers included) of `GET path` from shardgate's metrics listener.
+pub async fn http_get(addr: SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect metrics");
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .expect("request");
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.expect("response");
+    out
+}
