@@ -98,6 +98,7 @@ pub async fn connect(
         primary: addr.into(),
         user: user.into(),
         password: password.into(),
+        tls: None,
     };
     BackendConn::connect(&target, client_key(), database, Duration::from_secs(10))
         .await

@@ -44,7 +44,8 @@ struct Inner {
     leased: usize,
     /// Checkouts waiting for a lease to end.
     waiting: usize,
-    last_failure: Option<(Instant, String)>,
+    /// The last failed connect: when, why, and whether it was permanent (TLS).
+    last_failure: Option<(Instant, String, bool)>,
 }
 
 /// A checked-out connection. Dropping it returns the connection to the pool (or closes
@@ -227,9 +228,9 @@ impl ClusterPool {
     }
 
     async fn open(&self, key: ConnKey, database: Option<&str>) -> Result<BackendConn, ProxyError> {
-        if let Some((at, why)) = &self.lock().last_failure {
+        if let Some((at, why, permanent)) = &self.lock().last_failure {
             if at.elapsed() < CONNECT_FAILURE_HOLD {
-                return Err(ProxyError::cluster_unavailable(&self.cluster.name, why));
+                return Err(unavailable(&self.cluster.name, why, *permanent));
             }
         }
         match BackendConn::connect(&self.cluster, key, database, self.config.connect_timeout).await
@@ -245,9 +246,9 @@ impl ClusterPool {
                 if why.code == Some(codes::BAD_DB) {
                     return Err(ProxyError::unknown_database(database.unwrap_or("")));
                 }
-                let why = why.message;
-                self.lock().last_failure = Some((Instant::now(), why.clone()));
-                Err(ProxyError::cluster_unavailable(&self.cluster.name, why))
+                let (why, permanent) = (why.message, why.permanent);
+                self.lock().last_failure = Some((Instant::now(), why.clone(), permanent));
+                Err(unavailable(&self.cluster.name, &why, permanent))
             }
         }
     }
@@ -284,6 +285,14 @@ impl ClusterPool {
             self.freed.notify_one();
         }
     }
+}
+
+/// The error for a failed connect. A permanent failure (TLS not offered, a certificate
+/// that does not verify) is not retryable: sending the statement again cannot help.
+fn unavailable(cluster: &str, why: &str, permanent: bool) -> ProxyError {
+    let mut e = ProxyError::cluster_unavailable(cluster, why);
+    e.retryable = !permanent;
+    e
 }
 
 /// A checkout waiting for a lease to end, counted while it waits.
