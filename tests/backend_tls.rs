@@ -46,10 +46,14 @@ impl TestCa {
 
     /// A server certificate for `names` (DNS names or IP addresses) and its key.
     fn server_cert(&self, names: &[&str]) -> (String, String) {
+        self.leaf(names, ExtendedKeyUsagePurpose::ServerAuth)
+    }
+
+    fn leaf(&self, names: &[&str], usage: ExtendedKeyUsagePurpose) -> (String, String) {
         let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-        let mut p = CertificateParams::new(names.clone()).expect("server params");
+        let mut p = CertificateParams::new(names.clone()).expect("leaf params");
         p.distinguished_name.push(DnType::CommonName, &names[0]);
-        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        p.extended_key_usages = vec![usage];
         let key = KeyPair::generate().expect("server key");
         let cert = p
             .signed_by(&key, &self.cert, &self.key)
@@ -301,6 +305,46 @@ async fn certificates_that_do_not_verify_fail_the_connect_and_never_fall_back() 
         !cipher(&mut conn).await.is_empty(),
         "verify_ca runs over TLS"
     );
+    drop(conn);
+    proxy.stop().await;
+
+    // A backend user that must present a client certificate (REQUIRE X509): refused
+    // without one, served with one the server's ssl_ca signed.
+    servers[0]
+        .sql(
+            "CREATE USER 'x509'@'%' IDENTIFIED BY 'x509' REQUIRE X509; \
+             GRANT ALL PRIVILEGES ON *.* TO 'x509'@'%'",
+        )
+        .expect("create the X509 user");
+    let x509_toml = toml.replace(
+        "user = \"shardgate\"\npassword = \"shardgate\"",
+        "user = \"x509\"\npassword = \"x509\"",
+    );
+    assert_ne!(x509_toml, toml);
+    let proxy = start_proxy(
+        &x509_toml,
+        Some(ca.backend_tls(BackendTlsMode::VerifyCa)),
+        4,
+    )
+    .await;
+    let (code, message) = first_error(&proxy, "k1", "SELECT 1").await;
+    assert_eq!(code, 1105, "{message}");
+    assert!(message.contains("Access denied"), "{message}");
+    proxy.stop().await;
+    let (cert, key) = ca.leaf(&["shardgate"], ExtendedKeyUsagePurpose::ClientAuth);
+    let with_cert = BackendTls::from_pem(
+        ca.pem().as_bytes(),
+        BackendTlsMode::VerifyCa,
+        Some((cert.as_bytes(), key.as_bytes())),
+    )
+    .expect("backend TLS with a client certificate");
+    let proxy = start_proxy(&x509_toml, Some(with_cert), 4).await;
+    let mut conn = proxy.connect("app", Some("k1")).await;
+    let user: Option<String> = conn
+        .query_first("SELECT CURRENT_USER()")
+        .await
+        .expect("user");
+    assert_eq!(user.as_deref(), Some("x509@%"));
     drop(conn);
     proxy.stop().await;
 
