@@ -516,8 +516,8 @@ fn rewrap<S, T>(old: PacketConn<S>, wrap: impl FnOnce(S) -> T) -> PacketConn<T> 
 /// Upgrades a connection whose greeting was just read to TLS: checks the server
 /// offers it, sends the SSLRequest (the first 32 bytes of `response`, whose
 /// capabilities already carry `SSL`) with sequence id `seq`, runs the handshake.
-/// Returns the TLS connection and the sequence id of the real handshake response. Never falls back to clear text:
-/// every failure fails the connect.
+/// Returns the TLS connection and the sequence id of the real handshake response.
+/// Never falls back to clear text: every failure fails the connect.
 async fn upgrade(
     mut plain: PacketConn<TcpStream>,
     tls: &super::tls::BackendTls,

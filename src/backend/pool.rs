@@ -304,3 +304,15 @@ impl Drop for Waiting<'_> {
         g.waiting = g.waiting.saturating_sub(1);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_passing_connect_failures_are_retryable() {
+        let tls = super::unavailable("c1", "certificate did not verify", true);
+        assert!(!tls.retryable);
+        assert_eq!(tls.cluster.as_deref(), Some("c1"));
+        assert!(tls.message.contains("'c1'"), "{}", tls.message);
+        assert!(super::unavailable("c1", "connection refused", false).retryable);
+    }
+}
