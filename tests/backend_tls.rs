@@ -360,6 +360,14 @@ async fn certificates_that_do_not_verify_fail_the_connect_and_never_fall_back() 
         e.contains("[backend_tls]") && e.contains("cert and key"),
         "{e}"
     );
+    // So is a mode without a CA; `disabled` needs none and means plain TCP.
+    let base = "vschema = \"vschema.toml\"\n[[users]]\nname = \"app\"\n[backend_tls]\n";
+    std::fs::write(&config_path, format!("{base}mode = \"verify_ca\"\n")).expect("config");
+    let e = ProxyConfig::load(&config_path).expect_err("no ca");
+    assert!(e.contains("ca ("), "{e}");
+    std::fs::write(&config_path, format!("{base}mode = \"disabled\"\n")).expect("config");
+    let config = ProxyConfig::load(&config_path).expect("disabled loads");
+    assert!(config.vschema.clusters.values().all(|c| c.tls.is_none()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
