@@ -163,6 +163,7 @@ struct ConfigFile {
     #[serde(default)]
     traffic: crate::traffic::TrafficFile,
     auth: Option<AuthFile>,
+    backend_tls: Option<BackendTlsFile>,
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -375,6 +376,8 @@ impl ProxyConfig {
         }
         let (mut plugins, rsa_key) =
             auth_settings(&file, base).map_err(|e| format!("{}: {e}", path.display()))?;
+        let backend_tls = backend_tls(file.backend_tls.as_ref(), base)
+            .map_err(|e| format!("{}: [backend_tls]: {e}", path.display()))?;
         Ok(ProxyConfig {
             health,
             traffic_state_file: traffic.state_file,
@@ -405,7 +408,7 @@ impl ProxyConfig {
             pool,
             max_packet_size: file.max_packet_size.unwrap_or(DEFAULT_MAX_PACKET),
             max_client_connections: file.max_client_connections.unwrap_or(DEFAULT_MAX_CLIENTS),
-            vschema,
+            vschema: vschema.with_backend_tls(backend_tls),
             rsa_key,
         })
     }
@@ -610,4 +613,41 @@ impl LimitsConfig {
         }
         Ok(l)
     }
+}
+
+/// `[backend_tls]`: TLS from shardgate to every cluster (see `docs/security.md`).
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BackendTlsFile {
+    /// `verify_identity` (default), `verify_ca` or `disabled`.
+    mode: Option<String>,
+    /// CA bundle (PEM) the backends' certificates must chain to.
+    ca: Option<String>,
+    /// Client certificate and key (PEM) for backends that require one.
+    cert: Option<String>,
+    key: Option<String>,
+}
+
+/// Loads `[backend_tls]`; paths are relative to the config file's directory.
+fn backend_tls(
+    t: Option<&BackendTlsFile>,
+    base: &std::path::Path,
+) -> Result<Option<std::sync::Arc<crate::backend::BackendTls>>, String> {
+    use crate::backend::{BackendTls, BackendTlsMode};
+    let Some(t) = t else { return Ok(None) };
+    let Some(mode) = BackendTlsMode::parse(t.mode.as_deref().unwrap_or("verify_identity"))? else {
+        return Ok(None);
+    };
+    // No system roots: a backend CA is the operator's own, and trusting every public
+    // CA would let any publicly certified host pass for a database.
+    let ca = t.ca.as_ref().ok_or(
+        "ca (the CA bundle that signs the backends' certificates) is required unless mode = \"disabled\"",
+    )?;
+    let client = match (&t.cert, &t.key) {
+        (Some(cert), Some(key)) => Some((base.join(cert), base.join(key))),
+        (None, None) => None,
+        _ => return Err("cert and key go together".to_string()),
+    };
+    let client = client.as_ref().map(|(c, k)| (c.as_path(), k.as_path()));
+    BackendTls::from_pem_files(&base.join(ca), mode, client).map(|t| Some(std::sync::Arc::new(t)))
 }

@@ -371,20 +371,28 @@ async fn probe_backends(vs: &VSchema) -> Probe {
         ext: 0,
     };
     for c in vs.clusters.values() {
-        if let Ok((_conn, g)) = BackendConn::connect(c, key, None, Duration::from_secs(2)).await {
-            let mariadb_ext = g.capabilities & caps::LONG_PASSWORD == 0;
-            let ext = g.ext_capabilities & caps::MARIADB_RELAYABLE;
-            return Probe {
-                server_version: g.server_version,
-                collation: g.collation,
-                offered_capabilities: if mariadb_ext {
-                    caps::SERVER_OFFERED & !caps::LONG_PASSWORD
-                } else {
-                    caps::SERVER_OFFERED
-                },
-                offered_ext_capabilities: if mariadb_ext { ext } else { 0 },
-            };
-        }
+        let (_conn, g) = match BackendConn::connect(c, key, None, Duration::from_secs(2)).await {
+            Ok(answer) => answer,
+            // A TLS misconfiguration will fail every statement on this cluster: say so
+            // at start-up, not only in the first client's error.
+            Err(e) if e.permanent => {
+                tracing::error!(cluster = %c.name, "{}", e.message);
+                continue;
+            }
+            Err(_) => continue,
+        };
+        let mariadb_ext = g.capabilities & caps::LONG_PASSWORD == 0;
+        let ext = g.ext_capabilities & caps::MARIADB_RELAYABLE;
+        return Probe {
+            server_version: g.server_version,
+            collation: g.collation,
+            offered_capabilities: if mariadb_ext {
+                caps::SERVER_OFFERED & !caps::LONG_PASSWORD
+            } else {
+                caps::SERVER_OFFERED
+            },
+            offered_ext_capabilities: if mariadb_ext { ext } else { 0 },
+        };
     }
     tracing::warn!("no cluster answered at startup; showing clients a generic MariaDB greeting");
     Probe {

@@ -55,6 +55,7 @@ async fn raw_client(addr: &str, user: &str, password: &str, deprecate_eof: bool)
         primary: addr.into(),
         user: user.into(),
         password: password.into(),
+        tls: None,
     };
     let key = ConnKey {
         caps: if deprecate_eof {

@@ -27,6 +27,7 @@ fn cluster(server: &LocalMariaDb) -> Cluster {
         primary: server.addr(),
         user: server.user.clone(),
         password: server.password.clone(),
+        tls: None,
     }
 }
 

@@ -28,6 +28,7 @@ fn cluster_of(server: &LocalMariaDb) -> Cluster {
         primary: server.addr(),
         user: server.user.clone(),
         password: server.password.clone(),
+        tls: None,
     }
 }
 

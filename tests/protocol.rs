@@ -171,6 +171,7 @@ async fn reset_connection_init_db_and_ping_behave_as_on_mariadb() {
         primary: proxy.addr.to_string(),
         user: "app".into(),
         password: "app".into(),
+        tls: None,
     };
     let key = shardgate::backend::ConnKey {
         caps: caps::DEPRECATE_EOF,
@@ -221,6 +222,7 @@ async fn shardgates_own_sql_client_reads_rows_nulls_and_errors() {
         primary: servers[0].addr(),
         user: "shardgate".into(),
         password: "shardgate".into(),
+        tls: None,
     };
     let mut c = shardgate::backend::SqlConn::connect(&cluster, None, Duration::from_secs(5))
         .await

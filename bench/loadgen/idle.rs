@@ -39,7 +39,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
         return Err("at most 30000 connections".into());
     }
     let proxy_bin = setup::sibling_binary("shardgate")?;
-    let servers = Servers::start(1, 32)?;
+    let servers = Servers::start(1, 32, None)?;
     let dir = std::env::temp_dir().join(format!("shardgate-bench-idle-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let _cleanup = crate::RemoveDir(dir.clone());

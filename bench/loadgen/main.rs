@@ -33,6 +33,8 @@ usage: shardgate-bench [options]
   --buffer-pool-mb N   InnoDB buffer pool of each started server (default: 256)
   --reuse A,B,...      use running servers (shard 0 is measured) instead of starting them
   --db-user U --db-password P   login for --reuse servers (default: shardgate/shardgate)
+  --backend-tls        the servers serve TLS (a throwaway CA) and shardgate connects to
+                       them with [backend_tls] verify_identity; direct and relay stay plain
   --smoke              everything, tiny, ~3 s (for CI); no figures worth quoting
   env SHARDGATE_BENCH_WRAP=\"CMD ARGS\"  runs shardgate under CMD (perf record, strace -c, valgrind)
 
@@ -58,6 +60,7 @@ struct Options {
     reuse: Option<Vec<String>>,
     db_user: String,
     db_password: String,
+    backend_tls: bool,
 }
 
 fn parse_args(args: &[String]) -> Result<Options, String> {
@@ -80,6 +83,7 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
         reuse: None,
         db_user: "shardgate".into(),
         db_password: "shardgate".into(),
+        backend_tls: false,
     };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
@@ -95,6 +99,10 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
                 messages: 25,
             };
             o.buffer_pool_mb = 32;
+            continue;
+        }
+        if flag == "--backend-tls" {
+            o.backend_tls = true;
             continue;
         }
         if flag == "--help" || flag == "-h" {
@@ -200,7 +208,7 @@ fn hold_servers(args: &[String]) -> Result<(), String> {
             _ => return Err(format!("unknown argument {flag:?}")),
         }
     }
-    let servers = Servers::start(count.clamp(1, 16), pool_mb.clamp(8, 16_384))?;
+    let servers = Servers::start(count.clamp(1, 16), pool_mb.clamp(8, 16_384), None)?;
     println!("ready {}", servers.addrs.join(" "));
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -225,6 +233,11 @@ struct Rig {
 fn run(opts: Options) -> Result<(), String> {
     let relay_bin = setup::sibling_binary("shardgate-relay")?;
     let proxy_bin = setup::sibling_binary("shardgate")?;
+    let backend_tls = match (opts.backend_tls, &opts.reuse) {
+        (false, _) => None,
+        (true, None) => Some(setup::BackendTlsMaterial::new()?),
+        (true, Some(_)) => return Err("--backend-tls starts its own servers: no --reuse".into()),
+    };
     let servers = match &opts.reuse {
         Some(addrs) => Servers::reuse(
             addrs.clone(),
@@ -233,7 +246,8 @@ fn run(opts: Options) -> Result<(), String> {
         ),
         None => {
             eprintln!("bench: starting {} MariaDB servers", opts.shards);
-            Servers::start(opts.shards, opts.buffer_pool_mb)?
+            let tls = backend_tls.as_ref().map(|m| m.server.clone());
+            Servers::start(opts.shards, opts.buffer_pool_mb, tls)?
         }
     };
     let dir = std::env::temp_dir().join(format!("shardgate-bench-{}", std::process::id()));
@@ -279,7 +293,13 @@ fn run(opts: Options) -> Result<(), String> {
     std::fs::write(dir.join("vschema.toml"), &vschema_text).map_err(|e| e.to_string())?;
     let pool = opts.connections.iter().max().copied().unwrap_or(16) + 16;
     let config = dir.join("shardgate.toml");
-    std::fs::write(&config, setup::config_toml(proxy_addr, pool)).map_err(|e| e.to_string())?;
+    let mut config_text = setup::config_toml(proxy_addr, pool);
+    if let Some(m) = &backend_tls {
+        std::fs::write(dir.join("backend-ca.pem"), &m.ca_pem).map_err(|e| e.to_string())?;
+        config_text
+            .push_str("\n[backend_tls]\nmode = \"verify_identity\"\nca = \"backend-ca.pem\"\n");
+    }
+    std::fs::write(&config, config_text).map_err(|e| e.to_string())?;
     let proxy = setup::spawn_listening(
         "shardgate",
         &proxy_bin,

@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use shardgate::backend::{BackendConn, ConnKey};
-use shardgate::demo::localdb::{LocalDbOptions, LocalMariaDb};
+use shardgate::demo::localdb::{LocalDbOptions, LocalDbTls, LocalMariaDb};
 use shardgate::protocol::relay::ResponseKind;
 use shardgate::protocol::{caps, command};
 use shardgate::vschema::{Cluster, VSchema};
@@ -43,10 +43,15 @@ pub struct Servers {
 }
 
 impl Servers {
-    /// Starts `count` local servers (blocking).
-    pub fn start(count: usize, buffer_pool_mb: u32) -> Result<Servers, String> {
+    /// Starts `count` local servers (blocking), serving TLS with `tls` if given.
+    pub fn start(
+        count: usize,
+        buffer_pool_mb: u32,
+        tls: Option<LocalDbTls>,
+    ) -> Result<Servers, String> {
         let opts = LocalDbOptions {
             buffer_pool_mb,
+            tls,
             ..LocalDbOptions::default()
         };
         let mut owned = Vec::new();
@@ -77,6 +82,37 @@ impl Servers {
     }
 }
 
+/// `--backend-tls`: a throwaway CA and a certificate it signed for 127.0.0.1, which
+/// every server presents (clear text stays allowed, for the direct and relay arms).
+pub struct BackendTlsMaterial {
+    pub ca_pem: String,
+    pub server: LocalDbTls,
+}
+
+impl BackendTlsMaterial {
+    pub fn new() -> Result<BackendTlsMaterial, String> {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, KeyUsagePurpose};
+        let e = |e: rcgen::Error| e.to_string();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(e)?;
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+        let ca_key = KeyPair::generate().map_err(e)?;
+        let ca_cert = ca.self_signed(&ca_key).map_err(e)?;
+        let leaf = CertificateParams::new(vec!["127.0.0.1".to_string()]).map_err(e)?;
+        let key = KeyPair::generate().map_err(e)?;
+        let cert = leaf.signed_by(&key, &ca_cert, &ca_key).map_err(e)?;
+        Ok(BackendTlsMaterial {
+            ca_pem: ca_cert.pem(),
+            server: LocalDbTls {
+                cert_pem: cert.pem(),
+                key_pem: key.serialize_pem(),
+                ca_pem: None,
+                require_secure_transport: false,
+            },
+        })
+    }
+}
+
 /// The capabilities the load generator's connections ask for (like a modern client).
 pub fn client_key() -> ConnKey {
     ConnKey {
@@ -98,6 +134,7 @@ pub async fn connect(
         primary: addr.into(),
         user: user.into(),
         password: password.into(),
+        tls: None,
     };
     BackendConn::connect(&target, client_key(), database, Duration::from_secs(10))
         .await

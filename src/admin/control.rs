@@ -376,6 +376,7 @@ mod tests {
             primary: silent.local_addr().expect("addr").to_string(),
             user: "u".into(),
             password: "p".into(),
+            tls: None,
         };
         let pool = ControlPool::new([&cluster], Duration::from_millis(300));
         let started = Instant::now();

@@ -7,6 +7,8 @@ use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::tls::{BackendStream, TlsFailure};
+
 use crate::protocol::auth::{native_token, NATIVE_PASSWORD};
 use crate::protocol::handshake::{
     build_handshake_response, parse_auth_switch, parse_greeting, Greeting, HandshakeResponse,
@@ -74,6 +76,9 @@ pub struct ConnectError {
     pub code: Option<u16>,
     /// What happened, naming the address.
     pub message: String,
+    /// A configuration problem (TLS not offered, a certificate that does not verify):
+    /// trying again will not help until someone changes the config or the server.
+    pub permanent: bool,
 }
 
 impl ConnectError {
@@ -81,6 +86,15 @@ impl ConnectError {
         ConnectError {
             code: None,
             message,
+            permanent: false,
+        }
+    }
+
+    fn permanent(message: String) -> ConnectError {
+        ConnectError {
+            code: None,
+            message,
+            permanent: true,
         }
     }
 }
@@ -126,7 +140,7 @@ impl Collected {
 
 /// A logged-in backend connection.
 pub struct BackendConn {
-    conn: PacketConn<TcpStream>,
+    conn: PacketConn<BackendStream>,
     /// Capabilities in force on this connection.
     pub capabilities: u32,
     /// Its pool key.
@@ -189,8 +203,8 @@ impl BackendConn {
             .await
             .map_err(|e| format!("connect to {}: {e}", cluster.primary))?;
         stream.set_nodelay(true).map_err(|e| e.to_string())?;
-        let mut conn = PacketConn::new(stream);
-        let (_, payload) = conn
+        let mut plain = PacketConn::new(stream);
+        let (greeting_seq, payload) = plain
             .read_packet(1 << 20)
             .await
             .map_err(|e| format!("reading greeting from {}: {e}", cluster.primary))?;
@@ -203,6 +217,7 @@ impl BackendConn {
                     cluster.primary,
                     e.map(|e| e.message).unwrap_or_default()
                 ),
+                permanent: false,
             });
         }
         let greeting = parse_greeting(&payload)
@@ -224,7 +239,7 @@ impl BackendConn {
             capabilities &= !caps::LONG_PASSWORD;
         }
         let scramble = &greeting.scramble[..greeting.scramble.len().min(20)];
-        let response = HandshakeResponse {
+        let mut response = HandshakeResponse {
             capabilities,
             max_packet: 1 << 30,
             collation: key.collation,
@@ -235,7 +250,18 @@ impl BackendConn {
             attributes: Vec::new(),
             ext_capabilities,
         };
-        conn.send(1, &build_handshake_response(&response))
+        let (mut conn, seq) = match &cluster.tls {
+            None => (
+                rewrap(plain, BackendStream::Plain),
+                greeting_seq.wrapping_add(1),
+            ),
+            Some(tls) => {
+                response.capabilities |= caps::SSL;
+                let seq = greeting_seq.wrapping_add(1);
+                upgrade(plain, tls, cluster, &response, greeting.capabilities, seq).await?
+            }
+        };
+        conn.send(seq, &build_handshake_response(&response))
             .await
             .map_err(|e| e.to_string())?;
         loop {
@@ -255,6 +281,7 @@ impl BackendConn {
                             cluster.primary,
                             e.map(|e| e.message).unwrap_or_default()
                         ),
+                        permanent: false,
                     });
                 }
                 Some(0xfe) => {
@@ -296,6 +323,11 @@ impl BackendConn {
             broken: false,
         };
         Ok((backend, greeting))
+    }
+
+    /// Whether the connection runs over TLS.
+    pub fn is_tls(&self) -> bool {
+        self.conn.io.is_tls()
     }
 
     fn deprecate_eof(&self) -> bool {
@@ -469,4 +501,77 @@ impl BackendConn {
         self.database = Some(db.to_string());
         Ok(Ok(()))
     }
+}
+
+/// The same buffers around a new stream (plain, or TLS over the old socket).
+fn rewrap<S, T>(old: PacketConn<S>, wrap: impl FnOnce(S) -> T) -> PacketConn<T> {
+    PacketConn {
+        io: wrap(old.io),
+        rbuf: old.rbuf,
+        wbuf: old.wbuf,
+        limits: old.limits,
+    }
+}
+
+/// Upgrades a connection whose greeting was just read to TLS: checks the server
+/// offers it, sends the SSLRequest (the first 32 bytes of `response`, whose
+/// capabilities already carry `SSL`) with sequence id `seq`, runs the handshake.
+/// Returns the TLS connection and the sequence id of the real handshake response.
+/// Never falls back to clear text: every failure fails the connect.
+async fn upgrade(
+    mut plain: PacketConn<TcpStream>,
+    tls: &super::tls::BackendTls,
+    cluster: &Cluster,
+    response: &HandshakeResponse,
+    offered: u32,
+    seq: u8,
+) -> Result<(PacketConn<BackendStream>, u8), ConnectError> {
+    let at = format!("cluster {} ({})", cluster.name, cluster.primary);
+    if offered & caps::SSL == 0 {
+        return Err(ConnectError::permanent(format!(
+            "{at}: backend does not offer TLS, and [backend_tls] requires it \
+             (configure ssl_cert/ssl_key on the server, or set mode = \"disabled\")"
+        )));
+    }
+    // A server says nothing between its greeting and our reply; bytes here would be
+    // lost under TLS, so they are a protocol violation.
+    if !plain.rbuf.is_empty() {
+        return Err(format!("{at}: unexpected bytes after the greeting").into());
+    }
+    let full = build_handshake_response(response);
+    let ssl_request = full.get(..32).unwrap_or(&full);
+    let next = plain
+        .send(seq, ssl_request)
+        .await
+        .map_err(|e| format!("{at}: sending the SSLRequest: {e}"))?;
+    let PacketConn {
+        io,
+        rbuf,
+        wbuf,
+        limits,
+    } = plain;
+    let stream = match tls.handshake(io, &cluster.primary).await {
+        Ok(s) => s,
+        Err(TlsFailure::Certificate(e)) => {
+            return Err(ConnectError::permanent(format!(
+                "{at}: the backend's TLS certificate did not verify ({}): {e}",
+                tls.mode.as_str()
+            )))
+        }
+        Err(TlsFailure::Config(e)) => {
+            return Err(ConnectError::permanent(format!(
+                "{at}: TLS handshake failed: {e}"
+            )))
+        }
+        Err(TlsFailure::Network(e)) => {
+            return Err(format!("{at}: TLS handshake failed: {e}").into());
+        }
+    };
+    let conn = PacketConn {
+        io: BackendStream::Tls(Box::new(stream)),
+        rbuf,
+        wbuf,
+        limits,
+    };
+    Ok((conn, next))
 }

@@ -4,8 +4,10 @@ pub mod conn;
 pub mod pool;
 pub mod reserve;
 pub mod sql;
+pub mod tls;
 
 pub use conn::{BackendConn, BackendError, Collected, ConnKey, ConnectError};
 pub use pool::{ClusterPool, Lease};
 pub use reserve::Reserve;
 pub use sql::{quote_ident, quote_literal, Rows, SqlConn, SqlError};
+pub use tls::{BackendStream, BackendTls, BackendTlsMode};

@@ -51,7 +51,8 @@ struct Inner {
     /// Backend thread ids of the leased connections (what a drain kills at its
     /// deadline).
     leased_threads: Vec<u32>,
-    last_failure: Option<(Instant, String)>,
+    /// The last failed connect: when, why, and whether it was permanent (TLS).
+    last_failure: Option<(Instant, String, bool)>,
 }
 
 /// A checked-out connection. Dropping it returns the connection to the pool (or closes
@@ -342,9 +343,9 @@ impl ClusterPool {
     }
 
     async fn open(&self, key: ConnKey, database: Option<&str>) -> Result<BackendConn, ProxyError> {
-        if let Some((at, why)) = &self.lock().last_failure {
+        if let Some((at, why, permanent)) = &self.lock().last_failure {
             if at.elapsed() < CONNECT_FAILURE_HOLD {
-                return Err(ProxyError::cluster_unavailable(&self.cluster.name, why));
+                return Err(unavailable(&self.cluster.name, why, *permanent));
             }
         }
         match BackendConn::connect(&self.cluster, key, database, self.config.connect_timeout).await
@@ -361,9 +362,9 @@ impl ClusterPool {
                 if why.code == Some(codes::BAD_DB) {
                     return Err(ProxyError::unknown_database(database.unwrap_or("")));
                 }
-                let why = why.message;
-                self.lock().last_failure = Some((Instant::now(), why.clone()));
-                Err(ProxyError::cluster_unavailable(&self.cluster.name, why))
+                let (why, permanent) = (why.message, why.permanent);
+                self.lock().last_failure = Some((Instant::now(), why.clone(), permanent));
+                Err(unavailable(&self.cluster.name, &why, permanent))
             }
         }
     }
@@ -414,6 +415,14 @@ impl ClusterPool {
     }
 }
 
+/// The error for a failed connect. A permanent failure (TLS not offered, a certificate
+/// that does not verify) is not retryable: sending the statement again cannot help.
+fn unavailable(cluster: &str, why: &str, permanent: bool) -> ProxyError {
+    let mut e = ProxyError::cluster_unavailable(cluster, why);
+    e.retryable = !permanent;
+    e
+}
+
 /// A checkout waiting for a lease to end, counted while it waits.
 struct Waiting<'a>(&'a ClusterPool);
 
@@ -421,5 +430,17 @@ impl Drop for Waiting<'_> {
     fn drop(&mut self) {
         let mut g = self.0.lock();
         g.waiting = g.waiting.saturating_sub(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_passing_connect_failures_are_retryable() {
+        let tls = super::unavailable("c1", "certificate did not verify", true);
+        assert!(!tls.retryable);
+        assert_eq!(tls.cluster.as_deref(), Some("c1"));
+        assert!(tls.message.contains("'c1'"), "{}", tls.message);
+        assert!(super::unavailable("c1", "connection refused", false).retryable);
     }
 }

@@ -52,6 +52,23 @@ pub struct LocalDbOptions {
     /// That user's password (mysql_native_password). Neither may contain a backslash
     /// or NUL: they are written as SQL literals that must read the same in any mode.
     pub password: String,
+    /// Serve TLS (tests of shardgate's TLS to its backends); None: plain only.
+    pub tls: Option<LocalDbTls>,
+}
+
+/// A local server's TLS: PEM text written into its directory as `ssl_cert`,
+/// `ssl_key` and `ssl_ca`.
+#[derive(Debug, Clone)]
+pub struct LocalDbTls {
+    /// The server's certificate chain.
+    pub cert_pem: String,
+    /// Its private key.
+    pub key_pem: String,
+    /// CA that client certificates must chain to, if any.
+    pub ca_pem: Option<String>,
+    /// `require_secure_transport=ON`: the server itself refuses clear-text TCP logins
+    /// (the unix socket, which the harness uses for setup, still counts as secure).
+    pub require_secure_transport: bool,
 }
 
 impl Default for LocalDbOptions {
@@ -61,6 +78,7 @@ impl Default for LocalDbOptions {
             buffer_pool_mb: 32,
             user: "shardgate".to_string(),
             password: "shardgate".to_string(),
+            tls: None,
         }
     }
 }
@@ -520,6 +538,9 @@ fn start_on_port(
     if running_as_root() {
         cmd.arg("--user=root");
     }
+    if let Some(tls) = &opts.tls {
+        tls_args(&mut cmd, &dir, tls)?;
+    }
     let child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -531,6 +552,29 @@ fn start_on_port(
     create_user(&server, &opts.user, &opts.password)?;
     server.started_in = begun.elapsed();
     Ok(server)
+}
+
+fn tls_args(cmd: &mut Command, dir: &Path, tls: &LocalDbTls) -> io::Result<()> {
+    let write = |name: &str, pem: &str| -> io::Result<PathBuf> {
+        let path = dir.join(name);
+        std::fs::write(&path, pem)?;
+        Ok(path)
+    };
+    cmd.arg(format!(
+        "--ssl-cert={}",
+        write("server-cert.pem", &tls.cert_pem)?.display()
+    ))
+    .arg(format!(
+        "--ssl-key={}",
+        write("server-key.pem", &tls.key_pem)?.display()
+    ));
+    if let Some(ca) = &tls.ca_pem {
+        cmd.arg(format!("--ssl-ca={}", write("ca.pem", ca)?.display()));
+    }
+    if tls.require_secure_transport {
+        cmd.arg("--require-secure-transport=ON");
+    }
+    Ok(())
 }
 
 fn wait_ready(server: &mut LocalMariaDb) -> io::Result<()> {

@@ -40,6 +40,9 @@ pub struct Cluster {
     pub user: String,
     /// Password of that user.
     pub password: String,
+    /// TLS to this cluster (from the config's `[backend_tls]`, not the vschema file);
+    /// None: plain TCP.
+    pub tls: Option<std::sync::Arc<crate::backend::tls::BackendTls>>,
 }
 
 /// How a workspace id becomes a keyspace id.
@@ -169,6 +172,18 @@ impl VSchema {
             }])
         })?;
         VSchema::from_toml_str(&text)
+    }
+
+    /// Makes every cluster use `tls` (None: plain TCP). The config applies its
+    /// `[backend_tls]` this way; live edits clone clusters, so it stays in force.
+    pub fn with_backend_tls(
+        mut self,
+        tls: Option<std::sync::Arc<crate::backend::tls::BackendTls>>,
+    ) -> VSchema {
+        for cluster in self.clusters.values_mut() {
+            cluster.tls = tls.clone();
+        }
+        self
     }
 
     /// The keyspace named `name`.

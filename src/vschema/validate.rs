@@ -103,6 +103,7 @@ fn build_cluster(name: &str, raw: &RawCluster, problems: &mut Problems) -> Clust
         primary: raw.primary.clone().unwrap_or_default(),
         user: raw.user.clone().unwrap_or_default(),
         password: raw.password.clone().unwrap_or_default(),
+        tls: None,
     }
 }
 

@@ -19,9 +19,15 @@ use tokio::task::JoinHandle;
 
 /// Starts `n` servers in parallel (free ports, user/password `shardgate`).
 pub fn start_servers(n: usize) -> Vec<LocalMariaDb> {
+    start_servers_with(&vec![LocalDbOptions::default(); n])
+}
+
+/// Starts one server per entry of `opts`, in parallel (e.g. with TLS).
+pub fn start_servers_with(opts: &[LocalDbOptions]) -> Vec<LocalMariaDb> {
     std::thread::scope(|scope| {
-        let starting: Vec<_> = (0..n)
-            .map(|_| scope.spawn(|| LocalMariaDb::start(&LocalDbOptions::default())))
+        let starting: Vec<_> = opts
+            .iter()
+            .map(|o| scope.spawn(move || LocalMariaDb::start(o)))
             .collect();
         starting
             .into_iter()

@@ -411,6 +411,7 @@ mod tests {
             primary: "127.0.0.1:1".into(),
             user: "u".into(),
             password: "p".into(),
+            tls: None,
         };
         let config = ThrottleConfig::default();
         let mut p99 = Baseline::new(10, 1);
