@@ -241,7 +241,39 @@ async fn a_stalled_cluster_is_down_within_seconds_and_only_its_workspaces_notice
 async fn a_crashed_cluster_fails_fast_and_a_new_server_on_its_port_is_used_again() {
     let mut servers = common::start_servers(2);
     let (_toml, vs) = setup(&servers);
-    let proxy = common::start_proxy_config(config(&vs, pool(3000), HealthConfig::default())).await;
+    // A webhook receiver: every POST, answered 200.
+    let hook = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind hook");
+    let hook_addr = hook.local_addr().expect("hook addr");
+    let posts = Arc::new(Mutex::new(Vec::<String>::new()));
+    let received = posts.clone();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut s, _)) = hook.accept().await {
+            let mut buf = vec![0u8; 8192];
+            let mut got = 0;
+            // Headers and a small body arrive together or nearly so.
+            while let Ok(Ok(n)) =
+                tokio::time::timeout(Duration::from_millis(200), s.read(&mut buf[got..])).await
+            {
+                if n == 0 {
+                    break;
+                }
+                got += n;
+            }
+            let text = String::from_utf8_lossy(&buf[..got]).into_owned();
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+                .await;
+            received.lock().expect("posts").push(text);
+        }
+    });
+    let health = HealthConfig {
+        webhook: Some(format!("http://{hook_addr}/shardgate/health")),
+        ..HealthConfig::default()
+    };
+    let proxy = common::start_proxy_config(config(&vs, pool(3000), health)).await;
     let mut admin = proxy.connect("admin", None).await;
     let mut app = proxy.connect("app", Some("app")).await;
     let ws = (1..=64u64)
@@ -286,6 +318,27 @@ async fn a_crashed_cluster_fails_fast_and_a_new_server_on_its_port_is_used_again
         .await
         .expect("served by the new server");
     assert_eq!(body.as_deref(), Some("back"));
+    // The webhook heard every change of c2, in order.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let changes = loop {
+        let seen: Vec<String> = posts.lock().expect("posts").clone();
+        if seen.len() >= 3 || Instant::now() > deadline {
+            break seen;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let to: Vec<&str> = changes
+        .iter()
+        .map(|p| {
+            assert!(p.starts_with("POST /shardgate/health HTTP/1.1"), "{p}");
+            assert!(p.contains("\"cluster\":\"c2\""), "{p}");
+            ["degraded", "down", "healthy"]
+                .into_iter()
+                .find(|s| p.contains(&format!("\"to\":\"{s}\"")))
+                .unwrap_or("?")
+        })
+        .collect();
+    assert_eq!(to, ["degraded", "down", "healthy"], "{changes:?}");
     servers[1] = restarted;
     drop((admin, app));
     proxy.stop().await;

@@ -153,7 +153,7 @@ async fn sequential<C: Cursor>(cursor: &mut C, writes: &[ShardWrite]) -> Vec<Par
                 continue;
             }
         };
-        let part = exec(&mut lease, w).await;
+        let part = exec(&mut lease, w, cursor.part_deadline()).await;
         cursor.done(w.target.clone(), lease);
         parts.push(part);
     }
@@ -193,6 +193,7 @@ async fn parallel<C: Cursor>(cursor: &mut C, writes: &[ShardWrite]) -> Vec<Part>
         }
     }
     let mut tasks = Vec::with_capacity(groups.len());
+    let deadline = cursor.part_deadline();
     for (lease, (_, members)) in leases.into_iter().zip(&groups) {
         let group: Vec<ShardWrite> = members.iter().map(|&i| writes[i].clone()).collect();
         tasks.push(tokio::spawn(async move {
@@ -203,7 +204,7 @@ async fn parallel<C: Cursor>(cursor: &mut C, writes: &[ShardWrite]) -> Vec<Part>
                     parts.push(Part::NotAttempted);
                     continue;
                 }
-                parts.push(exec(&mut lease, w).await);
+                parts.push(exec(&mut lease, w, deadline).await);
             }
             (lease, parts)
         }));
@@ -232,8 +233,26 @@ async fn parallel<C: Cursor>(cursor: &mut C, writes: &[ShardWrite]) -> Vec<Part>
         .collect()
 }
 
+/// Runs one part on a connection within `deadline`; a part cut off by it leaves its
+/// connection broken (never pooled) and fails with the statement-timeout error.
+async fn exec(lease: &mut Lease, w: &ShardWrite, deadline: Option<std::time::Duration>) -> Part {
+    let Some(limit) = deadline else {
+        return exec_part(lease, w).await;
+    };
+    match tokio::time::timeout(limit, exec_part(lease, w)).await {
+        Ok(part) => part,
+        Err(_) => {
+            lease.conn().broken = true;
+            Part::Failed(Failure::Proxy(ProxyError::query_timeout(
+                &w.target.cluster,
+                limit.as_secs_f64(),
+            )))
+        }
+    }
+}
+
 /// Runs one part on a connection, switching its database to the part's if needed.
-async fn exec(lease: &mut Lease, w: &ShardWrite) -> Part {
+async fn exec_part(lease: &mut Lease, w: &ShardWrite) -> Part {
     let cluster = &w.target.cluster;
     let lost = |e: BackendError| Part::Failed(Failure::Proxy(ProxyError::lost_backend(cluster, e)));
     let conn = lease.conn();

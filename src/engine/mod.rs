@@ -37,4 +37,10 @@ pub trait Cursor {
 
     /// Takes a connection back after the primitive used it.
     fn done(&mut self, target: Target, lease: Lease);
+
+    /// How long one part may run on its shard (None: no limit), so a hung cluster
+    /// holds a statement sent to several shards no longer than one sent to it alone.
+    fn part_deadline(&self) -> Option<std::time::Duration> {
+        None
+    }
 }

@@ -457,4 +457,8 @@ impl Cursor for SessionCursor<'_> {
     fn done(&mut self, target: Target, lease: Lease) {
         self.session.put_back(target, lease, &Effects::default());
     }
+
+    fn part_deadline(&self) -> Option<Duration> {
+        self.session.shared.config.pool.query_timeout
+    }
 }
