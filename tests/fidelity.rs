@@ -52,6 +52,7 @@ fn vschema(servers: &[shardgate::demo::localdb::LocalMariaDb]) -> String {
 async fn raw_client(addr: &str, user: &str, password: &str, deprecate_eof: bool) -> BackendConn {
     let cluster = Cluster {
         name: "probe".into(),
+        standbys: Vec::new(),
         primary: addr.into(),
         user: user.into(),
         password: password.into(),

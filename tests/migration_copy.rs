@@ -24,6 +24,7 @@ const TEST_LIMIT: Duration = Duration::from_secs(240);
 fn cluster(server: &LocalMariaDb) -> Cluster {
     Cluster {
         name: "c1".into(),
+        standbys: Vec::new(),
         primary: server.addr(),
         user: server.user.clone(),
         password: server.password.clone(),

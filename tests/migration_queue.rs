@@ -25,6 +25,7 @@ use tokio::sync::watch;
 fn cluster_of(server: &LocalMariaDb) -> Cluster {
     Cluster {
         name: "c1".to_string(),
+        standbys: Vec::new(),
         primary: server.addr(),
         user: server.user.clone(),
         password: server.password.clone(),

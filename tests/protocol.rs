@@ -168,6 +168,7 @@ async fn reset_connection_init_db_and_ping_behave_as_on_mariadb() {
     // COM_INIT_DB, sent by a bare client.
     let cluster = shardgate::vschema::Cluster {
         name: "proxy".into(),
+        standbys: Vec::new(),
         primary: proxy.addr.to_string(),
         user: "app".into(),
         password: "app".into(),
@@ -219,6 +220,7 @@ async fn shardgates_own_sql_client_reads_rows_nulls_and_errors() {
     let servers = common::start_servers(1);
     let cluster = shardgate::vschema::Cluster {
         name: "c1".into(),
+        standbys: Vec::new(),
         primary: servers[0].addr(),
         user: "shardgate".into(),
         password: "shardgate".into(),

@@ -131,6 +131,7 @@ pub async fn connect(
 ) -> Result<BackendConn, String> {
     let target = Cluster {
         name: "bench".into(),
+        standbys: Vec::new(),
         primary: addr.into(),
         user: user.into(),
         password: password.into(),

@@ -373,6 +373,7 @@ mod tests {
         let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let cluster = Cluster {
             name: "c9".into(),
+            standbys: Vec::new(),
             primary: silent.local_addr().expect("addr").to_string(),
             user: "u".into(),
             password: "p".into(),

@@ -36,6 +36,9 @@ pub struct Cluster {
     pub name: String,
     /// `host:port` of the primary.
     pub primary: String,
+    /// `host:port` of each standby (replicas that a failover may promote), in the
+    /// order of preference.
+    pub standbys: Vec<String>,
     /// User shardgate logs in as.
     pub user: String,
     /// Password of that user.
@@ -214,6 +217,9 @@ impl VSchema {
                 "  {}  {}  user {}",
                 cluster.name, cluster.primary, cluster.user
             );
+            if !cluster.standbys.is_empty() {
+                let _ = writeln!(out, "      standbys {}", cluster.standbys.join(", "));
+            }
         }
         let _ = writeln!(out, "keyspaces ({}):", self.keyspaces.len());
         for keyspace in self.keyspaces.values() {

@@ -25,6 +25,8 @@ pub(crate) struct RawVSchema {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawCluster {
     pub primary: Option<String>,
+    #[serde(default)]
+    pub standbys: Vec<String>,
     pub user: Option<String>,
     pub password: Option<String>,
 }

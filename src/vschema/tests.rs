@@ -1001,3 +1001,43 @@ fn database_per_workspace_mistakes_are_reported() {
     .expect("direct");
     assert_eq!(ok.keyspace("t").expect("t").ddl, DdlPolicy::Direct);
 }
+
+#[test]
+fn standbys_are_checked_and_described() {
+    let ok = format!(
+        "[clusters.c1]\nprimary = \"127.0.0.1:15401\"\nstandbys = [\"127.0.0.1:15411\", \"127.0.0.1:15421\"]\nuser = \"u\"\n\
+         [keyspaces.app]\ncluster = \"c1\"\n"
+    );
+    let vs = VSchema::from_toml_str(&ok).expect("valid");
+    let c1 = vs.cluster("c1").expect("c1");
+    assert_eq!(c1.standbys, ["127.0.0.1:15411", "127.0.0.1:15421"]);
+    assert!(vs
+        .describe()
+        .contains("standbys 127.0.0.1:15411, 127.0.0.1:15421"));
+    for (standbys, at, needle) in [
+        ("[\"nope\"]", "clusters.c1.standbys[0]", "host:port"),
+        (
+            "[\"127.0.0.1:15401\"]",
+            "clusters.c1.standbys[0]",
+            "is the primary too",
+        ),
+        (
+            "[\"127.0.0.1:15411\", \"127.0.0.1:15411\"]",
+            "clusters.c1.standbys[1]",
+            "listed twice",
+        ),
+    ] {
+        let text = format!(
+            "[clusters.c1]\nprimary = \"127.0.0.1:15401\"\nstandbys = {standbys}\nuser = \"u\"\n\
+             [keyspaces.app]\ncluster = \"c1\"\n"
+        );
+        let errors = VSchema::from_toml_str(&text).expect_err(standbys);
+        assert!(
+            errors
+                .0
+                .iter()
+                .any(|e| e.at == at && e.message.contains(needle)),
+            "{standbys}: {errors}"
+        );
+    }
+}

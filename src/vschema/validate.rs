@@ -93,6 +93,19 @@ fn build_cluster(name: &str, raw: &RawCluster, problems: &mut Problems) -> Clust
             }
         }
     }
+    for (i, standby) in raw.standbys.iter().enumerate() {
+        let here = format!("{at}.standbys[{i}]");
+        if let Err(message) = check_host_port(standby) {
+            problems.add(&here, message);
+        } else if raw.primary.as_deref() == Some(standby.as_str()) {
+            problems.add(
+                &here,
+                format!("{standby} is the primary too; a standby is another server"),
+            );
+        } else if raw.standbys[..i].contains(standby) {
+            problems.add(&here, format!("{standby} is listed twice"));
+        }
+    }
     match raw.user.as_deref() {
         None => problems.add(&at, "missing `user` (the MySQL user shardgate logs in as)"),
         Some("") => problems.add(format!("{at}.user"), "user is empty"),
@@ -101,6 +114,7 @@ fn build_cluster(name: &str, raw: &RawCluster, problems: &mut Problems) -> Clust
     Cluster {
         name: name.to_string(),
         primary: raw.primary.clone().unwrap_or_default(),
+        standbys: raw.standbys.clone(),
         user: raw.user.clone().unwrap_or_default(),
         password: raw.password.clone().unwrap_or_default(),
         tls: None,

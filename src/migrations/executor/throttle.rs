@@ -408,6 +408,7 @@ mod tests {
         }
         let cluster = Cluster {
             name: "c1".into(),
+            standbys: Vec::new(),
             primary: "127.0.0.1:1".into(),
             user: "u".into(),
             password: "p".into(),
