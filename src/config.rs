@@ -123,8 +123,11 @@ pub struct ProxyConfig {
     pub limits: LimitsConfig,
     /// Probing the clusters and the thresholds of their health states (`[health]`).
     pub health: crate::health::HealthConfig,
-    /// Where operators' intents (DRAIN/UNDRAIN) are kept; None: not kept.
+    /// Where operators' intents (DRAIN/UNDRAIN) and failovers' topology are kept;
+    /// None: not kept.
     pub traffic_state_file: Option<std::path::PathBuf>,
+    /// Failover policy and deadlines (`[traffic]`).
+    pub failover: crate::traffic::failover::FailoverConfig,
     /// The RSA key for `caching_sha2_password` without TLS (`[auth] rsa_private_key`);
     /// None: generated at start-up if a user needs it.
     pub rsa_key: Option<std::sync::Arc<crate::protocol::sha2_auth::RsaKeys>>,
@@ -244,6 +247,7 @@ impl ProxyConfig {
             limits: LimitsConfig::default(),
             health: crate::health::HealthConfig::default(),
             traffic_state_file: None,
+            failover: crate::traffic::failover::FailoverConfig::default(),
             rsa_key: None,
         }
     }
@@ -381,6 +385,7 @@ impl ProxyConfig {
         Ok(ProxyConfig {
             health,
             traffic_state_file: traffic.state_file,
+            failover: traffic.failover,
             limits,
             tls,
             admin_cluster_timeout,

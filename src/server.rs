@@ -48,8 +48,28 @@ pub async fn serve(
     let shared = Shared::new(config.clone()).await;
     if let Some(path) = &config.traffic_state_file {
         let rt = shared.runtime();
-        crate::traffic::load_state(path, |c| rt.pool(c).map(|p| &p.traffic))
+        let members = crate::traffic::load_state(path, |c| rt.pool(c).map(|p| &p.traffic))
             .map_err(std::io::Error::other)?;
+        // Failovers of earlier runs: their primaries, not the vschema file's.
+        for m in members {
+            let (Some(pool), Some(c)) = (rt.pool(&m.cluster), rt.vschema.cluster(&m.cluster))
+            else {
+                continue;
+            };
+            if c.primary != m.primary || c.standbys != m.standbys {
+                tracing::warn!(cluster = %m.cluster, primary = %m.primary, "primary kept from the state file (an earlier failover)");
+                let next = crate::vschema::Cluster {
+                    primary: m.primary.clone(),
+                    standbys: m.standbys.clone(),
+                    ..c.clone()
+                };
+                pool.retarget(next.clone());
+                shared.replace_cluster(next);
+            }
+            for addr in &m.fenced {
+                shared.fence(&m.cluster, addr);
+            }
+        }
     }
     let (stop_tx, stop_rx) = watch::channel(false);
     crate::health::spawn_monitors(&shared, config.health.clone(), stop_rx.clone());

@@ -95,6 +95,8 @@ pub struct Shared {
     /// The plugin the greeting names: `caching_sha2_password` when every user has it
     /// (so clients start with it and need no auth switch), else `mysql_native_password`.
     pub greeting_plugin: auth::AuthPlugin,
+    /// Failovers under way and done, fenced former primaries.
+    pub topology: crate::traffic::Topology,
 }
 
 impl Shared {
@@ -171,6 +173,7 @@ impl Shared {
             sha2_cache: Sha2Cache::default(),
             rsa_key,
             greeting_plugin,
+            topology: crate::traffic::Topology::default(),
         })
     }
 
@@ -178,6 +181,11 @@ impl Shared {
     /// whole statement.
     pub fn runtime(&self) -> Arc<Runtime> {
         self.runtime.load_full()
+    }
+
+    /// Makes `rt` the snapshot new statements take.
+    pub(crate) fn store_runtime(&self, rt: Runtime) {
+        self.runtime.store(Arc::new(rt));
     }
 
     /// The vschema in force now.

@@ -45,6 +45,15 @@ pub enum AdminStatement {
         /// The cluster.
         cluster: String,
     },
+    /// `FAILOVER CLUSTER c [TO 'host:port']`
+    Failover {
+        /// The cluster.
+        cluster: String,
+        /// The standby to promote; None: the best one.
+        to: Option<String>,
+    },
+    /// `SHOW FAILOVERS`
+    ShowFailovers,
 }
 
 /// How long `DRAIN CLUSTER` waits for running work without `WAIT n SECONDS`.
@@ -56,7 +65,9 @@ impl AdminStatement {
     pub fn needs_admin(&self) -> bool {
         matches!(
             self,
-            AdminStatement::Drain { .. } | AdminStatement::Undrain { .. }
+            AdminStatement::Drain { .. }
+                | AdminStatement::Undrain { .. }
+                | AdminStatement::Failover { .. }
         )
     }
 }
@@ -72,7 +83,10 @@ pub fn parse_admin(sql: &str) -> Option<Result<AdminStatement, ProxyError>> {
         return None;
     };
     let admin = (verb.eq_ignore_ascii_case("SHOW")
-        && (noun.eq_ignore_ascii_case("MIGRATIONS") || noun.eq_ignore_ascii_case("CLUSTERS")))
+        && (noun.eq_ignore_ascii_case("MIGRATIONS")
+            || noun.eq_ignore_ascii_case("CLUSTERS")
+            || noun.eq_ignore_ascii_case("FAILOVERS")))
+        || (verb.eq_ignore_ascii_case("FAILOVER") && noun.eq_ignore_ascii_case("CLUSTER"))
         || (verb.eq_ignore_ascii_case("ALTER") && noun.eq_ignore_ascii_case("MIGRATION"))
         || ((verb.eq_ignore_ascii_case("DRAIN") || verb.eq_ignore_ascii_case("UNDRAIN"))
             && noun.eq_ignore_ascii_case("CLUSTER"));
@@ -116,6 +130,20 @@ pub fn parse_admin(sql: &str) -> Option<Result<AdminStatement, ProxyError>> {
             cluster: name(orig[2]),
         })),
         ["UNDRAIN", ..] => bad("usage: UNDRAIN CLUSTER name"),
+        ["SHOW", "FAILOVERS"] => Some(Ok(AdminStatement::ShowFailovers)),
+        ["SHOW", "FAILOVERS", ..] => bad("usage: SHOW FAILOVERS"),
+        ["FAILOVER", "CLUSTER", _] => Some(Ok(AdminStatement::Failover {
+            cluster: name(orig[2]),
+            to: None,
+        })),
+        ["FAILOVER", "CLUSTER", _, "TO", _] => match unquote(orig[4]) {
+            Some(to) => Some(Ok(AdminStatement::Failover {
+                cluster: name(orig[2]),
+                to: Some(to),
+            })),
+            None => bad("FAILOVER CLUSTER name TO 'host:port': quote the standby's address"),
+        },
+        ["FAILOVER", ..] => bad("usage: FAILOVER CLUSTER name [TO 'host:port']"),
         ["ALTER", "MIGRATION", rest @ ..] => {
             let usage = "usage: ALTER MIGRATION 'uuid' | ALL [ON CLUSTER name] PAUSE | RESUME | CANCEL | RETRY | COMPLETE";
             let Some((verb, middle)) = rest.split_last() else {
@@ -199,6 +227,28 @@ mod tests {
         ] {
             assert!(matches!(parse_admin(bad), Some(Err(_))), "{bad}");
         }
+        assert_eq!(
+            parse_admin("FAILOVER CLUSTER c1 TO '127.0.0.1:3307'").and_then(Result::ok),
+            Some(AdminStatement::Failover {
+                cluster: "c1".into(),
+                to: Some("127.0.0.1:3307".into())
+            })
+        );
+        assert_eq!(
+            parse_admin("failover cluster c1").and_then(Result::ok),
+            Some(AdminStatement::Failover {
+                cluster: "c1".into(),
+                to: None
+            })
+        );
+        assert!(matches!(
+            parse_admin("FAILOVER CLUSTER c1 TO x"),
+            Some(Err(_))
+        ));
+        assert_eq!(
+            parse_admin("SHOW FAILOVERS").and_then(Result::ok),
+            Some(AdminStatement::ShowFailovers)
+        );
         assert!(parse_admin("SHOW TABLES").is_none());
         assert!(parse_admin("DRAIN").is_none());
     }

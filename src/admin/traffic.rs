@@ -108,14 +108,10 @@ fn persist(shared: &Shared, rt: &Runtime) -> Result<(), ProxyError> {
     let Some(path) = &shared.config.traffic_state_file else {
         return Ok(());
     };
-    crate::traffic::save_state(
-        path,
-        rt.pools
-            .iter()
-            .filter(|(_, p)| p.traffic.intent() != Intent::Serving || p.traffic.detail().since != 0)
-            .map(|(name, p)| (name.as_str(), &p.traffic)),
-    )
-    .map_err(|e| ProxyError::internal(format!("the intent is set but could not be kept: {e}")))
+    let _ = (path, rt);
+    shared
+        .save_traffic_state()
+        .map_err(|e| ProxyError::internal(format!("the intent is set but could not be kept: {e}")))
 }
 
 /// `DRAIN CLUSTER c [WAIT n SECONDS]`: no new statement starts on `cluster`; statements
@@ -143,7 +139,7 @@ pub async fn drain(
     let left = pool.leased_threads();
     let mut killed = 0;
     if !left.is_empty() {
-        let c = pool.cluster.clone();
+        let c = (*pool.cluster()).clone();
         let ids = left.clone();
         let r = shared
             .control
@@ -181,6 +177,50 @@ pub async fn drain(
         "cluster {cluster} drained in {took:.1} s: {} backend connection(s) still in use at the deadline, {killed} killed",
         left.len()
     ))
+}
+
+/// The columns of `SHOW FAILOVERS`.
+pub const FAILOVER_COLUMNS: [&str; 9] = [
+    "Cluster", "Kind", "From", "To", "By", "Started", "Buffered", "Outcome", "Timeline",
+];
+
+/// One row per failover kept, oldest first; the timeline as `0.012s step; ...`.
+pub fn show_failovers(shared: &Shared) -> Vec<Row> {
+    shared
+        .topology
+        .failovers()
+        .into_iter()
+        .map(|r| {
+            let text = |s: String| Some(s.into_bytes());
+            let started = r
+                .started
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let timeline: Vec<String> = r
+                .steps
+                .iter()
+                .map(|(at, what)| format!("{at:.3}s {what}"))
+                .collect();
+            let kind = match r.kind {
+                crate::traffic::failover::Kind::Planned => "planned",
+                crate::traffic::failover::Kind::Unplanned => "unplanned",
+            };
+            vec![
+                text(r.cluster),
+                text(kind.to_string()),
+                text(r.from),
+                text(r.to),
+                text(r.by),
+                text(started.to_string()),
+                text(r.buffered.to_string()),
+                text(match r.outcome {
+                    Ok(()) => "done".to_string(),
+                    Err(e) => format!("stopped: {e}"),
+                }),
+                text(timeline.join("; ")),
+            ]
+        })
+        .collect()
 }
 
 /// `UNDRAIN CLUSTER c`: the cluster serves again.

@@ -175,6 +175,9 @@ pub struct BackendConn {
     pub last_used: Instant,
     /// Set when the connection can no longer be trusted; it is then closed, not pooled.
     pub broken: bool,
+    /// The pool's topology generation it was opened in: one opened to a primary that a
+    /// failover replaced is closed when it comes back, never pooled.
+    pub generation: u64,
 }
 
 impl BackendConn {
@@ -321,6 +324,7 @@ impl BackendConn {
             relayed: false,
             last_used: Instant::now(),
             broken: false,
+            generation: 0,
         };
         Ok((backend, greeting))
     }

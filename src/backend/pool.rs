@@ -23,8 +23,12 @@ const PING_AFTER_IDLE: Duration = Duration::from_secs(10);
 
 /// Connections to one cluster.
 pub struct ClusterPool {
-    /// The cluster.
-    pub cluster: Cluster,
+    /// The cluster's name (fixed; its members change with a failover).
+    pub name: String,
+    /// The cluster: where its primary is now.
+    cluster: arc_swap::ArcSwap<Cluster>,
+    /// Incremented by every [`ClusterPool::retarget`].
+    generation: std::sync::atomic::AtomicU64,
     /// Latency and failures of statements sent to it.
     pub stats: crate::metrics::ClusterStats,
     /// Its health as the monitor sees it (`down`: checkouts fail or wait).
@@ -92,7 +96,9 @@ impl ClusterPool {
             stats: crate::metrics::ClusterStats::default(),
             health: crate::health::ClusterHealth::default(),
             traffic: crate::traffic::ClusterTraffic::default(),
-            cluster,
+            name: cluster.name.clone(),
+            cluster: arc_swap::ArcSwap::from_pointee(cluster),
+            generation: std::sync::atomic::AtomicU64::new(0),
             config,
             inner: Mutex::new(Inner {
                 idle: VecDeque::new(),
@@ -104,6 +110,21 @@ impl ClusterPool {
             }),
             freed: Notify::new(),
         })
+    }
+
+    /// The cluster as the pool reaches it now (its primary).
+    pub fn cluster(&self) -> Arc<Cluster> {
+        self.cluster.load_full()
+    }
+
+    /// Points the pool at a new primary (a failover): idle connections are closed,
+    /// leased ones are closed when they come back, new ones go to `cluster.primary`.
+    pub fn retarget(&self, cluster: Cluster) {
+        self.cluster.store(Arc::new(cluster));
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.lock().last_failure = None;
+        self.close_idle();
     }
 
     /// (open connections, idle connections).
@@ -133,9 +154,12 @@ impl ClusterPool {
         drop(closed);
     }
 
-    /// Why the cluster takes no statement now, if it does not: drained or draining by
-    /// intent, or `down`.
+    /// Why the cluster takes no statement now, if it does not: a failover under way,
+    /// drained or draining by intent, or `down`.
     pub fn not_serving(&self) -> Option<String> {
+        if let Some(to) = self.traffic.switching() {
+            return Some(format!("failing over to {to}"));
+        }
         let intent = self.traffic.intent();
         if intent != crate::traffic::Intent::Serving {
             let d = self.traffic.detail();
@@ -164,8 +188,12 @@ impl ClusterPool {
         let Some(why) = self.not_serving() else {
             return Ok(());
         };
-        let name = &self.cluster.name;
-        if self.config.on_unavailable == crate::traffic::OnUnavailable::Fail {
+        let name = &self.name;
+        // A failover always buffers: it is over within the buffer's time, and the
+        // statements it holds must not see an error.
+        if self.config.on_unavailable == crate::traffic::OnUnavailable::Fail
+            && self.traffic.switching().is_none()
+        {
             return Err(ProxyError::cluster_not_serving(name, why));
         }
         let buffered = &self.traffic.buffered;
@@ -332,7 +360,7 @@ impl ClusterPool {
             let woke = tokio::time::timeout_at(deadline, freed).await;
             if woke.is_err() {
                 return Err(ProxyError::cluster_unavailable(
-                    &self.cluster.name,
+                    &self.name,
                     format!(
                         "no free connection within {:?} ({max} in use)",
                         self.config.checkout_timeout
@@ -345,12 +373,14 @@ impl ClusterPool {
     async fn open(&self, key: ConnKey, database: Option<&str>) -> Result<BackendConn, ProxyError> {
         if let Some((at, why, permanent)) = &self.lock().last_failure {
             if at.elapsed() < CONNECT_FAILURE_HOLD {
-                return Err(unavailable(&self.cluster.name, why, *permanent));
+                return Err(unavailable(&self.name, why, *permanent));
             }
         }
-        match BackendConn::connect(&self.cluster, key, database, self.config.connect_timeout).await
-        {
-            Ok((conn, _)) => {
+        let generation = self.generation.load(std::sync::atomic::Ordering::SeqCst);
+        let cluster = self.cluster();
+        match BackendConn::connect(&cluster, key, database, self.config.connect_timeout).await {
+            Ok((mut conn, _)) => {
+                conn.generation = generation;
                 let mut g = self.lock();
                 g.open += 1;
                 g.leased_threads.push(conn.thread_id);
@@ -364,7 +394,7 @@ impl ClusterPool {
                 }
                 let (why, permanent) = (why.message, why.permanent);
                 self.lock().last_failure = Some((Instant::now(), why.clone(), permanent));
-                Err(unavailable(&self.cluster.name, &why, permanent))
+                Err(unavailable(&self.name, &why, permanent))
             }
         }
     }
@@ -398,7 +428,9 @@ impl ClusterPool {
                     // was open.
                     g.open = g.open.saturating_sub(1);
                     closed = Some(conn);
-                } else if self.traffic.intent() == crate::traffic::Intent::Serving {
+                } else if self.traffic.intent() == crate::traffic::Intent::Serving
+                    && conn.generation == self.generation.load(std::sync::atomic::Ordering::SeqCst)
+                {
                     g.idle.push_back(conn);
                 } else {
                     // A draining cluster keeps no idle connections.

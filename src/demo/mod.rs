@@ -139,6 +139,7 @@ async fn serve_demo(
         limits: crate::config::LimitsConfig::default(),
         health: crate::health::HealthConfig::default(),
         traffic_state_file: None,
+        failover: crate::traffic::failover::FailoverConfig::default(),
         rsa_key: None,
     });
     let (stop_tx, stop_rx) = oneshot::channel::<()>();

@@ -8,6 +8,7 @@
 //! cluster fails fast or buffers, `crate::traffic`); the details behind it (reason,
 //! counts, last probe) sit under a lock only the monitor and `SHOW CLUSTERS` take.
 
+pub mod members;
 mod probe;
 
 pub(crate) use probe::json_string;
@@ -180,6 +181,7 @@ pub struct Transition {
 pub struct ClusterHealth {
     state: AtomicU8,
     detail: Mutex<Detail>,
+    standbys: Mutex<Vec<members::StandbyStatus>>,
 }
 
 /// What `SHOW CLUSTERS` shows of a cluster's health.
@@ -230,6 +232,7 @@ impl Default for ClusterHealth {
                 transitions: 0,
                 last_probe: None,
             }),
+            standbys: Mutex::new(Vec::new()),
         }
     }
 }
@@ -252,6 +255,19 @@ impl ClusterHealth {
             transitions: d.transitions,
             last_probe: d.last_probe.clone(),
         }
+    }
+
+    /// The standbys at their last probe, in the vschema's order.
+    pub fn standbys(&self) -> Vec<members::StandbyStatus> {
+        self.standbys
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Records the standbys' last probe.
+    pub fn set_standbys(&self, s: Vec<members::StandbyStatus>) {
+        *self.standbys.lock().unwrap_or_else(|e| e.into_inner()) = s;
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Detail> {

@@ -34,7 +34,7 @@ pub fn spawn_monitors(shared: &Arc<Shared>, config: HealthConfig, stop: watch::R
     for cluster in shared.vschema().clusters.values() {
         tokio::spawn(monitor(
             shared.clone(),
-            cluster.clone(),
+            cluster.name.clone(),
             config.clone(),
             me.clone(),
             stop.clone(),
@@ -44,12 +44,12 @@ pub fn spawn_monitors(shared: &Arc<Shared>, config: HealthConfig, stop: watch::R
 
 async fn monitor(
     shared: Arc<Shared>,
-    cluster: Cluster,
+    name: String,
     config: Arc<HealthConfig>,
     me: String,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut conn: Option<SqlConn> = None;
+    let mut conn: Option<(String, SqlConn)> = None;
     let mut tick = tokio::time::interval(config.probe_interval);
     // A probe that timed out already took its interval: the next starts at once.
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -61,13 +61,28 @@ async fn monitor(
         if *stop.borrow() {
             return;
         }
+        let rt = shared.runtime();
+        let Some(pool) = rt.pool(&name).cloned() else {
+            // The cluster left the vschema.
+            return;
+        };
+        drop(rt);
+        // The primary now: a failover moves it.
+        let cluster = pool.cluster();
+        if conn
+            .as_ref()
+            .is_some_and(|(addr, _)| *addr != cluster.primary)
+        {
+            conn = None;
+        }
         let started = Instant::now();
-        let probe = tokio::time::timeout(
+        let standbys = super::members::probe_all(&cluster, config.probe_timeout);
+        let primary = tokio::time::timeout(
             config.probe_timeout,
             probe(&cluster, &mut conn, config.probe_timeout, &me),
-        )
-        .await;
-        let outcome = match probe {
+        );
+        let (primary, standbys) = tokio::join!(primary, standbys);
+        let outcome = match primary {
             Ok(Ok(mut reading)) => {
                 reading.took = started.elapsed();
                 Ok(reading)
@@ -85,13 +100,9 @@ async fn monitor(
                 ))
             }
         };
-        let rt = shared.runtime();
-        let Some(pool) = rt.pool(&cluster.name) else {
-            // The cluster left the vschema.
-            return;
-        };
+        pool.health.set_standbys(standbys);
         let window = pool.stats.window();
-        if let Some(t) = pool.health.observe(&cluster.name, &config, outcome, window) {
+        if let Some(t) = pool.health.observe(&name, &config, outcome, window) {
             report(&t, config.webhook.as_deref());
             if t.to == super::Health::Down {
                 // Idle connections to a cluster that stopped answering are suspect (a
@@ -100,6 +111,8 @@ async fn monitor(
                 // The statements that failed on the way down must not hold its
                 // recovery back once probes pass again.
                 pool.stats.clear_window();
+                // With `failover = "auto"`, a standby takes over.
+                crate::traffic::failover::on_down(&shared, &name);
             }
             if t.to < t.from {
                 // Statements waiting in the buffer may go on.
@@ -113,7 +126,7 @@ async fn monitor(
 /// created), a round trip, a write, and the server's running threads.
 async fn probe(
     cluster: &Cluster,
-    conn: &mut Option<SqlConn>,
+    conn: &mut Option<(String, SqlConn)>,
     timeout: Duration,
     me: &str,
 ) -> Result<ProbeReading, String> {
@@ -130,9 +143,9 @@ async fn probe(
         )
         .await
         .map_err(|e| e.to_string())?;
-        *conn = Some(c);
+        *conn = Some((cluster.primary.clone(), c));
     }
-    let Some(c) = conn.as_mut() else {
+    let Some((_, c)) = conn.as_mut() else {
         return Err("no connection".into());
     };
     c.query("SELECT 1").await.map_err(|e| e.to_string())?;

@@ -149,6 +149,31 @@ impl Session {
                     crate::admin::traffic::drain(&self.shared, &cluster, wait, &self.user).await;
                 self.traffic_answer(&cluster, r).await
             }
+            Ok(crate::admin::AdminStatement::Failover { cluster, to }) => {
+                let r = crate::traffic::failover::failover(
+                    &self.shared,
+                    &cluster,
+                    to.as_deref(),
+                    crate::traffic::failover::Kind::Planned,
+                    &self.user,
+                )
+                .await
+                .map(|rec| {
+                    format!(
+                        "cluster {cluster} failed over from {} to {} in {:.2} s; {} statement(s) buffered",
+                        rec.from,
+                        rec.to,
+                        rec.steps.last().map_or(0.0, |s| s.0),
+                        rec.buffered
+                    )
+                });
+                self.traffic_answer(&cluster, r).await
+            }
+            Ok(crate::admin::AdminStatement::ShowFailovers) => {
+                let rows = crate::admin::traffic::show_failovers(&self.shared);
+                self.send_result_set(&crate::admin::traffic::FAILOVER_COLUMNS, rows)
+                    .await
+            }
             Ok(crate::admin::AdminStatement::Undrain { cluster }) => {
                 let r = crate::admin::traffic::undrain(&self.shared, &cluster, &self.user);
                 self.traffic_answer(&cluster, r).await

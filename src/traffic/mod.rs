@@ -14,6 +14,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::Notify;
 
+pub mod failover;
+mod topology;
+
+pub use topology::{Topology, Turn};
+
 /// What an operator (or policy) wants of a cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Intent {
@@ -74,6 +79,8 @@ pub struct TrafficConfig {
     pub buffer_timeout: Duration,
     /// Where intents are kept (None: not kept across restarts).
     pub state_file: Option<PathBuf>,
+    /// Failover policy and deadlines.
+    pub failover: failover::FailoverConfig,
 }
 
 impl Default for TrafficConfig {
@@ -83,6 +90,7 @@ impl Default for TrafficConfig {
             buffer_size: 1000,
             buffer_timeout: Duration::from_secs(10),
             state_file: None,
+            failover: failover::FailoverConfig::default(),
         }
     }
 }
@@ -95,6 +103,10 @@ pub struct TrafficFile {
     buffer_size: Option<usize>,
     buffer_timeout_ms: Option<u64>,
     state_file: Option<String>,
+    failover: Option<String>,
+    failover_drain_wait_ms: Option<u64>,
+    failover_catch_up_ms: Option<u64>,
+    max_replica_lag_ms: Option<u64>,
 }
 
 impl TrafficFile {
@@ -124,6 +136,24 @@ impl TrafficFile {
             }
             c.buffer_timeout = Duration::from_millis(ms);
         }
+        match self.failover.as_deref() {
+            None | Some("manual") => {}
+            Some("auto") => c.failover.auto = true,
+            Some(other) => {
+                return Err(format!(
+                    "failover = \"{other}\": expected \"manual\" or \"auto\""
+                ))
+            }
+        }
+        if let Some(ms) = self.failover_drain_wait_ms {
+            c.failover.drain_wait = Duration::from_millis(ms);
+        }
+        if let Some(ms) = self.failover_catch_up_ms {
+            c.failover.catch_up = Duration::from_millis(ms.max(1));
+        }
+        if let Some(ms) = self.max_replica_lag_ms {
+            c.failover.max_lag = Duration::from_millis(ms);
+        }
         c.state_file = Some(
             base.join(
                 self.state_file
@@ -145,6 +175,10 @@ pub struct ClusterTraffic {
     /// Woken when the cluster may have become available (health better, intent
     /// serving).
     pub changed: Notify,
+    /// The member a failover under way switches to (statements wait meanwhile).
+    switching: Mutex<Option<String>>,
+    /// Whether `switching` is Some: what every checkout reads, without the lock.
+    switching_now: std::sync::atomic::AtomicBool,
 }
 
 /// Who set the intent, why and when.
@@ -168,6 +202,25 @@ impl ClusterTraffic {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// The member a failover under way switches to, if one is under way.
+    pub fn switching(&self) -> Option<String> {
+        if !self.switching_now.load(Ordering::Acquire) {
+            return None;
+        }
+        self.switching
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Marks a failover to `to` as started (Some) or over (None); waiters look again.
+    pub fn set_switching(&self, to: Option<String>) {
+        let on = to.is_some();
+        *self.switching.lock().unwrap_or_else(|e| e.into_inner()) = to;
+        self.switching_now.store(on, Ordering::Release);
+        self.changed.notify_waiters();
     }
 
     /// Sets the intent; waiters in the buffer look again.
@@ -199,6 +252,24 @@ struct Entry {
     reason: String,
     #[serde(default)]
     since: u64,
+    primary: Option<String>,
+    #[serde(default)]
+    standbys: Vec<String>,
+    #[serde(default)]
+    fenced: Vec<String>,
+}
+
+/// A cluster's members as the state file keeps them (after failovers).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SavedMembers {
+    /// The cluster.
+    pub cluster: String,
+    /// Its primary.
+    pub primary: String,
+    /// Its standbys.
+    pub standbys: Vec<String>,
+    /// Former primaries never to be routed to.
+    pub fenced: Vec<String>,
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -207,15 +278,17 @@ struct StateFile {
     clusters: BTreeMap<String, Entry>,
 }
 
-/// Applies the intents kept in `path` to the clusters `traffic_of` finds; a missing
-/// file means every cluster serves. Unknown clusters are skipped with a warning.
+/// Applies the intents kept in `path` to the clusters `traffic_of` finds, and returns
+/// the members kept for each (the caller switches to them); a missing file means every
+/// cluster serves, as the vschema says. Unknown clusters are skipped with a warning.
 pub fn load_state<'a>(
     path: &Path,
     traffic_of: impl Fn(&str) -> Option<&'a ClusterTraffic>,
-) -> Result<(), String> {
+) -> Result<Vec<SavedMembers>, String> {
+    let mut members = Vec::new();
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(members),
         Err(e) => return Err(format!("{}: {e}", path.display())),
     };
     let file: StateFile = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -227,6 +300,14 @@ pub fn load_state<'a>(
                 entry.intent
             ));
         };
+        if let Some(primary) = &entry.primary {
+            members.push(SavedMembers {
+                cluster: cluster.clone(),
+                primary: primary.clone(),
+                standbys: entry.standbys.clone(),
+                fenced: entry.fenced.clone(),
+            });
+        }
         match traffic_of(&cluster) {
             // A drain that a restart interrupted is finished: nothing of it runs now.
             Some(t) => {
@@ -245,26 +326,46 @@ pub fn load_state<'a>(
             }
         }
     }
-    Ok(())
+    Ok(members)
 }
 
-/// Writes every cluster's intent to `path` (a temporary file renamed over it, so a
-/// crash leaves the old state or the new one).
+/// What the state file keeps of one cluster.
+pub struct SavedCluster<'a> {
+    /// Its name.
+    pub name: &'a str,
+    /// Its intent.
+    pub traffic: &'a ClusterTraffic,
+    /// Its members now (after failovers).
+    pub cluster: std::sync::Arc<crate::vschema::Cluster>,
+    /// Former primaries fenced.
+    pub fenced: Vec<String>,
+}
+
+/// Writes every cluster's intent and members to `path` (a temporary file renamed over
+/// it, so a crash leaves the old state or the new one).
 pub fn save_state<'a>(
     path: &Path,
-    clusters: impl Iterator<Item = (&'a str, &'a ClusterTraffic)>,
+    clusters: impl Iterator<Item = SavedCluster<'a>>,
 ) -> Result<(), String> {
     let mut out = String::from(
-        "# Written by shardgate: what operators want of each cluster (DRAIN/UNDRAIN CLUSTER).\n",
+        "# Written by shardgate: what operators want of each cluster (DRAIN/UNDRAIN CLUSTER)\n\
+         # and who its primary is after failovers (FAILOVER CLUSTER).\n",
     );
-    for (name, t) in clusters {
-        let d = t.detail();
+    let list = |v: &[String]| {
+        let items: Vec<String> = v.iter().map(|s| toml_string(s)).collect();
+        format!("[{}]", items.join(", "))
+    };
+    for c in clusters {
+        let d = c.traffic.detail();
         out.push_str(&format!(
-            "\n[clusters.{}]\nintent = \"{}\"\nreason = {}\nsince = {}\n",
-            toml_key(name),
-            t.intent().name(),
+            "\n[clusters.{}]\nintent = \"{}\"\nreason = {}\nsince = {}\nprimary = {}\nstandbys = {}\nfenced = {}\n",
+            toml_key(c.name),
+            c.traffic.intent().name(),
             toml_string(&d.reason),
-            d.since
+            d.since,
+            toml_string(&c.cluster.primary),
+            list(&c.cluster.standbys),
+            list(&c.fenced),
         ));
     }
     let tmp = path.with_extension("tmp");
@@ -299,14 +400,40 @@ mod tests {
         let (a, b) = (ClusterTraffic::default(), ClusterTraffic::default());
         a.set(Intent::Drained, "disk \"full\"\nagain");
         b.set(Intent::Draining, "maintenance");
-        save_state(&path, [("c1", &a), ("c.2", &b)].into_iter()).expect("save");
+        let cluster = |name: &str| {
+            std::sync::Arc::new(crate::vschema::Cluster {
+                name: name.into(),
+                primary: "127.0.0.1:2".into(),
+                standbys: vec!["127.0.0.1:3".into()],
+                user: "u".into(),
+                password: String::new(),
+                tls: None,
+            })
+        };
+        let saved = [("c1", &a), ("c.2", &b)].map(|(name, traffic)| SavedCluster {
+            name,
+            traffic,
+            cluster: cluster(name),
+            fenced: vec!["127.0.0.1:1".into()],
+        });
+        save_state(&path, saved.into_iter()).expect("save");
         let (a2, b2) = (ClusterTraffic::default(), ClusterTraffic::default());
-        load_state(&path, |n| match n {
+        let members = load_state(&path, |n| match n {
             "c1" => Some(&a2),
             "c.2" => Some(&b2),
             _ => None,
         })
         .expect("load");
+        assert_eq!(members.len(), 2);
+        assert_eq!(
+            members[1],
+            SavedMembers {
+                cluster: "c1".into(),
+                primary: "127.0.0.1:2".into(),
+                standbys: vec!["127.0.0.1:3".into()],
+                fenced: vec!["127.0.0.1:1".into()],
+            }
+        );
         assert_eq!(a2.intent(), Intent::Drained);
         assert_eq!(a2.detail(), a.detail());
         assert_eq!(
