@@ -25,6 +25,23 @@ impl ThrottleSignals for PoolSignals {
         self.0.runtime().pool(cluster)?.stats.error_rate()
     }
 
+    fn replica_lag(&self, cluster: &str) -> Option<Duration> {
+        let rt = self.0.runtime();
+        rt.pool(cluster)?
+            .health
+            .standbys()
+            .iter()
+            .filter_map(|s| s.lag)
+            .max()
+    }
+
+    fn current(&self, cluster: &crate::vschema::Cluster) -> crate::vschema::Cluster {
+        match self.0.runtime().pool(&cluster.name) {
+            Some(p) => (*p.cluster()).clone(),
+            None => cluster.clone(),
+        }
+    }
+
     fn health_hold(&self, cluster: &str) -> Option<String> {
         let rt = self.0.runtime();
         let pool = rt.pool(cluster)?;

@@ -11,7 +11,7 @@ use crate::traffic::Intent;
 pub type Row = Vec<Option<Vec<u8>>>;
 
 /// The columns of `SHOW CLUSTERS`.
-pub const CLUSTER_COLUMNS: [&str; 16] = [
+pub const CLUSTER_COLUMNS: [&str; 17] = [
     "Cluster",
     "Primary",
     "Health",
@@ -28,6 +28,7 @@ pub const CLUSTER_COLUMNS: [&str; 16] = [
     "Buffered",
     "Probe_ms",
     "Threads_running",
+    "Standbys",
 ];
 
 /// One row per cluster of the vschema in force: health, intent and why, the last ten
@@ -84,9 +85,26 @@ pub fn show_clusters(shared: &Shared) -> Vec<Row> {
             h.last_probe
                 .and_then(|p| p.threads_running)
                 .map(|n| n.to_string().into_bytes()),
+            text(describe_standbys(
+                &pool.health.standbys(),
+                shared.config.failover.max_lag,
+            )),
         ]);
     }
     rows
+}
+
+/// `addr role state lag` for each standby, `; `-separated (empty without standbys).
+fn describe_standbys(s: &[crate::health::members::StandbyStatus], max_lag: Duration) -> String {
+    s.iter()
+        .map(|m| {
+            let lag = m.lag.map_or("lag ?".to_string(), |l| {
+                format!("lag {:.1} s", l.as_secs_f64())
+            });
+            format!("{} standby {} {lag}", m.addr, m.state(max_lag))
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 fn unix_now() -> u64 {

@@ -164,11 +164,21 @@ impl Executor {
 }
 
 struct Ctx {
+    /// The cluster as the executor started with it; [`Ctx::cluster_now`] follows
+    /// failovers.
     cluster: Cluster,
     config: ExecutorConfig,
     signals: Arc<dyn ThrottleSignals>,
     engine: Arc<dyn CopyEngine>,
     stats: Arc<ExecutorStats>,
+}
+
+impl Ctx {
+    /// The cluster with its primary now: after a failover, copies and bookkeeping go
+    /// to the new primary, never to the old one (which may be a standby by then).
+    fn cluster_now(&self) -> Cluster {
+        self.signals.current(&self.cluster)
+    }
 }
 
 /// How a migration's task ended.
@@ -278,7 +288,7 @@ fn owner_id() -> String {
 }
 
 async fn connect(ctx: &Ctx, database: Option<&str>) -> Result<SqlConn, String> {
-    SqlConn::connect(&ctx.cluster, database, ctx.config.connect_timeout)
+    SqlConn::connect(&ctx.cluster_now(), database, ctx.config.connect_timeout)
         .await
         .map_err(|e| format!("connect to {}: {e}", ctx.cluster.name))
 }
@@ -329,7 +339,16 @@ async fn own(
         sampler_stop,
     ));
     let mut state = Owned::default();
+    let primary = ctx.cluster_now().primary;
     let result = loop {
+        if ctx.cluster_now().primary != primary {
+            // A failover: these connections are to the former primary. Let go; the
+            // next turn owns the queue on the new one.
+            break Err(format!(
+                "cluster {} failed over from {primary}",
+                ctx.cluster.name
+            ));
+        }
         let reason = throttle_rx.borrow().cluster_reason.clone();
         ctx.stats.set_throttle(reason);
         if let Err(e) = step(
@@ -582,7 +601,12 @@ async fn run_copy(
     );
     let result = ctx
         .engine
-        .run(&ctx.cluster, &task, row.checkpoint.as_deref(), &control)
+        .run(
+            &ctx.cluster_now(),
+            &task,
+            row.checkpoint.as_deref(),
+            &control,
+        )
         .await;
     let letting_go = shared.stop.load(Ordering::Acquire);
     match result {
@@ -643,7 +667,7 @@ async fn clean_up(ctx: &Ctx, row: &MigrationRow) -> Outcome {
         Ok(t) => t,
         Err(_) => return Outcome::Cancelled,
     };
-    match ctx.engine.clean_up(&ctx.cluster, &task).await {
+    match ctx.engine.clean_up(&ctx.cluster_now(), &task).await {
         Ok(()) => Outcome::Cancelled,
         Err(CopyError::Connection(m)) => Outcome::Requeue(format!("clean-up: {m}")),
         Err(e) => Outcome::Failed(format!("clean-up after cancel failed: {e:?}")),

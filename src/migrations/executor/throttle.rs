@@ -25,6 +25,15 @@ pub trait ThrottleSignals: Send + Sync {
         let _ = cluster;
         None
     }
+    /// The largest lag of `cluster`'s standbys (None: no standbys, or none measured).
+    fn replica_lag(&self, cluster: &str) -> Option<Duration> {
+        let _ = cluster;
+        None
+    }
+    /// `cluster` as it is now: a failover moves its primary, and copies must follow.
+    fn current(&self, cluster: &Cluster) -> Cluster {
+        cluster.clone()
+    }
 }
 
 /// No proxy signals (tools, tests): only the cluster's own signals throttle.
@@ -61,7 +70,8 @@ pub struct ThrottleConfig {
     pub baseline_window: usize,
     /// Samples needed before the baseline counts (the floors alone apply until then).
     pub baseline_min_samples: usize,
-    /// Replica lag throttles above this (see [`replica_lag`]; no replicas yet).
+    /// Replica lag throttles above this (the largest lag of the cluster's standbys,
+    /// measured by the health monitor from the heartbeat row).
     pub max_replica_lag: Duration,
     /// Sessions waiting for a metadata lock on a migration's table hold it back.
     pub metadata_lock_waits: bool,
@@ -185,19 +195,11 @@ impl Baseline {
     }
 }
 
-/// Replica lag of the cluster's replicas. Clusters have no replicas yet: this hook
-/// returns `None` (no signal). When standbys arrive, measure here (e.g.
-/// `Seconds_Behind_Master` or a heartbeat table) and the sampler throttles above
-/// [`ThrottleConfig::max_replica_lag`].
-pub async fn replica_lag(_cluster: &Cluster) -> Option<Duration> {
-    None
-}
-
 /// Samples `cluster` every `config.sample_interval` and publishes what it finds, until
 /// `stop` turns true or every receiver is gone. A sample that cannot be taken throttles
 /// (health unknown).
 pub(crate) async fn sample_loop(
-    cluster: Cluster,
+    mut cluster: Cluster,
     config: ThrottleConfig,
     signals: Arc<dyn ThrottleSignals>,
     connect_timeout: Duration,
@@ -216,6 +218,12 @@ pub(crate) async fn sample_loop(
         }
         if *stop.borrow() || tx.is_closed() {
             return;
+        }
+        // A failover moved the primary: sample the new one.
+        let now = signals.current(&cluster);
+        if now.primary != cluster.primary {
+            conn = None;
+            cluster = now;
         }
         let limit = config.sample_interval.max(Duration::from_secs(1)) * 2;
         let sampled = tokio::time::timeout(
@@ -247,7 +255,7 @@ pub(crate) async fn sample_loop(
             state.cluster_reason = proxy_reason(&cluster, &config, signals.as_ref(), &mut p99);
         }
         if state.cluster_reason.is_none() {
-            if let Some(lag) = replica_lag(&cluster).await {
+            if let Some(lag) = signals.replica_lag(&cluster.name) {
                 if lag > config.max_replica_lag {
                     state.cluster_reason = Some(format!(
                         "replica lag {} ms > {} ms",
