@@ -1004,11 +1004,9 @@ fn database_per_workspace_mistakes_are_reported() {
 
 #[test]
 fn standbys_are_checked_and_described() {
-    let ok = format!(
-        "[clusters.c1]\nprimary = \"127.0.0.1:15401\"\nstandbys = [\"127.0.0.1:15411\", \"127.0.0.1:15421\"]\nuser = \"u\"\n\
-         [keyspaces.app]\ncluster = \"c1\"\n"
-    );
-    let vs = VSchema::from_toml_str(&ok).expect("valid");
+    let ok = "[clusters.c1]\nprimary = \"127.0.0.1:15401\"\nstandbys = [\"127.0.0.1:15411\", \"127.0.0.1:15421\"]\nuser = \"u\"\n\
+              [keyspaces.app]\ncluster = \"c1\"\n";
+    let vs = VSchema::from_toml_str(ok).expect("valid");
     let c1 = vs.cluster("c1").expect("c1");
     assert_eq!(c1.standbys, ["127.0.0.1:15411", "127.0.0.1:15421"]);
     assert!(vs
