@@ -7,6 +7,7 @@ pub mod handshake;
 pub mod packet;
 pub mod relay;
 pub mod sha2_auth;
+pub mod stream;
 pub mod tls;
 pub mod wire;
 
