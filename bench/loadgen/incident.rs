@@ -102,7 +102,7 @@ pub fn parse_args(args: &[String]) -> Result<Options, String> {
         if flag == "--smoke" {
             o.stall = Duration::from_secs(6);
             o.warmup = Duration::from_secs(3);
-            o.after = Duration::from_secs(5);
+            o.after = Duration::from_secs(8);
             o.clients = 4;
             o.size.workspaces = 100;
             o.size.items = 5;

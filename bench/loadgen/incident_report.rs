@@ -249,6 +249,13 @@ pub fn summary_text(run: &Run, s: &Summary) -> String {
     );
     let _ = writeln!(out, "  went down: {}", yes(s.went_down()));
     let _ = writeln!(out, "  healthy again: {}", yes(s.came_back()));
+    let _ = writeln!(
+        out,
+        "  healthy again while the load ran: {}",
+        yes(s
+            .to_healthy
+            .is_some_and(|t| run.resume_at.as_secs_f64() + t <= run.load_end.as_secs_f64()))
+    );
     let _ = writeln!(out, "  SIGSTOP -> degraded: {} s", opt(s.to_degraded, 2));
     let _ = writeln!(out, "  SIGSTOP -> down: {} s", opt(s.to_down, 2));
     let _ = writeln!(

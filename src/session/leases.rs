@@ -368,9 +368,9 @@ impl Session {
         self.send_error(&e).await
     }
 
-    /// Feeds the cluster's latency and failure window (the migration throttle and the
-    /// metrics read it). Only failures of the cluster's own count against it, never a
-    /// client's mistake.
+    /// Feeds the cluster's latency and failure window (the migration throttle, the
+    /// health monitor and the metrics read it). Only failures of the cluster's own count
+    /// against it, never a client's mistake.
     pub(super) fn record(
         &self,
         rt: &Runtime,
@@ -378,6 +378,13 @@ impl Session {
         started: Instant,
         error: Option<&ProxyError>,
     ) {
+        // A refusal (1053: the cluster is down or drained) never reached the cluster and
+        // says nothing about it. Counted as a failure, it kept a resumed cluster's error
+        // rate above the threshold for as long as clients kept asking, so the monitor
+        // never let it recover under load (`shardgate-bench incident` showed it).
+        if error.is_some_and(|e| e.code == crate::error::codes::CLUSTER_NOT_SERVING) {
+            return;
+        }
         if let Some(pool) = rt.pool(&target.cluster) {
             let failed = error.is_some_and(|e| e.fault == Fault::Shard);
             pool.stats.record(started.elapsed(), failed);
