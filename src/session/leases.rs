@@ -378,14 +378,15 @@ impl Session {
         started: Instant,
         error: Option<&ProxyError>,
     ) {
-        // A refusal (1053: the cluster is down or drained) never reached the cluster and
-        // says nothing about it. Counted as a failure, it kept a resumed cluster's error
-        // rate above the threshold for as long as clients kept asking, so the monitor
-        // never let it recover under load (`shardgate-bench incident` showed it).
-        if error.is_some_and(|e| e.code == crate::error::codes::CLUSTER_NOT_SERVING) {
-            return;
-        }
         if let Some(pool) = rt.pool(&target.cluster) {
+            // A refusal (1053: down or drained) never reached the cluster and says
+            // nothing about it. In the window it kept a resumed cluster's error rate
+            // above the threshold for as long as clients kept asking, so the monitor
+            // never let it recover under load (`shardgate-bench incident` showed it).
+            if error.is_some_and(|e| e.code == crate::error::codes::CLUSTER_NOT_SERVING) {
+                pool.stats.record_refusal();
+                return;
+            }
             let failed = error.is_some_and(|e| e.fault == Fault::Shard);
             pool.stats.record(started.elapsed(), failed);
         }
