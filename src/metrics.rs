@@ -110,6 +110,15 @@ impl ClusterStats {
         }
     }
 
+    /// Counts a statement shardgate refused without asking the cluster (1053: down or
+    /// drained) in the totals only. The window describes the cluster's own answers, and
+    /// the health monitor reads it to let a cluster recover: refusals in it would keep a
+    /// resumed cluster's error rate high for as long as clients keep asking.
+    pub fn record_refusal(&self) {
+        self.statements.fetch_add(1, Ordering::Relaxed);
+        self.failures.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// The last ten seconds' latency buckets and error count.
     fn recent(&self) -> ([u64; BUCKETS], u64) {
         let now_second = Instant::now().duration_since(self.origin).as_secs();
@@ -201,5 +210,18 @@ mod tests {
         );
         assert!((s.error_rate().unwrap_or(0.0) - 10.0 / 1001.0).abs() < 1e-9);
         assert_eq!(s.statements.load(Ordering::Relaxed), 1001);
+    }
+
+    #[test]
+    fn refusals_count_in_the_totals_but_not_in_the_window() {
+        let s = ClusterStats::default();
+        for _ in 0..100 {
+            s.record_refusal();
+        }
+        s.record(Duration::from_micros(80), false);
+        assert_eq!(s.error_rate(), Some(0.0), "the one answer was good");
+        assert_eq!(s.window().count, 1);
+        assert_eq!(s.statements.load(Ordering::Relaxed), 101);
+        assert_eq!(s.failures.load(Ordering::Relaxed), 100);
     }
 }

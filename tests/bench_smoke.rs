@@ -41,3 +41,48 @@ fn bench_smoke_run_prints_a_table_row_per_workload_and_arm() {
         }
     }
 }
+
+/// The incident replay end to end in seconds: four servers, a 6 s freeze of one of
+/// them under load. Asserted are the outcomes, not timings: shardgate called the frozen
+/// cluster down and healthy again while clients still sent it statements, and no
+/// statement for another cluster failed.
+#[test]
+fn incident_smoke_replay_sees_the_frozen_cluster_go_down_and_come_back() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_shardgate-bench"))
+        .args(["incident", "--smoke"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start shardgate-bench incident");
+    // Its own drops resume and stop the servers; a hung run is killed (SIGKILL skips
+    // them, and the next LocalMariaDb start reaps what it left).
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while child.try_wait().expect("poll shardgate-bench").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = child.wait_with_output().expect("shardgate-bench output");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "shardgate-bench incident --smoke failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    for line in [
+        "  went down: yes",
+        "  healthy again: yes",
+        // Refusals of the down cluster must not hold its recovery back.
+        "  healthy again while the load ran: yes",
+        "  errors on healthy clusters during the stall: 0",
+    ] {
+        assert!(
+            stdout.lines().any(|l| l == line),
+            "no line {line:?} in:\n{stdout}\n{stderr}"
+        );
+    }
+}

@@ -3,6 +3,8 @@
 //! round by round, and prints one table with the ratios. See `bench/README.md`.
 
 mod idle;
+mod incident;
+mod incident_report;
 mod setup;
 mod stats;
 mod workload;
@@ -41,6 +43,10 @@ usage: shardgate-bench [options]
        shardgate-bench servers [--count N] [--buffer-pool-mb N]
   starts N local MariaDB servers (user/password shardgate), prints `ready ADDR ...`,
   and keeps them until its standard input closes (used by bench/sysbench.sh)
+
+       shardgate-bench incident [--stall-seconds 60] [--repeat 5] [--smoke]
+  freezes one of 4 clusters (SIGSTOP) under live load and prints a per-second timeline
+  and when shardgate called it degraded, down and healthy again (`incident --help`)
 
        shardgate-bench idle [--connections 1000,10000] [--rounds 3]
   shardgate's RSS with that many idle logged-in clients (run via bench/idle.sh,
@@ -160,6 +166,15 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(msg) => {
                 eprintln!("shardgate-bench idle: {msg}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if args.first().map(String::as_str) == Some("incident") {
+        return match incident::run(&args[1..]) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(msg) => {
+                eprintln!("shardgate-bench incident: {msg}");
                 ExitCode::FAILURE
             }
         };

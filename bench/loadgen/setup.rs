@@ -185,7 +185,18 @@ const SCHEMA: &[&str] = &[
 /// with `size` worth of rows for `workspaces`. Rows are generated server-side with
 /// MariaDB's sequence engine, so loading takes seconds.
 pub async fn load(servers: &Servers, workspaces: &[u64], size: DataSize) -> Result<(), String> {
+    load_shards(servers, &[workspaces.to_vec()], size).await
+}
+
+/// Creates the bench tables on every shard and loads shard `i` with `size` worth of
+/// rows for the workspaces `per_shard[i]` (none for a shard past the list's end).
+pub async fn load_shards(
+    servers: &Servers,
+    per_shard: &[Vec<u64>],
+    size: DataSize,
+) -> Result<(), String> {
     for (i, addr) in servers.addrs.iter().enumerate() {
+        let workspaces = per_shard.get(i).map(Vec::as_slice).unwrap_or_default();
         let mut conn = connect(addr, &servers.user, &servers.password, None).await?;
         exec(
             &mut conn,
@@ -196,7 +207,7 @@ pub async fn load(servers: &Servers, workspaces: &[u64], size: DataSize) -> Resu
         for stmt in SCHEMA {
             exec(&mut conn, stmt).await?;
         }
-        if i != 0 {
+        if workspaces.is_empty() {
             continue;
         }
         for chunk in workspaces.chunks(1000) {

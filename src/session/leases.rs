@@ -368,9 +368,9 @@ impl Session {
         self.send_error(&e).await
     }
 
-    /// Feeds the cluster's latency and failure window (the migration throttle and the
-    /// metrics read it). Only failures of the cluster's own count against it, never a
-    /// client's mistake.
+    /// Feeds the cluster's latency and failure window (the migration throttle, the
+    /// health monitor and the metrics read it). Only failures of the cluster's own count
+    /// against it, never a client's mistake.
     pub(super) fn record(
         &self,
         rt: &Runtime,
@@ -378,13 +378,15 @@ impl Session {
         started: Instant,
         error: Option<&ProxyError>,
     ) {
-        // A statement refused because the cluster is not serving never reached it: it
-        // says nothing of the cluster's latency or errors (and counting it would keep
-        // a recovered cluster's error rate high, so its health could not come back).
-        if error.is_some_and(|e| e.code == crate::error::codes::CLUSTER_NOT_SERVING) {
-            return;
-        }
         if let Some(pool) = rt.pool(&target.cluster) {
+            // A refusal (1053: down or drained) never reached the cluster and says
+            // nothing about it. In the window it kept a resumed cluster's error rate
+            // above the threshold for as long as clients kept asking, so the monitor
+            // never let it recover under load (`shardgate-bench incident` showed it).
+            if error.is_some_and(|e| e.code == crate::error::codes::CLUSTER_NOT_SERVING) {
+                pool.stats.record_refusal();
+                return;
+            }
             let failed = error.is_some_and(|e| e.fault == Fault::Shard);
             pool.stats.record(started.elapsed(), failed);
         }
