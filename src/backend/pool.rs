@@ -255,8 +255,38 @@ impl ClusterPool {
         state_hash: u64,
         prefer: Option<u32>,
     ) -> Result<Lease, ProxyError> {
-        self.admit().await?;
-        self.take_slot().await?;
+        let buffered_until = tokio::time::Instant::now() + self.config.buffer_timeout;
+        loop {
+            match self.checkout_once(key, database, state_hash, prefer).await {
+                // With buffering on, a primary that cannot be reached (crashed, not yet
+                // seen `down`) holds the statement in the buffer like a `down` one
+                // would: the health monitor and a failover are seconds away.
+                Err((e, true))
+                    if e.retryable
+                        && self.config.on_unavailable == crate::traffic::OnUnavailable::Buffer
+                        && tokio::time::Instant::now() < buffered_until =>
+                {
+                    let changed = self.traffic.changed.notified();
+                    let wake = buffered_until
+                        .min(tokio::time::Instant::now() + Duration::from_millis(250));
+                    let _ = tokio::time::timeout_at(wake, changed).await;
+                }
+                Ok(lease) => return Ok(lease),
+                Err((e, _)) => return Err(e),
+            }
+        }
+    }
+
+    /// One try; Err's flag says the cluster could not be connected to.
+    async fn checkout_once(
+        self: &Arc<Self>,
+        key: ConnKey,
+        database: Option<&str>,
+        state_hash: u64,
+        prefer: Option<u32>,
+    ) -> Result<Lease, (ProxyError, bool)> {
+        self.admit().await.map_err(|e| (e, false))?;
+        self.take_slot().await.map_err(|e| (e, false))?;
         // From here on a lease is counted: every way out hands it to a `Lease`, whose
         // drop ends it, or ends it here.
         loop {
@@ -323,7 +353,7 @@ impl ClusterPool {
                     Ok(conn) => return Ok(lease(conn)),
                     Err(e) => {
                         self.end_lease(None);
-                        return Err(e);
+                        return Err((e, true));
                     }
                 },
             }
