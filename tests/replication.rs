@@ -1,0 +1,190 @@
+//! Replicated local clusters (primary + standbys, GTID, semi-sync): rows reach every
+//! standby, standbys are read-only, a hand-made promotion works with the harness's
+//! helpers, start-up time. Checked directly on the servers, not through the proxy.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{number_on, start_replicated_clusters, ShardedVSchema};
+use shardgate::demo::localdb::LocalMariaDb;
+use shardgate::demo::replication::{LocalCluster, LocalClusterOptions};
+
+const CATCH_UP: Duration = Duration::from_secs(20);
+
+fn status(server: &LocalMariaDb, name: &str) -> String {
+    server
+        .global_status(name)
+        .unwrap_or_else(|e| panic!("{name} on {}: {e}", server.addr()))
+}
+
+fn rows_in_notes(server: &LocalMariaDb) -> u64 {
+    number_on(server, "SELECT COUNT(*) FROM app.notes")
+}
+
+#[test]
+fn rows_written_on_the_primary_reach_both_read_only_standbys_semi_synchronously() {
+    let clusters = start_replicated_clusters(1, 2);
+    let cluster = &clusters[0];
+    assert_eq!(cluster.standbys.len(), 2);
+
+    let mut script = String::from(
+        "CREATE DATABASE app;\nCREATE TABLE app.notes (id INT PRIMARY KEY, body VARCHAR(40));\n",
+    );
+    // One transaction per row, so each one waits for a standby's acknowledgement.
+    for id in 1..=100 {
+        script.push_str(&format!(
+            "INSERT INTO app.notes VALUES ({id}, 'note {id}');\n"
+        ));
+    }
+    cluster.primary.sql(&script).expect("write on the primary");
+    cluster.wait_caught_up(CATCH_UP).expect("standbys catch up");
+
+    for standby in &cluster.standbys {
+        assert_eq!(rows_in_notes(standby), 100, "rows on {}", standby.addr());
+        assert_eq!(number_on(standby, "SELECT @@read_only"), 1);
+        assert_eq!(number_on(standby, "SELECT @@log_bin"), 1);
+        let replica = standby
+            .replica_status()
+            .expect("SHOW SLAVE STATUS")
+            .expect("the standby replicates");
+        assert!(replica.running(), "{replica:?}");
+        assert_eq!(replica.master_port, cluster.primary.port.to_string());
+    }
+    assert_eq!(number_on(&cluster.primary, "SELECT @@read_only"), 0);
+
+    assert_eq!(
+        status(&cluster.primary, "Rpl_semi_sync_master_status"),
+        "ON"
+    );
+    assert_eq!(
+        status(&cluster.primary, "Rpl_semi_sync_master_clients"),
+        "2"
+    );
+    let acknowledged: u64 = status(&cluster.primary, "Rpl_semi_sync_master_yes_tx")
+        .parse()
+        .expect("a count");
+    assert!(
+        acknowledged >= 100,
+        "every insert should have been acknowledged by a standby, {acknowledged} were"
+    );
+    assert_eq!(status(&cluster.primary, "Rpl_semi_sync_master_no_tx"), "0");
+
+    // Same transactions everywhere: the standbys log what they apply.
+    let primary_pos = cluster.primary.gtid_binlog_pos().expect("primary position");
+    assert!(primary_pos.starts_with("0-1-"), "{primary_pos}");
+    for standby in &cluster.standbys {
+        assert_eq!(standby.gtid_binlog_pos().expect("binlog pos"), primary_pos);
+        let applied = standby.sql("SELECT @@gtid_slave_pos").expect("slave pos");
+        assert_eq!(applied.trim(), primary_pos);
+    }
+
+    // The vschema lists standbys only when asked to.
+    let plain = ShardedVSchema::for_clusters(&clusters).toml();
+    assert!(!plain.contains("standbys"), "{plain}");
+    let listed = ShardedVSchema::for_clusters(&clusters)
+        .with_standbys()
+        .toml();
+    let expected = format!(
+        "standbys = [\"{}\", \"{}\"]",
+        cluster.standbys[0].addr(),
+        cluster.standbys[1].addr()
+    );
+    assert!(listed.contains(&expected), "{listed}");
+}
+
+#[test]
+fn a_standby_promoted_by_hand_takes_writes_and_the_others_follow_it() {
+    let clusters = start_replicated_clusters(1, 2);
+    let cluster = &clusters[0];
+    let (old_primary, new_primary, other) =
+        (&cluster.primary, &cluster.standbys[0], &cluster.standbys[1]);
+    old_primary
+        .sql(
+            "CREATE DATABASE app;\n\
+             CREATE TABLE app.notes (id INT PRIMARY KEY, body VARCHAR(40));\n\
+             INSERT INTO app.notes VALUES (1, 'before');",
+        )
+        .expect("write on the old primary");
+    cluster.wait_caught_up(CATCH_UP).expect("standbys catch up");
+
+    // What the proxy will automate: stop the old primary's writes, promote a standby
+    // that has everything, point the others at it.
+    old_primary
+        .set_read_only(true)
+        .expect("old primary read-only");
+    new_primary.stop_replicating().expect("stop replicating");
+    new_primary
+        .set_read_only(false)
+        .expect("new primary writable");
+    old_primary
+        .replicate_from(new_primary)
+        .expect("old primary follows");
+    other
+        .replicate_from(new_primary)
+        .expect("repoint the other");
+    for follower in [old_primary, other] {
+        follower
+            .wait_replicating(CATCH_UP)
+            .expect("follower replicates from the new primary");
+    }
+    assert_eq!(new_primary.replica_status().expect("status"), None);
+
+    new_primary
+        .sql("INSERT INTO app.notes VALUES (2, 'after')")
+        .expect("write on the new primary");
+    let pos = new_primary.gtid_binlog_pos().expect("new primary position");
+    assert!(
+        pos.starts_with("0-2-"),
+        "the new primary's write carries its server id: {pos}"
+    );
+    for follower in [old_primary, other] {
+        follower
+            .wait_for_gtid(&pos, CATCH_UP)
+            .expect("follower catches up");
+        assert_eq!(rows_in_notes(follower), 2, "rows on {}", follower.addr());
+        assert_eq!(number_on(follower, "SELECT @@read_only"), 1);
+    }
+    // Both followers become semi-sync clients of the new primary.
+    let deadline = Instant::now() + CATCH_UP;
+    while status(new_primary, "Rpl_semi_sync_master_clients") != "2" {
+        assert!(
+            Instant::now() < deadline,
+            "the new primary should get 2 semi-sync clients"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn one_replicated_cluster_start_up_time() {
+    let cluster = LocalCluster::start(&LocalClusterOptions {
+        standbys: 2,
+        ..LocalClusterOptions::default()
+    })
+    .expect("start a replicated cluster");
+    eprintln!(
+        "primary + 2 standbys replicating in {:?} (servers started in {:?})",
+        cluster.started_in,
+        cluster.members().map(|m| m.started_in).collect::<Vec<_>>()
+    );
+    // Start-up leaves nothing behind: the marker database is gone everywhere.
+    for member in cluster.members() {
+        let marker = member
+            .sql("SHOW DATABASES LIKE 'shardgate_replication_check'")
+            .expect("show databases");
+        assert_eq!(marker.trim(), "", "on {}", member.addr());
+    }
+    cluster.stop();
+}
+
+#[test]
+fn a_cluster_without_standbys_is_one_server_with_the_binary_log_off() {
+    let cluster = LocalCluster::start(&LocalClusterOptions::default()).expect("start");
+    assert!(cluster.standbys.is_empty());
+    assert_eq!(number_on(&cluster.primary, "SELECT @@log_bin"), 0);
+    assert_eq!(cluster.primary.replica_status().expect("status"), None);
+    cluster
+        .wait_caught_up(CATCH_UP)
+        .expect("nothing to wait for");
+}
