@@ -188,3 +188,59 @@ fn a_cluster_without_standbys_is_one_server_with_the_binary_log_off() {
         .wait_caught_up(CATCH_UP)
         .expect("nothing to wait for");
 }
+
+#[test]
+fn the_demo_with_standbys_lists_them_and_they_hold_the_sample_data() {
+    let listen = common::free_ports(1)[0];
+    // Four primaries, then their four standbys.
+    let base_port = common::free_ports(8)[0];
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log_path = dir.path().join("demo.log");
+    let log = std::fs::File::create(&log_path).expect("create log");
+    let log_err = log.try_clone().expect("clone log handle");
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_shardgate"))
+        .args(["demo", "--workspaces", "10", "--standbys", "1"])
+        .arg("--base-port")
+        .arg(base_port.to_string())
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{listen}"))
+        .stdin(std::process::Stdio::null())
+        .stdout(log)
+        .stderr(log_err)
+        .spawn()
+        .expect("spawn shardgate demo");
+    let mut demo = common::DemoProcess { child, log_path };
+    demo.wait_serving();
+
+    let standby_ports: Vec<u16> = (4..8).map(|i| base_port + i).collect();
+    let banner = demo.log();
+    let mut workspaces = 0;
+    for port in standby_ports {
+        let addr = format!("127.0.0.1:{port}");
+        assert!(
+            banner.contains(&format!("standbys {addr}")),
+            "the banner should list standby {addr}:\n{banner}"
+        );
+        let read_only = common::cli_ok(&addr, "shardgate", "shardgate", None, "SELECT @@read_only");
+        assert_eq!(read_only.trim(), "1", "standby {addr} is read-only");
+        let count = common::cli_ok(
+            &addr,
+            "shardgate",
+            "shardgate",
+            Some("app"),
+            "SELECT COUNT(*) FROM workspaces",
+        );
+        workspaces += count.trim().parse::<u64>().expect("a count");
+    }
+    assert_eq!(
+        workspaces, 10,
+        "every workspace is on its cluster's standby"
+    );
+
+    let status = demo.terminate();
+    assert!(
+        status.success(),
+        "the demo stopped with {status}:\n{}",
+        demo.log()
+    );
+}
