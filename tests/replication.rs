@@ -244,3 +244,35 @@ fn the_demo_with_standbys_lists_them_and_they_hold_the_sample_data() {
         demo.log()
     );
 }
+
+#[test]
+fn switch_over_makes_a_standby_the_primary_and_the_old_primary_its_standby() {
+    let mut clusters = start_replicated_clusters(1, 2);
+    let cluster = &mut clusters[0];
+    let (old_port, chosen_port) = (cluster.primary.port, cluster.standbys[0].port);
+    cluster
+        .primary
+        .sql("CREATE DATABASE app;\nCREATE TABLE app.notes (id INT PRIMARY KEY);")
+        .expect("write on the old primary");
+
+    cluster.switch_over(0, CATCH_UP).expect("switch over");
+    assert_eq!(cluster.primary.port, chosen_port);
+    assert_eq!(cluster.standbys[0].port, old_port);
+    assert_eq!(number_on(&cluster.primary, "SELECT @@read_only"), 0);
+    assert_eq!(cluster.primary.replica_status().expect("status"), None);
+
+    cluster
+        .primary
+        .sql("INSERT INTO app.notes VALUES (1)")
+        .expect("write on the new primary");
+    cluster.wait_caught_up(CATCH_UP).expect("standbys catch up");
+    for standby in &cluster.standbys {
+        assert_eq!(rows_in_notes(standby), 1, "rows on {}", standby.addr());
+        assert_eq!(number_on(standby, "SELECT @@read_only"), 1);
+        let replica = standby
+            .replica_status()
+            .expect("SHOW SLAVE STATUS")
+            .expect("replicates");
+        assert_eq!(replica.master_port, chosen_port.to_string());
+    }
+}

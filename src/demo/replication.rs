@@ -193,6 +193,38 @@ impl LocalCluster {
         Ok(())
     }
 
+    /// A planned switchover to `self.standbys[index]`, as an operator (or shardgate)
+    /// would do it: the primary stops taking writes (`read_only`), the chosen standby
+    /// applies everything the primary wrote, stops replicating and takes writes, and
+    /// every other member, the old primary included, replicates from it. Afterwards
+    /// `self.primary` is the new primary and the old one sits at `self.standbys[index]`.
+    /// Nothing acknowledged is lost; `timeout` bounds each wait.
+    pub fn switch_over(&mut self, index: usize, timeout: Duration) -> io::Result<()> {
+        if index >= self.standbys.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "no standby {index}; the cluster has {}",
+                    self.standbys.len()
+                ),
+            ));
+        }
+        self.primary.set_read_only(true)?;
+        let pos = self.primary.gtid_binlog_pos()?;
+        let chosen = &self.standbys[index];
+        chosen.wait_for_gtid(&pos, timeout)?;
+        chosen.stop_replicating()?;
+        chosen.set_read_only(false)?;
+        std::mem::swap(&mut self.primary, &mut self.standbys[index]);
+        for standby in &self.standbys {
+            standby.replicate_from(&self.primary)?;
+        }
+        for standby in &self.standbys {
+            standby.wait_replicating(timeout)?;
+        }
+        Ok(())
+    }
+
     /// Stops every server (standbys first, so none of them reconnects to a primary that
     /// is going away) and removes their directories. Dropping the value does the same.
     pub fn stop(self) {
