@@ -101,8 +101,8 @@ fn the_demo_ignores_the_users_mysql_environment_and_option_files() {
          [mysql]\ndatabase=nowhere\n[mysqld]\nport=1\nbind-address=192.0.2.1\n[mariadb]\nport=1\n",
     )
     .expect("write ~/.my.cnf");
-    let listen = common::free_ports(1)[0];
-    let base_port = common::free_ports(4)[0];
+    let listen = common::demo::free_ports(1)[0];
+    let base_port = common::demo::free_ports(4)[0];
     let log_path = home.path().join("demo.log");
     let log = std::fs::File::create(&log_path).expect("create log");
     let log_err = log.try_clone().expect("clone log handle");
@@ -124,7 +124,7 @@ fn the_demo_ignores_the_users_mysql_environment_and_option_files() {
         .stderr(log_err)
         .spawn()
         .expect("spawn shardgate demo");
-    let mut demo = common::DemoProcess { child, log_path };
+    let mut demo = common::demo::DemoProcess { child, log_path };
     demo.wait_serving();
     let count = common::cli_ok(
         &format!("127.0.0.1:{listen}"),

@@ -191,9 +191,9 @@ fn a_cluster_without_standbys_is_one_server_with_the_binary_log_off() {
 
 #[test]
 fn the_demo_with_standbys_lists_them_and_they_hold_the_sample_data() {
-    let listen = common::free_ports(1)[0];
+    let listen = common::demo::free_ports(1)[0];
     // Four primaries, then their four standbys.
-    let base_port = common::free_ports(8)[0];
+    let base_port = common::demo::free_ports(8)[0];
     let dir = tempfile::tempdir().expect("temp dir");
     let log_path = dir.path().join("demo.log");
     let log = std::fs::File::create(&log_path).expect("create log");
@@ -209,7 +209,7 @@ fn the_demo_with_standbys_lists_them_and_they_hold_the_sample_data() {
         .stderr(log_err)
         .spawn()
         .expect("spawn shardgate demo");
-    let mut demo = common::DemoProcess { child, log_path };
+    let mut demo = common::demo::DemoProcess { child, log_path };
     demo.wait_serving();
 
     let standby_ports: Vec<u16> = (4..8).map(|i| base_port + i).collect();
