@@ -6,7 +6,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{number_on, start_replicated_clusters, ShardedVSchema};
+use common::{
+    number_on, start_replicated_clusters, start_replicated_clusters_with, ShardedVSchema,
+};
 use shardgate::demo::localdb::LocalMariaDb;
 use shardgate::demo::replication::{LocalCluster, LocalClusterOptions};
 
@@ -24,7 +26,17 @@ fn rows_in_notes(server: &LocalMariaDb) -> u64 {
 
 #[test]
 fn rows_written_on_the_primary_reach_both_read_only_standbys_semi_synchronously() {
-    let clusters = start_replicated_clusters(1, 2);
+    // A long semi-sync timeout: on a loaded machine an acknowledgement may take longer
+    // than the default second, and a fallback to asynchronous replication would make
+    // the counts below depend on the load.
+    let clusters = start_replicated_clusters_with(
+        1,
+        &LocalClusterOptions {
+            standbys: 2,
+            semi_sync_timeout: Duration::from_secs(30),
+            ..LocalClusterOptions::default()
+        },
+    );
     let cluster = &clusters[0];
     assert_eq!(cluster.standbys.len(), 2);
 
@@ -274,5 +286,53 @@ fn switch_over_makes_a_standby_the_primary_and_the_old_primary_its_standby() {
             .expect("SHOW SLAVE STATUS")
             .expect("replicates");
         assert_eq!(replica.master_port, chosen_port.to_string());
+    }
+}
+
+#[test]
+fn with_its_only_standby_paused_the_primary_falls_back_to_asynchronous_and_recovers() {
+    let clusters = start_replicated_clusters(1, 1);
+    let cluster = &clusters[0];
+    let standby = &cluster.standbys[0];
+    cluster
+        .primary
+        .sql("CREATE DATABASE app;\nCREATE TABLE app.notes (id INT PRIMARY KEY);")
+        .expect("create table");
+    cluster.wait_caught_up(CATCH_UP).expect("caught up");
+
+    // A paused standby stays connected, so the commit waits for it: one timeout.
+    standby.pause().expect("SIGSTOP the standby");
+    let begun = Instant::now();
+    cluster
+        .primary
+        .sql("INSERT INTO app.notes VALUES (1)")
+        .expect("the write still succeeds");
+    eprintln!("write with the standby paused took {:?}", begun.elapsed());
+    assert_eq!(
+        status(&cluster.primary, "Rpl_semi_sync_master_status"),
+        "OFF"
+    );
+    assert_ne!(status(&cluster.primary, "Rpl_semi_sync_master_no_tx"), "0");
+
+    standby.resume().expect("SIGCONT the standby");
+    cluster
+        .wait_caught_up(CATCH_UP)
+        .expect("caught up after resume");
+    assert_eq!(rows_in_notes(standby), 1);
+    // Semi-sync switches itself back on once the standby has caught up and
+    // acknowledges again.
+    let deadline = Instant::now() + CATCH_UP;
+    let mut id = 2;
+    while status(&cluster.primary, "Rpl_semi_sync_master_status") != "ON" {
+        assert!(
+            Instant::now() < deadline,
+            "semi-sync should come back on after the standby caught up"
+        );
+        cluster
+            .primary
+            .sql(&format!("INSERT INTO app.notes VALUES ({id})"))
+            .expect("write");
+        id += 1;
+        std::thread::sleep(Duration::from_millis(50));
     }
 }

@@ -2,23 +2,42 @@
 
 use std::time::{Duration, Instant};
 
-/// `n` consecutive free ports on 127.0.0.1.
+/// Where [`free_ports`] looks: below Linux's default ephemeral range (32768-60999),
+/// from which every other test's servers and proxies take their free ports, so a
+/// fixed range handed to the demo is not taken by a parallel test before the demo
+/// binds it.
+const FIXED_PORTS: std::ops::Range<u16> = 20000..32000;
+
+/// `n` consecutive free ports on 127.0.0.1, outside the ephemeral range.
 pub fn free_ports(n: u16) -> Vec<u16> {
-    for _ in 0..100 {
-        let first = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("pick a free port")
-            .port();
-        let ports: Vec<u16> = (0..n).filter_map(|i| first.checked_add(i)).collect();
-        if ports.len() == usize::from(n)
-            && ports
-                .iter()
-                .all(|&p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
+    // Different processes (and calls) start at different places.
+    static CALLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let seed = std::process::id()
+        .wrapping_mul(7919)
+        .wrapping_add(
+            CALLS
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                .wrapping_mul(613),
+        )
+        .wrapping_add(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.subsec_nanos())
+                .unwrap_or(0),
+        );
+    let span = u32::from(FIXED_PORTS.end - FIXED_PORTS.start - n);
+    for attempt in 0..200u32 {
+        let offset = (seed.wrapping_add(attempt.wrapping_mul(104_729))) % span;
+        let first = FIXED_PORTS.start + u16::try_from(offset).unwrap_or(0);
+        let ports: Vec<u16> = (first..first + n).collect();
+        if ports
+            .iter()
+            .all(|&p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
         {
             return ports;
         }
     }
-    panic!("no {n} consecutive free ports on 127.0.0.1");
+    panic!("no {n} consecutive free ports on 127.0.0.1 in {FIXED_PORTS:?}");
 }
 
 /// The demo child process; SIGTERM on drop, so its servers are stopped and removed

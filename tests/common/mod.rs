@@ -50,13 +50,23 @@ pub fn start_replicated_clusters(
     n_clusters: usize,
     standbys_per_cluster: usize,
 ) -> Vec<LocalCluster> {
-    let opts = LocalClusterOptions {
-        standbys: standbys_per_cluster,
-        ..LocalClusterOptions::default()
-    };
+    start_replicated_clusters_with(
+        n_clusters,
+        &LocalClusterOptions {
+            standbys: standbys_per_cluster,
+            ..LocalClusterOptions::default()
+        },
+    )
+}
+
+/// [`start_replicated_clusters`] with other options (e.g. the semi-sync timeout).
+pub fn start_replicated_clusters_with(
+    n_clusters: usize,
+    opts: &LocalClusterOptions,
+) -> Vec<LocalCluster> {
     std::thread::scope(|scope| {
         let starting: Vec<_> = (0..n_clusters)
-            .map(|_| scope.spawn(|| LocalCluster::start(&opts)))
+            .map(|_| scope.spawn(|| LocalCluster::start(opts)))
             .collect();
         starting
             .into_iter()
