@@ -42,6 +42,9 @@ macro_rules! progress {
 /// unsharded default keyspace `main`.
 const DEMO_VSCHEMA: &str = include_str!("../../vschema/demo.toml");
 
+/// Most standbys per cluster the demo starts: every one is a whole server.
+const MAX_STANDBYS: usize = 8;
+
 /// How long the proxy may take to finish open sessions at shutdown.
 const PROXY_STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -77,6 +80,12 @@ impl Default for DemoOptions {
 /// removed on return, whether it succeeded or not.
 pub async fn run(opts: DemoOptions) -> Result<(), String> {
     let begun = Instant::now();
+    if opts.standbys > MAX_STANDBYS {
+        return Err(format!(
+            "at most {MAX_STANDBYS} standbys per cluster, not {}",
+            opts.standbys
+        ));
+    }
     localdb::find_mariadbd()?;
     let mut vschema = match &opts.vschema_path {
         Some(path) => {
