@@ -93,6 +93,10 @@ struct DemoArgs {
     /// started locally whatever their `primary` says.
     #[arg(long, value_name = "FILE")]
     vschema: Option<PathBuf>,
+    /// Standbys per cluster, replicating from its primary (semi-sync, GTID,
+    /// read_only), on the ports after the primaries'.
+    #[arg(long, value_name = "N", default_value_t = DemoOptions::default().standbys)]
+    standbys: usize,
 }
 
 #[derive(Debug, Subcommand)]
@@ -222,6 +226,7 @@ fn demo(args: DemoArgs) -> Result<(), String> {
         base_port: args.base_port,
         workspaces: args.workspaces,
         vschema_path: args.vschema,
+        standbys: args.standbys,
     };
     runtime()?.block_on(shardgate::demo::run(opts))
 }

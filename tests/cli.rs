@@ -55,6 +55,7 @@ fn demo_help_shows_its_flags_and_defaults() {
         "--workspaces",
         "--base-port",
         "--vschema",
+        "--standbys",
         "15306",
     ] {
         assert!(

@@ -101,8 +101,8 @@ fn the_demo_ignores_the_users_mysql_environment_and_option_files() {
          [mysql]\ndatabase=nowhere\n[mysqld]\nport=1\nbind-address=192.0.2.1\n[mariadb]\nport=1\n",
     )
     .expect("write ~/.my.cnf");
-    let listen = free_ports(1)[0];
-    let base_port = free_ports(4)[0];
+    let listen = common::demo::free_ports(1)[0];
+    let base_port = common::demo::free_ports(4)[0];
     let log_path = home.path().join("demo.log");
     let log = std::fs::File::create(&log_path).expect("create log");
     let log_err = log.try_clone().expect("clone log handle");
@@ -124,20 +124,8 @@ fn the_demo_ignores_the_users_mysql_environment_and_option_files() {
         .stderr(log_err)
         .spawn()
         .expect("spawn shardgate demo");
-    let mut demo = Demo { child, log_path };
-
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
-    while !demo.log().contains("shardgate demo is running") {
-        if let Ok(Some(status)) = demo.child.try_wait() {
-            panic!("the demo exited ({status}) before serving:\n{}", demo.log());
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the demo is not serving after 180 s:\n{}",
-            demo.log()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
+    let mut demo = common::demo::DemoProcess { child, log_path };
+    demo.wait_serving();
     let count = common::cli_ok(
         &format!("127.0.0.1:{listen}"),
         "app",
@@ -153,65 +141,4 @@ fn the_demo_ignores_the_users_mysql_environment_and_option_files() {
         "the demo stopped with {status}:\n{}",
         demo.log()
     );
-}
-
-/// `n` consecutive free ports on 127.0.0.1.
-fn free_ports(n: u16) -> Vec<u16> {
-    for _ in 0..100 {
-        let first = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("pick a free port")
-            .port();
-        let ports: Vec<u16> = (0..n).filter_map(|i| first.checked_add(i)).collect();
-        if ports.len() == usize::from(n)
-            && ports
-                .iter()
-                .all(|&p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
-        {
-            return ports;
-        }
-    }
-    panic!("no {n} consecutive free ports on 127.0.0.1");
-}
-
-/// The demo child process; SIGTERM on drop, so its servers are stopped and removed
-/// even when an assertion fails.
-struct Demo {
-    child: std::process::Child,
-    log_path: std::path::PathBuf,
-}
-
-impl Demo {
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log_path).unwrap_or_default()
-    }
-
-    /// SIGTERM, then wait up to a minute for the demo to stop its servers.
-    fn terminate(&mut self) -> std::process::ExitStatus {
-        let _ = std::process::Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        loop {
-            match self.child.try_wait() {
-                Ok(Some(status)) => return status,
-                Ok(None) if std::time::Instant::now() < deadline => {
-                    std::thread::sleep(std::time::Duration::from_millis(100));
-                }
-                _ => {
-                    let _ = self.child.kill();
-                    return self.child.wait().expect("wait for the demo");
-                }
-            }
-        }
-    }
-}
-
-impl Drop for Demo {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            self.terminate();
-        }
-    }
 }

@@ -3,10 +3,13 @@
 //! One local MariaDB server per cluster of the shard map (ports `base_port`,
 //! `base_port + 1`, ... in cluster-name order), each shard's database created on its
 //! cluster and filled with the rows of the workspaces it owns, then the proxy in front.
+//! With `standbys > 0` each cluster's primary gets that many replicating standbys (see
+//! [`replication`]) on the ports after the primaries'.
 //! Ctrl-C or SIGTERM stops the proxy and every server and removes their directories.
 
 pub mod localdb;
 mod process;
+pub mod replication;
 mod sample;
 
 use std::collections::BTreeMap;
@@ -21,7 +24,8 @@ use tokio::sync::oneshot;
 use crate::backend::quote_ident;
 use crate::config::{PoolConfig, ProxyConfig, User};
 use crate::vschema::VSchema;
-use localdb::{LocalDbOptions, LocalMariaDb};
+use localdb::LocalDbOptions;
+use replication::{LocalCluster, LocalClusterOptions};
 
 /// Writes a line about the demo's progress to stderr, only when stderr is a terminal:
 /// it helps the person watching and would only clutter a log file or a pipe. The
@@ -38,6 +42,9 @@ macro_rules! progress {
 /// unsharded default keyspace `main`.
 const DEMO_VSCHEMA: &str = include_str!("../../vschema/demo.toml");
 
+/// Most standbys per cluster the demo starts: every one is a whole server.
+const MAX_STANDBYS: usize = 8;
+
 /// How long the proxy may take to finish open sessions at shutdown.
 const PROXY_STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -53,6 +60,8 @@ pub struct DemoOptions {
     /// A vschema file to use instead of the built-in demo map; its clusters are
     /// started locally whatever their `primary` says.
     pub vschema_path: Option<PathBuf>,
+    /// Standbys per cluster, replicating from its primary; 0: one plain server.
+    pub standbys: usize,
 }
 
 impl Default for DemoOptions {
@@ -62,6 +71,7 @@ impl Default for DemoOptions {
             base_port: 15401,
             workspaces: 1000,
             vschema_path: None,
+            standbys: 0,
         }
     }
 }
@@ -70,6 +80,12 @@ impl Default for DemoOptions {
 /// removed on return, whether it succeeded or not.
 pub async fn run(opts: DemoOptions) -> Result<(), String> {
     let begun = Instant::now();
+    if opts.standbys > MAX_STANDBYS {
+        return Err(format!(
+            "at most {MAX_STANDBYS} standbys per cluster, not {}",
+            opts.standbys
+        ));
+    }
     localdb::find_mariadbd()?;
     let mut vschema = match &opts.vschema_path {
         Some(path) => {
@@ -85,12 +101,13 @@ pub async fn run(opts: DemoOptions) -> Result<(), String> {
 
     let mut servers = BTreeMap::new();
     let result = serve_demo(&opts, &mut vschema, listener, &mut servers, begun).await;
-    if !servers.is_empty() {
-        progress!("stopping {} MariaDB servers...", servers.len());
+    let members: usize = servers.values().map(|c| 1 + c.standbys.len()).sum();
+    if members > 0 {
+        progress!("stopping {members} MariaDB servers...");
     }
     let stopping = tokio::task::spawn_blocking(move || {
-        for (_, server) in servers {
-            server.stop();
+        for (_, cluster) in servers {
+            cluster.stop();
         }
     });
     let _ = stopping.await;
@@ -104,16 +121,17 @@ async fn serve_demo(
     opts: &DemoOptions,
     vschema: &mut VSchema,
     listener: TcpListener,
-    servers: &mut BTreeMap<String, LocalMariaDb>,
+    servers: &mut BTreeMap<String, LocalCluster>,
     begun: Instant,
 ) -> Result<(), String> {
     start_clusters(opts, vschema, servers).await?;
     progress!(
         "[{:>5.1}s] {} MariaDB servers up",
         begun.elapsed().as_secs_f64(),
-        servers.len()
+        servers.len() * (1 + opts.standbys)
     );
     let rows = load_sample_data(opts.workspaces, vschema, servers).await?;
+    wait_standbys_caught_up(servers)?;
     progress!(
         "[{:>5.1}s] schemas created, {} workspaces loaded ({rows} rows)",
         begun.elapsed().as_secs_f64(),
@@ -171,26 +189,45 @@ async fn serve_demo(
     outcome
 }
 
-/// Starts one server per cluster, in parallel, and points the vschema's clusters at
-/// them (with the user and password each cluster names).
+/// Starts one server per cluster (with its standbys), in parallel, and points the
+/// vschema's clusters at the primaries (with the user and password each cluster names).
+/// Primaries take the ports from `base_port` on, in cluster-name order, and the
+/// standbys the ones after them, cluster by cluster.
 async fn start_clusters(
     opts: &DemoOptions,
     vschema: &mut VSchema,
-    servers: &mut BTreeMap<String, LocalMariaDb>,
+    servers: &mut BTreeMap<String, LocalCluster>,
 ) -> Result<(), String> {
+    let clusters = vschema.clusters.len();
     progress!(
         "starting {} MariaDB servers on 127.0.0.1:{}..",
-        vschema.clusters.len(),
+        clusters * (1 + opts.standbys),
         opts.base_port
     );
-    let mut ports = Vec::new();
-    for (i, name) in vschema.clusters.keys().enumerate() {
-        let port = u16::try_from(i)
+    let port_at = |i: usize| {
+        u16::try_from(i)
             .ok()
             .and_then(|i| opts.base_port.checked_add(i))
-            .ok_or_else(|| format!("no port left for cluster {name} above {}", opts.base_port))?;
-        ports.push(port);
+            .ok_or_else(|| {
+                format!(
+                    "no port left for {} servers above {}",
+                    i + 1,
+                    opts.base_port
+                )
+            })
+    };
+    // (primary port, standby ports) per cluster.
+    let mut cluster_ports = Vec::new();
+    for i in 0..clusters {
+        let standbys = (0..opts.standbys)
+            .map(|j| port_at(clusters + i * opts.standbys + j))
+            .collect::<Result<Vec<u16>, String>>()?;
+        cluster_ports.push((port_at(i)?, standbys));
     }
+    let ports: Vec<u16> = cluster_ports
+        .iter()
+        .flat_map(|(primary, standbys)| std::iter::once(*primary).chain(standbys.clone()))
+        .collect();
     // Check every port before starting anything, so a clash costs nothing.
     let busy: Vec<String> = ports
         .iter()
@@ -205,16 +242,21 @@ async fn start_clusters(
         ));
     }
     let mut starting = Vec::new();
-    for ((name, cluster), &port) in vschema.clusters.iter().zip(&ports) {
-        let db_opts = LocalDbOptions {
-            port: Some(port),
-            user: cluster.user.clone(),
-            password: cluster.password.clone(),
-            ..LocalDbOptions::default()
+    for ((name, cluster), (port, standby_ports)) in vschema.clusters.iter().zip(cluster_ports) {
+        let cluster_opts = LocalClusterOptions {
+            server: LocalDbOptions {
+                port: Some(port),
+                user: cluster.user.clone(),
+                password: cluster.password.clone(),
+                ..LocalDbOptions::default()
+            },
+            standbys: opts.standbys,
+            standby_ports,
+            ..LocalClusterOptions::default()
         };
         let name = name.clone();
         starting.push(tokio::task::spawn_blocking(move || {
-            (name, LocalMariaDb::start(&db_opts))
+            (name, LocalCluster::start(&cluster_opts))
         }));
     }
     let mut errors = Vec::new();
@@ -235,10 +277,41 @@ async fn start_clusters(
     }
     for (name, cluster) in vschema.clusters.iter_mut() {
         if let Some(server) = servers.get(name) {
-            cluster.primary = server.addr();
+            cluster.primary = server.primary.addr();
         }
     }
     Ok(())
+}
+
+/// How long the standbys may take to apply the sample data.
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Waits until every standby has applied everything its primary wrote, so that the
+/// banner only appears once the standbys hold the sample data too. Blocking: it runs
+/// before the proxy serves, when nothing else needs the runtime.
+fn wait_standbys_caught_up(servers: &BTreeMap<String, LocalCluster>) -> Result<(), String> {
+    // Blocking waits, all clusters at once: a scoped thread per cluster.
+    std::thread::scope(|scope| {
+        let waiting: Vec<_> = servers
+            .iter()
+            .filter(|(_, cluster)| !cluster.standbys.is_empty())
+            .map(|(name, cluster)| {
+                scope.spawn(move || {
+                    cluster
+                        .wait_caught_up(CATCH_UP_TIMEOUT)
+                        .map_err(|e| format!("cluster {name}: standbys not caught up: {e}"))
+                })
+            })
+            .collect();
+        waiting
+            .into_iter()
+            .map(|t| {
+                t.join()
+                    .unwrap_or_else(|_| Err("waiting for standbys panicked".to_string()))
+            })
+            .collect::<Result<Vec<()>, String>>()
+            .map(|_| ())
+    })
 }
 
 /// Workspace databases the demo creates in a `database_per_workspace` keyspace.
@@ -250,7 +323,7 @@ const PER_WORKSPACE_DATABASES: u64 = 50;
 async fn load_sample_data(
     workspaces: u64,
     vschema: &VSchema,
-    servers: &BTreeMap<String, LocalMariaDb>,
+    servers: &BTreeMap<String, LocalCluster>,
 ) -> Result<usize, String> {
     let mut scripts: BTreeMap<String, String> = BTreeMap::new();
     let mut loaded = 0;
@@ -301,7 +374,7 @@ async fn load_sample_data(
         let server = servers
             .get(&cluster)
             .ok_or_else(|| format!("no server for cluster {cluster}"))?;
-        let client = server.sql_client();
+        let client = server.primary.sql_client();
         running.push(tokio::task::spawn_blocking(move || {
             (cluster, client.sql(&script).map(|_| ()))
         }));
@@ -324,7 +397,7 @@ async fn load_sample_data(
 fn print_banner(
     opts: &DemoOptions,
     vschema: &VSchema,
-    servers: &BTreeMap<String, LocalMariaDb>,
+    servers: &BTreeMap<String, LocalCluster>,
     begun: Instant,
     cert: &std::path::Path,
 ) {
@@ -356,10 +429,16 @@ fn print_banner(
             .collect();
         println!(
             "  cluster   {name:<4} {}  {}  (data in {})",
-            server.addr(),
+            server.primary.addr(),
             shards.join(", "),
-            server.dir.display()
+            server.primary.dir.display()
         );
+        if !server.standbys.is_empty() {
+            println!(
+                "            standbys {}  (read_only, semi-sync)",
+                server.standby_addrs().join(", ")
+            );
+        }
     }
     println!();
     println!("Try:");
@@ -370,8 +449,10 @@ fn print_banner(
         "  mariadb --ssl --ssl-ca={} -h{host} -P{port} -uapp -papp app -e \"SELECT 1\"   # over TLS",
         cert.display()
     );
-    if let (Some(ks), Some((first_name, first))) = (vschema.keyspace("app"), servers.iter().next())
-    {
+    if let (Some(ks), Some((first_name, first))) = (
+        vschema.keyspace("app"),
+        servers.iter().next().map(|(name, c)| (name, &c.primary)),
+    ) {
         if ks.sharded {
             let owner = &ks.shard_for_workspace(7).cluster;
             println!("  (workspace 7 lives on cluster {owner})");

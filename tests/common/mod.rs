@@ -4,6 +4,8 @@
 //! Each test file uses part of it, so unused-item warnings are silenced here.
 #![allow(dead_code)]
 
+pub mod demo;
+
 use std::fmt::Write as _;
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
@@ -13,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use shardgate::config::{PoolConfig, ProxyConfig, User};
 use shardgate::demo::localdb::{LocalDbOptions, LocalMariaDb};
+use shardgate::demo::replication::{LocalCluster, LocalClusterOptions};
 use shardgate::vschema::VSchema;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -40,6 +43,42 @@ pub fn start_servers_with(opts: &[LocalDbOptions]) -> Vec<LocalMariaDb> {
     })
 }
 
+/// Starts `n_clusters` replicated clusters in parallel, each a primary and
+/// `standbys_per_cluster` standbys (free ports, user/password `shardgate`), returning
+/// once every standby replicates.
+pub fn start_replicated_clusters(
+    n_clusters: usize,
+    standbys_per_cluster: usize,
+) -> Vec<LocalCluster> {
+    start_replicated_clusters_with(
+        n_clusters,
+        &LocalClusterOptions {
+            standbys: standbys_per_cluster,
+            ..LocalClusterOptions::default()
+        },
+    )
+}
+
+/// [`start_replicated_clusters`] with other options (e.g. the semi-sync timeout).
+pub fn start_replicated_clusters_with(
+    n_clusters: usize,
+    opts: &LocalClusterOptions,
+) -> Vec<LocalCluster> {
+    std::thread::scope(|scope| {
+        let starting: Vec<_> = (0..n_clusters)
+            .map(|_| scope.spawn(|| LocalCluster::start(opts)))
+            .collect();
+        starting
+            .into_iter()
+            .map(|t| {
+                t.join()
+                    .expect("starting a replicated cluster panicked")
+                    .expect("replicated cluster should start")
+            })
+            .collect()
+    })
+}
+
 /// Vitess-style names of `n` shards splitting the keyspace-id space evenly by its
 /// first byte: 1 -> `-`, 2 -> `-80`, `80-`, 4 -> `-40`, `40-80`, `80-c0`, `c0-`.
 pub fn shard_names(n: usize) -> Vec<String> {
@@ -62,7 +101,11 @@ pub fn shard_names(n: usize) -> Vec<String> {
 /// default keyspace `main` (database `main`) on the first server.
 /// [`ShardedVSchema::build`] also creates those databases.
 pub struct ShardedVSchema<'a> {
-    servers: &'a [LocalMariaDb],
+    servers: Vec<&'a LocalMariaDb>,
+    /// Each cluster's standby addresses (empty for plain servers).
+    standbys: Vec<Vec<String>>,
+    /// Write `standbys = [...]` into each cluster (see [`ShardedVSchema::with_standbys`]).
+    emit_standbys: bool,
     vindex: String,
     tables: Vec<(String, String)>,
     pins: Vec<(u64, String)>,
@@ -74,12 +117,37 @@ impl<'a> ShardedVSchema<'a> {
     pub fn new(servers: &'a [LocalMariaDb]) -> Self {
         assert!(!servers.is_empty(), "a vschema needs at least one server");
         ShardedVSchema {
-            servers,
+            servers: servers.iter().collect(),
+            standbys: vec![Vec::new(); servers.len()],
+            emit_standbys: false,
             vindex: "xxhash".to_string(),
             tables: Vec::new(),
             pins: Vec::new(),
             ddl: None,
         }
+    }
+
+    /// The default map over replicated clusters: cluster `cI` is `clusters[I-1]`'s
+    /// primary. Their standbys are listed in the TOML only after
+    /// [`ShardedVSchema::with_standbys`].
+    pub fn for_clusters(clusters: &'a [LocalCluster]) -> Self {
+        assert!(!clusters.is_empty(), "a vschema needs at least one cluster");
+        ShardedVSchema {
+            servers: clusters.iter().map(|c| &c.primary).collect(),
+            standbys: clusters.iter().map(LocalCluster::standby_addrs).collect(),
+            emit_standbys: false,
+            vindex: "xxhash".to_string(),
+            tables: Vec::new(),
+            pins: Vec::new(),
+            ddl: None,
+        }
+    }
+
+    /// Writes `standbys = ["127.0.0.1:PORT", ...]` into every `[clusters.cI]` that has
+    /// standbys. Opt-in: a vschema parser that does not know the key refuses it.
+    pub fn with_standbys(mut self) -> Self {
+        self.emit_standbys = true;
+        self
     }
 
     /// Sets keyspace `app`'s DDL policy (`queued` or `direct`).
@@ -118,7 +186,7 @@ impl<'a> ShardedVSchema<'a> {
     pub fn toml(&self) -> String {
         let mut out = String::new();
         for (i, server) in self.servers.iter().enumerate() {
-            let _ = writeln!(
+            let _ = write!(
                 out,
                 "[clusters.c{}]\nprimary = \"{}\"\nuser = \"{}\"\npassword = \"{}\"\n",
                 i + 1,
@@ -126,6 +194,13 @@ impl<'a> ShardedVSchema<'a> {
                 server.user,
                 server.password
             );
+            match self.standbys.get(i) {
+                Some(standbys) if self.emit_standbys && !standbys.is_empty() => {
+                    let quoted: Vec<String> = standbys.iter().map(|a| format!("\"{a}\"")).collect();
+                    let _ = writeln!(out, "standbys = [{}]\n", quoted.join(", "));
+                }
+                _ => out.push('\n'),
+            }
         }
         let _ = writeln!(
             out,
@@ -165,7 +240,7 @@ impl<'a> ShardedVSchema<'a> {
     /// Creates database `app` on every server and `main` on the first, then returns
     /// the TOML text.
     pub fn build(&self) -> String {
-        for server in self.servers {
+        for server in &self.servers {
             server
                 .sql("CREATE DATABASE IF NOT EXISTS app")
                 .expect("create database app");

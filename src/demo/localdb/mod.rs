@@ -16,15 +16,23 @@
 //! removed when [`LocalMariaDb::stop`] is called or the value is dropped, including
 //! on a panic's unwind.
 
-use std::io::{self, Read, Write};
+mod client;
+mod files;
+
+use std::io;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, OnceLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use super::process::{all_threads_stopped, send_signal, terminate, SIGCONT, SIGKILL, SIGSTOP};
+use super::process::{all_threads_stopped, send_signal, terminate, SIGCONT, SIGSTOP};
+use super::replication::{member_args, ReplicationMember};
+use client::{mariadb_command, run_client, tail};
+pub use files::find_mariadbd;
+use files::{
+    binaries, copy_dir, reap_orphans_once, running_as_root, template, unique_dir, Binaries,
+    LOG_FILE_SIZE,
+};
 
 use crate::backend::quote_literal;
 
@@ -34,11 +42,6 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 pub(super) const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 /// Attempts to start on a freshly picked port when another process took it first.
 const PORT_ATTEMPTS: usize = 5;
-/// InnoDB redo log size; the template and every server must agree.
-const LOG_FILE_SIZE: &str = "8M";
-/// Hint shown when MariaDB is missing.
-const INSTALL_HINT: &str =
-    "install it with `apt-get install mariadb-server mariadb-client` (or run scripts/ensure-deps)";
 
 /// How to start a [`LocalMariaDb`].
 #[derive(Debug, Clone)]
@@ -54,6 +57,10 @@ pub struct LocalDbOptions {
     pub password: String,
     /// Serve TLS (tests of shardgate's TLS to its backends); None: plain only.
     pub tls: Option<LocalDbTls>,
+    /// Binary log, GTID and semi-sync settings of a replication member (see
+    /// [`super::replication`]); None: the binary log is off, which keeps a server that
+    /// needs no replication as fast to start and to write to as possible.
+    pub replication: Option<ReplicationMember>,
 }
 
 /// A local server's TLS: PEM text written into its directory as `ssl_cert`,
@@ -79,6 +86,7 @@ impl Default for LocalDbOptions {
             user: "shardgate".to_string(),
             password: "shardgate".to_string(),
             tls: None,
+            replication: None,
         }
     }
 }
@@ -158,7 +166,13 @@ impl LocalMariaDb {
     /// with the `mariadb` CLI in batch mode without column names. The text goes in on
     /// stdin, so scripts of any size work. Returns stdout, or an error carrying stderr.
     pub fn sql(&self, sql: &str) -> io::Result<String> {
-        run_client(&self.client, &self.socket(), sql)
+        run_client(&self.client, &self.socket(), sql, false)
+    }
+
+    /// Like [`LocalMariaDb::sql`], with a first line of column names, for answers read
+    /// by name (`SHOW SLAVE STATUS` has dozens of columns).
+    pub fn sql_with_column_names(&self, sql: &str) -> io::Result<String> {
+        run_client(&self.client, &self.socket(), sql, true)
     }
 
     /// A handle that runs SQL like [`LocalMariaDb::sql`] and can be sent to another
@@ -239,7 +253,7 @@ pub struct SqlClient {
 impl SqlClient {
     /// Same as [`LocalMariaDb::sql`].
     pub fn sql(&self, sql: &str) -> io::Result<String> {
-        run_client(&self.client, &self.socket, sql)
+        run_client(&self.client, &self.socket, sql, false)
     }
 }
 
@@ -247,234 +261,6 @@ impl Drop for LocalMariaDb {
     fn drop(&mut self) {
         self.shutdown();
     }
-}
-
-/// Where the MariaDB server binary is, or why it cannot be found.
-pub fn find_mariadbd() -> Result<PathBuf, String> {
-    find_binary(&["mariadbd", "mysqld"]).ok_or_else(|| {
-        format!("MariaDB server (`mariadbd`) not found in PATH or /usr/sbin; {INSTALL_HINT}")
-    })
-}
-
-/// The MariaDB programs a server needs.
-#[derive(Debug)]
-struct Binaries {
-    server: PathBuf,
-    install_db: PathBuf,
-    client: PathBuf,
-}
-
-fn binaries() -> Result<&'static Binaries, String> {
-    static BINARIES: OnceLock<Result<Binaries, String>> = OnceLock::new();
-    BINARIES
-        .get_or_init(|| {
-            let server = find_mariadbd()?;
-            let install_db = find_binary(&["mariadb-install-db", "mysql_install_db"])
-                .ok_or_else(|| format!("`mariadb-install-db` not found; {INSTALL_HINT}"))?;
-            let client = find_binary(&["mariadb", "mysql"])
-                .ok_or_else(|| format!("MariaDB client (`mariadb`) not found; {INSTALL_HINT}"))?;
-            Ok(Binaries {
-                server,
-                install_db,
-                client,
-            })
-        })
-        .as_ref()
-        .map_err(Clone::clone)
-}
-
-fn find_binary(names: &[&str]) -> Option<PathBuf> {
-    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect())
-        .unwrap_or_default();
-    for extra in ["/usr/sbin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin"] {
-        dirs.push(PathBuf::from(extra));
-    }
-    names.iter().find_map(|name| {
-        dirs.iter()
-            .map(|dir| dir.join(name))
-            .find(|path| is_executable(path))
-    })
-}
-
-fn is_executable(path: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(path)
-        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        .unwrap_or(false)
-}
-
-/// The effective user id: /proc/self belongs to it.
-fn effective_uid() -> Option<u32> {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self").map(|m| m.uid()).ok()
-}
-
-fn running_as_root() -> bool {
-    effective_uid() == Some(0)
-}
-
-/// Base directory for servers and the template. Unix socket paths are limited to
-/// 107 bytes, so a long `TMPDIR` falls back to /tmp.
-fn base_dir() -> PathBuf {
-    let tmp = std::env::temp_dir();
-    if tmp.as_os_str().len() > 60 {
-        PathBuf::from("/tmp")
-    } else {
-        tmp
-    }
-}
-
-/// The initialized, never-started data directory every server copies.
-///
-/// Built once per machine and MariaDB build: into a private directory first, then
-/// renamed into place, which is atomic, so concurrent test binaries never see a half
-/// made template; the loser of a race discards its copy. The process caches the path.
-fn template(binaries: &Binaries) -> Result<&'static Path, String> {
-    static TEMPLATE: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    static BUILDING: Mutex<()> = Mutex::new(());
-    if let Some(done) = TEMPLATE.get() {
-        return done.as_deref().map_err(Clone::clone);
-    }
-    let _guard = BUILDING.lock().unwrap_or_else(|e| e.into_inner());
-    TEMPLATE
-        .get_or_init(|| build_template(binaries))
-        .as_deref()
-        .map_err(Clone::clone)
-}
-
-fn build_template(binaries: &Binaries) -> Result<PathBuf, String> {
-    let key = {
-        use std::os::unix::fs::MetadataExt;
-        let meta = std::fs::metadata(&binaries.server)
-            .map_err(|e| format!("{}: {e}", binaries.server.display()))?;
-        // Changes with the MariaDB build and with the options baked into the template.
-        format!(
-            "{:x}-{:x}-{LOG_FILE_SIZE}-u{}",
-            meta.size(),
-            meta.mtime(),
-            effective_uid().unwrap_or(u32::MAX)
-        )
-    };
-    let target = base_dir().join(format!("shardgate-mariadb-template-{key}"));
-    if target.join("mysql").is_dir() {
-        return Ok(target);
-    }
-    let scratch = unique_dir("sgtpl")?;
-    let data = scratch.join("data");
-    let mut cmd = mariadb_command(&binaries.install_db, &scratch);
-    cmd.arg(format!("--datadir={}", data.display()))
-        .arg("--auth-root-authentication-method=normal")
-        .arg("--skip-test-db")
-        .arg("--skip-name-resolve")
-        .arg(format!("--innodb-log-file-size={LOG_FILE_SIZE}"))
-        .arg("--innodb-buffer-pool-size=32M")
-        .arg("--skip-log-bin");
-    if running_as_root() {
-        cmd.arg("--user=root");
-    }
-    let output = cmd
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("running {}: {e}", binaries.install_db.display()));
-    let output = match output {
-        Ok(output) => output,
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&scratch);
-            return Err(e);
-        }
-    };
-    if !output.status.success() {
-        let _ = std::fs::remove_dir_all(&scratch);
-        return Err(format!(
-            "{} failed ({}):\n{}{}",
-            binaries.install_db.display(),
-            output.status,
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        ));
-    }
-    let renamed = std::fs::rename(&data, &target);
-    let _ = std::fs::remove_dir_all(&scratch);
-    match renamed {
-        Ok(()) => Ok(target),
-        // Another process won the race; its template is as good as ours.
-        Err(_) if target.join("mysql").is_dir() => Ok(target),
-        Err(e) => Err(format!("creating {}: {e}", target.display())),
-    }
-}
-
-/// A new, empty directory with a short unique name under [`base_dir`].
-fn unique_dir(prefix: &str) -> Result<PathBuf, String> {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    for _ in 0..100 {
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let dir = base_dir().join(format!("{prefix}-{}-{n}-{:x}", std::process::id(), nanos));
-        match std::fs::create_dir(&dir) {
-            Ok(()) => return Ok(dir),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(format!("creating {}: {e}", dir.display())),
-        }
-    }
-    Err("could not create a unique temp directory".to_string())
-}
-
-/// Stops servers (and removes directories) left behind by processes that died without
-/// unwinding (SIGKILL, abort), once per process. A directory `sgdb-PID-...` whose PID
-/// is gone is an orphan; its server is signalled only if its command line names that
-/// directory, so a recycled pid is never hit.
-fn reap_orphans_once() {
-    static REAPED: OnceLock<()> = OnceLock::new();
-    REAPED.get_or_init(|| {
-        let Ok(entries) = std::fs::read_dir(base_dir()) else {
-            return;
-        };
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let Some(owner) = name
-                .strip_prefix("sgdb-")
-                .and_then(|rest| rest.split('-').next())
-                .and_then(|pid| pid.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            if Path::new(&format!("/proc/{owner}")).exists() {
-                continue;
-            }
-            let dir = entry.path();
-            if let Some(server_pid) = std::fs::read_to_string(dir.join("mariadb.pid"))
-                .ok()
-                .and_then(|text| text.trim().parse::<u32>().ok())
-            {
-                let cmdline =
-                    std::fs::read(format!("/proc/{server_pid}/cmdline")).unwrap_or_default();
-                let needle = dir.to_string_lossy();
-                if String::from_utf8_lossy(&cmdline).contains(needle.as_ref()) {
-                    let _ = send_signal(server_pid, SIGCONT);
-                    let _ = send_signal(server_pid, SIGKILL);
-                }
-            }
-            let _ = std::fs::remove_dir_all(&dir);
-        }
-    });
-}
-
-fn copy_dir(from: &Path, to: &Path) -> io::Result<()> {
-    std::fs::create_dir_all(to)?;
-    for entry in std::fs::read_dir(from)? {
-        let entry = entry?;
-        let target = to.join(entry.file_name());
-        if entry.file_type()?.is_dir() {
-            copy_dir(&entry.path(), &target)?;
-        } else {
-            std::fs::copy(entry.path(), &target)?;
-        }
-    }
-    Ok(())
 }
 
 fn free_port() -> io::Result<u16> {
@@ -528,7 +314,6 @@ fn start_on_port(
         // Throwaway data: trade crash durability for speed on small machines.
         .arg("--innodb-flush-log-at-trx-commit=2")
         .arg("--innodb-doublewrite=0")
-        .arg("--skip-log-bin")
         .arg("--skip-name-resolve")
         .arg("--performance-schema=OFF")
         .arg("--max-connections=300")
@@ -540,6 +325,12 @@ fn start_on_port(
     }
     if let Some(tls) = &opts.tls {
         tls_args(&mut cmd, &dir, tls)?;
+    }
+    match &opts.replication {
+        Some(member) => member_args(&mut cmd, member),
+        None => {
+            cmd.arg("--skip-log-bin");
+        }
     }
     let child = cmd
         .stdin(Stdio::null())
@@ -637,7 +428,10 @@ fn create_user(server: &LocalMariaDb, user: &str, password: &str) -> io::Result<
     }
     let user = quote_literal(user);
     let password = quote_literal(password);
-    let mut script = String::new();
+    // Every member creates its own user; kept out of the binary log so that a standby's
+    // log holds nothing the primary does not have (`gtid_strict_mode` would refuse the
+    // primary's transactions after a local one).
+    let mut script = String::from("SET SESSION sql_log_bin = 0;\n");
     for host in ["%", "localhost"] {
         script.push_str(&format!(
             "CREATE USER IF NOT EXISTS {user}@'{host}' IDENTIFIED BY {password};\n\
@@ -645,140 +439,4 @@ fn create_user(server: &LocalMariaDb, user: &str, password: &str) -> io::Result<
         ));
     }
     server.sql(&script).map(|_| ())
-}
-
-fn run_client(client: &Path, socket: &Path, sql: &str) -> io::Result<String> {
-    // The socket sits in the server's own directory, a harmless HOME.
-    let home = socket.parent().unwrap_or_else(|| Path::new("/"));
-    let mut child = mariadb_command(client, home)
-        .arg("--protocol=SOCKET")
-        .arg(format!("--socket={}", socket.display()))
-        .arg("--user=root")
-        .arg("--batch")
-        .arg("--skip-column-names")
-        .arg("--default-character-set=utf8mb4")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    let mut stdin = child
-        .stdin
-        .take()
-        .ok_or_else(|| io::Error::other("no stdin"))?;
-    let mut stdout = child
-        .stdout
-        .take()
-        .ok_or_else(|| io::Error::other("no stdout"))?;
-    let mut stderr = child
-        .stderr
-        .take()
-        .ok_or_else(|| io::Error::other("no stderr"))?;
-    // Feed stdin and drain stderr on their own threads so a big script or a chatty
-    // error can never block the pipe we are reading.
-    let (out, err) = std::thread::scope(|scope| {
-        let writer = scope.spawn(move || {
-            let _ = stdin.write_all(sql.as_bytes());
-            // Dropping stdin sends EOF.
-        });
-        let err_reader = scope.spawn(move || {
-            let mut buf = Vec::new();
-            let _ = stderr.read_to_end(&mut buf);
-            buf
-        });
-        let mut out = Vec::new();
-        let read = stdout.read_to_end(&mut out);
-        let _ = writer.join();
-        let err = err_reader.join().unwrap_or_default();
-        (read.map(|_| out), err)
-    });
-    let status = child.wait()?;
-    let out = out?;
-    if status.success() {
-        Ok(String::from_utf8_lossy(&out).into_owned())
-    } else {
-        Err(io::Error::other(format!(
-            "mariadb ({status}): {}",
-            String::from_utf8_lossy(&err).trim()
-        )))
-    }
-}
-
-/// Directories a MariaDB program may need on its `PATH` besides its own (the install
-/// script calls `my_print_defaults`, `resolveip`, `hostname`, `cp`...).
-const SYSTEM_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-
-/// A command for the MariaDB program `program` that sees nothing of the user's MySQL
-/// setup: an empty environment except `PATH` (the program's own directory, then the
-/// system's), `HOME` (our own directory `home`, so no `~/.my.cnf` or `~/.mylogin.cnf`
-/// is found) and `LANG=C`; and `--no-defaults` as the first argument, which MariaDB
-/// only honours there. Without this, a `MYSQL_PWD` in the user's shell makes our root
-/// logins fail and `MYSQL_HOST`/`MYSQL_TCP_PORT`/`MYSQL_UNIX_PORT` point them elsewhere.
-fn mariadb_command(program: &Path, home: &Path) -> Command {
-    let path = match program.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => {
-            let mut path = dir.as_os_str().to_owned();
-            path.push(":");
-            path.push(SYSTEM_PATH);
-            path
-        }
-        _ => SYSTEM_PATH.into(),
-    };
-    let mut cmd = Command::new(program);
-    cmd.env_clear()
-        .env("PATH", path)
-        .env("HOME", home)
-        .env("LANG", "C")
-        .arg("--no-defaults");
-    cmd
-}
-
-/// The last `lines` lines of a file, for error messages.
-fn tail(path: &Path, lines: usize) -> String {
-    match std::fs::read(path) {
-        Ok(bytes) => {
-            let text = String::from_utf8_lossy(&bytes);
-            let all: Vec<&str> = text.lines().collect();
-            all[all.len().saturating_sub(lines)..].join("\n")
-        }
-        Err(e) => format!("({}: {e})", path.display()),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn mariadb_commands_get_no_inherited_environment_and_no_option_files() {
-        let cmd = mariadb_command(Path::new("/usr/sbin/mariadbd"), Path::new("/tmp/sgdb-x"));
-        let args: Vec<_> = cmd.get_args().collect();
-        assert_eq!(args.first().copied(), Some("--no-defaults".as_ref()));
-        let mut envs: Vec<(String, Option<String>)> = cmd
-            .get_envs()
-            .map(|(k, v)| {
-                (
-                    k.to_string_lossy().into_owned(),
-                    v.map(|v| v.to_string_lossy().into_owned()),
-                )
-            })
-            .collect();
-        envs.sort();
-        assert_eq!(
-            envs,
-            [
-                ("HOME".to_string(), Some("/tmp/sgdb-x".to_string())),
-                ("LANG".to_string(), Some("C".to_string())),
-                ("PATH".to_string(), Some(format!("/usr/sbin:{SYSTEM_PATH}"))),
-            ]
-        );
-    }
-
-    #[test]
-    fn tail_keeps_the_last_lines() {
-        let dir = unique_dir("sgtest").expect("temp dir");
-        let path = dir.join("log");
-        std::fs::write(&path, "1\n2\n3\n").expect("write log");
-        assert_eq!(tail(&path, 2), "2\n3");
-        let _ = std::fs::remove_dir_all(&dir);
-    }
 }
