@@ -20,7 +20,11 @@ use shardgate::vschema::VSchema;
 
 /// Keyspace `app` (unsharded) on cluster `c1`: the primary and its standbys.
 fn vschema(c: &LocalCluster) -> VSchema {
-    let standbys: Vec<String> = c.standby_addrs().iter().map(|a| format!("\"{a}\"")).collect();
+    let standbys: Vec<String> = c
+        .standby_addrs()
+        .iter()
+        .map(|a| format!("\"{a}\""))
+        .collect();
     let toml = format!(
         "[clusters.c1]\nprimary = \"{}\"\nstandbys = [{}]\nuser = \"shardgate\"\npassword = \"shardgate\"\n\
          [keyspaces.app]\ncluster = \"c1\"\n",
@@ -34,7 +38,8 @@ fn setup(c: &LocalCluster) {
     c.primary
         .sql("CREATE DATABASE app; CREATE TABLE app.writes (client INT, n INT, PRIMARY KEY (client, n))")
         .expect("schema");
-    c.wait_caught_up(Duration::from_secs(10)).expect("standbys caught up");
+    c.wait_caught_up(Duration::from_secs(10))
+        .expect("standbys caught up");
 }
 
 /// What the writers saw: per client, the acknowledged counters; every statement's
@@ -57,9 +62,10 @@ fn writers(
         .map(|client| {
             let (addr, stop, seen) = (addr.clone(), stop.clone(), seen.clone());
             tokio::spawn(async move {
-                let mut c = mysql_async::Conn::new(common::mysql_opts(&addr, "app", "app", Some("app")))
-                    .await
-                    .expect("writer connects");
+                let mut c =
+                    mysql_async::Conn::new(common::mysql_opts(&addr, "app", "app", Some("app")))
+                        .await
+                        .expect("writer connects");
                 let mut n = 0u32;
                 while !stop.load(Ordering::Relaxed) {
                     n += 1;
@@ -67,20 +73,33 @@ fn writers(
                     let r = c
                         .query_drop(format!("INSERT INTO writes VALUES ({client}, {n})"))
                         .await;
-                    let mut s = seen.lock().expect("seen");
-                    s.latencies.push((at, at.elapsed()));
-                    match r {
-                        Ok(()) => s.acked[client].push(n),
-                        Err(e) => {
-                            s.errors.push((client, at, e.to_string()));
-                            drop(s);
-                            // A broken connection: a new one, as a driver's pool would.
-                            if !matches!(e, mysql_async::Error::Server(_)) {
-                                match mysql_async::Conn::new(common::mysql_opts(&addr, "app", "app", Some("app"))).await {
-                                    Ok(fresh) => c = fresh,
-                                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-                                }
+                    let broken = {
+                        let mut s = seen.lock().expect("seen");
+                        s.latencies.push((at, at.elapsed()));
+                        match r {
+                            Ok(()) => {
+                                s.acked[client].push(n);
+                                false
                             }
+                            Err(e) => {
+                                let broken = !matches!(e, mysql_async::Error::Server(_));
+                                s.errors.push((client, at, e.to_string()));
+                                broken
+                            }
+                        }
+                    };
+                    if broken {
+                        // A broken connection: a new one, as a driver's pool would.
+                        match mysql_async::Conn::new(common::mysql_opts(
+                            &addr,
+                            "app",
+                            "app",
+                            Some("app"),
+                        ))
+                        .await
+                        {
+                            Ok(fresh) => c = fresh,
+                            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
                         }
                     }
                 }
@@ -100,13 +119,18 @@ fn assert_all_acked_on(server: &LocalMariaDb, seen: &Seen) {
         .filter_map(|l| l.trim().parse().ok())
         .collect();
         let missing: Vec<&u32> = acked.iter().filter(|n| !have.contains(n)).collect();
-        assert!(missing.is_empty(), "client {client}: acknowledged but lost: {missing:?}");
+        assert!(
+            missing.is_empty(),
+            "client {client}: acknowledged but lost: {missing:?}"
+        );
     }
 }
 
 fn p99(mut v: Vec<Duration>) -> Duration {
     v.sort();
-    v.get(v.len().saturating_sub(1) * 99 / 100).copied().unwrap_or_default()
+    v.get(v.len().saturating_sub(1) * 99 / 100)
+        .copied()
+        .unwrap_or_default()
 }
 
 async fn failovers(admin: &mut mysql_async::Conn) -> Vec<(String, String, String, String)> {
@@ -150,8 +174,16 @@ async fn a_planned_failover_under_write_load_shows_no_error_and_loses_nothing() 
     for t in tasks {
         t.await.expect("writer");
     }
-    let seen = Arc::try_unwrap(seen).ok().expect("writers done").into_inner().expect("seen");
-    assert!(seen.errors.is_empty(), "clients saw errors: {:?}", seen.errors);
+    let seen = Arc::try_unwrap(seen)
+        .ok()
+        .expect("writers done")
+        .into_inner()
+        .expect("seen");
+    assert!(
+        seen.errors.is_empty(),
+        "clients saw errors: {:?}",
+        seen.errors
+    );
     let total: usize = seen.acked.iter().map(Vec::len).sum();
     assert!(total > 100, "the writers wrote: {total}");
     // Added latency: statements that started during the failover.
@@ -172,14 +204,31 @@ async fn a_planned_failover_under_write_load_shows_no_error_and_loses_nothing() 
     // of it.
     let new_primary = &cluster.standbys[0];
     assert_all_acked_on(new_primary, &seen);
-    assert_eq!(common::direct_query(&cluster.primary, "SELECT @@read_only").trim(), "1");
-    let status = cluster.primary.replica_status().expect("status").expect("replicating");
+    assert_eq!(
+        common::direct_query(&cluster.primary, "SELECT @@read_only").trim(),
+        "1"
+    );
+    let status = cluster
+        .primary
+        .replica_status()
+        .expect("status")
+        .expect("replicating");
     assert!(status.running(), "the old primary replicates: {status:?}");
-    assert_eq!(common::direct_query(new_primary, "SELECT @@read_only").trim(), "0");
+    assert_eq!(
+        common::direct_query(new_primary, "SELECT @@read_only").trim(),
+        "0"
+    );
     let f = failovers(&mut admin).await;
     assert_eq!(f.len(), 1, "{f:?}");
-    assert_eq!((f[0].0.as_str(), f[0].1.as_str(), f[0].2.as_str()), ("planned", target.as_str(), "done"));
-    assert!(f[0].3.contains("routing switched") && f[0].3.contains("buffer released"), "{}", f[0].3);
+    assert_eq!(
+        (f[0].0.as_str(), f[0].1.as_str(), f[0].2.as_str()),
+        ("planned", target.as_str(), "done")
+    );
+    assert!(
+        f[0].3.contains("routing switched") && f[0].3.contains("buffer released"),
+        "{}",
+        f[0].3
+    );
     drop(admin);
     proxy.stop().await;
 
@@ -215,7 +264,13 @@ async fn an_unplanned_failover_serves_writes_within_seconds_and_fences_the_old_p
     let tasks = writers(proxy.addr_string(), stop.clone(), seen.clone());
     tokio::time::sleep(Duration::from_secs(2)).await;
     let old_port = cluster.primary.port;
-    let acked_before: Vec<usize> = seen.lock().expect("seen").acked.iter().map(Vec::len).collect();
+    let acked_before: Vec<usize> = seen
+        .lock()
+        .expect("seen")
+        .acked
+        .iter()
+        .map(Vec::len)
+        .collect();
     cluster.primary.kill();
     let killed = Instant::now();
     let deadline = killed + Duration::from_secs(20);
@@ -242,7 +297,10 @@ async fn an_unplanned_failover_serves_writes_within_seconds_and_fences_the_old_p
     .expect("restart the old primary");
     let fence_deadline = Instant::now() + Duration::from_secs(5);
     while common::direct_query(&restarted, "SELECT @@read_only").trim() != "1" {
-        assert!(Instant::now() < fence_deadline, "the fenced old primary was not made read_only");
+        assert!(
+            Instant::now() < fence_deadline,
+            "the fenced old primary was not made read_only"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -250,7 +308,11 @@ async fn an_unplanned_failover_serves_writes_within_seconds_and_fences_the_old_p
     for t in tasks {
         t.await.expect("writer");
     }
-    let seen = Arc::try_unwrap(seen).ok().expect("writers done").into_inner().expect("seen");
+    let seen = Arc::try_unwrap(seen)
+        .ok()
+        .expect("writers done")
+        .into_inner()
+        .expect("seen");
     // First write acknowledged after the kill.
     let first_after = seen
         .latencies
@@ -271,17 +333,26 @@ async fn an_unplanned_failover_serves_writes_within_seconds_and_fences_the_old_p
     let new_primary = &cluster.standbys[0];
     assert_all_acked_on(new_primary, &seen);
     for (client, before) in acked_before.iter().enumerate() {
-        assert!(seen.acked[client].len() > *before, "client {client} wrote after the failover");
+        assert!(
+            seen.acked[client].len() > *before,
+            "client {client} wrote after the failover"
+        );
     }
     assert_eq!(
-        common::direct_query(&restarted, "SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = 'app'").trim(),
+        common::direct_query(
+            &restarted,
+            "SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = 'app'"
+        )
+        .trim(),
         "0",
         "nothing reached the fenced old primary"
     );
     let status: Vec<mysql_async::Row> = admin.query("SHOW CLUSTERS").await.expect("clusters");
     let standbys: Option<String> = status[0].get(16);
     assert!(
-        !standbys.unwrap_or_default().contains(&format!(":{old_port} ")),
+        !standbys
+            .unwrap_or_default()
+            .contains(&format!(":{old_port} ")),
         "the old primary is out of the topology"
     );
     drop((admin, restarted));
