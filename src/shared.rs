@@ -95,6 +95,9 @@ pub struct Shared {
     /// The plugin the greeting names: `caching_sha2_password` when every user has it
     /// (so clients start with it and need no auth switch), else `mysql_native_password`.
     pub greeting_plugin: auth::AuthPlugin,
+    /// Per-workspace statement and error counts of the last minute (`SHOW WORKSPACE`,
+    /// `SHOW WORKSPACES WITH ERRORS`), bounded in memory.
+    pub workspaces: crate::health::WorkspaceErrors,
 }
 
 impl Shared {
@@ -171,6 +174,7 @@ impl Shared {
             sha2_cache: Sha2Cache::default(),
             rsa_key,
             greeting_plugin,
+            workspaces: crate::health::WorkspaceErrors::default(),
         })
     }
 
