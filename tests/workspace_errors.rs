@@ -61,7 +61,7 @@ async fn read_all_workspaces(addr: String, client: usize, until: Instant) -> (u6
     let (mut statements, mut errors) = (0, 0);
     while Instant::now() < until {
         for ws in 1..=WORKSPACES {
-            let read = if client % 2 == 0 {
+            let read = if client.is_multiple_of(2) {
                 c.query_drop(format!("SELECT COUNT(*) FROM ws_{ws}.notes"))
                     .await
             } else {
@@ -83,6 +83,19 @@ async fn read_all_workspaces(addr: String, client: usize, until: Instant) -> (u6
     }
     let _ = c.disconnect().await;
     (statements, errors)
+}
+
+async fn metrics_body(addr: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect metrics");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("request");
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.expect("response");
+    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -109,7 +122,16 @@ async fn workspaces_with_errors_show_a_partial_failure_healthy_clusters_hide() {
             &format!("DROP TABLE ws_{ws}.notes"),
         );
     }
-    let proxy = common::start_proxy(&toml).await;
+    let metrics_addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port");
+    let mut config = shardgate::config::ProxyConfig::new(
+        "127.0.0.1:0".parse().expect("addr"),
+        common::test_users(),
+        vs.clone(),
+    );
+    config.metrics_listen = Some(metrics_addr);
+    let proxy = common::start_proxy_config(config).await;
     let addr = proxy.addr_string();
 
     let until = Instant::now() + Duration::from_secs(3);
@@ -164,6 +186,14 @@ async fn workspaces_with_errors_show_a_partial_failure_healthy_clusters_hide() {
     assert_eq!(
         counted, sent_errors,
         "every error the clients got is counted"
+    );
+
+    let metrics = metrics_body(metrics_addr).await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == format!("shardgate_workspaces_with_errors {}", BROKEN.len())),
+        "{metrics}"
     );
 
     let clusters: Vec<mysql_async::Row> = admin.query("SHOW CLUSTERS").await.expect("clusters");

@@ -127,9 +127,8 @@ pub fn show_workspace(
             } else {
                 "hashed"
             }),
-            pool.map(|p| text(p.health.get().name())).unwrap_or(None),
-            pool.map(|p| text(p.traffic.intent().name()))
-                .unwrap_or(None),
+            pool.and_then(|p| text(p.health.get().name())),
+            pool.and_then(|p| text(p.traffic.intent().name())),
             text(summary.statements.to_string()),
             text(summary.errors.to_string()),
             text(rate(&summary)),
