@@ -1,5 +1,6 @@
 //! Criterion micro-benchmarks of shardgate's per-query work: packet framing, the
-//! response scanner, the planner on a point select, and routing among 1,000,000 pins.
+//! response scanner, the planner on a point select, routing among 1,000,000 pins, and
+//! counting a statement for its workspace (`health::WorkspaceErrors`).
 //!
 //! `cargo bench --bench micro` (add `-- pins` etc. to filter). The pins group also
 //! prints what building the 1,000,000-pin map cost in time and resident memory.
@@ -117,6 +118,34 @@ fn planning(c: &mut Criterion) {
     g.finish();
 }
 
+fn workspace_counts(c: &mut Criterion) {
+    use shardgate::health::WorkspaceErrors;
+    let mut g = c.benchmark_group("workspaces");
+    let t = WorkspaceErrors::default();
+    // 1,000 workspaces, as in the point-select load.
+    let mut ws = 0u64;
+    g.bench_function("count a statement of one of 1,000 workspaces", |b| {
+        b.iter(|| {
+            ws = (ws + 1) % 1000;
+            if let Some(k) = t.key(black_box("bench"), black_box(ws)) {
+                t.record(k, None);
+            }
+        })
+    });
+    // Past the cap: every new workspace may evict.
+    let full = WorkspaceErrors::new(10_000);
+    let mut fresh = 0u64;
+    g.bench_function("count a statement of a new workspace, tracker full", |b| {
+        b.iter(|| {
+            fresh += 1;
+            if let Some(k) = full.key("bench", fresh) {
+                full.record(k, None);
+            }
+        })
+    });
+    g.finish();
+}
+
 fn pins(c: &mut Criterion) {
     const PINS: usize = 1_000_000;
     let text = bench_vschema(PINS);
@@ -168,5 +197,5 @@ fn rss_bytes() -> u64 {
         .unwrap_or(0)
 }
 
-criterion_group!(benches, codec, planning, pins);
+criterion_group!(benches, codec, planning, workspace_counts, pins);
 criterion_main!(benches);

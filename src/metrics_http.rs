@@ -106,6 +106,16 @@ pub fn render(shared: &Shared) -> String {
             .collect(),
     );
     metric(
+        "shardgate_workspaces_with_errors",
+        "gauge",
+        "Workspaces whose statements got at least one error in the last 60 seconds \
+         (SHOW WORKSPACES WITH ERRORS lists them).",
+        vec![(
+            String::new(),
+            shared.workspaces.count_with_errors().to_string(),
+        )],
+    );
+    metric(
         "shardgate_cluster_health_changes_total",
         "counter",
         "Changes of the cluster's health state since start.",

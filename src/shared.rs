@@ -97,6 +97,9 @@ pub struct Shared {
     pub greeting_plugin: auth::AuthPlugin,
     /// Failovers under way and done, fenced former primaries.
     pub topology: crate::traffic::Topology,
+    /// Per-workspace statement and error counts of the last minute (`SHOW WORKSPACE`,
+    /// `SHOW WORKSPACES WITH ERRORS`), bounded in memory.
+    pub workspaces: crate::health::WorkspaceErrors,
 }
 
 impl Shared {
@@ -174,6 +177,7 @@ impl Shared {
             rsa_key,
             greeting_plugin,
             topology: crate::traffic::Topology::default(),
+            workspaces: crate::health::WorkspaceErrors::default(),
         })
     }
 

@@ -11,6 +11,7 @@
 pub mod control;
 pub mod migrations;
 pub mod traffic;
+pub mod workspaces;
 
 pub use control::{ClusterFailure, ControlConn, ControlPool, DEFAULT_CLUSTER_TIMEOUT};
 pub use migrations::{alter_migration, show_migrations};
@@ -54,6 +55,15 @@ pub enum AdminStatement {
     },
     /// `SHOW FAILOVERS`
     ShowFailovers,
+    /// `SHOW WORKSPACE n [IN KEYSPACE k]`
+    ShowWorkspace {
+        /// The workspace id.
+        workspace: u64,
+        /// Only this keyspace (else every sharded keyspace).
+        keyspace: Option<String>,
+    },
+    /// `SHOW WORKSPACES WITH ERRORS`
+    ShowWorkspacesWithErrors,
 }
 
 /// How long `DRAIN CLUSTER` waits for running work without `WAIT n SECONDS`.
@@ -85,7 +95,9 @@ pub fn parse_admin(sql: &str) -> Option<Result<AdminStatement, ProxyError>> {
     let admin = (verb.eq_ignore_ascii_case("SHOW")
         && (noun.eq_ignore_ascii_case("MIGRATIONS")
             || noun.eq_ignore_ascii_case("CLUSTERS")
-            || noun.eq_ignore_ascii_case("FAILOVERS")))
+            || noun.eq_ignore_ascii_case("FAILOVERS")
+            || noun.eq_ignore_ascii_case("WORKSPACE")
+            || noun.eq_ignore_ascii_case("WORKSPACES")))
         || (verb.eq_ignore_ascii_case("FAILOVER") && noun.eq_ignore_ascii_case("CLUSTER"))
         || (verb.eq_ignore_ascii_case("ALTER") && noun.eq_ignore_ascii_case("MIGRATION"))
         || ((verb.eq_ignore_ascii_case("DRAIN") || verb.eq_ignore_ascii_case("UNDRAIN"))
@@ -106,6 +118,25 @@ pub fn parse_admin(sql: &str) -> Option<Result<AdminStatement, ProxyError>> {
         ["SHOW", "MIGRATIONS", ..] => bad("usage: SHOW MIGRATIONS [LIKE 'pattern']"),
         ["SHOW", "CLUSTERS"] => Some(Ok(AdminStatement::ShowClusters)),
         ["SHOW", "CLUSTERS", ..] => bad("usage: SHOW CLUSTERS"),
+        ["SHOW", "WORKSPACE", ..] => {
+            let usage = "usage: SHOW WORKSPACE <id> [IN KEYSPACE name]";
+            let keyspace = match words.len() {
+                3 => None,
+                6 if words[3] == "IN" && words[4] == "KEYSPACE" => Some(name(orig[5])),
+                _ => return bad(usage),
+            };
+            match words[2].parse::<u64>() {
+                Ok(workspace) => Some(Ok(AdminStatement::ShowWorkspace {
+                    workspace,
+                    keyspace,
+                })),
+                Err(_) => bad(usage),
+            }
+        }
+        ["SHOW", "WORKSPACES", "WITH", "ERRORS"] => {
+            Some(Ok(AdminStatement::ShowWorkspacesWithErrors))
+        }
+        ["SHOW", "WORKSPACES", ..] => bad("usage: SHOW WORKSPACES WITH ERRORS"),
         ["DRAIN", "CLUSTER", _] => Some(Ok(AdminStatement::Drain {
             cluster: name(orig[2]),
             wait: DEFAULT_DRAIN_WAIT,
@@ -251,6 +282,43 @@ mod tests {
         );
         assert!(parse_admin("SHOW TABLES").is_none());
         assert!(parse_admin("DRAIN").is_none());
+    }
+
+    #[test]
+    fn workspace_statements_parse() {
+        assert_eq!(
+            parse_admin("show workspace 42;").and_then(Result::ok),
+            Some(AdminStatement::ShowWorkspace {
+                workspace: 42,
+                keyspace: None
+            })
+        );
+        assert_eq!(
+            parse_admin("SHOW WORKSPACE 7 IN KEYSPACE `Tenants`").and_then(Result::ok),
+            Some(AdminStatement::ShowWorkspace {
+                workspace: 7,
+                keyspace: Some("Tenants".into())
+            })
+        );
+        assert_eq!(
+            parse_admin("show workspaces with errors").and_then(Result::ok),
+            Some(AdminStatement::ShowWorkspacesWithErrors)
+        );
+        for bad in [
+            "SHOW WORKSPACE",
+            "SHOW WORKSPACE abc",
+            "SHOW WORKSPACE -1",
+            "SHOW WORKSPACE 42 IN app",
+            "SHOW WORKSPACE 42 IN KEYSPACE",
+            "SHOW WORKSPACES",
+            "SHOW WORKSPACES WITH WARNINGS",
+        ] {
+            let Some(Err(e)) = parse_admin(bad) else {
+                panic!("{bad}: not a usage error");
+            };
+            assert_eq!(e.code, 1105, "{bad}");
+            assert!(e.message.contains("usage"), "{bad}: {}", e.message);
+        }
     }
 
     #[test]

@@ -157,6 +157,9 @@ pub struct BackendConn {
     pub last_warnings: u16,
     /// Whether the last response ended in an ERR (what `SHOW ERRORS` would list).
     pub last_error: bool,
+    /// The ERR that ended the last relayed response (set only when one did: read
+    /// `last_error` first), for the per-workspace error view.
+    pub last_err: Option<ErrInfo>,
     /// The insert id the last response's OK packet reported (0: none).
     pub reported_insert_id: u64,
     /// What `LAST_INSERT_ID()` answers on this connection, as far as shardgate saw:
@@ -317,6 +320,7 @@ impl BackendConn {
             status: greeting.status,
             last_warnings: 0,
             last_error: false,
+            last_err: None,
             reported_insert_id: 0,
             insert_id: 0,
             reserve: crate::backend::Reserve::NONE,
@@ -427,6 +431,10 @@ impl BackendConn {
                 if n > 0 {
                     wrote = true;
                     self.relayed = true;
+                    if let Some(p) = scanner.error_payload(&self.conn.rbuf[..n]) {
+                        // Only a response that ended in an ERR pays for this.
+                        self.last_err = parse_err(p);
+                    }
                     if let Err(e) = client.write_all(&self.conn.rbuf[..n]).await {
                         // the backend is mid-response: it cannot be reused
                         self.broken = !scanner.is_done();

@@ -7,12 +7,17 @@
 //! The state is one atomic byte on the cluster's pool, read by every checkout (a `down`
 //! cluster fails fast or buffers, `crate::traffic`); the details behind it (reason,
 //! counts, last probe) sit under a lock only the monitor and `SHOW CLUSTERS` take.
+//!
+//! [`workspaces`] keeps what the averages hide: per-workspace statement and error
+//! counts of the last minute (`SHOW WORKSPACES WITH ERRORS`).
 
 pub mod members;
 mod probe;
+pub mod workspaces;
 
 pub(crate) use probe::json_string;
 pub use probe::{spawn_monitors, ProbeReading};
+pub use workspaces::{LastError, WorkspaceErrors, WorkspaceKey};
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Mutex;

@@ -55,6 +55,9 @@ pub struct ResponseScanner {
     continuing: bool,
     packets: u32,
     outcome: Outcome,
+    /// Where the ERR packet's payload that ended the response starts, and its length,
+    /// in the buffer of the `scan` call that saw it.
+    err_payload: (usize, usize),
 }
 
 impl ResponseScanner {
@@ -69,6 +72,7 @@ impl ResponseScanner {
             continuing: false,
             packets: 0,
             outcome: Outcome::default(),
+            err_payload: (0, 0),
         }
     }
 
@@ -104,8 +108,22 @@ impl ResponseScanner {
                 continue; // tail of a split packet: only its first part carries meaning
             }
             self.step(payload, len)?;
+            if self.state == State::Done && self.outcome.error {
+                self.err_payload = (at - len, len);
+            }
         }
         Ok(at)
+    }
+
+    /// The payload of the ERR packet that ended the response, read from `buf`: the
+    /// buffer given to the `scan` call that finished the response, before it is consumed
+    /// (so a relay learns the error without a second pass over the response).
+    pub fn error_payload<'a>(&self, buf: &'a [u8]) -> Option<&'a [u8]> {
+        if !(self.is_done() && self.outcome.error) {
+            return None;
+        }
+        let (at, len) = self.err_payload;
+        buf.get(at..at + len)
     }
 
     fn step(&mut self, p: &[u8], len: usize) -> Result<(), ProtocolViolation> {
@@ -287,6 +305,15 @@ mod tests {
         let mut s = ResponseScanner::new(ResponseKind::Query, false);
         s.scan(&e).unwrap();
         assert!(s.is_done() && s.outcome().error);
+        let p = s.error_payload(&e).expect("the ERR payload");
+        assert_eq!(
+            crate::protocol::wire::parse_err(p).map(|i| i.code),
+            Some(1146)
+        );
+        assert_eq!(
+            ResponseScanner::new(ResponseKind::Query, false).error_payload(&e),
+            None
+        );
     }
 
     #[test]

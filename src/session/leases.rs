@@ -312,6 +312,8 @@ impl Session {
                         let e = ProxyError::query_timeout(&target.cluster, limit.as_secs_f64());
                         self.record(rt, &target, started, Some(&e));
                         if mid_response {
+                            // No ERR reaches the client, but the statement failed.
+                            self.note_error(e.code, &e.message);
                             // Rows already reached the client: no packet it would
                             // expect can say what happened. Cut the stream.
                             tracing::warn!(session = self.id, cluster = %target.cluster,
@@ -325,7 +327,14 @@ impl Session {
         };
         self.handle.statement_ended().await;
         match result {
-            Ok(_) => {
+            Ok(outcome) => {
+                if outcome.error && self.watch_errors {
+                    // The relay kept the ERR it forwarded: no second look at the bytes.
+                    match &lease.conn_ref().last_err {
+                        Some(e) => self.note_error(e.code, &e.message),
+                        None => self.note_error(0, "malformed ERR packet"),
+                    }
+                }
                 self.record(rt, &target, started, None);
                 self.put_back(target, lease, &stmt.effects);
                 Answered::Done
@@ -334,6 +343,7 @@ impl Session {
             Err(BackendError::BackendMidResponse(m)) => {
                 let e = ProxyError::lost_backend(&target.cluster, m);
                 self.record(rt, &target, started, Some(&e));
+                self.note_error(e.code, &e.message);
                 tracing::warn!(session = self.id, error = %e, "backend lost mid-response; closing the client connection");
                 Answered::Close
             }

@@ -159,6 +159,12 @@ struct Session {
     last: Option<(Target, u32)>,
     /// This session in the registry: where it says which backend statement it runs.
     handle: Arc<crate::shared::SessionHandle>,
+    /// Set while a statement of one workspace runs: its answer's error, if any, is
+    /// kept in `answer_error` for the per-workspace counts
+    /// ([`crate::health::WorkspaceErrors`]).
+    watch_errors: bool,
+    /// The error the client got for the watched statement.
+    answer_error: Option<crate::health::LastError>,
 }
 
 impl Session {
@@ -199,6 +205,8 @@ impl Session {
             last_insert_id: 0,
             last: None,
             handle,
+            watch_errors: false,
+            answer_error: None,
         }
     }
 
@@ -340,6 +348,7 @@ impl Session {
 
     async fn send_error(&mut self, e: &ProxyError) -> Answered {
         tracing::debug!(session = self.id, error = %LogSafe(e), "statement refused");
+        self.note_error(e.code, &e.message);
         self.send_raw(&wire::proxy_err_payload(e)).await
     }
 
@@ -350,10 +359,23 @@ impl Session {
 
     /// Forwards a collected backend response (already numbered from 1).
     async fn send_collected(&mut self, c: &Collected) -> Answered {
+        if self.watch_errors && c.outcome.error {
+            match c.err() {
+                Some(e) => self.note_error(e.code, &e.message),
+                None => self.note_error(0, "malformed ERR packet"),
+            }
+        }
         self.client.wbuf.extend_from_slice(&c.bytes);
         match self.client.flush().await {
             Ok(()) => Answered::Done,
             Err(_) => Answered::Close,
+        }
+    }
+
+    /// Keeps the error a watched statement was answered with (see `watch_errors`).
+    fn note_error(&mut self, code: u16, message: &str) {
+        if self.watch_errors {
+            self.answer_error = Some(crate::health::LastError::new(code, message));
         }
     }
 

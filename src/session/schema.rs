@@ -144,6 +144,21 @@ impl Session {
                 self.send_result_set(&crate::admin::traffic::CLUSTER_COLUMNS, rows)
                     .await
             }
+            Ok(crate::admin::AdminStatement::ShowWorkspace {
+                workspace,
+                keyspace,
+            }) => {
+                use crate::admin::workspaces as ws;
+                match ws::show_workspace(&self.shared, workspace, keyspace.as_deref()) {
+                    Ok(rows) => self.send_result_set(&ws::WORKSPACE_COLUMNS, rows).await,
+                    Err(e) => self.send_error(&e).await,
+                }
+            }
+            Ok(crate::admin::AdminStatement::ShowWorkspacesWithErrors) => {
+                use crate::admin::workspaces as ws;
+                let rows = ws::show_workspaces_with_errors(&self.shared);
+                self.send_result_set(&ws::ERROR_COLUMNS, rows).await
+            }
             Ok(crate::admin::AdminStatement::Drain { cluster, wait }) => {
                 let r =
                     crate::admin::traffic::drain(&self.shared, &cluster, wait, &self.user).await;

@@ -390,7 +390,30 @@ impl Session {
         }
     }
 
+    /// Runs a statement on its one backend (or its shards). A statement of exactly one
+    /// workspace is counted for that workspace, with the error its client got, if any.
     async fn single(&mut self, rt: &Runtime, stmt: &StatementPlan, payload: Bytes) -> Answered {
+        let tracker = &self.shared.workspaces;
+        let Some(key) = one_workspace(&rt.vschema, &self.ctx, stmt)
+            .and_then(|(keyspace, workspace)| tracker.key(keyspace, workspace))
+        else {
+            return self.single_unwatched(rt, stmt, payload).await;
+        };
+        self.watch_errors = true;
+        self.answer_error = None;
+        let answer = self.single_unwatched(rt, stmt, payload).await;
+        self.watch_errors = false;
+        let error = self.answer_error.take();
+        self.shared.workspaces.record(key, error);
+        answer
+    }
+
+    async fn single_unwatched(
+        &mut self,
+        rt: &Runtime,
+        stmt: &StatementPlan,
+        payload: Bytes,
+    ) -> Answered {
         let dispatch = match router::route(&rt.vschema, &self.ctx, stmt) {
             Ok(d) => d,
             Err(e) => return self.send_error(&e).await,
@@ -656,6 +679,43 @@ fn merge(a: Effects, b: &Effects) -> Effects {
         reads_diagnostics: a.reads_diagnostics || b.reads_diagnostics,
         calc_found_rows: a.calc_found_rows || b.calc_found_rows,
     }
+}
+
+/// The one workspace a statement runs for, if it is exactly one: a workspace's own
+/// database (named in the statement, or the session's), or one workspace id of a
+/// shared-tables keyspace. Routing decides the same way (`router::route`).
+fn one_workspace<'a>(
+    vs: &'a VSchema,
+    ctx: &'a DbContext,
+    stmt: &StatementPlan,
+) -> Option<(&'a str, u64)> {
+    if let Some(q) = &stmt.qualified_schema {
+        if let Some((ks, ws)) = vs.workspace_database(q) {
+            return Some((&ks.name, ws));
+        }
+    }
+    if let DbContext::Workspace {
+        keyspace,
+        workspace,
+        ..
+    } = ctx
+    {
+        if stmt
+            .qualified_schema
+            .as_deref()
+            .is_none_or(|q| vs.keyspace(q).is_none())
+        {
+            return Some((keyspace, *workspace));
+        }
+    }
+    let planner::Route::Workspaces(ids) = &stmt.route else {
+        return None;
+    };
+    let [id] = ids.as_slice() else {
+        return None;
+    };
+    let ks = router::statement_keyspace(vs, ctx, stmt)?;
+    (ks.sharded && ks.tenancy == crate::vschema::Tenancy::SharedTables).then_some((&ks.name, *id))
 }
 
 /// The planner's view of the session's keyspace.
