@@ -71,7 +71,7 @@ impl Default for DemoOptions {
             base_port: 15401,
             workspaces: 1000,
             vschema_path: None,
-            standbys: 0,
+            standbys: 1,
         }
     }
 }
@@ -278,6 +278,9 @@ async fn start_clusters(
     for (name, cluster) in vschema.clusters.iter_mut() {
         if let Some(server) = servers.get(name) {
             cluster.primary = server.primary.addr();
+            // The proxy probes them, shows them in SHOW CLUSTERS, and fails over to
+            // them (FAILOVER CLUSTER).
+            cluster.standbys = server.standby_addrs();
         }
     }
     Ok(())
