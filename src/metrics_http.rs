@@ -115,6 +115,41 @@ pub fn render(shared: &Shared) -> String {
             shared.workspaces.count_with_errors().to_string(),
         )],
     );
+    let failovers = shared.topology.counts();
+    metric(
+        "shardgate_failovers_total",
+        "counter",
+        "Failovers since start, by cluster, kind (planned, unplanned) and outcome (done, stopped).",
+        failovers
+            .iter()
+            .map(|((c, kind, outcome), (n, _))| {
+                (
+                    format!(
+                        "{{cluster=\"{}\",kind=\"{kind}\",outcome=\"{outcome}\"}}",
+                        escape(c)
+                    ),
+                    n.to_string(),
+                )
+            })
+            .collect(),
+    );
+    metric(
+        "shardgate_failover_buffered_statements_total",
+        "counter",
+        "Statements that waited in a cluster's buffer while it failed over.",
+        failovers
+            .iter()
+            .map(|((c, kind, outcome), (_, b))| {
+                (
+                    format!(
+                        "{{cluster=\"{}\",kind=\"{kind}\",outcome=\"{outcome}\"}}",
+                        escape(c)
+                    ),
+                    b.to_string(),
+                )
+            })
+            .collect(),
+    );
     metric(
         "shardgate_cluster_health_changes_total",
         "counter",

@@ -1,7 +1,7 @@
 //! Who is primary now: failovers under way and done, fenced former primaries, and the
 //! switch of the runtime snapshot to a new primary.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, Weak};
 
 use super::failover::Record;
@@ -18,6 +18,9 @@ pub struct Topology {
     done: Mutex<VecDeque<Record>>,
     /// (cluster, address) of former primaries never to be routed to again.
     fenced: Mutex<Vec<(String, String)>>,
+    /// Failovers since start by (cluster, `planned`/`unplanned`, `done`/`stopped`):
+    /// how many, and the statements they buffered.
+    counts: Mutex<BTreeMap<(String, &'static str, &'static str), (u64, u64)>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -42,6 +45,14 @@ impl Topology {
         lock(&self.fenced).clone()
     }
 
+    /// Failovers since start: ((cluster, kind, outcome), (count, statements buffered)).
+    pub fn counts(&self) -> Vec<((String, &'static str, &'static str), (u64, u64))> {
+        lock(&self.counts)
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect()
+    }
+
     /// The failovers kept, oldest first.
     pub fn failovers(&self) -> Vec<Record> {
         lock(&self.done).iter().cloned().collect()
@@ -61,6 +72,19 @@ impl Shared {
 
     /// Keeps a failover's record (the last [`KEPT`]).
     pub fn keep_failover(&self, r: Record) {
+        let kind = match r.kind {
+            super::failover::Kind::Planned => "planned",
+            super::failover::Kind::Unplanned => "unplanned",
+        };
+        let outcome = if r.outcome.is_ok() { "done" } else { "stopped" };
+        {
+            let mut counts = lock(&self.topology.counts);
+            let c = counts
+                .entry((r.cluster.clone(), kind, outcome))
+                .or_default();
+            c.0 += 1;
+            c.1 += r.buffered as u64;
+        }
         let mut done = lock(&self.topology.done);
         if done.len() == KEPT {
             done.pop_front();
