@@ -281,7 +281,11 @@ async fn an_unplanned_failover_serves_writes_within_seconds_and_fences_the_old_p
     loop {
         let f = failovers(&mut admin).await;
         if f.iter().any(|f| f.0 == "unplanned" && f.2 == "done") {
-            eprintln!("unplanned failover: {}", f[0].3);
+            eprintln!(
+                "unplanned failover: done {:?} after the kill: {}",
+                killed.elapsed(),
+                f[0].3
+            );
             break;
         }
         assert!(Instant::now() < deadline, "no failover: {f:?}");

@@ -262,6 +262,33 @@ impl ClusterHealth {
         }
     }
 
+    /// After a failover: the new primary answered its promotion, so the cluster is
+    /// `healthy` at once (the old primary's failures say nothing of it); returns the
+    /// change, if the state was another.
+    pub fn reset_after_failover(&self, cluster: &str, to: &str) -> Option<Transition> {
+        let mut d = self.lock();
+        d.failures = 0;
+        d.successes = 0;
+        d.traffic_good = 0;
+        d.last_probe = None;
+        let from = self.get();
+        let reason = format!("failed over to {to}");
+        d.reason = reason.clone();
+        d.since = Instant::now();
+        d.since_wall = SystemTime::now();
+        if from == Health::Healthy {
+            return None;
+        }
+        d.transitions += 1;
+        self.state.store(Health::Healthy as u8, Ordering::Relaxed);
+        Some(Transition {
+            cluster: cluster.to_string(),
+            from,
+            to: Health::Healthy,
+            reason,
+        })
+    }
+
     /// The standbys at their last probe, in the vschema's order.
     pub fn standbys(&self) -> Vec<members::StandbyStatus> {
         self.standbys

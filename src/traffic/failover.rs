@@ -325,6 +325,11 @@ async fn switch(
     };
     pool.retarget(next.clone());
     shared.replace_cluster(next.clone());
+    // The old primary's state (down, its failures, its traffic) is not the new one's.
+    pool.stats.clear_window();
+    if let Some(change) = pool.health.reset_after_failover(&old.name, &target.addr) {
+        tracing::info!(cluster = %change.cluster, from = change.from.name(), to = change.to.name(), reason = %change.reason, "cluster health changed");
+    }
     t.step("routing switched");
     // Repointing can lag behind the switch: the new primary serves already.
     let (host, port) = split_addr(&target.addr);

@@ -8,6 +8,9 @@ use super::failover::Record;
 use crate::shared::{Runtime, Shared};
 use crate::vschema::{Cluster, VSchema};
 
+/// (cluster, `planned`/`unplanned`, `done`/`stopped`).
+pub type FailoverKey = (String, &'static str, &'static str);
+
 /// Failovers kept for `SHOW FAILOVERS`.
 const KEPT: usize = 100;
 
@@ -20,7 +23,7 @@ pub struct Topology {
     fenced: Mutex<Vec<(String, String)>>,
     /// Failovers since start by (cluster, `planned`/`unplanned`, `done`/`stopped`):
     /// how many, and the statements they buffered.
-    counts: Mutex<BTreeMap<(String, &'static str, &'static str), (u64, u64)>>,
+    counts: Mutex<BTreeMap<FailoverKey, (u64, u64)>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -46,7 +49,7 @@ impl Topology {
     }
 
     /// Failovers since start: ((cluster, kind, outcome), (count, statements buffered)).
-    pub fn counts(&self) -> Vec<((String, &'static str, &'static str), (u64, u64))> {
+    pub fn counts(&self) -> Vec<(FailoverKey, (u64, u64))> {
         lock(&self.counts)
             .iter()
             .map(|(k, v)| (k.clone(), *v))
