@@ -23,7 +23,7 @@ pub fn render(shared: &Shared) -> String {
         }
     };
     let runtime = shared.runtime();
-    let mut pools: Vec<_> = runtime.pools.iter().collect();
+    let mut pools: Vec<_> = runtime.cluster_pools().collect();
     pools.sort_by(|a, b| a.0.cmp(b.0));
     let label = |c: &str| format!("{{cluster=\"{}\"}}", escape(c));
     metric(

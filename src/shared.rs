@@ -51,9 +51,35 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    /// The pool of `cluster`.
+    /// The pool of `cluster` (or of one of its standbys: `cluster@host:port`).
     pub fn pool(&self, cluster: &str) -> Option<&Arc<ClusterPool>> {
         self.pools.get(cluster)
+    }
+
+    /// The clusters' own pools (to their primaries), without the standbys' pools that
+    /// replica reads use.
+    pub fn cluster_pools(&self) -> impl Iterator<Item = (&String, &Arc<ClusterPool>)> {
+        self.pools.iter().filter(|(name, _)| !name.contains('@'))
+    }
+}
+
+/// The name of the pool of `cluster`'s standby `addr` in [`Runtime::pools`].
+pub fn replica_pool_name(cluster: &str, addr: &str) -> String {
+    format!("{cluster}@{addr}")
+}
+
+/// Adds a pool for each standby of `c` that has none yet (replica reads use them).
+pub(crate) fn add_replica_pools(
+    pools: &mut HashMap<String, Arc<ClusterPool>>,
+    c: &crate::vschema::Cluster,
+    config: &crate::config::PoolConfig,
+) {
+    for addr in &c.standbys {
+        pools
+            .entry(replica_pool_name(&c.name, addr))
+            .or_insert_with(|| {
+                ClusterPool::new(crate::health::members::member(c, addr), config.clone())
+            });
     }
 }
 
@@ -106,7 +132,7 @@ impl Shared {
     /// Builds the shared state; asks one cluster for its version string.
     pub async fn new(config: Arc<ProxyConfig>) -> Arc<Shared> {
         let vs = config.vschema.clone();
-        let pools = vs
+        let mut pools: HashMap<String, Arc<ClusterPool>> = vs
             .clusters
             .values()
             .map(|c| {
@@ -116,6 +142,9 @@ impl Shared {
                 )
             })
             .collect();
+        for c in vs.clusters.values() {
+            add_replica_pools(&mut pools, c, &config.pool);
+        }
         let users = config
             .users
             .iter()

@@ -366,3 +366,137 @@ async fn an_unplanned_failover_serves_writes_within_seconds_and_fences_the_old_p
     drop((admin, restarted));
     proxy.stop().await;
 }
+
+/// The port of the server that answered `sql` (a `SELECT @@port`).
+async fn port(c: &mut mysql_async::Conn, sql: &str) -> Option<u16> {
+    c.query_first::<u16, _>(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+}
+
+/// Polls `SHOW CLUSTERS` until c1's standbys column says every standby is healthy.
+async fn wait_standbys_healthy(admin: &mut mysql_async::Conn) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let rows: Vec<mysql_async::Row> = admin.query("SHOW CLUSTERS").await.expect("clusters");
+        let standbys: String = rows[0]
+            .get::<Option<String>, _>(16)
+            .flatten()
+            .unwrap_or_default();
+        if !standbys.is_empty()
+            && !standbys.contains("lagging")
+            && !standbys.contains("broken")
+            && !standbys.contains("unreachable")
+            && !standbys.contains("lag ?")
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "standbys not healthy: {standbys}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_reads_go_to_a_standby_and_keep_working_while_the_primary_is_stalled() {
+    let cluster = common::start_replicated_clusters(1, 1).remove(0);
+    setup(&cluster);
+    let mut config = ProxyConfig::new(
+        "127.0.0.1:0".parse().expect("addr"),
+        common::test_users(),
+        vschema(&cluster),
+    );
+    config.pool.query_timeout = Some(Duration::from_secs(2));
+    let proxy = common::start_proxy_config(config).await;
+    let mut admin = proxy.connect("admin", Some("app")).await;
+    wait_standbys_healthy(&mut admin).await;
+    let (primary, standby) = (cluster.primary.port, cluster.standbys[0].port);
+    // A login into `app@replica`: reads on the standby, writes on the primary.
+    let mut reader = mysql_async::Conn::new(common::mysql_opts(
+        &proxy.addr_string(),
+        "app",
+        "app",
+        Some("app@replica"),
+    ))
+    .await
+    .expect("login into app@replica");
+    assert_eq!(port(&mut reader, "SELECT @@port").await, Some(standby));
+    reader
+        .query_drop("INSERT INTO writes VALUES (99, 1)")
+        .await
+        .expect("a write");
+    assert_eq!(
+        common::direct_query(
+            &cluster.primary,
+            "SELECT COUNT(*) FROM app.writes WHERE client = 99"
+        )
+        .trim(),
+        "1",
+        "the write went to the primary"
+    );
+    assert_eq!(
+        port(&mut reader, "SELECT @@port FOR UPDATE").await,
+        Some(primary),
+        "a locking read"
+    );
+    reader.query_drop("BEGIN").await.expect("begin");
+    assert_eq!(
+        port(&mut reader, "SELECT @@port").await,
+        Some(primary),
+        "inside a transaction"
+    );
+    reader.query_drop("COMMIT").await.expect("commit");
+    // `USE` turns it off and on.
+    reader.query_drop("USE app").await.expect("use app");
+    assert_eq!(port(&mut reader, "SELECT @@port").await, Some(primary));
+    reader
+        .query_drop("USE `app@replica`")
+        .await
+        .expect("use app@replica");
+    assert_eq!(port(&mut reader, "SELECT @@port").await, Some(standby));
+    // The primary stalls: replica reads go on; a primary read waits for the deadline.
+    cluster.primary.pause().expect("SIGSTOP");
+    let stalled = Instant::now();
+    let mut reads = 0;
+    while stalled.elapsed() < Duration::from_secs(7) {
+        let t = Instant::now();
+        let n: Option<u64> = reader
+            .query_first("SELECT COUNT(*) FROM writes WHERE client = 99")
+            .await
+            .expect("a replica read while the primary is stalled");
+        assert_eq!(n, Some(1));
+        assert!(
+            t.elapsed() < Duration::from_millis(500),
+            "{:?}",
+            t.elapsed()
+        );
+        reads += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("replica reads while the primary was stalled: {reads}");
+    // A session without replica reads is refused (mysql_async's own first query, at
+    // connect, already reads from the primary).
+    let plain = mysql_async::Conn::new(common::mysql_opts(
+        &proxy.addr_string(),
+        "app",
+        "app",
+        Some("app"),
+    ))
+    .await;
+    match plain {
+        Err(mysql_async::Error::Server(e)) => assert_eq!(e.code, 1053, "{}", e.message),
+        Err(e) => panic!("expected 1053: {e}"),
+        Ok(mut c) => {
+            let r = c.query_drop("SELECT COUNT(*) FROM writes").await;
+            assert!(
+                r.is_err(),
+                "a primary read fails while the primary is stalled and down"
+            );
+        }
+    }
+    cluster.primary.resume().expect("SIGCONT");
+    drop((reader, admin));
+    proxy.stop().await;
+}

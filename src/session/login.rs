@@ -30,6 +30,8 @@ pub(super) struct Login {
     pub ext_capabilities: u32,
     pub collation: u8,
     pub ctx: DbContext,
+    /// The login named `db@replica`: reads go to a standby.
+    pub replica_reads: bool,
     /// The session's client slot (taken once authenticated).
     pub slot: Option<tokio::sync::OwnedSemaphorePermit>,
     /// The session's place in its user's `max_connections`, if it has one.
@@ -215,7 +217,15 @@ pub(super) async fn login(
     };
     let ext_capabilities = resp.ext_capabilities & shared.offered_ext_capabilities;
     let vs = shared.vschema();
-    let ctx = match resp.database.as_deref() {
+    // `app@replica`: keyspace `app`, reads from a standby.
+    let (login_db, replica_reads) = match resp.database.as_deref() {
+        Some(db) => match super::replica_suffix(db) {
+            Some(base) => (Some(base), true),
+            None => (Some(db), false),
+        },
+        None => (None, false),
+    };
+    let ctx = match login_db {
         None => DbContext::None,
         Some(db) => match resolve_database(&vs, db) {
             Some(ctx) => ctx,
@@ -227,7 +237,7 @@ pub(super) async fn login(
         },
     };
     let entry = shared.users.get(&resp.user);
-    if let Some(db) = resp.database.as_deref() {
+    if let Some(db) = login_db {
         if entry.is_some_and(|u| !u.scope.allows_database(&vs, db)) {
             tracing::info!(user = %LogSafe(&resp.user), %peer, database = %LogSafe(db), "refused: database outside the user's scope");
             let e = ProxyError::db_access_denied(&resp.user, db);
@@ -262,6 +272,7 @@ pub(super) async fn login(
         ext_capabilities,
         collation: resp.collation,
         ctx,
+        replica_reads,
         slot: Some(slot),
         user_slot,
     })

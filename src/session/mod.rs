@@ -99,6 +99,12 @@ pub async fn run(
     session.serve(stop, killed).await;
 }
 
+/// The database part of `db@replica` (a session that reads from standbys), if `db`
+/// has that suffix.
+fn replica_suffix(db: &str) -> Option<&str> {
+    db.strip_suffix("@replica").filter(|b| !b.is_empty())
+}
+
 /// Keeps a session in the registry `KILL` looks in while it lives.
 struct Registered(Arc<Shared>, u32);
 
@@ -136,6 +142,10 @@ struct Session {
     admin: bool,
     /// Where the user may go (keyspaces, workspaces).
     scope: Arc<crate::access::Scope>,
+    /// Reads outside transactions go to a healthy standby (`USE \`app@replica\``).
+    replica_reads: bool,
+    /// Successful `USE` / `COM_INIT_DB` so far.
+    database_changes: u64,
 
     /// The login's default `@@ddl_wait` (restored by `COM_RESET_CONNECTION`).
     login_ddl_wait: Option<std::time::Duration>,
@@ -188,6 +198,8 @@ impl Session {
             admin: login.role.is_admin(),
             role: login.role,
             scope: login.scope,
+            replica_reads: login.replica_reads,
+            database_changes: 0,
 
             login_ddl_wait: login.ddl_wait,
             ddl: DdlSettings {

@@ -166,6 +166,19 @@ impl Session {
     }
 
     pub(super) async fn use_database(&mut self, db: &str) -> Answered {
+        let (db, replica) = match super::replica_suffix(db) {
+            Some(base) => (base, true),
+            None => (db, false),
+        };
+        let before = self.database_changes;
+        let answer = self.use_database_inner(db).await;
+        if self.database_changes != before {
+            self.replica_reads = replica;
+        }
+        answer
+    }
+
+    async fn use_database_inner(&mut self, db: &str) -> Answered {
         if let (Some(what), false) = (planner::protected_schema(db), self.admin) {
             // COM_INIT_DB; `USE db` was already refused by its plan.
             return self
@@ -183,6 +196,7 @@ impl Session {
             Some(ctx @ DbContext::Keyspace(_)) => {
                 self.ctx = ctx;
                 self.handle.set_db(Some(db.to_string()));
+                self.database_changes += 1;
                 self.send_ok(OkInfo::default()).await
             }
             Some(ctx) => {
@@ -202,6 +216,7 @@ impl Session {
                 };
                 self.ctx = ctx;
                 self.handle.set_db(Some(db.to_string()));
+                self.database_changes += 1;
                 self.put_back(target, lease, &Effects::default());
                 self.send_ok(OkInfo::default()).await
             }
@@ -426,11 +441,67 @@ impl Session {
                 if let Err(e) = self.check_transaction(&target) {
                     return self.send_error(&e).await;
                 }
+                let target = if self.replica_reads {
+                    self.read_target(rt, stmt, &payload, target)
+                } else {
+                    target
+                };
                 self.run_on(rt, target, payload, ResponseKind::Query, stmt)
                     .await
             }
             Dispatch::SplitInsert(parts) => self.split_insert(rt, stmt, parts, &payload).await,
             Dispatch::Broadcast(targets) => self.broadcast(rt, targets, &payload).await,
+        }
+    }
+
+    /// For a session that reads from standbys: a healthy standby of `target`'s cluster
+    /// (replicating, lag under `max_replica_lag_ms`) for a plain read outside a
+    /// transaction; `target` itself for anything else (writes, locking reads, reads that
+    /// keep state or ask about the previous statement), or when no standby qualifies.
+    fn read_target(
+        &self,
+        rt: &Runtime,
+        stmt: &StatementPlan,
+        payload: &[u8],
+        target: Target,
+    ) -> Target {
+        let fx = &stmt.effects;
+        let plain_read = stmt.kind == StatementKind::Select
+            && !self.in_transaction()
+            && self.autocommit
+            && fx.reserve.is_empty()
+            && !fx.reads_diagnostics
+            && !fx.reads_insert_id;
+        if !plain_read || locking_read(payload) {
+            return target;
+        }
+        let Some(pool) = rt.pool(&target.cluster) else {
+            return target;
+        };
+        let max_lag = self.shared.config.failover.max_lag;
+        let members = pool.cluster();
+        let standbys = pool.health.standbys();
+        let current =
+            |s: &&crate::health::members::StandbyStatus| members.standbys.contains(&s.addr);
+        let mut standby = standbys
+            .iter()
+            .filter(current)
+            .find(|s| s.state(max_lag) == "healthy");
+        if standby.is_none()
+            && (pool.not_serving().is_some() || pool.health.get() != crate::health::Health::Healthy)
+        {
+            // The primary is in trouble: its heartbeat stopped, so every standby looks
+            // as lagging as the outage is long. What a reachable one has is the best
+            // read there is.
+            standby = standbys.iter().filter(current).find(|s| s.reachable);
+        }
+        match standby {
+            Some(s) => Target {
+                cluster: crate::shared::replica_pool_name(&target.cluster, &s.addr),
+                label: format!("{} (standby {})", target.label, s.addr),
+                database: target.database,
+            },
+            None => target,
         }
     }
 
@@ -735,4 +806,15 @@ fn is_session_scope(text: &str) -> bool {
     text.split_ascii_whitespace()
         .take(3)
         .any(|w| w.eq_ignore_ascii_case("SESSION") || w.eq_ignore_ascii_case("GLOBAL"))
+}
+
+/// `SELECT ... FOR UPDATE` / `FOR SHARE` / `LOCK IN SHARE MODE`: a read that locks,
+/// which only the primary can serve.
+fn locking_read(payload: &[u8]) -> bool {
+    let has = |needle: &[u8]| {
+        payload
+            .windows(needle.len())
+            .any(|w| w.eq_ignore_ascii_case(needle))
+    };
+    has(b"FOR UPDATE") || has(b"FOR SHARE") || has(b"SHARE MODE")
 }

@@ -100,10 +100,12 @@ impl Shared {
     pub fn replace_cluster(&self, cluster: Cluster) {
         let now = self.runtime();
         let mut vs: VSchema = (*now.vschema).clone();
+        let mut pools = now.pools.clone();
+        crate::shared::add_replica_pools(&mut pools, &cluster, &self.config.pool);
         vs.clusters.insert(cluster.name.clone(), cluster);
         self.store_runtime(Runtime {
             vschema: Arc::new(vs),
-            pools: now.pools.clone(),
+            pools,
             generation: now.generation + 1,
         });
     }
@@ -128,7 +130,7 @@ impl Shared {
         let fenced = self.topology.fenced();
         super::save_state(
             path,
-            rt.pools.iter().map(|(name, p)| super::SavedCluster {
+            rt.cluster_pools().map(|(name, p)| super::SavedCluster {
                 name: name.as_str(),
                 traffic: &p.traffic,
                 cluster: p.cluster(),
