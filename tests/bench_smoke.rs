@@ -7,30 +7,7 @@ use std::time::{Duration, Instant};
 
 #[test]
 fn bench_smoke_run_prints_a_table_row_per_workload_and_arm() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_shardgate-bench"))
-        .arg("--smoke")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start shardgate-bench");
-    // Bounded: a smoke run takes seconds; a hung one is killed rather than waited on.
-    let deadline = Instant::now() + Duration::from_secs(180);
-    while child.try_wait().expect("poll shardgate-bench").is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let out = child.wait_with_output().expect("shardgate-bench output");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "shardgate-bench --smoke failed ({}):\n{stdout}\n{stderr}",
-        out.status
-    );
+    let (stdout, _stderr) = run_bench(&["--smoke"], Duration::from_secs(180));
     for workload in ["point-select", "app-mix", "bulk-insert"] {
         for arm in ["direct", "relay", "shardgate"] {
             let row = format!("| {workload} | 2 | {arm} |");
@@ -48,31 +25,7 @@ fn bench_smoke_run_prints_a_table_row_per_workload_and_arm() {
 /// statement for another cluster failed.
 #[test]
 fn incident_smoke_replay_sees_the_frozen_cluster_go_down_and_come_back() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_shardgate-bench"))
-        .args(["incident", "--smoke"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start shardgate-bench incident");
-    // Its own drops resume and stop the servers; a hung run is killed (SIGKILL skips
-    // them, and the next LocalMariaDb start reaps what it left).
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while child.try_wait().expect("poll shardgate-bench").is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let out = child.wait_with_output().expect("shardgate-bench output");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "shardgate-bench incident --smoke failed ({}):\n{stdout}\n{stderr}",
-        out.status
-    );
+    let (stdout, stderr) = run_bench(&["incident", "--smoke"], Duration::from_secs(120));
     for line in [
         "  went down: yes",
         "  healthy again: yes",
@@ -85,4 +38,36 @@ fn incident_smoke_replay_sees_the_frozen_cluster_go_down_and_come_back() {
             "no line {line:?} in:\n{stdout}\n{stderr}"
         );
     }
+}
+
+/// Runs `shardgate-bench ARGS`, killed after `limit`; asserts it succeeded and returns
+/// its stdout and stderr.
+fn run_bench(args: &[&str], limit: Duration) -> (String, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_shardgate-bench"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start shardgate-bench");
+    // Bounded: a smoke run takes seconds; a hung one is killed rather than waited on
+    // (its own drops resume and stop the servers; SIGKILL skips them, and the next
+    // LocalMariaDb start reaps what it left).
+    let deadline = Instant::now() + limit;
+    while child.try_wait().expect("poll shardgate-bench").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = child.wait_with_output().expect("shardgate-bench output");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        out.status.success(),
+        "shardgate-bench {args:?} failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    (stdout, stderr)
 }

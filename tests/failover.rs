@@ -34,6 +34,15 @@ fn vschema(c: &LocalCluster) -> VSchema {
     VSchema::from_toml_str(&toml).expect("vschema")
 }
 
+/// The proxy's config over `c`, defaults otherwise.
+fn config_for(c: &LocalCluster) -> ProxyConfig {
+    ProxyConfig::new(
+        "127.0.0.1:0".parse().expect("addr"),
+        common::test_users(),
+        vschema(c),
+    )
+}
+
 fn setup(c: &LocalCluster) {
     c.primary
         .sql("CREATE DATABASE app; CREATE TABLE app.writes (client INT, n INT, PRIMARY KEY (client, n))")
@@ -148,11 +157,7 @@ async fn a_planned_failover_under_write_load_shows_no_error_and_loses_nothing() 
     let cluster = common::start_replicated_clusters(1, 2).remove(0);
     setup(&cluster);
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut config = ProxyConfig::new(
-        "127.0.0.1:0".parse().expect("addr"),
-        common::test_users(),
-        vschema(&cluster),
-    );
+    let mut config = config_for(&cluster);
     config.traffic_state_file = Some(dir.path().join("traffic.toml"));
     let metrics = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -249,11 +254,7 @@ async fn a_planned_failover_under_write_load_shows_no_error_and_loses_nothing() 
 async fn an_unplanned_failover_serves_writes_within_seconds_and_fences_the_old_primary() {
     let mut cluster = common::start_replicated_clusters(1, 1).remove(0);
     setup(&cluster);
-    let mut config = ProxyConfig::new(
-        "127.0.0.1:0".parse().expect("addr"),
-        common::test_users(),
-        vschema(&cluster),
-    );
+    let mut config = config_for(&cluster);
     config.failover.auto = true;
     config.pool = PoolConfig {
         on_unavailable: OnUnavailable::Buffer,
@@ -403,11 +404,7 @@ async fn wait_standbys_healthy(admin: &mut mysql_async::Conn) {
 async fn replica_reads_go_to_a_standby_and_keep_working_while_the_primary_is_stalled() {
     let cluster = common::start_replicated_clusters(1, 1).remove(0);
     setup(&cluster);
-    let mut config = ProxyConfig::new(
-        "127.0.0.1:0".parse().expect("addr"),
-        common::test_users(),
-        vschema(&cluster),
-    );
+    let mut config = config_for(&cluster);
     config.pool.query_timeout = Some(Duration::from_secs(2));
     let proxy = common::start_proxy_config(config).await;
     let mut admin = proxy.connect("admin", Some("app")).await;

@@ -7,23 +7,6 @@ mod common;
 use mysql_async::prelude::*;
 use shardgate::vschema::VSchema;
 
-fn vschema(servers: &[shardgate::demo::localdb::LocalMariaDb]) -> String {
-    let mut t = String::new();
-    for (i, s) in servers.iter().enumerate() {
-        t.push_str(&format!(
-            "[clusters.c{}]\nprimary = \"{}\"\nuser = \"shardgate\"\npassword = \"shardgate\"\n",
-            i + 1,
-            s.addr()
-        ));
-    }
-    t.push_str(
-        "[keyspaces.tenants]\nsharded = true\nvindex = \"xxhash\"\ntenancy = \"database_per_workspace\"\n\
-         database_template = \"ws_{id}\"\nshards = [{ name = \"-80\", cluster = \"c1\" }, { name = \"80-\", cluster = \"c2\" }]\n\
-         [keyspaces.tenants.pins]\n\"7\" = \"80-\"\n",
-    );
-    t
-}
-
 fn owner(vs: &VSchema, ws: u64) -> usize {
     let ks = vs.keyspace("tenants").expect("tenants");
     ks.shard_for_workspace(ws).cluster[1..]
@@ -35,7 +18,7 @@ fn owner(vs: &VSchema, ws: u64) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_workspace_database_is_served_by_the_cluster_that_owns_it() {
     let servers = common::start_servers(2);
-    let toml = vschema(&servers);
+    let toml = common::per_workspace_vschema(&servers);
     let vs = VSchema::from_toml_str(&toml).expect("valid");
     // Each workspace database exists only on its owner.
     for ws in 1..=12u64 {

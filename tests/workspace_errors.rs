@@ -13,23 +13,6 @@ use shardgate::vschema::VSchema;
 const WORKSPACES: u64 = 20;
 const BROKEN: [u64; 3] = [3, 11, 17];
 
-fn vschema(servers: &[shardgate::demo::localdb::LocalMariaDb]) -> String {
-    let mut t = String::new();
-    for (i, s) in servers.iter().enumerate() {
-        t.push_str(&format!(
-            "[clusters.c{}]\nprimary = \"{}\"\nuser = \"shardgate\"\npassword = \"shardgate\"\n",
-            i + 1,
-            s.addr()
-        ));
-    }
-    t.push_str(
-        "[keyspaces.tenants]\nsharded = true\nvindex = \"xxhash\"\ntenancy = \"database_per_workspace\"\n\
-         database_template = \"ws_{id}\"\nshards = [{ name = \"-80\", cluster = \"c1\" }, { name = \"80-\", cluster = \"c2\" }]\n\
-         [keyspaces.tenants.pins]\n\"7\" = \"80-\"\n",
-    );
-    t
-}
-
 fn owner(vs: &VSchema, ws: u64) -> String {
     let ks = vs.keyspace("tenants").expect("tenants");
     ks.shard_for_workspace(ws).cluster.clone()
@@ -101,7 +84,7 @@ async fn metrics_body(addr: std::net::SocketAddr) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workspaces_with_errors_show_a_partial_failure_healthy_clusters_hide() {
     let servers = common::start_servers(2);
-    let toml = vschema(&servers);
+    let toml = common::per_workspace_vschema(&servers);
     let vs = VSchema::from_toml_str(&toml).expect("valid");
     for ws in 1..=WORKSPACES {
         servers[server_of(&vs, ws)]

@@ -737,3 +737,22 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> String {
     s.read_to_string(&mut out).await.expect("response");
     out
 }
+
+/// Clusters `cI` over `servers` (two of them) and keyspace `tenants`, one database per
+/// workspace (`ws_{id}`), shards `-80` on c1 and `80-` on c2, workspace 7 pinned to `80-`.
+pub fn per_workspace_vschema(servers: &[LocalMariaDb]) -> String {
+    let mut t = String::new();
+    for (i, s) in servers.iter().enumerate() {
+        t.push_str(&format!(
+            "[clusters.c{}]\nprimary = \"{}\"\nuser = \"shardgate\"\npassword = \"shardgate\"\n",
+            i + 1,
+            s.addr()
+        ));
+    }
+    t.push_str(
+        "[keyspaces.tenants]\nsharded = true\nvindex = \"xxhash\"\ntenancy = \"database_per_workspace\"\n\
+         database_template = \"ws_{id}\"\nshards = [{ name = \"-80\", cluster = \"c1\" }, { name = \"80-\", cluster = \"c2\" }]\n\
+         [keyspaces.tenants.pins]\n\"7\" = \"80-\"\n",
+    );
+    t
+}
