@@ -23,6 +23,7 @@
 //! reserved connection is lost, so is the session's state: the client gets the error
 //! and its connection is closed, as a direct connection would have died.
 
+mod access;
 mod idle;
 mod kill;
 mod leases;
