@@ -255,7 +255,8 @@ impl ClusterPool {
         state_hash: u64,
         prefer: Option<u32>,
     ) -> Result<Lease, ProxyError> {
-        let buffered_until = tokio::time::Instant::now() + self.config.buffer_timeout;
+        // Read the clock only when a connect failed: the common path never needs it.
+        let mut buffered_until = None;
         loop {
             match self.checkout_once(key, database, state_hash, prefer).await {
                 // With buffering on, a primary that cannot be reached (crashed, not yet
@@ -264,8 +265,12 @@ impl ClusterPool {
                 Err((e, true))
                     if e.retryable
                         && self.config.on_unavailable == crate::traffic::OnUnavailable::Buffer
-                        && tokio::time::Instant::now() < buffered_until =>
+                        && tokio::time::Instant::now()
+                            < *buffered_until.get_or_insert_with(|| {
+                                tokio::time::Instant::now() + self.config.buffer_timeout
+                            }) =>
                 {
+                    let buffered_until = buffered_until.unwrap_or_else(tokio::time::Instant::now);
                     let changed = self.traffic.changed.notified();
                     let wake = buffered_until
                         .min(tokio::time::Instant::now() + Duration::from_millis(250));

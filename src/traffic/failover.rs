@@ -161,7 +161,22 @@ pub async fn failover(
         "buffering new statements; chosen standby {}",
         target.addr
     ));
-    let result = switch(shared, &pool, &old, &target, kind, &config, &mut t).await;
+    // Every step is bounded (connects by `catch_up`, the drain by `drain_wait`, the GTID
+    // wait by `catch_up`); the whole is bounded too, so a member that hangs mid-statement
+    // cannot hold the buffer and the failover turn forever.
+    let limit = config.drain_wait + config.catch_up * 3 + Duration::from_secs(10);
+    let result = match tokio::time::timeout(
+        limit,
+        switch(shared, &pool, &old, &target, kind, &config, &mut t),
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(_) => Err(format!(
+            "not done within {} ms (a member stopped answering); check SHOW CLUSTERS before retrying",
+            limit.as_millis()
+        )),
+    };
     t.record.buffered = t.record.buffered.max(
         pool.traffic
             .buffered
