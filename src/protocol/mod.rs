@@ -102,6 +102,9 @@ pub mod status {
     pub const IN_TRANS: u16 = 0x0001;
     pub const AUTOCOMMIT: u16 = 0x0002;
     pub const MORE_RESULTS_EXISTS: u16 = 0x0008;
+    /// `sql_mode` has `NO_BACKSLASH_ESCAPES`: clients escape quotes by doubling them,
+    /// never with a backslash, when this is set.
+    pub const NO_BACKSLASH_ESCAPES: u16 = 0x0200;
     pub const IN_TRANS_READONLY: u16 = 0x2000;
     pub const SESSION_STATE_CHANGED: u16 = 0x4000;
 }

@@ -229,6 +229,10 @@ impl Session {
             return;
         }
         conn.reserve = conn.reserve.union(fx.reserve).without(fx.clears);
+        // The session's sql_mode as the backend reports it: the OK packets shardgate
+        // builds itself must carry the same flag, or a client escapes strings for the
+        // wrong mode.
+        self.backend_flags = conn.status & crate::protocol::status::NO_BACKSLASH_ESCAPES;
         if conn.reported_insert_id != 0 {
             self.last_insert_id = conn.reported_insert_id;
         }

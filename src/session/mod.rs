@@ -147,6 +147,9 @@ struct Session {
     replica_reads: bool,
     /// Successful `USE` / `COM_INIT_DB` so far.
     database_changes: u64,
+    /// Status flags that follow the session's settings on the backends
+    /// (`NO_BACKSLASH_ESCAPES`), as the last backend answer carried them.
+    backend_flags: u16,
 
     /// The login's default `@@ddl_wait` (restored by `COM_RESET_CONNECTION`).
     login_ddl_wait: Option<std::time::Duration>,
@@ -201,6 +204,7 @@ impl Session {
             scope: login.scope,
             replica_reads: login.replica_reads,
             database_changes: 0,
+            backend_flags: 0,
 
             login_ddl_wait: login.ddl_wait,
             ddl: DdlSettings {
@@ -239,7 +243,7 @@ impl Session {
     }
 
     fn idle_status(&self) -> u16 {
-        let mut s = wire::idle_status(self.autocommit);
+        let mut s = wire::idle_status(self.autocommit) | self.backend_flags;
         if self.in_transaction() {
             s |= status::IN_TRANS;
         }
@@ -342,6 +346,7 @@ impl Session {
         self.pending_begin = None;
         self.pending_once.clear();
         self.last_insert_id = 0;
+        self.backend_flags = 0;
         self.last = None;
         self.ddl = DdlSettings {
             wait: self.login_ddl_wait,
