@@ -702,14 +702,16 @@ async fn finish(
     let (uuid, db) = (r.uuid.as_str(), r.database.as_str());
     match &outcome {
         Outcome::Complete { old_table } => {
+            // The old table first: a reader that sees `complete` sees where the old
+            // table is too (SHOW MIGRATIONS, a test polling for the end).
+            if let Some(old) = old_table {
+                timed(ctx, store::set_old_table(conn, uuid, db, Some(old))).await?;
+            }
             timed(
                 ctx,
                 store::set_status(conn, uuid, db, Status::Complete, None),
             )
             .await?;
-            if let Some(old) = old_table {
-                timed(ctx, store::set_old_table(conn, uuid, db, Some(old))).await?;
-            }
             ctx.stats.completed.fetch_add(1, Ordering::Relaxed);
         }
         Outcome::Failed(m) => {
