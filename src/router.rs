@@ -118,7 +118,7 @@ fn shard_target_any_database(ks: &Keyspace) -> Target {
     }
 }
 
-fn shard_target(ks: &Keyspace, idx: usize) -> Target {
+pub(crate) fn shard_target(ks: &Keyspace, idx: usize) -> Target {
     let s = &ks.shards[idx];
     Target {
         cluster: s.cluster.clone(),

@@ -117,6 +117,23 @@ fn writers(
         .collect()
 }
 
+/// Stops the writers and returns what they saw.
+async fn stop_writers(
+    stop: &AtomicBool,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    seen: Arc<Mutex<Seen>>,
+) -> Seen {
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.expect("writer");
+    }
+    Arc::try_unwrap(seen)
+        .ok()
+        .expect("writers done")
+        .into_inner()
+        .expect("seen")
+}
+
 /// Every acknowledged write is on `server`.
 fn assert_all_acked_on(server: &LocalMariaDb, seen: &Seen) {
     for (client, acked) in seen.acked.iter().enumerate() {
@@ -179,15 +196,7 @@ async fn a_planned_failover_under_write_load_shows_no_error_and_loses_nothing() 
     let summary = row.expect("a row").1;
     eprintln!("planned failover: {summary} (statement took {took:?})");
     tokio::time::sleep(Duration::from_secs(2)).await;
-    stop.store(true, Ordering::Relaxed);
-    for t in tasks {
-        t.await.expect("writer");
-    }
-    let seen = Arc::try_unwrap(seen)
-        .ok()
-        .expect("writers done")
-        .into_inner()
-        .expect("seen");
+    let seen = stop_writers(&stop, tasks, seen).await;
     assert!(
         seen.errors.is_empty(),
         "clients saw errors: {:?}",
@@ -313,15 +322,7 @@ async fn an_unplanned_failover_serves_writes_within_seconds_and_fences_the_old_p
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
-    stop.store(true, Ordering::Relaxed);
-    for t in tasks {
-        t.await.expect("writer");
-    }
-    let seen = Arc::try_unwrap(seen)
-        .ok()
-        .expect("writers done")
-        .into_inner()
-        .expect("seen");
+    let seen = stop_writers(&stop, tasks, seen).await;
     // First write acknowledged after the kill.
     let first_after = seen
         .latencies

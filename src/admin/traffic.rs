@@ -122,11 +122,7 @@ fn known_pool(rt: &Runtime, cluster: &str) -> Result<Arc<crate::backend::Cluster
 }
 
 /// Keeps the intents in the state file, if there is one; an error names the file.
-fn persist(shared: &Shared, rt: &Runtime) -> Result<(), ProxyError> {
-    let Some(path) = &shared.config.traffic_state_file else {
-        return Ok(());
-    };
-    let _ = (path, rt);
+fn persist(shared: &Shared) -> Result<(), ProxyError> {
     shared
         .save_traffic_state()
         .map_err(|e| ProxyError::internal(format!("the intent is set but could not be kept: {e}")))
@@ -147,7 +143,7 @@ pub async fn drain(
     let started = Instant::now();
     pool.traffic
         .set(Intent::Draining, &format!("DRAIN CLUSTER by {by}"));
-    persist(shared, &rt)?;
+    persist(shared)?;
     tracing::warn!(%cluster, by, wait_s = wait.as_secs_f64(), "draining cluster");
     pool.close_idle();
     let deadline = started + wait;
@@ -188,7 +184,7 @@ pub async fn drain(
     pool.close_idle();
     pool.traffic
         .set(Intent::Drained, &format!("DRAIN CLUSTER by {by}"));
-    persist(shared, &rt)?;
+    persist(shared)?;
     let took = started.elapsed().as_secs_f64();
     tracing::warn!(%cluster, killed, took_s = took, "cluster drained");
     Ok(format!(
@@ -248,7 +244,7 @@ pub fn undrain(shared: &Shared, cluster: &str, by: &str) -> Result<String, Proxy
     let before = pool.traffic.intent();
     pool.traffic
         .set(Intent::Serving, &format!("UNDRAIN CLUSTER by {by}"));
-    persist(shared, &rt)?;
+    persist(shared)?;
     tracing::warn!(%cluster, by, "cluster serving again");
     Ok(format!(
         "cluster {cluster} serving (was {}); health {}",

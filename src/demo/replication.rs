@@ -450,7 +450,7 @@ impl LocalMariaDb {
 
 /// Starts one server per entry of `opts` in parallel; on any failure the servers that
 /// did start are stopped (dropped) and the first error returned.
-fn start_all(opts: &[LocalDbOptions]) -> io::Result<Vec<LocalMariaDb>> {
+pub fn start_all(opts: &[LocalDbOptions]) -> io::Result<Vec<LocalMariaDb>> {
     let results: Vec<io::Result<LocalMariaDb>> = std::thread::scope(|scope| {
         let starting: Vec<_> = opts
             .iter()

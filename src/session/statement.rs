@@ -478,14 +478,8 @@ impl Session {
         }
         vs.keyspace(keyspace)
             .and_then(|ks| {
-                ks.shards
-                    .iter()
-                    .find(|s| serves(&s.cluster))
-                    .map(|s| Target {
-                        cluster: s.cluster.clone(),
-                        database: Some(s.database.clone()),
-                        label: format!("{}/{}", ks.name, s.name),
-                    })
+                let i = ks.shards.iter().position(|s| serves(&s.cluster))?;
+                Some(router::shard_target(ks, i))
             })
             .unwrap_or(fallback)
     }

@@ -27,20 +27,7 @@ pub fn start_servers(n: usize) -> Vec<LocalMariaDb> {
 
 /// Starts one server per entry of `opts`, in parallel (e.g. with TLS).
 pub fn start_servers_with(opts: &[LocalDbOptions]) -> Vec<LocalMariaDb> {
-    std::thread::scope(|scope| {
-        let starting: Vec<_> = opts
-            .iter()
-            .map(|o| scope.spawn(move || LocalMariaDb::start(o)))
-            .collect();
-        starting
-            .into_iter()
-            .map(|t| {
-                t.join()
-                    .expect("starting a MariaDB server panicked")
-                    .expect("MariaDB server should start")
-            })
-            .collect()
-    })
+    shardgate::demo::replication::start_all(opts).expect("MariaDB servers should start")
 }
 
 /// Starts `n_clusters` replicated clusters in parallel, each a primary and
