@@ -501,6 +501,41 @@ impl BackendConn {
         Ok(())
     }
 
+    /// COM_SET_OPTION: multi-statements on or off for this connection, which then
+    /// belongs under `key` (whose capabilities say the same).
+    pub async fn set_multi_statements(
+        &mut self,
+        on: bool,
+        key: ConnKey,
+    ) -> Result<(), BackendError> {
+        self.last_used = Instant::now();
+        let option: u16 = if on { 0 } else { 1 };
+        let [lo, hi] = option.to_le_bytes();
+        if let Err(e) = self.conn.send(0, &[command::SET_OPTION, lo, hi]).await {
+            self.broken = true;
+            return Err(BackendError::Backend(e.to_string()));
+        }
+        // One packet: EOF (or an OK-shaped EOF), or ERR.
+        let (_, reply) = self.conn.read_packet(1 << 16).await.map_err(|e| {
+            self.broken = true;
+            BackendError::from(e)
+        })?;
+        if reply.first() == Some(&0xff) {
+            return Err(BackendError::Backend(
+                parse_err(&reply)
+                    .map(|e| e.message)
+                    .unwrap_or_else(|| "COM_SET_OPTION failed".into()),
+            ));
+        }
+        if on {
+            self.capabilities |= caps::MULTI_STATEMENTS;
+        } else {
+            self.capabilities &= !caps::MULTI_STATEMENTS;
+        }
+        self.key = key;
+        Ok(())
+    }
+
     /// COM_INIT_DB; Ok(Err(collected)) carries the backend's ERR (e.g. 1049).
     pub async fn init_db(&mut self, db: &str) -> Result<Result<(), Collected>, BackendError> {
         let mut p = Vec::with_capacity(db.len() + 1);

@@ -279,7 +279,7 @@ pub(super) async fn login(
 }
 
 /// Checks that a pass-through database exists on the default cluster.
-async fn check_passthrough(
+pub(super) async fn check_passthrough(
     shared: &Arc<Shared>,
     vs: &VSchema,
     ctx: &DbContext,
