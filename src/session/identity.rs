@@ -206,10 +206,15 @@ fn has_alias(sql: &str, item: &[Token]) -> bool {
             _ => {}
         }
     }
+    // Words that end an expression or stand between operands: never an alias.
+    const NOT_ALIAS: [&str; 21] = [
+        "NULL", "TRUE", "FALSE", "UNKNOWN", "IS", "NOT", "AND", "OR", "XOR", "LIKE", "IN",
+        "BETWEEN", "REGEXP", "RLIKE", "DIV", "MOD", "BINARY", "INTERVAL", "WHEN", "THEN", "ELSE",
+    ];
     match item {
         [.., before, last] if matches!(last.kind, Tok::Word | Tok::Quoted | Tok::Str) => {
-            !(before.is_punct(b'.') || before.is_punct(b'@'))
-                && !matches!(before.kind, Tok::Punct(_) | Tok::Op)
+            let operator = |t: &Token| NOT_ALIAS.iter().any(|w| t.is_kw(sql, w));
+            !matches!(before.kind, Tok::Punct(_) | Tok::Op) && !operator(last) && !operator(before)
         }
         _ => false,
     }
@@ -394,6 +399,10 @@ mod tests {
         assert_eq!(
             rw("SELECT @@global.port p").as_deref(),
             Some("SELECT 6033 p")
+        );
+        assert_eq!(
+            rw("SELECT @@port IS NOT NULL, @@port AND 1").as_deref(),
+            Some("SELECT 6033 IS NOT NULL AS `@@port IS NOT NULL`, 6033 AND 1 AS `@@port AND 1`")
         );
         assert_eq!(
             rw("SELECT @@PORT").as_deref(),

@@ -214,6 +214,22 @@ impl Session {
         self.send_columns(&specs, rows).await
     }
 
+    /// `COM_PROCESS_KILL` (a session id, 4 bytes): `KILL CONNECTION` of that id.
+    pub(super) async fn process_kill(&mut self, payload: &[u8]) -> Answered {
+        match payload.get(1..5) {
+            Some(b) => {
+                let n = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                self.kill(u64::from(n), false).await
+            }
+            None => {
+                self.send_error(&ProxyError::unknown_command(
+                    crate::protocol::command::PROCESS_KILL,
+                ))
+                .await
+            }
+        }
+    }
+
     async fn kill(&mut self, n: u64, query_only: bool) -> Answered {
         let handle = u32::try_from(n).ok().and_then(|id| self.shared.session(id));
         let Some(handle) = handle else {

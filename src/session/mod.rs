@@ -310,6 +310,7 @@ impl Session {
                 command::FIELD_LIST => self.field_list(payload).await,
                 command::RESET_CONNECTION => self.reset_connection().await,
                 command::SET_OPTION => self.set_option(&payload).await,
+                command::PROCESS_KILL => self.process_kill(&payload).await,
                 command::STATISTICS => {
                     let msg = format!("shardgate: session {} of user {}", self.id, self.user);
                     self.send_raw(msg.as_bytes()).await
