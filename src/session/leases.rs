@@ -102,20 +102,42 @@ impl Session {
         }
     }
 
-    /// [`ready_lease`](Self::ready_lease) without answering the client.
+    /// [`ready_lease`](Self::ready_lease) without answering the client. Bringing a
+    /// pooled connection to the session's state sends only the session's own settings:
+    /// when the connection turns out dead there (the server closed it while it sat in
+    /// the pool), nothing of the client's ran on it, and one other connection is tried.
     async fn ready(
         &mut self,
         rt: &Runtime,
         target: &Target,
         start: bool,
     ) -> Result<Lease, Failure> {
-        let mut lease = self.lease_for(rt, target).await.map_err(Failure::Proxy)?;
-        let ready = if start {
-            self.prepare(&mut lease, target).await
-        } else {
-            self.sync(&mut lease, target).await
+        let from_pool = !self.held.iter().any(|h| h.target.cluster == target.cluster);
+        let mut retry = from_pool;
+        let mut lease = loop {
+            let mut lease = self.lease_for(rt, target).await.map_err(Failure::Proxy)?;
+            match self.sync(&mut lease, target).await {
+                Ok(None) => break lease,
+                Err(_) if retry && lease.conn_ref().broken => {
+                    retry = false;
+                    drop(lease);
+                }
+                Ok(Some(err)) => {
+                    self.put_back(target.clone(), lease, &Effects::default());
+                    return Err(Failure::Backend(err));
+                }
+                Err(e) => {
+                    self.put_back(target.clone(), lease, &Effects::default());
+                    return Err(Failure::Proxy(e));
+                }
+            }
         };
-        match ready {
+        let started = if start {
+            self.start_pending(&mut lease, target).await
+        } else {
+            Ok(None)
+        };
+        match started {
             Ok(None) => Ok(lease),
             Ok(Some(err)) => {
                 self.put_back(target.clone(), lease, &Effects::default());
@@ -128,16 +150,13 @@ impl Session {
         }
     }
 
-    /// Brings a leased connection to the session's state, then starts the pending
-    /// transaction and one-shot settings. Ok(Some) carries a backend ERR to forward.
-    async fn prepare(
+    /// Starts the pending transaction and one-shot settings on a connection already
+    /// in the session's state. Ok(Some) carries a backend ERR to forward.
+    async fn start_pending(
         &mut self,
         lease: &mut Lease,
         target: &Target,
     ) -> Result<Option<Collected>, ProxyError> {
-        if let Some(err) = self.sync(lease, target).await? {
-            return Ok(Some(err));
-        }
         let once = std::mem::take(&mut self.pending_once);
         let begin = self.pending_begin.take();
         for stmt in once.iter().chain(begin.iter()) {

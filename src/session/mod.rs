@@ -147,6 +147,8 @@ struct Session {
     scope: Arc<crate::access::Scope>,
     /// Reads outside transactions go to a healthy standby (`USE \`app@replica\``).
     replica_reads: bool,
+    /// The nonce of the login's authentication (see [`login::Login::scramble`]).
+    scramble: [u8; 20],
     /// Successful `USE` / `COM_INIT_DB` so far.
     database_changes: u64,
     /// Status flags that follow the session's settings on the backends
@@ -205,6 +207,7 @@ impl Session {
             role: login.role,
             scope: login.scope,
             replica_reads: login.replica_reads,
+            scramble: login.scramble,
             database_changes: 0,
             backend_flags: 0,
 

@@ -204,8 +204,8 @@ impl Session {
     }
 
     /// `COM_CHANGE_USER`: the session is reset (as MariaDB does, before it checks the
-    /// password), then the new user authenticates with a fresh nonce (an auth switch to
-    /// the user's plugin) and the session takes its role, scope, database and
+    /// password), then the new user authenticates (over the login's nonce, or after an
+    /// auth switch to the user's plugin) and the session takes its role, scope, database and
     /// collation. A wrong password or a refused database gets its error and leaves the
     /// session with the old user (reset) in its old database.
     pub(super) async fn change_user(&mut self, payload: &[u8]) -> Answered {
@@ -219,23 +219,30 @@ impl Session {
         let shared = self.shared.clone();
         let entry = shared.users.get(&req.user);
         let plugin = entry.map_or(shared.greeting_plugin, |u| u.auth_plugin);
-        // Always a fresh nonce: a token computed over the login's scramble is never
-        // accepted twice.
-        let nonce = auth::new_scramble();
+        // MariaDB's clients compute the first answer over the login's nonce (libmariadb
+        // answers even an auth switch to the same plugin over it), and MariaDB checks
+        // it over that nonce: so does shardgate. A client that answered for another
+        // plugin is switched to the user's, with a fresh nonce.
+        let client_plugin = req.auth_plugin.as_deref().unwrap_or(auth::NATIVE_PASSWORD);
         let mut seq = 1u8;
-        let switch = handshake::build_auth_switch(plugin.name(), &nonce);
-        match self.client.send(seq, &switch).await {
-            Ok(next) => seq = next,
-            Err(_) => return Answered::Close,
-        }
-        let token = match sha2_login::read_auth_packet(&mut self.client, &mut seq).await {
-            Ok(t) => t,
-            Err(Verdict::Malformed) => {
-                let e = ProxyError::bad_handshake();
-                let _ = self.client.send(seq, &wire::proxy_err_payload(&e)).await;
-                return Answered::Close;
+        let (token, nonce) = if client_plugin == plugin.name() {
+            (bytes::Bytes::from(req.auth_response.clone()), self.scramble)
+        } else {
+            let nonce = auth::new_scramble();
+            let switch = handshake::build_auth_switch(plugin.name(), &nonce);
+            match self.client.send(seq, &switch).await {
+                Ok(next) => seq = next,
+                Err(_) => return Answered::Close,
             }
-            Err(_) => return Answered::Close,
+            match sha2_login::read_auth_packet(&mut self.client, &mut seq).await {
+                Ok(t) => (t, nonce),
+                Err(Verdict::Malformed) => {
+                    let e = ProxyError::bad_handshake();
+                    let _ = self.client.send(seq, &wire::proxy_err_payload(&e)).await;
+                    return Answered::Close;
+                }
+                Err(_) => return Answered::Close,
+            }
         };
         let ip = self
             .handle
