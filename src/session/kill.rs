@@ -12,9 +12,10 @@
 //! A user may kill its own sessions; an admin user any session. An unknown id gets
 //! `ERROR 1094`, another user's session `ERROR 1095`, as on MariaDB.
 //!
-//! `SELECT CONNECTION_ID()` (that statement alone) answers the session's id; any other
-//! statement that mentions `CONNECTION_ID()` runs on a backend and sees that backend
-//! connection's thread id.
+//! `SELECT CONNECTION_ID()` (that statement alone) is answered here; anywhere else in a
+//! statement `CONNECTION_ID()` is replaced by the session's id before the statement
+//! runs (see `identity`). `COM_PROCESS_KILL` is `KILL CONNECTION`. A backend
+//! connection's own thread id is `@@pseudo_thread_id` (for operators and tests).
 
 use std::sync::Arc;
 
