@@ -113,6 +113,13 @@ async fn change_user_takes_the_new_users_rights_and_database() {
     assert_eq!(db.as_deref(), Some("other"));
     let v: Option<Option<i64>> = conn.query_first("SELECT @v").await.expect("v");
     assert_eq!(v, Some(None), "user variables are reset");
+    let me: Option<(u64, String)> = conn
+        .query_first(
+            "SELECT ID, USER FROM information_schema.PROCESSLIST WHERE ID = CONNECTION_ID()",
+        )
+        .await
+        .expect("processlist");
+    assert_eq!(me, Some((u64::from(conn.id()), "admin".to_string())));
     // And back, with a wrong password: refused, the session stays admin's.
     let wrong = conn
         .change_user(

@@ -320,7 +320,7 @@ impl super::Session {
             .shared
             .sessions()
             .into_iter()
-            .filter(|(_, h)| self.admin || h.user == self.user)
+            .filter(|(_, h)| self.admin || h.current_user() == self.user)
             .map(|(id, h)| {
                 let a = h.activity();
                 let info = a.statement.map(|s| String::from_utf8_lossy(&s).into_owned());
@@ -331,7 +331,7 @@ impl super::Session {
                      {secs} AS TIME, {state} AS STATE, {info} AS INFO, {ms}.000 AS TIME_MS, 0 AS STAGE, \
                      0 AS MAX_STAGE, 0.000 AS PROGRESS, 0 AS MEMORY_USED, 0 AS MAX_MEMORY_USED, \
                      0 AS EXAMINED_ROWS, 0 AS SENT_ROWS, 0 AS QUERY_ID, {info} AS INFO_BINARY, 0 AS TID",
-                    user = text(Some(&h.user)),
+                    user = text(Some(&a.user)),
                     host = text(Some(&h.host)),
                     db = text(a.db.as_deref()),
                     cmd = text(Some(if running { "Query" } else { "Sleep" })),

@@ -186,7 +186,7 @@ impl Session {
             .shared
             .sessions()
             .into_iter()
-            .filter(|(_, h)| self.admin || h.user == self.user)
+            .filter(|(_, h)| self.admin || h.current_user() == self.user)
             .map(|(id, h)| {
                 let a = h.activity();
                 let running = a.statement.is_some();
@@ -201,7 +201,7 @@ impl Session {
                 let text = |s: &str| Some(s.as_bytes().to_vec());
                 vec![
                     text(&id.to_string()),
-                    text(&h.user),
+                    text(&a.user),
                     text(&h.host),
                     a.db.map(String::into_bytes),
                     text(if running { "Query" } else { "Sleep" }),
@@ -236,7 +236,7 @@ impl Session {
         let Some(handle) = handle else {
             return self.send_error(&ProxyError::unknown_thread(n)).await;
         };
-        if !(self.admin || handle.user == self.user) {
+        if !(self.admin || handle.current_user() == self.user) {
             return self.send_error(&ProxyError::kill_denied(n)).await;
         }
         let own = n == u64::from(self.id);

@@ -337,6 +337,7 @@ impl Session {
             ..DdlSettings::default()
         };
         self.user = req.user;
+        self.handle.set_user(&self.user);
         self.handle.set_db(req.database.clone());
         self.ctx = ctx;
         self.replica_reads = false;
