@@ -342,6 +342,15 @@ async fn socket_port_and_hostname_are_shardgates_own() {
             Some("1".to_string())
         ]]
     );
+    let a = exchange(&mut s, "SHOW VARIABLES LIKE 'port'").await;
+    let Answer::Rows { columns, rows, .. } = a else {
+        panic!("rows: {a:?}");
+    };
+    assert_eq!(columns, ["Variable_name", "Value"]);
+    assert_eq!(
+        rows,
+        vec![vec![Some("port".to_string()), Some(port.to_string())]]
+    );
     // mysql_async with its default prefer_socket asks for @@socket after connecting,
     // and reconnects over it when it gets one: it must stay with shardgate.
     let (host, _) = ("127.0.0.1", 0);

@@ -34,7 +34,11 @@ pub(super) struct Identity<'a> {
 /// Whether `text` may mention anything [`rewrite`] answers: cheap, for every statement.
 pub(super) fn may_mention(text: &str) -> bool {
     let b = text.as_bytes();
-    b.contains(&b'@')
+    let show = b
+        .trim_ascii_start()
+        .get(..4)
+        .is_some_and(|w| w.eq_ignore_ascii_case(b"SHOW"));
+    show || b.contains(&b'@')
         || b.windows(10)
             .any(|w| w.eq_ignore_ascii_case(b"ONNECTION_") || w.eq_ignore_ascii_case(b"ROCESSLIST"))
 }
@@ -43,6 +47,9 @@ pub(super) fn may_mention(text: &str) -> bool {
 /// mentions none of it. `backslash_escapes`: how the session's strings read.
 pub(super) fn rewrite(text: &str, me: &Identity<'_>, backslash_escapes: bool) -> Option<String> {
     let toks = lex::lex_with(text, backslash_escapes).tokens;
+    if let Some(show) = show_variables(text, &toks, me) {
+        return Some(show);
+    }
     let mut edits: Vec<(Range<usize>, String)> = Vec::new();
     // Token indexes of rewritten expressions (they may need an alias).
     let mut rewritten: Vec<usize> = Vec::new();
@@ -140,6 +147,78 @@ fn expression_at(
         return None;
     };
     Some((at, value))
+}
+
+/// The variables shardgate answers, as `SHOW VARIABLES` names them.
+const OWN_VARIABLES: [&str; 3] = ["socket", "port", "hostname"];
+
+/// `SHOW [GLOBAL|SESSION] VARIABLES LIKE 'pattern'` whose pattern matches one of
+/// shardgate's own variables, as a `SELECT` of the server's variables with shardgate's
+/// values in place (same columns, same order).
+fn show_variables(sql: &str, toks: &[Token], me: &Identity<'_>) -> Option<String> {
+    let toks = match toks {
+        [rest @ .., last] if last.is_punct(b';') => rest,
+        all => all,
+    };
+    let (scope, rest) = match toks {
+        [show, scope, rest @ ..]
+            if show.is_kw(sql, "SHOW")
+                && (scope.is_kw(sql, "GLOBAL")
+                    || scope.is_kw(sql, "SESSION")
+                    || scope.is_kw(sql, "LOCAL")) =>
+        {
+            let table = if scope.is_kw(sql, "GLOBAL") {
+                "GLOBAL"
+            } else {
+                "SESSION"
+            };
+            (table, rest)
+        }
+        [show, rest @ ..] if show.is_kw(sql, "SHOW") => ("SESSION", rest),
+        _ => return None,
+    };
+    let [vars, like, pattern] = rest else {
+        return None;
+    };
+    if !(vars.is_kw(sql, "VARIABLES") && like.is_kw(sql, "LIKE") && pattern.kind == Tok::Str) {
+        return None;
+    }
+    let inner = pattern.str_inner(sql);
+    if !OWN_VARIABLES
+        .iter()
+        .any(|v| like_matches(inner.as_bytes(), v.as_bytes()))
+    {
+        return None;
+    }
+    let socket = me.socket.map_or_else(|| "''".to_string(), quote);
+    Some(format!(
+        "SELECT LOWER(VARIABLE_NAME) AS Variable_name, CASE VARIABLE_NAME \
+         WHEN 'SOCKET' THEN {socket} WHEN 'PORT' THEN '{port}' WHEN 'HOSTNAME' THEN {host} \
+         ELSE VARIABLE_VALUE END AS Value FROM information_schema.{scope}_VARIABLES \
+         WHERE VARIABLE_NAME LIKE {pattern} ORDER BY VARIABLE_NAME",
+        port = me.port,
+        host = quote(&hostname()),
+        pattern = pattern.text(sql),
+    ))
+}
+
+/// Whether SQL `LIKE` pattern `p` (`%`, `_`, `\` escapes; ASCII case-insensitive)
+/// matches `name`.
+fn like_matches(p: &[u8], name: &[u8]) -> bool {
+    match p.split_first() {
+        None => name.is_empty(),
+        Some((b'%', rest)) => (0..=name.len()).any(|i| like_matches(rest, &name[i..])),
+        Some((b'_', rest)) => !name.is_empty() && like_matches(rest, &name[1..]),
+        Some((b'\\', rest)) if !rest.is_empty() => {
+            name.first()
+                .is_some_and(|c| c.eq_ignore_ascii_case(&rest[0]))
+                && like_matches(&rest[1..], &name[1..])
+        }
+        Some((c, rest)) => {
+            name.first().is_some_and(|n| n.eq_ignore_ascii_case(c))
+                && like_matches(rest, &name[1..])
+        }
+    }
 }
 
 /// `information_schema.PROCESSLIST` at token `i`: the index of its last token.
@@ -418,6 +497,26 @@ mod tests {
             "{host}"
         );
         assert!(host.ends_with(" AS `@@hostname`"), "{host}");
+    }
+
+    #[test]
+    fn answers_show_variables_for_its_own_variables_only() {
+        let port = rw("SHOW VARIABLES LIKE 'port'").expect("rewritten");
+        assert!(port.contains("WHEN 'PORT' THEN '6033'"), "{port}");
+        assert!(
+            port.contains(
+                "FROM information_schema.SESSION_VARIABLES WHERE VARIABLE_NAME LIKE 'port'"
+            ),
+            "{port}"
+        );
+        let global = rw("show global variables like 'SOCK%';").expect("rewritten");
+        assert!(global.contains("GLOBAL_VARIABLES"), "{global}");
+        assert!(rw("SHOW VARIABLES LIKE '%name'").is_some());
+        assert_eq!(rw("SHOW VARIABLES LIKE 'max_allowed_packet'"), None);
+        assert_eq!(rw("SHOW VARIABLES LIKE 'port_x'"), None);
+        assert_eq!(rw("SHOW VARIABLES"), None);
+        assert!(super::like_matches(b"p_r%", b"port"));
+        assert!(!super::like_matches(b"p\\_rt", b"port"));
     }
 
     #[test]
