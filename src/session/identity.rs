@@ -134,6 +134,13 @@ fn expression_at(
         return None;
     }
     let name = toks.get(at).filter(|w| w.kind == Tok::Word)?;
+    let assigned = toks
+        .get(at + 1)
+        .is_some_and(|t| t.is_punct(b'=') || t.text(sql) == ":=");
+    if assigned && toks.first().is_some_and(|t| t.is_kw(sql, "SET")) {
+        // `SET @@port = ...`: the backend's own error (read-only variable).
+        return None;
+    }
     let value = if name.is_kw(sql, "SOCKET") {
         match me.socket {
             Some(path) => quote(path),
@@ -227,12 +234,15 @@ fn processlist_at(sql: &str, toks: &[Token], i: usize) -> Option<usize> {
     if !(schema.is_ident() && schema.ident(sql).eq_ignore_ascii_case("information_schema")) {
         return None;
     }
-    let dot = toks.get(i + 1).filter(|p| p.is_punct(b'.'))?;
-    let _ = dot;
+    // A table reference (after FROM, JOIN or a comma), not a column's qualifier.
+    let table_position = i > 0
+        && (toks[i - 1].is_kw(sql, "FROM")
+            || toks[i - 1].is_kw(sql, "JOIN")
+            || toks[i - 1].is_punct(b','));
+    toks.get(i + 1).filter(|p| p.is_punct(b'.'))?;
     let table = toks.get(i + 2).filter(|t| t.is_ident())?;
-    table
-        .ident(sql)
-        .eq_ignore_ascii_case("PROCESSLIST")
+    let followed_by_dot = toks.get(i + 3).is_some_and(|t| t.is_punct(b'.'));
+    (table_position && !followed_by_dot && table.ident(sql).eq_ignore_ascii_case("PROCESSLIST"))
         .then_some(i + 2)
 }
 
@@ -491,6 +501,8 @@ mod tests {
         assert_eq!(rw("SELECT @@session.socket"), None);
         assert_eq!(rw("SELECT @@version, '@@socket'"), None);
         assert_eq!(rw("SET @port = 1"), None);
+        assert_eq!(rw("SET @@global.port = 1"), None);
+        assert_eq!(rw("SET @p = @@port").as_deref(), Some("SET @p = 6033"));
         let host = rw("SELECT @@hostname").expect("rewritten");
         assert!(
             host.starts_with("SELECT CONVERT(X'") || host.starts_with("SELECT ''"),
@@ -530,5 +542,7 @@ mod tests {
             rw("select id from `information_schema`.`processlist` p").as_deref(),
             Some("select id from (SELECT 42 AS ID) p")
         );
+        assert_eq!(rw("DESCRIBE information_schema.PROCESSLIST"), None);
+        assert_eq!(rw("SELECT information_schema.PROCESSLIST.ID FROM t"), None);
     }
 }
