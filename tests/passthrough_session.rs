@@ -261,6 +261,33 @@ async fn pooled_connections_closed_by_wait_timeout_never_reach_a_client() {
         tokio::time::sleep(Duration::from_millis(2500)).await;
     }
     assert!(errors.is_empty(), "errors: {errors:?}");
+    // Ruby's mysql2 (libmariadb), which reported a lost backend as "malformed packet".
+    let script = r#"
+require "mysql2"
+c = Mysql2::Client.new(host: "127.0.0.1", port: ARGV[0].to_i, username: "app", password: "app", database: "app")
+out = []
+3.times do
+  out << c.query("SELECT 1 AS one").first["one"]
+  sleep 2.5
+end
+puts out.join(",")
+"#;
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new("/usr/bin/ruby")
+            .args(["-e", script, &proxy.addr.port().to_string()])
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("ruby within 60 s")
+    .expect("run ruby");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "1,1,1",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     common::direct_query(&servers[0], "SET GLOBAL wait_timeout = 28800");
     drop(conns);
     proxy.stop().await;

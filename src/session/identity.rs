@@ -31,6 +31,10 @@ pub(super) struct Identity<'a> {
     pub processlist: &'a dyn Fn() -> String,
 }
 
+/// The most characters of a statement `information_schema.PROCESSLIST`'s `INFO` shows
+/// through shardgate (MariaDB shows all of it; here it is copied into the statement).
+const PROCESSLIST_INFO_CHARS: usize = 1024;
+
 /// Whether `text` may mention anything [`rewrite`] answers: cheap, for every statement.
 pub(super) fn may_mention(text: &str) -> bool {
     let b = text.as_bytes();
@@ -412,7 +416,13 @@ impl super::Session {
             .filter(|(_, h)| self.admin || h.current_user() == self.user)
             .map(|(id, h)| {
                 let a = h.activity();
-                let info = a.statement.map(|s| String::from_utf8_lossy(&s).into_owned());
+                // Bounded: the derived table holds every visible session's text.
+                let info = a.statement.map(|s| {
+                    String::from_utf8_lossy(&s)
+                        .chars()
+                        .take(PROCESSLIST_INFO_CHARS)
+                        .collect::<String>()
+                });
                 let running = info.is_some();
                 let ms = now.saturating_duration_since(a.since).as_millis();
                 format!(
