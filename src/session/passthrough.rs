@@ -302,7 +302,15 @@ impl Session {
         door.throttle.record_success(ip, &req.user);
         let scope = entry.map_or_else(Default::default, |u| u.scope.clone());
         let rt = shared.runtime();
-        let ctx = match &req.database {
+        // `db@replica`: that database, reads from a standby (as at login).
+        let (database, replica_reads) = match req.database.as_deref() {
+            Some(db) => match super::replica_suffix(db) {
+                Some(base) => (Some(base.to_string()), true),
+                None => (Some(db.to_string()), false),
+            },
+            None => (None, false),
+        };
+        let ctx = match &database {
             None => DbContext::None,
             Some(db) => {
                 let resolved = super::login::resolve_database(&rt.vschema, db);
@@ -338,9 +346,9 @@ impl Session {
         };
         self.user = req.user;
         self.handle.set_user(&self.user);
-        self.handle.set_db(req.database.clone());
+        self.handle.set_db(database);
         self.ctx = ctx;
-        self.replica_reads = false;
+        self.replica_reads = replica_reads;
         self.database_changes += 1;
         if let Some(c) = req.collation.and_then(|c| u8::try_from(c).ok()) {
             if c != 0 {
