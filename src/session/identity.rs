@@ -58,8 +58,21 @@ pub(super) fn rewrite(text: &str, me: &Identity<'_>, backslash_escapes: bool) ->
     // Token indexes of rewritten expressions (they may need an alias).
     let mut rewritten: Vec<usize> = Vec::new();
     let mut i = 0;
+    // A definition (`CREATE VIEW`, a procedure's or trigger's body, a column default)
+    // keeps `CONNECTION_ID()` as written: it runs later, in some other session.
+    let defines = |at: usize| {
+        toks.get(at)
+            .is_some_and(|t| t.is_kw(text, "CREATE") || t.is_kw(text, "ALTER"))
+    };
+    let mut in_definition = defines(0);
     while i < toks.len() {
-        if let Some((end, value)) = expression_at(text, &toks, i, me) {
+        if toks[i].is_punct(b';') {
+            // A body's `;` does not end the definition: nothing after it is touched.
+            in_definition = in_definition || defines(i + 1);
+            i += 1;
+        } else if in_definition {
+            i += 1;
+        } else if let Some((end, value)) = expression_at(text, &toks, i, me) {
             edits.push((toks[i].start..toks[end].end, value));
             rewritten.push(i);
             i = end + 1;
@@ -484,6 +497,19 @@ mod tests {
             Some("KILL QUERY 42")
         );
         assert_eq!(rw("SELECT 'CONNECTION_ID()'"), None);
+        assert_eq!(rw("CREATE VIEW v AS SELECT CONNECTION_ID() AS c"), None);
+        assert_eq!(
+            rw("create procedure p() begin select connection_id(); end"),
+            None
+        );
+        assert_eq!(
+            rw("CREATE PROCEDURE p() BEGIN SELECT 1; SELECT CONNECTION_ID(); END"),
+            None
+        );
+        assert_eq!(
+            rw("SELECT CONNECTION_ID() AS c; SELECT 1").as_deref(),
+            Some("SELECT 42 AS c; SELECT 1")
+        );
         assert_eq!(rw("SELECT `CONNECTION_ID()` FROM t"), None);
         assert!(!may_mention("SELECT 1"));
         assert!(may_mention("select connection_id()"));
