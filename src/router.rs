@@ -108,6 +108,29 @@ pub fn statement_keyspace<'a>(
     }
 }
 
+/// The keyspace whose `ddl` policy a schema change follows: the statement's keyspace
+/// (see [`statement_keyspace`]), else, for a database the vschema does not list (or no
+/// database), the default keyspace that serves it.
+pub fn ddl_policy_keyspace<'a>(
+    vs: &'a VSchema,
+    ctx: &DbContext,
+    stmt: &StatementPlan,
+) -> Option<&'a Keyspace> {
+    if let Some(ks) = statement_keyspace(vs, ctx, stmt) {
+        return Some(ks);
+    }
+    let names_workspace = stmt
+        .qualified_schema
+        .as_deref()
+        .is_some_and(|q| vs.workspace_database(q).is_some());
+    match ctx {
+        DbContext::None | DbContext::PassThrough(_) if !names_workspace => {
+            vs.default_keyspace.as_deref().and_then(|k| vs.keyspace(k))
+        }
+        _ => None,
+    }
+}
+
 /// A target on a `database_per_workspace` keyspace's first cluster with no database
 /// selected (for statements that touch no table, like `SELECT 1`).
 fn shard_target_any_database(ks: &Keyspace) -> Target {

@@ -90,6 +90,12 @@ pub async fn serve(
     }
     let (stop_tx, stop_rx) = watch::channel(false);
     crate::health::spawn_monitors(&shared, config.health.clone(), stop_rx.clone());
+    let reaped = shared.clone();
+    tokio::spawn(crate::backend::pool::reap_idle(
+        config.pool.idle_timeout,
+        move || reaped.runtime().pools.values().cloned().collect(),
+        stop_rx.clone(),
+    ));
     let executors: Vec<Executor> = match &config.migrations {
         None => Vec::new(),
         Some(exec) => {

@@ -250,6 +250,7 @@ impl Shared {
                 since: std::time::Instant::now(),
                 statement: None,
                 db,
+                user: user.to_string(),
             }),
         });
         self.sessions_lock().insert(id, handle.clone());
@@ -284,7 +285,8 @@ impl Shared {
 
 /// What another session needs to know about a live session to `KILL` it or list it.
 pub struct SessionHandle {
-    /// The user it logged in as.
+    /// The user it logged in as (see [`SessionHandle::current_user`] for the one it
+    /// runs as now).
     pub user: String,
     /// The client's address, `ip:port`.
     pub host: String,
@@ -316,6 +318,8 @@ pub struct Activity {
     pub statement: Option<bytes::Bytes>,
     /// The session's database.
     pub db: Option<String>,
+    /// The user it runs as now (the login's, or the last `COM_CHANGE_USER`'s).
+    pub user: String,
 }
 
 impl SessionHandle {
@@ -334,6 +338,16 @@ impl SessionHandle {
     /// Records the session's database after `USE` or `COM_INIT_DB`.
     pub fn set_db(&self, db: Option<String>) {
         self.activity_lock().db = db;
+    }
+
+    /// Records the user the session runs as after `COM_CHANGE_USER`.
+    pub fn set_user(&self, user: &str) {
+        self.activity_lock().user = user.to_string();
+    }
+
+    /// The user the session runs as now.
+    pub fn current_user(&self) -> String {
+        self.activity_lock().user.clone()
     }
 
     fn activity_lock(&self) -> std::sync::MutexGuard<'_, Activity> {

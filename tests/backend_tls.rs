@@ -203,13 +203,13 @@ async fn queries_route_over_verified_tls_and_pooled_connections_keep_working() {
     // backend connection, still over TLS.
     let mut a = proxy.connect("app", Some("k1")).await;
     let thread: Option<u64> = a
-        .query_first("SELECT CONNECTION_ID() + 0")
+        .query_first("SELECT @@pseudo_thread_id")
         .await
         .expect("id");
     drop(a);
     let mut b = proxy.connect("app", Some("k1")).await;
     let again: Option<u64> = b
-        .query_first("SELECT CONNECTION_ID() + 0")
+        .query_first("SELECT @@pseudo_thread_id")
         .await
         .expect("id");
     assert_eq!(again, thread, "the pooled TLS connection is reused");

@@ -253,7 +253,7 @@ async fn a_planned_failover_under_write_load_shows_no_error_and_loses_nothing() 
     // A restarted proxy routes to the new primary, whatever the vschema file says.
     let proxy = common::start_proxy_config(config).await;
     let mut app = proxy.connect("app", Some("app")).await;
-    let port: Option<u16> = app.query_first("SELECT @@port").await.expect("port");
+    let port: Option<u16> = app.query_first(BACKEND_PORT).await.expect("port");
     assert_eq!(port, Some(new_primary.port));
     drop(app);
     proxy.stop().await;
@@ -369,7 +369,11 @@ async fn an_unplanned_failover_serves_writes_within_seconds_and_fences_the_old_p
     proxy.stop().await;
 }
 
-/// The port of the server that answered `sql` (a `SELECT @@port`).
+/// The port of the backend that answers (`@@port` is shardgate's own).
+const BACKEND_PORT: &str =
+    "SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_VARIABLES WHERE VARIABLE_NAME = 'PORT'";
+
+/// The port of the server that answered `sql` (a [`BACKEND_PORT`] query).
 async fn port(c: &mut mysql_async::Conn, sql: &str) -> Option<u16> {
     c.query_first::<u16, _>(sql)
         .await
@@ -420,7 +424,7 @@ async fn replica_reads_go_to_a_standby_and_keep_working_while_the_primary_is_sta
     ))
     .await
     .expect("login into app@replica");
-    assert_eq!(port(&mut reader, "SELECT @@port").await, Some(standby));
+    assert_eq!(port(&mut reader, BACKEND_PORT).await, Some(standby));
     reader
         .query_drop("INSERT INTO writes VALUES (99, 1)")
         .await
@@ -435,25 +439,25 @@ async fn replica_reads_go_to_a_standby_and_keep_working_while_the_primary_is_sta
         "the write went to the primary"
     );
     assert_eq!(
-        port(&mut reader, "SELECT @@port FOR UPDATE").await,
+        port(&mut reader, &format!("{BACKEND_PORT} FOR UPDATE")).await,
         Some(primary),
         "a locking read"
     );
     reader.query_drop("BEGIN").await.expect("begin");
     assert_eq!(
-        port(&mut reader, "SELECT @@port").await,
+        port(&mut reader, BACKEND_PORT).await,
         Some(primary),
         "inside a transaction"
     );
     reader.query_drop("COMMIT").await.expect("commit");
     // `USE` turns it off and on.
     reader.query_drop("USE app").await.expect("use app");
-    assert_eq!(port(&mut reader, "SELECT @@port").await, Some(primary));
+    assert_eq!(port(&mut reader, BACKEND_PORT).await, Some(primary));
     reader
         .query_drop("USE `app@replica`")
         .await
         .expect("use app@replica");
-    assert_eq!(port(&mut reader, "SELECT @@port").await, Some(standby));
+    assert_eq!(port(&mut reader, BACKEND_PORT).await, Some(standby));
     // The primary stalls: replica reads go on; a primary read waits for the deadline.
     cluster.primary.pause().expect("SIGSTOP");
     let stalled = Instant::now();

@@ -111,15 +111,15 @@ async fn reserved_state_stays_with_its_session_and_never_reaches_another() {
     a.query_drop("SELECT 'secret-into' INTO @w")
         .await
         .expect("into @w");
-    // `+ 0`: the backend's thread id (`SELECT CONNECTION_ID()` alone is shardgate's).
+    // The backend's thread id (`CONNECTION_ID()` is shardgate's session id).
     let a_thread: Option<u64> = a
-        .query_first("SELECT CONNECTION_ID() + 0")
+        .query_first("SELECT @@pseudo_thread_id")
         .await
         .expect("id");
     let mut refused = 0;
     for i in 0..100 {
         let (s, lock, w): (String, Option<i64>, Option<String>) = a
-            .query_first("SELECT s, IS_USED_LOCK('lock-a') = CONNECTION_ID(), @w FROM tmp")
+            .query_first("SELECT s, IS_USED_LOCK('lock-a') = @@pseudo_thread_id, @w FROM tmp")
             .await
             .expect("a keeps its state")
             .expect("row");
@@ -145,7 +145,7 @@ async fn reserved_state_stays_with_its_session_and_never_reaches_another() {
     }
     assert_eq!(refused, 10);
     let same: Option<u64> = a
-        .query_first("SELECT CONNECTION_ID() + 0")
+        .query_first("SELECT @@pseudo_thread_id")
         .await
         .expect("id");
     assert_eq!(same, a_thread, "A kept one backend connection throughout");
@@ -220,7 +220,7 @@ async fn a_transaction_whose_connection_died_is_never_committed() {
     a.query_drop("INSERT INTO t VALUES (1)").await.expect("1");
     a.query_drop("INSERT INTO t VALUES (2)").await.expect("2");
     let thread: u64 = a
-        .query_first("SELECT CONNECTION_ID() + 0")
+        .query_first("SELECT @@pseudo_thread_id")
         .await
         .expect("id")
         .expect("row");

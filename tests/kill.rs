@@ -122,7 +122,7 @@ async fn kill_and_connection_id_use_shardgate_session_ids() {
         .await
         .expect("insert in A's transaction");
     let thread: Option<u64> = a
-        .query_first("SELECT CONNECTION_ID() + 0")
+        .query_first("SELECT @@pseudo_thread_id")
         .await
         .expect("backend thread of A's transaction");
     let thread = thread.expect("a thread id");

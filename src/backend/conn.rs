@@ -178,6 +178,10 @@ pub struct BackendConn {
     pub last_used: Instant,
     /// Set when the connection can no longer be trusted; it is then closed, not pooled.
     pub broken: bool,
+    /// Set when the last command certainly never ran: writing it failed, or the first
+    /// thing read back was the server's own goodbye (an ERR with sequence id 0, sent
+    /// before it read the command). Only then may a statement be sent again elsewhere.
+    pub never_ran: bool,
     /// The pool's topology generation it was opened in: one opened to a primary that a
     /// failover replaced is closed when it comes back, never pooled.
     pub generation: u64,
@@ -328,6 +332,7 @@ impl BackendConn {
             relayed: false,
             last_used: Instant::now(),
             broken: false,
+            never_ran: false,
             generation: 0,
         };
         Ok((backend, greeting))
@@ -396,8 +401,11 @@ impl BackendConn {
         client: &mut W,
     ) -> Result<Outcome, BackendError> {
         self.last_used = Instant::now();
+        self.never_ran = false;
         if let Err(e) = self.conn.send(0, payload).await {
+            // The kernel took none of it: the peer had already reset the connection.
             self.broken = true;
+            self.never_ran = true;
             return Err(BackendError::Backend(e.to_string()));
         }
         self.relay_response(kind, client).await
@@ -420,6 +428,22 @@ impl BackendConn {
             }
         };
         loop {
+            if !wrote && self.goodbye_first() {
+                // Its answer to nothing we sent: the server closed this connection
+                // before it read the command.
+                self.broken = true;
+                self.never_ran = true;
+                let why = self
+                    .conn
+                    .rbuf
+                    .get(4..)
+                    .and_then(parse_err)
+                    .map(|e| e.message)
+                    .unwrap_or_default();
+                return Err(BackendError::Backend(format!(
+                    "the server closed the connection: {why}"
+                )));
+            }
             if !self.conn.rbuf.is_empty() {
                 let n = match scanner.scan(&self.conn.rbuf) {
                     Ok(n) => n,
@@ -460,6 +484,14 @@ impl BackendConn {
         Ok(outcome)
     }
 
+    /// Whether the read buffer starts with an ERR packet of sequence id 0: a response
+    /// carries sequence id 1 and up, so that one was sent unasked (MySQL's
+    /// "disconnected by the server because of inactivity" before it closes).
+    fn goodbye_first(&self) -> bool {
+        let b = &self.conn.rbuf;
+        b.len() >= 5 && b[3] == 0 && b[4] == 0xff
+    }
+
     fn note(&mut self, outcome: &Outcome) {
         if let Some(st) = outcome.status {
             self.status = st;
@@ -469,6 +501,32 @@ impl BackendConn {
         self.reported_insert_id = outcome.last_insert_id;
         if outcome.last_insert_id != 0 {
             self.insert_id = outcome.last_insert_id;
+        }
+    }
+
+    /// Whether an idle connection is still open, as far as can be told without waiting:
+    /// the server sends nothing on an idle connection, so anything readable (its close
+    /// after `wait_timeout`, a reset, an error packet before the close) means it is
+    /// gone. Some(true): nothing to read; Some(false): gone; None: bytes under TLS
+    /// (possibly a late session ticket), which only a ping can tell.
+    pub fn idle_alive(&self) -> Option<bool> {
+        use std::task::{Context, Poll, Waker};
+        if !self.conn.rbuf.is_empty() {
+            return Some(false);
+        }
+        let tcp = match &self.conn.io {
+            crate::protocol::stream::MaybeTls::Plain(s) => s,
+            crate::protocol::stream::MaybeTls::Tls(t) => t.get_ref().0,
+            crate::protocol::stream::MaybeTls::Detached => return Some(false),
+        };
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut byte = [0u8; 1];
+        let mut buf = tokio::io::ReadBuf::new(&mut byte);
+        match tcp.poll_peek(&mut cx, &mut buf) {
+            Poll::Pending => Some(true),
+            Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => Some(false),
+            Poll::Ready(Ok(_)) if self.is_tls() => None,
+            Poll::Ready(Ok(_)) => Some(false),
         }
     }
 
@@ -498,6 +556,41 @@ impl BackendConn {
         self.reserve = crate::backend::Reserve::NONE;
         self.insert_id = 0;
         self.database = None;
+        Ok(())
+    }
+
+    /// COM_SET_OPTION: multi-statements on or off for this connection, which then
+    /// belongs under `key` (whose capabilities say the same).
+    pub async fn set_multi_statements(
+        &mut self,
+        on: bool,
+        key: ConnKey,
+    ) -> Result<(), BackendError> {
+        self.last_used = Instant::now();
+        let option: u16 = if on { 0 } else { 1 };
+        let [lo, hi] = option.to_le_bytes();
+        if let Err(e) = self.conn.send(0, &[command::SET_OPTION, lo, hi]).await {
+            self.broken = true;
+            return Err(BackendError::Backend(e.to_string()));
+        }
+        // One packet: EOF (or an OK-shaped EOF), or ERR.
+        let (_, reply) = self.conn.read_packet(1 << 16).await.map_err(|e| {
+            self.broken = true;
+            BackendError::from(e)
+        })?;
+        if reply.first() == Some(&0xff) {
+            return Err(BackendError::Backend(
+                parse_err(&reply)
+                    .map(|e| e.message)
+                    .unwrap_or_else(|| "COM_SET_OPTION failed".into()),
+            ));
+        }
+        if on {
+            self.capabilities |= caps::MULTI_STATEMENTS;
+        } else {
+            self.capabilities &= !caps::MULTI_STATEMENTS;
+        }
+        self.key = key;
         Ok(())
     }
 

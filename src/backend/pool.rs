@@ -154,6 +154,30 @@ impl ClusterPool {
         drop(closed);
     }
 
+    /// Closes the idle connections unused for longer than `idle_timeout_s`, and those
+    /// the server has closed meanwhile; returns how many.
+    pub fn close_expired(&self) -> usize {
+        let limit = self.config.idle_timeout;
+        let closed: Vec<BackendConn> = {
+            let mut g = self.lock();
+            let mut closed = Vec::new();
+            let mut kept = VecDeque::with_capacity(g.idle.len());
+            for conn in g.idle.drain(..) {
+                if conn.last_used.elapsed() > limit || conn.idle_alive() == Some(false) {
+                    closed.push(conn);
+                } else {
+                    kept.push_back(conn);
+                }
+            }
+            g.idle = kept;
+            g.open = g.open.saturating_sub(closed.len());
+            closed
+        };
+        let n = closed.len();
+        drop(closed); // the sockets close outside the lock
+        n
+    }
+
     /// Why the cluster takes no statement now, if it does not: a failover under way,
     /// drained or draining by intent, or `down`.
     pub fn not_serving(&self) -> Option<String> {
@@ -348,7 +372,14 @@ impl ClusterPool {
                         self.forget(conn);
                         continue;
                     }
-                    if idle_for > PING_AFTER_IDLE && !conn.ping().await {
+                    // Closed by the server while idle (wait_timeout): never handed
+                    // out, another one is taken or opened instead.
+                    let alive = match conn.idle_alive() {
+                        Some(false) => false,
+                        None => conn.ping().await,
+                        Some(true) => idle_for <= PING_AFTER_IDLE || conn.ping().await,
+                    };
+                    if !alive {
                         self.forget(conn);
                         continue;
                     }
@@ -478,6 +509,31 @@ impl ClusterPool {
         drop(closed); // the socket closes outside the lock
         if wake {
             self.freed.notify_one();
+        }
+    }
+}
+
+/// Closes expired idle connections of the pools `pools` lists, every half
+/// `idle_timeout` (between 1 s and 30 s), until `stop`.
+pub async fn reap_idle(
+    idle_timeout: Duration,
+    pools: impl Fn() -> Vec<Arc<ClusterPool>>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let period = (idle_timeout / 2).clamp(Duration::from_secs(1), Duration::from_secs(30));
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(period) => {}
+            _ = stop.changed() => return,
+        }
+        if *stop.borrow() {
+            return;
+        }
+        for pool in pools() {
+            let n = pool.close_expired();
+            if n > 0 {
+                tracing::debug!(cluster = %pool.name, closed = n, "idle connections closed");
+            }
         }
     }
 }

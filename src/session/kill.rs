@@ -12,9 +12,10 @@
 //! A user may kill its own sessions; an admin user any session. An unknown id gets
 //! `ERROR 1094`, another user's session `ERROR 1095`, as on MariaDB.
 //!
-//! `SELECT CONNECTION_ID()` (that statement alone) answers the session's id; any other
-//! statement that mentions `CONNECTION_ID()` runs on a backend and sees that backend
-//! connection's thread id.
+//! `SELECT CONNECTION_ID()` (that statement alone) is answered here; anywhere else in a
+//! statement `CONNECTION_ID()` is replaced by the session's id before the statement
+//! runs (see `identity`). `COM_PROCESS_KILL` is `KILL CONNECTION`. A backend
+//! connection's own thread id is `@@pseudo_thread_id` (for operators and tests).
 
 use std::sync::Arc;
 
@@ -185,7 +186,7 @@ impl Session {
             .shared
             .sessions()
             .into_iter()
-            .filter(|(_, h)| self.admin || h.user == self.user)
+            .filter(|(_, h)| self.admin || h.current_user() == self.user)
             .map(|(id, h)| {
                 let a = h.activity();
                 let running = a.statement.is_some();
@@ -200,7 +201,7 @@ impl Session {
                 let text = |s: &str| Some(s.as_bytes().to_vec());
                 vec![
                     text(&id.to_string()),
-                    text(&h.user),
+                    text(&a.user),
                     text(&h.host),
                     a.db.map(String::into_bytes),
                     text(if running { "Query" } else { "Sleep" }),
@@ -214,12 +215,28 @@ impl Session {
         self.send_columns(&specs, rows).await
     }
 
+    /// `COM_PROCESS_KILL` (a session id, 4 bytes): `KILL CONNECTION` of that id.
+    pub(super) async fn process_kill(&mut self, payload: &[u8]) -> Answered {
+        match payload.get(1..5) {
+            Some(b) => {
+                let n = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                self.kill(u64::from(n), false).await
+            }
+            None => {
+                self.send_error(&ProxyError::unknown_command(
+                    crate::protocol::command::PROCESS_KILL,
+                ))
+                .await
+            }
+        }
+    }
+
     async fn kill(&mut self, n: u64, query_only: bool) -> Answered {
         let handle = u32::try_from(n).ok().and_then(|id| self.shared.session(id));
         let Some(handle) = handle else {
             return self.send_error(&ProxyError::unknown_thread(n)).await;
         };
-        if !(self.admin || handle.user == self.user) {
+        if !(self.admin || handle.current_user() == self.user) {
             return self.send_error(&ProxyError::kill_denied(n)).await;
         }
         let own = n == u64::from(self.id);

@@ -102,20 +102,42 @@ impl Session {
         }
     }
 
-    /// [`ready_lease`](Self::ready_lease) without answering the client.
+    /// [`ready_lease`](Self::ready_lease) without answering the client. Bringing a
+    /// pooled connection to the session's state sends only the session's own settings:
+    /// when the connection turns out dead there (the server closed it while it sat in
+    /// the pool), nothing of the client's ran on it, and one other connection is tried.
     async fn ready(
         &mut self,
         rt: &Runtime,
         target: &Target,
         start: bool,
     ) -> Result<Lease, Failure> {
-        let mut lease = self.lease_for(rt, target).await.map_err(Failure::Proxy)?;
-        let ready = if start {
-            self.prepare(&mut lease, target).await
-        } else {
-            self.sync(&mut lease, target).await
+        let from_pool = !self.held.iter().any(|h| h.target.cluster == target.cluster);
+        let mut retry = from_pool;
+        let mut lease = loop {
+            let mut lease = self.lease_for(rt, target).await.map_err(Failure::Proxy)?;
+            match self.sync(&mut lease, target).await {
+                Ok(None) => break lease,
+                Err(_) if retry && lease.conn_ref().broken => {
+                    retry = false;
+                    drop(lease);
+                }
+                Ok(Some(err)) => {
+                    self.put_back(target.clone(), lease, &Effects::default());
+                    return Err(Failure::Backend(err));
+                }
+                Err(e) => {
+                    self.put_back(target.clone(), lease, &Effects::default());
+                    return Err(Failure::Proxy(e));
+                }
+            }
         };
-        match ready {
+        let started = if start {
+            self.start_pending(&mut lease, target).await
+        } else {
+            Ok(None)
+        };
+        match started {
             Ok(None) => Ok(lease),
             Ok(Some(err)) => {
                 self.put_back(target.clone(), lease, &Effects::default());
@@ -128,16 +150,13 @@ impl Session {
         }
     }
 
-    /// Brings a leased connection to the session's state, then starts the pending
-    /// transaction and one-shot settings. Ok(Some) carries a backend ERR to forward.
-    async fn prepare(
+    /// Starts the pending transaction and one-shot settings on a connection already
+    /// in the session's state. Ok(Some) carries a backend ERR to forward.
+    async fn start_pending(
         &mut self,
         lease: &mut Lease,
         target: &Target,
     ) -> Result<Option<Collected>, ProxyError> {
-        if let Some(err) = self.sync(lease, target).await? {
-            return Ok(Some(err));
-        }
         let once = std::mem::take(&mut self.pending_once);
         let begin = self.pending_begin.take();
         for stmt in once.iter().chain(begin.iter()) {
@@ -265,7 +284,11 @@ impl Session {
             .retain(|h| !(h.diagnostics && h.kept_at < older_than));
     }
 
-    /// Runs one command on one target and relays the answer.
+    /// Runs one command on one target and relays the answer. A command that certainly
+    /// never ran on a pooled connection the server had closed (see
+    /// [`BackendConn::never_ran`](crate::backend::BackendConn::never_ran)) is sent once
+    /// more, on another connection, when the session had nothing on that one: no
+    /// transaction begun on it, no reserved state, so nothing was lost with it.
     pub(super) async fn run_on(
         &mut self,
         rt: &Runtime,
@@ -274,11 +297,38 @@ impl Session {
         kind: ResponseKind,
         stmt: &StatementPlan,
     ) -> Answered {
+        match self.run_once(rt, target, &payload, kind, stmt, true).await {
+            Ok(answered) => answered,
+            Err(target) => {
+                tracing::info!(session = self.id, cluster = %target.cluster,
+                    "pooled connection closed by the server before it ran the statement; sent again");
+                self.run_once(rt, target, &payload, kind, stmt, false)
+                    .await
+                    .unwrap_or(Answered::Close)
+            }
+        }
+    }
+
+    /// [`run_on`](Self::run_on), once. Err (only with `may_retry`): the statement never
+    /// ran and may be sent again to the target it carries.
+    async fn run_once(
+        &mut self,
+        rt: &Runtime,
+        target: Target,
+        payload: &Bytes,
+        kind: ResponseKind,
+        stmt: &StatementPlan,
+        may_retry: bool,
+    ) -> Result<Answered, Target> {
         let started = Instant::now();
         let stateful = self.state_on(&target.cluster);
+        let may_retry = may_retry
+            && self.pending_begin.is_none()
+            && self.pending_once.is_empty()
+            && !self.held.iter().any(|h| h.target.cluster == target.cluster);
         let mut lease = match self.ready_lease(rt, &target, true).await {
             Ok(l) => l,
-            Err(answered) => return answered,
+            Err(answered) => return Ok(answered),
         };
         match self
             .before_statement(&mut lease, &target, &stmt.effects)
@@ -287,23 +337,18 @@ impl Session {
             Ok(None) => {}
             Ok(Some(err)) => {
                 self.put_back(target, lease, &Effects::default());
-                return self.send_collected(&err).await;
+                return Ok(self.send_collected(&err).await);
             }
-            Err(e) => return self.fail(e, stateful).await,
+            Err(e) => return Ok(self.fail(e, stateful).await),
         }
         let thread_id = lease.conn_ref().thread_id;
         self.handle
             .statement_started(&target.cluster, thread_id)
             .await;
         let result = match self.shared.config.pool.query_timeout {
-            None => {
-                lease
-                    .conn()
-                    .relay(&payload, kind, &mut self.client.io)
-                    .await
-            }
+            None => lease.conn().relay(payload, kind, &mut self.client.io).await,
             Some(limit) => {
-                let relay = lease.conn().relay(&payload, kind, &mut self.client.io);
+                let relay = lease.conn().relay(payload, kind, &mut self.client.io);
                 match tokio::time::timeout(limit, relay).await {
                     Ok(r) => r,
                     Err(_) => {
@@ -322,15 +367,15 @@ impl Session {
                             // expect can say what happened. Cut the stream.
                             tracing::warn!(session = self.id, cluster = %target.cluster,
                                 "query timeout mid-response; closing the client connection");
-                            return Answered::Close;
+                            return Ok(Answered::Close);
                         }
-                        return self.fail(e, stateful).await;
+                        return Ok(self.fail(e, stateful).await);
                     }
                 }
             }
         };
         self.handle.statement_ended().await;
-        match result {
+        let answered = match result {
             Ok(outcome) => {
                 if outcome.error && self.watch_errors {
                     // The relay kept the ERR it forwarded: no second look at the bytes.
@@ -352,12 +397,17 @@ impl Session {
                 Answered::Close
             }
             Err(BackendError::Backend(m)) => {
+                let never_ran = lease.conn_ref().never_ran;
+                drop(lease);
+                if never_ran && may_retry {
+                    return Err(target);
+                }
                 let e = ProxyError::lost_backend(&target.cluster, m);
                 self.record(rt, &target, started, Some(&e));
-                drop(lease);
                 self.fail(e, stateful).await
             }
-        }
+        };
+        Ok(answered)
     }
 
     /// Answers a failure. When the session had state on the failed cluster's

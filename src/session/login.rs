@@ -32,6 +32,9 @@ pub(super) struct Login {
     pub ctx: DbContext,
     /// The login named `db@replica`: reads go to a standby.
     pub replica_reads: bool,
+    /// The nonce the client authenticated over (`COM_CHANGE_USER` answers over it
+    /// too, as MariaDB's clients compute it).
+    pub scramble: [u8; 20],
     /// The session's client slot (taken once authenticated).
     pub slot: Option<tokio::sync::OwnedSemaphorePermit>,
     /// The session's place in its user's `max_connections`, if it has one.
@@ -273,13 +276,14 @@ pub(super) async fn login(
         collation: resp.collation,
         ctx,
         replica_reads,
+        scramble,
         slot: Some(slot),
         user_slot,
     })
 }
 
 /// Checks that a pass-through database exists on the default cluster.
-async fn check_passthrough(
+pub(super) async fn check_passthrough(
     shared: &Arc<Shared>,
     vs: &VSchema,
     ctx: &DbContext,

@@ -24,10 +24,12 @@
 //! and its connection is closed, as a direct connection would have died.
 
 mod access;
+mod identity;
 mod idle;
 mod kill;
 mod leases;
 mod login;
+mod passthrough;
 mod schema;
 mod sha2_login;
 mod state;
@@ -145,6 +147,8 @@ struct Session {
     scope: Arc<crate::access::Scope>,
     /// Reads outside transactions go to a healthy standby (`USE \`app@replica\``).
     replica_reads: bool,
+    /// The nonce of the login's authentication (see [`login::Login::scramble`]).
+    scramble: [u8; 20],
     /// Successful `USE` / `COM_INIT_DB` so far.
     database_changes: u64,
     /// Status flags that follow the session's settings on the backends
@@ -203,6 +207,7 @@ impl Session {
             role: login.role,
             scope: login.scope,
             replica_reads: login.replica_reads,
+            scramble: login.scramble,
             database_changes: 0,
             backend_flags: 0,
 
@@ -308,6 +313,7 @@ impl Session {
                 command::FIELD_LIST => self.field_list(payload).await,
                 command::RESET_CONNECTION => self.reset_connection().await,
                 command::SET_OPTION => self.set_option(&payload).await,
+                command::PROCESS_KILL => self.process_kill(&payload).await,
                 command::STATISTICS => {
                     let msg = format!("shardgate: session {} of user {}", self.id, self.user);
                     self.send_raw(msg.as_bytes()).await
@@ -320,10 +326,7 @@ impl Session {
                     self.send_error(&ProxyError::prepared_statements_unsupported())
                         .await
                 }
-                command::CHANGE_USER => {
-                    self.send_error(&ProxyError::not_supported("COM_CHANGE_USER"))
-                        .await
-                }
+                command::CHANGE_USER => self.change_user(&payload).await,
                 other => self.send_error(&ProxyError::unknown_command(other)).await,
             };
             if let Answered::Close = answered {
@@ -332,26 +335,10 @@ impl Session {
         }
     }
 
-    /// `COM_RESET_CONNECTION`: every backend connection the session holds is reset (its
-    /// temporary tables, locks, variables and transaction dropped) before it goes back
-    /// to the pool, and the session starts over as if just logged in (its database
-    /// stays, as on MariaDB).
+    /// `COM_RESET_CONNECTION`: the session starts over as if just logged in (see
+    /// [`Session::reset_session_state`]).
     async fn reset_connection(&mut self) -> Answered {
-        for mut h in std::mem::take(&mut self.held) {
-            // A failed reset marks the connection broken: it is closed, not pooled.
-            let _ = h.lease.conn().reset().await;
-        }
-        self.vars.clear();
-        self.autocommit = true;
-        self.pending_begin = None;
-        self.pending_once.clear();
-        self.last_insert_id = 0;
-        self.backend_flags = 0;
-        self.last = None;
-        self.ddl = DdlSettings {
-            wait: self.login_ddl_wait,
-            ..DdlSettings::default()
-        };
+        self.reset_session_state().await;
         self.send_ok(OkInfo::default()).await
     }
 
@@ -429,30 +416,6 @@ impl Session {
         match self.client.flush().await {
             Ok(()) => Answered::Done,
             Err(_) => Answered::Close,
-        }
-    }
-
-    async fn set_option(&mut self, payload: &[u8]) -> Answered {
-        match payload.get(1..3).map(|b| u16::from_le_bytes([b[0], b[1]])) {
-            Some(0) => self.capabilities |= caps::MULTI_STATEMENTS,
-            Some(1) => self.capabilities &= !caps::MULTI_STATEMENTS,
-            _ => {
-                return self
-                    .send_error(&ProxyError::unknown_command(command::SET_OPTION))
-                    .await
-            }
-        }
-        self.key.caps = self.capabilities & caps::RELAY_SENSITIVE;
-        let st = self.idle_status();
-        if self.deprecate_eof() {
-            let mut p = wire::ok_payload(&OkInfo {
-                status: st,
-                ..OkInfo::default()
-            });
-            p[0] = 0xfe;
-            self.send_raw(&p).await
-        } else {
-            self.send_raw(&wire::eof_payload(st)).await
         }
     }
 

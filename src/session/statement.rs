@@ -45,6 +45,22 @@ impl Session {
         if let Some(stmt) = super::kill::parse(&text) {
             return self.session_statement(stmt).await;
         }
+        // Only a text that is valid UTF-8 is rewritten: the bytes sent are then exactly
+        // the client's, but for the rewritten parts.
+        let valid = matches!(text, std::borrow::Cow::Borrowed(_));
+        let rewritten = valid.then(|| self.identity_rewrite(&text)).flatten();
+        let (payload, text) = match rewritten {
+            Some(rewritten) => {
+                if let Some(stmt) = super::kill::parse(&rewritten) {
+                    return self.session_statement(stmt).await;
+                }
+                let mut p = Vec::with_capacity(rewritten.len() + 1);
+                p.push(command::QUERY);
+                p.extend_from_slice(rewritten.as_bytes());
+                (Bytes::from(p), std::borrow::Cow::Owned(rewritten))
+            }
+            None => (payload, text),
+        };
         let mut plan = planner::plan(&text, schema_for(vs, &self.ctx));
         if let (planner::Privilege::Admin(what), false) = (plan.privilege, self.admin) {
             // Nothing of a query with such a statement reaches a backend.
@@ -148,15 +164,13 @@ impl Session {
                 self.set_session(rt, &stmt, payload).await
             }
             StatementKind::Ddl(kind) => {
-                if self.in_transaction() {
-                    return self
-                        .send_error(&ProxyError::in_transaction(
-                            "shardgate: schema changes are not allowed inside a transaction; COMMIT or ROLLBACK first",
-                        ))
-                        .await;
+                let keyspace = router::ddl_policy_keyspace(&rt.vschema, &self.ctx, &stmt);
+                let action = crate::ddl::action(kind, keyspace);
+                // As on MariaDB, a schema change commits the open transaction first.
+                if let Err(answered) = self.commit_before_ddl(rt, &stmt, action).await {
+                    return answered;
                 }
-                let keyspace = router::statement_keyspace(&rt.vschema, &self.ctx, &stmt);
-                match crate::ddl::action(kind, keyspace) {
+                match action {
                     crate::ddl::DdlAction::RunNow => self.single(rt, &stmt, payload).await,
                     crate::ddl::DdlAction::Queue => self.queue_ddl(&rt.vschema, &stmt, text).await,
                 }

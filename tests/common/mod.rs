@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod demo;
+pub mod passthrough;
 
 use std::fmt::Write as _;
 use std::net::{SocketAddr, TcpStream};
