@@ -274,6 +274,20 @@ impl Session {
         kind: ResponseKind,
         stmt: &StatementPlan,
     ) -> Answered {
+        self.run_outgoing(rt, target, Outgoing::Raw(payload), kind, stmt)
+            .await
+    }
+
+    /// [`run_on`](Self::run_on) for a command that may first need the connection's
+    /// help (a prepared statement's execute: prepared there, its id rewritten).
+    pub(super) async fn run_outgoing(
+        &mut self,
+        rt: &Runtime,
+        target: Target,
+        outgoing: Outgoing,
+        kind: ResponseKind,
+        stmt: &StatementPlan,
+    ) -> Answered {
         let started = Instant::now();
         let stateful = self.state_on(&target.cluster);
         let mut lease = match self.ready_lease(rt, &target, true).await {
@@ -291,6 +305,21 @@ impl Session {
             }
             Err(e) => return self.fail(e, stateful).await,
         }
+        let payload = match outgoing {
+            Outgoing::Raw(p) => p,
+            Outgoing::Execute(x) => match super::prepared_exec::bind(lease.conn(), x).await {
+                Ok(Ok(p)) => p,
+                Ok(Err(err)) => {
+                    self.put_back(target, lease, &Effects::default());
+                    return self.send_collected(&err).await;
+                }
+                Err(e) => {
+                    drop(lease);
+                    let e = ProxyError::lost_backend(&target.cluster, e);
+                    return self.fail(e, stateful).await;
+                }
+            },
+        };
         let thread_id = lease.conn_ref().thread_id;
         self.handle
             .statement_started(&target.cluster, thread_id)
@@ -340,7 +369,13 @@ impl Session {
                     }
                 }
                 self.record(rt, &target, started, None);
-                self.put_back(target, lease, &stmt.effects);
+                let mut fx = stmt.effects;
+                if outcome.status.unwrap_or(0) & crate::protocol::status::CURSOR_EXISTS != 0 {
+                    // An execute opened a cursor: its rows are read from this
+                    // connection later.
+                    fx.reserve = fx.reserve.union(Reserve::CURSOR);
+                }
+                self.put_back(target, lease, &fx);
                 Answered::Done
             }
             Err(BackendError::Client(_)) => Answered::Close,
@@ -440,6 +475,14 @@ impl Session {
             let _ = tokio::time::timeout(limit, kill).await;
         });
     }
+}
+
+/// What [`Session::run_outgoing`] sends.
+pub(super) enum Outgoing {
+    /// A command as it is.
+    Raw(Bytes),
+    /// A prepared statement's execute, bound on the connection first.
+    Execute(super::prepared_exec::BoundExecute),
 }
 
 /// Runs one of the session's own statements (replayed `SET`, `BEGIN`) on a lease.

@@ -28,6 +28,8 @@ mod idle;
 mod kill;
 mod leases;
 mod login;
+mod prepared;
+mod prepared_exec;
 mod schema;
 mod sha2_login;
 mod state;
@@ -179,6 +181,8 @@ struct Session {
     watch_errors: bool,
     /// The error the client got for the watched statement.
     answer_error: Option<crate::health::LastError>,
+    /// Statements the client prepared (`COM_STMT_PREPARE`), by shardgate's ids.
+    prepared: prepared::Statements,
 }
 
 impl Session {
@@ -224,6 +228,7 @@ impl Session {
             handle,
             watch_errors: false,
             answer_error: None,
+            prepared: prepared::Statements::default(),
         }
     }
 
@@ -312,13 +317,17 @@ impl Session {
                     let msg = format!("shardgate: session {} of user {}", self.id, self.user);
                     self.send_raw(msg.as_bytes()).await
                 }
-                command::STMT_CLOSE | command::STMT_SEND_LONG_DATA => Answered::Done,
-                command::STMT_PREPARE
-                | command::STMT_EXECUTE
-                | command::STMT_RESET
-                | command::STMT_FETCH => {
-                    self.send_error(&ProxyError::prepared_statements_unsupported())
-                        .await
+                command::STMT_PREPARE => self.stmt_prepare(payload).await,
+                command::STMT_EXECUTE => self.stmt_execute(payload).await,
+                command::STMT_FETCH => self.stmt_fetch(payload).await,
+                command::STMT_RESET => self.stmt_reset(&payload).await,
+                command::STMT_CLOSE => {
+                    self.stmt_close(&payload).await;
+                    Answered::Done
+                }
+                command::STMT_SEND_LONG_DATA => {
+                    self.stmt_long_data(&payload);
+                    Answered::Done
                 }
                 command::CHANGE_USER => {
                     self.send_error(&ProxyError::not_supported("COM_CHANGE_USER"))
@@ -341,6 +350,7 @@ impl Session {
             // A failed reset marks the connection broken: it is closed, not pooled.
             let _ = h.lease.conn().reset().await;
         }
+        self.clear_prepared();
         self.vars.clear();
         self.autocommit = true;
         self.pending_begin = None;
