@@ -24,6 +24,11 @@ const ITEMS: &str = "CREATE TABLE app.items (id INT PRIMARY KEY, workspace_id BI
 /// Two shards of keyspace `app` with table `items` sharded by `workspace_id`, and a
 /// proxy whose users are the test users plus `acme`, bound to workspace 7.
 async fn setup() -> (Vec<LocalMariaDb>, String, common::Proxy) {
+    setup_pool(16).await
+}
+
+/// [`setup`] with at most `max` backend connections per cluster.
+async fn setup_pool(max: usize) -> (Vec<LocalMariaDb>, String, common::Proxy) {
     let servers = common::start_servers(2);
     let toml = common::ShardedVSchema::new(&servers)
         .table("items", "workspace_id")
@@ -38,6 +43,7 @@ async fn setup() -> (Vec<LocalMariaDb>, String, common::Proxy) {
     users.push(acme);
     let mut config = ProxyConfig::new("127.0.0.1:0".parse().expect("addr"), users, vs);
     config.max_client_connections = 100;
+    config.pool.max_connections = max;
     let proxy = common::start_proxy_config(config).await;
     (servers, toml, proxy)
 }
@@ -234,6 +240,67 @@ async fn a_bound_user_cannot_leave_its_workspace_through_a_parameter() {
         .await
         .expect_err("a protected schema at PREPARE");
     assert!(matches!(code(&e), Some(1227 | 1044 | 1142)), "{e}");
+}
+
+/// The server's count of statements prepared on it now.
+fn prepared_on(server: &LocalMariaDb) -> u64 {
+    let out = common::direct_query(server, "SHOW GLOBAL STATUS LIKE 'Prepared_stmt_count'");
+    out.split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("Prepared_stmt_count in {out:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_statements_are_shared_through_the_pool_bounded_and_dropped_on_reset() {
+    // One backend connection per cluster: every session below uses the same one.
+    let (servers, toml, proxy) = setup_pool(1).await;
+    let w = 2u64;
+    let home = &servers[owner(&toml, w)];
+    home.sql(&format!(
+        "INSERT INTO app.items (id, workspace_id, name) VALUES (1, {w}, 'two')"
+    ))
+    .expect("row");
+    let sql = "SELECT name FROM items WHERE workspace_id = ?";
+    // Session a, with a session variable, prepares on the connection.
+    let mut a = proxy.connect("app", Some("app")).await;
+    a.query_drop("SET @a = 1").await.expect("set");
+    let name: Option<String> = a.exec_first(sql, (w,)).await.expect("a executes");
+    assert_eq!(name.as_deref(), Some("two"));
+    assert_eq!(prepared_on(home), 1);
+    a.disconnect().await.expect("a leaves");
+    // Session b has no variables: the connection is reset for it, which drops the
+    // server's statements; b's execute prepares again instead of using a dead id.
+    let mut b = proxy.connect("app", Some("app")).await;
+    let name: Option<String> = b.exec_first(sql, (w,)).await.expect("b executes");
+    assert_eq!(name.as_deref(), Some("two"));
+    assert_eq!(
+        prepared_on(home),
+        1,
+        "the reset dropped a's; b's is the one left"
+    );
+    // Session c, no reset needed: the connection's statement serves it as it is.
+    b.disconnect().await.expect("b leaves");
+    let mut c = proxy.connect("app", Some("app")).await;
+    let name: Option<String> = c.exec_first(sql, (w,)).await.expect("c executes");
+    assert_eq!(name.as_deref(), Some("two"));
+    assert_eq!(prepared_on(home), 1, "shared, not prepared twice");
+    // Many distinct statements: the connection keeps at most its bound.
+    for i in 0..300 {
+        let n: Option<i64> = c
+            .exec_first(
+                format!("SELECT {i} FROM items WHERE workspace_id = ?"),
+                (w,),
+            )
+            .await
+            .expect("execute");
+        assert_eq!(n, Some(i));
+    }
+    let kept = prepared_on(home);
+    assert!(
+        (200..=256).contains(&kept),
+        "statements kept on the backend connection: {kept}"
+    );
 }
 
 // ---- raw packets: ids, cursors, long data, limits ----------------------------------
