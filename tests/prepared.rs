@@ -29,6 +29,14 @@ async fn setup() -> (Vec<LocalMariaDb>, String, common::Proxy) {
 
 /// [`setup`] with at most `max` backend connections per cluster.
 async fn setup_pool(max: usize) -> (Vec<LocalMariaDb>, String, common::Proxy) {
+    setup_config(max, None).await
+}
+
+/// [`setup_pool`], with the proxy's `max_packet_size` when given.
+async fn setup_config(
+    max: usize,
+    max_packet: Option<usize>,
+) -> (Vec<LocalMariaDb>, String, common::Proxy) {
     let servers = common::start_servers(2);
     let toml = common::ShardedVSchema::new(&servers)
         .table("items", "workspace_id")
@@ -44,6 +52,9 @@ async fn setup_pool(max: usize) -> (Vec<LocalMariaDb>, String, common::Proxy) {
     let mut config = ProxyConfig::new("127.0.0.1:0".parse().expect("addr"), users, vs);
     config.max_client_connections = 100;
     config.pool.max_connections = max;
+    if let Some(m) = max_packet {
+        config.max_packet_size = m;
+    }
     let proxy = common::start_proxy_config(config).await;
     (servers, toml, proxy)
 }
@@ -581,4 +592,54 @@ async fn ruby_mysql2_prepared_statements_route_by_parameter() {
         assert_eq!(n, 1, "workspace {w}'s row on its shard\n{stdout}");
     }
     assert!(stdout.contains("read 10 rows back"), "{stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_data_over_the_bound_fails_the_execute_with_1153_and_the_session_goes_on() {
+    let (servers, toml, proxy) = setup_config(4, Some(64 * 1024)).await;
+    let addr = proxy.addr_string();
+    let mut a = common::raw_login(&addr, "app", "app", Some("app")).await;
+    let (ins, _, _) = prepare(
+        &mut a,
+        "INSERT INTO items (id, workspace_id, note) VALUES (?, ?, ?)",
+    )
+    .await
+    .expect("prepare insert");
+    let long = |chunk: &[u8]| {
+        let mut p = vec![0x18];
+        p.extend_from_slice(&ins.to_le_bytes());
+        p.extend_from_slice(&2u16.to_le_bytes());
+        p.extend_from_slice(chunk);
+        p
+    };
+    let exec = |id: i64| {
+        let mut p = vec![0x17];
+        p.extend_from_slice(&ins.to_le_bytes());
+        p.push(0);
+        p.extend_from_slice(&1u32.to_le_bytes());
+        p.extend_from_slice(&[0, 1, 0x08, 0, 0x08, 0, 0xfc, 0]);
+        p.extend_from_slice(&id.to_le_bytes());
+        p.extend_from_slice(&5i64.to_le_bytes());
+        p
+    };
+    for _ in 0..3 {
+        send(&mut a, &long(&[b'x'; 30_000])).await;
+    }
+    send(&mut a, &exec(1)).await;
+    let (_, e) = common::raw_read(&mut a).await.expect("answer");
+    let (code, _, msg) = common::raw_err(&e).expect("an ERR");
+    assert_eq!(code, 1153, "{msg}");
+    assert!(msg.contains("long data"), "{msg}");
+    // Within the bound it works, on the same statement.
+    send(&mut a, &long(&[b'y'; 30_000])).await;
+    send(&mut a, &exec(2)).await;
+    let (_, ok) = common::raw_read(&mut a).await.expect("answer");
+    assert_eq!(ok[0], 0, "{:?}", common::raw_err(&ok));
+    assert_eq!(
+        common::number_on(
+            &servers[owner(&toml, 5)],
+            "SELECT LENGTH(note) FROM app.items WHERE id = 2"
+        ),
+        30_000
+    );
 }

@@ -30,6 +30,10 @@ use crate::vschema::VSchema;
 /// `max_prepared_stmt_count` is server-wide; this is shardgate's per-session bound).
 pub(super) const MAX_PER_SESSION: usize = 1024;
 
+/// The SQL text of one session's prepared statements, at most this many
+/// `max_packet_size`s together.
+const TEXT_BUDGET_PACKETS: usize = 4;
+
 /// One statement the client prepared.
 pub(super) struct ClientStmt {
     /// The SQL text as the client sent it (what backends prepare).
@@ -165,6 +169,17 @@ impl Session {
             );
             return self.send_error(&e).await;
         }
+        let texts: usize = self.prepared.map.values().map(|s| s.sql.len()).sum();
+        if texts + sql.len() > TEXT_BUDGET_PACKETS * self.shared.config.max_packet_size {
+            let e = ps_error(
+                1461,
+                b"42000",
+                format!(
+                    "Can't create more than max_prepared_stmt_count statements: the session's prepared statements hold {texts} bytes of SQL, and shardgate keeps at most {TEXT_BUDGET_PACKETS} x max_packet_size per session; close statements you no longer use"
+                ),
+            );
+            return self.send_error(&e).await;
+        }
         let markers = binary::placeholders(&text, !self.no_backslash_escapes());
         let rt = self.shared.runtime();
         let vs = &rt.vschema;
@@ -273,6 +288,8 @@ impl Session {
             return;
         };
         let id = self.prepared.resolve(id);
+        // One bound for the whole session: every statement may hold some.
+        let held: usize = self.prepared.map.values().map(|s| s.long_bytes).sum();
         let Some(st) = self.prepared.map.get_mut(&id) else {
             return;
         };
@@ -284,9 +301,9 @@ impl Session {
             return;
         }
         let data = &payload[7..];
-        if st.long_bytes + data.len() > limit {
+        if held + data.len() > limit {
             st.long_error = Some(format!(
-                "Parameter of prepared statement which is set through mysql_send_long_data() is longer than 'max_allowed_packet' bytes: shardgate keeps at most {limit} bytes of long data per statement (max_packet_size)"
+                "Parameter of prepared statement which is set through mysql_send_long_data() is longer than 'max_allowed_packet' bytes: shardgate keeps at most {limit} bytes of long data per session (max_packet_size)"
             ));
             st.long_data.clear();
             st.long_bytes = 0;
