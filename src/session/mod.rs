@@ -12,11 +12,14 @@
 //! - `schema`: application DDL into the migration queue, and the admin statements.
 //! - `kill`: `KILL` and `SELECT CONNECTION_ID()` with shardgate's own session ids (the
 //!   session registry is in [`crate::shared`]).
+//! - `prepared`, `prepared_exec`: server-side prepared statements (`COM_STMT_*`) with
+//!   the session's own statement ids, routed at each execute by their bound values.
 //!
 //! **Reserved connections.** A backend connection returns to its cluster's pool after
 //! every statement, unless the session left state on it that no other connection has:
 //! an open transaction, a temporary table, `GET_LOCK()`, `LOCK TABLES`, a user variable
-//! set inside a query, a SQL `PREPARE`, an open `HANDLER`, or state shardgate cannot see
+//! set inside a query, a SQL `PREPARE`, an open `HANDLER`, a prepared statement's open
+//! cursor, or state shardgate cannot see
 //! (`CALL`, `LAST_INSERT_ID(expr)`). Then the connection is *reserved* for the session
 //! until that state is gone (`COMMIT`, `UNLOCK TABLES`, `COM_RESET_CONNECTION`, or the
 //! session's end), and is closed rather than pooled if the session ends with it. If a
