@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# sysbench oltp_point_select (text protocol) three ways in one run, arms alternating:
+# sysbench oltp_point_select (text protocol, or prepared statements with PS_MODE=auto) three ways in one run, arms alternating:
 #   direct    -> server A, database sbfull: one table holding ALL rows
 #   relay     -> shardgate-relay -> server A, database sbfull (same rows, same server)
 #   shardgate -> shardgate -> keyspace sbtest, sharded by id (numeric vindex) over
@@ -14,7 +14,8 @@
 # broadcast or split by id), and separately straight into A's sbfull.
 #
 # usage: bench/sysbench.sh    (env: ROUNDS=3 TIME=10 THREADS=16 TABLE_SIZE=100000
-#                              WARMUP=3 SKIP_BUILD=1 to reuse target/release)
+#                              WARMUP=3 SKIP_BUILD=1 to reuse target/release
+#                              PS_MODE=auto for server-side prepared statements)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,12 +25,13 @@ THREADS=${THREADS:-16}
 TABLE_SIZE=${TABLE_SIZE:-100000}
 WARMUP=${WARMUP:-3}
 TEST=oltp_point_select
+PS_MODE=${PS_MODE:-disable}
 
 command -v sysbench >/dev/null || { echo "sysbench not found: run scripts/ensure-deps" >&2; exit 1; }
 if [ -z "${SKIP_BUILD:-}" ]; then
   cargo build --release --bin shardgate --bin shardgate-relay --bin shardgate-bench
 fi
-BIN=target/release
+BIN=${CARGO_TARGET_DIR:-target}/release
 ulimit -n 65536 2>/dev/null || true
 
 dir=$(mktemp -d /tmp/shardgate-sysbench.XXXXXX)
@@ -95,7 +97,7 @@ RELAY_PORT=$(free_port)
 RELAY_PID=$!; pids+=("$RELAY_PID")
 wait_port "$PROXY_PORT"; wait_port "$RELAY_PORT"
 
-common=(--db-driver=mysql --mysql-host=127.0.0.1 --db-ps-mode=disable --tables=1
+common=(--db-driver=mysql --mysql-host=127.0.0.1 --db-ps-mode="$PS_MODE" --tables=1
         --table-size="$TABLE_SIZE" --auto-inc=off)
 direct=(--mysql-port="$A_PORT" --mysql-user=shardgate --mysql-password=shardgate --mysql-db=sbfull)
 relay=(--mysql-port="$RELAY_PORT" --mysql-user=shardgate --mysql-password=shardgate --mysql-db=sbfull)
@@ -144,7 +146,7 @@ median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{ v[NR] = $1 } END { if (
 md=$(median <<<"${QPS[direct]}"); mr=$(median <<<"${QPS[relay]}"); ms=$(median <<<"${QPS[shardgate]}")
 cr=$(median <<<"${CPU[relay]}"); cs=$(median <<<"${CPU[shardgate]}")
 echo
-echo "sysbench $TEST, $THREADS threads, --db-ps-mode=disable, $TABLE_SIZE rows, $ROUNDS rounds x ${TIME}s (medians); $(date -u +%F); $(nproc) cores, $(awk '/MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)"
+echo "sysbench $TEST, $THREADS threads, --db-ps-mode=$PS_MODE, $TABLE_SIZE rows, $ROUNDS rounds x ${TIME}s (medians); $(date -u +%F); $(nproc) cores, $(awk '/MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)"
 echo "| arm | QPS | proxy CPU s/1k q | QPS vs direct | QPS vs relay | CPU vs relay |"
 echo "| --- | ---: | ---: | ---: | ---: | ---: |"
 awk -v d="$md" -v r="$mr" -v s="$ms" -v cr="$cr" -v cs="$cs" 'BEGIN {

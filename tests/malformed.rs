@@ -111,13 +111,20 @@ async fn malformed_input_gets_an_error_or_a_clean_close_and_others_go_on() {
         assert_eq!(wire::parse_err(&p).map(|e| e.code), Some(1047));
         assert!(ping(&mut s).await, "usable after an unknown command");
     }
-    // Prepared statements are refused cleanly (1295) and the connection goes on.
-    let mut out = bytes::BytesMut::new();
-    put_packet(&mut out, 0, b"\x16SELECT 1");
-    s.write_all(&out).await.expect("send");
-    let (_, p) = common::raw_read(&mut s).await.expect("reply");
-    assert_eq!(wire::parse_err(&p).map(|e| e.code), Some(1295));
-    assert!(ping(&mut s).await);
+    // An execute cut short, or of a statement never prepared, is refused cleanly
+    // (1243) and the connection goes on.
+    for payload in [
+        &b"\x17"[..],
+        &b"\x17\x05\x00"[..],
+        &b"\x1c\x01\x00\x00\x00"[..],
+    ] {
+        let mut out = bytes::BytesMut::new();
+        put_packet(&mut out, 0, payload);
+        s.write_all(&out).await.expect("send");
+        let (_, p) = common::raw_read(&mut s).await.expect("reply");
+        assert_eq!(wire::parse_err(&p).map(|e| e.code), Some(1243));
+        assert!(ping(&mut s).await);
+    }
     // Invalid UTF-8 in a query reaches MariaDB, which answers for itself.
     let mut out = bytes::BytesMut::new();
     put_packet(&mut out, 0, b"\x03SELECT '\xff\xfe'");

@@ -185,6 +185,8 @@ pub struct BackendConn {
     /// The pool's topology generation it was opened in: one opened to a primary that a
     /// failover replaced is closed when it comes back, never pooled.
     pub generation: u64,
+    /// Statements prepared on it (emptied by [`reset`](Self::reset)).
+    pub stmts: super::stmts::StmtCache,
 }
 
 impl BackendConn {
@@ -334,6 +336,7 @@ impl BackendConn {
             broken: false,
             never_ran: false,
             generation: 0,
+            stmts: super::stmts::StmtCache::default(),
         };
         Ok((backend, greeting))
     }
@@ -530,6 +533,16 @@ impl BackendConn {
         }
     }
 
+    /// Sends a command that has no answer (COM_STMT_CLOSE, COM_STMT_SEND_LONG_DATA).
+    pub(super) async fn send_only(&mut self, payload: &[u8]) -> Result<(), BackendError> {
+        self.last_used = Instant::now();
+        if let Err(e) = self.conn.send(0, payload).await {
+            self.broken = true;
+            return Err(BackendError::Backend(e.to_string()));
+        }
+        Ok(())
+    }
+
     /// COM_PING; false if the connection is dead.
     pub async fn ping(&mut self) -> bool {
         match self.exec(&[command::PING], ResponseKind::Query).await {
@@ -553,6 +566,7 @@ impl BackendConn {
             ));
         }
         self.state_hash = 0;
+        self.stmts.clear();
         self.reserve = crate::backend::Reserve::NONE;
         self.insert_id = 0;
         self.database = None;

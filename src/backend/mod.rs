@@ -4,6 +4,7 @@ pub mod conn;
 pub mod pool;
 pub mod reserve;
 pub mod sql;
+pub mod stmts;
 pub mod tls;
 
 pub use conn::{BackendConn, BackendError, Collected, ConnKey, ConnectError};

@@ -30,8 +30,11 @@ impl Reserve {
     /// A transaction the client opened (`BEGIN`, or a statement under
     /// `autocommit=0`): reported by the backend's status flags, not by the planner.
     pub const TRANSACTION: Reserve = Reserve(1 << 7);
+    /// A cursor a prepared statement's execute opened (`COM_STMT_FETCH` reads it);
+    /// gone when its last row is fetched or the statement is reset or closed.
+    pub const CURSOR: Reserve = Reserve(1 << 8);
 
-    const NAMES: [(Reserve, &'static str); 8] = [
+    const NAMES: [(Reserve, &'static str); 9] = [
         (Reserve::TEMPORARY_TABLE, "temporary table"),
         (Reserve::NAMED_LOCK, "GET_LOCK"),
         (Reserve::TABLE_LOCK, "LOCK TABLES"),
@@ -40,6 +43,7 @@ impl Reserve {
         (Reserve::HANDLER, "HANDLER"),
         (Reserve::UNKNOWN, "unknown session state"),
         (Reserve::TRANSACTION, "transaction"),
+        (Reserve::CURSOR, "cursor"),
     ];
 
     /// Whether no state is held.

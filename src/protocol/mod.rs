@@ -3,6 +3,7 @@
 //! [`relay`] module walks their packet boundaries and passes the bytes on unchanged.
 
 pub mod auth;
+pub mod binary;
 pub mod handshake;
 pub mod packet;
 pub mod relay;
@@ -102,6 +103,10 @@ pub mod status {
     pub const IN_TRANS: u16 = 0x0001;
     pub const AUTOCOMMIT: u16 = 0x0002;
     pub const MORE_RESULTS_EXISTS: u16 = 0x0008;
+    /// A prepared statement's execute opened a cursor.
+    pub const CURSOR_EXISTS: u16 = 0x0040;
+    /// A `COM_STMT_FETCH` reached the cursor's last row.
+    pub const LAST_ROW_SENT: u16 = 0x0080;
     /// `sql_mode` has `NO_BACKSLASH_ESCAPES`: clients escape quotes by doubling them,
     /// never with a backslash, when this is set.
     pub const NO_BACKSLASH_ESCAPES: u16 = 0x0200;

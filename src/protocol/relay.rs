@@ -13,6 +13,11 @@ pub enum ResponseKind {
     Query,
     /// COM_FIELD_LIST: column definitions, then EOF (or ERR).
     FieldList,
+    /// COM_STMT_PREPARE: ERR, or the PREPARE_OK header, the parameter definitions and
+    /// the column definitions (each list closed by an EOF unless `DEPRECATE_EOF`).
+    Prepare,
+    /// COM_STMT_FETCH: binary rows, then EOF (or ERR), like a result set's rows.
+    Fetch,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,6 +26,8 @@ enum State {
     Columns(u64),
     ColumnsEof,
     Rows,
+    /// Packets left of a PREPARE_OK answer.
+    Definitions(u32),
     Done,
 }
 
@@ -66,7 +73,8 @@ impl ResponseScanner {
         ResponseScanner {
             state: match kind {
                 ResponseKind::Query => State::Start,
-                ResponseKind::FieldList => State::Rows,
+                ResponseKind::FieldList | ResponseKind::Fetch => State::Rows,
+                ResponseKind::Prepare => State::Definitions(0),
             },
             deprecate_eof,
             continuing: false,
@@ -169,7 +177,17 @@ impl ResponseScanner {
                 }
             }
             State::ColumnsEof => match first {
-                Some(0xfe) if len < 9 => self.state = State::Rows,
+                Some(0xfe) if len < 9 => {
+                    // An execute that opened a cursor ends here: its rows come with
+                    // COM_STMT_FETCH.
+                    let st = parse_eof_status(p).unwrap_or(0);
+                    if st & status::CURSOR_EXISTS != 0 {
+                        self.outcome.status = Some(st);
+                        self.state = State::Done;
+                    } else {
+                        self.state = State::Rows;
+                    }
+                }
                 Some(0xff) => self.fail(),
                 _ => return Err(ProtocolViolation("expected EOF after column definitions")),
             },
@@ -192,6 +210,32 @@ impl ResponseScanner {
                 Some(0xff) => self.fail(),
                 _ => {}
             },
+            State::Definitions(0) if self.packets == 1 => match first {
+                Some(0x00) => {
+                    let (_, cols, params) = super::binary::parse_prepare_ok(p)
+                        .ok_or(ProtocolViolation("malformed PREPARE_OK"))?;
+                    self.outcome.warnings = p
+                        .get(10..12)
+                        .map_or(0, |w| u16::from_le_bytes([w[0], w[1]]));
+                    let eofs = u32::from(!self.deprecate_eof);
+                    let list = |n: u16| if n > 0 { u32::from(n) + eofs } else { 0 };
+                    let left = list(cols) + list(params);
+                    self.state = if left == 0 {
+                        State::Done
+                    } else {
+                        State::Definitions(left)
+                    };
+                }
+                Some(0xff) => self.fail(),
+                _ => return Err(ProtocolViolation("expected PREPARE_OK or ERR")),
+            },
+            State::Definitions(n) => {
+                self.state = if n <= 1 {
+                    State::Done
+                } else {
+                    State::Definitions(n - 1)
+                };
+            }
             State::Done => {}
         }
         Ok(())
@@ -314,6 +358,47 @@ mod tests {
             ResponseScanner::new(ResponseKind::Query, false).error_payload(&e),
             None
         );
+    }
+
+    #[test]
+    fn prepare_ok_ends_after_its_definitions() {
+        for dep in [false, true] {
+            let mut b = BytesMut::new();
+            // id 7, 2 columns, 1 parameter, warnings 0
+            let mut seq = put_packet(
+                &mut b,
+                1,
+                b"\x00\x07\x00\x00\x00\x02\x00\x01\x00\x00\x00\x00",
+            );
+            seq = put_packet(&mut b, seq, b"\x03defparam");
+            if !dep {
+                seq = put_packet(&mut b, seq, &eof_payload(2));
+            }
+            seq = put_packet(&mut b, seq, b"\x03defcol1");
+            seq = put_packet(&mut b, seq, b"\x03defcol2");
+            if !dep {
+                put_packet(&mut b, seq, &eof_payload(2));
+            }
+            let mut s = ResponseScanner::new(ResponseKind::Prepare, dep);
+            assert_eq!(s.scan(&b).unwrap(), b.len());
+            assert!(s.is_done(), "deprecate_eof {dep}");
+            let mut tail = b.clone();
+            tail.extend_from_slice(b"\x01\x00\x00\x09\x00");
+            let mut s = ResponseScanner::new(ResponseKind::Prepare, dep);
+            assert_eq!(s.scan(&tail).unwrap(), b.len(), "stops at the answer's end");
+        }
+    }
+
+    #[test]
+    fn a_cursor_execute_ends_after_its_column_definitions() {
+        let mut b = BytesMut::new();
+        let mut seq = put_packet(&mut b, 1, &[1]);
+        seq = put_packet(&mut b, seq, b"\x03defcol1");
+        put_packet(&mut b, seq, &eof_payload(status::CURSOR_EXISTS | 2));
+        let mut s = ResponseScanner::new(ResponseKind::Query, false);
+        assert_eq!(s.scan(&b).unwrap(), b.len());
+        assert!(s.is_done());
+        assert_eq!(s.outcome().status, Some(status::CURSOR_EXISTS | 2));
     }
 
     #[test]

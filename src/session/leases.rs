@@ -297,25 +297,49 @@ impl Session {
         kind: ResponseKind,
         stmt: &StatementPlan,
     ) -> Answered {
-        match self.run_once(rt, target, &payload, kind, stmt, true).await {
+        self.run_outgoing(rt, target, Outgoing::Raw(payload), kind, stmt)
+            .await
+    }
+
+    /// [`run_on`](Self::run_on) for a command that may first need the connection's
+    /// help (a prepared statement's execute: prepared there, its id rewritten). Only a
+    /// raw command is sent again; an execute that failed this way reaches the client.
+    pub(super) async fn run_outgoing(
+        &mut self,
+        rt: &Runtime,
+        target: Target,
+        outgoing: Outgoing,
+        kind: ResponseKind,
+        stmt: &StatementPlan,
+    ) -> Answered {
+        let again = match &outgoing {
+            Outgoing::Raw(p) => Some(p.clone()),
+            Outgoing::Execute(_) => None,
+        };
+        let may_retry = again.is_some();
+        match self.run_once(rt, target, outgoing, kind, stmt, may_retry).await {
             Ok(answered) => answered,
             Err(target) => {
                 tracing::info!(session = self.id, cluster = %target.cluster,
                     "pooled connection closed by the server before it ran the statement; sent again");
-                self.run_once(rt, target, &payload, kind, stmt, false)
-                    .await
-                    .unwrap_or(Answered::Close)
+                match again {
+                    Some(p) => self
+                        .run_once(rt, target, Outgoing::Raw(p), kind, stmt, false)
+                        .await
+                        .unwrap_or(Answered::Close),
+                    None => Answered::Close,
+                }
             }
         }
     }
 
-    /// [`run_on`](Self::run_on), once. Err (only with `may_retry`): the statement never
-    /// ran and may be sent again to the target it carries.
+    /// [`run_outgoing`](Self::run_outgoing), once. Err (only with `may_retry`): the
+    /// statement never ran and may be sent again to the target it carries.
     async fn run_once(
         &mut self,
         rt: &Runtime,
         target: Target,
-        payload: &Bytes,
+        outgoing: Outgoing,
         kind: ResponseKind,
         stmt: &StatementPlan,
         may_retry: bool,
@@ -341,14 +365,29 @@ impl Session {
             }
             Err(e) => return Ok(self.fail(e, stateful).await),
         }
+        let payload = match outgoing {
+            Outgoing::Raw(p) => p,
+            Outgoing::Execute(x) => match super::prepared_exec::bind(lease.conn(), x).await {
+                Ok(Ok(p)) => p,
+                Ok(Err(err)) => {
+                    self.put_back(target, lease, &Effects::default());
+                    return Ok(self.send_collected(&err).await);
+                }
+                Err(e) => {
+                    drop(lease);
+                    let e = ProxyError::lost_backend(&target.cluster, e);
+                    return Ok(self.fail(e, stateful).await);
+                }
+            },
+        };
         let thread_id = lease.conn_ref().thread_id;
         self.handle
             .statement_started(&target.cluster, thread_id)
             .await;
         let result = match self.shared.config.pool.query_timeout {
-            None => lease.conn().relay(payload, kind, &mut self.client.io).await,
+            None => lease.conn().relay(&payload, kind, &mut self.client.io).await,
             Some(limit) => {
-                let relay = lease.conn().relay(payload, kind, &mut self.client.io);
+                let relay = lease.conn().relay(&payload, kind, &mut self.client.io);
                 match tokio::time::timeout(limit, relay).await {
                     Ok(r) => r,
                     Err(_) => {
@@ -385,7 +424,13 @@ impl Session {
                     }
                 }
                 self.record(rt, &target, started, None);
-                self.put_back(target, lease, &stmt.effects);
+                let mut fx = stmt.effects;
+                if outcome.status.unwrap_or(0) & crate::protocol::status::CURSOR_EXISTS != 0 {
+                    // An execute opened a cursor: its rows are read from this
+                    // connection later.
+                    fx.reserve = fx.reserve.union(Reserve::CURSOR);
+                }
+                self.put_back(target, lease, &fx);
                 Answered::Done
             }
             Err(BackendError::Client(_)) => Answered::Close,
@@ -490,6 +535,14 @@ impl Session {
             let _ = tokio::time::timeout(limit, kill).await;
         });
     }
+}
+
+/// What [`Session::run_outgoing`] sends.
+pub(super) enum Outgoing {
+    /// A command as it is.
+    Raw(Bytes),
+    /// A prepared statement's execute, bound on the connection first.
+    Execute(super::prepared_exec::BoundExecute),
 }
 
 /// Runs one of the session's own statements (replayed `SET`, `BEGIN`) on a lease.

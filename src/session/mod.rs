@@ -12,11 +12,14 @@
 //! - `schema`: application DDL into the migration queue, and the admin statements.
 //! - `kill`: `KILL` and `SELECT CONNECTION_ID()` with shardgate's own session ids (the
 //!   session registry is in [`crate::shared`]).
+//! - `prepared`, `prepared_exec`: server-side prepared statements (`COM_STMT_*`) with
+//!   the session's own statement ids, routed at each execute by their bound values.
 //!
 //! **Reserved connections.** A backend connection returns to its cluster's pool after
 //! every statement, unless the session left state on it that no other connection has:
 //! an open transaction, a temporary table, `GET_LOCK()`, `LOCK TABLES`, a user variable
-//! set inside a query, a SQL `PREPARE`, an open `HANDLER`, or state shardgate cannot see
+//! set inside a query, a SQL `PREPARE`, an open `HANDLER`, a prepared statement's open
+//! cursor, or state shardgate cannot see
 //! (`CALL`, `LAST_INSERT_ID(expr)`). Then the connection is *reserved* for the session
 //! until that state is gone (`COMMIT`, `UNLOCK TABLES`, `COM_RESET_CONNECTION`, or the
 //! session's end), and is closed rather than pooled if the session ends with it. If a
@@ -30,6 +33,8 @@ mod kill;
 mod leases;
 mod login;
 mod passthrough;
+mod prepared;
+mod prepared_exec;
 mod schema;
 mod sha2_login;
 mod state;
@@ -183,6 +188,8 @@ struct Session {
     watch_errors: bool,
     /// The error the client got for the watched statement.
     answer_error: Option<crate::health::LastError>,
+    /// Statements the client prepared (`COM_STMT_PREPARE`), by shardgate's ids.
+    prepared: prepared::Statements,
 }
 
 impl Session {
@@ -229,6 +236,7 @@ impl Session {
             handle,
             watch_errors: false,
             answer_error: None,
+            prepared: prepared::Statements::default(),
         }
     }
 
@@ -318,13 +326,17 @@ impl Session {
                     let msg = format!("shardgate: session {} of user {}", self.id, self.user);
                     self.send_raw(msg.as_bytes()).await
                 }
-                command::STMT_CLOSE | command::STMT_SEND_LONG_DATA => Answered::Done,
-                command::STMT_PREPARE
-                | command::STMT_EXECUTE
-                | command::STMT_RESET
-                | command::STMT_FETCH => {
-                    self.send_error(&ProxyError::prepared_statements_unsupported())
-                        .await
+                command::STMT_PREPARE => self.stmt_prepare(payload).await,
+                command::STMT_EXECUTE => self.stmt_execute(payload).await,
+                command::STMT_FETCH => self.stmt_fetch(payload).await,
+                command::STMT_RESET => self.stmt_reset(&payload).await,
+                command::STMT_CLOSE => {
+                    self.stmt_close(&payload).await;
+                    Answered::Done
+                }
+                command::STMT_SEND_LONG_DATA => {
+                    self.stmt_long_data(&payload);
+                    Answered::Done
                 }
                 command::CHANGE_USER => self.change_user(&payload).await,
                 other => self.send_error(&ProxyError::unknown_command(other)).await,

@@ -149,6 +149,7 @@ impl Session {
             // A failed reset marks the connection broken: it is closed, not pooled.
             let _ = h.lease.conn().reset().await;
         }
+        self.clear_prepared();
         self.vars.clear();
         self.autocommit = true;
         self.pending_begin = None;

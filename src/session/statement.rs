@@ -101,7 +101,7 @@ impl Session {
         }
     }
 
-    async fn statement(
+    pub(super) async fn statement(
         &mut self,
         rt: &Runtime,
         stmt: StatementPlan,
@@ -396,7 +396,7 @@ impl Session {
     /// (replicating, lag under `max_replica_lag_ms`) for a plain read outside a
     /// transaction; `target` itself for anything else (writes, locking reads, reads that
     /// keep state or ask about the previous statement), or when no standby qualifies.
-    fn read_target(
+    pub(super) fn read_target(
         &self,
         rt: &Runtime,
         stmt: &StatementPlan,
@@ -498,7 +498,7 @@ impl Session {
             .unwrap_or(fallback)
     }
 
-    fn check_transaction(&self, target: &Target) -> Result<(), ProxyError> {
+    pub(super) fn check_transaction(&self, target: &Target) -> Result<(), ProxyError> {
         match self.tx_target() {
             Some(t) if t != target => Err(ProxyError::unroutable(format!(
                 "shardgate: this transaction runs on {} (cluster {}), but the statement routes to {} (cluster {}); \
@@ -722,7 +722,7 @@ fn one_workspace<'a>(
 }
 
 /// The planner's view of the session's keyspace.
-fn schema_for<'a>(vs: &'a VSchema, ctx: &DbContext) -> &'a dyn ShardingSchema {
+pub(super) fn schema_for<'a>(vs: &'a VSchema, ctx: &DbContext) -> &'a dyn ShardingSchema {
     match ctx {
         DbContext::Keyspace(k) => match vs.keyspace(k) {
             Some(ks) => ks,

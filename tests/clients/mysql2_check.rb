@@ -9,8 +9,8 @@
 # Run it against a MariaDB server and against shardgate with the same tables and
 # data, and compare the transcripts (tests/clients.rs does). Workspace 1 gets every
 # row except step `other_workspace`, which writes workspace 3; the two must live on
-# different shards. Only Client#query is used (text protocol): Client#prepare would
-# need COM_STMT_PREPARE. Kept step for step in line with pymysql_check.py.
+# different shards. Only Client#query is used (text protocol; Client#prepare is
+# tested by mysql2_prepared.rb). Kept step for step in line with pymysql_check.py.
 
 require 'mysql2'
 

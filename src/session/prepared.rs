@@ -1,0 +1,389 @@
+//! Server-side prepared statements (`COM_STMT_*`), the session's side.
+//!
+//! The session hands out its own statement ids: a client never sees a backend's id,
+//! and ids never leak between sessions. For each statement it keeps the SQL text, where
+//! its `?` markers are, and the parameter count the first backend reported; the
+//! PREPARE_OK answer (parameter and column definitions) is relayed as that backend sent
+//! it, with the statement id rewritten.
+//!
+//! A statement is prepared on a backend connection only when an execute needs it there
+//! ([`crate::backend::stmts`] keeps each connection's statements). An execute is routed
+//! as the text statement with its bound values would be (`prepared_exec`), so a
+//! sharding column given as `?` finds its shard.
+//!
+//! Long data (`COM_STMT_SEND_LONG_DATA`) is kept per statement, bounded by
+//! `max_packet_size`, and sent to the backend right before the execute it belongs to.
+
+use std::collections::HashMap;
+
+use bytes::{Bytes, BytesMut};
+
+use super::{Answered, Session};
+use crate::error::{Fault, ProxyError};
+use crate::planner::{self, Effects, ShardingSchema};
+use crate::protocol::binary;
+use crate::protocol::status;
+use crate::router::{self, DbContext, Dispatch, Target};
+use crate::vschema::VSchema;
+
+/// Prepared statements one session may hold at once (MariaDB's
+/// `max_prepared_stmt_count` is server-wide; this is shardgate's per-session bound).
+pub(super) const MAX_PER_SESSION: usize = 1024;
+
+/// The SQL text of one session's prepared statements, at most this many
+/// `max_packet_size`s together.
+const TEXT_BUDGET_PACKETS: usize = 4;
+
+/// One statement the client prepared.
+pub(super) struct ClientStmt {
+    /// The SQL text as the client sent it (what backends prepare).
+    pub sql: Bytes,
+    /// The same, as text for planning.
+    pub text: String,
+    /// Byte offsets of the `?` markers in `text`.
+    pub markers: Vec<usize>,
+    /// Parameters (from the PREPARE_OK).
+    pub params: u16,
+    /// The parameter types the last execute that sent types bound (2 bytes each).
+    pub types: Option<Vec<u8>>,
+    /// Long data per parameter, sent since the last execute.
+    pub long_data: HashMap<u16, Vec<u8>>,
+    /// Total long data held.
+    pub long_bytes: usize,
+    /// Set when long data went over the bound: the next execute fails with it.
+    pub long_error: Option<String>,
+    /// Where a cursor this statement opened lives (the connection is reserved).
+    pub cursor: Option<Target>,
+}
+
+/// The session's prepared statements by the ids it gave them.
+#[derive(Default)]
+pub(super) struct Statements {
+    pub map: HashMap<u32, ClientStmt>,
+    next: u32,
+    /// The id given last (what MariaDB's id `0xffffffff` means).
+    pub last: u32,
+}
+
+impl Statements {
+    /// A fresh id (never 0, never one in use, never `0xffffffff`).
+    fn allocate(&mut self) -> u32 {
+        loop {
+            self.next = self.next.wrapping_add(1);
+            if self.next != 0 && self.next != u32::MAX && !self.map.contains_key(&self.next) {
+                return self.next;
+            }
+        }
+    }
+
+    /// The statement a request names (`0xffffffff`: the last prepared).
+    pub fn resolve(&self, id: u32) -> u32 {
+        if id == binary::LAST_PREPARED {
+            self.last
+        } else {
+            id
+        }
+    }
+}
+
+/// An error of the prepared-statement protocol, with MariaDB's code and SQLSTATE.
+pub(super) fn ps_error(code: u16, sqlstate: &[u8; 5], message: String) -> ProxyError {
+    ProxyError {
+        code,
+        sqlstate: *sqlstate,
+        message,
+        fault: Fault::Client,
+        retryable: false,
+        cluster: None,
+    }
+}
+
+/// 1243 (HY000): an id the session never gave or already closed.
+pub(super) fn unknown_stmt(id: u32, command: &str) -> ProxyError {
+    ps_error(
+        1243,
+        b"HY000",
+        format!("Unknown prepared statement handler ({id}) given to {command}"),
+    )
+}
+
+impl Session {
+    /// Drops every prepared statement of the session (`COM_RESET_CONNECTION`, the
+    /// session's end). Cursors go with the connections the caller resets.
+    pub(super) fn clear_prepared(&mut self) {
+        self.prepared = Statements::default();
+    }
+
+    fn no_backslash_escapes(&self) -> bool {
+        self.backend_flags & status::NO_BACKSLASH_ESCAPES != 0
+    }
+
+    /// The plan of `text` in the session's keyspace, or with the keyspace its only
+    /// statement qualifies its tables with (as a text query is planned).
+    pub(super) fn plan_text(&self, vs: &VSchema, text: &str) -> planner::Plan {
+        let plan = planner::plan(text, super::statement::schema_for(vs, &self.ctx));
+        if let [only] = plan.statements.as_slice() {
+            if let Some(q) = &only.qualified_schema {
+                if let Some(ks) = vs.keyspace(q) {
+                    if DbContext::Keyspace(q.clone()) != self.ctx {
+                        return planner::plan(text, ks as &dyn ShardingSchema);
+                    }
+                }
+            }
+        }
+        plan
+    }
+
+    /// `COM_STMT_PREPARE`.
+    pub(super) async fn stmt_prepare(&mut self, payload: Bytes) -> Answered {
+        self.statements += 1;
+        let answer = self.stmt_prepare_inner(payload).await;
+        self.release_diagnostics(self.statements);
+        answer
+    }
+
+    async fn stmt_prepare_inner(&mut self, payload: Bytes) -> Answered {
+        let sql = payload.slice(1..);
+        let text = planner::sql_text(&sql).into_owned();
+        if crate::admin::parse_admin(&text).is_some()
+            || crate::ddl::parse_ddl_setting(&text).is_some()
+            || super::kill::parse(&text).is_some()
+        {
+            let e = ps_error(
+                crate::error::codes::UNSUPPORTED_PS,
+                b"HY000",
+                "This command is not supported in the prepared statement protocol: shardgate answers it itself; send it as a text query".into(),
+            );
+            return self.send_error(&e).await;
+        }
+        if let Some(e) = self.protected_database().or_else(|| self.unsafe_charset()) {
+            return self.send_error(&e).await;
+        }
+        if self.prepared.map.len() >= MAX_PER_SESSION {
+            let e = ps_error(
+                1461,
+                b"42000",
+                format!(
+                    "Can't create more than max_prepared_stmt_count statements (current value: {MAX_PER_SESSION}): shardgate's limit per session; close statements you no longer use"
+                ),
+            );
+            return self.send_error(&e).await;
+        }
+        let texts: usize = self.prepared.map.values().map(|s| s.sql.len()).sum();
+        if texts + sql.len() > TEXT_BUDGET_PACKETS * self.shared.config.max_packet_size {
+            let e = ps_error(
+                1461,
+                b"42000",
+                format!(
+                    "Can't create more than max_prepared_stmt_count statements: the session's prepared statements hold {texts} bytes of SQL, and shardgate keeps at most {TEXT_BUDGET_PACKETS} x max_packet_size per session; close statements you no longer use"
+                ),
+            );
+            return self.send_error(&e).await;
+        }
+        let markers = binary::placeholders(&text, !self.no_backslash_escapes());
+        let rt = self.shared.runtime();
+        let vs = &rt.vschema;
+        // Checked again at each execute with the values; here what the text alone shows.
+        let plan = self.plan_text(vs, &binary::substitute(&text, &markers, &[]));
+        if let (planner::Privilege::Admin(what), false) = (plan.privilege, self.admin) {
+            let e = ProxyError::admin_statement(&self.user, what);
+            return self.send_error(&e).await;
+        }
+        if !self.scope.is_unrestricted() {
+            for stmt in &plan.statements {
+                for db in planner::qualified_schemas(&text, stmt.span.clone()) {
+                    if !self.scope.allows_database(vs, &db) {
+                        let e = ProxyError::db_access_denied(&self.user, &db);
+                        return self.send_error(&e).await;
+                    }
+                }
+            }
+        }
+        let target = self.prepare_target(vs, &plan);
+        let stateful = self.state_on(&target.cluster);
+        let mut lease = match self.ready_lease(&rt, &target, false).await {
+            Ok(l) => l,
+            Err(answered) => return answered,
+        };
+        let key = crate::backend::stmts::StmtKey {
+            sql: sql.clone(),
+            database: lease.conn_ref().database.clone(),
+            owner: None,
+        };
+        let prepared = lease.conn().prepared(&key).await;
+        self.put_back(target.clone(), lease, &Effects::default());
+        let stmt = match prepared {
+            Err(e) => {
+                let e = ProxyError::lost_backend(&target.cluster, e);
+                return self.fail(e, stateful).await;
+            }
+            Ok(Err(err)) => return self.send_collected(&err).await,
+            Ok(Ok(s)) => s,
+        };
+        if usize::from(stmt.params) != markers.len() {
+            let e = ProxyError::not_supported(format!(
+                "this prepared statement: the server counts {} parameters, shardgate's lexer found {} `?` markers, so it cannot route its executes",
+                stmt.params,
+                markers.len()
+            ));
+            return self.send_error(&e).await;
+        }
+        let id = self.prepared.allocate();
+        let mut answer = BytesMut::from(&stmt.answer[..]);
+        if answer.len() < 9 {
+            return self
+                .send_error(&ProxyError::internal("short PREPARE_OK"))
+                .await;
+        }
+        answer[5..9].copy_from_slice(&id.to_le_bytes());
+        self.prepared.map.insert(
+            id,
+            ClientStmt {
+                sql,
+                text,
+                markers,
+                params: stmt.params,
+                types: None,
+                long_data: HashMap::new(),
+                long_bytes: 0,
+                long_error: None,
+                cursor: None,
+            },
+        );
+        self.prepared.last = id;
+        self.client.wbuf.extend_from_slice(&answer);
+        match self.client.flush().await {
+            Ok(()) => Answered::Done,
+            Err(_) => Answered::Close,
+        }
+    }
+
+    /// Where a statement is prepared to learn its metadata: the session's transaction,
+    /// else where it routes with NULL parameters, else any shard of its keyspace.
+    fn prepare_target(&self, vs: &VSchema, plan: &planner::Plan) -> Target {
+        if let Some(t) = self.tx_target() {
+            return t.clone();
+        }
+        let routed = match plan.statements.as_slice() {
+            [only] => match router::route(vs, &self.ctx, only) {
+                Ok(d @ (Dispatch::Single(_) | Dispatch::AnyShard { .. })) => {
+                    self.one_target(vs, d, only)
+                }
+                Ok(Dispatch::SplitInsert(parts)) => parts.into_iter().next().map(|p| p.0),
+                Ok(Dispatch::Broadcast(ts)) => ts.into_iter().next(),
+                Err(_) => None,
+            },
+            _ => None,
+        };
+        routed.unwrap_or_else(|| self.default_target(vs))
+    }
+
+    /// `COM_STMT_SEND_LONG_DATA` (no answer): kept for the statement's next execute.
+    pub(super) fn stmt_long_data(&mut self, payload: &[u8]) {
+        let limit = self.shared.config.max_packet_size;
+        let (Some(id), Some(param)) = (
+            binary::stmt_id(payload),
+            payload.get(5..7).map(|b| u16::from_le_bytes([b[0], b[1]])),
+        ) else {
+            return;
+        };
+        let id = self.prepared.resolve(id);
+        // One bound for the whole session: every statement may hold some.
+        let held: usize = self.prepared.map.values().map(|s| s.long_bytes).sum();
+        let Some(st) = self.prepared.map.get_mut(&id) else {
+            return;
+        };
+        if param >= st.params {
+            st.long_error = Some(format!(
+                "long data for parameter {param} of a statement with {} parameters",
+                st.params
+            ));
+            return;
+        }
+        let data = &payload[7..];
+        if held + data.len() > limit {
+            st.long_error = Some(format!(
+                "Parameter of prepared statement which is set through mysql_send_long_data() is longer than 'max_allowed_packet' bytes: shardgate keeps at most {limit} bytes of long data per session (max_packet_size)"
+            ));
+            st.long_data.clear();
+            st.long_bytes = 0;
+            return;
+        }
+        st.long_bytes += data.len();
+        st.long_data
+            .entry(param)
+            .or_default()
+            .extend_from_slice(data);
+    }
+
+    /// `COM_STMT_RESET`: drops the statement's long data and closes its cursor.
+    pub(super) async fn stmt_reset(&mut self, payload: &[u8]) -> Answered {
+        let id = self.prepared.resolve(binary::stmt_id(payload).unwrap_or(0));
+        let Some(st) = self.prepared.map.get_mut(&id) else {
+            return self
+                .send_error(&unknown_stmt(id, "mysqld_stmt_reset"))
+                .await;
+        };
+        st.long_data.clear();
+        st.long_bytes = 0;
+        st.long_error = None;
+        self.close_cursor(id, false).await;
+        self.send_ok(crate::protocol::wire::OkInfo::default()).await
+    }
+
+    /// `COM_STMT_CLOSE` (no answer).
+    pub(super) async fn stmt_close(&mut self, payload: &[u8]) {
+        let id = self.prepared.resolve(binary::stmt_id(payload).unwrap_or(0));
+        if self.prepared.map.contains_key(&id) {
+            self.close_cursor(id, true).await;
+            self.prepared.map.remove(&id);
+        }
+    }
+
+    /// Closes statement `id`'s cursor, if it has one, on its backend connection
+    /// (`COM_STMT_RESET` there; with `forget`, the backend statement that held it is
+    /// closed too). The connection goes back to the pool once no cursor holds it.
+    pub(super) async fn close_cursor(&mut self, id: u32, forget: bool) {
+        let Some(st) = self.prepared.map.get_mut(&id) else {
+            return;
+        };
+        let Some(target) = st.cursor.take() else {
+            return;
+        };
+        let sql = st.sql.clone();
+        let others = self
+            .prepared
+            .map
+            .values()
+            .any(|s| s.cursor.as_ref() == Some(&target));
+        let Some(i) = self.held.iter().position(|h| h.target == target) else {
+            return;
+        };
+        let mut lease = self.held.swap_remove(i).lease;
+        let conn = lease.conn();
+        let key = crate::backend::stmts::StmtKey {
+            sql,
+            database: conn.database.clone(),
+            owner: Some((self.id, id)),
+        };
+        if let Some(s) = conn.stmts.get(&key).cloned() {
+            let mut p = vec![crate::protocol::command::STMT_RESET];
+            p.extend_from_slice(&s.id.to_le_bytes());
+            let reset = conn
+                .exec(&p, crate::protocol::relay::ResponseKind::Query)
+                .await;
+            if reset.is_ok() && forget {
+                let _ = conn.close_stmt(&key).await;
+            }
+        }
+        let fx = if others {
+            Effects::default()
+        } else {
+            Effects {
+                clears: crate::backend::Reserve::CURSOR,
+                ..Effects::default()
+            }
+        };
+        self.put_back(target, lease, &fx);
+    }
+}
