@@ -19,6 +19,8 @@ use crate::protocol::wire::{parse_err, ErrInfo};
 use crate::protocol::{caps, command};
 use crate::vschema::Cluster;
 
+mod infile;
+
 /// Largest single response packet shardgate reads when it collects (not relays) a reply.
 const COLLECT_LIMIT: usize = 1 << 30;
 
@@ -366,6 +368,14 @@ impl BackendConn {
             out.extend_from_slice(&self.conn.rbuf[..n]);
             self.conn.rbuf.advance(n);
             if scanner.is_done() {
+                if scanner.outcome().local_infile {
+                    // Only the relay streams a client's file; this backend now waits
+                    // for one that will never come.
+                    self.broken = true;
+                    return Err(BackendError::Backend(
+                        "LOAD DATA LOCAL is not supported in this statement".into(),
+                    ));
+                }
                 break;
             }
             if out.len() > COLLECT_LIMIT {

@@ -295,15 +295,28 @@ impl Session {
         self.handle
             .statement_started(&target.cluster, thread_id)
             .await;
+        let max_packet = self.shared.config.max_packet_size;
         let result = match self.shared.config.pool.query_timeout {
             None => {
                 lease
                     .conn()
-                    .relay(&payload, kind, &mut self.client.io)
+                    .relay_command(
+                        &payload,
+                        kind,
+                        &mut self.client,
+                        max_packet,
+                        &target.cluster,
+                    )
                     .await
             }
             Some(limit) => {
-                let relay = lease.conn().relay(&payload, kind, &mut self.client.io);
+                let relay = lease.conn().relay_command(
+                    &payload,
+                    kind,
+                    &mut self.client,
+                    max_packet,
+                    &target.cluster,
+                );
                 match tokio::time::timeout(limit, relay).await {
                     Ok(r) => r,
                     Err(_) => {
