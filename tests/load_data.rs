@@ -144,6 +144,25 @@ async fn mysql_async_loads_files_onto_the_workspaces_shard() {
         let one: Option<i64> = conn.query_first("SELECT 1").await.expect("still usable");
         assert_eq!(one, Some(1));
 
+        // Over the compressed protocol.
+        let opts = mysql_async::OptsBuilder::from_opts(common::mysql_opts(
+            &proxy.addr_string(),
+            "app",
+            "app",
+            Some("app"),
+        ))
+        .compression(Some(mysql_async::Compression::default()));
+        let mut compressed = mysql_async::Conn::new(opts).await.expect("compressed");
+        give(&mut compressed, tsv(5, 20_000));
+        compressed
+            .query_drop(load)
+            .await
+            .expect("compressed LOAD DATA");
+        assert_eq!(count(shard, "workspace_id = 5"), 100_000);
+        let one: Option<i64> = compressed.query_first("SELECT 1").await.expect("usable");
+        assert_eq!(one, Some(1));
+        compressed.disconnect().await.expect("disconnect");
+
         // The unsharded keyspace needs no tag.
         conn.query_drop("USE main").await.expect("USE main");
         conn.query_drop("CREATE TABLE IF NOT EXISTS loaded (a INT, b TEXT)")
@@ -181,7 +200,7 @@ async fn the_mariadb_cli_and_pymysql_load_local_files() {
     let addr = proxy.addr_string();
     let (good_s, bad_s) = (good.display().to_string(), bad.display().to_string());
     let cli = tokio::task::spawn_blocking(move || {
-        let load = |path: &str| {
+        let load = |path: &str, compress: bool| {
             common::cli_with_args(
                 &addr,
                 "app",
@@ -191,10 +210,16 @@ async fn the_mariadb_cli_and_pymysql_load_local_files() {
                     "/*workspace_id:9*/ LOAD DATA LOCAL INFILE '{path}' INTO TABLE messages \
                      (workspace_id, body); SELECT 'after'"
                 ),
-                &["--local-infile=1", "--comments"],
+                if compress {
+                    &["--local-infile=1", "--comments", "--compress"][..]
+                } else {
+                    &["--local-infile=1", "--comments"][..]
+                },
             )
         };
-        (load(&good_s), load(&bad_s))
+        // The good file over the compressed protocol: its frames count on from the
+        // file request's.
+        (load(&good_s, true), load(&bad_s, false))
     });
     let (ok, failed) = tokio::time::timeout(Duration::from_secs(60), cli)
         .await
@@ -332,5 +357,31 @@ async fn raw_sequence_ids_a_refusal_and_a_backend_lost_mid_file() {
     let mut other = proxy.connect("app", Some("app")).await;
     let one: Option<i64> = other.query_first("SELECT 1").await.expect("SELECT 1");
     assert_eq!(one, Some(1));
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workspace_database_takes_a_file_without_a_tag() {
+    let servers = common::start_servers(2);
+    let toml = common::per_workspace_vschema(&servers);
+    // Workspace 7 is pinned to 80-, on the second server.
+    servers[1]
+        .sql("CREATE DATABASE ws_7; CREATE TABLE ws_7.items (id INT, name TEXT)")
+        .expect("create ws_7");
+    let proxy = common::start_proxy(&toml).await;
+    let mut conn = proxy.connect("app", Some("ws_7")).await;
+    give(&mut conn, b"1\tone\n2\ttwo\n3\tthree\n".to_vec());
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        conn.query_drop("LOAD DATA LOCAL INFILE 'items.tsv' INTO TABLE items"),
+    )
+    .await
+    .expect("within 30 s")
+    .expect("LOAD DATA in a workspace database");
+    assert_eq!(
+        common::number_on(&servers[1], "SELECT COUNT(*) FROM ws_7.items"),
+        3
+    );
+    conn.disconnect().await.expect("disconnect");
     proxy.stop().await;
 }

@@ -53,3 +53,66 @@ pub(super) fn route(sql: &str, toks: &[Token], schema: &dyn ShardingSchema, tag:
         TagScan::None => Route::LoadDataUnpinned { table },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::planner::{plan, Route, ShardingSchema};
+
+    struct Schema(bool);
+
+    impl ShardingSchema for Schema {
+        fn is_sharded(&self) -> bool {
+            self.0
+        }
+        fn sharding_column(&self, table: &str) -> Option<&str> {
+            (table == "messages").then_some("workspace_id")
+        }
+        fn is_reference(&self, table: &str) -> bool {
+            table == "plans"
+        }
+    }
+
+    fn route(sql: &str, sharded: bool) -> Route {
+        plan(sql, &Schema(sharded)).statements.remove(0).route
+    }
+
+    #[test]
+    fn load_data_goes_to_the_tagged_workspace_or_is_refused() {
+        let load = "LOAD DATA LOCAL INFILE '/tmp/x' INTO TABLE messages (workspace_id, body)";
+        assert_eq!(
+            route(load, true),
+            Route::LoadDataUnpinned {
+                table: "messages".into()
+            }
+        );
+        assert_eq!(
+            route(&format!("/*workspace_id:42*/ {load}"), true),
+            Route::Workspaces(vec![42])
+        );
+        assert_eq!(
+            route(
+                "load data local infile 'x' replace into table `app`.`messages`",
+                true
+            ),
+            Route::LoadDataUnpinned {
+                table: "messages".into()
+            }
+        );
+        assert_eq!(
+            route("LOAD XML LOCAL INFILE 'x' INTO TABLE messages", true),
+            Route::LoadDataUnpinned {
+                table: "messages".into()
+            }
+        );
+        assert!(matches!(
+            route("LOAD DATA LOCAL INFILE 'x' INTO TABLE plans", true),
+            Route::Unroutable(m) if m.contains("reference table 'plans'")
+        ));
+        // Tables the keyspace does not shard, and unsharded keyspaces, go anywhere.
+        assert_eq!(
+            route("LOAD DATA LOCAL INFILE 'x' INTO TABLE notes", true),
+            Route::AnyShard
+        );
+        assert_eq!(route(load, false), Route::AnyShard);
+    }
+}
