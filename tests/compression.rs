@@ -479,3 +479,47 @@ async fn garbage_and_lying_lengths_get_an_error_or_a_close_never_a_hang() {
     assert_eq!(frames.first().map(|f| f.0), Some(1));
     proxy.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compression_runs_inside_tls() {
+    let servers = common::start_servers(1);
+    let vs = shardgate::vschema::VSchema::from_toml_str(&common::sharded_vschema(&servers))
+        .expect("vschema");
+    let cert = common::test_cert();
+    let mut config = shardgate::config::ProxyConfig::new(
+        "127.0.0.1:0".parse().expect("addr"),
+        common::test_users(),
+        vs,
+    );
+    config.migrations = None;
+    config.tls = Some(
+        shardgate::protocol::tls::ServerTls::from_pem_files(&cert.cert, &cert.key, true)
+            .expect("the test certificate"),
+    );
+    let proxy = common::start_proxy_config(config).await;
+    let ssl = mysql_async::SslOpts::default()
+        .with_root_certs(vec![cert.cert.clone().into()])
+        .with_disable_built_in_roots(true);
+    let opts: mysql_async::Opts =
+        mysql_async::OptsBuilder::from_opts(compressed_opts(&proxy.addr_string(), "main"))
+            .ssl_opts(ssl)
+            .into();
+    let test = async {
+        let mut conn = mysql_async::Conn::new(opts)
+            .await
+            .expect("TLS and compression");
+        let rows: Vec<(u64, String)> = conn.query(BIG_RESULT).await.expect("big result");
+        assert_eq!(rows.len(), 4);
+        assert!(rows.iter().all(|(_, s)| s.len() == 1_000_000));
+        let cipher: Option<(String, String)> = conn
+            .query_first("SHOW STATUS LIKE 'Ssl_cipher'")
+            .await
+            .expect("status");
+        assert!(cipher.is_some());
+        conn.disconnect().await.expect("disconnect");
+    };
+    tokio::time::timeout(Duration::from_secs(60), test)
+        .await
+        .expect("within 60 s");
+    proxy.stop().await;
+}

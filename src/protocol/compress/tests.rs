@@ -230,3 +230,46 @@ async fn small_reads_drain_what_zlib_holds() {
     assert_eq!(&got[..payload.len()], &payload[..]);
     assert_eq!(&got[payload.len()..], b"next");
 }
+
+#[tokio::test]
+async fn random_bytes_end_in_an_error_or_the_end_never_a_panic_or_a_hang() {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    for round in 0..300 {
+        let (mut peer, ours) = tokio::io::duplex(1 << 16);
+        let mut s = MaybeCompressed::new(ours);
+        s.start(Codec::new(1 << 20, Some(Duration::from_millis(50))), &[])
+            .unwrap();
+        let mut wire = if rng.gen_bool(0.5) {
+            frame(
+                rng.gen(),
+                &(0..rng.gen_range(0..3000))
+                    .map(|_| rng.gen())
+                    .collect::<Vec<u8>>(),
+                true,
+            )
+        } else {
+            Vec::new()
+        };
+        let n = rng.gen_range(0..200);
+        wire.extend((0..n).map(|_| rng.gen::<u8>()));
+        for _ in 0..rng.gen_range(0..4) {
+            if !wire.is_empty() {
+                let at = rng.gen_range(0..wire.len());
+                wire[at] = rng.gen();
+            }
+        }
+        peer.write_all(&wire).await.unwrap();
+        drop(peer);
+        let mut buf = vec![0u8; rng.gen_range(1..5000)];
+        let done = tokio::time::timeout(Duration::from_secs(5), async {
+            while let Ok(n) = s.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        })
+        .await;
+        assert!(done.is_ok(), "round {round} hung");
+    }
+}
