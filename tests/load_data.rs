@@ -297,6 +297,26 @@ async fn send_packet(s: &mut tokio::net::TcpStream, seq: u8, payload: &[u8]) {
     s.write_all(&out).await.expect("send");
 }
 
+/// Kills, on `server`, the connection running a LOAD DATA LOCAL.
+fn kill_load(server: &LocalMariaDb) {
+    let id = common::direct_query(
+        server,
+        "SELECT ID FROM information_schema.PROCESSLIST \
+         WHERE INFO LIKE '%LOAD DATA LOCAL%' AND ID <> CONNECTION_ID()",
+    );
+    common::direct_query(server, &format!("KILL {}", id.trim()));
+}
+
+/// Reads the rest of a one-column result set (DEPRECATE_EOF: up to the 0xFE OK).
+async fn drain_result(s: &mut tokio::net::TcpStream) {
+    loop {
+        let (_, p) = common::raw_read(s).await.expect("result packets");
+        if p.first() == Some(&0xfe) && p.len() < 0xff_ffff {
+            return;
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn raw_sequence_ids_a_refusal_and_a_backend_lost_mid_file() {
     let servers = common::start_servers(2);
@@ -334,12 +354,7 @@ async fn raw_sequence_ids_a_refusal_and_a_backend_lost_mid_file() {
     // The backend connection dies mid-file: the client gets an error, never an OK.
     assert_eq!(request_file(&mut s, load).await, 1);
     send_packet(&mut s, 2, b"3\tbefore the kill\n").await;
-    let id = common::direct_query(
-        shard,
-        "SELECT ID FROM information_schema.PROCESSLIST \
-         WHERE INFO LIKE '%LOAD DATA LOCAL%' AND ID <> CONNECTION_ID()",
-    );
-    common::direct_query(shard, &format!("KILL {}", id.trim()));
+    kill_load(shard);
     let chunk = vec![b'q'; 64 * 1024];
     let mut seq = 3u8;
     for _ in 0..32 {
@@ -350,7 +365,40 @@ async fn raw_sequence_ids_a_refusal_and_a_backend_lost_mid_file() {
     let (_, p) = common::raw_read(&mut s)
         .await
         .expect("an answer, not a hang");
-    assert_eq!(p.first(), Some(&0xff), "an error, not an OK: {p:?}");
+    let err = common::raw_err(&p).map(|e| e.0);
+    assert!(
+        matches!(err, Some(2013 | 1927)),
+        "an error, not an OK: {p:?}"
+    );
+    assert_eq!(count(shard, "workspace_id = 3"), 2);
+    // The session goes on (it held no transaction).
+    common::raw_query(&mut s, b"SELECT 1").await;
+    let (_, p) = common::raw_read(&mut s).await.expect("an answer");
+    assert_eq!(p, [1], "a result set with one column: {p:?}");
+    drain_result(&mut s).await;
+
+    // The same inside a transaction: the error, then the connection closes (the
+    // transaction is gone with its backend connection).
+    common::raw_query(&mut s, b"/*workspace_id:3*/ BEGIN").await;
+    let (_, p) = common::raw_read(&mut s).await.expect("BEGIN answered");
+    assert_eq!(p.first(), Some(&0), "{p:?}");
+    assert_eq!(request_file(&mut s, load).await, 1);
+    send_packet(&mut s, 2, b"3\tin a transaction\n").await;
+    kill_load(shard);
+    let mut seq = 3u8;
+    for _ in 0..32 {
+        send_packet(&mut s, seq, &[b"3\t".as_slice(), &chunk, b"\n"].concat()).await;
+        seq = seq.wrapping_add(1);
+    }
+    send_packet(&mut s, seq, b"").await;
+    let (_, p) = common::raw_read(&mut s)
+        .await
+        .expect("an answer, not a hang");
+    assert!(common::raw_err(&p).is_some(), "an error, not an OK: {p:?}");
+    assert!(
+        common::raw_read(&mut s).await.is_none(),
+        "then the connection closes"
+    );
     assert_eq!(count(shard, "workspace_id = 3"), 2);
 
     // Other clients are unaffected.

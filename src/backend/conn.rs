@@ -47,12 +47,19 @@ pub enum BackendError {
     BackendMidResponse(String),
     /// Writing to the client failed: the client is gone.
     Client(std::io::Error),
+    /// The backend connection failed mid-exchange (during a LOAD DATA LOCAL file) and
+    /// the client has already been answered with an ERR in its place; the connection
+    /// is closed. The client's stream is in step: the session may go on, unless it had
+    /// state on that connection.
+    LostAnswered(String),
 }
 
 impl std::fmt::Display for BackendError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            BackendError::Backend(m) | BackendError::BackendMidResponse(m) => write!(f, "{m}"),
+            BackendError::Backend(m)
+            | BackendError::BackendMidResponse(m)
+            | BackendError::LostAnswered(m) => write!(f, "{m}"),
             BackendError::Client(e) => write!(f, "client write failed: {e}"),
         }
     }

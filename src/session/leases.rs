@@ -357,6 +357,12 @@ impl Session {
                 Answered::Done
             }
             Err(BackendError::Client(_)) => Answered::Close,
+            Err(BackendError::LostAnswered(m)) => {
+                let e = ProxyError::lost_backend(&target.cluster, m);
+                self.record(rt, &target, started, Some(&e));
+                self.note_error(e.code, &e.message);
+                self.lost_after_answer(&target, stateful)
+            }
             Err(BackendError::BackendMidResponse(m)) => {
                 let e = ProxyError::lost_backend(&target.cluster, m);
                 self.record(rt, &target, started, Some(&e));
@@ -371,6 +377,21 @@ impl Session {
                 self.fail(e, stateful).await
             }
         }
+    }
+
+    /// A backend lost after the client got its error (see
+    /// [`BackendError::LostAnswered`]): the session goes on, unless it had state on
+    /// that cluster's connection, which is gone (then, as in [`Self::fail`], the client
+    /// connection is closed).
+    pub(super) fn lost_after_answer(&mut self, target: &Target, state: Reserve) -> Answered {
+        if !state.is_empty() {
+            self.held.retain(|h| h.target.cluster != target.cluster);
+            tracing::warn!(session = self.id, cluster = %target.cluster,
+                "session state lost with a backend during LOAD DATA; closing the client connection");
+            return Answered::Close;
+        }
+        self.pending_begin = None;
+        Answered::Done
     }
 
     /// Answers a failure. When the session had state on the failed cluster's

@@ -317,6 +317,7 @@ impl Session {
         tracing::warn!(session = self.id, cluster = %target.cluster, error = %e, "backend failed");
         match e {
             BackendError::Client(_) | BackendError::BackendMidResponse(_) => Answered::Close,
+            BackendError::LostAnswered(_) => self.lost_after_answer(&target, stateful),
             BackendError::Backend(m) => {
                 self.fail(ProxyError::lost_backend(&target.cluster, m), stateful)
                     .await

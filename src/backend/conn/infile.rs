@@ -9,10 +9,10 @@
 //! `max_packet_size` and the client buffer budget) plus a 64 KiB write batch.
 //!
 //! If the backend is lost mid-file, the rest of the file is read and dropped (the
-//! client only listens again after its empty packet), the client gets an ERR in the
-//! backend's place, and the client connection is then closed, as a direct connection
-//! to a server that died would be. If the client is lost mid-file, the backend
-//! connection is closed (it still waits for the file).
+//! client only listens again after its empty packet) and the client gets an ERR in the
+//! backend's place ([`BackendError::LostAnswered`]); the session goes on, unless it had
+//! state on that connection (a transaction), which is gone with it. If the client is
+//! lost mid-file, the backend connection is closed (it still waits for the file).
 
 use std::time::Duration;
 
@@ -137,6 +137,6 @@ impl BackendConn {
         if let Err(e) = client.send(last_seq.wrapping_add(1), &err).await {
             return BackendError::Client(e);
         }
-        BackendError::BackendMidResponse(why)
+        BackendError::LostAnswered(why)
     }
 }
