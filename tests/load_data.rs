@@ -433,3 +433,39 @@ async fn a_workspace_database_takes_a_file_without_a_tag() {
     conn.disconnect().await.expect("disconnect");
     proxy.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_infile_off_is_not_offered_and_the_backend_refuses() {
+    let servers = common::start_servers(1);
+    let toml = common::vschema_with_messages(&servers);
+    let mut config = shardgate::config::ProxyConfig::new(
+        "127.0.0.1:0".parse().expect("addr"),
+        common::test_users(),
+        VSchema::from_toml_str(&toml).expect("vschema"),
+    );
+    config.migrations = None;
+    config.local_infile = false;
+    let proxy = common::start_proxy_config(config).await;
+    let mut s = tokio::net::TcpStream::connect(proxy.addr)
+        .await
+        .expect("connect");
+    let (_, g) = common::raw_read(&mut s).await.expect("greeting");
+    let greeting = shardgate::protocol::handshake::parse_greeting(&g).expect("greeting");
+    assert_eq!(greeting.capabilities & caps::LOCAL_FILES, 0, "not offered");
+    // A client that sets it anyway does not get it towards the backend.
+    let ok =
+        common::raw_answer_greeting(&mut s, &g, "app", "app", Some("app"), caps::LOCAL_FILES, 45)
+            .await;
+    assert_eq!(ok.first(), Some(&0));
+    common::raw_query(
+        &mut s,
+        b"/*workspace_id:3*/ LOAD DATA LOCAL INFILE 'f' INTO TABLE messages (workspace_id, body)",
+    )
+    .await;
+    let (_, p) = common::raw_read(&mut s).await.expect("an answer");
+    assert_eq!(common::raw_err(&p).map(|e| e.0), Some(4166), "{p:?}");
+    common::raw_query(&mut s, b"SELECT 1").await;
+    let (_, p) = common::raw_read(&mut s).await.expect("an answer");
+    assert_eq!(p, [1], "still usable");
+    proxy.stop().await;
+}
