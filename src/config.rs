@@ -103,6 +103,9 @@ pub struct ProxyConfig {
     pub pool: PoolConfig,
     /// Largest packet payload (joined) a client may send.
     pub max_packet_size: usize,
+    /// Offer `CLIENT_LOCAL_FILES`: clients may run `LOAD DATA LOCAL INFILE` (on by
+    /// default, like MariaDB's `local_infile`).
+    pub local_infile: bool,
     /// Most client connections served at once.
     pub max_client_connections: usize,
     /// The shard map.
@@ -141,6 +144,7 @@ struct ConfigFile {
     metrics_listen: Option<String>,
     vschema: String,
     max_packet_size: Option<usize>,
+    local_infile: Option<bool>,
     max_client_connections: Option<usize>,
     admin_cluster_timeout_ms: Option<u64>,
     #[serde(default)]
@@ -238,6 +242,7 @@ impl ProxyConfig {
             users,
             pool: PoolConfig::default(),
             max_packet_size: DEFAULT_MAX_PACKET,
+            local_infile: true,
             max_client_connections: DEFAULT_MAX_CLIENTS,
             vschema,
             migrations: Some(crate::migrations::executor::ExecutorConfig::default()),
@@ -412,6 +417,7 @@ impl ProxyConfig {
                 .collect(),
             pool,
             max_packet_size: file.max_packet_size.unwrap_or(DEFAULT_MAX_PACKET),
+            local_infile: file.local_infile.unwrap_or(true),
             max_client_connections: file.max_client_connections.unwrap_or(DEFAULT_MAX_CLIENTS),
             vschema: vschema.with_backend_tls(backend_tls),
             rsa_key,

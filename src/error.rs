@@ -70,6 +70,8 @@ pub mod codes {
     pub const UNKNOWN: u16 = 1105;
     /// ER_NET_PACKET_TOO_LARGE
     pub const PACKET_TOO_LARGE: u16 = 1153;
+    /// ER_NET_UNCOMPRESS_ERROR.
+    pub const NET_UNCOMPRESS: u16 = 1157;
     /// ER_NET_READ_ERROR_FROM_PIPE / generic network error from a backend
     pub const NET_ERROR: u16 = 2013;
     /// ER_UNSUPPORTED_PS
@@ -165,6 +167,17 @@ impl ProxyError {
             codes::PACKET_TOO_LARGE,
             b"08S01",
             format!("Got a packet bigger than 'max_allowed_packet' bytes ({limit})"),
+            Fault::Client,
+        )
+    }
+
+    /// 1157 (08S01): a compressed packet that cannot be inflated, or that lies about
+    /// its lengths; the connection is closed after it.
+    pub fn bad_compressed_packet(why: impl fmt::Display) -> Self {
+        Self::new(
+            codes::NET_UNCOMPRESS,
+            b"08S01",
+            format!("Couldn't uncompress communication packet: {why}"),
             Fault::Client,
         )
     }

@@ -11,7 +11,8 @@
 //! - [`frontdoor`]: before a socket is a session: the pending-login pool (apart from
 //!   the client slots), the login throttle, and escaping client text for the log.
 //! - [`protocol`]: the wire codec (framing, handshake, auth, packets), both sides, and
-//!   TLS from clients ([`protocol::tls`]).
+//!   TLS from clients ([`protocol::tls`]) and their compressed protocol
+//!   ([`protocol::compress`]).
 //! - [`session`]: one client connection: login, the command loop, the session's state
 //!   (variables, transaction, *reserved* backend connections and why they are
 //!   reserved), and what happens when a backend is lost.

@@ -245,6 +245,13 @@ pub fn route(vs: &VSchema, ctx: &DbContext, stmt: &StatementPlan) -> Result<Disp
             ks.name, table, column, column, column
         ))),
         Route::Unroutable(msg) => Err(ProxyError::unroutable(format!("shardgate: {msg}"))),
+        Route::LoadDataUnpinned { table } => Err(ProxyError::unroutable(format!(
+            "shardgate: LOAD DATA into table '{}.{table}' is refused: keyspace '{}' shares its \
+             tables between workspaces, and shardgate sends the file to one shard without \
+             splitting its rows; run it in the workspace's database, or tag it with \
+             /* workspace_id=<id> */ when every row belongs to that workspace",
+            ks.name, ks.name
+        ))),
         Route::Workspaces(ids) => {
             let mut shards: Vec<usize> = Vec::with_capacity(1);
             for &id in ids {

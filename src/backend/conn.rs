@@ -19,6 +19,8 @@ use crate::protocol::wire::{parse_err, ErrInfo};
 use crate::protocol::{caps, command};
 use crate::vschema::Cluster;
 
+mod infile;
+
 /// Largest single response packet shardgate reads when it collects (not relays) a reply.
 const COLLECT_LIMIT: usize = 1 << 30;
 
@@ -45,12 +47,19 @@ pub enum BackendError {
     BackendMidResponse(String),
     /// Writing to the client failed: the client is gone.
     Client(std::io::Error),
+    /// The backend connection failed mid-exchange (during a LOAD DATA LOCAL file) and
+    /// the client has already been answered with an ERR in its place; the connection
+    /// is closed. The client's stream is in step: the session may go on, unless it had
+    /// state on that connection.
+    LostAnswered(String),
 }
 
 impl std::fmt::Display for BackendError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            BackendError::Backend(m) | BackendError::BackendMidResponse(m) => write!(f, "{m}"),
+            BackendError::Backend(m)
+            | BackendError::BackendMidResponse(m)
+            | BackendError::LostAnswered(m) => write!(f, "{m}"),
             BackendError::Client(e) => write!(f, "client write failed: {e}"),
         }
     }
@@ -374,6 +383,14 @@ impl BackendConn {
             out.extend_from_slice(&self.conn.rbuf[..n]);
             self.conn.rbuf.advance(n);
             if scanner.is_done() {
+                if scanner.outcome().local_infile {
+                    // Only the relay streams a client's file; this backend now waits
+                    // for one that will never come.
+                    self.broken = true;
+                    return Err(BackendError::Backend(
+                        "LOAD DATA LOCAL is not supported in this statement".into(),
+                    ));
+                }
                 break;
             }
             if out.len() > COLLECT_LIMIT {

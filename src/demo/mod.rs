@@ -144,6 +144,7 @@ async fn serve_demo(
         users: User::demo_users(),
         pool: PoolConfig::default(),
         max_packet_size: 64 << 20,
+        local_infile: true,
         max_client_connections: 1000,
         vschema: vschema.clone(),
         migrations: Some(crate::migrations::executor::ExecutorConfig::default()),

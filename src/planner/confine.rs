@@ -377,6 +377,11 @@ fn route_within(command: &'static str, route: Route, bound: &[u64]) -> Result<()
             ),
         )),
         Route::Unroutable(msg) => Err(Denial::new(command, None, msg)),
+        Route::LoadDataUnpinned { table } => Err(Denial::new(
+            command,
+            Some(&table),
+            "LOAD DATA rows are not checked for their workspace",
+        )),
     }
 }
 

@@ -16,6 +16,7 @@ mod effects;
 mod fallback;
 mod insert;
 pub(crate) mod lex;
+mod load;
 mod privilege;
 mod query;
 mod tables;
@@ -99,6 +100,12 @@ pub enum Route {
     },
     /// The statement cannot be routed for another reason (message for the client).
     Unroutable(String),
+    /// `LOAD DATA` into a sharded table without a workspace tag: shardgate relays the
+    /// file to one shard and never splits its rows (see `load`).
+    LoadDataUnpinned {
+        /// The table.
+        table: String,
+    },
 }
 
 /// Statement classes the session and router treat differently.
@@ -332,6 +339,9 @@ fn plan_statement(
             dml_route(sql, toks, &tables, schema, write, tag)
         }
         Head::Kind(StatementKind::Ddl(k)) if sharded => (StatementKind::Ddl(k), Route::AllShards),
+        Head::Kind(StatementKind::Other) if sharded && load::is_load(sql, toks) => {
+            (StatementKind::Other, load::route(sql, toks, schema, tag))
+        }
         Head::Kind(StatementKind::Other) | Head::Lock if sharded => (
             StatementKind::Other,
             fallback::route(sql, toks, &tables, schema, false, tag_id),

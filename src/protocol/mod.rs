@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod binary;
+pub mod compress;
 pub mod handshake;
 pub mod packet;
 pub mod relay;
@@ -48,14 +49,15 @@ pub mod caps {
     pub const MARIADB_RELAYABLE: u32 = MARIADB_EXTENDED_METADATA;
 
     /// What shardgate offers clients (plus `SSL` when TLS is configured, see
-    /// [`super::tls`]). No compression, no LOAD DATA
-    /// LOCAL (the relay does not forward file contents), no MariaDB extended capabilities
+    /// [`super::tls`], and `LOCAL_FILES` when `local_infile` is on). Compression is
+    /// zlib only ([`super::compress`]; no zstd). No MariaDB extended capabilities
     /// (`LONG_PASSWORD` set tells MariaDB clients this is a MySQL-style server).
     pub const SERVER_OFFERED: u32 = LONG_PASSWORD
         | FOUND_ROWS
         | LONG_FLAG
         | CONNECT_WITH_DB
         | NO_SCHEMA
+        | COMPRESS
         | ODBC
         | IGNORE_SPACE
         | PROTOCOL_41
@@ -76,7 +78,10 @@ pub mod caps {
     /// The client capabilities that change what a backend sends back or how it parses
     /// what it receives. A backend connection is opened with exactly the client's bits
     /// of this set, so its packets can be relayed raw; the pool keys connections by them.
+    /// `LOCAL_FILES` is one: a backend asks a client for a file only if the client
+    /// said it can send one (else it refuses LOAD DATA LOCAL itself, with 4166).
     pub const RELAY_SENSITIVE: u32 = FOUND_ROWS
+        | LOCAL_FILES
         | LONG_FLAG
         | NO_SCHEMA
         | ODBC

@@ -48,6 +48,9 @@ pub struct Outcome {
     pub warnings: u16,
     /// Last-insert id of the last OK packet (0 if none).
     pub last_insert_id: u64,
+    /// The response stopped at a LOCAL INFILE request (0xFB, the file name): the server
+    /// now waits for the file's packets and answers after the empty one.
+    pub local_infile: bool,
 }
 
 /// The backend broke the protocol; the connection cannot be trusted any more.
@@ -151,7 +154,12 @@ impl ResponseScanner {
                     self.end_or_more(ok.status);
                 }
                 Some(0xff) => self.fail(),
-                Some(0xfb) => return Err(ProtocolViolation("LOAD DATA LOCAL is not relayed")),
+                Some(0xfb) => {
+                    // LOAD DATA LOCAL: the exchange goes on with the client's file.
+                    self.outcome.local_infile = true;
+                    self.outcome.ok = None;
+                    self.state = State::Done;
+                }
                 Some(_) => {
                     let mut at = 0;
                     let n = get_lenenc_int(p, &mut at)
@@ -399,6 +407,17 @@ mod tests {
         assert_eq!(s.scan(&b).unwrap(), b.len());
         assert!(s.is_done());
         assert_eq!(s.outcome().status, Some(status::CURSOR_EXISTS | 2));
+    }
+
+    #[test]
+    fn a_local_infile_request_ends_the_scan() {
+        let mut b = BytesMut::new();
+        put_packet(&mut b, 1, b"\xfb/tmp/rows.tsv");
+        let mut s = ResponseScanner::new(ResponseKind::Query, true);
+        assert_eq!(s.scan(&b).unwrap(), b.len());
+        assert!(s.is_done());
+        assert!(s.outcome().local_infile && !s.outcome().error);
+        assert_eq!(s.outcome().last_seq, 1);
     }
 
     #[test]

@@ -23,8 +23,17 @@ use tokio_rustls::StartHandshake;
 use super::packet::PacketConn;
 
 /// A client connection's socket: plain TCP, or TLS over TCP after an SSLRequest
-/// (`Detached` while the handshake runs).
-pub type ClientStream = super::stream::MaybeTls<TlsStream<TcpStream>>;
+/// (`Detached` while the handshake runs); either may speak the compressed protocol
+/// after the login ([`super::compress`]).
+pub type ClientStream = super::compress::MaybeCompressed<ClientSocket>;
+
+/// The socket under a client's compression layer.
+pub type ClientSocket = super::stream::MaybeTls<TlsStream<TcpStream>>;
+
+/// A new client connection's stream: plain TCP, uncompressed.
+pub fn client_stream(tcp: TcpStream) -> ClientStream {
+    super::compress::MaybeCompressed::new(ClientSocket::Plain(tcp))
+}
 
 /// TLS towards clients: the certificate shardgate presents, and whether clients must
 /// use it.
@@ -119,7 +128,8 @@ impl ServerTls {
 /// Upgrades `client` to TLS after its SSLRequest (already consumed from `rbuf`). On
 /// error the connection is unusable and must be dropped.
 pub async fn start_tls(tls: &ServerTls, client: &mut PacketConn<ClientStream>) -> io::Result<()> {
-    let ClientStream::Plain(tcp) = std::mem::replace(&mut client.io, ClientStream::Detached) else {
+    let ClientSocket::Plain(tcp) = std::mem::replace(&mut client.io.inner, ClientSocket::Detached)
+    else {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
             "SSLRequest on a connection that is not plain TCP",
@@ -127,7 +137,7 @@ pub async fn start_tls(tls: &ServerTls, client: &mut PacketConn<ClientStream>) -
     };
     let early = client.rbuf.split();
     let stream = tls.accept(tcp, &early).await?;
-    client.io = ClientStream::Tls(Box::new(stream));
+    client.io.inner = ClientSocket::Tls(Box::new(stream));
     Ok(())
 }
 

@@ -317,7 +317,10 @@ impl Session {
             Outgoing::Execute(_) => None,
         };
         let may_retry = again.is_some();
-        match self.run_once(rt, target, outgoing, kind, stmt, may_retry).await {
+        match self
+            .run_once(rt, target, outgoing, kind, stmt, may_retry)
+            .await
+        {
             Ok(answered) => answered,
             Err(target) => {
                 tracing::info!(session = self.id, cluster = %target.cluster,
@@ -384,10 +387,28 @@ impl Session {
         self.handle
             .statement_started(&target.cluster, thread_id)
             .await;
+        let max_packet = self.shared.config.max_packet_size;
         let result = match self.shared.config.pool.query_timeout {
-            None => lease.conn().relay(&payload, kind, &mut self.client.io).await,
+            None => {
+                lease
+                    .conn()
+                    .relay_command(
+                        &payload,
+                        kind,
+                        &mut self.client,
+                        max_packet,
+                        &target.cluster,
+                    )
+                    .await
+            }
             Some(limit) => {
-                let relay = lease.conn().relay(&payload, kind, &mut self.client.io);
+                let relay = lease.conn().relay_command(
+                    &payload,
+                    kind,
+                    &mut self.client,
+                    max_packet,
+                    &target.cluster,
+                );
                 match tokio::time::timeout(limit, relay).await {
                     Ok(r) => r,
                     Err(_) => {
@@ -434,6 +455,12 @@ impl Session {
                 Answered::Done
             }
             Err(BackendError::Client(_)) => Answered::Close,
+            Err(BackendError::LostAnswered(m)) => {
+                let e = ProxyError::lost_backend(&target.cluster, m);
+                self.record(rt, &target, started, Some(&e));
+                self.note_error(e.code, &e.message);
+                self.lost_after_answer(&target, stateful)
+            }
             Err(BackendError::BackendMidResponse(m)) => {
                 let e = ProxyError::lost_backend(&target.cluster, m);
                 self.record(rt, &target, started, Some(&e));
@@ -453,6 +480,21 @@ impl Session {
             }
         };
         Ok(answered)
+    }
+
+    /// A backend lost after the client got its error (see
+    /// [`BackendError::LostAnswered`]): the session goes on, unless it had state on
+    /// that cluster's connection, which is gone (then, as in [`Self::fail`], the client
+    /// connection is closed).
+    pub(super) fn lost_after_answer(&mut self, target: &Target, state: Reserve) -> Answered {
+        if !state.is_empty() {
+            self.held.retain(|h| h.target.cluster != target.cluster);
+            tracing::warn!(session = self.id, cluster = %target.cluster,
+                "session state lost with a backend during LOAD DATA; closing the client connection");
+            return Answered::Close;
+        }
+        self.pending_begin = None;
+        Answered::Done
     }
 
     /// Answers a failure. When the session had state on the failed cluster's

@@ -49,12 +49,18 @@ pub(super) async fn login(
 ) -> Option<Login> {
     let started = tokio::time::Instant::now();
     let scramble = auth::new_scramble();
+    let local_files = if shared.config.local_infile {
+        caps::LOCAL_FILES
+    } else {
+        0
+    };
     let greeting = Greeting {
         server_version: shared.server_version.clone(),
         connection_id: id,
         scramble: scramble.to_vec(),
         // SSL only when there is a certificate to offer.
         capabilities: shared.offered_capabilities
+            | local_files
             | shared.config.tls.as_ref().map_or(0, |_| caps::SSL),
         collation: shared.default_collation,
         status: status::AUTOCOMMIT,
@@ -192,7 +198,7 @@ pub(super) async fn login(
         Verdict::Gone => return None,
     }
     door.throttle.record_success(peer.ip(), &resp.user);
-    let capabilities = resp.capabilities & caps::SERVER_OFFERED;
+    let capabilities = resp.capabilities & (caps::SERVER_OFFERED | local_files);
     if entry.is_some_and(|u| u.require_tls) && !client.io.is_tls() {
         tracing::info!(user = %LogSafe(&resp.user), %peer, "refused: user requires TLS");
         let e = ProxyError::insecure_transport(Some(&resp.user));
@@ -266,6 +272,15 @@ pub(super) async fn login(
         ..OkInfo::default()
     });
     client.send(seq, &ok).await.ok()?;
+    if resp.capabilities & caps::COMPRESS != 0 {
+        // As MariaDB does: the login was uncompressed, the first command is not.
+        let codec = crate::protocol::compress::Codec::new(
+            shared.config.max_packet_size,
+            shared.config.limits.packet_stall_timeout,
+        );
+        let early = client.rbuf.split();
+        client.io.start(codec, &early).ok()?;
+    }
     Some(Login {
         role: entry.map_or(crate::access::Role::App, |u| u.role),
         scope: entry.map_or_else(Default::default, |u| u.scope.clone()),

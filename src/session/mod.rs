@@ -72,7 +72,8 @@ pub async fn run(
     admission: Result<PendingLogin, ProxyError>,
     stop: watch::Receiver<bool>,
 ) {
-    let mut client = PacketConn::with_capacity(ClientStream::Plain(stream), 2 * 1024, 0);
+    let mut client =
+        PacketConn::with_capacity(crate::protocol::tls::client_stream(stream), 2 * 1024, 0);
     client.limits = Some(shared.door.read_limits());
     let pending = match admission {
         Ok(p) => p,
@@ -302,6 +303,12 @@ impl Session {
                 }
                 Err(ReadError::Stalled) => {
                     tracing::info!(session = self.id, "closed: packet stalled");
+                    return;
+                }
+                Err(ReadError::Io(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
+                    // A compressed frame that cannot be read: the stream is lost.
+                    tracing::info!(session = self.id, error = %e, "closed: bad compressed packet");
+                    let _ = self.send_error(&ProxyError::bad_compressed_packet(e)).await;
                     return;
                 }
                 Err(_) => return,

@@ -302,9 +302,16 @@ impl Session {
     ) -> Result<(crate::backend::Lease, crate::protocol::relay::Outcome), Answered> {
         let stateful = self.state_on(&target.cluster);
         let mut lease = self.ready_lease(rt, target, start).await?;
+        let max_packet = self.shared.config.max_packet_size;
         match lease
             .conn()
-            .relay(payload, ResponseKind::Query, &mut self.client.io)
+            .relay_command(
+                payload,
+                ResponseKind::Query,
+                &mut self.client,
+                max_packet,
+                &target.cluster,
+            )
             .await
         {
             Ok(outcome) => Ok((lease, outcome)),
@@ -324,6 +331,7 @@ impl Session {
         tracing::warn!(session = self.id, cluster = %target.cluster, error = %e, "backend failed");
         match e {
             BackendError::Client(_) | BackendError::BackendMidResponse(_) => Answered::Close,
+            BackendError::LostAnswered(_) => self.lost_after_answer(&target, stateful),
             BackendError::Backend(m) => {
                 self.fail(ProxyError::lost_backend(&target.cluster, m), stateful)
                     .await
