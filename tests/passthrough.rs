@@ -380,3 +380,45 @@ async fn socket_port_and_hostname_are_shardgates_own() {
     drop(conn);
     proxy.stop().await;
 }
+
+/// A new connection takes its session values from the globals as they are when it
+/// opens. Through shardgate a new session is served by pooled connections opened
+/// earlier, so a `SET GLOBAL` renews the pool: a session that starts afterwards sees
+/// the new default, as it would directly (mysql_async's own suite checks this with
+/// `wait_timeout`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_started_after_set_global_sees_the_new_default() {
+    let servers = common::start_servers(1);
+    let proxy = common::start_proxy(&passthrough_vschema(&servers[0])).await;
+    let before: u64 = {
+        // Leaves idle connections in the pool, opened under the old globals.
+        let mut c = proxy.connect("app", Some("app")).await;
+        let v: Option<u64> = c
+            .query_first("SELECT @@div_precision_increment")
+            .await
+            .expect("read");
+        c.disconnect().await.expect("disconnect");
+        v.expect("a value")
+    };
+    assert_eq!(before, 4, "MariaDB's default");
+    let mut admin = proxy.connect("admin", Some("app")).await;
+    admin
+        .query_drop("SET GLOBAL div_precision_increment = 7")
+        .await
+        .expect("set global");
+    for _ in 0..3 {
+        let mut c = proxy.connect("app", Some("app")).await;
+        let v: Option<u64> = c
+            .query_first("SELECT @@div_precision_increment")
+            .await
+            .expect("read");
+        assert_eq!(v, Some(7), "a new session sees the new global");
+        c.disconnect().await.expect("disconnect");
+    }
+    admin
+        .query_drop("SET GLOBAL div_precision_increment = 4")
+        .await
+        .expect("restore");
+    admin.disconnect().await.expect("disconnect");
+    proxy.stop().await;
+}

@@ -67,6 +67,11 @@ pub struct Lease {
 }
 
 impl Lease {
+    /// The pool the connection came from.
+    pub fn pool(&self) -> &Arc<ClusterPool> {
+        &self.pool
+    }
+
     /// The connection.
     pub fn conn(&mut self) -> &mut BackendConn {
         // Invariant: `conn` is Some until drop.
@@ -124,6 +129,15 @@ impl ClusterPool {
         self.generation
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         self.lock().last_failure = None;
+        self.close_idle();
+    }
+
+    /// Retires every connection open now (a global variable changed, and their session
+    /// values came from the old globals): idle ones close at once, leased ones when
+    /// they come back; new connections start from the new globals.
+    pub fn renew(&self) {
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         self.close_idle();
     }
 

@@ -146,14 +146,20 @@ fn explained_statement(sql: &str, toks: &[Token]) -> Option<usize> {
     })
 }
 
+/// Whether a `SET` statement (`toks[0]` is `SET`) assigns a global variable
+/// (`SET GLOBAL x`, `SET @@global.x`, `PERSIST`).
+pub(crate) fn set_assigns_global(sql: &str, toks: &[Token]) -> bool {
+    let rest = toks.get(1..).unwrap_or_default();
+    rest.windows(2).any(|w| {
+        (w[0].is_kw(sql, "GLOBAL") || w[0].is_kw(sql, "PERSIST") || w[0].is_kw(sql, "PERSIST_ONLY"))
+            || (w[0].is_punct(b'@') && w[1].is_kw(sql, "GLOBAL"))
+    }) || rest.last().is_some_and(|t| t.is_kw(sql, "GLOBAL"))
+}
+
 fn classify_set(sql: &str, toks: &[Token]) -> Head {
     let rest = &toks[1..];
     // Anything global belongs to the server, not to this session.
-    let global = rest.windows(2).any(|w| {
-        (w[0].is_kw(sql, "GLOBAL") || w[0].is_kw(sql, "PERSIST") || w[0].is_kw(sql, "PERSIST_ONLY"))
-            || (w[0].is_punct(b'@') && w[1].is_kw(sql, "GLOBAL"))
-    }) || rest.last().is_some_and(|t| t.is_kw(sql, "GLOBAL"));
-    if global {
+    if set_assigns_global(sql, toks) {
         return Head::Kind(StatementKind::Other);
     }
     let first = rest.first();

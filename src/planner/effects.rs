@@ -29,6 +29,10 @@ pub struct Effects {
     /// `SQL_CALC_FOUND_ROWS`: a `FOUND_ROWS()` will follow, so the connection stays
     /// with the session until its next statement.
     pub calc_found_rows: bool,
+    /// It assigns a global variable (`SET GLOBAL wait_timeout = 3`): connections opened
+    /// before it took their session values from the old globals, so the pool renews
+    /// them and later sessions see the new defaults, as new connections would.
+    pub changes_globals: bool,
 }
 
 /// The effects of the statement made of `toks`.
@@ -42,6 +46,10 @@ pub(crate) fn effects(sql: &str, toks: &[Token], head: &Head) -> Effects {
         _ => {}
     }
     let first = toks.first();
+    if first.is_some_and(|t| t.is_kw(sql, "SET")) && super::classify::set_assigns_global(sql, toks)
+    {
+        fx.changes_globals = true;
+    }
     if first.is_some_and(|t| t.is_kw(sql, "UNLOCK")) {
         fx.clears = Reserve::TABLE_LOCK;
     } else if first.is_some_and(|t| t.is_kw(sql, "PREPARE")) {

@@ -689,6 +689,7 @@ fn merge(a: Effects, b: &Effects) -> Effects {
         reads_insert_id: a.reads_insert_id || b.reads_insert_id,
         reads_diagnostics: a.reads_diagnostics || b.reads_diagnostics,
         calc_found_rows: a.calc_found_rows || b.calc_found_rows,
+        changes_globals: a.changes_globals || b.changes_globals,
     }
 }
 
