@@ -1,0 +1,154 @@
+//! Cause 12 of the driver-compatibility issue, as regression tests: what drivers saw
+//! intermittently through shardgate and never directly. Each test runs the same steps
+//! directly against the MariaDB and through shardgate (as a plain passthrough) and
+//! compares what the client library reports:
+//! - mysqlclient (libmariadb) connecting and sending `SET NAMES` at once, many times
+//!   and from several threads (it reported `2027 Received malformed packet`);
+//! - a multi-statement query with an error in the middle (mysql_async: the results
+//!   before the error, then the error, then a usable connection);
+//! - PyMySQL's `executemany` over a multi-statement-enabled connection (its row count).
+
+mod common;
+
+use common::passthrough::*;
+use mysql_async::prelude::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysqlclient_connects_and_sets_names_at_once_without_malformed_packets() {
+    let servers = common::start_servers(1);
+    let proxy = common::start_proxy(&passthrough_vschema(&servers[0])).await;
+    // 4 threads x 60 connections, each: connect with a charset, autocommit off, SET
+    // NAMES right away, a parameter with a quote and a non-ASCII letter, a commit.
+    let script = r#"
+import sys, threading, MySQLdb
+port, user = int(sys.argv[1]), sys.argv[2]
+errors, answers = [], []
+def worker(n):
+    for i in range(60):
+        try:
+            c = MySQLdb.connect(host="127.0.0.1", port=port, user=user, passwd=user,
+                                db="app", charset=["utf8", "utf8mb4", "latin1"][i % 3])
+            c.autocommit(False)
+            c.set_character_set("utf8mb4")
+            cur = c.cursor()
+            cur.execute("SET NAMES utf8mb4 COLLATE utf8mb4_unicode_ci")
+            cur.execute("SELECT %s, @@character_set_client, @@collation_connection", ("e' x \u00e9",))
+            answers.append(cur.fetchone())
+            c.commit()
+            c.close()
+        except Exception as e:
+            errors.append(repr(e))
+threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+for t in threads: t.start()
+for t in threads: t.join()
+print(len(errors), len(set(answers)), errors[:3], sorted(set(answers)))
+"#;
+    let direct = python(
+        script,
+        &[&servers[0].socket_addr().port().to_string(), "shardgate"],
+    )
+    .await;
+    let via = python(script, &[&proxy.addr.port().to_string(), "app"]).await;
+    assert!(direct.starts_with("0 1 []"), "MariaDB itself: {direct}");
+    assert_eq!(via, direct, "through shardgate");
+    proxy.stop().await;
+}
+
+/// What mysql_async reads from a multi-statement query: each result set's rows, then
+/// the error that stopped it, then whether the connection still answers.
+async fn multi_with_error(opts: mysql_async::Opts) -> Vec<String> {
+    let mut c = mysql_async::Conn::new(opts).await.expect("connect");
+    let mut seen = Vec::new();
+    let sql = "SELECT 1 AS a; SELECT 2 AS b UNION SELECT 3; SELECT * FROM missing_table; SELECT 4";
+    match c.query_iter(sql).await {
+        Err(e) => seen.push(format!("error at once: {e}")),
+        Ok(mut result) => loop {
+            match result.collect::<u64>().await {
+                Ok(rows) => seen.push(format!("rows {rows:?}")),
+                Err(e) => {
+                    seen.push(format!("error {e}"));
+                    break;
+                }
+            }
+            if result.is_empty() {
+                break;
+            }
+        },
+    }
+    // Where the error surfaces is the driver's business; it must be the same.
+    let after: Result<Option<u64>, _> = c.query_first("SELECT 5").await;
+    seen.push(format!("after {after:?}"));
+    let again: Option<u64> = c.query_first("SELECT 6").await.expect("usable after");
+    seen.push(format!("again {again:?}"));
+    c.disconnect().await.expect("disconnect");
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multi_result_sets_with_an_error_in_the_middle_read_as_directly() {
+    let servers = common::start_servers(1);
+    let proxy = common::start_proxy(&passthrough_vschema(&servers[0])).await;
+    let direct = multi_with_error(common::mysql_opts(
+        &servers[0].addr(),
+        "shardgate",
+        "shardgate",
+        Some("app"),
+    ))
+    .await;
+    assert!(
+        direct.iter().any(|s| s.contains("1146"))
+            && direct.last().map(String::as_str) == Some("again Some(6)"),
+        "MariaDB stops at the missing table: {direct:?}"
+    );
+    for _ in 0..20 {
+        let via = multi_with_error(common::mysql_opts(
+            &proxy.addr_string(),
+            "app",
+            "app",
+            Some("app"),
+        ))
+        .await;
+        assert_eq!(via, direct, "through shardgate");
+    }
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pymysql_executemany_counts_rows_as_directly() {
+    let servers = common::start_servers(1);
+    let proxy = common::start_proxy(&passthrough_vschema(&servers[0])).await;
+    let script = r#"
+import sys, pymysql
+from pymysql.constants import CLIENT
+port, user, table = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+c = pymysql.connect(host="127.0.0.1", port=port, user=user, password=user, database="app",
+                    client_flag=CLIENT.MULTI_STATEMENTS, autocommit=True)
+cur = c.cursor()
+cur.execute(f"DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (id INT PRIMARY KEY, v VARCHAR(20))")
+while cur.nextset():
+    pass
+out = []
+# One multi-row INSERT (PyMySQL folds VALUES), then one statement per row (UPDATE).
+out.append(cur.executemany(f"INSERT INTO {table} (id, v) VALUES (%s, %s)", [(i, f"v{i}") for i in range(50)]))
+out.append(cur.executemany(f"UPDATE {table} SET v = %s WHERE id = %s", [("w", i) for i in range(0, 50, 5)]))
+out.append(cur.executemany(f"INSERT INTO {table} (id, v) VALUES (%s, %s) ON DUPLICATE KEY UPDATE v = VALUES(v)", [(i, "x") for i in range(45, 55)]))
+cur.execute(f"SELECT COUNT(*), SUM(v = 'w'), SUM(v = 'x') FROM {table}; DROP TABLE {table}")
+out.append(tuple(int(x) for x in cur.fetchone()))
+while cur.nextset():
+    pass
+print(out)
+"#;
+    let direct = python(
+        script,
+        &[
+            &servers[0].socket_addr().port().to_string(),
+            "shardgate",
+            "em_direct",
+        ],
+    )
+    .await;
+    let via = python(script, &[&proxy.addr.port().to_string(), "app", "em_proxy"]).await;
+    assert_eq!(direct, "[50, 10, 15, (55, 9, 10)]", "MariaDB itself");
+    assert_eq!(via, direct, "through shardgate");
+    proxy.stop().await;
+}
