@@ -152,3 +152,52 @@ print(out)
     assert_eq!(via, direct, "through shardgate");
     proxy.stop().await;
 }
+
+/// A session's own `wait_timeout` ends it after that long without a command, as
+/// MariaDB ends a direct connection (PyMySQL's suite: `test_connection_gone_away`);
+/// commands in between keep it alive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sessions_own_wait_timeout_ends_it_as_mariadb_does() {
+    let servers = common::start_servers(1);
+    let proxy = common::start_proxy(&passthrough_vschema(&servers[0])).await;
+    let script = r#"
+import sys, time, pymysql
+port, user = int(sys.argv[1]), sys.argv[2]
+def connect():
+    return pymysql.connect(host="127.0.0.1", port=port, user=user, password=user, database="app")
+out = []
+c = connect()
+cur = c.cursor()
+cur.execute("SET wait_timeout=1")
+time.sleep(2.5)
+try:
+    cur.execute("SELECT 1+1")
+    out.append("alive")
+except pymysql.OperationalError as e:
+    out.append(f"gone {e.args[0] in (2006, 2013)}")
+c = connect()
+cur = c.cursor()
+cur.execute("SET SESSION wait_timeout = 3")
+for _ in range(3):
+    time.sleep(1.5)
+    cur.execute("SELECT 1")
+out.append(f"kept alive {cur.fetchone()[0]}")
+cur.execute("SET @@session.wait_timeout = DEFAULT")
+time.sleep(1.5)
+cur.execute("SELECT @@wait_timeout > 3")
+out.append(f"default {cur.fetchone()[0]}")
+print(out)
+"#;
+    let direct = python(
+        script,
+        &[&servers[0].socket_addr().port().to_string(), "shardgate"],
+    )
+    .await;
+    let via = python(script, &[&proxy.addr.port().to_string(), "app"]).await;
+    assert_eq!(
+        direct, "['gone True', 'kept alive 1', 'default 1']",
+        "MariaDB itself"
+    );
+    assert_eq!(via, direct, "through shardgate");
+    proxy.stop().await;
+}

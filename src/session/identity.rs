@@ -29,7 +29,22 @@ pub(super) struct Identity<'a> {
     /// The derived table of `information_schema.PROCESSLIST`'s rows (built only when
     /// a statement names it).
     pub processlist: &'a dyn Fn() -> String,
+    /// The prepared-statement commands the session sent, in [`STMT_COUNTERS`] order.
+    pub stmt_commands: [u64; 6],
 }
+
+/// The session status counters of the prepared-statement commands (`SHOW STATUS`
+/// names them `Com_stmt_...`). A backend connection counts what every session it
+/// served sent, and shardgate keeps backend statements prepared for the next session,
+/// so these are the session's own counts of what it sent to shardgate.
+pub(super) const STMT_COUNTERS: [&str; 6] = [
+    "COM_STMT_PREPARE",
+    "COM_STMT_EXECUTE",
+    "COM_STMT_FETCH",
+    "COM_STMT_RESET",
+    "COM_STMT_CLOSE",
+    "COM_STMT_SEND_LONG_DATA",
+];
 
 /// The most characters of a statement `information_schema.PROCESSLIST`'s `INFO` shows
 /// through shardgate (MariaDB shows all of it; here it is copied into the statement).
@@ -52,6 +67,9 @@ pub(super) fn may_mention(text: &str) -> bool {
 pub(super) fn rewrite(text: &str, me: &Identity<'_>, backslash_escapes: bool) -> Option<String> {
     let toks = lex::lex_with(text, backslash_escapes).tokens;
     if let Some(show) = show_variables(text, &toks, me) {
+        return Some(show);
+    }
+    if let Some(show) = show_status(text, &toks, me) {
         return Some(show);
     }
     let mut edits: Vec<(Range<usize>, String)> = Vec::new();
@@ -222,6 +240,57 @@ fn show_variables(sql: &str, toks: &[Token], me: &Identity<'_>) -> Option<String
          WHERE VARIABLE_NAME LIKE {pattern} ORDER BY VARIABLE_NAME",
         port = me.port,
         host = quote(&hostname()),
+        pattern = pattern.text(sql),
+    ))
+}
+
+/// `SHOW [SESSION|LOCAL] STATUS LIKE 'Com_...'` whose pattern matches one of the
+/// [`STMT_COUNTERS`], as a `SELECT` of the session's status with the session's own
+/// counts in their place (same columns, names as `SHOW STATUS` spells them).
+fn show_status(sql: &str, toks: &[Token], me: &Identity<'_>) -> Option<String> {
+    let toks = match toks {
+        [rest @ .., last] if last.is_punct(b';') => rest,
+        all => all,
+    };
+    let rest = match toks {
+        [show, scope, rest @ ..]
+            if show.is_kw(sql, "SHOW")
+                && (scope.is_kw(sql, "SESSION") || scope.is_kw(sql, "LOCAL")) =>
+        {
+            rest
+        }
+        [show, rest @ ..] if show.is_kw(sql, "SHOW") => rest,
+        _ => return None,
+    };
+    let [status, like, pattern] = rest else {
+        return None;
+    };
+    if !(status.is_kw(sql, "STATUS") && like.is_kw(sql, "LIKE") && pattern.kind == Tok::Str) {
+        return None;
+    }
+    let inner = pattern.str_inner(sql);
+    // Only `Com_...` names (all spelled `Com_lower_case`), so the names can be rebuilt.
+    let com = inner
+        .as_bytes()
+        .get(..4)
+        .is_some_and(|p| p.eq_ignore_ascii_case(b"com_"));
+    if !com
+        || !STMT_COUNTERS
+            .iter()
+            .any(|v| like_matches(inner.as_bytes(), v.as_bytes()))
+    {
+        return None;
+    }
+    let cases: String = STMT_COUNTERS
+        .iter()
+        .zip(me.stmt_commands)
+        .map(|(name, n)| format!(" WHEN '{name}' THEN '{n}'"))
+        .collect();
+    Some(format!(
+        "SELECT CONCAT('Com', LOWER(SUBSTRING(VARIABLE_NAME, 4))) AS Variable_name, \
+         CASE VARIABLE_NAME{cases} ELSE VARIABLE_VALUE END AS Value \
+         FROM information_schema.SESSION_STATUS WHERE VARIABLE_NAME LIKE {pattern} \
+         ORDER BY VARIABLE_NAME",
         pattern = pattern.text(sql),
     ))
 }
@@ -412,6 +481,7 @@ impl super::Session {
             port: self.shared.config.listen.port(),
             socket: None,
             processlist: &processlist,
+            stmt_commands: self.stmt_commands,
         };
         let nbe = self.backend_flags & crate::protocol::status::NO_BACKSLASH_ESCAPES != 0;
         rewrite(text, &me, !nbe)
@@ -471,6 +541,7 @@ mod tests {
             port: 6033,
             socket: None,
             processlist: &|| "SELECT 42 AS ID".to_string(),
+            stmt_commands: [1, 2, 3, 4, 5, 6],
         }
     }
 
@@ -580,5 +651,22 @@ mod tests {
         );
         assert_eq!(rw("DESCRIBE information_schema.PROCESSLIST"), None);
         assert_eq!(rw("SELECT information_schema.PROCESSLIST.ID FROM t"), None);
+    }
+
+    #[test]
+    fn answers_the_sessions_own_prepared_statement_counters() {
+        let close = rw("SHOW SESSION STATUS LIKE 'Com_stmt_close';").expect("rewritten");
+        assert!(close.contains("WHEN 'COM_STMT_CLOSE' THEN '5'"), "{close}");
+        assert!(close.contains("SESSION_STATUS WHERE VARIABLE_NAME LIKE 'Com_stmt_close'"));
+        assert!(rw("SHOW STATUS LIKE 'com_stmt%'").is_some());
+        assert!(rw("show local status like 'Com_stmt_execute'").is_some());
+        assert_eq!(rw("SHOW GLOBAL STATUS LIKE 'Com_stmt_close'"), None);
+        assert_eq!(rw("SHOW STATUS LIKE 'Com_select'"), None);
+        assert_eq!(
+            rw("SHOW STATUS LIKE '%stmt_close'"),
+            None,
+            "not a Com_ pattern"
+        );
+        assert_eq!(rw("SHOW STATUS"), None);
     }
 }

@@ -6,7 +6,11 @@
 //! `wait_timeout` always, as MySQL's own. The session's end closes its reserved
 //! connections, so the backend rolls the transaction back and the pool slot is freed.
 //!
-//! The client gets `ERROR 1927 (70100) Connection was killed: ...` before the close:
+//! A session may also set its own `wait_timeout` (`SET wait_timeout = 1`): shardgate
+//! keeps the number and ends the session after that long without a command, closing
+//! it without a word as MariaDB does (the client sees 2006/2013 on its next command).
+//!
+//! For shardgate's own limits, the client gets `ERROR 1927 (70100) Connection was killed: ...` before the close:
 //! MariaDB's answer to a connection that was killed, which the backends behind
 //! shardgate would send themselves. MySQL 8's `ER_CLIENT_INTERACTION_TIMEOUT` (4031)
 //! was not used: in MariaDB 4031 is an unrelated error (a missing trigger). The packet
@@ -17,6 +21,7 @@ use std::time::Duration;
 
 use crate::error::ProxyError;
 use crate::frontdoor::LogSafe;
+use crate::planner::lex::{self, Tok};
 
 use super::Session;
 
@@ -27,22 +32,68 @@ pub(super) struct IdleLimit {
     pub after: Duration,
     /// Whether it is the limit for sessions holding a reserved connection.
     pub reserved: bool,
+    /// Whether it is the session's own `wait_timeout` (`SET wait_timeout = n`): then
+    /// the connection is closed without a word, as MariaDB closes it.
+    pub own: bool,
+}
+
+/// The session `wait_timeout` a `SET` statement assigns: `Some(Some(secs))` for an
+/// integer, `Some(None)` for `DEFAULT`, None when it assigns none (or a global one,
+/// or an expression shardgate does not evaluate: then the backend keeps it, as
+/// before).
+pub(super) fn assigned_wait_timeout(sql: &str) -> Option<Option<u64>> {
+    let toks = lex::lex(sql).tokens;
+    let mut found = None;
+    for (i, t) in toks.iter().enumerate() {
+        if !t.is_kw(sql, "WAIT_TIMEOUT") {
+            continue;
+        }
+        let before = |k: usize| i.checked_sub(k).and_then(|j| toks.get(j));
+        let global = before(1).is_some_and(|p| p.is_kw(sql, "GLOBAL"))
+            || (before(1).is_some_and(|p| p.is_punct(b'.'))
+                && before(2).is_some_and(|p| p.is_kw(sql, "GLOBAL")));
+        let Some(op) = toks.get(i + 1) else { continue };
+        let assigns = op.is_punct(b'=') || (op.kind == Tok::Op && op.text(sql) == ":=");
+        if global || !assigns {
+            continue;
+        }
+        match toks.get(i + 2) {
+            Some(v) if v.kind == Tok::Num => {
+                found = v.text(sql).parse::<u64>().ok().map(Some);
+            }
+            Some(v) if v.is_kw(sql, "DEFAULT") => found = Some(None),
+            _ => {}
+        }
+    }
+    found
 }
 
 impl Session {
     /// The limit on the wait for the next command (None: no limit).
     pub(super) fn idle_limit(&self) -> Option<IdleLimit> {
         let limits = &self.shared.config.limits;
-        let plain = limits.wait_timeout.map(|after| IdleLimit {
+        let configured = limits.wait_timeout.map(|after| IdleLimit {
             after,
             reserved: false,
+            own: false,
         });
+        let own = self.own_wait_timeout.map(|after| IdleLimit {
+            after,
+            reserved: false,
+            own: true,
+        });
+        let plain = match (configured, own) {
+            (Some(c), Some(o)) if c.after <= o.after => Some(c),
+            (c, None) => c,
+            (_, o) => o,
+        };
         let reserved = limits
             .idle_transaction_timeout
             .filter(|_| self.held.iter().any(|h| h.reserved()))
             .map(|after| IdleLimit {
                 after,
                 reserved: true,
+                own: false,
             });
         match (plain, reserved) {
             (Some(p), Some(r)) if p.after < r.after => Some(p),
@@ -54,6 +105,11 @@ impl Session {
     /// Tells the client why its session ends; the caller then ends it.
     pub(super) async fn end_idle(&mut self, limit: IdleLimit) {
         let secs = limit.after.as_secs_f64();
+        if limit.own {
+            tracing::info!(session = self.id, user = %LogSafe(&self.user), secs,
+                "session ended by its own wait_timeout");
+            return;
+        }
         let e = if limit.reserved {
             let why = self
                 .held
@@ -75,5 +131,26 @@ impl Session {
         tracing::info!(session = self.id, user = %LogSafe(&self.user), reserved = limit.reserved,
             "idle session ended");
         let _ = tokio::time::timeout(Duration::from_secs(1), self.send_error(&e)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::assigned_wait_timeout as w;
+
+    #[test]
+    fn finds_the_sessions_own_wait_timeout() {
+        assert_eq!(w("SET wait_timeout=1"), Some(Some(1)));
+        assert_eq!(w("SET SESSION wait_timeout = 30"), Some(Some(30)));
+        assert_eq!(
+            w("set @@session.wait_timeout := 5, names utf8mb4"),
+            Some(Some(5))
+        );
+        assert_eq!(w("SET @@wait_timeout = DEFAULT"), Some(None));
+        assert_eq!(w("SET GLOBAL wait_timeout = 3"), None);
+        assert_eq!(w("SET @@global.wait_timeout = 3"), None);
+        assert_eq!(w("SET wait_timeout = @x"), None);
+        assert_eq!(w("SET names utf8mb4"), None);
+        assert_eq!(w("SET @v = 'wait_timeout = 3'"), None);
     }
 }

@@ -191,6 +191,11 @@ struct Session {
     answer_error: Option<crate::health::LastError>,
     /// Statements the client prepared (`COM_STMT_PREPARE`), by shardgate's ids.
     prepared: prepared::Statements,
+    /// Prepared-statement commands received, for `SHOW STATUS LIKE 'Com_stmt_%'`
+    /// (see [`identity::STMT_COUNTERS`]).
+    stmt_commands: [u64; 6],
+    /// The session's own `SET wait_timeout` (see [`idle`]).
+    own_wait_timeout: Option<std::time::Duration>,
 }
 
 impl Session {
@@ -238,6 +243,8 @@ impl Session {
             watch_errors: false,
             answer_error: None,
             prepared: prepared::Statements::default(),
+            stmt_commands: [0; 6],
+            own_wait_timeout: None,
         }
     }
 
@@ -317,6 +324,9 @@ impl Session {
                 let _ = self.send_error(&ProxyError::unknown_command(0)).await;
                 continue;
             };
+            if let Some(i) = stmt_counter(cmd) {
+                self.stmt_commands[i] += 1;
+            }
             let answered = match cmd {
                 command::QUIT => return,
                 command::PING => self.send_ok(OkInfo::default()).await,
@@ -450,6 +460,19 @@ impl Session {
         };
         self.run_on(&rt, target, payload, ResponseKind::FieldList, &stmt)
             .await
+    }
+}
+
+/// Where a prepared-statement command is counted in `Session::stmt_commands`.
+fn stmt_counter(cmd: u8) -> Option<usize> {
+    match cmd {
+        command::STMT_PREPARE => Some(0),
+        command::STMT_EXECUTE => Some(1),
+        command::STMT_FETCH => Some(2),
+        command::STMT_RESET => Some(3),
+        command::STMT_CLOSE => Some(4),
+        command::STMT_SEND_LONG_DATA => Some(5),
+        _ => None,
     }
 }
 

@@ -150,6 +150,7 @@ impl Session {
             let _ = h.lease.conn().reset().await;
         }
         self.clear_prepared();
+        self.own_wait_timeout = None;
         self.vars.clear();
         self.autocommit = true;
         self.pending_begin = None;

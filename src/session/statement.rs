@@ -279,6 +279,13 @@ impl Session {
             Err(answered) => answered,
             Ok((mut lease, outcome)) => {
                 if !outcome.error {
+                    if let Some(secs) =
+                        super::idle::assigned_wait_timeout(&String::from_utf8_lossy(&payload[1..]))
+                    {
+                        // MariaDB takes 0 as its minimum, 1.
+                        self.own_wait_timeout =
+                            secs.map(|s| std::time::Duration::from_secs(s.max(1)));
+                    }
                     self.vars.push(payload.slice(1..));
                     lease.conn().state_hash = self.vars.hash;
                     self.apply_to_held(&payload[1..]).await;
