@@ -201,3 +201,71 @@ print(out)
     assert_eq!(via, direct, "through shardgate");
     proxy.stop().await;
 }
+
+/// What mysql_async reads from a procedure with an OUT parameter, called as text and
+/// as a prepared statement (the binary protocol answers OUT parameters as an extra
+/// result set flagged `SERVER_PS_OUT_PARAMS`).
+async fn call_with_out_params(opts: mysql_async::Opts) -> Vec<String> {
+    let mut c = mysql_async::Conn::new(opts).await.expect("connect");
+    c.query_drop("DROP PROCEDURE IF EXISTS double_it")
+        .await
+        .expect("drop");
+    c.query_drop(
+        "CREATE PROCEDURE double_it(IN a INT, OUT b INT) BEGIN SELECT a AS seen; SET b = a * 2; END",
+    )
+    .await
+    .expect("create");
+    let mut seen = Vec::new();
+    c.query_drop("CALL double_it(21, @out)")
+        .await
+        .expect("call");
+    let out: Option<i64> = c.query_first("SELECT @out").await.expect("@out");
+    seen.push(format!("text {out:?}"));
+    let mut result = c
+        .exec_iter("CALL double_it(?, ?)", (5, 0))
+        .await
+        .expect("prepared call");
+    while !result.is_empty() {
+        let rows: Vec<mysql_async::Row> = result.collect().await.expect("rows");
+        let values: Vec<String> = rows
+            .iter()
+            .map(|r| format!("{:?}", r.clone().unwrap()))
+            .collect();
+        seen.push(format!("set {values:?}"));
+    }
+    drop(result);
+    let after: Option<u64> = c.query_first("SELECT 7").await.expect("usable after");
+    seen.push(format!("after {after:?}"));
+    c.query_drop("DROP PROCEDURE double_it")
+        .await
+        .expect("drop");
+    c.disconnect().await.expect("disconnect");
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_procedures_with_out_parameters_read_as_directly() {
+    let servers = common::start_servers(1);
+    let proxy = common::start_proxy(&passthrough_vschema(&servers[0])).await;
+    let direct = call_with_out_params(common::mysql_opts(
+        &servers[0].addr(),
+        "shardgate",
+        "shardgate",
+        Some("app"),
+    ))
+    .await;
+    assert_eq!(
+        direct.first().map(String::as_str),
+        Some("text Some(42)"),
+        "{direct:?}"
+    );
+    let via = call_with_out_params(common::mysql_opts(
+        &proxy.addr_string(),
+        "admin",
+        "admin",
+        Some("app"),
+    ))
+    .await;
+    assert_eq!(via, direct, "through shardgate");
+    proxy.stop().await;
+}
