@@ -340,7 +340,7 @@ fn build_unsharded(
         }],
         tables,
         default_column: None,
-        pins: HashMap::new(),
+        pins: BTreeMap::new(),
         default: raw.default,
         tenancy: Tenancy::SharedTables,
         ddl,
@@ -664,8 +664,8 @@ fn build_pins(
     declared: &HashMap<String, usize>,
     shards: &[Shard],
     problems: &mut Problems,
-) -> HashMap<u64, usize> {
-    let mut pins = HashMap::new();
+) -> BTreeMap<u64, usize> {
+    let mut pins = BTreeMap::new();
     let mut written_as: HashMap<u64, &str> = HashMap::new();
     for (workspace, shard_name) in raw.iter().flatten() {
         let pin_at = format!("{at}.pins.{}", key(workspace));
