@@ -157,12 +157,12 @@ fn pins(c: &mut Criterion) {
     let rss1 = rss_bytes();
     let ks = vs.keyspace("bench").unwrap();
     assert_eq!(ks.pins.len(), PINS);
-    // An ordered map (range scans for `id BETWEEN a AND b`): its entries, plus B-tree
-    // nodes that are at least half full.
-    let entries = ks.pins.len() * std::mem::size_of::<(u64, usize)>();
+    // A hash map and an ordered map of the same pins (`PinMap`): their entries, plus
+    // hash slots and B-tree nodes that are at least half full.
+    let entries = 2 * ks.pins.len() * std::mem::size_of::<(u64, usize)>();
     eprintln!(
         "pins: {PINS} pins parsed and validated in {:.2} s; resident memory {} -> {} MiB \
-         (text freed); the pin entries hold {:.1} MiB (B-tree nodes up to twice that)",
+         (text freed); the pin entries hold {:.1} MiB (slots and nodes up to twice that)",
         took.as_secs_f64(),
         rss0 / (1 << 20),
         rss1 / (1 << 20),

@@ -8,10 +8,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 
 use crate::planner::ShardingSchema;
+pub use pins::PinMap;
 pub use range::{RangePlacement, SPAN_NAMES};
 
 mod keyrange;
 mod parse;
+mod pins;
 mod range;
 mod validate;
 mod vindex;
@@ -109,9 +111,8 @@ pub struct Keyspace {
     pub tables: HashMap<String, TableKind>,
     /// The sharding column of any table not listed in `tables`, if set.
     pub default_column: Option<String>,
-    /// Workspace id -> index into `shards`; overrides the vindex. Ordered, so a range
-    /// of ids finds the pins inside it without visiting the others.
-    pub pins: BTreeMap<u64, usize>,
+    /// Workspace id -> index into `shards`; overrides the vindex.
+    pub pins: PinMap,
     /// Whether this is the default (pass-through) keyspace.
     pub default: bool,
     /// How workspaces' data is laid out.
