@@ -286,12 +286,15 @@ fn range_target(
     match ks.placement_of_range(low, high) {
         RangePlacement::OneShard(i) => Ok(shard_target(ks, i)),
         RangePlacement::Spans(shards) => {
-            let mut names: Vec<&str> = shards.iter().map(|&i| ks.shards[i].name.as_str()).collect();
+            let mut names: Vec<&str> = shards
+                .iter()
+                .filter_map(|&i| ks.shards.get(i).map(|s| s.name.as_str()))
+                .collect();
             if names.len() >= SPAN_NAMES {
                 names.push("...");
             }
             Err(ProxyError::unroutable(format!(
-                "shardgate: the range {column} {low}..{high} of table '{}.{table}' spans shards \
+                "shardgate: the range {column} {low} to {high} of table '{}.{table}' spans shards \
                  {} (by key range or by pins); statements across shards are not supported yet: \
                  split the range at the shard boundaries and send one statement per shard, \
                  or name the workspaces with `{column} IN (...)`",
@@ -300,7 +303,7 @@ fn range_target(
             )))
         }
         RangePlacement::Unordered => Err(ProxyError::unroutable(format!(
-            "shardgate: table '{}.{table}' is limited by a range of '{column}' ({low}..{high}), \
+            "shardgate: table '{}.{table}' is limited by a range of '{column}' ({low} to {high}), \
              but keyspace '{}' places workspaces by the {} vindex, which scatters neighbouring \
              ids over its shards; ranges need an order-preserving vindex (numeric): name the \
              workspaces with `{column} = <id>` or `{column} IN (...)`",
