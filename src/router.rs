@@ -3,7 +3,7 @@
 
 use crate::error::ProxyError;
 use crate::planner::{Route, ShardingSchema, StatementKind, StatementPlan};
-use crate::vschema::{Keyspace, Tenancy, VSchema};
+use crate::vschema::{Keyspace, RangePlacement, Tenancy, VSchema, SPAN_NAMES};
 
 /// What database a session is in, as the vschema sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -244,6 +244,12 @@ pub fn route(vs: &VSchema, ctx: &DbContext, stmt: &StatementPlan) -> Result<Disp
              or a /*workspace_id:<id>*/ comment",
             ks.name, table, column, column, column
         ))),
+        Route::WorkspaceRange {
+            table,
+            column,
+            low,
+            high,
+        } => range_target(ks, table, column, *low, *high).map(Dispatch::Single),
         Route::Unroutable(msg) => Err(ProxyError::unroutable(format!("shardgate: {msg}"))),
         Route::LoadDataUnpinned { table } => Err(ProxyError::unroutable(format!(
             "shardgate: LOAD DATA into table '{}.{table}' is refused: keyspace '{}' shares its \
@@ -266,6 +272,45 @@ pub fn route(vs: &VSchema, ctx: &DbContext, stmt: &StatementPlan) -> Result<Disp
                 _ => split_insert(ks, stmt, &shards, ids),
             }
         }
+    }
+}
+
+/// The shard of a statement limited to the ids `[low, high]` of `table.column`.
+fn range_target(
+    ks: &Keyspace,
+    table: &str,
+    column: &str,
+    low: u64,
+    high: u64,
+) -> Result<Target, ProxyError> {
+    match ks.placement_of_range(low, high) {
+        RangePlacement::OneShard(i) => Ok(shard_target(ks, i)),
+        RangePlacement::Spans(shards) => {
+            let mut names: Vec<&str> = shards
+                .iter()
+                .filter_map(|&i| ks.shards.get(i).map(|s| s.name.as_str()))
+                .collect();
+            if names.len() >= SPAN_NAMES {
+                names.push("...");
+            }
+            Err(ProxyError::unroutable(format!(
+                "shardgate: the range {column} {low} to {high} of table '{}.{table}' spans shards \
+                 {} (by key range or by pins); statements across shards are not supported yet: \
+                 split the range at the shard boundaries and send one statement per shard, \
+                 or name the workspaces with `{column} IN (...)`",
+                ks.name,
+                names.join(", ")
+            )))
+        }
+        RangePlacement::Unordered => Err(ProxyError::unroutable(format!(
+            "shardgate: table '{}.{table}' is limited by a range of '{column}' ({low} to {high}), \
+             but keyspace '{}' places workspaces by the {} vindex, which scatters neighbouring \
+             ids over its shards; ranges need an order-preserving vindex (numeric): name the \
+             workspaces with `{column} = <id>` or `{column} IN (...)`",
+            ks.name,
+            ks.name,
+            ks.vindex.name()
+        ))),
     }
 }
 

@@ -102,10 +102,18 @@ async fn sysbench_point_selects_run_as_prepared_statements_on_both_shards() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sysbench_read_only_runs_as_prepared_statements_with_its_transactions() {
-    // sysbench's transactions (prepared BEGIN, ten point selects, prepared COMMIT) must
-    // stay on one shard: the numeric vindex keeps its ids on the first. Its range
-    // selects (`id BETWEEN ? AND ?`) are off: shardgate's planner routes a sharding key
-    // by `=` and `IN`, not by ranges, in text and prepared statements alike.
-    let (_servers, grew, report) = run("numeric", "oltp_read_only", &["--range_selects=off"]).await;
+    // sysbench's transactions (prepared BEGIN, ten point selects, four range selects
+    // `id BETWEEN ? AND ?`, prepared COMMIT) must stay on one shard: the numeric vindex
+    // keeps ids 1..2000 (and the ranges' ends, up to 2099) on the first, `-80`, so the
+    // planner routes each range there. `run` asserts that no statement failed.
+    let (_servers, grew, report) = run("numeric", "oltp_read_only", &[]).await;
     assert!(grew[0] > 100, "Com_stmt_execute grew by {grew:?}\n{report}");
+    assert_eq!(grew[1], 0, "nothing ran on the second shard\n{report}");
+    // Every transaction ran its four range selects besides its ten point selects
+    // (with `--range_selects=off` it would be ten reads a transaction).
+    let (reads, transactions) = (stat(&report, "read:"), stat(&report, "transactions:"));
+    assert!(
+        reads >= 14 * transactions,
+        "{reads} reads for {transactions} transactions\n{report}"
+    );
 }

@@ -202,6 +202,10 @@ async fn a_bound_user_reaches_no_other_workspace_by_any_route() {
         format!("SELECT * FROM messages WHERE workspace_id IN ({BOUND}, {other})"),
         format!("SELECT * FROM messages WHERE workspace_id = {BOUND} OR workspace_id = {other}"),
         format!("SELECT * FROM messages WHERE workspace_id = {BOUND} OR 1 = 1"),
+        // A range proves no workspace, not even a range of one id.
+        format!("SELECT * FROM messages WHERE workspace_id BETWEEN {BOUND} AND {BOUND}"),
+        format!("SELECT * FROM messages WHERE workspace_id >= 0 AND workspace_id < {BOUND}"),
+        format!("DELETE FROM messages WHERE workspace_id BETWEEN {BOUND} AND {other}"),
         format!(
             "SELECT b.* FROM messages a JOIN messages b ON a.id <> b.id WHERE a.workspace_id = {BOUND}"
         ),

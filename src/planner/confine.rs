@@ -376,6 +376,14 @@ fn route_within(command: &'static str, route: Route, bound: &[u64]) -> Result<()
                  condition `{column} = <id>` (or `{column} IN (...)`); a comment tag is not enough"
             ),
         )),
+        Route::WorkspaceRange { table, column, .. } => Err(Denial::new(
+            command,
+            Some(&table),
+            format!(
+                "a range of `{column}` values is not proof that every row is one of the user's \
+                 workspaces; name them with `{column} = <id>` (or `{column} IN (...)`)"
+            ),
+        )),
         Route::Unroutable(msg) => Err(Denial::new(command, None, msg)),
         Route::LoadDataUnpinned { table } => Err(Denial::new(
             command,

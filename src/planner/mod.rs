@@ -19,6 +19,9 @@ pub(crate) mod lex;
 mod load;
 mod privilege;
 mod query;
+mod range;
+#[cfg(test)]
+mod range_tests;
 mod tables;
 mod tag;
 #[cfg(test)]
@@ -97,6 +100,20 @@ pub enum Route {
         table: String,
         /// Its sharding column.
         column: String,
+    },
+    /// The one sharded table of the statement is limited to a range of workspace ids
+    /// (`C BETWEEN a AND b`, `C >= a AND C < b`, ...) and by no equality: the router
+    /// sends it to the shard that holds every id of the range, if one does (a numeric
+    /// vindex, no pin inside pointing elsewhere), else refuses it.
+    WorkspaceRange {
+        /// The table.
+        table: String,
+        /// Its sharding column.
+        column: String,
+        /// The lowest id of the range.
+        low: u64,
+        /// The highest id of the range; below `low` when the range is empty.
+        high: u64,
     },
     /// The statement cannot be routed for another reason (message for the client).
     Unroutable(String),
@@ -623,6 +640,18 @@ fn decide(a: &query::Analysis, tables: &[TableName<'_>], schema: &dyn ShardingSc
         }
     }
     if let Some(unpinned) = a.sharded.iter().find(|u| u.workspaces.is_none()) {
+        // A range places a statement only when its table is the only sharded use.
+        if let (Some((low, high)), [_]) = (unpinned.range, a.sharded.as_slice()) {
+            if a.writes_reference {
+                return Route::Unroutable(reference_with_sharded());
+            }
+            return Route::WorkspaceRange {
+                table: unpinned.table.clone(),
+                column: unpinned.column.clone(),
+                low,
+                high,
+            };
+        }
         return missing(&unpinned.table, &unpinned.column);
     }
     let mut sets = a.sharded.iter().filter_map(|u| u.workspaces.as_ref());

@@ -5,6 +5,8 @@
 //! top-level AND-conjunct `C = lit`, `lit = C`, `C IN (lit, ...)` on its sharding
 //! column `C` (bare, or qualified by the table's name or alias), or by `a.C = b.C` to a
 //! pinned table of the same scope or of an enclosing one (a correlated subquery).
+//! A table no equality pins may still be limited to a range of ids by `C BETWEEN a AND
+//! b` or comparisons with literals (see `range`), which the router may place on one shard.
 
 use sqlparser::ast::{
     AssignmentTarget, BinaryOperator, Delete, Expr, FromTable, FunctionArg, FunctionArgExpr,
@@ -15,6 +17,7 @@ use sqlparser::ast::{
 
 use std::ops::Range;
 
+use super::range::{self, IdRange};
 use super::tag::parse_workspace_digits;
 use super::ShardingSchema;
 
@@ -25,6 +28,9 @@ pub(crate) struct ShardedUse {
     pub column: String,
     /// None: nothing pins it.
     pub workspaces: Option<Vec<u64>>,
+    /// The inclusive range of ids its range conditions allow (`low > high`: none),
+    /// when it has any.
+    pub range: Option<(u64, u64)>,
 }
 
 /// What a statement's tables and conditions say about its route.
@@ -49,6 +55,7 @@ struct ScopeTable {
     alias: Option<String>,
     column: Option<String>,
     workspaces: Option<Vec<u64>>,
+    range: Option<IdRange>,
 }
 
 impl ScopeTable {
@@ -304,6 +311,7 @@ impl Analyzer<'_> {
                     table: t.name.clone(),
                     column: column.clone(),
                     workspaces: t.workspaces.clone(),
+                    range: t.range.map(IdRange::bounds),
                 });
             }
         }
@@ -396,6 +404,7 @@ impl Analyzer<'_> {
                     alias: alias.as_ref().map(|a| a.name.value.clone()),
                     column: self.schema.sharding_column(table).map(str::to_owned),
                     workspaces: None,
+                    range: None,
                 };
                 if self.schema.is_reference(table) {
                     if self.targets.as_ref().is_some_and(|ts| ts.includes(&t)) {
@@ -482,6 +491,42 @@ impl Analyzer<'_> {
                             self.pin_values(scope, b, &[left])
                         }
                         _ => {}
+                    }
+                }
+                Expr::BinaryOp { left, op, right } => {
+                    let (column, value, column_left) = match self.column_target(scope, left) {
+                        Some(t) => (t, right, true),
+                        None => match self.column_target(scope, right) {
+                            Some(t) => (t, left, false),
+                            None => continue,
+                        },
+                    };
+                    if let (Target::Local(a), Some(cmp), Some(v)) = (
+                        column,
+                        range::comparison(op, column_left),
+                        range::integer_bound(value),
+                    ) {
+                        if allowed(only, a) {
+                            let r = scope[a].range.unwrap_or_else(IdRange::all);
+                            scope[a].range = Some(r.and(cmp, v));
+                        }
+                    }
+                }
+                Expr::Between {
+                    expr,
+                    negated: false,
+                    low,
+                    high,
+                } => {
+                    if let (Some(Target::Local(a)), Some(l), Some(h)) = (
+                        self.column_target(scope, expr),
+                        range::integer_bound(low),
+                        range::integer_bound(high),
+                    ) {
+                        if allowed(only, a) {
+                            let r = scope[a].range.unwrap_or_else(IdRange::all);
+                            scope[a].range = Some(r.between(l, h));
+                        }
                     }
                 }
                 Expr::In {

@@ -193,7 +193,7 @@ fn or_and_non_literals_do_not_pin() {
         missing("messages", "workspace_id")
     );
     assert_eq!(
-        route("SELECT * FROM messages WHERE workspace_id > 3"),
+        route("SELECT * FROM messages WHERE workspace_id > id"),
         missing("messages", "workspace_id")
     );
     assert_eq!(

@@ -8,9 +8,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 
 use crate::planner::ShardingSchema;
+pub use pins::PinMap;
+pub use range::{RangePlacement, SPAN_NAMES};
 
 mod keyrange;
 mod parse;
+mod pins;
+mod range;
 mod validate;
 mod vindex;
 
@@ -108,7 +112,7 @@ pub struct Keyspace {
     /// The sharding column of any table not listed in `tables`, if set.
     pub default_column: Option<String>,
     /// Workspace id -> index into `shards`; overrides the vindex.
-    pub pins: HashMap<u64, usize>,
+    pub pins: PinMap,
     /// Whether this is the default (pass-through) keyspace.
     pub default: bool,
     /// How workspaces' data is laid out.
@@ -274,6 +278,12 @@ impl Keyspace {
         if let Some(&index) = self.pins.get(&workspace) {
             return index;
         }
+        self.vindex_shard_index(workspace)
+    }
+
+    /// Index into `shards` of the shard whose key range holds `workspace`'s keyspace
+    /// id, ignoring pins.
+    fn vindex_shard_index(&self, workspace: u64) -> usize {
         let id = self.vindex.keyspace_id(workspace);
         // Shards are sorted and tile the whole space, so the owner is the last shard
         // whose start is at or below the id. The first shard starts at the beginning,

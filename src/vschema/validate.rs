@@ -10,8 +10,8 @@ use std::collections::{BTreeMap, HashMap};
 use super::keyrange::{cmp_bounds, cmp_ends, cmp_start_end, describe_end, describe_start};
 use super::parse::{RawCluster, RawKeyspace, RawShard, RawTable, RawVSchema};
 use super::{
-    Cluster, DdlPolicy, KeyRange, Keyspace, Shard, TableKind, Tenancy, VSchema, VSchemaError,
-    VSchemaErrors, Vindex,
+    Cluster, DdlPolicy, KeyRange, Keyspace, PinMap, Shard, TableKind, Tenancy, VSchema,
+    VSchemaError, VSchemaErrors, Vindex,
 };
 
 /// MySQL's limit on a database name, in characters.
@@ -340,7 +340,7 @@ fn build_unsharded(
         }],
         tables,
         default_column: None,
-        pins: HashMap::new(),
+        pins: PinMap::new(),
         default: raw.default,
         tenancy: Tenancy::SharedTables,
         ddl,
@@ -664,8 +664,8 @@ fn build_pins(
     declared: &HashMap<String, usize>,
     shards: &[Shard],
     problems: &mut Problems,
-) -> HashMap<u64, usize> {
-    let mut pins = HashMap::new();
+) -> PinMap {
+    let mut pins = PinMap::new();
     let mut written_as: HashMap<u64, &str> = HashMap::new();
     for (workspace, shard_name) in raw.iter().flatten() {
         let pin_at = format!("{at}.pins.{}", key(workspace));
