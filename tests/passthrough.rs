@@ -111,12 +111,7 @@ in_trans = bool(c.server_status & 1)
 cur.execute("DROP TABLE pic")
 print(n, in_trans)
 "#;
-    let direct = python(
-        script,
-        &[&servers[0].socket_addr().port().to_string(), "shardgate"],
-    )
-    .await;
-    let via = python(script, &[&proxy.addr.port().to_string(), "app"]).await;
+    let (direct, via) = python_both(script, &servers[0], &proxy, false).await;
     assert_eq!(direct, "1 False", "MariaDB itself");
     assert_eq!(via, direct, "through shardgate");
     proxy.stop().await;
@@ -290,12 +285,7 @@ for opt in (1, 0):
     cur.close()
 print(out)
 "#;
-    let d = python(
-        script,
-        &[&servers[0].socket_addr().port().to_string(), "shardgate"],
-    )
-    .await;
-    let p = python(script, &[&proxy.addr.port().to_string(), "app"]).await;
+    let (d, p) = python_both(script, &servers[0], &proxy, false).await;
     assert_eq!(d, "[1064, 2]", "MariaDB itself");
     assert_eq!(p, d, "through shardgate");
     proxy.stop().await;

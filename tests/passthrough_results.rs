@@ -43,12 +43,7 @@ for t in threads: t.start()
 for t in threads: t.join()
 print(len(errors), len(set(answers)), errors[:3], sorted(set(answers)))
 "#;
-    let direct = python(
-        script,
-        &[&servers[0].socket_addr().port().to_string(), "shardgate"],
-    )
-    .await;
-    let via = python(script, &[&proxy.addr.port().to_string(), "app"]).await;
+    let (direct, via) = python_both(script, &servers[0], &proxy, false).await;
     assert!(direct.starts_with("0 1 []"), "MariaDB itself: {direct}");
     assert_eq!(via, direct, "through shardgate");
     proxy.stop().await;
@@ -88,26 +83,15 @@ async fn multi_with_error(opts: mysql_async::Opts) -> Vec<String> {
 async fn multi_result_sets_with_an_error_in_the_middle_read_as_directly() {
     let servers = common::start_servers(1);
     let proxy = common::start_proxy(&passthrough_vschema(&servers[0])).await;
-    let direct = multi_with_error(common::mysql_opts(
-        &servers[0].addr(),
-        "shardgate",
-        "shardgate",
-        Some("app"),
-    ))
-    .await;
+    let (direct_opts, proxy_opts) = opts_both(&servers[0], &proxy, "app");
+    let direct = multi_with_error(direct_opts).await;
     assert!(
         direct.iter().any(|s| s.contains("1146"))
             && direct.last().map(String::as_str) == Some("again Some(6)"),
         "MariaDB stops at the missing table: {direct:?}"
     );
     for _ in 0..20 {
-        let via = multi_with_error(common::mysql_opts(
-            &proxy.addr_string(),
-            "app",
-            "app",
-            Some("app"),
-        ))
-        .await;
+        let via = multi_with_error(proxy_opts.clone()).await;
         assert_eq!(via, direct, "through shardgate");
     }
     proxy.stop().await;
@@ -120,7 +104,7 @@ async fn pymysql_executemany_counts_rows_as_directly() {
     let script = r#"
 import sys, pymysql
 from pymysql.constants import CLIENT
-port, user, table = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+port, user, table = int(sys.argv[1]), sys.argv[2], "em_" + sys.argv[3]
 c = pymysql.connect(host="127.0.0.1", port=port, user=user, password=user, database="app",
                     client_flag=CLIENT.MULTI_STATEMENTS, autocommit=True)
 cur = c.cursor()
@@ -138,16 +122,7 @@ while cur.nextset():
     pass
 print(out)
 "#;
-    let direct = python(
-        script,
-        &[
-            &servers[0].socket_addr().port().to_string(),
-            "shardgate",
-            "em_direct",
-        ],
-    )
-    .await;
-    let via = python(script, &[&proxy.addr.port().to_string(), "app", "em_proxy"]).await;
+    let (direct, via) = python_both(script, &servers[0], &proxy, true).await;
     assert_eq!(direct, "[50, 10, 15, (55, 9, 10)]", "MariaDB itself");
     assert_eq!(via, direct, "through shardgate");
     proxy.stop().await;
@@ -188,12 +163,7 @@ cur.execute("SELECT @@wait_timeout > 3")
 out.append(f"default {cur.fetchone()[0]}")
 print(out)
 "#;
-    let direct = python(
-        script,
-        &[&servers[0].socket_addr().port().to_string(), "shardgate"],
-    )
-    .await;
-    let via = python(script, &[&proxy.addr.port().to_string(), "app"]).await;
+    let (direct, via) = python_both(script, &servers[0], &proxy, false).await;
     assert_eq!(
         direct, "['gone True', 'kept alive 1', 'default 1']",
         "MariaDB itself"
@@ -247,25 +217,14 @@ async fn call_with_out_params(opts: mysql_async::Opts) -> Vec<String> {
 async fn stored_procedures_with_out_parameters_read_as_directly() {
     let servers = common::start_servers(1);
     let proxy = common::start_proxy(&passthrough_vschema(&servers[0])).await;
-    let direct = call_with_out_params(common::mysql_opts(
-        &servers[0].addr(),
-        "shardgate",
-        "shardgate",
-        Some("app"),
-    ))
-    .await;
+    let (direct_opts, proxy_opts) = opts_both(&servers[0], &proxy, "admin");
+    let direct = call_with_out_params(direct_opts).await;
     assert_eq!(
         direct.first().map(String::as_str),
         Some("text Some(42)"),
         "{direct:?}"
     );
-    let via = call_with_out_params(common::mysql_opts(
-        &proxy.addr_string(),
-        "admin",
-        "admin",
-        Some("app"),
-    ))
-    .await;
+    let via = call_with_out_params(proxy_opts).await;
     assert_eq!(via, direct, "through shardgate");
     proxy.stop().await;
 }

@@ -229,3 +229,37 @@ pub async fn python(script: &str, args: &[&str]) -> String {
     );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
+
+/// A Python script's output run directly against `server` (as the backend account
+/// `shardgate`) and through `proxy` (as `app`): its arguments are the port, the user
+/// (also the password), then `extra` and, for each side, `direct`/`proxy` when
+/// `tagged` (so each side can name its own tables).
+pub async fn python_both(
+    script: &str,
+    server: &LocalMariaDb,
+    proxy: &super::Proxy,
+    tagged: bool,
+) -> (String, String) {
+    let direct_port = server.socket_addr().port().to_string();
+    let proxy_port = proxy.addr.port().to_string();
+    let mut direct: Vec<&str> = vec![&direct_port, "shardgate"];
+    let mut via: Vec<&str> = vec![&proxy_port, "app"];
+    if tagged {
+        direct.push("direct");
+        via.push("proxy");
+    }
+    (python(script, &direct).await, python(script, &via).await)
+}
+
+/// mysql_async options for `server` directly (as `shardgate`) and for `proxy` (as
+/// `user`), both in database `app`.
+pub fn opts_both(
+    server: &LocalMariaDb,
+    proxy: &super::Proxy,
+    user: &str,
+) -> (mysql_async::Opts, mysql_async::Opts) {
+    (
+        super::mysql_opts(&server.addr(), "shardgate", "shardgate", Some("app")),
+        super::mysql_opts(&proxy.addr_string(), user, user, Some("app")),
+    )
+}
