@@ -11,6 +11,8 @@ mod common;
 use std::process::Output;
 use std::time::Duration;
 
+use shardgate::access::Scope;
+use shardgate::config::{ProxyConfig, User};
 use shardgate::demo::localdb::LocalMariaDb;
 use shardgate::vschema::VSchema;
 use tokio::io::AsyncWriteExt;
@@ -202,8 +204,9 @@ async fn mysql_connector_prepared_and_compressed_match_a_direct_connection() {
 
 const BULK_CAP: u32 = 1 << 2;
 
-/// Logs in announcing MARIADB_CLIENT_STMT_BULK_OPERATIONS; the greeting must offer it.
-async fn bulk_login(addr: &str) -> TcpStream {
+/// Logs in as `user` (password the same) announcing
+/// MARIADB_CLIENT_STMT_BULK_OPERATIONS; the greeting must offer it.
+async fn bulk_login(addr: &str, user: &str) -> TcpStream {
     use shardgate::protocol::auth::native_token;
     use shardgate::protocol::handshake::{
         build_handshake_response, parse_greeting, HandshakeResponse,
@@ -222,8 +225,8 @@ async fn bulk_login(addr: &str) -> TcpStream {
         capabilities: (caps::BACKEND_BASE | caps::DEPRECATE_EOF) & !caps::LONG_PASSWORD,
         max_packet: 1 << 24,
         collation: 45,
-        user: "app".into(),
-        auth_response: native_token(b"app", &g.scramble),
+        user: user.into(),
+        auth_response: native_token(user.as_bytes(), &g.scramble),
         database: Some("app".into()),
         auth_plugin: Some("mysql_native_password".into()),
         attributes: vec![],
@@ -298,15 +301,22 @@ async fn expect_ok(s: &mut TcpStream, what: &str) -> u64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hand_written_bulks_malformed_rows_unit_results_and_transactions() {
+async fn hand_written_bulks_malformed_rows_unit_results_transactions_and_bound_users() {
     let s = setup();
     // Two workspaces on different shards.
     let a = 1u64;
     let b = (2..50u64)
         .find(|&w| owner(&s.toml, w) != owner(&s.toml, a))
         .expect("a workspace on the other shard");
-    let proxy = common::start_proxy(&s.toml).await;
-    let mut c = bulk_login(&proxy.addr_string()).await;
+    // `acme` may use workspace 7 only.
+    let vs = VSchema::from_toml_str(&s.toml).expect("vschema");
+    let mut users = common::test_users();
+    let mut acme = User::new("acme", "acme", false);
+    acme.scope = Scope::new(Some(vec!["app".into()]), Some(vec![7]));
+    users.push(acme);
+    let config = ProxyConfig::new("127.0.0.1:0".parse().expect("addr"), users, vs);
+    let proxy = common::start_proxy_config(config).await;
+    let mut c = bulk_login(&proxy.addr_string(), "app").await;
     let id = prepare(
         &mut c,
         "INSERT INTO items (workspace_id, name, qty) VALUES (?, ?, ?)",
@@ -406,5 +416,30 @@ async fn hand_written_bulks_malformed_rows_unit_results_and_transactions() {
     common::raw_query(&mut c, b"SELECT 1").await;
     let (_, first) = common::raw_read(&mut c).await.expect("result");
     assert_eq!(first, [1], "a one-column result set");
+
+    // A workspace-bound user: every row is checked, a neighbour on the same shard too.
+    let neighbour = (1..200u64)
+        .find(|&w| w != 7 && owner(&s.toml, w) == owner(&s.toml, 7))
+        .expect("a neighbour of workspace 7");
+    let mut acme = bulk_login(&proxy.addr_string(), "acme").await;
+    let id = prepare(
+        &mut acme,
+        "INSERT INTO items (workspace_id, name, qty) VALUES (?, ?, ?)",
+    )
+    .await;
+    let before = total();
+    let mut p = bulk_header(id, 0);
+    row(&mut p, 7, "mine", Some(1));
+    row(&mut p, neighbour, "theirs", Some(2));
+    send(&mut acme, &p).await;
+    let (code, _, msg) = expect_err(&mut acme, "a neighbour's row").await;
+    assert_eq!(code, 1142, "{msg}");
+    assert!(msg.contains("row 2"), "{msg}");
+    assert_eq!(total(), before, "none of the bulk's rows written");
+    let mut p = bulk_header(id, 0);
+    row(&mut p, 7, "mine", Some(1));
+    row(&mut p, 7, "mine too", Some(2));
+    send(&mut acme, &p).await;
+    assert_eq!(expect_ok(&mut acme, "its own rows").await, 2);
     proxy.stop().await;
 }
