@@ -351,6 +351,13 @@ impl Session {
                     continue;
                 }
             };
+            // KILL QUERY from another session reaches this part; the cluster's
+            // latency and failure window count it.
+            let handle = cursor.session.handle.clone();
+            handle
+                .statement_started(&target.cluster, lease.conn_ref().thread_id)
+                .await;
+            let started = std::time::Instant::now();
             let run = run_part(lease.conn(), &target, b);
             let result = match deadline {
                 None => run.await,
@@ -365,6 +372,12 @@ impl Session {
                     }
                 },
             };
+            handle.statement_ended().await;
+            let proxy_error = match &result {
+                Err(Failure::Proxy(e)) => Some(e),
+                _ => None,
+            };
+            cursor.session.record(rt, &target, started, proxy_error);
             cursor.done(target.clone(), lease);
             match result {
                 Ok(ok) => {
