@@ -16,9 +16,10 @@
 //!   the rows before a failing one without a transaction. Per-row results cannot be
 //!   merged that way and are refused.
 //!
-//! Bounds: the payload is at most `max_packet_size`; per row shardgate keeps its start
-//! offset and target index (6 bytes), and each shard's rows are copied once, into that
-//! shard's command.
+//! Bounds: the payload is at most `max_packet_size`; shardgate keeps 8 bytes per run
+//! of consecutive rows for one shard (where it starts, which shard: one entry when all
+//! rows go to one shard), and each shard's rows are copied once, into that shard's
+//! command.
 
 use std::ops::Range;
 
@@ -112,7 +113,8 @@ fn incorrect(why: impl std::fmt::Display) -> ProxyError {
 }
 
 /// The ranges of `request` holding the rows routed to target `which`, adjacent rows
-/// merged. `starts` are the rows' offsets, `end` where the last row ends.
+/// merged. `starts` are where each run of rows for one target begins (with that
+/// target), `end` where the last row ends.
 fn rows_of(starts: &[(u32, u16)], end: usize, which: u16) -> Vec<Range<usize>> {
     let mut out: Vec<Range<usize>> = Vec::new();
     for (i, &(start, t)) in starts.iter().enumerate() {
@@ -172,21 +174,24 @@ impl Session {
 
         let rt = self.shared.runtime();
         let mut targets: Vec<Target> = Vec::new();
-        let mut rows: Vec<(u32, u16)> = Vec::new();
+        // Where each run of consecutive rows for one target starts, and that target.
+        let mut runs: Vec<(u32, u16)> = Vec::new();
+        let mut row_no = 0usize;
         let mut first: Option<StatementPlan> = None;
         let mut literals = Vec::with_capacity(usize::from(params));
         let mut at = head.rows_at;
         while at < payload.len() {
             let start = at;
+            row_no += 1;
             if let Err(m) = binary::read_bulk_row(&payload, &mut at, &types, nbe, &mut literals) {
-                let e = incorrect(format!("row {}: {}", rows.len() + 1, m.0));
+                let e = incorrect(format!("row {row_no}: {}", m.0));
                 return self.send_error(&e).await;
             }
             let row_text = binary::substitute(&text, &markers, &literals);
             let (target, stmt) = match self.route_row(&rt, id, &row_text) {
                 Ok(r) => r,
                 Err(mut e) => {
-                    e.message = format!("row {} of the bulk: {}", rows.len() + 1, e.message);
+                    e.message = format!("row {row_no} of the bulk: {}", e.message);
                     return self.send_error(&e).await;
                 }
             };
@@ -204,7 +209,9 @@ impl Session {
             let Ok(start) = u32::try_from(start) else {
                 return self.send_error(&incorrect("request too long")).await;
             };
-            rows.push((start, which as u16));
+            if runs.last().map(|r| r.1) != Some(which as u16) {
+                runs.push((start, which as u16));
+            }
             first.get_or_insert(stmt);
         }
         let Some(stmt) = first else {
@@ -245,9 +252,9 @@ impl Session {
         let parts: Vec<(Target, BoundBulk)> = targets
             .into_iter()
             .enumerate()
-            .map(|(i, t)| (t, bound(rows_of(&rows, payload.len(), i as u16))))
+            .map(|(i, t)| (t, bound(rows_of(&runs, payload.len(), i as u16))))
             .collect();
-        drop(rows);
+        drop(runs);
         self.bulk_over_shards(&rt, parts).await
     }
 
