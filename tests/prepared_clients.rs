@@ -412,6 +412,22 @@ async fn hand_written_bulks_malformed_rows_unit_results_transactions_and_bound_u
     assert_eq!(code, 1062, "{msg}");
     assert!(msg.contains("already applied on"), "{msg}");
     assert_eq!(total(), 4, "the first shard's row stays written");
+    // The DEFAULT indicator: the column's default, routed by the other values.
+    let mut p = bulk_header(id, 0);
+    let mut one = Vec::new();
+    row(&mut one, b, "default qty", Some(0));
+    one.truncate(one.len() - 5);
+    one.push(2);
+    p.extend_from_slice(&one);
+    send(&mut c, &p).await;
+    assert_eq!(expect_ok(&mut c, "DEFAULT indicator").await, 1);
+    assert_eq!(
+        count_on(
+            home_b,
+            "SELECT COUNT(*) FROM app.items WHERE name = 'default qty' AND qty IS NULL"
+        ),
+        1
+    );
 
     common::raw_query(&mut c, b"SELECT 1").await;
     let (_, first) = common::raw_read(&mut c).await.expect("result");
