@@ -115,6 +115,88 @@ pub fn parse_execute(
     Ok(req)
 }
 
+/// `COM_STMT_BULK_EXECUTE` flag: answer with one result per row (MariaDB 11.5+).
+pub const BULK_SEND_UNIT_RESULTS: u16 = 64;
+/// `COM_STMT_BULK_EXECUTE` flag: the parameter types follow the flags.
+pub const BULK_SEND_TYPES_TO_SERVER: u16 = 128;
+
+/// A `COM_STMT_BULK_EXECUTE` payload's header: statement id, flags, where its types
+/// are (when sent) and where its rows start. The rows are read one by one with
+/// [`read_bulk_row`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct BulkRequest {
+    /// The client's statement id.
+    pub stmt_id: u32,
+    /// `BULK_SEND_*` flags.
+    pub flags: u16,
+    /// Where the parameter types are, when the request carries them.
+    pub types: Option<Range<usize>>,
+    /// Where the first row starts.
+    pub rows_at: usize,
+}
+
+/// Reads the header of a `COM_STMT_BULK_EXECUTE` for a statement of `params`
+/// parameters; `known_types` are those an earlier execute bound, needed when this one
+/// sends none. A bulk needs parameters and at least one row.
+pub fn parse_bulk(
+    payload: &[u8],
+    params: usize,
+    known_types: Option<&[u8]>,
+) -> Result<BulkRequest, Malformed> {
+    let stmt_id = stmt_id(payload).ok_or(Malformed("too short for a statement id"))?;
+    let f = payload.get(5..7).ok_or(Malformed("no flags"))?;
+    let flags = u16::from_le_bytes([f[0], f[1]]);
+    if params == 0 {
+        return Err(Malformed("the statement has no parameters to bind rows to"));
+    }
+    let mut at = 7;
+    let mut types = None;
+    if flags & BULK_SEND_TYPES_TO_SERVER != 0 {
+        let r = at..at + 2 * params;
+        payload.get(r.clone()).ok_or(Malformed("types cut short"))?;
+        at = r.end;
+        types = Some(r);
+    } else if known_types.map(<[u8]>::len) != Some(2 * params) {
+        return Err(Malformed(
+            "no parameter types: the first execute must send them",
+        ));
+    }
+    if at >= payload.len() {
+        return Err(Malformed("no rows"));
+    }
+    Ok(BulkRequest {
+        stmt_id,
+        flags,
+        types,
+        rows_at: at,
+    })
+}
+
+/// Reads the row of a bulk execute at `at` (moved past it) into `literals`, one per
+/// parameter: the value as a SQL literal, `NULL` for the NULL indicator, `DEFAULT` for
+/// the DEFAULT and IGNORE indicators. `types` are 2 bytes a parameter.
+pub fn read_bulk_row(
+    payload: &[u8],
+    at: &mut usize,
+    types: &[u8],
+    no_backslash_escapes: bool,
+    literals: &mut Vec<Option<String>>,
+) -> Result<(), Malformed> {
+    literals.clear();
+    for t in types.chunks_exact(2) {
+        let indicator = *payload.get(*at).ok_or(Malformed("row cut short"))?;
+        *at += 1;
+        let lit = match indicator {
+            0 => read_value(payload, at, t[0], t[1] & 0x80 != 0, no_backslash_escapes)?,
+            1 => "NULL".into(),
+            2 | 3 => "DEFAULT".into(),
+            _ => return Err(Malformed("unknown parameter indicator")),
+        };
+        literals.push(Some(lit));
+    }
+    Ok(())
+}
+
 fn take<'a>(p: &'a [u8], at: &mut usize, n: usize) -> Result<&'a [u8], Malformed> {
     let end = at
         .checked_add(n)
@@ -386,6 +468,41 @@ mod tests {
         }
         let p = exec(&[(0xfd, b"\xfe\xff\xff\xff\xff\xff\xff\xff\xff")], 0);
         assert!(parse_execute(&p, 1, None, &[], false).is_err());
+    }
+
+    #[test]
+    fn bulk_rows_are_read_one_by_one() {
+        let mut p = vec![0xfa, 3, 0, 0, 0, 128, 0, 0x08, 0, 0xfd, 0];
+        let rows_at = p.len();
+        p.extend_from_slice(&[0]);
+        p.extend_from_slice(&7i64.to_le_bytes());
+        p.extend_from_slice(b"\x00\x02ab");
+        p.extend_from_slice(&[1, 2]);
+        let b = parse_bulk(&p, 2, None).unwrap();
+        assert_eq!((b.stmt_id, b.flags, b.rows_at), (3, 128, rows_at));
+        let types = p[b.types.clone().unwrap()].to_vec();
+        let (mut at, mut lits) = (b.rows_at, Vec::new());
+        read_bulk_row(&p, &mut at, &types, false, &mut lits).unwrap();
+        assert_eq!(lits, [Some("7".into()), Some("'ab'".into())]);
+        read_bulk_row(&p, &mut at, &types, false, &mut lits).unwrap();
+        assert_eq!(lits, [Some("NULL".into()), Some("DEFAULT".into())]);
+        assert_eq!(at, p.len());
+        // Cut anywhere inside a row, or a bad indicator: an error, never a panic.
+        for cut in b.rows_at..p.len() - 1 {
+            let mut at = b.rows_at;
+            let first = read_bulk_row(&p[..cut], &mut at, &types, false, &mut lits);
+            let second =
+                first.and_then(|()| read_bulk_row(&p[..cut], &mut at, &types, false, &mut lits));
+            assert!(second.is_err(), "cut at {cut}");
+        }
+        let mut bad = p.clone();
+        bad[rows_at] = 9;
+        let mut at = rows_at;
+        assert!(read_bulk_row(&bad, &mut at, &types, false, &mut lits).is_err());
+        assert!(parse_bulk(&p[..8], 2, None).is_err());
+        assert!(parse_bulk(&[0xfa, 3, 0, 0, 0, 0, 0, 1], 2, None).is_err());
+        assert!(parse_bulk(&p, 0, None).is_err());
+        assert!(parse_bulk(&p[..rows_at], 2, None).is_err());
     }
 
     #[test]

@@ -15,7 +15,11 @@
 //!   file of a LOAD DATA LOCAL) goes on from the server's last id: each side's next id
 //!   is the last one it read plus one, and each frame it writes adds one;
 //! - a frame carries at most 16 KiB of packet bytes; one under 50 bytes, or one that
-//!   does not shrink, is sent as is (uncompressed length 0).
+//!   does not shrink, is sent as is (uncompressed length 0);
+//! - a packet that does not fit in the frame it starts in ends in the next frame: when
+//!   more than 16 KiB of it is left, that frame holds exactly its rest (so a packet
+//!   spans at most two frames; mysql-connector-python relies on it: it reads one more
+//!   frame for an unfinished packet, never two).
 //!
 //! [`MaybeCompressed`] sits between the packet codec and the (possibly TLS) socket, so
 //! everything that writes to a client, the raw relay of backend answers included,
@@ -89,8 +93,16 @@ pub struct Codec {
     stall: Option<Duration>,
     stall_timer: Option<Pin<Box<tokio::time::Sleep>>>,
     // ---- writing ----
-    /// Packet bytes waiting to be framed (at most [`FRAME_PAYLOAD`]).
+    /// Packet bytes waiting to be framed (at most `frame_limit`).
     pending: Vec<u8>,
+    /// Packet bytes the frame being collected takes: [`FRAME_PAYLOAD`], or the rest of
+    /// a packet the previous frame cut (at most [`MAX_FRAME`]).
+    frame_limit: usize,
+    /// The header of the packet being written, as far as it came (`hdr_have` bytes).
+    hdr: [u8; 4],
+    hdr_have: usize,
+    /// Bytes of the packet being written still to come after its header.
+    packet_left: usize,
     /// Framed bytes waiting to be written, from `out_at`.
     out: Vec<u8>,
     out_at: usize,
@@ -117,6 +129,10 @@ impl Codec {
             stall,
             stall_timer: None,
             pending: Vec::new(),
+            frame_limit: FRAME_PAYLOAD,
+            hdr: [0; 4],
+            hdr_have: 0,
+            packet_left: 0,
             out: Vec::new(),
             out_at: 0,
             deflate: Compress::new(flate2::Compression::fast(), true),
@@ -172,9 +188,38 @@ impl Codec {
         self.write_seq = self.write_seq.wrapping_add(1);
         self.stats.payload_out += payload.len() as u64;
         self.stats.wire_out += self.out.len() as u64;
-        // Reuse the allocation for the next frame.
-        self.pending = payload;
-        self.pending.clear();
+        // Reuse the allocation for the next frame (not a big packet's).
+        if payload.capacity() <= FRAME_PAYLOAD {
+            self.pending = payload;
+            self.pending.clear();
+        }
+        // A packet cut here with more than a frame's worth left: its rest goes in
+        // one frame of its own, as MariaDB writes it.
+        self.frame_limit = if self.hdr_have == 0 && self.packet_left > FRAME_PAYLOAD {
+            self.packet_left.min(MAX_FRAME)
+        } else {
+            FRAME_PAYLOAD
+        };
+    }
+
+    /// Follows the packet stream through `bytes` (packet headers and lengths).
+    fn observe(&mut self, bytes: &[u8]) {
+        let mut i = 0;
+        while i < bytes.len() {
+            if self.packet_left > 0 {
+                let k = self.packet_left.min(bytes.len() - i);
+                self.packet_left -= k;
+                i += k;
+                continue;
+            }
+            self.hdr[self.hdr_have] = bytes[i];
+            self.hdr_have += 1;
+            i += 1;
+            if self.hdr_have == 4 {
+                self.packet_left = u24(&self.hdr[..3]);
+                self.hdr_have = 0;
+            }
+        }
     }
 
     /// Writes what `out` holds to `inner`.
@@ -189,6 +234,10 @@ impl Codec {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
             self.out_at += n;
+        }
+        if self.out.capacity() > 2 * FRAME_PAYLOAD {
+            // A big packet's frame: give its memory back.
+            self.out = Vec::new();
         }
         self.out.clear();
         self.out_at = 0;
@@ -523,18 +572,18 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for MaybeCompressed<S> {
         let Some(codec) = &mut this.codec else {
             return Pin::new(&mut this.inner).poll_write(cx, buf);
         };
-        if codec.pending.len() >= FRAME_PAYLOAD {
+        if codec.pending.len() >= codec.frame_limit {
             ready!(codec.poll_drain(&mut this.inner, cx))?;
             codec.frame_pending();
         }
         ready!(codec.poll_drain(&mut this.inner, cx))?;
-        if codec.pending.capacity() < FRAME_PAYLOAD {
-            codec
-                .pending
-                .reserve_exact(FRAME_PAYLOAD - codec.pending.len());
+        let room = codec.frame_limit.saturating_sub(codec.pending.len());
+        let n = buf.len().min(room);
+        if codec.pending.capacity() < codec.pending.len() + n {
+            codec.pending.reserve_exact(room);
         }
-        let n = buf.len().min(FRAME_PAYLOAD - codec.pending.len());
         codec.pending.extend_from_slice(&buf[..n]);
+        codec.observe(&buf[..n]);
         Poll::Ready(Ok(n))
     }
 

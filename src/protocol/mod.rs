@@ -44,9 +44,11 @@ pub mod caps {
     /// MariaDB extended capability (sent apart, in the handshake's filler bytes):
     /// column definitions carry extended type info (e.g. `format=json`).
     pub const MARIADB_EXTENDED_METADATA: u32 = 1 << 3;
+    /// MariaDB extended capability: `COM_STMT_BULK_EXECUTE` (`session::prepared_bulk`).
+    pub const MARIADB_STMT_BULK_OPERATIONS: u32 = 1 << 2;
     /// The MariaDB extended capabilities shardgate relays. Not PROGRESS (progress
-    /// packets look like ERR to a relay) and not the prepared-statement ones.
-    pub const MARIADB_RELAYABLE: u32 = MARIADB_EXTENDED_METADATA;
+    /// packets look like ERR to a relay).
+    pub const MARIADB_RELAYABLE: u32 = MARIADB_EXTENDED_METADATA | MARIADB_STMT_BULK_OPERATIONS;
 
     /// What shardgate offers clients (plus `SSL` when TLS is configured, see
     /// [`super::tls`], and `LOCAL_FILES` when `local_infile` is on). Compression is
@@ -136,5 +138,6 @@ pub mod command {
     pub const STMT_RESET: u8 = 0x1a;
     pub const SET_OPTION: u8 = 0x1b;
     pub const STMT_FETCH: u8 = 0x1c;
+    pub const STMT_BULK_EXECUTE: u8 = 0xfa;
     pub const RESET_CONNECTION: u8 = 0x1f;
 }

@@ -317,7 +317,7 @@ impl Session {
     ) -> Answered {
         let again = match &outgoing {
             Outgoing::Raw(p) => Some(p.clone()),
-            Outgoing::Execute(_) => None,
+            Outgoing::Execute(_) | Outgoing::Bulk(_) => None,
         };
         let may_retry = again.is_some();
         match self
@@ -371,20 +371,22 @@ impl Session {
             }
             Err(e) => return Ok(self.fail(e, stateful).await),
         }
-        let payload = match outgoing {
-            Outgoing::Raw(p) => p,
-            Outgoing::Execute(x) => match super::prepared_exec::bind(lease.conn(), x).await {
-                Ok(Ok(p)) => p,
-                Ok(Err(err)) => {
-                    self.put_back(target, lease, &Effects::default());
-                    return Ok(self.send_collected(&err).await);
-                }
-                Err(e) => {
-                    drop(lease);
-                    let e = ProxyError::lost_backend(&target.cluster, e);
-                    return Ok(self.fail(e, stateful).await);
-                }
-            },
+        let bound = match outgoing {
+            Outgoing::Raw(p) => Ok(Ok(p)),
+            Outgoing::Execute(x) => super::prepared_exec::bind(lease.conn(), x).await,
+            Outgoing::Bulk(b) => super::prepared_bulk::bind(lease.conn(), b).await,
+        };
+        let payload = match bound {
+            Ok(Ok(p)) => p,
+            Ok(Err(err)) => {
+                self.put_back(target, lease, &Effects::default());
+                return Ok(self.send_collected(&err).await);
+            }
+            Err(e) => {
+                drop(lease);
+                let e = ProxyError::lost_backend(&target.cluster, e);
+                return Ok(self.fail(e, stateful).await);
+            }
         };
         let thread_id = lease.conn_ref().thread_id;
         self.handle
@@ -588,6 +590,8 @@ pub(super) enum Outgoing {
     Raw(Bytes),
     /// A prepared statement's execute, bound on the connection first.
     Execute(super::prepared_exec::BoundExecute),
+    /// A prepared statement's bulk execute, bound the same way.
+    Bulk(super::prepared_bulk::BoundBulk),
 }
 
 /// Runs one of the session's own statements (replayed `SET`, `BEGIN`) on a lease.

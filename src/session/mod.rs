@@ -13,7 +13,8 @@
 //! - `kill`: `KILL` and `SELECT CONNECTION_ID()` with shardgate's own session ids (the
 //!   session registry is in [`crate::shared`]).
 //! - `prepared`, `prepared_exec`: server-side prepared statements (`COM_STMT_*`) with
-//!   the session's own statement ids, routed at each execute by their bound values.
+//!   the session's own statement ids, routed at each execute by their bound values;
+//!   `prepared_bulk`: MariaDB's `COM_STMT_BULK_EXECUTE`, each row routed the same way.
 //!
 //! **Reserved connections.** A backend connection returns to its cluster's pool after
 //! every statement, unless the session left state on it that no other connection has:
@@ -34,6 +35,7 @@ mod leases;
 mod login;
 mod passthrough;
 mod prepared;
+mod prepared_bulk;
 mod prepared_exec;
 mod schema;
 mod sha2_login;
@@ -346,6 +348,7 @@ impl Session {
                 command::STMT_PREPARE => self.stmt_prepare(payload).await,
                 command::STMT_EXECUTE => self.stmt_execute(payload).await,
                 command::STMT_FETCH => self.stmt_fetch(payload).await,
+                command::STMT_BULK_EXECUTE => self.stmt_bulk_execute(payload).await,
                 command::STMT_RESET => self.stmt_reset(&payload).await,
                 command::STMT_CLOSE => {
                     self.stmt_close(&payload).await;

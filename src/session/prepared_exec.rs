@@ -88,7 +88,7 @@ pub(super) async fn bind(
 }
 
 /// shardgate's own error as a response to relay.
-fn error_response(e: &ProxyError) -> Collected {
+pub(super) fn error_response(e: &ProxyError) -> Collected {
     let mut bytes = bytes::BytesMut::new();
     crate::protocol::packet::put_packet(
         &mut bytes,
@@ -105,7 +105,7 @@ fn error_response(e: &ProxyError) -> Collected {
 }
 
 /// Short text of a statement for messages.
-fn excerpt(sql: &str) -> String {
+pub(super) fn excerpt(sql: &str) -> String {
     let one_line: String = sql.split_whitespace().collect::<Vec<_>>().join(" ");
     match one_line.char_indices().nth(80) {
         Some((i, _)) => format!("{}...", &one_line[..i]),

@@ -69,11 +69,15 @@ async fn writes_are_framed_like_mariadb_and_sequence_ids_follow_the_last_read() 
     // A short answer: uncompressed.
     s.write_all(b"\x03\x00\x00\x01ok!").await.unwrap();
     s.flush().await.unwrap();
-    // A long one: compressed, spanning frames of at most 16 KiB.
-    let big: Vec<u8> = (0..40_000u32)
-        .map(|i| b"abcdefgh"[i as usize % 8])
-        .collect();
-    s.write_all(&big).await.unwrap();
+    // A long packet: compressed, 16 KiB in the first frame, its whole rest in the
+    // next (a packet spans at most two frames, as MariaDB writes it); the packet after
+    // it starts a frame of its own.
+    let mut big: Vec<u8> = vec![0x3c, 0x9c, 0x00, 0x02]; // 39,996 bytes, seq 2
+    big.extend((0..39_996u32).map(|i| b"abcdefgh"[i as usize % 8]));
+    let small = b"\x03\x00\x00\x03end";
+    let mut answer = big.clone();
+    answer.extend_from_slice(small);
+    s.write_all(&answer).await.unwrap();
     s.flush().await.unwrap();
     drop(s);
     let mut wire = Vec::new();
@@ -82,10 +86,11 @@ async fn writes_are_framed_like_mariadb_and_sequence_ids_follow_the_last_read() 
     assert_eq!(frames[0], (1, 0, b"\x03\x00\x00\x01ok!".to_vec()));
     let seqs: Vec<u8> = frames.iter().map(|f| f.0).collect();
     assert_eq!(seqs, vec![1, 2, 3, 4]);
-    assert!(frames[1..]
-        .iter()
-        .all(|f| f.1 > 0 && f.2.len() <= FRAME_PAYLOAD));
-    let joined: Vec<u8> = frames[1..].iter().flat_map(|f| f.2.clone()).collect();
+    let sizes: Vec<usize> = frames.iter().map(|f| f.2.len()).collect();
+    assert_eq!(sizes, [7, FRAME_PAYLOAD, 40_000 - FRAME_PAYLOAD, 7]);
+    assert!(frames[1].1 > 0 && frames[2].1 > 0, "long frames compressed");
+    assert_eq!(frames[3], (4, 0, small.to_vec()));
+    let joined: Vec<u8> = frames[1..3].iter().flat_map(|f| f.2.clone()).collect();
     assert_eq!(joined, big);
     assert!(
         wire.len() < big.len() / 10,
