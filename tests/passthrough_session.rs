@@ -338,3 +338,53 @@ async fn idle_pooled_connections_are_closed_after_idle_timeout() {
     drop(conns);
     proxy.stop().await;
 }
+
+/// `COM_RESET_CONNECTION` from a second client library, Oracle's mysql-connector-python
+/// (`cmd_reset_connection()`, in the virtualenv `scripts/ensure-deps` makes): every kind
+/// of session state is gone afterwards, as on a direct connection, and a lock the
+/// session held is free for another session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_connection_from_mysql_connector_python_reads_as_directly() {
+    let servers = common::start_servers(1);
+    let proxy = common::start_proxy(&passthrough_vschema(&servers[0])).await;
+    servers[0]
+        .sql("CREATE TABLE IF NOT EXISTS app.rc (a INT) ENGINE=InnoDB")
+        .expect("table");
+    let script = r#"
+import sys, mysql.connector
+port, user = int(sys.argv[1]), sys.argv[2]
+def connect():
+    return mysql.connector.connect(host="127.0.0.1", port=port, user=user, password=user,
+                                   database="app", use_pure=True)
+c = connect()
+cur = c.cursor()
+cur.execute("CREATE TEMPORARY TABLE tmp_rc (a INT)")
+cur.execute("SET @v = 42, SESSION sql_mode = 'ANSI_QUOTES'")
+cur.execute("SELECT GET_LOCK('rc_lock', 0)")
+got = cur.fetchall()[0][0]
+cur.execute("START TRANSACTION")
+cur.execute("INSERT INTO rc VALUES (1)")
+cur.close()
+c.cmd_reset_connection()
+cur = c.cursor()
+out = [got]
+try:
+    cur.execute("SELECT * FROM tmp_rc")
+    cur.fetchall()
+    out.append("tmp kept")
+except mysql.connector.Error as e:
+    out.append(e.errno)
+cur.execute("SELECT @v, @@sql_mode LIKE '%ANSI_QUOTES%', @@in_transaction")
+out.append(tuple(cur.fetchall()[0]))
+other = connect()
+oc = other.cursor()
+oc.execute("SELECT GET_LOCK('rc_lock', 0), (SELECT COUNT(*) FROM rc)")
+out.append(tuple(oc.fetchall()[0]))
+oc.execute("DO RELEASE_LOCK('rc_lock')")
+print(out)
+"#;
+    let (direct, via) = python_in_venv_both(script, &servers[0], &proxy).await;
+    assert_eq!(direct, "[1, 1146, (None, 0, 0), (1, 0)]", "MariaDB itself");
+    assert_eq!(via, direct, "through shardgate");
+    proxy.stop().await;
+}

@@ -210,9 +210,32 @@ pub async fn set_option(s: &mut tokio::net::TcpStream, option: u16) -> String {
 /// Runs a Python script with the system's python3 (PyMySQL, mysqlclient) and returns
 /// its trimmed stdout; panics with its stderr if it fails or takes over 60 s.
 pub async fn python(script: &str, args: &[&str]) -> String {
+    python_with("/usr/bin/python3", script, args).await
+}
+
+/// The virtualenv `scripts/ensure-deps` makes, with mysql-connector-python and MariaDB
+/// Connector/Python from PyPI.
+pub const VENV_PYTHON: &str = "/opt/shardgate-pyenv/bin/python";
+
+/// [`python_both`] with the virtualenv's Python (mysql-connector-python), untagged.
+pub async fn python_in_venv_both(
+    script: &str,
+    server: &LocalMariaDb,
+    proxy: &super::Proxy,
+) -> (String, String) {
+    let direct_port = server.socket_addr().port().to_string();
+    let proxy_port = proxy.addr.port().to_string();
+    (
+        python_with(VENV_PYTHON, script, &[&direct_port, "shardgate"]).await,
+        python_with(VENV_PYTHON, script, &[&proxy_port, "app"]).await,
+    )
+}
+
+/// Runs a Python script with interpreter `python`; see [`python`].
+pub async fn python_with(python: &str, script: &str, args: &[&str]) -> String {
     let out = tokio::time::timeout(
         Duration::from_secs(60),
-        tokio::process::Command::new("/usr/bin/python3")
+        tokio::process::Command::new(python)
             .arg("-c")
             .arg(script)
             .args(args)
