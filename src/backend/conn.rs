@@ -428,14 +428,28 @@ impl BackendConn {
             self.never_ran = true;
             return Err(BackendError::Backend(e.to_string()));
         }
-        self.relay_response(kind, client).await
+        self.relay_answer(kind, client, true).await
     }
 
-    /// Streams the response to an already-sent command to `client`.
+    /// Streams the response to an already-sent command to `client`, when that answer's
+    /// sequence id may be anything (after a LOAD DATA LOCAL file it follows the
+    /// client's last packet and wraps to 0 one time in 256): an ERR with sequence id 0
+    /// is then an answer, not the server's goodbye.
     pub async fn relay_response<W: AsyncWrite + Unpin>(
         &mut self,
         kind: ResponseKind,
         client: &mut W,
+    ) -> Result<Outcome, BackendError> {
+        self.relay_answer(kind, client, false).await
+    }
+
+    /// Streams a response to `client`; `fresh`: it answers a command just sent with
+    /// sequence id 0, so an ERR with sequence id 0 before it is the server's goodbye.
+    async fn relay_answer<W: AsyncWrite + Unpin>(
+        &mut self,
+        kind: ResponseKind,
+        client: &mut W,
+        fresh: bool,
     ) -> Result<Outcome, BackendError> {
         let mut scanner = ResponseScanner::new(kind, self.deprecate_eof());
         let mut wrote = false;
@@ -448,7 +462,7 @@ impl BackendConn {
             }
         };
         loop {
-            if !wrote && self.goodbye_first() {
+            if fresh && !wrote && self.goodbye_first() {
                 // Its answer to nothing we sent: the server closed this connection
                 // before it read the command.
                 self.broken = true;

@@ -21,6 +21,10 @@ const CONNECT_FAILURE_HOLD: Duration = Duration::from_millis(500);
 /// Idle connections unused for longer than this are pinged before reuse.
 const PING_AFTER_IDLE: Duration = Duration::from_secs(10);
 
+/// Idle connections unused for longer than this get a look at their socket before
+/// reuse (closed by the server?); MariaDB's `wait_timeout` is at least a second.
+const PEEK_AFTER_IDLE: Duration = Duration::from_millis(500);
+
 /// Connections to one cluster.
 pub struct ClusterPool {
     /// The cluster's name (fixed; its members change with a failover).
@@ -388,7 +392,15 @@ impl ClusterPool {
                     }
                     // Closed by the server while idle (wait_timeout): never handed
                     // out, another one is taken or opened instead.
-                    let alive = match conn.idle_alive() {
+                    // A server closes an idle connection after `wait_timeout`, at
+                    // least a second: one idle for less is not looked at (the look is
+                    // a syscall on the path of every statement).
+                    let look = if idle_for < PEEK_AFTER_IDLE {
+                        Some(true)
+                    } else {
+                        conn.idle_alive()
+                    };
+                    let alive = match look {
                         Some(false) => false,
                         None => conn.ping().await,
                         Some(true) => idle_for <= PING_AFTER_IDLE || conn.ping().await,
@@ -501,7 +513,10 @@ impl ClusterPool {
                 if let Some(i) = g.leased_threads.iter().position(|t| *t == conn.thread_id) {
                     g.leased_threads.swap_remove(i);
                 }
-                if conn.broken || conn.status & status::IN_TRANS != 0 || !conn.reserve.is_empty() {
+                if conn.broken
+                    || conn.status & (status::IN_TRANS | status::CURSOR_EXISTS) != 0
+                    || !conn.reserve.is_empty()
+                {
                     // A connection that still holds a session's state (a transaction,
                     // temporary tables, locks) is never handed to another session:
                     // closing the socket makes the server roll back and drop whatever

@@ -28,6 +28,10 @@ pub struct StmtKey {
     pub sql: Bytes,
     /// The connection's database when it was prepared.
     pub database: Option<String>,
+    /// The connection's session settings (`state_hash`) when it was prepared: MariaDB
+    /// keeps the `sql_mode` and character set of prepare time, so a statement prepared
+    /// under other settings (another session's `ANSI_QUOTES`) is not reused.
+    pub state: u64,
     /// `(session id, client statement id)` of a cursor's owner; None when shared.
     pub owner: Option<(u32, u32)>,
 }

@@ -243,7 +243,9 @@ impl Session {
     /// connection if it holds session state (reserved), or until the next statement if
     /// a follow-up may ask about this one; otherwise it goes back to the pool.
     pub(super) fn put_back(&mut self, target: Target, mut lease: Lease, fx: &Effects) {
-        if fx.changes_globals {
+        // Only a SET GLOBAL that worked: a refused one must not let any user flush
+        // the cluster's pool.
+        if fx.changes_globals && !lease.conn_ref().last_error {
             lease.pool().renew();
         }
         let conn = lease.conn();

@@ -44,6 +44,9 @@ pub(super) struct ClientStmt {
     pub markers: Vec<usize>,
     /// Parameters (from the PREPARE_OK).
     pub params: u16,
+    /// Result columns (from the PREPARE_OK): a statement that answers with rows
+    /// (`INSERT ... RETURNING`).
+    pub columns: u16,
     /// The parameter types the last execute that sent types bound (2 bytes each).
     pub types: Option<Vec<u8>>,
     /// Long data per parameter, sent since the last execute.
@@ -143,6 +146,10 @@ impl Session {
     }
 
     async fn stmt_prepare_inner(&mut self, payload: Bytes) -> Answered {
+        // A prepare that fails leaves no "last statement" (id 0xffffffff) behind, as on
+        // MariaDB: an execute sent right after it, unanswered, gets 1243 instead of
+        // running the statement prepared before.
+        self.prepared.last = 0;
         let sql = payload.slice(1..);
         let text = planner::sql_text(&sql).into_owned();
         if crate::admin::parse_admin(&text).is_some()
@@ -208,6 +215,7 @@ impl Session {
         let key = crate::backend::stmts::StmtKey {
             sql: sql.clone(),
             database: lease.conn_ref().database.clone(),
+            state: lease.conn_ref().state_hash,
             owner: None,
         };
         let prepared = lease.conn().prepared(&key).await;
@@ -243,6 +251,12 @@ impl Session {
                 text,
                 markers,
                 params: stmt.params,
+                // The PREPARE_OK payload (after its 4-byte header): 0x00, the
+                // statement id (4 bytes), the column count (2 bytes).
+                columns: stmt
+                    .answer
+                    .get(9..11)
+                    .map_or(0, |b| u16::from_le_bytes([b[0], b[1]])),
                 types: None,
                 long_data: HashMap::new(),
                 long_bytes: 0,
@@ -337,6 +351,9 @@ impl Session {
         if self.prepared.map.contains_key(&id) {
             self.close_cursor(id, true).await;
             self.prepared.map.remove(&id);
+            if self.prepared.last == id {
+                self.prepared.last = 0;
+            }
         }
     }
 
@@ -364,6 +381,7 @@ impl Session {
         let key = crate::backend::stmts::StmtKey {
             sql,
             database: conn.database.clone(),
+            state: conn.state_hash,
             owner: Some((self.id, id)),
         };
         if let Some(s) = conn.stmts.get(&key).cloned() {

@@ -68,6 +68,7 @@ pub(super) async fn bind(
     let key = StmtKey {
         sql: b.sql,
         database: conn.database.clone(),
+        state: conn.state_hash,
         owner: None,
     };
     let s = match conn.prepared(&key).await? {
@@ -233,6 +234,16 @@ impl Session {
                 .await;
         }
         let names: Vec<&str> = targets.iter().map(|t| t.label.as_str()).collect();
+        let returns_rows = self.prepared.map.get(&id).is_some_and(|s| s.columns > 0);
+        if returns_rows {
+            let e = ProxyError::not_supported(format!(
+                "a bulk execute of a statement that returns rows (RETURNING) whose rows go to \
+                 several shards ({}): their result sets cannot be merged; send each shard's \
+                 rows in a bulk of its own",
+                names.join(", ")
+            ));
+            return self.send_error(&e).await;
+        }
         if head.flags & BULK_SEND_UNIT_RESULTS != 0 {
             let e = ProxyError::not_supported(format!(
                 "per-row results (SEND_UNIT_RESULTS) of a bulk execute whose rows go to several shards ({}): \

@@ -49,6 +49,7 @@ pub(super) async fn bind(
     let key = StmtKey {
         sql: x.sql,
         database: conn.database.clone(),
+        state: conn.state_hash,
         owner: x.owner,
     };
     let s = match conn.prepared(&key).await? {
@@ -327,6 +328,7 @@ impl Session {
         let key = StmtKey {
             sql,
             database: conn.database.clone(),
+            state: conn.state_hash,
             owner: Some((self.id, id)),
         };
         let Some(backend_id) = conn.stmts.get(&key).map(|s| s.id) else {

@@ -54,7 +54,8 @@ impl BackendConn {
             let last = match self.stream_file(client, limit).await? {
                 FileEnd::Sent(last) => last,
                 FileEnd::BackendLost(last, m) => {
-                    return Err(self.answer_lost(client, cluster, last, m).await);
+                    let why = format!("the file of LOAD DATA LOCAL did not reach it: {m}");
+                    return Err(self.answer_lost(client, cluster, last, why).await);
                 }
             };
             outcome = match self
@@ -64,8 +65,14 @@ impl BackendConn {
                 Ok(o) => o,
                 Err(BackendError::Backend(m)) => {
                     // Nothing of the answer reached the client yet: it still waits
-                    // for the answer to its file.
-                    return Err(self.answer_lost(client, cluster, last, m).await);
+                    // for the answer to its file. The whole file was sent, so the
+                    // rows may have been loaded: say the outcome is unknown.
+                    let why = format!(
+                        "lost after the whole LOAD DATA LOCAL file was sent, before its \
+                         answer: whether the rows were loaded is unknown; check before \
+                         loading again: {m}"
+                    );
+                    return Err(self.answer_lost(client, cluster, last, why).await);
                 }
                 Err(e) => return Err(e),
             };
@@ -129,10 +136,7 @@ impl BackendConn {
         why: String,
     ) -> BackendError {
         self.broken = true;
-        let e = crate::error::ProxyError::lost_backend(
-            cluster,
-            format!("the file of LOAD DATA LOCAL did not reach it: {why}"),
-        );
+        let e = crate::error::ProxyError::lost_backend(cluster, why.clone());
         let err = crate::protocol::wire::proxy_err_payload(&e);
         if let Err(e) = client.send(last_seq.wrapping_add(1), &err).await {
             return BackendError::Client(e);
