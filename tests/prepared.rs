@@ -451,6 +451,19 @@ async fn statement_ids_belong_to_one_session_and_die_with_a_reset() {
         rows.iter().any(|p| p.windows(5).any(|w| w == b"three")),
         "{rows:?}"
     );
+    // Id 0xffffffff is "the statement prepared last"; a prepare that fails leaves
+    // none (as on MariaDB), so an execute sent right after it is not the one before.
+    send(&mut a, &execute(u32::MAX, 0, &[Some(3)])).await;
+    let rows = read_response(&mut a).await;
+    assert!(
+        rows.iter().any(|p| p.windows(5).any(|w| w == b"three")),
+        "the last prepared statement ran: {rows:?}"
+    );
+    let failed = prepare(&mut a, "SELEC name FROM items WHERE workspace_id = ?").await;
+    assert!(failed.is_err(), "a syntax error");
+    send(&mut a, &execute(u32::MAX, 0, &[Some(3)])).await;
+    let (_, e) = common::raw_read(&mut a).await.expect("answer");
+    assert_eq!(common::raw_err(&e).map(|e| e.0), Some(1243));
     // COM_RESET_CONNECTION drops them.
     send(&mut a, &[0x1f]).await;
     let (_, ok) = common::raw_read(&mut a).await.expect("reset");
