@@ -225,6 +225,56 @@ async fn a_user_over_max_connections_is_refused_with_1226() {
     proxy.stop().await;
 }
 
+/// `COM_CHANGE_USER` counts against the new user's `max_connections` as a login does:
+/// changing into a user at its limit is refused with 1226, and the old user's place
+/// is given back when a change succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn change_user_into_a_user_at_its_limit_is_refused_with_1226() {
+    let (_servers, proxy) = setup(|c| {
+        if let Some(u) = c.users.iter_mut().find(|u| u.name == "app") {
+            u.max_connections = Some(1);
+        }
+    })
+    .await;
+    let addr = proxy.addr_string();
+    let to_app = || {
+        mysql_async::ChangeUserOpts::default()
+            .with_user(Some("app".into()))
+            .with_pass(Some("app".into()))
+            .with_db_name(Some("main".into()))
+    };
+    let app = mysql_async::Conn::new(common::mysql_opts(&addr, "app", "app", Some("main")))
+        .await
+        .expect("app's one session");
+    let mut admin = proxy.connect("admin", Some("main")).await;
+    match admin.change_user(to_app()).await {
+        Err(mysql_async::Error::Server(e)) => {
+            assert_eq!((e.code, e.state.as_str()), (1226, "42000"), "{e:?}");
+        }
+        other => panic!("change into app at its limit: {other:?}"),
+    }
+    drop(app);
+    let mut changed = false;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut c = proxy.connect("admin", Some("main")).await;
+        if c.change_user(to_app()).await.is_ok() {
+            let user: Option<String> = c.query_first("SELECT 'changed'").await.expect("select");
+            assert_eq!(user.as_deref(), Some("changed"));
+            changed = true;
+            // Now app's place is this session's: a login as app is refused.
+            let mut s = TcpStream::connect(&addr).await.expect("connect");
+            let (_, g) = common::raw_read(&mut s).await.expect("greeting");
+            let reply =
+                common::raw_answer_greeting(&mut s, &g, "app", "app", Some("main"), 0, 45).await;
+            assert_eq!(common::raw_err(&reply).map(|e| e.0), Some(1226));
+            break;
+        }
+    }
+    assert!(changed, "a change into app works once its session closed");
+    proxy.stop().await;
+}
+
 /// The real binary: 8 clients that each send 40 MiB of a 60 MiB packet and stall
 /// leave its resident memory within the budget (64 MiB) plus its ordinary footprint.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

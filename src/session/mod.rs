@@ -95,7 +95,6 @@ pub async fn run(
         return;
     };
     let _slot = login.slot.take();
-    let _user_slot = login.user_slot.take();
     shared.clients.fetch_add(1, Ordering::Relaxed);
     let _count = ClientCount(shared.clone());
     let db = match &login.ctx {
@@ -196,6 +195,9 @@ struct Session {
     /// Prepared-statement commands received, for `SHOW STATUS LIKE 'Com_stmt_%'`
     /// (see [`identity::STMT_COUNTERS`]).
     stmt_commands: [u64; 6],
+    /// The session's place in its user's `max_connections` (moves to the new user's
+    /// on `COM_CHANGE_USER`).
+    user_slot: Option<crate::frontdoor::UserSlot>,
     /// The session's own `SET wait_timeout` (see [`idle`]).
     own_wait_timeout: Option<std::time::Duration>,
 }
@@ -247,6 +249,7 @@ impl Session {
             prepared: prepared::Statements::default(),
             stmt_commands: [0; 6],
             own_wait_timeout: None,
+            user_slot: login.user_slot,
         }
     }
 

@@ -337,6 +337,23 @@ impl Session {
                 }
             }
         };
+        // The new user's place in its `max_connections`, or the refusal a login
+        // beyond it gets; the old user's place is given back.
+        if req.user != self.user {
+            let limit = shared
+                .config
+                .users
+                .iter()
+                .find(|u| u.name == req.user)
+                .and_then(|u| u.max_connections);
+            match door.user_slot(&req.user, limit) {
+                Ok(slot) => self.user_slot = slot,
+                Err(e) => {
+                    self.note_error(e.code, &e.message);
+                    return self.send_at(seq, &wire::proxy_err_payload(&e)).await;
+                }
+            }
+        }
         // The new user's session.
         self.role = entry.map_or(crate::access::Role::App, |u| u.role);
         self.admin = self.role.is_admin();
