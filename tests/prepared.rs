@@ -656,3 +656,23 @@ async fn long_data_over_the_bound_fails_the_execute_with_1153_and_the_session_go
         30_000
     );
 }
+
+/// A client's `COM_STMT_PREPARE` is answered with the metadata the table has now, not
+/// a copy a backend connection kept from before a schema change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prepare_after_a_schema_change_gets_the_new_columns() {
+    // One backend connection per cluster: both sessions use the same one.
+    let (servers, _toml, proxy) = setup_pool(1).await;
+    let addr = proxy.addr_string();
+    let sql = "SELECT * FROM items WHERE workspace_id = ?";
+    let mut a = common::raw_login(&addr, "app", "app", Some("app")).await;
+    let (_, params, before) = prepare(&mut a, sql).await.expect("a prepares");
+    assert_eq!(params, 1);
+    for s in &servers {
+        s.sql("ALTER TABLE app.items ADD COLUMN extra INT NULL")
+            .expect("alter");
+    }
+    let mut b = common::raw_login(&addr, "app", "app", Some("app")).await;
+    let (_, _, after) = prepare(&mut b, sql).await.expect("b prepares");
+    assert_eq!(after, before + 1, "the new column is in the PREPARE_OK");
+}

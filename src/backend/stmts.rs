@@ -120,6 +120,15 @@ impl BackendConn {
         Ok(Ok(stmt))
     }
 
+    /// `key` prepared anew on this connection (a cached copy is closed first), so the
+    /// answer carries the parameters and columns the tables have now: what a client's
+    /// `COM_STMT_PREPARE` gets. Executes use [`prepared`](Self::prepared), the cached
+    /// copy (MariaDB re-prepares a statement itself when its tables changed).
+    pub async fn prepare_fresh(&mut self, key: &StmtKey) -> Result<Prepared, BackendError> {
+        self.close_stmt(key).await?;
+        self.prepared(key).await
+    }
+
     /// Closes the least recently used statement on the server.
     async fn evict_one(&mut self) -> Result<(), BackendError> {
         let oldest = self

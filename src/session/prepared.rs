@@ -218,7 +218,7 @@ impl Session {
             state: lease.conn_ref().state_hash,
             owner: None,
         };
-        let prepared = lease.conn().prepared(&key).await;
+        let prepared = lease.conn().prepare_fresh(&key).await;
         self.put_back(target.clone(), lease, &Effects::default());
         let stmt = match prepared {
             Err(e) => {
