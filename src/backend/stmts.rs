@@ -131,11 +131,12 @@ impl BackendConn {
 
     /// Closes the least recently used statement on the server.
     async fn evict_one(&mut self) -> Result<(), BackendError> {
+        // A statement a session owns may hold its open cursor: shared ones go first.
         let oldest = self
             .stmts
             .entries
             .iter()
-            .min_by_key(|(_, s)| s.used)
+            .min_by_key(|(k, s)| (k.owner.is_some(), s.used))
             .map(|(k, _)| k.clone());
         if let Some(k) = oldest {
             self.close_stmt(&k).await?;

@@ -56,7 +56,17 @@ pub(super) struct ClientStmt {
     /// Set when long data went over the bound: the next execute fails with it.
     pub long_error: Option<String>,
     /// Where a cursor this statement opened lives (the connection is reserved).
-    pub cursor: Option<Target>,
+    pub cursor: Option<OpenCursor>,
+}
+
+/// A cursor open on a backend connection the session holds.
+#[derive(Debug, Clone)]
+pub(super) struct OpenCursor {
+    /// The backend connection's thread id: the held connection is found by it (its
+    /// target changes if the session uses it for another database meanwhile).
+    pub thread: u32,
+    /// The backend statement that holds the cursor, as it was keyed when it ran.
+    pub key: crate::backend::stmts::StmtKey,
 }
 
 /// The session's prepared statements by the ids it gave them.
@@ -364,26 +374,25 @@ impl Session {
         let Some(st) = self.prepared.map.get_mut(&id) else {
             return;
         };
-        let Some(target) = st.cursor.take() else {
+        let Some(cursor) = st.cursor.take() else {
             return;
         };
-        let sql = st.sql.clone();
         let others = self
             .prepared
             .map
             .values()
-            .any(|s| s.cursor.as_ref() == Some(&target));
-        let Some(i) = self.held.iter().position(|h| h.target == target) else {
+            .any(|s| s.cursor.as_ref().is_some_and(|c| c.thread == cursor.thread));
+        let Some(i) = self
+            .held
+            .iter()
+            .position(|h| h.lease.conn_ref().thread_id == cursor.thread)
+        else {
             return;
         };
-        let mut lease = self.held.swap_remove(i).lease;
+        let held = self.held.swap_remove(i);
+        let (target, mut lease) = (held.target, held.lease);
         let conn = lease.conn();
-        let key = crate::backend::stmts::StmtKey {
-            sql,
-            database: conn.database.clone(),
-            state: conn.state_hash,
-            owner: Some((self.id, id)),
-        };
+        let key = cursor.key;
         if let Some(s) = conn.stmts.get(&key).cloned() {
             let mut p = vec![crate::protocol::command::STMT_RESET];
             p.extend_from_slice(&s.id.to_le_bytes());

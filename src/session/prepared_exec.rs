@@ -285,14 +285,24 @@ impl Session {
             )
             .await;
         if cursor {
-            let open = self.held.iter().any(|h| {
+            let open = self.held.iter().find_map(|h| {
                 let c = h.lease.conn_ref();
-                h.target == target
+                (h.target == target
                     && c.reserve.contains(Reserve::CURSOR)
-                    && c.status & status::CURSOR_EXISTS != 0
+                    && c.status & status::CURSOR_EXISTS != 0)
+                    .then(|| (c.thread_id, c.database.clone(), c.state_hash))
             });
-            if let (true, Some(st)) = (open, self.prepared.map.get_mut(&id)) {
-                st.cursor = Some(target);
+            if let (Some((thread, database, state)), Some(st)) =
+                (open, self.prepared.map.get_mut(&id))
+            {
+                // Keyed as the execute bound it on that connection just now.
+                let key = StmtKey {
+                    sql: st.sql.clone(),
+                    database,
+                    state,
+                    owner: Some((self.id, id)),
+                };
+                st.cursor = Some(super::prepared::OpenCursor { thread, key });
             }
         }
         answer
@@ -316,21 +326,20 @@ impl Session {
                 format!("The statement ({id}) has no open cursor."),
             )
         };
-        let (Some(target), Some(rows)) = (st.cursor.clone(), payload.get(5..9)) else {
+        let (Some(cursor), Some(rows)) = (st.cursor.clone(), payload.get(5..9)) else {
             return self.send_error(&no_cursor()).await;
         };
-        let sql = st.sql.clone();
-        let Some(i) = self.held.iter().position(|h| h.target == target) else {
+        let Some(i) = self
+            .held
+            .iter()
+            .position(|h| h.lease.conn_ref().thread_id == cursor.thread)
+        else {
             return self.send_error(&no_cursor()).await;
         };
-        let mut lease = self.held.swap_remove(i).lease;
+        let held = self.held.swap_remove(i);
+        let (target, mut lease) = (held.target, held.lease);
         let conn = lease.conn();
-        let key = StmtKey {
-            sql,
-            database: conn.database.clone(),
-            state: conn.state_hash,
-            owner: Some((self.id, id)),
-        };
+        let key = cursor.key;
         let Some(backend_id) = conn.stmts.get(&key).map(|s| s.id) else {
             self.put_back(target, lease, &Effects::default());
             return self.send_error(&no_cursor()).await;
@@ -355,7 +364,7 @@ impl Session {
                         .prepared
                         .map
                         .values()
-                        .any(|s| s.cursor.as_ref() == Some(&target));
+                        .any(|s| s.cursor.as_ref().is_some_and(|c| c.thread == cursor.thread));
                     if !others {
                         fx.clears = Reserve::CURSOR;
                     }
