@@ -42,6 +42,14 @@ pub(super) struct IdleLimit {
 /// or an expression shardgate does not evaluate: then the backend keeps it, as
 /// before).
 pub(super) fn assigned_wait_timeout(sql: &str) -> Option<Option<u64>> {
+    // Every successful SET comes here: lex only the ones that can mention it.
+    let named = sql
+        .as_bytes()
+        .windows(12)
+        .any(|w| w.eq_ignore_ascii_case(b"wait_timeout"));
+    if !named {
+        return None;
+    }
     let toks = lex::lex(sql).tokens;
     let mut found = None;
     for (i, t) in toks.iter().enumerate() {

@@ -161,17 +161,7 @@ pub(super) async fn login(
     // path answers at once).
     tokio::time::sleep(door.login_delay(peer.ip(), &resp.user, started)).await;
     let verdict = match plugin {
-        AuthPlugin::NativePassword => {
-            if entry
-                .is_some_and(|u| auth::verify_native(&token, &scramble, u.password_hash.as_ref()))
-            {
-                Verdict::Ok
-            } else {
-                Verdict::Denied {
-                    using_password: !token.is_empty(),
-                }
-            }
-        }
+        AuthPlugin::NativePassword => sha2_login::native_verdict(entry, &token, &scramble),
         AuthPlugin::CachingSha2Password => {
             sha2_login::authenticate(
                 shared, client, &mut seq, &resp.user, entry, &token, &scramble,
@@ -210,13 +200,7 @@ pub(super) async fn login(
         let _ = client.send(seq, &wire::proxy_err_payload(&e)).await;
         return None;
     };
-    let limit = shared
-        .config
-        .users
-        .iter()
-        .find(|u| u.name == resp.user)
-        .and_then(|u| u.max_connections);
-    let user_slot = match door.user_slot(&resp.user, limit) {
+    let user_slot = match door.user_slot(&resp.user, max_connections(shared, &resp.user)) {
         Ok(s) => s,
         Err(e) => {
             tracing::info!(user = %LogSafe(&resp.user), %peer, "refused: max_connections");
@@ -340,4 +324,14 @@ pub(super) fn resolve_database(vs: &VSchema, db: &str) -> Option<DbContext> {
     } else {
         None
     }
+}
+
+/// User `name`'s `max_connections`, if it has one (login and `COM_CHANGE_USER`).
+pub(super) fn max_connections(shared: &Shared, name: &str) -> Option<usize> {
+    shared
+        .config
+        .users
+        .iter()
+        .find(|u| u.name == name)
+        .and_then(|u| u.max_connections)
 }

@@ -255,16 +255,7 @@ impl Session {
         let door = &shared.door;
         tokio::time::sleep(door.login_delay(ip, &req.user, started)).await;
         let verdict = match plugin {
-            AuthPlugin::NativePassword => {
-                let stored = entry.and_then(|u| u.password_hash.as_ref());
-                if entry.is_some() && auth::verify_native(&token, &nonce, stored) {
-                    Verdict::Ok
-                } else {
-                    Verdict::Denied {
-                        using_password: !token.is_empty(),
-                    }
-                }
-            }
+            AuthPlugin::NativePassword => sha2_login::native_verdict(entry, &token, &nonce),
             AuthPlugin::CachingSha2Password => {
                 sha2_login::authenticate(
                     &shared,
@@ -340,12 +331,7 @@ impl Session {
         // The new user's place in its `max_connections`, or the refusal a login
         // beyond it gets; the old user's place is given back.
         if req.user != self.user {
-            let limit = shared
-                .config
-                .users
-                .iter()
-                .find(|u| u.name == req.user)
-                .and_then(|u| u.max_connections);
+            let limit = super::login::max_connections(&shared, &req.user);
             match door.user_slot(&req.user, limit) {
                 Ok(slot) => self.user_slot = slot,
                 Err(e) => {

@@ -90,6 +90,12 @@ impl Statements {
     }
 
     /// The statement a request names (`0xffffffff`: the last prepared).
+    /// The session statement a `COM_STMT_*` payload names (0, never allocated, when
+    /// the payload is too short to name one).
+    pub fn id_in(&self, payload: &[u8]) -> u32 {
+        self.resolve(binary::stmt_id(payload).unwrap_or(0))
+    }
+
     pub fn resolve(&self, id: u32) -> u32 {
         if id == binary::LAST_PREPARED {
             self.last
@@ -342,7 +348,7 @@ impl Session {
 
     /// `COM_STMT_RESET`: drops the statement's long data and closes its cursor.
     pub(super) async fn stmt_reset(&mut self, payload: &[u8]) -> Answered {
-        let id = self.prepared.resolve(binary::stmt_id(payload).unwrap_or(0));
+        let id = self.prepared.id_in(payload);
         let Some(st) = self.prepared.map.get_mut(&id) else {
             return self
                 .send_error(&unknown_stmt(id, "mysqld_stmt_reset"))
@@ -357,7 +363,7 @@ impl Session {
 
     /// `COM_STMT_CLOSE` (no answer).
     pub(super) async fn stmt_close(&mut self, payload: &[u8]) {
-        let id = self.prepared.resolve(binary::stmt_id(payload).unwrap_or(0));
+        let id = self.prepared.id_in(payload);
         if self.prepared.map.contains_key(&id) {
             self.close_cursor(id, true).await;
             self.prepared.map.remove(&id);

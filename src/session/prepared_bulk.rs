@@ -137,15 +137,12 @@ impl Session {
     pub(super) async fn stmt_bulk_execute(&mut self, payload: Bytes) -> Answered {
         self.statements += 1;
         let answer = self.stmt_bulk_inner(payload).await;
-        self.handle.set_statement(None);
-        self.release_diagnostics(self.statements);
+        self.end_statement();
         answer
     }
 
     async fn stmt_bulk_inner(&mut self, payload: Bytes) -> Answered {
-        let id = self
-            .prepared
-            .resolve(binary::stmt_id(&payload).unwrap_or(0));
+        let id = self.prepared.id_in(&payload);
         let nbe = self.backend_flags & status::NO_BACKSLASH_ESCAPES != 0;
         let Some(st) = self.prepared.map.get_mut(&id) else {
             return self

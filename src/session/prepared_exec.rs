@@ -119,15 +119,12 @@ impl Session {
     pub(super) async fn stmt_execute(&mut self, payload: Bytes) -> Answered {
         self.statements += 1;
         let answer = self.stmt_execute_inner(payload).await;
-        self.handle.set_statement(None);
-        self.release_diagnostics(self.statements);
+        self.end_statement();
         answer
     }
 
     async fn stmt_execute_inner(&mut self, payload: Bytes) -> Answered {
-        let id = self
-            .prepared
-            .resolve(binary::stmt_id(&payload).unwrap_or(0));
+        let id = self.prepared.id_in(&payload);
         let nbe = self.backend_flags & status::NO_BACKSLASH_ESCAPES != 0;
         let Some(st) = self.prepared.map.get_mut(&id) else {
             return self
@@ -311,9 +308,7 @@ impl Session {
     /// `COM_STMT_FETCH`: rows of the statement's cursor, from the connection it holds.
     pub(super) async fn stmt_fetch(&mut self, payload: Bytes) -> Answered {
         self.statements += 1;
-        let id = self
-            .prepared
-            .resolve(binary::stmt_id(&payload).unwrap_or(0));
+        let id = self.prepared.id_in(&payload);
         let Some(st) = self.prepared.map.get(&id) else {
             return self
                 .send_error(&unknown_stmt(id, "mysqld_stmt_fetch"))

@@ -18,6 +18,20 @@ use crate::shared::{Shared, UserEntry};
 /// RSA ciphertext (512 bytes for a 4096-bit key) all fit with room to spare.
 pub(super) const AUTH_PACKET_MAX: usize = 4096;
 
+/// The verdict on a `mysql_native_password` token over `nonce` (login and
+/// `COM_CHANGE_USER` alike): an unknown user is denied as a wrong password is.
+pub(super) fn native_verdict(entry: Option<&UserEntry>, token: &[u8], nonce: &[u8]) -> Verdict {
+    if entry.is_some_and(|u| {
+        crate::protocol::auth::verify_native(token, nonce, u.password_hash.as_ref())
+    }) {
+        Verdict::Ok
+    } else {
+        Verdict::Denied {
+            using_password: !token.is_empty(),
+        }
+    }
+}
+
 /// How an authentication exchange ended.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum Verdict {

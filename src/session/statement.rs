@@ -21,11 +21,16 @@ impl Session {
         self.statements += 1;
         self.handle.set_statement(Some(payload.slice(1..)));
         let answer = self.query_inner(payload).await;
-        self.handle.set_statement(None);
-        // Connections kept for a question about an earlier statement, and not used by
-        // this one, go back to the pool.
-        self.release_diagnostics(self.statements);
+        self.end_statement();
         answer
+    }
+
+    /// After a statement (text or prepared): the registry no longer shows it, and
+    /// connections kept for a question about an earlier statement, and not used by
+    /// this one, go back to the pool.
+    pub(super) fn end_statement(&mut self) {
+        self.handle.set_statement(None);
+        self.release_diagnostics(self.statements);
     }
 
     async fn query_inner(&mut self, payload: Bytes) -> Answered {
