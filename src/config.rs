@@ -134,6 +134,47 @@ pub struct ProxyConfig {
     /// The RSA key for `caching_sha2_password` without TLS (`[auth] rsa_private_key`);
     /// None: generated at start-up if a user needs it.
     pub rsa_key: Option<std::sync::Arc<crate::protocol::sha2_auth::RsaKeys>>,
+    /// The vschema file: watched, and reloaded when it changes or on SIGHUP; None when
+    /// the shard map was given in memory.
+    pub vschema_file: Option<std::path::PathBuf>,
+    /// Its text as read at start (None: the document is written from `vschema`).
+    pub vschema_text: Option<String>,
+    /// Where versions of the vschema, pins, intents and leases are kept.
+    pub topo: TopoConfig,
+}
+
+/// The topology store (`topo` in the config; `docs/control-plane.md`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum TopoConfig {
+    /// In this process only: nothing survives a restart (a shard map given in memory,
+    /// `serve --vschema` without `--topo-dir`).
+    #[default]
+    Memory,
+    /// A directory of this proxy's disk (`topo = "file"`, the default with a config
+    /// file).
+    File {
+        /// The directory.
+        dir: std::path::PathBuf,
+    },
+    /// An etcd cluster shared by a fleet of proxies (`topo = "etcd"`).
+    Etcd {
+        /// `host:port` of each etcd member.
+        endpoints: Vec<String>,
+        /// The key prefix under which this fleet's state lives.
+        prefix: String,
+        /// A local directory for what is this proxy's own (which file text it last
+        /// imported).
+        dir: std::path::PathBuf,
+    },
+}
+
+/// `[etcd]` in the config file.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EtcdFile {
+    #[serde(default)]
+    endpoints: Vec<String>,
+    prefix: Option<String>,
 }
 
 /// The config file, as written (see `docs/configuration.md`).
@@ -171,6 +212,9 @@ struct ConfigFile {
     traffic: crate::traffic::TrafficFile,
     auth: Option<AuthFile>,
     backend_tls: Option<BackendTlsFile>,
+    topo: Option<String>,
+    topo_dir: Option<String>,
+    etcd: Option<EtcdFile>,
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -254,6 +298,9 @@ impl ProxyConfig {
             traffic_state_file: None,
             failover: crate::traffic::failover::FailoverConfig::default(),
             rsa_key: None,
+            vschema_file: None,
+            vschema_text: None,
+            topo: TopoConfig::Memory,
         }
     }
 
@@ -270,7 +317,11 @@ impl ProxyConfig {
             .map_err(|e| format!("{}: listen: {e}", path.display()))?;
         let base = path.parent().unwrap_or(std::path::Path::new("."));
         let vpath = base.join(&file.vschema);
-        let vschema = VSchema::load(&vpath).map_err(|e| format!("{}:\n{e}", vpath.display()))?;
+        let vschema_text = std::fs::read_to_string(&vpath)
+            .map_err(|e| format!("{}: cannot read the vschema file: {e}", vpath.display()))?;
+        let vschema = VSchema::from_toml_str(&vschema_text)
+            .map_err(|e| format!("{}:\n{e}", vpath.display()))?;
+        let topo = topo_config(&file, base).map_err(|e| format!("{}: {e}", path.display()))?;
         if file.users.is_empty() {
             return Err(format!(
                 "{}: no [[users]]: nobody could log in",
@@ -421,7 +472,43 @@ impl ProxyConfig {
             max_client_connections: file.max_client_connections.unwrap_or(DEFAULT_MAX_CLIENTS),
             vschema: vschema.with_backend_tls(backend_tls),
             rsa_key,
+            vschema_file: Some(vpath),
+            vschema_text: Some(vschema_text),
+            topo,
         })
+    }
+}
+
+/// `topo`, `topo_dir` and `[etcd]`: where the control plane keeps its state.
+fn topo_config(file: &ConfigFile, base: &std::path::Path) -> Result<TopoConfig, String> {
+    let dir = base.join(file.topo_dir.as_deref().unwrap_or("shardgate-topo"));
+    match file.topo.as_deref() {
+        None | Some("file") => {
+            if file.etcd.is_some() {
+                return Err("[etcd] is set but topo is not \"etcd\"".to_string());
+            }
+            Ok(TopoConfig::File { dir })
+        }
+        Some("etcd") => {
+            let etcd = file.etcd.as_ref();
+            let endpoints = etcd.map(|e| e.endpoints.clone()).unwrap_or_default();
+            if endpoints.is_empty() {
+                return Err("topo = \"etcd\" needs [etcd] endpoints = [\"host:port\", ...]".to_string());
+            }
+            let prefix = etcd
+                .and_then(|e| e.prefix.clone())
+                .unwrap_or_else(|| "/shardgate".to_string());
+            if !prefix.starts_with('/') || prefix.len() < 2 {
+                return Err(format!("[etcd] prefix {prefix:?}: must start with / and name something"));
+            }
+            Ok(TopoConfig::Etcd {
+                endpoints,
+                prefix: prefix.trim_end_matches('/').to_string(),
+                dir,
+            })
+        }
+        Some("memory") => Ok(TopoConfig::Memory),
+        Some(other) => Err(format!("topo = {other:?}: expected \"file\" or \"etcd\"")),
     }
 }
 

@@ -126,6 +126,8 @@ pub struct Shared {
     /// Per-workspace statement and error counts of the last minute (`SHOW WORKSPACE`,
     /// `SHOW WORKSPACES WITH ERRORS`), bounded in memory.
     pub workspaces: crate::health::WorkspaceErrors,
+    /// The live, versioned vschema and the topology store.
+    pub plane: crate::control::ControlPlane,
 }
 
 impl Shared {
@@ -183,6 +185,7 @@ impl Shared {
             auth::AuthPlugin::NativePassword
         };
         let probe = probe_backends(&vs).await;
+        let topo = crate::control::make_topo(&config.topo);
         let door = crate::frontdoor::FrontDoor::new(&config.limits, config.max_client_connections);
         Arc::new(Shared {
             door,
@@ -207,6 +210,7 @@ impl Shared {
             greeting_plugin,
             topology: crate::traffic::Topology::default(),
             workspaces: crate::health::WorkspaceErrors::default(),
+            plane: crate::control::ControlPlane::new(topo),
         })
     }
 

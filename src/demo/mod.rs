@@ -160,6 +160,9 @@ async fn serve_demo(
         traffic_state_file: None,
         failover: crate::traffic::failover::FailoverConfig::default(),
         rsa_key: None,
+        vschema_file: None,
+        vschema_text: None,
+        topo: crate::config::TopoConfig::Memory,
     });
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let mut proxy = tokio::spawn(crate::server::serve(config, listener, async move {
