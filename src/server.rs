@@ -63,6 +63,11 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let shared = Shared::new(config.clone()).await;
+    // The pin directory routes workspaces: serving without it would send pinned ones
+    // to their vindex shard.
+    crate::control::pins::load_directory(&shared)
+        .await
+        .map_err(std::io::Error::other)?;
     if let Some(path) = &config.traffic_state_file {
         let rt = shared.runtime();
         let members = crate::traffic::load_state(path, |c| rt.pool(c).map(|p| &p.traffic))
