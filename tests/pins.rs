@@ -249,3 +249,60 @@ async fn scenario() {
     drop(admin);
     proxy.stop().await;
 }
+
+/// `database_per_workspace`: the rows check is whether the workspace's database exists
+/// on the cluster it is on now; a pinned workspace's database is served from the
+/// target cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_workspace_databases_are_checked_and_served_from_the_pin() {
+    tokio::time::timeout(Duration::from_secs(120), async {
+        let servers = common::start_servers(2);
+        let toml = common::per_workspace_vschema(&servers);
+        let vs = VSchema::from_toml_str(&toml).expect("vschema");
+        let ks = vs.keyspace("tenants").expect("tenants");
+        let mut on_first = (8..1000u64).filter(|&w| ks.shard_index_for_workspace(w) == 0);
+        let (with_db, without_db) = (on_first.next().expect("one"), on_first.next().expect("two"));
+        servers[0]
+            .sql(&format!("CREATE DATABASE ws_{with_db}"))
+            .expect("create the workspace database");
+        servers[1]
+            .sql(&format!(
+                "CREATE DATABASE ws_{without_db}; CREATE TABLE ws_{without_db}.notes (id INT); \
+                 INSERT INTO ws_{without_db}.notes VALUES (1), (2)"
+            ))
+            .expect("create the database on the target cluster");
+        let topo = tempfile::tempdir().expect("temporary directory");
+        let proxy = common::start_proxy_config(config(&vs, topo.path())).await;
+        let mut admin = proxy.connect("admin", None).await;
+
+        let (code, message) = common::server_error(
+            &mut admin,
+            &format!("PIN WORKSPACE {with_db} TO SHARD '80-'"),
+        )
+        .await;
+        assert_eq!(code, 1105);
+        assert!(
+            message.contains(&format!("database ws_{with_db}")),
+            "{message}"
+        );
+
+        change(
+            &mut admin,
+            &format!("PIN WORKSPACE {without_db} TO SHARD '80-'"),
+        )
+        .await;
+        let mut app = proxy
+            .connect("app", Some(&format!("ws_{without_db}")))
+            .await;
+        let n: Option<u64> = app
+            .query_first("SELECT COUNT(*) FROM notes")
+            .await
+            .expect("the pinned workspace's database is read on the target cluster");
+        assert_eq!(n, Some(2));
+        drop(app);
+        drop(admin);
+        proxy.stop().await;
+    })
+    .await
+    .expect("the test should finish within 120 s");
+}
