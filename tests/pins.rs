@@ -17,11 +17,14 @@ use shardgate::vschema::VSchema;
 /// Pinned to shard `-80` in the document.
 const DOCUMENT_PINNED: u64 = 500;
 
-fn config(vs: &VSchema, topo_dir: &Path) -> ProxyConfig {
+/// A proxy configuration over `toml`, parsed afresh: a clone of a `VSchema` shares its
+/// pin directories, and each proxy must start from its store alone.
+fn config(toml: &str, topo_dir: &Path) -> ProxyConfig {
+    let vs = VSchema::from_toml_str(toml).expect("vschema");
     let mut config = ProxyConfig::new(
         "127.0.0.1:0".parse().expect("addr"),
         common::test_users(),
-        vs.clone(),
+        vs,
     );
     config.migrations = None;
     config.topo = TopoConfig::File {
@@ -91,7 +94,7 @@ async fn scenario() {
     );
     let topo = tempfile::tempdir().expect("temporary directory");
 
-    let proxy = common::start_proxy_config(config(&vs, topo.path())).await;
+    let proxy = common::start_proxy_config(config(&toml, topo.path())).await;
     let mut app = proxy.connect("app", Some("app")).await;
     let mut admin = proxy.connect("admin", None).await;
 
@@ -221,7 +224,7 @@ async fn scenario() {
     proxy.stop().await;
 
     // A restarted proxy on the same topology directory routes by the same pins.
-    let proxy = common::start_proxy_config(config(&vs, topo.path())).await;
+    let proxy = common::start_proxy_config(config(&toml, topo.path())).await;
     let mut app = proxy.connect("app", Some("app")).await;
     let mut admin = proxy.connect("admin", None).await;
     insert(&mut app, busy, "after restart").await;
@@ -272,7 +275,7 @@ async fn per_workspace_databases_are_checked_and_served_from_the_pin() {
             ))
             .expect("create the database on the target cluster");
         let topo = tempfile::tempdir().expect("temporary directory");
-        let proxy = common::start_proxy_config(config(&vs, topo.path())).await;
+        let proxy = common::start_proxy_config(config(&toml, topo.path())).await;
         let mut admin = proxy.connect("admin", None).await;
 
         let (code, message) = common::server_error(

@@ -9,7 +9,8 @@
 //! - [`PinDirectory`], the pins kept in the topology store (`PIN WORKSPACE`), shared by
 //!   every runtime snapshot (cloning a snapshot clones one `Arc`) and changed in place
 //!   one pin at a time. It is one sorted `Vec<(id, shard)>` (16 bytes a pin: a million
-//!   pins take 16 MB) plus a small ordered overlay of the changes since it was last
+//!   pins take 16 MB) with a guide that finds a pin's neighbourhood in one step (about
+//!   2 bytes a pin), plus a small ordered overlay of the changes since it was last
 //!   merged; readers load the current state with one atomic pointer load and take no
 //!   lock, writers build the next state aside and swap it in. While the directory is
 //!   empty a lookup is one atomic load of a flag.
@@ -70,11 +71,69 @@ impl PinMap {
 /// copies the base once: ~10 ms for a million pins, on the writer's side).
 pub const OVERLAY_MAX: usize = 4096;
 
+/// A guide to the sorted base: the ids' span cut into equal slices (a power of two
+/// wide), and for each slice where its pins start. A lookup reads one guide entry and
+/// searches the few pins of its slice, instead of a binary search over a million pins
+/// (20 dependent cache misses, ~0.5-1 µs on a busy machine). About 2 bytes a pin.
+#[derive(Debug, Default)]
+struct Guide {
+    min: u64,
+    shift: u32,
+    /// `starts[b]`: index of the first pin of slice `b` or later; one more entry than
+    /// slices. Empty: no guide (few pins), search the whole base.
+    starts: Vec<u32>,
+}
+
+impl Guide {
+    fn build(base: &[(u64, u32)]) -> Guide {
+        let (Some(first), Some(last)) = (base.first(), base.last()) else {
+            return Guide::default();
+        };
+        if base.len() < 64 || u32::try_from(base.len()).is_err() {
+            return Guide::default();
+        }
+        let min = first.0;
+        let span = last.0 - min;
+        let target = (base.len() as u64 / 4).next_power_of_two();
+        let mut shift = 0;
+        while shift < 63 && (span >> shift) >= target {
+            shift += 1;
+        }
+        let slices = (span >> shift) as usize + 1;
+        let mut starts = Vec::with_capacity(slices + 1);
+        let mut i = 0usize;
+        for b in 0..=slices as u64 {
+            while i < base.len() && ((base[i].0 - min) >> shift) < b {
+                i += 1;
+            }
+            starts.push(i as u32);
+        }
+        Guide { min, shift, starts }
+    }
+
+    /// Index in `base` of `workspace`'s pin.
+    #[inline]
+    fn find(&self, base: &[(u64, u32)], workspace: u64) -> Option<usize> {
+        if self.starts.is_empty() {
+            return base.binary_search_by_key(&workspace, |p| p.0).ok();
+        }
+        let slice = usize::try_from(workspace.checked_sub(self.min)? >> self.shift).ok()?;
+        let lo = *self.starts.get(slice)? as usize;
+        let hi = *self.starts.get(slice + 1)? as usize;
+        base.get(lo..hi)?
+            .binary_search_by_key(&workspace, |p| p.0)
+            .ok()
+            .map(|j| lo + j)
+    }
+}
+
 /// One state of a directory: never changed once published.
 #[derive(Debug, Default)]
 struct DirState {
     /// Pins sorted by workspace id, one per id.
     base: Arc<Vec<(u64, u32)>>,
+    /// The guide to `base`.
+    guide: Arc<Guide>,
     /// Changes since `base` was built: Some(shard) pinned, None unpinned.
     overlay: BTreeMap<u64, Option<u32>>,
     /// How many workspaces are pinned (base and overlay together).
@@ -83,12 +142,17 @@ struct DirState {
 
 impl DirState {
     fn get(&self, workspace: u64) -> Option<u32> {
-        if let Some(change) = self.overlay.get(&workspace) {
-            return *change;
+        if !self.overlay.is_empty() {
+            if let Some(change) = self.overlay.get(&workspace) {
+                return *change;
+            }
         }
-        self.base
-            .binary_search_by_key(&workspace, |p| p.0)
-            .ok()
+        self.in_base(workspace)
+    }
+
+    fn in_base(&self, workspace: u64) -> Option<u32> {
+        self.guide
+            .find(&self.base, workspace)
             .and_then(|i| self.base.get(i))
             .map(|p| p.1)
     }
@@ -263,12 +327,7 @@ impl PinDirectory {
             (Some(_), None) => old.len.saturating_sub(1),
             _ => old.len,
         };
-        let in_base = old
-            .base
-            .binary_search_by_key(&workspace, |p| p.0)
-            .ok()
-            .and_then(|i| old.base.get(i))
-            .map(|p| p.1);
+        let in_base = old.in_base(workspace);
         let mut overlay = old.overlay.clone();
         if in_base == index {
             // Back to what the base says: the overlay entry is not needed.
@@ -278,15 +337,12 @@ impl PinDirectory {
         }
         let mut next = DirState {
             base: old.base.clone(),
+            guide: old.guide.clone(),
             overlay,
             len,
         };
         if next.overlay.len() > OVERLAY_MAX {
-            next = DirState {
-                base: Arc::new(next.merged()),
-                overlay: BTreeMap::new(),
-                len,
-            };
+            next = state_of(next.merged());
         }
         if len > 0 {
             self.0.state.store(Arc::new(next));
@@ -335,6 +391,7 @@ fn state_of(mut pins: Vec<(u64, u32)>) -> DirState {
     pins.shrink_to_fit();
     DirState {
         len: pins.len(),
+        guide: Arc::new(Guide::build(&pins)),
         base: Arc::new(pins),
         overlay: BTreeMap::new(),
     }

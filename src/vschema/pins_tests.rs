@@ -100,3 +100,31 @@ fn clones_share_the_pins_and_unpinning_everything_empties_it() {
     assert_eq!(c.len(), 2);
     assert!(!PinDirectory::new().same(&d));
 }
+
+#[test]
+fn the_guide_finds_every_pin_and_nothing_else_whatever_the_spread() {
+    let spreads: Vec<Vec<u64>> = vec![
+        (0..5000).map(|i| i * 3).collect(),
+        (0..5000).map(|i| i * i * 1_000_003).collect(),
+        (0..3000).map(|i| u64::MAX - i * 7).chain(0..100).collect(),
+        (0..100)
+            .map(|i| 1u64 << (i % 64))
+            .chain([0, u64::MAX])
+            .collect(),
+    ];
+    for ids in spreads {
+        let d = PinDirectory::from_pins(ids.iter().map(|&w| (w, (w % 5) as u32)).collect());
+        for &w in &ids {
+            assert_eq!(d.get(w), Some((w % 5) as usize), "{w}");
+        }
+        let set: std::collections::HashSet<u64> = ids.iter().copied().collect();
+        for probe in ids
+            .iter()
+            .flat_map(|&w| [w.wrapping_add(1), w.wrapping_sub(1)])
+        {
+            if !set.contains(&probe) {
+                assert_eq!(d.get(probe), None, "{probe}");
+            }
+        }
+    }
+}
