@@ -164,7 +164,7 @@ async fn main() {
     let t = Instant::now();
     let mut hits = 0u64;
     for i in 0..lookups {
-        if map.get(&(mix(i) % (n * 8))).is_some() {
+        if map.contains_key(&(mix(i) % (n * 8))) {
             hits += 1;
         }
     }
