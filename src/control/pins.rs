@@ -126,11 +126,11 @@ pub fn carry_directory(old: &VSchema, new: &mut VSchema) {
             }
             ks.directory = PinDirectory::from_pins(pins);
         }
+        // The document's pins are few: look each up in the directory, not the reverse.
         let doubled = ks
-            .directory
-            .to_vec()
-            .iter()
-            .filter(|p| ks.pins.contains_key(&p.0))
+            .pins
+            .range(0..=u64::MAX)
+            .filter(|(&w, _)| ks.directory.get(w).is_some())
             .count();
         if doubled > 0 {
             tracing::warn!(keyspace = %name, workspaces = doubled, "workspaces pinned both in the document and in the pin directory: the document's pin is used");
@@ -141,10 +141,14 @@ pub fn carry_directory(old: &VSchema, new: &mut VSchema) {
 /// Applies one pin change reported by the store's watch (made by any proxy). An
 /// unknown or unsharded keyspace, or an unknown shard, is ignored with a warning.
 pub fn apply_pin_event(shared: &Shared, change: &PinChange) {
-    let vs = shared.vschema();
+    apply_to(&shared.vschema(), change);
+}
+
+/// [`apply_pin_event`] on `vs`; returns whether the change was applied.
+pub fn apply_to(vs: &VSchema, change: &PinChange) -> bool {
     let Some(ks) = vs.keyspace(&change.keyspace).filter(|k| k.sharded) else {
         tracing::warn!(keyspace = %change.keyspace, workspace = change.workspace, "pin change for a keyspace this vschema has no sharded keyspace for: ignored");
-        return;
+        return false;
     };
     let index = match &change.shard {
         None => None,
@@ -152,7 +156,7 @@ pub fn apply_pin_event(shared: &Shared, change: &PinChange) {
             Some(i) => Some(i),
             None => {
                 tracing::warn!(keyspace = %ks.name, workspace = change.workspace, shard = %name, "pin change to a shard the keyspace does not have: ignored");
-                return;
+                return false;
             }
         },
     };
@@ -160,6 +164,7 @@ pub fn apply_pin_event(shared: &Shared, change: &PinChange) {
     if before != index {
         tracing::info!(keyspace = %ks.name, workspace = change.workspace, shard = change.shard.as_deref().unwrap_or("(unpinned)"), "pin changed by another proxy");
     }
+    true
 }
 
 /// Writes `change` to the store, then (only if that succeeded) to the in-memory
@@ -254,6 +259,23 @@ mod tests {
             vec![(2, 2), (3, 3)]
         );
         assert_eq!(split.keyspaces["app"].shard_index_for_workspace(3), 3);
+    }
+
+    #[test]
+    fn another_proxys_change_is_applied_when_its_keyspace_and_shard_are_known() {
+        let vs = vschema(&["-80", "80-"]);
+        let change = |keyspace: &str, shard: Option<&str>| PinChange {
+            keyspace: keyspace.into(),
+            workspace: 11,
+            shard: shard.map(Into::into),
+        };
+        assert!(apply_to(&vs, &change("app", Some("80-"))));
+        assert_eq!(vs.keyspaces["app"].pin_of(11), Some((1, false)));
+        assert!(!apply_to(&vs, &change("app", Some("c0-"))));
+        assert!(!apply_to(&vs, &change("nope", Some("80-"))));
+        assert_eq!(vs.keyspaces["app"].pin_of(11), Some((1, false)));
+        assert!(apply_to(&vs, &change("app", None)));
+        assert_eq!(vs.keyspaces["app"].pin_of(11), None);
     }
 
     #[test]
