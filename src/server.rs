@@ -134,7 +134,12 @@ pub async fn serve(
                 }
             }));
     }
-    crate::control::start(&shared, stop_rx.clone()).await;
+    // The store's shard map and pins route workspaces: serving without them could send
+    // a pinned or moved workspace to the wrong shard, so a proxy that cannot read them
+    // does not start.
+    crate::control::start(&shared, stop_rx.clone())
+        .await
+        .map_err(std::io::Error::other)?;
     if let Some(addr) = config.metrics_listen {
         let l = TcpListener::bind(addr).await?;
         tracing::info!(addr = %l.local_addr()?, "metrics on /metrics, the vschema API on /vschema");

@@ -10,6 +10,7 @@
 
 pub mod control;
 pub mod migrations;
+pub mod pins;
 pub mod traffic;
 pub mod vschema;
 pub mod workspaces;
@@ -65,6 +66,15 @@ pub enum AdminStatement {
     },
     /// `SHOW WORKSPACES WITH ERRORS`
     ShowWorkspacesWithErrors,
+    /// `PIN WORKSPACE n [IN KEYSPACE k] TO SHARD 's' [FORCE]`, `UNPIN WORKSPACE n ...`
+    Pin(pins::PinStatement),
+    /// `SHOW PINS [IN KEYSPACE k] [LIMIT n]`
+    ShowPins {
+        /// Only this keyspace (else every sharded keyspace).
+        keyspace: Option<String>,
+        /// At most this many rows.
+        limit: usize,
+    },
 }
 
 /// How long `DRAIN CLUSTER` waits for running work without `WAIT n SECONDS`.
@@ -79,7 +89,19 @@ impl AdminStatement {
             AdminStatement::Drain { .. }
                 | AdminStatement::Undrain { .. }
                 | AdminStatement::Failover { .. }
+                | AdminStatement::Pin(_)
+                | AdminStatement::ShowPins { .. }
         )
+    }
+
+    /// The class of an admin-only statement, for the access-denied message.
+    pub fn admin_class(&self) -> &'static str {
+        match self {
+            AdminStatement::Pin(_) | AdminStatement::ShowPins { .. } => {
+                "the pin directory (PIN WORKSPACE, UNPIN WORKSPACE, SHOW PINS)"
+            }
+            _ => "traffic control (DRAIN CLUSTER, UNDRAIN CLUSTER)",
+        }
     }
 }
 
@@ -98,7 +120,10 @@ pub fn parse_admin(sql: &str) -> Option<Result<AdminStatement, ProxyError>> {
             || noun.eq_ignore_ascii_case("CLUSTERS")
             || noun.eq_ignore_ascii_case("FAILOVERS")
             || noun.eq_ignore_ascii_case("WORKSPACE")
-            || noun.eq_ignore_ascii_case("WORKSPACES")))
+            || noun.eq_ignore_ascii_case("WORKSPACES")
+            || noun.eq_ignore_ascii_case("PINS")))
+        || verb.eq_ignore_ascii_case("PIN")
+        || verb.eq_ignore_ascii_case("UNPIN")
         || (verb.eq_ignore_ascii_case("FAILOVER") && noun.eq_ignore_ascii_case("CLUSTER"))
         || (verb.eq_ignore_ascii_case("ALTER") && noun.eq_ignore_ascii_case("MIGRATION"))
         || ((verb.eq_ignore_ascii_case("DRAIN") || verb.eq_ignore_ascii_case("UNDRAIN"))
@@ -110,6 +135,9 @@ pub fn parse_admin(sql: &str) -> Option<Result<AdminStatement, ProxyError>> {
     let words: Vec<&str> = upper.split_whitespace().collect();
     let orig: Vec<&str> = text.split_whitespace().collect();
     let bad = |m: &str| Some(Err(ProxyError::unroutable(format!("shardgate: {m}"))));
+    if let Some(pin) = pins::parse(&words, &orig) {
+        return Some(pin);
+    }
     match words.as_slice() {
         ["SHOW", "MIGRATIONS"] => Some(Ok(AdminStatement::ShowMigrations(None))),
         ["SHOW", "MIGRATIONS", "LIKE", _] => match unquote(orig[3]) {

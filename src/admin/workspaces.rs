@@ -14,7 +14,7 @@ use super::traffic::Row;
 pub const MAX_ERROR_ROWS: usize = 100;
 
 /// The columns of `SHOW WORKSPACE`.
-pub const WORKSPACE_COLUMNS: [&str; 13] = [
+pub const WORKSPACE_COLUMNS: [&str; 14] = [
     "Keyspace",
     "Database",
     "Shard",
@@ -28,6 +28,7 @@ pub const WORKSPACE_COLUMNS: [&str; 13] = [
     "Last_error_code",
     "Last_error",
     "Last_error_s",
+    "Pinned_in",
 ];
 
 /// The columns of `SHOW WORKSPACES WITH ERRORS`.
@@ -101,6 +102,7 @@ pub fn show_workspace(
             continue;
         }
         let shard = ks.shard_for_workspace(workspace);
+        let pin = ks.pin_of(workspace);
         let database = match &ks.tenancy {
             Tenancy::SharedTables => shard.database.clone(),
             Tenancy::DatabasePerWorkspace { .. } => {
@@ -122,11 +124,7 @@ pub fn show_workspace(
             text(database),
             text(shard.name.clone()),
             text(shard.cluster.clone()),
-            text(if ks.pins.contains_key(&workspace) {
-                "pinned"
-            } else {
-                "hashed"
-            }),
+            text(if pin.is_some() { "pinned" } else { "hashed" }),
             pool.and_then(|p| text(p.health.get().name())),
             pool.and_then(|p| text(p.traffic.intent().name())),
             text(summary.statements.to_string()),
@@ -134,6 +132,12 @@ pub fn show_workspace(
             text(rate(&summary)),
         ];
         row.extend(last_error_cells(&summary));
+        // Where the pin lives: the document (`ALTER VSCHEMA`) or the directory
+        // (`PIN WORKSPACE`); NULL when it has none.
+        row.push(pin.map(|(_, document)| {
+            let place = if document { "document" } else { "directory" };
+            place.as_bytes().to_vec()
+        }));
         rows.push(row);
     }
     Ok(rows)

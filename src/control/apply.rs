@@ -34,6 +34,8 @@ pub fn apply(
     next = next.with_backend_tls(tls);
     let mut added = Vec::new();
     shared.update_runtime(|now| {
+        // The pin directory is not in the document: the new map takes the live one.
+        super::pins::carry_directory(&now.vschema, &mut next);
         let mut pools: HashMap<String, Arc<ClusterPool>> = HashMap::new();
         for (name, c) in next.clusters.iter_mut() {
             match now.pools.get(name) {

@@ -241,7 +241,7 @@ fn pins(o: &Keyspace, k: &Keyspace, d: &mut Diff, moved: &mut impl FnMut(&mut Di
     }
     for (ws, oi) in o.pins.range(0..=u64::MAX) {
         if !k.pins.contains_key(ws) {
-            let to = k.shards[k.shard_index_for_workspace(*ws)].name.clone();
+            let to = shard(k, k.shard_index_for_workspace(*ws));
             let from = shard(o, *oi);
             if from == to {
                 d.lines.push(format!(

@@ -81,24 +81,41 @@ fn write_marker(config: &TopoConfig, text: &str) {
     }
 }
 
+/// How long a starting proxy tries to read the topology store before it gives up.
+const START_DEADLINE: Duration = Duration::from_secs(15);
+
 /// Loads the current version from the store (or stores the config's document as
-/// version 1), imports the vschema file if it changed since this proxy last imported
-/// it, and starts watching the file, SIGHUP and the store until `stop`.
-pub async fn start(shared: &Arc<Shared>, stop: watch::Receiver<bool>) {
+/// version 1) and the pin directory, imports the vschema file if it changed since this
+/// proxy last imported it, and starts watching the file, SIGHUP and the store until
+/// `stop`. Fails when the store cannot be read within [`START_DEADLINE`], or holds a
+/// version this proxy's config cannot serve: serving without them could route a
+/// pinned or moved workspace to the wrong shard.
+pub async fn start(shared: &Arc<Shared>, stop: watch::Receiver<bool>) -> Result<(), String> {
     let config = &shared.config;
     let file_text = config.vschema_text.clone();
     let start_text = file_text
         .clone()
         .unwrap_or_else(|| config.vschema.to_document().to_text());
-    let stored = tokio::time::timeout(STORE_DEADLINE, shared.plane.topo().current()).await;
-    let me = config.listen.to_string();
+    let deadline = tokio::time::Instant::now() + START_DEADLINE;
+    let kind = shared.plane.topo().kind();
+    let stored = loop {
+        let e = match tokio::time::timeout(STORE_DEADLINE, shared.plane.topo().current()).await {
+            Ok(Ok(stored)) => break stored,
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "it did not answer in time".to_string(),
+        };
+        if tokio::time::Instant::now() >= deadline {
+            return Err(format!(
+                "the topology store ({kind}) could not be read at start: {e}"
+            ));
+        }
+        tracing::warn!(error = %e, "topology store ({kind}) not readable yet; retrying");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    shared.plane.set_reachable(true);
     match stored {
-        Ok(Ok(Some(record))) => {
-            shared.plane.set_reachable(true);
-            if let Err(e) = adopt(shared, record.clone()) {
-                tracing::error!("{e}; serving the config's vschema");
-                serve_config_unversioned(shared, &start_text, record.version);
-            }
+        Some(record) => {
+            adopt(shared, record)?;
             // The file changed while this proxy was not watching it.
             if let Some(text) = &file_text {
                 if read_marker(&config.topo).as_deref() != Some(fingerprint(text).as_str()) {
@@ -106,71 +123,61 @@ pub async fn start(shared: &Arc<Shared>, stop: watch::Receiver<bool>) {
                 }
             }
         }
-        Ok(Ok(None)) => {
-            shared.plane.set_reachable(true);
+        None => {
             let record = VersionRecord {
                 version: 1,
-                author: me.clone(),
+                author: config.listen.to_string(),
                 source: if file_text.is_some() { "file" } else { "start" }.to_string(),
                 time_ms: crate::topo::now_ms(),
                 diff: vec!["first version".to_string()],
-                document: start_text.clone(),
+                document: start_text,
             };
-            match shared.plane.topo().publish(record.clone(), 0).await {
-                Ok(()) => {
+            let published = tokio::time::timeout(
+                STORE_DEADLINE,
+                shared.plane.topo().publish(record.clone(), 0),
+            )
+            .await;
+            match published {
+                Ok(Ok(())) => {
                     if let Some(t) = &file_text {
                         write_marker(&config.topo, t);
                     }
                     let vs = Arc::new(config.vschema.clone());
                     shared.plane.set_current(Arc::new(record), vs);
                 }
-                Err(e) => {
-                    // Another proxy stored one first: serve that.
-                    tracing::warn!(error = %e, "could not store the first vschema version");
-                    match shared.plane.topo().current().await {
-                        Ok(Some(r)) => {
-                            if let Err(e) = adopt(shared, r) {
-                                tracing::error!("{e}");
-                            }
+                // Another proxy of the fleet stored one first: serve that.
+                Ok(Err(crate::topo::TopoError::Conflict { .. })) => {
+                    match tokio::time::timeout(STORE_DEADLINE, shared.plane.topo().current()).await
+                    {
+                        Ok(Ok(Some(r))) => adopt(shared, r)?,
+                        _ => {
+                            return Err(format!(
+                                "the topology store ({kind}) could not be read at start"
+                            ))
                         }
-                        _ => serve_config_unversioned(shared, &start_text, 0),
                     }
+                }
+                Ok(Err(e)) => {
+                    return Err(format!(
+                        "the topology store ({kind}) did not take the first vschema version: {e}"
+                    ))
+                }
+                Err(_) => {
+                    return Err(format!(
+                        "the topology store ({kind}) did not answer at start"
+                    ))
                 }
             }
         }
-        Ok(Err(e)) => {
-            shared.plane.set_reachable(false);
-            tracing::error!(error = %e, "topology store unavailable at start: serving the config's vschema until it answers");
-            serve_config_unversioned(shared, &start_text, 0);
-        }
-        Err(_) => {
-            shared.plane.set_reachable(false);
-            tracing::error!("topology store did not answer at start: serving the config's vschema until it answers");
-            serve_config_unversioned(shared, &start_text, 0);
-        }
     }
-    if let Err(e) = super::pins::load_directory(shared).await {
-        tracing::error!(error = %e, "could not load the pin directory");
-    }
+    super::pins::load_directory(shared)
+        .await
+        .map_err(|e| format!("the pin directory could not be loaded at start: {e}"))?;
     if let Some(path) = config.vschema_file.clone() {
         tokio::spawn(watch_file(shared.clone(), path, stop.clone()));
     }
     tokio::spawn(watch_store(shared.clone(), stop));
-}
-
-/// Serves the config's document as `version` without storing it (the store is away).
-fn serve_config_unversioned(shared: &Shared, text: &str, version: u64) {
-    let record = VersionRecord {
-        version,
-        author: shared.config.listen.to_string(),
-        source: "start".to_string(),
-        time_ms: crate::topo::now_ms(),
-        diff: vec!["served from the config; not in the topology store".to_string()],
-        document: text.to_string(),
-    };
-    shared
-        .plane
-        .set_current(Arc::new(record), Arc::new(shared.config.vschema.clone()));
+    Ok(())
 }
 
 /// Imports the file's `text` as a new version; a refusal is logged and the current
@@ -317,16 +324,7 @@ async fn watch_store(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
 
 /// Catches up with the store after an outage: its current version and its pins.
 async fn reload(shared: &Shared) {
-    if let Ok(Ok(Some(record))) =
-        tokio::time::timeout(STORE_DEADLINE, shared.plane.topo().current()).await
-    {
-        let _turn = shared.plane.changing.lock().await;
-        if record.version > shared.plane.version() {
-            if let Err(e) = adopt(shared, record) {
-                tracing::error!("{e}; the current version keeps serving");
-            }
-        }
-    }
+    super::catch_up(shared).await;
     if let Err(e) = super::pins::load_directory(shared).await {
         tracing::error!(error = %e, "could not reload the pin directory");
     }

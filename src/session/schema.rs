@@ -128,10 +128,8 @@ impl Session {
     ) -> Answered {
         let needs_admin = parsed.as_ref().is_ok_and(|s| s.needs_admin());
         if needs_admin && !self.admin {
-            let e = ProxyError::admin_statement(
-                &self.user,
-                "traffic control (DRAIN CLUSTER, UNDRAIN CLUSTER)",
-            );
+            let class = parsed.as_ref().map_or("", |s| s.admin_class());
+            let e = ProxyError::admin_statement(&self.user, class);
             return self.send_error(&e).await;
         }
         if !self.role.runs_migrations() {
@@ -192,6 +190,20 @@ impl Session {
             Ok(crate::admin::AdminStatement::Undrain { cluster }) => {
                 let r = crate::admin::traffic::undrain(&self.shared, &cluster, &self.user);
                 self.traffic_answer(&cluster, r).await
+            }
+            Ok(crate::admin::AdminStatement::Pin(stmt)) => {
+                use crate::admin::pins;
+                match pins::pin(&self.shared, &self.user, &stmt).await {
+                    Ok(row) => self.send_result_set(&pins::CHANGE_COLUMNS, vec![row]).await,
+                    Err(e) => self.send_error(&e).await,
+                }
+            }
+            Ok(crate::admin::AdminStatement::ShowPins { keyspace, limit }) => {
+                use crate::admin::pins;
+                match pins::show_pins(&self.shared, keyspace.as_deref(), limit) {
+                    Ok(rows) => self.send_result_set(&pins::PIN_COLUMNS, rows).await,
+                    Err(e) => self.send_error(&e).await,
+                }
             }
             Err(e) => self.send_error(&e).await,
             Ok(crate::admin::AdminStatement::ShowMigrations(pattern)) => {

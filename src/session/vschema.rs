@@ -151,6 +151,21 @@ impl Session {
                 edit,
                 allow_movement,
             } => {
+                if let crate::admin::vschema::Edit::AddPin {
+                    keyspace,
+                    workspace,
+                    ..
+                } = &edit
+                {
+                    let vs = self.shared.vschema();
+                    let pinned = vs.keyspace(keyspace).and_then(|k| k.pin_of(*workspace));
+                    if let Some((_, false)) = pinned {
+                        let e = ProxyError::unroutable(format!(
+                            "shardgate: workspace {workspace} is pinned in keyspace {keyspace}'s pin directory; change it with PIN WORKSPACE or UNPIN WORKSPACE"
+                        ));
+                        return self.send_error(&e).await;
+                    }
+                }
                 let mut last = None;
                 for _ in 0..EDIT_ATTEMPTS {
                     let Some(cur) = self.shared.plane.current() else {

@@ -211,6 +211,14 @@ impl FileTopo {
                 let Some(text) = read_optional(&path)? else {
                     continue;
                 };
+                // Buckets hold about the same number of pins (ids modulo 1024): size the
+                // list once from the first bucket instead of doubling it twenty times
+                // (capped, should the ids be skewed).
+                if b == 0 {
+                    let lines = text.bytes().filter(|&c| c == b'\n').count();
+                    ks.pins
+                        .reserve((lines * PIN_BUCKETS as usize * 21 / 20).min(1 << 22));
+                }
                 for (n, line) in text.lines().enumerate() {
                     let Some((ws, shard)) = line.split_once(' ') else {
                         return Err(TopoError::Corrupt(format!(
@@ -226,11 +234,16 @@ impl FileTopo {
                             n + 1
                         ))
                     })?;
-                    let next = ks.shards.len() as u32;
-                    let index = *shard_index.entry(shard.to_string()).or_insert_with(|| {
-                        ks.shards.push(shard.to_string());
-                        next
-                    });
+                    // Few shard names, a million lines: look up before allocating.
+                    let index = match shard_index.get(shard) {
+                        Some(&i) => i,
+                        None => {
+                            let next = ks.shards.len() as u32;
+                            shard_index.insert(shard.to_string(), next);
+                            ks.shards.push(shard.to_string());
+                            next
+                        }
+                    };
                     ks.pins.push((ws, index));
                 }
             }

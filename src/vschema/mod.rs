@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 
 use crate::planner::ShardingSchema;
 pub use document::{Document, HIDDEN_PASSWORD};
-pub use pins::PinMap;
+pub use pins::{PinDirectory, PinMap};
 pub use range::{RangePlacement, SPAN_NAMES};
 
 mod document;
@@ -117,8 +117,12 @@ pub struct Keyspace {
     pub tables: HashMap<String, TableKind>,
     /// The sharding column of any table not listed in `tables`, if set.
     pub default_column: Option<String>,
-    /// Workspace id -> index into `shards`; overrides the vindex.
+    /// Workspace id -> index into `shards`, from the document; overrides the vindex.
     pub pins: PinMap,
+    /// The pin directory (pins kept in the topology store, `PIN WORKSPACE`): shared by
+    /// every snapshot of this keyspace, changed in place; overrides the vindex. A
+    /// workspace is never pinned in both (the document's pin wins if it were).
+    pub directory: PinDirectory,
     /// Whether this is the default (pass-through) keyspace.
     pub default: bool,
     /// How workspaces' data is laid out.
@@ -249,6 +253,9 @@ impl VSchema {
             }
             if keyspace.sharded {
                 facts.push(plural(keyspace.pins.len(), "pin"));
+                if !keyspace.directory.is_empty() {
+                    facts.push(format!("{} in the pin directory", keyspace.directory.len()));
+                }
             }
             let _ = writeln!(out, "  {}: {}", keyspace.name, facts.join(", "));
             let width = keyspace
@@ -284,12 +291,44 @@ impl Keyspace {
         if let Some(&index) = self.pins.get(&workspace) {
             return index;
         }
+        if let Some(index) = self.directory.get(workspace) {
+            if index < self.shards.len() {
+                return index;
+            }
+        }
         self.vindex_shard_index(workspace)
+    }
+
+    /// Where `workspace`'s pin lives, if it has one: its shard index and whether it is
+    /// in the document (true) or the directory (false).
+    pub fn pin_of(&self, workspace: u64) -> Option<(usize, bool)> {
+        if let Some(&index) = self.pins.get(&workspace) {
+            return Some((index, true));
+        }
+        self.directory
+            .get(workspace)
+            .filter(|&i| i < self.shards.len())
+            .map(|i| (i, false))
+    }
+
+    /// Visits the pins (document and directory) of the workspaces in `[low, high]`
+    /// until `f` returns false: the document's in id order, then the directory's.
+    pub fn visit_pins(&self, low: u64, high: u64, mut f: impl FnMut(u64, usize) -> bool) {
+        for (&id, &index) in self.pins.range(low..=high) {
+            if !f(id, index) {
+                return;
+            }
+        }
+        let shards = self.shards.len();
+        self.directory.visit_range(low, high, |id, index| {
+            // A document pin of the same workspace wins (and was visited above).
+            index >= shards || self.pins.contains_key(&id) || f(id, index)
+        });
     }
 
     /// Index into `shards` of the shard whose key range holds `workspace`'s keyspace
     /// id, ignoring pins.
-    fn vindex_shard_index(&self, workspace: u64) -> usize {
+    pub fn vindex_shard_index(&self, workspace: u64) -> usize {
         let id = self.vindex.keyspace_id(workspace);
         // Shards are sorted and tile the whole space, so the owner is the last shard
         // whose start is at or below the id. The first shard starts at the beginning,

@@ -26,9 +26,9 @@ impl Keyspace {
     /// `low`'s shard: any shard returns its empty result. A range of one id is that
     /// id's shard, whatever the vindex.
     ///
-    /// Pins inside the range are visited in order (the pin map is ordered) and the visit
-    /// stops at the first one that points to another shard; only pins that agree with
-    /// the range's shard are all visited.
+    /// Pins inside the range (the document's, then the directory's, each in id order)
+    /// are visited until the list of shards is full; pins that agree with the range's
+    /// shards are all visited.
     pub fn placement_of_range(&self, low: u64, high: u64) -> RangePlacement {
         if !self.sharded || self.shards.len() <= 1 {
             return RangePlacement::OneShard(0);
@@ -42,33 +42,17 @@ impl Keyspace {
         }
         let first = self.vindex_shard_index(low);
         let last = self.vindex_shard_index(high);
-        if first == last {
-            let mut pinned = self.pins.range(low..=high);
-            match pinned.find(|(_, &s)| s != first) {
-                None => return RangePlacement::OneShard(first),
-                Some((_, &other)) => {
-                    let mut shards = vec![first, other];
-                    for (_, &s) in pinned {
-                        if shards.len() >= SPAN_NAMES {
-                            break;
-                        }
-                        if !shards.contains(&s) {
-                            shards.push(s);
-                        }
-                    }
-                    shards.sort_unstable();
-                    return RangePlacement::Spans(shards);
-                }
-            }
-        }
         let mut shards: Vec<usize> = (first..=last).take(SPAN_NAMES).collect();
-        for (_, &s) in self.pins.range(low..=high) {
-            if shards.len() >= SPAN_NAMES || shards.len() == self.shards.len() {
-                break;
-            }
+        // Pins (document and directory) inside the range add their shards; the visit
+        // stops once nothing more can be added.
+        self.visit_pins(low, high, |_, s| {
             if !shards.contains(&s) {
                 shards.push(s);
             }
+            shards.len() < SPAN_NAMES && shards.len() < self.shards.len()
+        });
+        if shards.len() == 1 {
+            return RangePlacement::OneShard(first);
         }
         shards.sort_unstable();
         RangePlacement::Spans(shards)
@@ -147,6 +131,27 @@ mod tests {
             RangePlacement::OneShard(1)
         );
         assert_eq!(ks.placement_of_range(1500, 3), RangePlacement::OneShard(0));
+    }
+
+    #[test]
+    fn directory_pins_inside_a_range_count_like_document_pins() {
+        let ks = keyspace("numeric");
+        assert_eq!(ks.placement_of_range(100, 200), RangePlacement::OneShard(0));
+        ks.directory.set(150, Some(2));
+        assert_eq!(
+            ks.placement_of_range(100, 200),
+            RangePlacement::Spans(vec![0, 2])
+        );
+        // A clone of the keyspace (a snapshot) sees the same directory.
+        let copy = ks.clone();
+        copy.directory.set(150, None);
+        assert_eq!(ks.placement_of_range(100, 200), RangePlacement::OneShard(0));
+        ks.directory.set(2500, Some(0));
+        assert_eq!(ks.shard_index_for_workspace(2500), 0);
+        assert_eq!(
+            ks.placement_of_range(2000, 3000),
+            RangePlacement::Spans(vec![0, 2])
+        );
     }
 
     #[test]

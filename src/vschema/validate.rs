@@ -10,8 +10,8 @@ use std::collections::{BTreeMap, HashMap};
 use super::keyrange::{cmp_bounds, cmp_ends, cmp_start_end, describe_end, describe_start};
 use super::parse::{RawCluster, RawKeyspace, RawShard, RawTable, RawVSchema};
 use super::{
-    Cluster, DdlPolicy, KeyRange, Keyspace, PinMap, Shard, TableKind, Tenancy, VSchema,
-    VSchemaError, VSchemaErrors, Vindex,
+    Cluster, DdlPolicy, KeyRange, Keyspace, PinDirectory, PinMap, Shard, TableKind, Tenancy,
+    VSchema, VSchemaError, VSchemaErrors, Vindex,
 };
 
 /// MySQL's limit on a database name, in characters.
@@ -341,6 +341,7 @@ fn build_unsharded(
         tables,
         default_column: None,
         pins: PinMap::new(),
+        directory: PinDirectory::new(),
         default: raw.default,
         tenancy: Tenancy::SharedTables,
         ddl,
@@ -584,6 +585,7 @@ fn build_sharded(
         tables,
         default_column: raw.default_column.clone(),
         pins,
+        directory: PinDirectory::new(),
         default: raw.default,
         tenancy,
         ddl,
