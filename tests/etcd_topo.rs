@@ -411,6 +411,7 @@ async fn an_outage_is_reported_and_the_watch_resumes_when_etcd_is_back() {
         "the watch says etcd went away"
     );
     assert!(!a.reachable());
+    assert!(a.unreachable_for().is_some());
     let t0 = Instant::now();
     let r = a.current().await;
     assert!(matches!(r, Err(TopoError::Unavailable(_))), "{r:?}");

@@ -87,6 +87,8 @@ pub(crate) struct Inner {
     client: tokio::sync::Mutex<Option<Client>>,
     /// Whether etcd answered the last call or the watch is established.
     reachable: AtomicBool,
+    /// Since when it has not (while `reachable` is false).
+    down_since: Mutex<Option<std::time::Instant>>,
     /// What a lease's key holds: who holds it.
     identity: Mutex<String>,
 }
@@ -198,7 +200,11 @@ impl Inner {
     }
 
     pub(crate) fn set_reachable(&self, yes: bool) {
-        self.reachable.store(yes, Ordering::Relaxed);
+        let was = self.reachable.swap(yes, Ordering::Relaxed);
+        if was != yes {
+            *self.down_since.lock().unwrap_or_else(|e| e.into_inner()) =
+                (!yes).then(std::time::Instant::now);
+        }
     }
 
     /// The client, connecting if there is none (lazily: the channel's connection is
@@ -545,6 +551,7 @@ impl EtcdTopo {
                 prefix: prefix.trim_end_matches('/').to_string(),
                 client: tokio::sync::Mutex::new(None),
                 reachable: AtomicBool::new(true),
+                down_since: Mutex::new(None),
                 identity: Mutex::new(default_identity()),
             }),
             _alive: alive,
@@ -643,6 +650,14 @@ impl Topo for EtcdTopo {
 
     fn reachable(&self) -> bool {
         self.inner.reachable.load(Ordering::Relaxed)
+    }
+
+    fn unreachable_for(&self) -> Option<Duration> {
+        self.inner
+            .down_since
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .map(|t| t.elapsed())
     }
 }
 

@@ -175,6 +175,12 @@ pub trait Topo: Send + Sync {
 
     /// Whether the store answered its last operation.
     fn reachable(&self) -> bool;
+
+    /// How long the store has not answered, while [`Topo::reachable`] is false (None
+    /// when it answers, or when the store does not keep the time).
+    fn unreachable_for(&self) -> Option<Duration> {
+        None
+    }
 }
 
 /// Milliseconds since the Unix epoch, now.
