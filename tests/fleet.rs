@@ -1,0 +1,255 @@
+//! Two proxies on one etcd (`topo = "etcd"`, in-process, each from its own config
+//! file) over real MariaDB servers: what one proxy's operator does reaches the other,
+//! a failover lease held elsewhere stops a planned failover, and an etcd outage leaves
+//! both serving.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::etcd::Etcd;
+use common::{sharded_vschema, start_proxy_config, start_servers, Proxy};
+use mysql_async::prelude::Queryable;
+use shardgate::config::ProxyConfig;
+use shardgate::topo::etcd::EtcdTopo;
+use shardgate::topo::Topo;
+
+/// Writes proxy `name`'s directory (vschema file, config file with `topo = "etcd"`)
+/// under `root` and returns its config file.
+fn write_config(root: &Path, name: &str, vschema: &str, etcd: &Etcd, prefix: &str) -> PathBuf {
+    let dir = root.join(name);
+    std::fs::create_dir_all(&dir).expect("proxy dir");
+    std::fs::write(dir.join("vschema.toml"), vschema).expect("vschema file");
+    let config = format!(
+        "listen = \"127.0.0.1:0\"\nvschema = \"vschema.toml\"\ntopo = \"etcd\"\n\n\
+         [etcd]\nendpoints = [\"{}\"]\nprefix = \"{prefix}\"\n\n\
+         [[users]]\nname = \"app\"\npassword = \"app\"\nadmin = false\n\n\
+         [[users]]\nname = \"admin\"\npassword = \"admin\"\nadmin = true\n",
+        etcd.endpoint()
+    );
+    let path = dir.join("shardgate.toml");
+    std::fs::write(&path, config).expect("config file");
+    path
+}
+
+async fn start(config: &Path) -> Proxy {
+    let config = ProxyConfig::load(config).unwrap_or_else(|e| panic!("config: {e}"));
+    start_proxy_config(config).await
+}
+
+async fn admin(p: &Proxy) -> mysql_async::Conn {
+    p.connect("admin", None).await
+}
+
+/// `SHOW CLUSTERS`' column `column` for `cluster`.
+async fn cluster_column(conn: &mut mysql_async::Conn, cluster: &str, column: &str) -> String {
+    let rows: Vec<mysql_async::Row> = conn.query("SHOW CLUSTERS").await.expect("SHOW CLUSTERS");
+    for r in rows {
+        if r.get::<String, _>("Cluster").as_deref() == Some(cluster) {
+            return r
+                .get::<Option<String>, _>(column)
+                .flatten()
+                .unwrap_or_default();
+        }
+    }
+    panic!("SHOW CLUSTERS has no cluster {cluster}");
+}
+
+/// A statement both proxies serve from the vschema alone.
+async fn serves(p: &Proxy) -> Result<(), String> {
+    let mut c = mysql_async::Conn::new(common::mysql_opts(&p.addr_string(), "app", "app", None))
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let n: Option<u64> = c
+        .query_first("SELECT 1")
+        .await
+        .map_err(|e| format!("SELECT 1: {e}"))?;
+    if n != Some(1) {
+        return Err(format!("SELECT 1 answered {n:?}"));
+    }
+    let _ = c.disconnect().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_through_one_proxy_is_kept_for_the_fleet() {
+    let etcd = Etcd::start();
+    let servers = start_servers(2);
+    let vschema = sharded_vschema(&servers);
+    let root = tempfile::tempdir().expect("tempdir");
+    let a = start(&write_config(
+        root.path(),
+        "a",
+        &vschema,
+        &etcd,
+        "/fleet-drain",
+    ))
+    .await;
+    let mut admin_a = admin(&a).await;
+    let topology = cluster_column(&mut admin_a, "c1", "Topology").await;
+    assert!(topology.starts_with("etcd ok, vschema version "), "{topology}");
+    admin_a
+        .query_drop("DRAIN CLUSTER c2 WAIT 0 SECONDS")
+        .await
+        .expect("drain through proxy a");
+    // Saved in etcd as the state file's entry for c2.
+    let store = EtcdTopo::new(vec![etcd.endpoint()], "/fleet-drain".into());
+    let saved = store.load_traffic().await.expect("load traffic");
+    assert_eq!(saved.len(), 1, "{saved:?}");
+    assert_eq!(saved[0].0, "c2");
+    assert!(
+        saved[0].1.contains("intent = \"drained\""),
+        "{}",
+        saved[0].1
+    );
+
+    // A proxy started afterwards has c2 drained from the start.
+    let b = start(&write_config(
+        root.path(),
+        "b",
+        &vschema,
+        &etcd,
+        "/fleet-drain",
+    ))
+    .await;
+    let mut admin_b = admin(&b).await;
+    assert_eq!(
+        cluster_column(&mut admin_b, "c2", "Intent").await,
+        "drained"
+    );
+    assert_eq!(
+        cluster_column(&mut admin_b, "c1", "Intent").await,
+        "serving"
+    );
+    let reason = cluster_column(&mut admin_b, "c2", "Reason").await;
+    assert!(reason.contains("DRAIN CLUSTER by admin"), "{reason}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_lease_held_by_another_proxy_refuses_a_planned_failover() {
+    let etcd = Etcd::start();
+    let servers = start_servers(2);
+    let vschema = sharded_vschema(&servers);
+    let root = tempfile::tempdir().expect("tempdir");
+    let a = start(&write_config(
+        root.path(),
+        "a",
+        &vschema,
+        &etcd,
+        "/fleet-lease",
+    ))
+    .await;
+    let mut admin_a = admin(&a).await;
+
+    // Another proxy of the fleet runs c1's failover: it holds the lease.
+    let other = EtcdTopo::new(vec![etcd.endpoint()], "/fleet-lease".into());
+    other.set_identity("10.0.0.9:3306 pid 4242".into());
+    let lease = other
+        .lease("failover/c1".into(), Duration::from_secs(10))
+        .await
+        .expect("lease")
+        .expect("free lease");
+    let e = admin_a
+        .query_drop("FAILOVER CLUSTER c1")
+        .await
+        .expect_err("refused while another proxy holds the lease");
+    let text = e.to_string();
+    assert!(
+        text.contains("10.0.0.9:3306 pid 4242") && text.contains("failover lease"),
+        "the error names the holder: {text}"
+    );
+    // c2's lease is free: its failover goes on (and stops for want of standbys).
+    let e = admin_a
+        .query_drop("FAILOVER CLUSTER c2")
+        .await
+        .expect_err("c2 has no standbys");
+    assert!(!e.to_string().contains("failover lease"), "{e}");
+    assert!(e.to_string().contains("no standbys"), "{e}");
+
+    // Released: c1's failover is this proxy's to run (and stops for want of standbys).
+    drop(lease);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let e = admin_a
+            .query_drop("FAILOVER CLUSTER c1")
+            .await
+            .expect_err("c1 has no standbys");
+        if !e.to_string().contains("failover lease") {
+            assert!(e.to_string().contains("no standbys"), "{e}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "lease not released: {e}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // This proxy released its own lease after each attempt.
+    assert!(other
+        .lease("failover/c1".into(), Duration::from_secs(10))
+        .await
+        .expect("lease")
+        .is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_etcd_stopped_both_proxies_keep_serving() {
+    let mut etcd = Etcd::start();
+    let servers = start_servers(2);
+    let vschema = sharded_vschema(&servers);
+    let root = tempfile::tempdir().expect("tempdir");
+    let a = start(&write_config(
+        root.path(),
+        "a",
+        &vschema,
+        &etcd,
+        "/fleet-outage",
+    ))
+    .await;
+    let b = start(&write_config(
+        root.path(),
+        "b",
+        &vschema,
+        &etcd,
+        "/fleet-outage",
+    ))
+    .await;
+    serves(&a).await.expect("a serves");
+    serves(&b).await.expect("b serves");
+
+    etcd.stop();
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(3) {
+        serves(&a).await.expect("a serves with etcd stopped");
+        serves(&b).await.expect("b serves with etcd stopped");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // A planned failover is refused (no lease can be taken), saying why.
+    let mut admin_a = admin(&a).await;
+    let e = admin_a
+        .query_drop("FAILOVER CLUSTER c1")
+        .await
+        .expect_err("no failover without the lease");
+    assert!(e.to_string().contains("could not be taken"), "{e}");
+    assert!(
+        cluster_column(&mut admin_a, "c1", "Topology")
+            .await
+            .starts_with("etcd unreachable since "),
+        "SHOW CLUSTERS says the store is away"
+    );
+
+    // A proxy started while etcd is down serves its file's vschema.
+    let c = start(&write_config(
+        root.path(),
+        "c",
+        &vschema,
+        &etcd,
+        "/fleet-outage",
+    ))
+    .await;
+    serves(&c)
+        .await
+        .expect("a proxy started during the outage serves");
+
+    etcd.start_again();
+    serves(&a).await.expect("a serves after the outage");
+    serves(&b).await.expect("b serves after the outage");
+}
