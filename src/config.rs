@@ -493,13 +493,17 @@ fn topo_config(file: &ConfigFile, base: &std::path::Path) -> Result<TopoConfig, 
             let etcd = file.etcd.as_ref();
             let endpoints = etcd.map(|e| e.endpoints.clone()).unwrap_or_default();
             if endpoints.is_empty() {
-                return Err("topo = \"etcd\" needs [etcd] endpoints = [\"host:port\", ...]".to_string());
+                return Err(
+                    "topo = \"etcd\" needs [etcd] endpoints = [\"host:port\", ...]".to_string(),
+                );
             }
             let prefix = etcd
                 .and_then(|e| e.prefix.clone())
                 .unwrap_or_else(|| "/shardgate".to_string());
             if !prefix.starts_with('/') || prefix.len() < 2 {
-                return Err(format!("[etcd] prefix {prefix:?}: must start with / and name something"));
+                return Err(format!(
+                    "[etcd] prefix {prefix:?}: must start with / and name something"
+                ));
             }
             Ok(TopoConfig::Etcd {
                 endpoints,

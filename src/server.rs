@@ -115,10 +115,37 @@ pub async fn serve(
                 .collect()
         }
     };
+    {
+        // A cluster added to the shard map while running gets a monitor and an executor.
+        let health = Arc::new(config.health.clone());
+        let stop = stop_rx.clone();
+        let weak = Arc::downgrade(&shared);
+        let exec = config.migrations.clone();
+        let signals: Arc<dyn ThrottleSignals> = Arc::new(PoolSignals(shared.clone()));
+        shared
+            .plane
+            .set_starter(Box::new(move |c: &crate::vschema::Cluster| {
+                let Some(shared) = weak.upgrade() else {
+                    return;
+                };
+                crate::health::spawn_monitor(&shared, &c.name, &health, &stop);
+                if let Some(exec) = &exec {
+                    let e = Executor::spawn(c.clone(), exec.clone(), signals.clone(), stop.clone());
+                    shared
+                        .executor_stats
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push((e.cluster().to_string(), e.stats()));
+                    // Stops with the proxy (its stop signal); not joined at shutdown.
+                    drop(e);
+                }
+            }));
+    }
+    crate::control::start(&shared, stop_rx.clone()).await;
     if let Some(addr) = config.metrics_listen {
         let l = TcpListener::bind(addr).await?;
-        tracing::info!(addr = %l.local_addr()?, "metrics on /metrics");
-        tokio::spawn(crate::metrics_http::serve(
+        tracing::info!(addr = %l.local_addr()?, "metrics on /metrics, the vschema API on /vschema");
+        tokio::spawn(crate::control::http::serve(
             shared.clone(),
             l,
             stop_rx.clone(),

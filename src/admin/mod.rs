@@ -11,6 +11,7 @@
 pub mod control;
 pub mod migrations;
 pub mod traffic;
+pub mod vschema;
 pub mod workspaces;
 
 pub use control::{ClusterFailure, ControlConn, ControlPool, DEFAULT_CLUSTER_TIMEOUT};

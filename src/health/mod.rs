@@ -16,7 +16,7 @@ mod probe;
 pub mod workspaces;
 
 pub(crate) use probe::json_string;
-pub use probe::{spawn_monitors, ProbeReading};
+pub use probe::{spawn_monitor, spawn_monitors, ProbeReading};
 pub use workspaces::{LastError, WorkspaceErrors, WorkspaceKey};
 
 use std::sync::atomic::{AtomicU8, Ordering};

@@ -30,16 +30,29 @@ pub fn spawn_monitors(shared: &Arc<Shared>, config: HealthConfig, stop: watch::R
         return;
     }
     let config = Arc::new(config);
-    let me = shared.config.listen.to_string();
     for cluster in shared.vschema().clusters.values() {
-        tokio::spawn(monitor(
-            shared.clone(),
-            cluster.name.clone(),
-            config.clone(),
-            me.clone(),
-            stop.clone(),
-        ));
+        spawn_monitor(shared, &cluster.name, &config, &stop);
     }
+}
+
+/// Starts the monitor of one cluster (one added to the shard map while the proxy
+/// runs); it stops when `stop` turns true or the cluster leaves the shard map.
+pub fn spawn_monitor(
+    shared: &Arc<Shared>,
+    cluster: &str,
+    config: &Arc<HealthConfig>,
+    stop: &watch::Receiver<bool>,
+) {
+    if config.probe_interval.is_zero() {
+        return;
+    }
+    tokio::spawn(monitor(
+        shared.clone(),
+        cluster.to_string(),
+        config.clone(),
+        shared.config.listen.to_string(),
+        stop.clone(),
+    ));
 }
 
 async fn monitor(

@@ -41,6 +41,7 @@ mod schema;
 mod sha2_login;
 mod state;
 mod statement;
+mod vschema;
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;

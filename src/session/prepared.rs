@@ -169,6 +169,7 @@ impl Session {
         let sql = payload.slice(1..);
         let text = planner::sql_text(&sql).into_owned();
         if crate::admin::parse_admin(&text).is_some()
+            || crate::admin::vschema::parse(&text).is_some()
             || crate::ddl::parse_ddl_setting(&text).is_some()
             || super::kill::parse(&text).is_some()
         {

@@ -41,6 +41,9 @@ impl Session {
         if let Some(admin) = crate::admin::parse_admin(&text) {
             return self.admin_statement(vs, admin).await;
         }
+        if let Some(v) = crate::admin::vschema::parse(&text) {
+            return self.vschema_statement(v).await;
+        }
         if let Some(setting) = crate::ddl::parse_ddl_setting(&text) {
             return self.ddl_setting(setting).await;
         }

@@ -134,10 +134,9 @@ impl FileTopo {
         let path = self.current_path();
         match read_optional(&path)? {
             None => Ok(0),
-            Some(s) => s
-                .trim()
-                .parse()
-                .map_err(|_| TopoError::Corrupt(format!("{}: not a version number", path.display()))),
+            Some(s) => s.trim().parse().map_err(|_| {
+                TopoError::Corrupt(format!("{}: not a version number", path.display()))
+            }),
         }
     }
 
@@ -157,10 +156,13 @@ impl FileTopo {
         if current != expected {
             return Err(TopoError::Conflict { current });
         }
-        let json = serde_json::to_vec_pretty(record)
-            .map_err(|e| TopoError::Corrupt(e.to_string()))?;
+        let json =
+            serde_json::to_vec_pretty(record).map_err(|e| TopoError::Corrupt(e.to_string()))?;
         replace_file(&self.version_path(record.version), &json)?;
-        replace_file(&self.current_path(), format!("{}\n", record.version).as_bytes())?;
+        replace_file(
+            &self.current_path(),
+            format!("{}\n", record.version).as_bytes(),
+        )?;
         if record.version > KEPT_VERSIONS {
             let _ = std::fs::remove_file(self.version_path(record.version - KEPT_VERSIONS));
         }

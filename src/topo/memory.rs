@@ -62,7 +62,16 @@ impl Topo for MemoryTopo {
     }
 
     fn history(&self, limit: usize) -> BoxFut<'_, Result<Vec<VersionRecord>, TopoError>> {
-        Box::pin(async move { Ok(self.state().versions.iter().rev().take(limit).cloned().collect()) })
+        Box::pin(async move {
+            Ok(self
+                .state()
+                .versions
+                .iter()
+                .rev()
+                .take(limit)
+                .cloned()
+                .collect())
+        })
     }
 
     fn version(&self, version: u64) -> BoxFut<'_, Result<Option<VersionRecord>, TopoError>> {

@@ -107,7 +107,10 @@ impl std::fmt::Display for TopoError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             TopoError::Conflict { current } => {
-                write!(f, "the vschema changed meanwhile: version {current} is current")
+                write!(
+                    f,
+                    "the vschema changed meanwhile: version {current} is current"
+                )
             }
             TopoError::Unavailable(m) => write!(f, "the topology store is unavailable: {m}"),
             TopoError::Corrupt(m) => write!(f, "the topology store holds a damaged entry: {m}"),

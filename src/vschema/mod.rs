@@ -8,11 +8,17 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 
 use crate::planner::ShardingSchema;
+pub use document::{Document, HIDDEN_PASSWORD};
 pub use pins::PinMap;
 pub use range::{RangePlacement, SPAN_NAMES};
 
+mod document;
 mod keyrange;
 mod parse;
+/// The document's raw (unvalidated) form, for edits.
+pub(crate) mod parse_types {
+    pub(crate) use super::parse::{RawCluster, RawKeyspace, RawShard, RawTable, RawVSchema};
+}
 mod pins;
 mod range;
 mod validate;

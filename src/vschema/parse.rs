@@ -6,67 +6,88 @@
 
 use std::collections::BTreeMap;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::VSchemaError;
 
 /// The whole document.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawVSchema {
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub clusters: BTreeMap<String, RawCluster>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub keyspaces: BTreeMap<String, RawKeyspace>,
 }
 
 /// `[clusters.NAME]`
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawCluster {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub primary: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub standbys: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub password: Option<String>,
 }
 
 /// `[keyspaces.NAME]`
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawKeyspace {
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_false")]
     pub sharded: bool,
-    pub vindex: Option<String>,
-    pub default_column: Option<String>,
-    pub shards: Option<Vec<RawShard>>,
-    pub tables: Option<BTreeMap<String, RawTable>>,
-    pub pins: Option<BTreeMap<String, String>>,
-    pub cluster: Option<String>,
-    pub database: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_false")]
     pub default: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vindex: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub tenancy: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub database_template: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub ddl: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub default_column: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shards: Option<Vec<RawShard>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tables: Option<BTreeMap<String, RawTable>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pins: Option<BTreeMap<String, String>>,
 }
 
 /// One entry of `shards = [...]`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawShard {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub cluster: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub database: Option<String>,
 }
 
 /// One entry of `[keyspaces.NAME.tables]`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawTable {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub column: Option<String>,
-    #[serde(rename = "type")]
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
     pub kind: Option<String>,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// Parses the TOML text; a syntax error or a field serde refuses becomes one error

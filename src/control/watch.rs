@@ -1,0 +1,286 @@
+//! Start-up and the sources of changes that are not statements: the vschema file
+//! (watched, and re-read on SIGHUP) and the topology store's watch (changes made by
+//! other proxies of the fleet).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use super::{adopt, change, ChangeRequest, STORE_DEADLINE};
+use crate::config::TopoConfig;
+use crate::shared::Shared;
+use crate::topo::{Event, VersionRecord};
+
+/// How often the file is looked at (its modification time and length) besides SIGHUP.
+const FILE_POLL: Duration = Duration::from_millis(500);
+
+/// A fingerprint of a document's text.
+fn fingerprint(text: &str) -> String {
+    format!("{:016x}", xxhash_rust::xxh64::xxh64(text.as_bytes(), 0))
+}
+
+/// Where this proxy notes the fingerprint of the file text it last imported.
+fn marker_path(config: &TopoConfig) -> Option<PathBuf> {
+    match config {
+        TopoConfig::Memory => None,
+        TopoConfig::File { dir } | TopoConfig::Etcd { dir, .. } => {
+            Some(dir.join("vschema-file-imported"))
+        }
+    }
+}
+
+fn read_marker(config: &TopoConfig) -> Option<String> {
+    std::fs::read_to_string(marker_path(config)?)
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
+fn write_marker(config: &TopoConfig, text: &str) {
+    if let Some(p) = marker_path(config) {
+        if let Err(e) = crate::topo::file::replace_file(&p, fingerprint(text).as_bytes()) {
+            tracing::warn!(error = %e, "could not note which vschema file text was imported");
+        }
+    }
+}
+
+/// Loads the current version from the store (or stores the config's document as
+/// version 1), imports the vschema file if it changed since this proxy last imported
+/// it, and starts watching the file, SIGHUP and the store until `stop`.
+pub async fn start(shared: &Arc<Shared>, stop: watch::Receiver<bool>) {
+    let config = &shared.config;
+    let file_text = config.vschema_text.clone();
+    let start_text = file_text
+        .clone()
+        .unwrap_or_else(|| config.vschema.to_document().to_text());
+    let stored = tokio::time::timeout(STORE_DEADLINE, shared.plane.topo().current()).await;
+    let me = config.listen.to_string();
+    match stored {
+        Ok(Ok(Some(record))) => {
+            shared.plane.set_reachable(true);
+            if let Err(e) = adopt(shared, record.clone()) {
+                tracing::error!("{e}; serving the config's vschema");
+                serve_config_unversioned(shared, &start_text, record.version);
+            }
+            // The file changed while this proxy was not watching it.
+            if let Some(text) = &file_text {
+                if read_marker(&config.topo).as_deref() != Some(fingerprint(text).as_str()) {
+                    import_file(shared, text.clone()).await;
+                }
+            }
+        }
+        Ok(Ok(None)) => {
+            shared.plane.set_reachable(true);
+            let record = VersionRecord {
+                version: 1,
+                author: me.clone(),
+                source: if file_text.is_some() { "file" } else { "start" }.to_string(),
+                time_ms: crate::topo::now_ms(),
+                diff: vec!["first version".to_string()],
+                document: start_text.clone(),
+            };
+            match shared.plane.topo().publish(record.clone(), 0).await {
+                Ok(()) => {
+                    if let Some(t) = &file_text {
+                        write_marker(&config.topo, t);
+                    }
+                    let vs = Arc::new(config.vschema.clone());
+                    shared.plane.set_current(Arc::new(record), vs);
+                }
+                Err(e) => {
+                    // Another proxy stored one first: serve that.
+                    tracing::warn!(error = %e, "could not store the first vschema version");
+                    match shared.plane.topo().current().await {
+                        Ok(Some(r)) => {
+                            if let Err(e) = adopt(shared, r) {
+                                tracing::error!("{e}");
+                            }
+                        }
+                        _ => serve_config_unversioned(shared, &start_text, 0),
+                    }
+                }
+            }
+        }
+        Ok(Err(e)) => {
+            shared.plane.set_reachable(false);
+            tracing::error!(error = %e, "topology store unavailable at start: serving the config's vschema until it answers");
+            serve_config_unversioned(shared, &start_text, 0);
+        }
+        Err(_) => {
+            shared.plane.set_reachable(false);
+            tracing::error!("topology store did not answer at start: serving the config's vschema until it answers");
+            serve_config_unversioned(shared, &start_text, 0);
+        }
+    }
+    if let Err(e) = super::pins::load_directory(shared).await {
+        tracing::error!(error = %e, "could not load the pin directory");
+    }
+    if let Some(path) = config.vschema_file.clone() {
+        tokio::spawn(watch_file(shared.clone(), path, stop.clone()));
+    }
+    tokio::spawn(watch_store(shared.clone(), stop));
+}
+
+/// Serves the config's document as `version` without storing it (the store is away).
+fn serve_config_unversioned(shared: &Shared, text: &str, version: u64) {
+    let record = VersionRecord {
+        version,
+        author: shared.config.listen.to_string(),
+        source: "start".to_string(),
+        time_ms: crate::topo::now_ms(),
+        diff: vec!["served from the config; not in the topology store".to_string()],
+        document: text.to_string(),
+    };
+    shared
+        .plane
+        .set_current(Arc::new(record), Arc::new(shared.config.vschema.clone()));
+}
+
+/// Imports the file's `text` as a new version; a refusal is logged and the current
+/// version keeps serving.
+async fn import_file(shared: &Shared, text: String) {
+    let path = shared.config.vschema_file.as_deref().map_or_else(
+        || "the vschema file".to_string(),
+        |p| p.display().to_string(),
+    );
+    let r = change(
+        shared,
+        ChangeRequest {
+            author: format!("file {path}"),
+            source: "file",
+            document: text.clone(),
+            expected: None,
+            allow_movement: false,
+        },
+    )
+    .await;
+    match r {
+        Ok(a) if a.diff.is_empty() => {
+            write_marker(&shared.config.topo, &text);
+        }
+        Ok(a) => {
+            write_marker(&shared.config.topo, &text);
+            tracing::info!(
+                version = a.version,
+                "vschema file {path} applied ({} changes)",
+                a.diff.len()
+            );
+        }
+        Err(e) => {
+            tracing::error!(
+                "vschema file {path} refused, version {} keeps serving: {e}",
+                shared.plane.version()
+            );
+        }
+    }
+}
+
+fn file_stamp(path: &Path) -> Option<(std::time::SystemTime, u64)> {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len()))
+}
+
+/// Re-reads the vschema file when it changes (modification time or length, looked at
+/// every [`FILE_POLL`]) or on SIGHUP.
+async fn watch_file(shared: Arc<Shared>, path: PathBuf, mut stop: watch::Receiver<bool>) {
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut stamp = file_stamp(&path);
+    let mut last_text = shared.config.vschema_text.clone();
+    let mut tick = tokio::time::interval(FILE_POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let forced = tokio::select! {
+            _ = tick.tick() => false,
+            Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
+            _ = stop.changed() => return,
+        };
+        if *stop.borrow() {
+            return;
+        }
+        let now = file_stamp(&path);
+        if !forced && now == stamp {
+            continue;
+        }
+        stamp = now;
+        let text = match tokio::fs::read_to_string(&path).await {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(file = %path.display(), error = %e, "cannot read the vschema file; the current version keeps serving");
+                continue;
+            }
+        };
+        if !forced && last_text.as_deref() == Some(text.as_str()) {
+            continue;
+        }
+        last_text = Some(text.clone());
+        if forced {
+            tracing::info!(file = %path.display(), "SIGHUP: re-reading the vschema file");
+        }
+        import_file(&shared, text).await;
+    }
+}
+
+/// Applies what the topology store reports: other proxies' versions and pins, and
+/// traffic state; reloads everything when the store comes back after an outage.
+async fn watch_store(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let mut events = shared.plane.topo().watch();
+    loop {
+        let event = tokio::select! {
+            e = events.recv() => e,
+            _ = stop.changed() => return,
+        };
+        let Some(event) = event else {
+            // The store reports nothing more (file and memory stores: only this proxy
+            // writes them).
+            return;
+        };
+        match event {
+            Event::Vschema(record) => {
+                if record.version <= shared.plane.version() {
+                    continue;
+                }
+                let _turn = shared.plane.changing.lock().await;
+                if record.version <= shared.plane.version() {
+                    continue;
+                }
+                if let Err(e) = adopt(&shared, record) {
+                    tracing::error!("{e}; the current version keeps serving");
+                }
+            }
+            Event::Pin(change) => super::pins::apply_pin_event(&shared, &change),
+            Event::Traffic { cluster, state } => {
+                tracing::debug!(cluster = %cluster, len = state.len(), "traffic state from the store");
+            }
+            Event::Reachable(false) => {
+                shared.plane.set_reachable(false);
+                tracing::warn!(
+                    version = shared.plane.version(),
+                    "topology store unreachable: serving the last snapshot"
+                );
+            }
+            Event::Reachable(true) => {
+                shared.plane.set_reachable(true);
+                tracing::info!("topology store reachable again: reloading");
+                reload(&shared).await;
+            }
+        }
+    }
+}
+
+/// Catches up with the store after an outage: its current version and its pins.
+async fn reload(shared: &Shared) {
+    if let Ok(Ok(Some(record))) =
+        tokio::time::timeout(STORE_DEADLINE, shared.plane.topo().current()).await
+    {
+        let _turn = shared.plane.changing.lock().await;
+        if record.version > shared.plane.version() {
+            if let Err(e) = adopt(shared, record) {
+                tracing::error!("{e}; the current version keeps serving");
+            }
+        }
+    }
+    if let Err(e) = super::pins::load_directory(shared).await {
+        tracing::error!(error = %e, "could not reload the pin directory");
+    }
+}
