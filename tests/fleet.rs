@@ -88,7 +88,10 @@ async fn a_drain_through_one_proxy_is_kept_for_the_fleet() {
     .await;
     let mut admin_a = admin(&a).await;
     let topology = cluster_column(&mut admin_a, "c1", "Topology").await;
-    assert!(topology.starts_with("etcd ok, vschema version "), "{topology}");
+    assert!(
+        topology.starts_with("etcd ok, vschema version "),
+        "{topology}"
+    );
     admin_a
         .query_drop("DRAIN CLUSTER c2 WAIT 0 SECONDS")
         .await
@@ -124,6 +127,182 @@ async fn a_drain_through_one_proxy_is_kept_for_the_fleet() {
     );
     let reason = cluster_column(&mut admin_b, "c2", "Reason").await;
     assert!(reason.contains("DRAIN CLUSTER by admin"), "{reason}");
+
+    // Both running: an UNDRAIN through b reaches a within 1 s, a DRAIN through a
+    // reaches b within 1 s.
+    admin_b
+        .query_drop("UNDRAIN CLUSTER c2")
+        .await
+        .expect("undrain through b");
+    let took = wait_column(&mut admin_a, "c2", "Intent", "serving").await;
+    assert!(
+        took < Duration::from_secs(1),
+        "a saw the undrain after {took:?}"
+    );
+    admin_a
+        .query_drop("DRAIN CLUSTER c1 WAIT 0 SECONDS")
+        .await
+        .expect("drain through a");
+    let took = wait_column(&mut admin_b, "c1", "Intent", "drained").await;
+    assert!(
+        took < Duration::from_secs(1),
+        "b saw the drain after {took:?}"
+    );
+    assert_eq!(
+        cluster_column(&mut admin_b, "c2", "Intent").await,
+        "serving"
+    );
+    // What a proxy saved itself is not applied back over what it did next.
+    assert_eq!(
+        cluster_column(&mut admin_a, "c1", "Intent").await,
+        "drained"
+    );
+}
+
+/// Polls `SHOW CLUSTERS` until `column` of `cluster` reads `want`; how long it took
+/// (panics after 5 s).
+async fn wait_column(
+    conn: &mut mysql_async::Conn,
+    cluster: &str,
+    column: &str,
+    want: &str,
+) -> Duration {
+    let t0 = Instant::now();
+    loop {
+        let now = cluster_column(conn, cluster, column).await;
+        if now == want {
+            return t0.elapsed();
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "{cluster} {column} is still {now:?}, not {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Polls `probe` every 20 ms until it is Ok; how long it took (panics after 5 s).
+async fn wait_until<F, Fut>(what: &str, mut probe: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    let t0 = Instant::now();
+    loop {
+        match probe().await {
+            Ok(()) => return t0.elapsed(),
+            Err(e) => assert!(t0.elapsed() < Duration::from_secs(5), "{what}: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `SELECT v FROM app.where_am_i WHERE workspace_id = ws` through `p`.
+async fn which_shard(p: &Proxy, ws: u64) -> Result<String, String> {
+    let mut c = mysql_async::Conn::new(common::mysql_opts(&p.addr_string(), "app", "app", None))
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let v: Option<String> = c
+        .query_first(format!(
+            "SELECT v FROM app.where_am_i WHERE workspace_id = {ws}"
+        ))
+        .await
+        .map_err(|e| e.to_string())?;
+    let _ = c.disconnect().await;
+    v.ok_or_else(|| "no row".to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vschema_change_and_a_pin_through_one_proxy_are_served_by_the_other_within_a_second() {
+    let etcd = Etcd::start();
+    let servers = start_servers(2);
+    let vschema = sharded_vschema(&servers);
+    // Each shard answers with its own name for workspace 7.
+    for (i, s) in servers.iter().enumerate() {
+        s.sql(&format!(
+            "CREATE TABLE app.where_am_i (workspace_id BIGINT PRIMARY KEY, v VARCHAR(10)); \
+             INSERT INTO app.where_am_i VALUES (7, 's{}')",
+            i + 1
+        ))
+        .expect("table on each shard");
+    }
+    // A database only c2 has, for a keyspace added later.
+    servers[1]
+        .sql("CREATE DATABASE extra; CREATE TABLE extra.t (id INT); INSERT INTO extra.t VALUES (1), (2)")
+        .expect("database extra on c2");
+    let root = tempfile::tempdir().expect("tempdir");
+    let a = start(&write_config(
+        root.path(),
+        "a",
+        &vschema,
+        &etcd,
+        "/fleet-vschema",
+    ))
+    .await;
+    let b = start(&write_config(
+        root.path(),
+        "b",
+        &vschema,
+        &etcd,
+        "/fleet-vschema",
+    ))
+    .await;
+    let count_extra = |p: &Proxy| {
+        let addr = p.addr_string();
+        async move {
+            let mut c = mysql_async::Conn::new(common::mysql_opts(&addr, "app", "app", None))
+                .await
+                .map_err(|e| format!("connect: {e}"))?;
+            let n: Option<u64> = c
+                .query_first("SELECT COUNT(*) FROM extra.t")
+                .await
+                .map_err(|e| e.to_string())?;
+            let _ = c.disconnect().await;
+            match n {
+                Some(2) => Ok(()),
+                other => Err(format!("counted {other:?}")),
+            }
+        }
+    };
+    assert!(count_extra(&b).await.is_err(), "no keyspace extra yet");
+
+    let mut admin_a = admin(&a).await;
+    admin_a
+        .query_drop("ALTER VSCHEMA ADD KEYSPACE extra ON CLUSTER c2")
+        .await
+        .expect("add a keyspace through a");
+    let took = wait_until("b serves keyspace extra", || count_extra(&b)).await;
+    assert!(
+        took < Duration::from_secs(1),
+        "b served the new keyspace after {took:?}"
+    );
+
+    // Pin workspace 7 to the shard it does not hash to: b routes it there.
+    let before = which_shard(&b, 7).await.expect("workspace 7 through b");
+    let names = common::shard_names(2);
+    let (other_shard, other_answer) = if before == "s1" {
+        (&names[1], "s2")
+    } else {
+        (&names[0], "s1")
+    };
+    admin_a
+        .query_drop(format!(
+            "ALTER VSCHEMA ADD PIN WORKSPACE 7 IN KEYSPACE app TO SHARD '{other_shard}' ALLOW DATA MOVEMENT"
+        ))
+        .await
+        .expect("pin through a");
+    let took = wait_until("b routes workspace 7 by its pin", || async {
+        match which_shard(&b, 7).await? {
+            v if v == other_answer => Ok(()),
+            v => Err(format!("still {v}")),
+        }
+    })
+    .await;
+    assert!(
+        took < Duration::from_secs(1),
+        "b routed by the pin after {took:?}"
+    );
+    assert_eq!(which_shard(&a, 7).await.expect("through a"), other_answer);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -249,7 +428,35 @@ async fn with_etcd_stopped_both_proxies_keep_serving() {
         .await
         .expect("a proxy started during the outage serves");
 
+    // b did nothing, yet says so too (its watch noticed).
+    let mut admin_b = admin(&b).await;
+    let topology = cluster_column(&mut admin_b, "c2", "Topology").await;
+    assert!(
+        topology.starts_with("etcd unreachable since ")
+            && topology.contains("serving vschema version"),
+        "{topology}"
+    );
+
     etcd.start_again();
     serves(&a).await.expect("a serves after the outage");
     serves(&b).await.expect("b serves after the outage");
+    let t0 = Instant::now();
+    loop {
+        let t = cluster_column(&mut admin_b, "c1", "Topology").await;
+        if t.starts_with("etcd ok") {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "b still says {t}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Changes flow again: a drain through a reaches b.
+    admin_a
+        .query_drop("DRAIN CLUSTER c2 WAIT 0 SECONDS")
+        .await
+        .expect("drain through a after the outage");
+    let took = wait_column(&mut admin_b, "c2", "Intent", "drained").await;
+    assert!(
+        took < Duration::from_secs(1),
+        "b saw the drain after {took:?}"
+    );
 }

@@ -108,8 +108,11 @@ fn describe_topology(shared: &Shared) -> String {
         (kind, true) if kind != "etcd" => format!("{kind}, vschema version {version}"),
         (kind, true) => format!("{kind} ok, vschema version {version}"),
         (kind, false) => {
-            let since = topo
-                .unreachable_for()
+            let since = shared
+                .plane
+                .unreachable_since_ms()
+                .map(|t| Duration::from_millis(crate::topo::now_ms().saturating_sub(t)))
+                .or_else(|| topo.unreachable_for())
                 .map(|d| format!(" since {} s", d.as_secs()))
                 .unwrap_or_default();
             format!("{kind} unreachable{since}, serving vschema version {version}")
