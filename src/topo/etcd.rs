@@ -63,6 +63,9 @@ const KEEPALIVE_EVERY: Duration = Duration::from_secs(10);
 /// Values read per page when loading pins or traffic states.
 const PAGE: i64 = 128;
 
+/// The largest answer a page may be (128 buckets of ~4,000 pins each fit).
+const MAX_PAGE_BYTES: usize = 64 << 20;
+
 /// How often a bucket write is retried when another proxy wrote the same bucket
 /// meanwhile.
 const PIN_RETRIES: usize = 16;
@@ -280,12 +283,15 @@ impl Inner {
         loop {
             let (page_from, page_end) = (from.clone(), end.clone());
             let mut resp = self
-                .call(what, |mut c| async move {
-                    c.get(
-                        page_from,
-                        Some(GetOptions::new().with_range(page_end).with_limit(PAGE)),
-                    )
-                    .await
+                .call(what, |c| async move {
+                    // A page of large pin buckets can pass gRPC's default 4 MiB.
+                    c.kv_client()
+                        .max_decoding_message_size(MAX_PAGE_BYTES)
+                        .get(
+                            page_from,
+                            Some(GetOptions::new().with_range(page_end).with_limit(PAGE)),
+                        )
+                        .await
                 })
                 .await?;
             let more = resp.more();
