@@ -37,7 +37,12 @@ pub fn apply(
     let mut added = Vec::new();
     for (name, c) in next.clusters.iter_mut() {
         match now.pools.get(name) {
-            Some(pool) if old_doc.clusters.get(name) == Some(c) => {
+            Some(pool)
+                if old_doc
+                    .clusters
+                    .get(name)
+                    .is_some_and(|o| same_cluster(o, c)) =>
+            {
                 // Unchanged in the document: what the runtime has now (failovers).
                 *c = (*pool.cluster()).clone();
                 pools.insert(name.clone(), pool.clone());
@@ -79,4 +84,13 @@ pub fn apply(
     for c in &added {
         on_added(c);
     }
+}
+
+/// Whether two definitions of a cluster name the same servers with the same
+/// credentials (TLS comes from the config, not the document).
+fn same_cluster(a: &crate::vschema::Cluster, b: &crate::vschema::Cluster) -> bool {
+    a.primary == b.primary
+        && a.standbys == b.standbys
+        && a.user == b.user
+        && a.password == b.password
 }

@@ -363,6 +363,7 @@ async fn put_vschema(shared: &Shared, req: &Request, user: String) -> Response {
             document,
             expected: Some(expected),
             allow_movement,
+            note: None,
         },
     )
     .await;

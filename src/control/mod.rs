@@ -80,6 +80,9 @@ pub struct ChangeRequest {
     pub expected: Option<u64>,
     /// The change may move existing workspaces' rows (it says so explicitly).
     pub allow_movement: bool,
+    /// A first line for the version's changes (what the change was, when the diff
+    /// alone does not say: a rollback).
+    pub note: Option<String>,
 }
 
 /// Why a change was refused. Nothing was applied.
@@ -307,12 +310,16 @@ pub async fn change(shared: &Shared, req: ChangeRequest) -> Result<Applied, Chan
     if !d.movements.is_empty() && !req.allow_movement {
         return Err(ChangeError::MovesData(d.movements));
     }
+    let mut lines = d.lines;
+    if let Some(note) = req.note {
+        lines.insert(0, note);
+    }
     let record = VersionRecord {
         version: cur.version + 1,
         author: req.author.clone(),
         source: req.source.to_string(),
         time_ms: crate::topo::now_ms(),
-        diff: d.lines.clone(),
+        diff: lines.clone(),
         document: if hidden { doc.to_text() } else { req.document },
     };
     match tokio::time::timeout(
@@ -342,12 +349,12 @@ pub async fn change(shared: &Shared, req: ChangeRequest) -> Result<Applied, Chan
         plane.start_cluster(c)
     });
     plane.set_current(Arc::new(record.clone()), next);
-    for line in &d.lines {
+    for line in &lines {
         tracing::info!(version = record.version, author = %record.author, source = record.source, "vschema: {line}");
     }
     Ok(Applied {
         version: record.version,
-        diff: d.lines,
+        diff: lines,
     })
 }
 
@@ -414,6 +421,7 @@ pub async fn rollback(
             document: old.document,
             expected: None,
             allow_movement,
+            note: Some(format!("rolled back to the document of version {to}")),
         },
     )
     .await

@@ -13,8 +13,44 @@ use crate::config::TopoConfig;
 use crate::shared::Shared;
 use crate::topo::{Event, VersionRecord};
 
-/// How often the file is looked at (its modification time and length) besides SIGHUP.
-const FILE_POLL: Duration = Duration::from_millis(500);
+/// How often the file is looked at (its modification time and length) besides the
+/// file system's notifications and SIGHUP: a fallback where notifications do not
+/// arrive (some network file systems).
+const FILE_POLL: Duration = Duration::from_secs(2);
+
+/// A watch on the directory of `path` (editors replace a file by renaming a new one
+/// over it, so the file itself is not watched); each event of that file name wakes
+/// `tx`. None where the platform or file system offers none.
+fn notify_watch(
+    path: &Path,
+    tx: tokio::sync::mpsc::Sender<()>,
+) -> Option<notify::RecommendedWatcher> {
+    use notify::Watcher as _;
+    let name = path.file_name()?.to_os_string();
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        if let Ok(event) = res {
+            if event
+                .paths
+                .iter()
+                .any(|p| p.file_name() == Some(name.as_os_str()))
+            {
+                // A full channel already holds a wake-up.
+                let _ = tx.try_send(());
+            }
+        }
+    })
+    .map_err(|e| tracing::warn!(error = %e, "no file notifications: the vschema file is polled"))
+    .ok()?;
+    watcher
+        .watch(dir, notify::RecursiveMode::NonRecursive)
+        .map_err(|e| tracing::warn!(error = %e, dir = %dir.display(), "no file notifications: the vschema file is polled"))
+        .ok()?;
+    Some(watcher)
+}
 
 /// A fingerprint of a document's text.
 fn fingerprint(text: &str) -> String {
@@ -152,6 +188,7 @@ async fn import_file(shared: &Shared, text: String) {
             document: text.clone(),
             expected: None,
             allow_movement: false,
+            note: None,
         },
     )
     .await;
@@ -181,25 +218,33 @@ fn file_stamp(path: &Path) -> Option<(std::time::SystemTime, u64)> {
     Some((m.modified().ok()?, m.len()))
 }
 
-/// Re-reads the vschema file when it changes (modification time or length, looked at
-/// every [`FILE_POLL`]) or on SIGHUP.
+/// Re-reads the vschema file when it changes (a file system notification, or its
+/// modification time or length looked at every [`FILE_POLL`]) or on SIGHUP.
 async fn watch_file(shared: Arc<Shared>, path: PathBuf, mut stop: watch::Receiver<bool>) {
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let (tx, mut changed) = tokio::sync::mpsc::channel(1);
+    let _watcher = notify_watch(&path, tx);
     let mut stamp = file_stamp(&path);
     let mut last_text = shared.config.vschema_text.clone();
     let mut tick = tokio::time::interval(FILE_POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let forced = tokio::select! {
-            _ = tick.tick() => false,
-            Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
+        // (forced: SIGHUP, polled: the timer rather than a notification)
+        let (forced, polled) = tokio::select! {
+            _ = tick.tick() => (false, true),
+            Some(()) = changed.recv() => {
+                // Let the writer finish (an editor writes, then renames).
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                (false, false)
+            }
+            Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => (true, false),
             _ = stop.changed() => return,
         };
         if *stop.borrow() {
             return;
         }
         let now = file_stamp(&path);
-        if !forced && now == stamp {
+        if polled && now == stamp {
             continue;
         }
         stamp = now;

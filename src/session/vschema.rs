@@ -179,6 +179,7 @@ impl Session {
                             document: doc.to_text(),
                             expected: Some(cur.version),
                             allow_movement,
+                            note: None,
                         },
                     )
                     .await;

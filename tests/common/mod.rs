@@ -372,6 +372,28 @@ impl ProxyProcess {
         self.child.try_wait().ok().flatten()
     }
 
+    /// Kills it (SIGKILL) and starts it again with the same config file and port;
+    /// returns once the port accepts connections.
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.dir.path().join("shardgate.log"))
+            .expect("open log file");
+        let log_err = log.try_clone().expect("clone log file handle");
+        self.child = Command::new(env!("CARGO_BIN_EXE_shardgate"))
+            .arg("serve")
+            .arg("--config")
+            .arg(&self.config_path)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
+            .spawn()
+            .expect("spawn the shardgate binary");
+        wait_for_port(self);
+    }
+
     /// Kills it and waits for it.
     pub fn kill(mut self) {
         let _ = self.child.kill();
