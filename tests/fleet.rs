@@ -460,3 +460,71 @@ async fn with_etcd_stopped_both_proxies_keep_serving() {
         "b saw the drain after {took:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_through_one_proxy_switches_the_other_within_a_second() {
+    let etcd = Etcd::start();
+    let clusters = common::start_replicated_clusters(1, 1);
+    let c = &clusters[0];
+    c.primary
+        .sql("CREATE DATABASE app; CREATE TABLE app.writes (id INT PRIMARY KEY, via VARCHAR(10))")
+        .expect("schema");
+    c.wait_caught_up(Duration::from_secs(10))
+        .expect("standby caught up");
+    let standby = c.standby_addrs()[0].clone();
+    let vschema = format!(
+        "[clusters.c1]\nprimary = \"{}\"\nstandbys = [\"{standby}\"]\nuser = \"shardgate\"\npassword = \"shardgate\"\n\n\
+         [keyspaces.app]\ncluster = \"c1\"\n",
+        c.primary.addr()
+    );
+    let root = tempfile::tempdir().expect("tempdir");
+    let a = start(&write_config(
+        root.path(),
+        "a",
+        &vschema,
+        &etcd,
+        "/fleet-failover",
+    ))
+    .await;
+    let b = start(&write_config(
+        root.path(),
+        "b",
+        &vschema,
+        &etcd,
+        "/fleet-failover",
+    ))
+    .await;
+    let insert = |p: &Proxy, id: u32| {
+        let addr = p.addr_string();
+        async move {
+            let mut conn =
+                mysql_async::Conn::new(common::mysql_opts(&addr, "app", "app", Some("app")))
+                    .await
+                    .map_err(|e| format!("connect: {e}"))?;
+            conn.query_drop(format!("INSERT INTO writes VALUES ({id}, 'b')"))
+                .await
+                .map_err(|e| e.to_string())?;
+            let _ = conn.disconnect().await;
+            Ok::<(), String>(())
+        }
+    };
+    insert(&b, 1).await.expect("write through b before");
+
+    let mut admin_a = admin(&a).await;
+    admin_a
+        .query_drop("FAILOVER CLUSTER c1")
+        .await
+        .expect("planned failover through a");
+    assert_eq!(cluster_column(&mut admin_a, "c1", "Primary").await, standby);
+    let mut admin_b = admin(&b).await;
+    let took = wait_column(&mut admin_b, "c1", "Primary", &standby).await;
+    assert!(took < Duration::from_secs(1), "b switched after {took:?}");
+    // b writes to the new primary (the old one is read_only now).
+    insert(&b, 2)
+        .await
+        .expect("write through b after the failover");
+    let on_new = c.standbys[0]
+        .sql("SELECT COUNT(*) FROM app.writes WHERE id = 2")
+        .expect("count on the new primary");
+    assert_eq!(on_new.trim(), "1", "the write went to the new primary");
+}
