@@ -128,6 +128,9 @@ pub struct Shared {
     pub workspaces: crate::health::WorkspaceErrors,
     /// The live, versioned vschema and the topology store.
     pub plane: crate::control::ControlPlane,
+    /// Held by whoever builds a new runtime snapshot from the current one (a vschema
+    /// change, a failover), so that neither loses the other's change.
+    swapping: Mutex<()>,
 }
 
 impl Shared {
@@ -211,6 +214,7 @@ impl Shared {
             topology: crate::traffic::Topology::default(),
             workspaces: crate::health::WorkspaceErrors::default(),
             plane: crate::control::ControlPlane::new(topo),
+            swapping: Mutex::new(()),
         })
     }
 
@@ -220,9 +224,12 @@ impl Shared {
         self.runtime.load_full()
     }
 
-    /// Makes `rt` the snapshot new statements take.
-    pub(crate) fn store_runtime(&self, rt: Runtime) {
-        self.runtime.store(Arc::new(rt));
+    /// Builds the next runtime snapshot from the current one with `next` and swaps it
+    /// in, one builder at a time.
+    pub(crate) fn update_runtime(&self, next: impl FnOnce(&Runtime) -> Runtime) {
+        let _one = self.swapping.lock().unwrap_or_else(|e| e.into_inner());
+        let now = self.runtime.load_full();
+        self.runtime.store(Arc::new(next(&now)));
     }
 
     /// The vschema in force now.

@@ -395,7 +395,7 @@ async fn the_vschema_file_is_watched_a_bad_edit_is_refused_and_versions_survive_
         format!("{toml}\n[keyspaces.more]\ncluster = \"nope\"\n"),
     )
     .expect("write");
-    wait_for("the refusal is logged", Duration::from_secs(5), || {
+    wait_for("the refusal is logged", Duration::from_secs(15), || {
         proxy.log().contains("refused")
     });
     assert_eq!(
@@ -408,7 +408,7 @@ async fn the_vschema_file_is_watched_a_bad_edit_is_refused_and_versions_survive_
         format!("{toml}\n[keyspaces.more]\ncluster = \"c1\"\n"),
     )
     .expect("write");
-    wait_for("the edit is served", Duration::from_secs(5), || {
+    wait_for("the edit is served", Duration::from_secs(15), || {
         common::cli(&addr, "app", "app", Some("more"), "SELECT 1")
             .status
             .success()
@@ -419,7 +419,7 @@ async fn the_vschema_file_is_watched_a_bad_edit_is_refused_and_versions_survive_
     let _ = std::process::Command::new("kill")
         .args(["-HUP", &proxy.pid().to_string()])
         .status();
-    wait_for("version 3 is served", Duration::from_secs(5), || {
+    wait_for("version 3 is served", Duration::from_secs(15), || {
         common::cli_ok(
             &addr,
             "admin",

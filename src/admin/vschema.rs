@@ -600,34 +600,24 @@ pub fn apply_edit(doc: &mut Document, edit: &Edit) -> Result<(), String> {
             }
         }
         Edit::AddTable {
-            keyspace,
-            table,
-            column,
-        } => {
+            keyspace, table, ..
+        }
+        | Edit::AddReference { keyspace, table } => {
             let t = tables(raw, keyspace)?;
             if t.contains_key(table) {
                 return Err(format!("table {keyspace}.{table} is already listed"));
             }
-            t.insert(
-                table.clone(),
-                RawTable {
+            let entry = match edit {
+                Edit::AddTable { column, .. } => RawTable {
                     column: Some(column.clone()),
                     kind: None,
                 },
-            );
-        }
-        Edit::AddReference { keyspace, table } => {
-            let t = tables(raw, keyspace)?;
-            if t.contains_key(table) {
-                return Err(format!("table {keyspace}.{table} is already listed"));
-            }
-            t.insert(
-                table.clone(),
-                RawTable {
+                _ => RawTable {
                     column: None,
                     kind: Some("reference".to_string()),
                 },
-            );
+            };
+            t.insert(table.clone(), entry);
         }
         Edit::DropTable { keyspace, table } => {
             let t = tables(raw, keyspace)?;
@@ -640,10 +630,7 @@ pub fn apply_edit(doc: &mut Document, edit: &Edit) -> Result<(), String> {
             workspace,
             shard,
         } => {
-            let ks = raw
-                .keyspaces
-                .get_mut(keyspace)
-                .ok_or_else(|| format!("there is no keyspace {keyspace}"))?;
+            let ks = keyspace_mut(raw, keyspace)?;
             let pins = ks.pins.get_or_insert_with(BTreeMap::new);
             if let Some(s) = pins.get(&workspace.to_string()) {
                 return Err(format!(
@@ -656,10 +643,7 @@ pub fn apply_edit(doc: &mut Document, edit: &Edit) -> Result<(), String> {
             keyspace,
             workspace,
         } => {
-            let ks = raw
-                .keyspaces
-                .get_mut(keyspace)
-                .ok_or_else(|| format!("there is no keyspace {keyspace}"))?;
+            let ks = keyspace_mut(raw, keyspace)?;
             let removed = ks
                 .pins
                 .as_mut()
@@ -677,15 +661,22 @@ pub fn apply_edit(doc: &mut Document, edit: &Edit) -> Result<(), String> {
     Ok(())
 }
 
+fn keyspace_mut<'a>(
+    raw: &'a mut crate::vschema::parse_types::RawVSchema,
+    keyspace: &str,
+) -> Result<&'a mut crate::vschema::parse_types::RawKeyspace, String> {
+    raw.keyspaces
+        .get_mut(keyspace)
+        .ok_or_else(|| format!("there is no keyspace {keyspace}"))
+}
+
 fn tables<'a>(
     raw: &'a mut crate::vschema::parse_types::RawVSchema,
     keyspace: &str,
 ) -> Result<&'a mut BTreeMap<String, crate::vschema::parse_types::RawTable>, String> {
-    let ks = raw
-        .keyspaces
-        .get_mut(keyspace)
-        .ok_or_else(|| format!("there is no keyspace {keyspace}"))?;
-    Ok(ks.tables.get_or_insert_with(BTreeMap::new))
+    Ok(keyspace_mut(raw, keyspace)?
+        .tables
+        .get_or_insert_with(BTreeMap::new))
 }
 
 /// The document of one keyspace (`SHOW VSCHEMA KEYSPACE k`), or None if it has none.

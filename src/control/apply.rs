@@ -32,54 +32,55 @@ pub fn apply(
         .next()
         .and_then(|c| c.tls.clone());
     next = next.with_backend_tls(tls);
-    let now = shared.runtime();
-    let mut pools: HashMap<String, Arc<ClusterPool>> = HashMap::new();
     let mut added = Vec::new();
-    for (name, c) in next.clusters.iter_mut() {
-        match now.pools.get(name) {
-            Some(pool)
-                if old_doc
-                    .clusters
-                    .get(name)
-                    .is_some_and(|o| same_cluster(o, c)) =>
-            {
-                // Unchanged in the document: what the runtime has now (failovers).
-                *c = (*pool.cluster()).clone();
-                pools.insert(name.clone(), pool.clone());
-            }
-            Some(pool) => {
-                tracing::info!(cluster = %name, "cluster changed in the vschema: its pool reconnects");
-                pool.retarget(c.clone());
-                pools.insert(name.clone(), pool.clone());
-            }
-            None => {
-                pools.insert(
-                    name.clone(),
-                    ClusterPool::new(c.clone(), shared.config.pool.clone()),
-                );
-                added.push(c.clone());
-            }
-        }
-    }
-    for c in next.clusters.values() {
-        // Standbys' pools (replica reads): kept when still standbys.
-        for addr in &c.standbys {
-            let key = crate::shared::replica_pool_name(&c.name, addr);
-            if let Some(p) = now.pools.get(&key) {
-                pools.insert(key, p.clone());
+    shared.update_runtime(|now| {
+        let mut pools: HashMap<String, Arc<ClusterPool>> = HashMap::new();
+        for (name, c) in next.clusters.iter_mut() {
+            match now.pools.get(name) {
+                Some(pool)
+                    if old_doc
+                        .clusters
+                        .get(name)
+                        .is_some_and(|o| same_cluster(o, c)) =>
+                {
+                    // Unchanged in the document: what the runtime has now (failovers).
+                    *c = (*pool.cluster()).clone();
+                    pools.insert(name.clone(), pool.clone());
+                }
+                Some(pool) => {
+                    tracing::info!(cluster = %name, "cluster changed in the vschema: its pool reconnects");
+                    pool.retarget(c.clone());
+                    pools.insert(name.clone(), pool.clone());
+                }
+                None => {
+                    pools.insert(
+                        name.clone(),
+                        ClusterPool::new(c.clone(), shared.config.pool.clone()),
+                    );
+                    added.push(c.clone());
+                }
             }
         }
-        crate::shared::add_replica_pools(&mut pools, c, &shared.config.pool);
-    }
-    for name in now.vschema.clusters.keys() {
-        if !next.clusters.contains_key(name) {
-            tracing::info!(cluster = %name, "cluster left the vschema: its pool closes when its last connection is returned");
+        for c in next.clusters.values() {
+            // Standbys' pools (replica reads): kept when still standbys.
+            for addr in &c.standbys {
+                let key = crate::shared::replica_pool_name(&c.name, addr);
+                if let Some(p) = now.pools.get(&key) {
+                    pools.insert(key, p.clone());
+                }
+            }
+            crate::shared::add_replica_pools(&mut pools, c, &shared.config.pool);
         }
-    }
-    shared.store_runtime(Runtime {
-        vschema: Arc::new(next),
-        pools,
-        generation: now.generation + 1,
+        for name in now.vschema.clusters.keys() {
+            if !next.clusters.contains_key(name) {
+                tracing::info!(cluster = %name, "cluster left the vschema: its pool closes when its last connection is returned");
+            }
+        }
+        Runtime {
+            vschema: Arc::new(next),
+            pools,
+            generation: now.generation + 1,
+        }
     });
     for c in &added {
         on_added(c);

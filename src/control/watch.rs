@@ -224,7 +224,9 @@ async fn watch_file(shared: Arc<Shared>, path: PathBuf, mut stop: watch::Receive
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     let (tx, mut changed) = tokio::sync::mpsc::channel(1);
     let _watcher = notify_watch(&path, tx);
-    let mut stamp = file_stamp(&path);
+    // None: the first look reads the file, so an edit made between the config being
+    // read and this watch starting is not missed.
+    let mut stamp = None;
     let mut last_text = shared.config.vschema_text.clone();
     let mut tick = tokio::time::interval(FILE_POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

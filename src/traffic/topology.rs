@@ -110,15 +110,16 @@ impl Shared {
     /// Puts `cluster` (a new primary and standbys) into the runtime snapshot: new
     /// statements see it; statements under way finish on the snapshot they took.
     pub fn replace_cluster(&self, cluster: Cluster) {
-        let now = self.runtime();
-        let mut vs: VSchema = (*now.vschema).clone();
-        let mut pools = now.pools.clone();
-        crate::shared::add_replica_pools(&mut pools, &cluster, &self.config.pool);
-        vs.clusters.insert(cluster.name.clone(), cluster);
-        self.store_runtime(Runtime {
-            vschema: Arc::new(vs),
-            pools,
-            generation: now.generation + 1,
+        self.update_runtime(|now| {
+            let mut vs: VSchema = (*now.vschema).clone();
+            let mut pools = now.pools.clone();
+            crate::shared::add_replica_pools(&mut pools, &cluster, &self.config.pool);
+            vs.clusters.insert(cluster.name.clone(), cluster);
+            Runtime {
+                vschema: Arc::new(vs),
+                pools,
+                generation: now.generation + 1,
+            }
         });
     }
 
