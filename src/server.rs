@@ -88,6 +88,13 @@ pub async fn serve(
             }
         }
     }
+    // topo = "etcd": leases name this proxy; the fleet's traffic state (intents,
+    // failovers) applies over the state file's (bounded: the store's call deadline).
+    let me = format!("{} pid {}", listener.local_addr()?, std::process::id());
+    shared.plane.topo().set_identity(me);
+    if let Err(e) = crate::traffic::saved::load_saved(&shared).await {
+        tracing::warn!(error = %e, "the fleet's traffic state was not loaded; serving the state file's");
+    }
     let (stop_tx, stop_rx) = watch::channel(false);
     crate::health::spawn_monitors(&shared, config.health.clone(), stop_rx.clone());
     let reaped = shared.clone();

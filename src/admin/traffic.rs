@@ -11,7 +11,7 @@ use crate::traffic::Intent;
 pub type Row = Vec<Option<Vec<u8>>>;
 
 /// The columns of `SHOW CLUSTERS`.
-pub const CLUSTER_COLUMNS: [&str; 17] = [
+pub const CLUSTER_COLUMNS: [&str; 18] = [
     "Cluster",
     "Primary",
     "Health",
@@ -29,6 +29,7 @@ pub const CLUSTER_COLUMNS: [&str; 17] = [
     "Probe_ms",
     "Threads_running",
     "Standbys",
+    "Topology",
 ];
 
 /// One row per cluster of the vschema in force: health, intent and why, the last ten
@@ -36,6 +37,7 @@ pub const CLUSTER_COLUMNS: [&str; 17] = [
 pub fn show_clusters(shared: &Shared) -> Vec<Row> {
     let rt = shared.runtime();
     let now = Instant::now();
+    let topology = describe_topology(shared);
     let mut rows = Vec::new();
     for c in rt.vschema.clusters.values() {
         let Some(pool) = rt.pool(&c.name) else {
@@ -89,9 +91,33 @@ pub fn show_clusters(shared: &Shared) -> Vec<Row> {
                 &pool.health.standbys(),
                 shared.config.failover.max_lag,
             )),
+            text(topology.clone()),
         ]);
     }
     rows
+}
+
+/// The topology store and the vschema version served: `etcd ok, vschema version 7`,
+/// or, while etcd does not answer, `etcd unreachable since 12 s, serving vschema
+/// version 7` (the last snapshot, until it is back).
+fn describe_topology(shared: &Shared) -> String {
+    let topo = shared.plane.topo();
+    let version = shared.plane.version();
+    let reachable = shared.plane.reachable() && topo.reachable();
+    match (topo.kind(), reachable) {
+        (kind, true) if kind != "etcd" => format!("{kind}, vschema version {version}"),
+        (kind, true) => format!("{kind} ok, vschema version {version}"),
+        (kind, false) => {
+            let since = shared
+                .plane
+                .unreachable_since_ms()
+                .map(|t| Duration::from_millis(crate::topo::now_ms().saturating_sub(t)))
+                .or_else(|| topo.unreachable_for())
+                .map(|d| format!(" since {} s", d.as_secs()))
+                .unwrap_or_default();
+            format!("{kind} unreachable{since}, serving vschema version {version}")
+        }
+    }
 }
 
 /// `addr role state lag` for each standby, `; `-separated (empty without standbys).
@@ -122,10 +148,19 @@ fn known_pool(rt: &Runtime, cluster: &str) -> Result<Arc<crate::backend::Cluster
 }
 
 /// Keeps the intents in the state file, if there is one; an error names the file.
-fn persist(shared: &Shared) -> Result<(), ProxyError> {
-    shared
-        .save_traffic_state()
-        .map_err(|e| ProxyError::internal(format!("the intent is set but could not be kept: {e}")))
+/// With `topo = "etcd"`, also saves `cluster`'s intent for the fleet (the other
+/// proxies apply it).
+async fn persist(shared: &Shared, cluster: &str) -> Result<(), ProxyError> {
+    shared.save_traffic_state().map_err(|e| {
+        ProxyError::internal(format!("the intent is set but could not be kept: {e}"))
+    })?;
+    crate::traffic::saved::save_cluster(shared, cluster)
+        .await
+        .map_err(|e| {
+            ProxyError::internal(format!(
+                "the intent is set on this proxy but not saved for the fleet: {e}"
+            ))
+        })
 }
 
 /// `DRAIN CLUSTER c [WAIT n SECONDS]`: no new statement starts on `cluster`; statements
@@ -143,7 +178,7 @@ pub async fn drain(
     let started = Instant::now();
     pool.traffic
         .set(Intent::Draining, &format!("DRAIN CLUSTER by {by}"));
-    persist(shared)?;
+    persist(shared, cluster).await?;
     tracing::warn!(%cluster, by, wait_s = wait.as_secs_f64(), "draining cluster");
     pool.close_idle();
     let deadline = started + wait;
@@ -184,7 +219,7 @@ pub async fn drain(
     pool.close_idle();
     pool.traffic
         .set(Intent::Drained, &format!("DRAIN CLUSTER by {by}"));
-    persist(shared)?;
+    persist(shared, cluster).await?;
     let took = started.elapsed().as_secs_f64();
     tracing::warn!(%cluster, killed, took_s = took, "cluster drained");
     Ok(format!(
@@ -238,13 +273,13 @@ pub fn show_failovers(shared: &Shared) -> Vec<Row> {
 }
 
 /// `UNDRAIN CLUSTER c`: the cluster serves again.
-pub fn undrain(shared: &Shared, cluster: &str, by: &str) -> Result<String, ProxyError> {
+pub async fn undrain(shared: &Shared, cluster: &str, by: &str) -> Result<String, ProxyError> {
     let rt = shared.runtime();
     let pool = known_pool(&rt, cluster)?;
     let before = pool.traffic.intent();
     pool.traffic
         .set(Intent::Serving, &format!("UNDRAIN CLUSTER by {by}"));
-    persist(shared)?;
+    persist(shared, cluster).await?;
     tracing::warn!(%cluster, by, "cluster serving again");
     Ok(format!(
         "cluster {cluster} serving (was {}); health {}",

@@ -57,8 +57,13 @@ pub fn make_topo(config: &TopoConfig) -> Arc<dyn Topo> {
     match config {
         TopoConfig::Memory => Arc::new(crate::topo::memory::MemoryTopo::default()),
         TopoConfig::File { dir } => Arc::new(crate::topo::file::FileTopo::new(dir.clone())),
-        // Until the etcd store lands, refuse at start (see ControlPlane::start).
-        TopoConfig::Etcd { .. } => Arc::new(crate::topo::memory::MemoryTopo::default()),
+        // Connects lazily: a proxy starts (serving its file's vschema) while etcd is down.
+        TopoConfig::Etcd {
+            endpoints, prefix, ..
+        } => Arc::new(crate::topo::etcd::EtcdTopo::new(
+            endpoints.clone(),
+            prefix.clone(),
+        )),
     }
 }
 

@@ -304,7 +304,7 @@ async fn watch_store(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
             }
             Event::Pin(change) => super::pins::apply_pin_event(&shared, &change),
             Event::Traffic { cluster, state } => {
-                tracing::debug!(cluster = %cluster, len = state.len(), "traffic state from the store");
+                crate::traffic::apply_saved_traffic(&shared, &cluster, &state);
             }
             Event::Reachable(false) => {
                 shared.plane.set_reachable(false);
@@ -317,6 +317,9 @@ async fn watch_store(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
                 shared.plane.set_reachable(true);
                 tracing::info!("topology store reachable again: reloading");
                 reload(&shared).await;
+                if let Err(e) = crate::traffic::saved::load_saved(&shared).await {
+                    tracing::error!(error = %e, "could not reload the fleet's traffic state");
+                }
             }
         }
     }

@@ -188,7 +188,7 @@ impl Session {
                     .await
             }
             Ok(crate::admin::AdminStatement::Undrain { cluster }) => {
-                let r = crate::admin::traffic::undrain(&self.shared, &cluster, &self.user);
+                let r = crate::admin::traffic::undrain(&self.shared, &cluster, &self.user).await;
                 self.traffic_answer(&cluster, r).await
             }
             Ok(crate::admin::AdminStatement::Pin(stmt)) => {

@@ -6,8 +6,8 @@
 //! Two stores implement [`Topo`]:
 //! - [`file::FileTopo`] (`topo = "file"`, the default): a directory on the proxy's own
 //!   disk; one proxy.
-//! - `etcd` (`topo = "etcd"`): an etcd cluster shared by a fleet of proxies; changes
-//!   made through one proxy reach the others by etcd's watch.
+//! - [`etcd::EtcdTopo`] (`topo = "etcd"`): an etcd cluster shared by a fleet of
+//!   proxies; changes made through one proxy reach the others by etcd's watch.
 //!
 //! The store is not on the statement path: sessions read the in-memory runtime
 //! snapshot ([`crate::shared::Shared::runtime`]); the control plane
@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub mod etcd;
 pub mod file;
 pub mod memory;
 
@@ -162,12 +163,27 @@ pub trait Topo: Send + Sync {
         ttl: Duration,
     ) -> BoxFut<'_, Result<Option<Box<dyn Lease>>, TopoError>>;
 
+    /// Who holds the lease `name` now (the identity it was taken with), None when
+    /// nobody does or the store does not keep it.
+    fn lease_holder(&self, _name: String) -> BoxFut<'_, Result<Option<String>, TopoError>> {
+        Box::pin(async { Ok(None) })
+    }
+
+    /// Names this proxy in the leases it takes (its listen address and pid).
+    fn set_identity(&self, _identity: String) {}
+
     /// Changes made by any proxy, from now on. The receiver is bounded; a watcher that
     /// falls behind reloads ([`Topo::current`], [`Topo::load_pins`]).
     fn watch(&self) -> tokio::sync::mpsc::Receiver<Event>;
 
     /// Whether the store answered its last operation.
     fn reachable(&self) -> bool;
+
+    /// How long the store has not answered, while [`Topo::reachable`] is false (None
+    /// when it answers, or when the store does not keep the time).
+    fn unreachable_for(&self) -> Option<Duration> {
+        None
+    }
 }
 
 /// Milliseconds since the Unix epoch, now.

@@ -97,8 +97,13 @@ pub fn on_down(shared: &Arc<Shared>, cluster: &str) {
     let shared = shared.clone();
     let cluster = cluster.to_string();
     tokio::spawn(async move {
-        if let Err(e) = failover(&shared, &cluster, None, Kind::Unplanned, "auto").await {
-            tracing::error!(%cluster, error = %e, "automatic failover failed");
+        match failover(&shared, &cluster, None, Kind::Unplanned, "auto").await {
+            Ok(_) => {}
+            // Another proxy of the fleet runs it.
+            Err(e) if e.message.contains("holds the failover lease") => {
+                tracing::info!(%cluster, reason = %e, "automatic failover left to its lease holder");
+            }
+            Err(e) => tracing::error!(%cluster, error = %e, "automatic failover failed"),
         }
     });
 }
@@ -123,6 +128,15 @@ pub async fn failover(
         return Err(ProxyError::unroutable(format!(
             "shardgate: a failover of cluster '{cluster}' is already under way"
         )));
+    };
+    // One proxy of a fleet at a time (topo = "etcd"); held until this returns.
+    let lease = match super::saved::take_failover_lease(shared, cluster).await {
+        Ok(lease) => lease,
+        Err(why) => {
+            return Err(ProxyError::unroutable(format!(
+                "shardgate: no failover of cluster '{cluster}' here: {why}"
+            )))
+        }
     };
     let old = (*pool.cluster()).clone();
     let config = shared.config.failover.clone();
@@ -165,10 +179,14 @@ pub async fn failover(
     // wait by `catch_up`); the whole is bounded too, so a member that hangs mid-statement
     // cannot hold the buffer and the failover turn forever.
     let limit = config.drain_wait + config.catch_up * 3 + Duration::from_secs(10);
-    let result = match tokio::time::timeout(
-        limit,
-        switch(shared, &pool, &old, &target, kind, &config, &mut t),
-    )
+    let result = match tokio::time::timeout(limit, async {
+        if !lease.held() {
+            return Err("the failover lease was lost before the switch (the topology store \
+                        stopped answering); nothing switched"
+                .to_string());
+        }
+        switch(shared, &pool, &old, &target, kind, &config, &mut t).await
+    })
     .await
     {
         Ok(r) => r,
@@ -401,6 +419,9 @@ async fn switch(
     }
     if let Err(e) = shared.save_traffic_state() {
         t.step(format!("topology not kept: {e}"));
+    }
+    if let Err(e) = super::saved::save_cluster(shared, &old.name).await {
+        t.step(format!("topology not saved for the fleet: {e}"));
     }
     Ok(())
 }

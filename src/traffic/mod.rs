@@ -4,7 +4,8 @@
 //! cluster gets: an error at once, or a bounded wait in the cluster's buffer.
 //!
 //! Intent is kept in a state file next to the config, so a restarted proxy keeps a
-//! drained cluster drained.
+//! drained cluster drained; with `topo = "etcd"` also in etcd, shared by the fleet
+//! ([`saved`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -15,8 +16,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::Notify;
 
 pub mod failover;
+pub mod saved;
 mod topology;
 
+pub use saved::apply_saved_traffic;
 pub use topology::{Topology, Turn};
 
 /// What an operator (or policy) wants of a cluster.
@@ -351,26 +354,35 @@ pub fn save_state<'a>(
         "# Written by shardgate: what operators want of each cluster (DRAIN/UNDRAIN CLUSTER)\n\
          # and who its primary is after failovers (FAILOVER CLUSTER).\n",
     );
-    let list = |v: &[String]| {
-        let items: Vec<String> = v.iter().map(|s| toml_string(s)).collect();
-        format!("[{}]", items.join(", "))
-    };
     for c in clusters {
-        let d = c.traffic.detail();
         out.push_str(&format!(
-            "\n[clusters.{}]\nintent = \"{}\"\nreason = {}\nsince = {}\nprimary = {}\nstandbys = {}\nfenced = {}\n",
+            "\n[clusters.{}]\n{}",
             toml_key(c.name),
-            c.traffic.intent().name(),
-            toml_string(&d.reason),
-            d.since,
-            toml_string(&c.cluster.primary),
-            list(&c.cluster.standbys),
-            list(&c.fenced),
+            entry_text(&c)
         ));
     }
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, out).map_err(|e| format!("{}: {e}", tmp.display()))?;
     std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// One cluster's entry of the state file, without its `[clusters.<name>]` header: what
+/// `topo = "etcd"` keeps per cluster too ([`saved`]).
+pub fn entry_text(c: &SavedCluster<'_>) -> String {
+    let list = |v: &[String]| {
+        let items: Vec<String> = v.iter().map(|s| toml_string(s)).collect();
+        format!("[{}]", items.join(", "))
+    };
+    let d = c.traffic.detail();
+    format!(
+        "intent = \"{}\"\nreason = {}\nsince = {}\nprimary = {}\nstandbys = {}\nfenced = {}\n",
+        c.traffic.intent().name(),
+        toml_string(&d.reason),
+        d.since,
+        toml_string(&c.cluster.primary),
+        list(&c.cluster.standbys),
+        list(&c.fenced),
+    )
 }
 
 /// A TOML basic string: JSON's escapes are valid TOML.

@@ -24,6 +24,8 @@ pub struct Topology {
     /// Failovers since start by (cluster, `planned`/`unplanned`, `done`/`stopped`):
     /// how many, and the statements they buffered.
     counts: Mutex<BTreeMap<FailoverKey, (u64, u64)>>,
+    /// Traffic states this proxy saved in the fleet's store (`topo = "etcd"`).
+    saved: Mutex<super::saved::SavedTexts>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -43,6 +45,16 @@ impl Drop for Turn<'_> {
 }
 
 impl Topology {
+    /// Notes that this proxy saved `state` for `cluster` (the last `keep` are kept).
+    pub(crate) fn remember_saved(&self, cluster: &str, state: &str, keep: usize) {
+        lock(&self.saved).remember(cluster, state, keep);
+    }
+
+    /// Whether this proxy saved `state` for `cluster` (recently).
+    pub(crate) fn saved_here(&self, cluster: &str, state: &str) -> bool {
+        lock(&self.saved).contains(cluster, state)
+    }
+
     /// Former primaries fenced, as (cluster, address).
     pub fn fenced(&self) -> Vec<(String, String)> {
         lock(&self.fenced).clone()

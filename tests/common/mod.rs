@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod demo;
+pub mod etcd;
 pub mod passthrough;
 
 use std::fmt::Write as _;
