@@ -126,6 +126,8 @@ pub struct Shared {
     /// Per-workspace statement and error counts of the last minute (`SHOW WORKSPACE`,
     /// `SHOW WORKSPACES WITH ERRORS`), bounded in memory.
     pub workspaces: crate::health::WorkspaceErrors,
+    /// This proxy's metrics (`GET /metrics`), on a recorder of its own.
+    pub metrics: Arc<crate::metrics::Registry>,
 }
 
 impl Shared {
@@ -207,6 +209,7 @@ impl Shared {
             greeting_plugin,
             topology: crate::traffic::Topology::default(),
             workspaces: crate::health::WorkspaceErrors::default(),
+            metrics: crate::metrics::Registry::new(),
         })
     }
 
