@@ -97,6 +97,21 @@ pub fn render(shared: &Shared) -> String {
         }
         gauge("shardgate_pool_waiters", l, p.waiting() as f64);
     }
+    // Every cluster's failover counters exist from the start, at 0, so that `rate()`
+    // and `increase()` see the first failover.
+    for c in runtime.vschema.clusters.keys() {
+        for kind in ["planned", "unplanned"] {
+            for outcome in ["done", "stopped"] {
+                let labels = [
+                    ("cluster", c.as_str()),
+                    ("kind", kind),
+                    ("outcome", outcome),
+                ];
+                total("shardgate_failovers_total", &labels, 0);
+                total("shardgate_failover_buffered_statements_total", &labels, 0);
+            }
+        }
+    }
     for ((c, kind, outcome), (n, buffered)) in shared.topology.counts().iter() {
         let labels = [
             ("cluster", c.as_str()),
