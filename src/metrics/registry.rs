@@ -278,6 +278,12 @@ impl Registry {
             .register_gauge(&key(name, labels), &metadata())
     }
 
+    /// Folds the histogram samples recorded since the last fold into their buckets
+    /// (the upkeep task does it every second).
+    pub fn run_upkeep(&self) {
+        self.handle.run_upkeep();
+    }
+
     /// Everything in the Prometheus text format (histogram samples folded first).
     pub fn render(&self) -> String {
         self.handle.render()
@@ -291,7 +297,7 @@ async fn upkeep(registry: Weak<Registry>) {
     loop {
         tick.tick().await;
         match registry.upgrade() {
-            Some(r) => r.handle.run_upkeep(),
+            Some(r) => r.run_upkeep(),
             None => return,
         }
     }
