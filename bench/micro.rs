@@ -1,6 +1,7 @@
 //! Criterion micro-benchmarks of shardgate's per-query work: packet framing, the
 //! response scanner, the planner on a point select, routing among 1,000,000 pins, and
-//! counting a statement for its workspace (`health::WorkspaceErrors`).
+//! counting a statement for its workspace (`health::WorkspaceErrors`), recording a
+//! statement's metrics (`metrics::Registry`).
 //!
 //! `cargo bench --bench micro` (add `-- pins` etc. to filter). The pins group also
 //! prints what building the 1,000,000-pin map cost in time and resident memory.
@@ -146,6 +147,34 @@ fn workspace_counts(c: &mut Criterion) {
     g.finish();
 }
 
+fn statement_metrics(c: &mut Criterion) {
+    use shardgate::metrics::{ClusterStats, Registry};
+    use std::time::Duration;
+    let mut g = c.benchmark_group("metrics");
+    let stats = ClusterStats::default();
+    let elapsed = Duration::from_micros(180);
+    // What every statement cost before the metrics crate: the cluster's window.
+    g.bench_function("record a statement in the cluster window", |b| {
+        b.iter(|| stats.record(black_box(elapsed), false))
+    });
+    // What it costs now: the window, plus the (cluster, keyspace) counter and latency
+    // histogram of the proxy's recorder. Samples are folded now and then, as the
+    // proxy's upkeep task does every second.
+    let registry = Registry::new();
+    let mut n = 0u32;
+    g.bench_function("record a statement in the window and the registry", |b| {
+        b.iter(|| {
+            stats.record(black_box(elapsed), false);
+            registry.record_statement(black_box("c1"), black_box("app"), Some(elapsed), None);
+            n += 1;
+            if n.is_multiple_of(100_000) {
+                registry.run_upkeep();
+            }
+        })
+    });
+    g.finish();
+}
+
 fn pins(c: &mut Criterion) {
     const PINS: usize = 1_000_000;
     let text = bench_vschema(PINS);
@@ -198,5 +227,12 @@ fn rss_bytes() -> u64 {
         .unwrap_or(0)
 }
 
-criterion_group!(benches, codec, planning, workspace_counts, pins);
+criterion_group!(
+    benches,
+    codec,
+    planning,
+    workspace_counts,
+    statement_metrics,
+    pins
+);
 criterion_main!(benches);

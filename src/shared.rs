@@ -131,6 +131,8 @@ pub struct Shared {
     /// Held by whoever builds a new runtime snapshot from the current one (a vschema
     /// change, a failover), so that neither loses the other's change.
     swapping: Mutex<()>,
+    /// This proxy's metrics (`GET /metrics`), on a recorder of its own.
+    pub metrics: Arc<crate::metrics::Registry>,
 }
 
 impl Shared {
@@ -215,6 +217,7 @@ impl Shared {
             workspaces: crate::health::WorkspaceErrors::default(),
             plane: crate::control::ControlPlane::new(topo),
             swapping: Mutex::new(()),
+            metrics: crate::metrics::Registry::new(),
         })
     }
 

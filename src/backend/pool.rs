@@ -156,6 +156,11 @@ impl ClusterPool {
         self.lock().leased
     }
 
+    /// Checkouts waiting for a lease now (all `max_connections` are taken).
+    pub fn waiting(&self) -> usize {
+        self.lock().waiting
+    }
+
     /// Backend thread ids of the leased connections.
     pub fn leased_threads(&self) -> Vec<u32> {
         self.lock().leased_threads.clone()

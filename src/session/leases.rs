@@ -451,7 +451,10 @@ impl Session {
                         None => self.note_error(0, "malformed ERR packet"),
                     }
                 }
-                self.record(rt, &target, started, None);
+                let code = outcome
+                    .error
+                    .then(|| lease.conn_ref().last_err.as_ref().map_or(0, |e| e.code));
+                self.record_answer(rt, &target, started, code);
                 let mut fx = stmt.effects;
                 if outcome.status.unwrap_or(0) & crate::protocol::status::CURSOR_EXISTS != 0 {
                     // An execute opened a cursor: its rows are read from this
@@ -536,17 +539,36 @@ impl Session {
         started: Instant,
         error: Option<&ProxyError>,
     ) {
+        let keyspace = crate::metrics::keyspace_label(&self.ctx);
+        let code = error.map(|e| e.code);
         if let Some(pool) = rt.pool(&target.cluster) {
             // A refusal (1053: down or drained) never reached the cluster and says
             // nothing about it. In the window it kept a resumed cluster's error rate
             // above the threshold for as long as clients kept asking, so the monitor
             // never let it recover under load (`shardgate-bench incident` showed it).
-            if error.is_some_and(|e| e.code == crate::error::codes::CLUSTER_NOT_SERVING) {
+            if code == Some(crate::error::codes::CLUSTER_NOT_SERVING) {
                 pool.stats.record_refusal();
+                let m = &self.shared.metrics;
+                m.record_statement(&target.cluster, keyspace, None, code);
                 return;
             }
             let failed = error.is_some_and(|e| e.fault == Fault::Shard);
-            pool.stats.record(started.elapsed(), failed);
+            let elapsed = started.elapsed();
+            pool.stats.record(elapsed, failed);
+            let m = &self.shared.metrics;
+            m.record_statement(&target.cluster, keyspace, Some(elapsed), code);
+        }
+    }
+
+    /// [`record`](Self::record) of a statement the cluster answered: `code` is its ERR's
+    /// (a SQL error is the client's, never a failure of the cluster's).
+    fn record_answer(&self, rt: &Runtime, target: &Target, started: Instant, code: Option<u16>) {
+        if let Some(pool) = rt.pool(&target.cluster) {
+            let elapsed = started.elapsed();
+            pool.stats.record(elapsed, false);
+            let keyspace = crate::metrics::keyspace_label(&self.ctx);
+            let m = &self.shared.metrics;
+            m.record_statement(&target.cluster, keyspace, Some(elapsed), code);
         }
     }
 

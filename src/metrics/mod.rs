@@ -1,10 +1,18 @@
 //! Per-cluster statement latency and error counts over a sliding window, fed by the
-//! data path and read by the migration throttle and the `/metrics` endpoint.
+//! data path and read by the migration throttle, the health monitor and the `/metrics`
+//! endpoint; and ([`Registry`]) the proxy's metrics on the `metrics` crate, which
+//! `/metrics` renders (names and labels: `docs/metrics.md`).
 //!
 //! Recording is a few relaxed atomic increments: no lock on the hot path. The window is
 //! a ring of one-second slots; a slot is cleared by the first statement of a new second
 //! that lands in it, so figures are approximate at the edges, which a throttle and a
 //! dashboard tolerate.
+
+mod registry;
+
+pub use registry::{
+    keyspace_label, Registry, MAX_CODES, MAX_PAIRS, NO_KEYSPACE, OVERFLOW, PASS_THROUGH,
+};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};

@@ -1,0 +1,397 @@
+//! The proxy's metrics on the `metrics` facade, held by a Prometheus recorder of its
+//! own (one per [`Shared`](crate::shared::Shared)), rendered by `GET /metrics`.
+//!
+//! Why a recorder per proxy rather than the process-wide one: a test process (and an
+//! embedding program) runs several proxies, and each one's `/metrics` must show its
+//! own traffic only. A global recorder would mix them, and
+//! `metrics::with_local_recorder` only lasts for a closure on one thread, which an
+//! async session moving between workers cannot keep. So handles are registered
+//! directly on this proxy's recorder ([`Recorder::register_counter`] and friends): no
+//! global or thread-local state, and no label lookup per statement.
+//!
+//! The data path records through [`Registry::record_statement`]: one load of a
+//! copy-on-write map of pre-registered handles per (cluster, keyspace), then a counter
+//! increment and a histogram sample. The map is bounded ([`MAX_PAIRS`]); the error
+//! counters per code of one pair too ([`MAX_CODES`]). Everything that is a state rather
+//! than an event (pool use, health, intent, buffers, migrations, versions) is read from
+//! where it lives when a scrape renders, not recorded on the hot path.
+//!
+//! Histogram samples wait in the recorder's buffer until they are folded into their
+//! buckets: a task folds them every second (and each render does), so the buffer holds
+//! at most about a second of statements.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use ::metrics::{Counter, Gauge, Histogram, Key, Label, Level, Metadata, Recorder};
+use arc_swap::ArcSwap;
+use metrics_exporter_prometheus::PrometheusRecorder;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_util::MetricKindMask;
+
+/// (cluster, keyspace) pairs with their own statement series; further pairs are
+/// counted under the keyspace [`OVERFLOW`].
+pub const MAX_PAIRS: usize = 1024;
+/// Error codes with their own series per (cluster, keyspace); further codes are counted
+/// as `code="other"`.
+pub const MAX_CODES: usize = 64;
+/// The keyspace label of statements past [`MAX_PAIRS`].
+pub const OVERFLOW: &str = "(other)";
+/// The keyspace label of statements with no database selected.
+pub const NO_KEYSPACE: &str = "(none)";
+/// The keyspace label of statements in a pass-through database (one the vschema does
+/// not name: the client chooses its name, so it is not a label).
+pub const PASS_THROUGH: &str = "(passthrough)";
+
+/// Gauges not set by a render for this long drop out of `/metrics` (a cluster removed
+/// from the vschema, a throttle reason that no longer holds).
+const GAUGE_IDLE: Duration = Duration::from_secs(10);
+
+/// Latency histogram bucket upper bounds, in seconds (the same bounds as the
+/// throttle's window, [`super::BOUNDS_US`]).
+fn latency_buckets() -> Vec<f64> {
+    super::BOUNDS_US
+        .iter()
+        .map(|us| *us as f64 / 1_000_000.0)
+        .collect()
+}
+
+/// Every metric: name, kind, unit, help. `docs/metrics.md` documents the same list.
+pub(crate) const DESCRIBED: &[(&str, Kind, &str)] = &[
+    ("shardgate_statements_total", Kind::Counter, "Statements sent to a cluster (or refused for it), by cluster and the session's keyspace."),
+    ("shardgate_statement_errors_total", Kind::Counter, "Statements sent to a cluster that ended in an error, by cluster, keyspace and MySQL error code (the backend's own or shardgate's)."),
+    ("shardgate_statement_duration_seconds", Kind::Histogram, "Time from sending a statement to the cluster to the end of its answer, by cluster and keyspace."),
+    ("shardgate_client_connections", Kind::Gauge, "Client sessions open now (logged in)."),
+    ("shardgate_pending_logins", Kind::Gauge, "Sockets in the handshake now (not logged in yet)."),
+    ("shardgate_cluster_statements_total", Kind::Counter, "Statements sent to the cluster."),
+    ("shardgate_cluster_failures_total", Kind::Counter, "Statements the cluster did not answer (lost, timed out, unavailable)."),
+    ("shardgate_cluster_p99_seconds", Kind::Gauge, "p99 statement latency over the last 10 seconds (bucket upper bound; 0 without statements)."),
+    ("shardgate_cluster_health", Kind::Gauge, "1 for the cluster's health state now (healthy, degraded, down), 0 for the others."),
+    ("shardgate_cluster_health_changes_total", Kind::Counter, "Changes of the cluster's health state since start."),
+    ("shardgate_cluster_intent", Kind::Gauge, "1 for what operators want of the cluster now (serving, draining, drained), 0 for the others."),
+    ("shardgate_cluster_buffered", Kind::Gauge, "Statements waiting in the cluster's failover buffer now."),
+    ("shardgate_cluster_in_flight", Kind::Gauge, "Backend connections leased now (statements running, sessions holding one)."),
+    ("shardgate_pool_connections", Kind::Gauge, "Backend connections by state: open (idle or leased), idle, leased."),
+    ("shardgate_pool_waiters", Kind::Gauge, "Checkouts waiting for a backend connection now (the pool is at max_connections)."),
+    ("shardgate_workspaces_with_errors", Kind::Gauge, "Workspaces whose statements got at least one error in the last 60 seconds (SHOW WORKSPACES WITH ERRORS lists them)."),
+    ("shardgate_failovers_total", Kind::Counter, "Failovers since start, by cluster, kind (planned, unplanned) and outcome (done, stopped)."),
+    ("shardgate_failover_buffered_statements_total", Kind::Counter, "Statements that waited in a cluster's buffer while it failed over."),
+    ("shardgate_migrations_queue_depth", Kind::Gauge, "Migrations queued on the cluster (as of the executor's last poll)."),
+    ("shardgate_migrations_running", Kind::Gauge, "Migrations running on the cluster."),
+    ("shardgate_migrations_running_copies", Kind::Gauge, "Copy migrations running on the cluster."),
+    ("shardgate_migrations_throttled", Kind::Gauge, "1 while the cluster's throttle holds copies back; the reason is a label."),
+    ("shardgate_migrations_rows_copied_total", Kind::Counter, "Rows copied by this proxy's copy migrations (rate() gives rows per second)."),
+    ("shardgate_migrations_completed_total", Kind::Counter, "Migrations completed by this proxy's executor."),
+    ("shardgate_migrations_failed_total", Kind::Counter, "Migrations that failed under this proxy's executor."),
+    ("shardgate_vschema_version", Kind::Gauge, "Version of the vschema this proxy serves now."),
+    ("shardgate_caching_sha2_logins_total", Kind::Counter, "Passwords caching_sha2_password verified, by path: fast (the cache) or full (the password over TLS or RSA, which fills the cache)."),
+];
+
+/// A metric's kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// The handles of one (cluster, keyspace) pair.
+struct Pair {
+    cluster: String,
+    keyspace: String,
+    statements: Counter,
+    latency: Histogram,
+    /// Error counters by code, registered on first use; bounded by [`MAX_CODES`].
+    errors: Mutex<Vec<(u16, Counter)>>,
+    other_errors: Counter,
+}
+
+type Pairs = HashMap<String, HashMap<String, Arc<Pair>>>;
+
+/// One proxy's metrics.
+pub struct Registry {
+    recorder: PrometheusRecorder,
+    handle: PrometheusHandle,
+    /// Statement handles by cluster, then keyspace: read with one atomic load per
+    /// statement, replaced whole (under `grow`) when a pair is first seen.
+    pairs: ArcSwap<Pairs>,
+    grow: Mutex<usize>,
+}
+
+fn metadata() -> Metadata<'static> {
+    Metadata::new(module_path!(), Level::INFO, Some(module_path!()))
+}
+
+fn key(name: &'static str, labels: &[(&'static str, &str)]) -> Key {
+    let labels: Vec<Label> = labels
+        .iter()
+        .map(|(k, v)| Label::new(*k, v.to_string()))
+        .collect();
+    Key::from_parts(name, labels)
+}
+
+impl Registry {
+    /// A recorder of its own, every metric described, and (inside a tokio runtime) the
+    /// task that folds histogram samples into their buckets every second while the
+    /// registry lives.
+    pub fn new() -> Arc<Registry> {
+        let builder = PrometheusBuilder::new()
+            .idle_timeout(MetricKindMask::GAUGE, Some(GAUGE_IDLE))
+            .set_buckets_for_metric(
+                Matcher::Full("shardgate_statement_duration_seconds".to_string()),
+                &latency_buckets(),
+            );
+        // Only an empty bucket list is refused, and ours is a constant.
+        let builder = builder.unwrap_or_else(|_| PrometheusBuilder::new());
+        let recorder = builder.build_recorder();
+        for (name, kind, help) in DESCRIBED {
+            // No unit: the names carry theirs (`_seconds`), and the exporter would add it
+            // again.
+            let (name, help) = ((*name).into(), (*help).into());
+            match kind {
+                Kind::Counter => recorder.describe_counter(name, None, help),
+                Kind::Gauge => recorder.describe_gauge(name, None, help),
+                Kind::Histogram => recorder.describe_histogram(name, None, help),
+            }
+        }
+        let registry = Arc::new(Registry {
+            handle: recorder.handle(),
+            recorder,
+            pairs: ArcSwap::from_pointee(HashMap::new()),
+            grow: Mutex::new(0),
+        });
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(upkeep(Arc::downgrade(&registry)));
+        }
+        registry
+    }
+
+    /// Records one statement sent to `cluster` (or refused for it) in the session's
+    /// `keyspace` (see [`keyspace_label`]): `elapsed` None for a refusal that never
+    /// reached the cluster (no latency sample), `error` the MySQL code of the error the
+    /// client got, if any.
+    pub fn record_statement(
+        &self,
+        cluster: &str,
+        keyspace: &str,
+        elapsed: Option<Duration>,
+        error: Option<u16>,
+    ) {
+        let pairs = self.pairs.load();
+        let pair = match pairs.get(cluster).and_then(|m| m.get(keyspace)) {
+            Some(p) => p,
+            None => {
+                drop(pairs);
+                let pair = self.add_pair(cluster, keyspace);
+                return Self::record_on(&pair, self, elapsed, error);
+            }
+        };
+        Self::record_on(pair, self, elapsed, error);
+    }
+
+    fn record_on(pair: &Pair, reg: &Registry, elapsed: Option<Duration>, error: Option<u16>) {
+        pair.statements.increment(1);
+        if let Some(d) = elapsed {
+            pair.latency.record(d.as_secs_f64());
+        }
+        if let Some(code) = error {
+            reg.error_counter(pair, code).increment(1);
+        }
+    }
+
+    /// The error counter of `code` for a pair (errors are not the hot path: a short
+    /// lock and a scan of at most [`MAX_CODES`]).
+    fn error_counter(&self, pair: &Pair, code: u16) -> Counter {
+        let mut errors = pair.errors.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, c)) = errors.iter().find(|(c, _)| *c == code) {
+            return c.clone();
+        }
+        if errors.len() >= MAX_CODES {
+            return pair.other_errors.clone();
+        }
+        let c = self.counter(
+            "shardgate_statement_errors_total",
+            &[
+                ("cluster", &pair.cluster),
+                ("keyspace", &pair.keyspace),
+                ("code", &code.to_string()),
+            ],
+        );
+        errors.push((code, c.clone()));
+        c
+    }
+
+    /// Registers the handles of a pair first seen (or finds those another session just
+    /// registered); past [`MAX_PAIRS`], the cluster's overflow pair.
+    fn add_pair(&self, cluster: &str, keyspace: &str) -> Arc<Pair> {
+        let mut count = self.grow.lock().unwrap_or_else(|p| p.into_inner());
+        let pairs = self.pairs.load_full();
+        if let Some(p) = pairs.get(cluster).and_then(|m| m.get(keyspace)) {
+            return p.clone();
+        }
+        let keyspace = if *count >= MAX_PAIRS {
+            if let Some(p) = pairs.get(cluster).and_then(|m| m.get(OVERFLOW)) {
+                return p.clone();
+            }
+            OVERFLOW
+        } else {
+            keyspace
+        };
+        let labels = [("cluster", cluster), ("keyspace", keyspace)];
+        let pair = Arc::new(Pair {
+            cluster: cluster.to_string(),
+            keyspace: keyspace.to_string(),
+            statements: self.counter("shardgate_statements_total", &labels),
+            latency: self.recorder.register_histogram(
+                &key("shardgate_statement_duration_seconds", &labels),
+                &metadata(),
+            ),
+            errors: Mutex::new(Vec::new()),
+            other_errors: self.counter(
+                "shardgate_statement_errors_total",
+                &[
+                    ("cluster", cluster),
+                    ("keyspace", keyspace),
+                    ("code", "other"),
+                ],
+            ),
+        });
+        let mut next: Pairs = (*pairs).clone();
+        next.entry(cluster.to_string())
+            .or_default()
+            .insert(keyspace.to_string(), pair.clone());
+        self.pairs.store(Arc::new(next));
+        *count += 1;
+        pair
+    }
+
+    /// A counter of this proxy's (registered once, then the same handle).
+    pub fn counter(&self, name: &'static str, labels: &[(&'static str, &str)]) -> Counter {
+        self.recorder
+            .register_counter(&key(name, labels), &metadata())
+    }
+
+    /// A gauge of this proxy's.
+    pub fn gauge(&self, name: &'static str, labels: &[(&'static str, &str)]) -> Gauge {
+        self.recorder
+            .register_gauge(&key(name, labels), &metadata())
+    }
+
+    /// Folds the histogram samples recorded since the last fold into their buckets
+    /// (the upkeep task does it every second).
+    pub fn run_upkeep(&self) {
+        self.handle.run_upkeep();
+    }
+
+    /// Everything in the Prometheus text format (histogram samples folded first).
+    pub fn render(&self) -> String {
+        self.handle.render()
+    }
+}
+
+/// Folds histogram samples into their buckets every second until the registry is gone.
+async fn upkeep(registry: Weak<Registry>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match registry.upgrade() {
+            Some(r) => r.run_upkeep(),
+            None => return,
+        }
+    }
+}
+
+/// The keyspace label of a session's database: the keyspace, [`NO_KEYSPACE`] or
+/// [`PASS_THROUGH`] (never a name the client chose that the vschema does not know).
+pub fn keyspace_label(ctx: &crate::router::DbContext) -> &str {
+    use crate::router::DbContext;
+    match ctx {
+        DbContext::None => NO_KEYSPACE,
+        DbContext::Keyspace(k) => k,
+        DbContext::Workspace { keyspace, .. } => keyspace,
+        DbContext::PassThrough(_) => PASS_THROUGH,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line<'a>(body: &'a str, series: &str) -> Option<&'a str> {
+        body.lines()
+            .find_map(|l| l.strip_prefix(series).map(str::trim))
+    }
+
+    #[test]
+    fn two_registries_do_not_share_series() {
+        let a = Registry::new();
+        let b = Registry::new();
+        a.record_statement("c1", "app", Some(Duration::from_micros(300)), None);
+        a.record_statement("c1", "app", Some(Duration::from_millis(3)), Some(1146));
+        let body = a.render();
+        assert_eq!(
+            line(
+                &body,
+                "shardgate_statements_total{cluster=\"c1\",keyspace=\"app\"}"
+            ),
+            Some("2")
+        );
+        assert_eq!(
+            line(
+                &body,
+                "shardgate_statement_errors_total{cluster=\"c1\",keyspace=\"app\",code=\"1146\"}"
+            ),
+            Some("1")
+        );
+        assert_eq!(
+            line(
+                &body,
+                "shardgate_statement_duration_seconds_bucket{cluster=\"c1\",keyspace=\"app\",le=\"0.0005\"}"
+            ),
+            Some("1"),
+            "{body}"
+        );
+        assert_eq!(
+            line(
+                &body,
+                "shardgate_statement_duration_seconds_count{cluster=\"c1\",keyspace=\"app\"}"
+            ),
+            Some("2")
+        );
+        assert!(!b.render().contains("keyspace=\"app\""));
+    }
+
+    #[test]
+    fn pairs_and_codes_are_bounded() {
+        let r = Registry::new();
+        for i in 0..MAX_PAIRS + 10 {
+            r.record_statement("c1", &format!("ks{i}"), None, Some(1000 + i as u16));
+        }
+        assert_eq!(
+            r.pairs.load().get("c1").map(|m| m.len()),
+            Some(MAX_PAIRS + 1)
+        );
+        let body = r.render();
+        assert_eq!(
+            line(
+                &body,
+                &format!("shardgate_statements_total{{cluster=\"c1\",keyspace=\"{OVERFLOW}\"}}")
+            ),
+            Some("10")
+        );
+        for code in 0..MAX_CODES as u16 + 5 {
+            r.record_statement("c1", "ks0", None, Some(2000 + code));
+        }
+        let body = r.render();
+        assert_eq!(
+            line(
+                &body,
+                "shardgate_statement_errors_total{cluster=\"c1\",keyspace=\"ks0\",code=\"other\"}"
+            ),
+            Some("6"),
+            "1000 took one of the {MAX_CODES} slots, so 6 of the new codes did not get one"
+        );
+    }
+}
