@@ -92,9 +92,6 @@ pub async fn serve(
     // failovers) applies over the state file's (bounded: the store's call deadline).
     let me = format!("{} pid {}", listener.local_addr()?, std::process::id());
     shared.plane.topo().set_identity(me);
-    if let Err(e) = crate::traffic::saved::load_saved(&shared).await {
-        tracing::warn!(error = %e, "the fleet's traffic state was not loaded; serving the state file's");
-    }
     let (stop_tx, stop_rx) = watch::channel(false);
     crate::health::spawn_monitors(&shared, config.health.clone(), stop_rx.clone());
     let reaped = shared.clone();
@@ -147,6 +144,10 @@ pub async fn serve(
     crate::control::start(&shared, stop_rx.clone())
         .await
         .map_err(std::io::Error::other)?;
+    // After the store's shard map: clusters added over SQL or HTTP have saved state too.
+    if let Err(e) = crate::traffic::saved::load_saved(&shared).await {
+        tracing::warn!(error = %e, "the fleet's traffic state was not loaded; serving the state file's");
+    }
     if let Some(addr) = config.metrics_listen {
         let l = TcpListener::bind(addr).await?;
         tracing::info!(addr = %l.local_addr()?, "metrics on /metrics, the vschema API on /vschema");

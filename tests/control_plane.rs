@@ -419,6 +419,9 @@ async fn the_vschema_file_is_watched_a_bad_edit_is_refused_and_versions_survive_
     let _ = std::process::Command::new("kill")
         .args(["-HUP", &proxy.pid().to_string()])
         .status();
+    wait_for("the SIGHUP is logged", Duration::from_secs(15), || {
+        proxy.log().contains("SIGHUP: re-reading the vschema file")
+    });
     wait_for("version 3 is served", Duration::from_secs(15), || {
         common::cli_ok(
             &addr,

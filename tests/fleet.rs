@@ -221,7 +221,7 @@ async fn a_vschema_change_and_a_pin_through_one_proxy_are_served_by_the_other_wi
     for (i, s) in servers.iter().enumerate() {
         s.sql(&format!(
             "CREATE TABLE app.where_am_i (workspace_id BIGINT PRIMARY KEY, v VARCHAR(10)); \
-             INSERT INTO app.where_am_i VALUES (7, 's{}')",
+             INSERT INTO app.where_am_i VALUES (7, 's{0}'), (8, 's{0}')",
             i + 1
         ))
         .expect("table on each shard");
@@ -303,6 +303,33 @@ async fn a_vschema_change_and_a_pin_through_one_proxy_are_served_by_the_other_wi
         "b routed by the pin after {took:?}"
     );
     assert_eq!(which_shard(&a, 7).await.expect("through a"), other_answer);
+
+    // A pin of the pin directory (not the document), the other way: through b, served
+    // by a. Every shard has a row for workspace 8, so it needs FORCE.
+    let before = which_shard(&a, 8).await.expect("workspace 8 through a");
+    let (other_shard, other_answer) = if before == "s1" {
+        (&names[1], "s2")
+    } else {
+        (&names[0], "s1")
+    };
+    let mut admin_b = admin(&b).await;
+    admin_b
+        .query_drop(format!(
+            "PIN WORKSPACE 8 IN KEYSPACE app TO SHARD '{other_shard}' FORCE"
+        ))
+        .await
+        .expect("pin in the directory through b");
+    let took = wait_until("a routes workspace 8 by its directory pin", || async {
+        match which_shard(&a, 8).await? {
+            v if v == other_answer => Ok(()),
+            v => Err(format!("still {v}")),
+        }
+    })
+    .await;
+    assert!(
+        took < Duration::from_secs(1),
+        "a routed by the directory pin after {took:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -415,18 +442,39 @@ async fn with_etcd_stopped_both_proxies_keep_serving() {
         "SHOW CLUSTERS says the store is away"
     );
 
-    // A proxy started while etcd is down serves its file's vschema.
-    let c = start(&write_config(
+    // A proxy started while etcd is down does not serve a map it could not read: it
+    // waits for the store (15 s), then stops with an error that says so.
+    let config = ProxyConfig::load(&write_config(
         root.path(),
         "c",
         &vschema,
         &etcd,
         "/fleet-outage",
     ))
-    .await;
-    serves(&c)
+    .unwrap_or_else(|e| panic!("config: {e}"));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
-        .expect("a proxy started during the outage serves");
+        .expect("listener");
+    let started = Instant::now();
+    let ended = tokio::time::timeout(
+        Duration::from_secs(40),
+        shardgate::server::serve(
+            std::sync::Arc::new(config),
+            listener,
+            std::future::pending(),
+        ),
+    )
+    .await
+    .expect("a proxy started during the outage gives up within 40 s");
+    let e = ended.expect_err("a proxy started during the outage does not serve");
+    assert!(
+        e.to_string().contains("topology store"),
+        "the error names the store: {e}"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_secs(14),
+        "it waited for the store"
+    );
 
     // b did nothing, yet says so too (its watch noticed).
     let mut admin_b = admin(&b).await;

@@ -50,6 +50,14 @@ pub fn apply(
                     pools.insert(name.clone(), pool.clone());
                 }
                 Some(pool) => {
+                    // The document's addresses win only where it changed them: a
+                    // failover since it was written moved the primary it still names.
+                    let before = old_doc.clusters.get(name);
+                    if before.is_some_and(|o| o.primary == c.primary && o.standbys == c.standbys) {
+                        let live = pool.cluster();
+                        c.primary = live.primary.clone();
+                        c.standbys = live.standbys.clone();
+                    }
                     tracing::info!(cluster = %name, "cluster changed in the vschema: its pool reconnects");
                     pool.retarget(c.clone());
                     pools.insert(name.clone(), pool.clone());

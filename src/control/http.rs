@@ -78,8 +78,12 @@ fn error(status: &'static str, message: impl Into<String>) -> Response {
     json_response(status, json!({ "error": message.into() }))
 }
 
+/// Requests served at once; more are answered 503 at once.
+const MAX_CONCURRENT: usize = 64;
+
 /// Serves the port until `stop` turns true.
 pub async fn serve(shared: Arc<Shared>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT));
     loop {
         let (stream, _) = tokio::select! {
             a = listener.accept() => match a {
@@ -92,14 +96,24 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener, mut stop: watch::
             _ = stop.changed() => return,
         };
         let shared = shared.clone();
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tokio::spawn(async move {
+                let mut stream = stream;
+                let _ = stream
+                    .write_all(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nRetry-After: 1\r\nConnection: close\r\n\r\n")
+                    .await;
+            });
+            continue;
+        };
         tokio::spawn(async move {
             let _ = tokio::time::timeout(REQUEST_DEADLINE, handle(shared, stream)).await;
+            drop(slot);
         });
     }
 }
 
 async fn handle(shared: Arc<Shared>, mut stream: TcpStream) {
-    let response = match read_request(&mut stream).await {
+    let response = match read_request(&shared, &mut stream).await {
         Ok(req) => route(&shared, req).await,
         Err(Some(r)) => r,
         Err(None) => return,
@@ -120,7 +134,10 @@ async fn handle(shared: Arc<Shared>, mut stream: TcpStream) {
 }
 
 /// Reads one request; Err(Some) is an error to answer, Err(None) a peer gone.
-async fn read_request(stream: &mut TcpStream) -> Result<Request, Option<Response>> {
+async fn read_request(
+    shared: &Shared,
+    stream: &mut TcpStream,
+) -> Result<Request, Option<Response>> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 4096];
     let head_end = loop {
@@ -171,6 +188,17 @@ async fn read_request(stream: &mut TcpStream) -> Result<Request, Option<Response
             }
         },
     };
+    let mut req = Request {
+        method: method.to_string(),
+        path: path.to_string(),
+        query: query.to_string(),
+        headers,
+        body: Vec::new(),
+    };
+    // A body is read only from an admin: nobody else makes the proxy buffer one.
+    if length > 0 {
+        authenticate(shared, &req, Role::Admin).map_err(Some)?;
+    }
     let mut body = buf.split_off(head_end + 4);
     if body.len() > length {
         body.truncate(length);
@@ -181,13 +209,8 @@ async fn read_request(stream: &mut TcpStream) -> Result<Request, Option<Response
             Ok(n) => body.extend_from_slice(&chunk[..n.min(length - body.len())]),
         }
     }
-    Ok(Request {
-        method: method.to_string(),
-        path: path.to_string(),
-        query: query.to_string(),
-        headers,
-        body,
-    })
+    req.body = body;
+    Ok(req)
 }
 
 /// The user and role of the request's HTTP Basic credentials, checked against

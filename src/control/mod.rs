@@ -57,7 +57,7 @@ pub fn make_topo(config: &TopoConfig) -> Arc<dyn Topo> {
     match config {
         TopoConfig::Memory => Arc::new(crate::topo::memory::MemoryTopo::default()),
         TopoConfig::File { dir } => Arc::new(crate::topo::file::FileTopo::new(dir.clone())),
-        // Connects lazily: a proxy starts (serving its file's vschema) while etcd is down.
+        // Connects lazily; `start` waits for it (a bounded time) before serving.
         TopoConfig::Etcd {
             endpoints, prefix, ..
         } => Arc::new(crate::topo::etcd::EtcdTopo::new(
@@ -120,7 +120,7 @@ impl std::fmt::Display for ChangeError {
                 f,
                 "the vschema changed meanwhile: the change was made against version {expected}, version {current} is current; read it again and redo the change"
             ),
-            ChangeError::Store(m) => write!(f, "the topology store did not take the change: {m}; nothing was applied, retry"),
+            ChangeError::Store(m) => write!(f, "the topology store did not take the change: {m}; this proxy applied nothing"),
         }
     }
 }
@@ -322,28 +322,42 @@ pub async fn change(shared: &Shared, req: ChangeRequest) -> Result<Applied, Chan
         diff: lines.clone(),
         document: if hidden { doc.to_text() } else { req.document },
     };
-    match tokio::time::timeout(
+    let published = tokio::time::timeout(
         STORE_DEADLINE,
         plane.topo.publish(record.clone(), cur.version),
     )
-    .await
-    {
-        Ok(Ok(())) => plane.set_reachable(true),
+    .await;
+    let failure = match published {
+        Ok(Ok(())) => None,
         Ok(Err(TopoError::Conflict { current })) => {
             return Err(ChangeError::Stale {
                 expected: cur.version,
                 current,
             })
         }
-        Ok(Err(e)) => {
-            plane.set_reachable(false);
-            return Err(ChangeError::Store(e.to_string()));
-        }
-        Err(_) => {
-            plane.set_reachable(false);
-            return Err(ChangeError::Store("it did not answer in time".into()));
+        Ok(Err(e @ TopoError::Unavailable(_))) => Some(e.to_string()),
+        Ok(Err(e)) => return Err(ChangeError::Store(e.to_string())),
+        Err(_) => Some("it did not answer in time".to_string()),
+    };
+    if let Some(why) = failure {
+        // The store may have taken it all the same (its answer was lost): look.
+        match tokio::time::timeout(STORE_DEADLINE, plane.topo.current()).await {
+            Ok(Ok(Some(now))) if now == record => {
+                tracing::warn!(
+                    version = record.version,
+                    "the topology store's answer was lost, but it took the change"
+                );
+            }
+            Ok(Ok(_)) => return Err(ChangeError::Store(why)),
+            _ => {
+                plane.set_reachable(false);
+                return Err(ChangeError::Store(format!(
+                    "{why}; whether it took the change is unknown: read SHOW VSCHEMA before retrying"
+                )));
+            }
         }
     }
+    plane.set_reachable(true);
     let next = Arc::new(next);
     apply::apply(shared, &cur_vs, (*next).clone(), &|c| {
         plane.start_cluster(c)

@@ -96,6 +96,9 @@ pub async fn start(shared: &Arc<Shared>, stop: watch::Receiver<bool>) -> Result<
     let start_text = file_text
         .clone()
         .unwrap_or_else(|| config.vschema.to_document().to_text());
+    // Watched before anything is read, so a change another proxy makes meanwhile is
+    // not missed (it is applied after the load, or found already applied).
+    let events = shared.plane.topo().watch();
     let deadline = tokio::time::Instant::now() + START_DEADLINE;
     let kind = shared.plane.topo().kind();
     let stored = loop {
@@ -116,10 +119,19 @@ pub async fn start(shared: &Arc<Shared>, stop: watch::Receiver<bool>) -> Result<
     match stored {
         Some(record) => {
             adopt(shared, record)?;
-            // The file changed while this proxy was not watching it.
+            // The file changed since this proxy last imported it. Without a note of
+            // what it imported (a new proxy of the fleet, a lost directory) the store
+            // wins: its file may be older than changes made over SQL or HTTP.
             if let Some(text) = &file_text {
-                if read_marker(&config.topo).as_deref() != Some(fingerprint(text).as_str()) {
-                    import_file(shared, text.clone()).await;
+                match read_marker(&config.topo) {
+                    None => {
+                        tracing::info!("no note of an earlier import of the vschema file: serving the topology store's version, not importing the file");
+                        write_marker(&config.topo, text);
+                    }
+                    Some(m) if m != fingerprint(text) => {
+                        import_file(shared, text.clone()).await;
+                    }
+                    Some(_) => {}
                 }
             }
         }
@@ -176,13 +188,14 @@ pub async fn start(shared: &Arc<Shared>, stop: watch::Receiver<bool>) -> Result<
     if let Some(path) = config.vschema_file.clone() {
         tokio::spawn(watch_file(shared.clone(), path, stop.clone()));
     }
-    tokio::spawn(watch_store(shared.clone(), stop));
+    tokio::spawn(watch_store(shared.clone(), events, stop));
     Ok(())
 }
 
 /// Imports the file's `text` as a new version; a refusal is logged and the current
-/// version keeps serving.
-async fn import_file(shared: &Shared, text: String) {
+/// version keeps serving. Returns false when the store did not take it (a later look
+/// at the file tries again), true when it is settled (applied, unchanged or refused).
+async fn import_file(shared: &Shared, text: String) -> bool {
     let path = shared.config.vschema_file.as_deref().map_or_else(
         || "the vschema file".to_string(),
         |p| p.display().to_string(),
@@ -202,6 +215,7 @@ async fn import_file(shared: &Shared, text: String) {
     match r {
         Ok(a) if a.diff.is_empty() => {
             write_marker(&shared.config.topo, &text);
+            true
         }
         Ok(a) => {
             write_marker(&shared.config.topo, &text);
@@ -210,12 +224,17 @@ async fn import_file(shared: &Shared, text: String) {
                 "vschema file {path} applied ({} changes)",
                 a.diff.len()
             );
+            true
         }
         Err(e) => {
             tracing::error!(
                 "vschema file {path} refused, version {} keeps serving: {e}",
                 shared.plane.version()
             );
+            !matches!(
+                e,
+                super::ChangeError::Store(_) | super::ChangeError::Stale { .. }
+            )
         }
     }
 }
@@ -267,18 +286,25 @@ async fn watch_file(shared: Arc<Shared>, path: PathBuf, mut stop: watch::Receive
         if !forced && last_text.as_deref() == Some(text.as_str()) {
             continue;
         }
-        last_text = Some(text.clone());
         if forced {
             tracing::info!(file = %path.display(), "SIGHUP: re-reading the vschema file");
         }
-        import_file(&shared, text).await;
+        if import_file(&shared, text.clone()).await {
+            last_text = Some(text);
+        } else {
+            // Looked at again on the next tick.
+            stamp = None;
+        }
     }
 }
 
 /// Applies what the topology store reports: other proxies' versions and pins, and
 /// traffic state; reloads everything when the store comes back after an outage.
-async fn watch_store(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
-    let mut events = shared.plane.topo().watch();
+async fn watch_store(
+    shared: Arc<Shared>,
+    mut events: tokio::sync::mpsc::Receiver<Event>,
+    mut stop: watch::Receiver<bool>,
+) {
     loop {
         let event = tokio::select! {
             e = events.recv() => e,
@@ -302,7 +328,11 @@ async fn watch_store(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
                     tracing::error!("{e}; the current version keeps serving");
                 }
             }
-            Event::Pin(change) => super::pins::apply_pin_event(&shared, &change),
+            Event::Pin(change) => {
+                // Not while a new map is built: it carries the directory over.
+                let _turn = shared.plane.changing.lock().await;
+                super::pins::apply_pin_event(&shared, &change)
+            }
             Event::Traffic { cluster, state } => {
                 crate::traffic::apply_saved_traffic(&shared, &cluster, &state);
             }
@@ -328,6 +358,7 @@ async fn watch_store(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
 /// Catches up with the store after an outage: its current version and its pins.
 async fn reload(shared: &Shared) {
     super::catch_up(shared).await;
+    let _turn = shared.plane.changing.lock().await;
     if let Err(e) = super::pins::load_directory(shared).await {
         tracing::error!(error = %e, "could not reload the pin directory");
     }

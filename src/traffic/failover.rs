@@ -185,7 +185,7 @@ pub async fn failover(
                         stopped answering); nothing switched"
                 .to_string());
         }
-        switch(shared, &pool, &old, &target, kind, &config, &mut t).await
+        switch(shared, &pool, &old, &target, kind, &config, &mut t, &*lease).await
     })
     .await
     {
@@ -283,6 +283,7 @@ async fn run(c: &mut SqlConn, sql: &str, who: &str) -> Result<(), String> {
 
 /// Everything between buffering and releasing the buffer; Err leaves the old primary
 /// the primary (writable again, planned) and routing unchanged.
+#[allow(clippy::too_many_arguments)]
 async fn switch(
     shared: &Arc<Shared>,
     pool: &Arc<crate::backend::ClusterPool>,
@@ -291,6 +292,7 @@ async fn switch(
     kind: Kind,
     config: &FailoverConfig,
     t: &mut Timeline,
+    lease: &dyn crate::topo::Lease,
 ) -> Result<(), String> {
     let new = members::member(old, &target.addr);
     let mut promote = connect(&new, config).await?;
@@ -337,6 +339,15 @@ async fn switch(
         }
         t.step(format!("{} applied what it received ({pos})", target.addr));
     }
+    // Another proxy of the fleet may take the lease once this one stops renewing it
+    // (cut off from the topology store): promote only while it is still held.
+    if !lease.held() {
+        return Err(
+            "the failover lease was lost during the switch (the topology store \
+                    stopped answering); the standby was not promoted"
+                .to_string(),
+        );
+    }
     for sql in ["STOP SLAVE", "RESET SLAVE ALL", "SET GLOBAL read_only = 0"] {
         run(&mut promote, sql, "new primary").await?;
     }
@@ -351,10 +362,11 @@ async fn switch(
     if kind == Kind::Planned {
         standbys.push(old.primary.clone());
     }
+    // The rest of the definition as it is now (a vschema change may have come since).
     let next = Cluster {
         primary: target.addr.clone(),
         standbys: standbys.clone(),
-        ..old.clone()
+        ..(*pool.cluster()).clone()
     };
     pool.retarget(next.clone());
     shared.replace_cluster(next.clone());

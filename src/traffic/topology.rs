@@ -107,14 +107,20 @@ impl Shared {
         done.push_back(r);
     }
 
-    /// Puts `cluster` (a new primary and standbys) into the runtime snapshot: new
-    /// statements see it; statements under way finish on the snapshot they took.
+    /// Puts `cluster`'s new primary and standbys into the runtime snapshot: new
+    /// statements see them; statements under way finish on the snapshot they took.
+    /// The rest of the cluster's definition is the snapshot's at the time of the swap
+    /// (a vschema change made during the failover is kept); a cluster the vschema
+    /// dropped meanwhile stays dropped.
     pub fn replace_cluster(&self, cluster: Cluster) {
         self.update_runtime(|now| {
             let mut vs: VSchema = (*now.vschema).clone();
             let mut pools = now.pools.clone();
-            crate::shared::add_replica_pools(&mut pools, &cluster, &self.config.pool);
-            vs.clusters.insert(cluster.name.clone(), cluster);
+            if let Some(c) = vs.clusters.get_mut(&cluster.name) {
+                c.primary = cluster.primary.clone();
+                c.standbys = cluster.standbys.clone();
+                crate::shared::add_replica_pools(&mut pools, c, &self.config.pool);
+            }
             Runtime {
                 vschema: Arc::new(vs),
                 pools,
