@@ -361,6 +361,15 @@ fn allow(p: &mut P) -> Result<bool, String> {
     Ok(false)
 }
 
+/// `WORKSPACE n IN KEYSPACE k` of `ADD PIN` and `DROP PIN`.
+fn pin_target(p: &mut P) -> Result<(u64, String), String> {
+    p.expect("WORKSPACE")?;
+    let workspace = p.number("the workspace id")?;
+    p.expect("IN")?;
+    p.expect("KEYSPACE")?;
+    Ok((workspace, p.name("the keyspace")?))
+}
+
 fn edit(p: &mut P) -> Result<Edit, String> {
     if p.kw("ADD") {
         if p.kw("CLUSTER") {
@@ -472,11 +481,7 @@ fn edit(p: &mut P) -> Result<Edit, String> {
             return Ok(Edit::AddReference { keyspace, table });
         }
         if p.kw("PIN") {
-            p.expect("WORKSPACE")?;
-            let workspace = p.number("the workspace id")?;
-            p.expect("IN")?;
-            p.expect("KEYSPACE")?;
-            let keyspace = p.name("the keyspace")?;
+            let (workspace, keyspace) = pin_target(p)?;
             p.expect("TO")?;
             p.expect("SHARD")?;
             let shard = p.name("the shard")?;
@@ -500,11 +505,7 @@ fn edit(p: &mut P) -> Result<Edit, String> {
             return Ok(Edit::DropTable { keyspace, table });
         }
         if p.kw("PIN") {
-            p.expect("WORKSPACE")?;
-            let workspace = p.number("the workspace id")?;
-            p.expect("IN")?;
-            p.expect("KEYSPACE")?;
-            let keyspace = p.name("the keyspace")?;
+            let (workspace, keyspace) = pin_target(p)?;
             return Ok(Edit::DropPin {
                 keyspace,
                 workspace,

@@ -96,40 +96,6 @@ pub(crate) struct Inner {
     identity: Mutex<String>,
 }
 
-/// Escapes `name` into one key component.
-fn component(name: &str) -> String {
-    let mut out = String::with_capacity(name.len());
-    for b in name.bytes() {
-        match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => out.push(b as char),
-            _ => out.push_str(&format!("%{b:02x}")),
-        }
-    }
-    out
-}
-
-/// The name a key component escapes.
-fn uncomponent(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 3 <= bytes.len() {
-            if let Some(b) = std::str::from_utf8(&bytes[i + 1..i + 3])
-                .ok()
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-            {
-                out.push(b);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// The key just after every key that starts with `prefix` (etcd's range end).
 fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     let mut end = prefix.to_vec();
@@ -191,15 +157,18 @@ impl Inner {
     }
 
     fn bucket_key(&self, keyspace: &str, bucket: u64) -> String {
-        self.key(&format!("pins/{}/{bucket}", component(keyspace)))
+        self.key(&format!(
+            "pins/{}/{bucket}",
+            super::escape_component(keyspace)
+        ))
     }
 
     fn traffic_key(&self, cluster: &str) -> String {
-        self.key(&format!("traffic/{}", component(cluster)))
+        self.key(&format!("traffic/{}", super::escape_component(cluster)))
     }
 
     fn lease_key(&self, name: &str) -> String {
-        self.key(&format!("leases/{}", component(name)))
+        self.key(&format!("leases/{}", super::escape_component(name)))
     }
 
     pub(crate) fn set_reachable(&self, yes: bool) {
@@ -429,7 +398,7 @@ impl Inner {
             let Some((ks, _bucket)) = key[root.len()..].split_once('/') else {
                 continue;
             };
-            let keyspace = uncomponent(ks);
+            let keyspace = super::unescape_component(ks);
             let (pins, index) = by_keyspace.entry(keyspace.clone()).or_insert_with(|| {
                 (
                     KeyspacePins {
@@ -523,7 +492,7 @@ impl Inner {
         let mut out = Vec::new();
         for (key, value) in kvs {
             let key = String::from_utf8_lossy(&key);
-            let cluster = uncomponent(&key[root.len()..]);
+            let cluster = super::unescape_component(&key[root.len()..]);
             out.push((cluster, String::from_utf8_lossy(&value).into_owned()));
         }
         Ok(out)
@@ -674,9 +643,9 @@ mod tests {
     #[test]
     fn names_escape_into_one_key_component_and_back() {
         for name in ["chat", "chat/x", "a b%c", "ü"] {
-            let c = component(name);
+            let c = crate::topo::escape_component(name);
             assert!(!c.contains('/'), "{c}");
-            assert_eq!(uncomponent(&c), name);
+            assert_eq!(crate::topo::unescape_component(&c), name);
         }
         assert_eq!(prefix_end(b"/p/pins/"), b"/p/pins0".to_vec());
     }

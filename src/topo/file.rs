@@ -63,44 +63,6 @@ fn read_optional(path: &Path) -> Result<Option<String>, TopoError> {
     }
 }
 
-/// A name safe as one path component (keyspace and cluster names come from the
-/// vschema, which admits more than file names should).
-fn component(name: &str) -> String {
-    name.bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' => (b as char).to_string(),
-            _ => format!("%{b:02x}"),
-        })
-        .collect()
-}
-
-fn uncomponent(name: &str) -> String {
-    let bytes = name.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 3 <= bytes.len() {
-            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
-            if let Ok(b) = u8::from_str_radix(hex, 16) {
-                out.push(b);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-struct Always;
-
-impl Lease for Always {
-    fn held(&self) -> bool {
-        true
-    }
-}
-
 impl FileTopo {
     /// The store in `dir` (created on first write).
     pub fn new(dir: PathBuf) -> FileTopo {
@@ -186,7 +148,7 @@ impl FileTopo {
     fn bucket_path(&self, keyspace: &str, bucket: u64) -> PathBuf {
         self.dir
             .join("pins")
-            .join(component(keyspace))
+            .join(super::escape_component(keyspace))
             .join(format!("{bucket}.pins"))
     }
 
@@ -202,7 +164,7 @@ impl FileTopo {
             let entry = entry.map_err(|e| io(&root, e))?;
             let name = entry.file_name().to_string_lossy().into_owned();
             let mut ks = KeyspacePins {
-                keyspace: uncomponent(&name),
+                keyspace: super::unescape_component(&name),
                 ..KeyspacePins::default()
             };
             let mut shard_index: BTreeMap<String, u32> = BTreeMap::new();
@@ -283,7 +245,7 @@ impl FileTopo {
     fn traffic_path(&self, cluster: &str) -> PathBuf {
         self.dir
             .join("traffic")
-            .join(format!("{}.toml", component(cluster)))
+            .join(format!("{}.toml", super::escape_component(cluster)))
     }
 
     fn load_traffic_now(&self) -> Result<Vec<(String, String)>, TopoError> {
@@ -301,7 +263,7 @@ impl FileTopo {
                 continue;
             };
             let text = std::fs::read_to_string(entry.path()).map_err(|e| io(&entry.path(), e))?;
-            out.push((uncomponent(stem), text));
+            out.push((super::unescape_component(stem), text));
         }
         out.sort();
         Ok(out)
@@ -359,7 +321,7 @@ impl Topo for FileTopo {
         _name: String,
         _ttl: Duration,
     ) -> BoxFut<'_, Result<Option<Box<dyn Lease>>, TopoError>> {
-        Box::pin(async move { Ok(Some(Box::new(Always) as Box<dyn Lease>)) })
+        Box::pin(async move { Ok(Some(Box::new(super::LocalLease) as Box<dyn Lease>)) })
     }
 
     fn watch(&self) -> tokio::sync::mpsc::Receiver<Event> {

@@ -23,14 +23,6 @@ pub struct MemoryTopo {
     state: Mutex<State>,
 }
 
-struct Always;
-
-impl Lease for Always {
-    fn held(&self) -> bool {
-        true
-    }
-}
-
 impl MemoryTopo {
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
@@ -150,7 +142,7 @@ impl Topo for MemoryTopo {
         _name: String,
         _ttl: Duration,
     ) -> BoxFut<'_, Result<Option<Box<dyn Lease>>, TopoError>> {
-        Box::pin(async move { Ok(Some(Box::new(Always) as Box<dyn Lease>)) })
+        Box::pin(async move { Ok(Some(Box::new(super::LocalLease) as Box<dyn Lease>)) })
     }
 
     fn watch(&self) -> tokio::sync::mpsc::Receiver<Event> {

@@ -192,3 +192,46 @@ pub fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
 }
+
+/// The lease of a store only this proxy uses (file, memory): always held.
+pub(crate) struct LocalLease;
+
+impl Lease for LocalLease {
+    fn held(&self) -> bool {
+        true
+    }
+}
+
+/// `name` (a keyspace or cluster name: the vschema admits more than keys and file
+/// names should) escaped into one path or key component: letters, digits, `-` and `_`
+/// as they are, every other byte as `%hh` (so no `/`, `.` or `..`).
+pub(crate) fn escape_component(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for b in name.bytes() {
+        match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' => out.push(b as char),
+            _ => out.push_str(&format!("%{b:02x}")),
+        }
+    }
+    out
+}
+
+/// The name [`escape_component`] escaped.
+pub(crate) fn unescape_component(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 3 <= bytes.len() {
+            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
+            if let Ok(b) = u8::from_str_radix(hex, 16) {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}

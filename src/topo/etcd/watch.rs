@@ -10,7 +10,8 @@ use std::time::Duration;
 use etcd_client::{EventType, WatchOptions};
 use tokio::sync::mpsc;
 
-use super::{parse_bucket, uncomponent, Inner, CALL_DEADLINE};
+use super::{parse_bucket, Inner, CALL_DEADLINE};
+use crate::topo::unescape_component as uncomponent;
 use crate::topo::{Event, PinChange, TopoError};
 
 /// Events queued for a watcher; a full queue holds the watch (etcd then buffers).
