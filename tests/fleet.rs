@@ -277,59 +277,52 @@ async fn a_vschema_change_and_a_pin_through_one_proxy_are_served_by_the_other_wi
         "b served the new keyspace after {took:?}"
     );
 
-    // Pin workspace 7 to the shard it does not hash to: b routes it there.
-    let before = which_shard(&b, 7).await.expect("workspace 7 through b");
-    let names = common::shard_names(2);
-    let (other_shard, other_answer) = if before == "s1" {
-        (&names[1], "s2")
-    } else {
-        (&names[0], "s1")
-    };
-    admin_a
-        .query_drop(format!(
-            "ALTER VSCHEMA ADD PIN WORKSPACE 7 IN KEYSPACE app TO SHARD '{other_shard}' ALLOW DATA MOVEMENT"
-        ))
-        .await
-        .expect("pin through a");
-    let took = wait_until("b routes workspace 7 by its pin", || async {
-        match which_shard(&b, 7).await? {
-            v if v == other_answer => Ok(()),
-            v => Err(format!("still {v}")),
-        }
-    })
-    .await;
-    assert!(
-        took < Duration::from_secs(1),
-        "b routed by the pin after {took:?}"
+    // Pin workspace 7 to the shard it does not hash to, in the document, through a: b
+    // routes it there.
+    let (shard, answer) = other_shard(&b, 7).await;
+    let pin = format!(
+        "ALTER VSCHEMA ADD PIN WORKSPACE 7 IN KEYSPACE app TO SHARD '{shard}' ALLOW DATA MOVEMENT"
     );
-    assert_eq!(which_shard(&a, 7).await.expect("through a"), other_answer);
+    admin_a.query_drop(pin).await.expect("pin through a");
+    routed_within_a_second(&b, 7, answer, "by its document pin").await;
+    assert_eq!(which_shard(&a, 7).await.expect("through a"), answer);
 
-    // A pin of the pin directory (not the document), the other way: through b, served
-    // by a. Every shard has a row for workspace 8, so it needs FORCE.
-    let before = which_shard(&a, 8).await.expect("workspace 8 through a");
-    let (other_shard, other_answer) = if before == "s1" {
-        (&names[1], "s2")
-    } else {
-        (&names[0], "s1")
-    };
+    // A pin of the pin directory, the other way: through b, served by a. Every shard
+    // has a row for workspace 8, so it needs FORCE.
+    let (shard, answer) = other_shard(&a, 8).await;
     let mut admin_b = admin(&b).await;
     admin_b
         .query_drop(format!(
-            "PIN WORKSPACE 8 IN KEYSPACE app TO SHARD '{other_shard}' FORCE"
+            "PIN WORKSPACE 8 IN KEYSPACE app TO SHARD '{shard}' FORCE"
         ))
         .await
         .expect("pin in the directory through b");
-    let took = wait_until("a routes workspace 8 by its directory pin", || async {
-        match which_shard(&a, 8).await? {
-            v if v == other_answer => Ok(()),
+    routed_within_a_second(&a, 8, answer, "by its directory pin").await;
+}
+
+/// The shard `ws` is not served from through `p` now, and the answer that shard gives.
+async fn other_shard(p: &Proxy, ws: u64) -> (String, &'static str) {
+    let names = common::shard_names(2);
+    match which_shard(p, ws)
+        .await
+        .expect("workspace through the proxy")
+        .as_str()
+    {
+        "s1" => (names[1].clone(), "s2"),
+        _ => (names[0].clone(), "s1"),
+    }
+}
+
+/// Waits until `p` answers `answer` for workspace `ws`; asserts it took under 1 s.
+async fn routed_within_a_second(p: &Proxy, ws: u64, answer: &str, how: &str) {
+    let took = wait_until(&format!("workspace {ws} routed {how}"), || async {
+        match which_shard(p, ws).await? {
+            v if v == answer => Ok(()),
             v => Err(format!("still {v}")),
         }
     })
     .await;
-    assert!(
-        took < Duration::from_secs(1),
-        "a routed by the directory pin after {took:?}"
-    );
+    assert!(took < Duration::from_secs(1), "routed {how} after {took:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

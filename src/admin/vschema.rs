@@ -529,18 +529,17 @@ pub fn apply_edit(doc: &mut Document, edit: &Edit) -> Result<(), String> {
             password,
             standbys,
         } => {
-            if raw.clusters.contains_key(name) {
-                return Err(format!("cluster {name} already exists"));
-            }
-            raw.clusters.insert(
-                name.clone(),
+            insert_new(
+                &mut raw.clusters,
+                name,
+                "cluster",
                 RawCluster {
                     primary: Some(primary.clone()),
                     standbys: standbys.clone(),
                     user: Some(user.clone()),
                     password: password.clone(),
                 },
-            );
+            )?;
         }
         Edit::DropCluster(name) => {
             if raw.clusters.remove(name).is_none() {
@@ -553,18 +552,17 @@ pub fn apply_edit(doc: &mut Document, edit: &Edit) -> Result<(), String> {
             database,
             default,
         } => {
-            if raw.keyspaces.contains_key(name) {
-                return Err(format!("keyspace {name} already exists"));
-            }
-            raw.keyspaces.insert(
-                name.clone(),
+            insert_new(
+                &mut raw.keyspaces,
+                name,
+                "keyspace",
                 RawKeyspace {
                     cluster: Some(cluster.clone()),
                     database: database.clone(),
                     default: *default,
                     ..RawKeyspace::default()
                 },
-            );
+            )?;
         }
         Edit::AddSharded {
             name,
@@ -572,11 +570,10 @@ pub fn apply_edit(doc: &mut Document, edit: &Edit) -> Result<(), String> {
             shards,
             default_column,
         } => {
-            if raw.keyspaces.contains_key(name) {
-                return Err(format!("keyspace {name} already exists"));
-            }
-            raw.keyspaces.insert(
-                name.clone(),
+            insert_new(
+                &mut raw.keyspaces,
+                name,
+                "keyspace",
                 RawKeyspace {
                     sharded: true,
                     vindex: Some(vindex.clone()),
@@ -593,7 +590,7 @@ pub fn apply_edit(doc: &mut Document, edit: &Edit) -> Result<(), String> {
                     ),
                     ..RawKeyspace::default()
                 },
-            );
+            )?;
         }
         Edit::DropKeyspace(name) => {
             if raw.keyspaces.remove(name).is_none() {
@@ -659,6 +656,20 @@ pub fn apply_edit(doc: &mut Document, edit: &Edit) -> Result<(), String> {
             }
         }
     }
+    Ok(())
+}
+
+/// Inserts `value` as `name` unless there is one already (an error naming the `what`).
+fn insert_new<T>(
+    map: &mut BTreeMap<String, T>,
+    name: &str,
+    what: &str,
+    value: T,
+) -> Result<(), String> {
+    if map.contains_key(name) {
+        return Err(format!("{what} {name} already exists"));
+    }
+    map.insert(name.to_string(), value);
     Ok(())
 }
 

@@ -55,6 +55,24 @@ pub(crate) fn replace_file(path: &Path, bytes: &[u8]) -> Result<(), TopoError> {
     std::fs::rename(&tmp, path).map_err(|e| io(path, e))
 }
 
+/// (name, path) of each entry of directory `root`; none when it does not exist.
+fn entries(root: &Path) -> Result<Vec<(String, PathBuf)>, TopoError> {
+    let listing = match std::fs::read_dir(root) {
+        Ok(l) => l,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io(root, e)),
+    };
+    listing
+        .map(|entry| {
+            let entry = entry.map_err(|e| io(root, e))?;
+            Ok((
+                entry.file_name().to_string_lossy().into_owned(),
+                entry.path(),
+            ))
+        })
+        .collect()
+}
+
 fn read_optional(path: &Path) -> Result<Option<String>, TopoError> {
     match std::fs::read_to_string(path) {
         Ok(s) => Ok(Some(s)),
@@ -154,15 +172,8 @@ impl FileTopo {
 
     fn load_pins_now(&self) -> Result<Vec<KeyspacePins>, TopoError> {
         let root = self.dir.join("pins");
-        let entries = match std::fs::read_dir(&root) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(io(&root, e)),
-        };
         let mut out = Vec::new();
-        for entry in entries {
-            let entry = entry.map_err(|e| io(&root, e))?;
-            let name = entry.file_name().to_string_lossy().into_owned();
+        for (name, _) in entries(&root)? {
             let mut ks = KeyspacePins {
                 keyspace: super::unescape_component(&name),
                 ..KeyspacePins::default()
@@ -250,19 +261,12 @@ impl FileTopo {
 
     fn load_traffic_now(&self) -> Result<Vec<(String, String)>, TopoError> {
         let root = self.dir.join("traffic");
-        let entries = match std::fs::read_dir(&root) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(io(&root, e)),
-        };
         let mut out = Vec::new();
-        for entry in entries {
-            let entry = entry.map_err(|e| io(&root, e))?;
-            let name = entry.file_name().to_string_lossy().into_owned();
+        for (name, path) in entries(&root)? {
             let Some(stem) = name.strip_suffix(".toml") else {
                 continue;
             };
-            let text = std::fs::read_to_string(entry.path()).map_err(|e| io(&entry.path(), e))?;
+            let text = std::fs::read_to_string(&path).map_err(|e| io(&path, e))?;
             out.push((super::unescape_component(stem), text));
         }
         out.sort();
