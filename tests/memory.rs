@@ -283,6 +283,14 @@ async fn the_binary_stays_small_under_stalled_60_mib_packets() {
     let toml = common::sharded_vschema(&servers);
     let proxy = common::spawn_proxy_binary(&toml, "client_buffer_budget_mb = 64");
     let addr = proxy.addr_string();
+    // The footprint is taken after one session has run a statement: pools, the metrics
+    // registry and the runtime's workers are set up on first use, not by the packets.
+    {
+        let mut warm = common::raw_login(&addr, "app", "app", Some("main")).await;
+        common::raw_query(&mut warm, b"SELECT 1").await;
+        let _ = common::raw_read(&mut warm).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
     let before = vm_rss_kib(proxy.pid());
     let mut clients = Vec::new();
     for _ in 0..8 {
