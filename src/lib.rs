@@ -67,3 +67,4 @@ pub mod shared;
 pub mod topo;
 pub mod traffic;
 pub mod vschema;
+pub mod workers;

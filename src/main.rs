@@ -13,6 +13,7 @@ use clap::{Args, Parser, Subcommand};
 use shardgate::config::{ProxyConfig, User};
 use shardgate::demo::DemoOptions;
 use shardgate::vschema::VSchema;
+use shardgate::workers::{RuntimeKind, Workers};
 
 /// A MySQL-protocol proxy that routes each query to the cluster owning its workspace.
 #[derive(Debug, Parser)]
@@ -22,7 +23,9 @@ use shardgate::vschema::VSchema;
     propagate_version = true,
     arg_required_else_help = true,
     after_help = "Logs go to stderr; RUST_LOG=shardgate=debug for more.\n\
-                  SHARDGATE_THREADS=N sets the runtime's worker threads (default 2, 0 = one thread)."
+                  SHARDGATE_RUNTIME=workers|multi-thread|current-thread picks how sessions run\n\
+                  (default workers: one single-threaded runtime per thread), SHARDGATE_THREADS=N\n\
+                  their threads (default: the cores; 0 = everything on one thread)."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -166,20 +169,21 @@ fn main() -> ExitCode {
     }
 }
 
-/// The async runtime. `SHARDGATE_THREADS=N` sets the worker threads (default 2);
-/// `SHARDGATE_THREADS=0` runs everything on the main thread (tokio's current-thread
-/// runtime: no cross-thread wake-ups, one core).
-fn runtime() -> Result<tokio::runtime::Runtime, String> {
-    let threads = std::env::var("SHARDGATE_THREADS")
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-        .unwrap_or(2);
-    let mut builder = if threads == 0 {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        let mut b = tokio::runtime::Builder::new_multi_thread();
-        b.worker_threads(threads);
-        b
+/// The async runtime of `demo` and of `serve`'s main loop: tokio's multi-thread
+/// runtime with `SHARDGATE_THREADS` threads (default: the cores), or, with
+/// `SHARDGATE_THREADS=0` or `SHARDGATE_RUNTIME=current-thread`, one thread.
+fn runtime(kind: RuntimeKind) -> Result<tokio::runtime::Runtime, String> {
+    let mut builder = match kind {
+        RuntimeKind::MultiThread(n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n.max(1));
+            b
+        }
+        // With session workers the main runtime only accepts and runs the monitors,
+        // the control plane and the executors.
+        RuntimeKind::Workers(_) | RuntimeKind::CurrentThread => {
+            tokio::runtime::Builder::new_current_thread()
+        }
     };
     builder.enable_all().build().map_err(|e| e.to_string())
 }
@@ -206,18 +210,29 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         // clap requires one of the two.
         (None, None) => return Err("serve needs --config or --vschema".to_string()),
     };
-    let rt = runtime()?;
-    rt.block_on(async move {
+    let kind = RuntimeKind::from_env()?;
+    let rt = runtime(kind)?;
+    let workers = match kind {
+        RuntimeKind::Workers(n) => {
+            Some(Workers::start(n).map_err(|e| format!("starting {n} session workers: {e}"))?)
+        }
+        _ => None,
+    };
+    let on = workers.as_ref();
+    let served = rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|e| format!("listen on {}: {e}", config.listen))?;
         if std::io::stderr().is_terminal() {
             eprintln!("shardgate listening on {}", config.listen);
         }
-        shardgate::server::serve(Arc::new(config), listener, shutdown_signal())
+        shardgate::server::serve_on(Arc::new(config), listener, shutdown_signal(), on)
             .await
             .map_err(|e| e.to_string())
-    })
+    });
+    // The workers stop (and their threads are joined) outside the main runtime.
+    drop(workers);
+    served
 }
 
 fn demo(args: DemoArgs) -> Result<(), String> {
@@ -228,7 +243,11 @@ fn demo(args: DemoArgs) -> Result<(), String> {
         vschema_path: args.vschema,
         standbys: args.standbys,
     };
-    runtime()?.block_on(shardgate::demo::run(opts))
+    let kind = match RuntimeKind::from_env()? {
+        RuntimeKind::Workers(n) => RuntimeKind::MultiThread(n),
+        other => other,
+    };
+    runtime(kind)?.block_on(shardgate::demo::run(opts))
 }
 
 /// Completes on Ctrl-C or SIGTERM.

@@ -62,6 +62,17 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
+    serve_on(config, listener, shutdown, None).await
+}
+
+/// [`serve`], with sessions run on `workers` (one single-threaded runtime per core)
+/// instead of the runtime this runs on.
+pub async fn serve_on(
+    config: Arc<ProxyConfig>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+    workers: Option<&crate::workers::Workers>,
+) -> std::io::Result<()> {
     let shared = Shared::new(config.clone()).await;
     if let Some(path) = &config.traffic_state_file {
         let rt = shared.runtime();
@@ -185,9 +196,16 @@ pub async fn serve(
                 // takes one of those.
                 let admission = shared.door.admit(peer.ip());
                 let stop = stop_rx.clone();
-                tokio::spawn(async move {
-                    crate::session::run(shared, stream, peer, admission, stop).await;
-                });
+                match workers {
+                    Some(w) => w.hand_over(stream, move |stream| {
+                        crate::session::run(shared, stream, peer, admission, stop)
+                    }),
+                    None => {
+                        tokio::spawn(async move {
+                            crate::session::run(shared, stream, peer, admission, stop).await;
+                        });
+                    }
+                }
             }
         }
     }

@@ -45,7 +45,7 @@ pub struct Runtime {
     /// The shard map.
     pub vschema: Arc<VSchema>,
     /// One pool per cluster of `vschema`.
-    pub pools: HashMap<String, Arc<ClusterPool>>,
+    pub pools: PoolMap,
     /// Incremented by every swap; 1 for the snapshot the proxy started with.
     pub generation: u64,
 }
@@ -63,6 +63,10 @@ impl Runtime {
     }
 }
 
+/// Pools by name, hashed with a fast keyed hash (looked up several times per
+/// statement).
+pub type PoolMap = HashMap<String, Arc<ClusterPool>, foldhash::fast::RandomState>;
+
 /// The name of the pool of `cluster`'s standby `addr` in [`Runtime::pools`].
 pub fn replica_pool_name(cluster: &str, addr: &str) -> String {
     format!("{cluster}@{addr}")
@@ -70,7 +74,7 @@ pub fn replica_pool_name(cluster: &str, addr: &str) -> String {
 
 /// Adds a pool for each standby of `c` that has none yet (replica reads use them).
 pub(crate) fn add_replica_pools(
-    pools: &mut HashMap<String, Arc<ClusterPool>>,
+    pools: &mut PoolMap,
     c: &crate::vschema::Cluster,
     config: &crate::config::PoolConfig,
 ) {
@@ -139,7 +143,7 @@ impl Shared {
     /// Builds the shared state; asks one cluster for its version string.
     pub async fn new(config: Arc<ProxyConfig>) -> Arc<Shared> {
         let vs = config.vschema.clone();
-        let mut pools: HashMap<String, Arc<ClusterPool>> = vs
+        let mut pools: PoolMap = vs
             .clusters
             .values()
             .map(|c| {

@@ -194,6 +194,8 @@ pub struct BackendConn {
     /// The pool's topology generation it was opened in: one opened to a primary that a
     /// failover replaced is closed when it comes back, never pooled.
     pub generation: u64,
+    /// The session worker whose reactor drives its socket (see [`crate::workers`]).
+    pub worker: u16,
     /// Statements prepared on it (emptied by [`reset`](Self::reset)).
     pub stmts: super::stmts::StmtCache,
 }
@@ -345,6 +347,7 @@ impl BackendConn {
             broken: false,
             never_ran: false,
             generation: 0,
+            worker: crate::workers::current(),
             stmts: super::stmts::StmtCache::default(),
         };
         Ok((backend, greeting))

@@ -341,6 +341,7 @@ impl ClusterPool {
         self.take_slot().await.map_err(|e| (e, false))?;
         // From here on a lease is counted: every way out hands it to a `Lease`, whose
         // drop ends it, or ends it here.
+        let worker = crate::workers::current();
         loop {
             let candidate = {
                 let mut g = self.lock();
@@ -353,11 +354,17 @@ impl ClusterPool {
                         })
                     })
                     .or_else(|| {
-                        g.idle.iter().position(|c| {
+                        // One of this worker's own first: its socket is driven by this
+                        // thread (see `crate::workers`).
+                        let same = |c: &BackendConn| {
                             c.key == key
                                 && c.database.as_deref() == database
                                 && c.state_hash == state_hash
-                        })
+                        };
+                        g.idle
+                            .iter()
+                            .position(|c| c.worker == worker && same(c))
+                            .or_else(|| g.idle.iter().position(same))
                     })
                     .or_else(|| {
                         // A connection that has a database selected cannot go back to

@@ -1,6 +1,5 @@
 //! Building the runtime snapshot of a new shard map and swapping it in.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::backend::ClusterPool;
@@ -36,7 +35,7 @@ pub fn apply(
     shared.update_runtime(|now| {
         // The pin directory is not in the document: the new map takes the live one.
         super::pins::carry_directory(&now.vschema, &mut next);
-        let mut pools: HashMap<String, Arc<ClusterPool>> = HashMap::new();
+        let mut pools = crate::shared::PoolMap::default();
         for (name, c) in next.clusters.iter_mut() {
             match now.pools.get(name) {
                 Some(pool)

@@ -103,6 +103,9 @@ pub struct ErrorRow {
     pub summary: WorkspaceSummary,
 }
 
+/// One stripe's workspaces. The ids come from clients: the hash is keyed per map.
+type Stripe = HashMap<WorkspaceKey, Entry, foldhash::quality::RandomState>;
+
 #[derive(Debug)]
 struct Entry {
     /// Seconds since the tracker's epoch when the workspace last ran a statement.
@@ -187,7 +190,7 @@ impl Entry {
 pub struct WorkspaceErrors {
     epoch: Instant,
     keyspaces: RwLock<Vec<Arc<str>>>,
-    stripes: Box<[Mutex<HashMap<WorkspaceKey, Entry>>]>,
+    stripes: Box<[Mutex<Stripe>]>,
     stripe_cap: usize,
 }
 
@@ -208,7 +211,9 @@ impl WorkspaceErrors {
         WorkspaceErrors {
             epoch: Instant::now(),
             keyspaces: RwLock::new(Vec::new()),
-            stripes: (0..stripes).map(|_| Mutex::new(HashMap::new())).collect(),
+            stripes: (0..stripes)
+                .map(|_| Mutex::new(Stripe::default()))
+                .collect(),
             stripe_cap: (max_workspaces / stripes).max(1),
         }
     }
@@ -252,7 +257,7 @@ impl WorkspaceErrors {
         u32::try_from(self.epoch.elapsed().as_secs()).unwrap_or(u32::MAX)
     }
 
-    fn stripe(&self, key: &WorkspaceKey) -> MutexGuard<'_, HashMap<WorkspaceKey, Entry>> {
+    fn stripe(&self, key: &WorkspaceKey) -> MutexGuard<'_, Stripe> {
         // A multiplicative mix: consecutive workspace ids spread over the stripes.
         let h =
             (key.workspace ^ (u64::from(key.keyspace) << 48)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
@@ -363,7 +368,7 @@ impl WorkspaceErrors {
 
 /// Removes the `n` least recently seen entries (exactly `n`, even when many were seen in
 /// the same second).
-fn evict_least_recent(stripe: &mut HashMap<WorkspaceKey, Entry>, n: usize) {
+fn evict_least_recent(stripe: &mut Stripe, n: usize) {
     if n >= stripe.len() {
         stripe.clear();
         return;

@@ -107,7 +107,8 @@ struct Pair {
     other_errors: Counter,
 }
 
-type Pairs = HashMap<String, HashMap<String, Arc<Pair>>>;
+type Fast = foldhash::fast::RandomState;
+type Pairs = HashMap<String, HashMap<String, Arc<Pair>, Fast>, Fast>;
 
 /// One proxy's metrics.
 pub struct Registry {
@@ -158,7 +159,7 @@ impl Registry {
         let registry = Arc::new(Registry {
             handle: recorder.handle(),
             recorder,
-            pairs: ArcSwap::from_pointee(HashMap::new()),
+            pairs: ArcSwap::from_pointee(Pairs::default()),
             grow: Mutex::new(0),
         });
         if let Ok(rt) = tokio::runtime::Handle::try_current() {

@@ -46,6 +46,7 @@ mod vschema;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::net::TcpStream;
@@ -277,8 +278,27 @@ impl Session {
         s
     }
 
-    async fn serve(&mut self, mut stop: watch::Receiver<bool>, mut killed: watch::Receiver<bool>) {
+    async fn serve(&mut self, mut stop: watch::Receiver<bool>, killed: watch::Receiver<bool>) {
         let limit = self.shared.config.max_packet_size;
+        // Waited on across statements, not set up again for each: a statement costs no
+        // watch registration and no timer of its own.
+        let mut kill_watch = killed.clone();
+        let stopped = async move {
+            let _ = stop.changed().await;
+        };
+        let kill = async move {
+            // A closed channel (the registry is gone) never kills.
+            if kill_watch.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::pin!(stopped, kill);
+        // The idle timer is armed for the earliest deadline seen; firing early (the
+        // client spoke since) only re-arms it for the real one.
+        let far = tokio::time::Instant::now() + Duration::from_secs(86_400 * 365);
+        let idle_timer = tokio::time::sleep_until(far);
+        tokio::pin!(idle_timer);
+        let mut armed = far;
         loop {
             if *killed.borrow() {
                 // Killed while it ran a statement: that statement was answered.
@@ -286,18 +306,31 @@ impl Session {
                 return;
             }
             let idle = self.idle_limit();
-            let read = tokio::select! {
-                r = self.client.read_packet(limit) => r,
-                _ = stop.changed() => return,
-                Ok(()) = killed.changed() => {
-                    self.end_killed().await;
-                    return;
-                }
-                _ = crate::frontdoor::sleep_or_never(idle.map(|l| l.after)) => {
-                    if let Some(l) = idle {
-                        self.end_idle(l).await;
+            let due = idle.map(|l| tokio::time::Instant::now() + l.after);
+            if let Some(due) = due.filter(|d| *d < armed) {
+                idle_timer.as_mut().reset(due);
+                armed = due;
+            }
+            let read = loop {
+                tokio::select! {
+                    r = self.client.read_packet(limit) => break r,
+                    _ = &mut stopped => return,
+                    _ = &mut kill => {
+                        self.end_killed().await;
+                        return;
                     }
-                    return;
+                    _ = &mut idle_timer, if due.is_some() => {
+                        let due = due.unwrap_or(armed);
+                        if tokio::time::Instant::now() < due {
+                            idle_timer.as_mut().reset(due);
+                            armed = due;
+                            continue;
+                        }
+                        if let Some(l) = idle {
+                            self.end_idle(l).await;
+                        }
+                        return;
+                    }
                 }
             };
             let payload = match read {

@@ -329,9 +329,23 @@ pub async fn start_proxy_config(mut config: ProxyConfig) -> Proxy {
     config.listen = addr;
     let config = Arc::new(config);
     let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(shardgate::server::serve(config, listener, async move {
-        let _ = stopped.await;
-    }));
+    // As `shardgate serve` runs by default: sessions on their own single-threaded
+    // workers, the rest on this runtime.
+    let task = tokio::spawn(async move {
+        let workers = shardgate::workers::Workers::start(2).expect("start session workers");
+        let served = shardgate::server::serve_on(
+            config,
+            listener,
+            async move {
+                let _ = stopped.await;
+            },
+            Some(&workers),
+        )
+        .await;
+        // Joining their threads blocks: not on this runtime's.
+        let _ = tokio::task::spawn_blocking(move || drop(workers)).await;
+        served
+    });
     Proxy {
         addr,
         stop: Some(stop),
