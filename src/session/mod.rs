@@ -372,21 +372,21 @@ impl Session {
                 command::QUERY => self.query(payload).await,
                 command::INIT_DB => {
                     let db = String::from_utf8_lossy(&payload[1..]).into_owned();
-                    self.use_database(&db).await
+                    Box::pin(self.use_database(&db)).await
                 }
-                command::FIELD_LIST => self.field_list(payload).await,
-                command::RESET_CONNECTION => self.reset_connection().await,
-                command::SET_OPTION => self.set_option(&payload).await,
-                command::PROCESS_KILL => self.process_kill(&payload).await,
+                command::FIELD_LIST => Box::pin(self.field_list(payload)).await,
+                command::RESET_CONNECTION => Box::pin(self.reset_connection()).await,
+                command::SET_OPTION => Box::pin(self.set_option(&payload)).await,
+                command::PROCESS_KILL => Box::pin(self.process_kill(&payload)).await,
                 command::STATISTICS => {
                     let msg = format!("shardgate: session {} of user {}", self.id, self.user);
                     self.send_raw(msg.as_bytes()).await
                 }
-                command::STMT_PREPARE => self.stmt_prepare(payload).await,
+                command::STMT_PREPARE => Box::pin(self.stmt_prepare(payload)).await,
                 command::STMT_EXECUTE => self.stmt_execute(payload).await,
-                command::STMT_FETCH => self.stmt_fetch(payload).await,
-                command::STMT_BULK_EXECUTE => self.stmt_bulk_execute(payload).await,
-                command::STMT_RESET => self.stmt_reset(&payload).await,
+                command::STMT_FETCH => Box::pin(self.stmt_fetch(payload)).await,
+                command::STMT_BULK_EXECUTE => Box::pin(self.stmt_bulk_execute(payload)).await,
+                command::STMT_RESET => Box::pin(self.stmt_reset(&payload)).await,
                 command::STMT_CLOSE => {
                     self.stmt_close(&payload).await;
                     Answered::Done
@@ -395,7 +395,7 @@ impl Session {
                     self.stmt_long_data(&payload);
                     Answered::Done
                 }
-                command::CHANGE_USER => self.change_user(&payload).await,
+                command::CHANGE_USER => Box::pin(self.change_user(&payload)).await,
                 other => self.send_error(&ProxyError::unknown_command(other)).await,
             };
             if let Answered::Close = answered {

@@ -39,19 +39,19 @@ impl Session {
         let sql_bytes = payload.slice(1..);
         let text = planner::sql_text(&sql_bytes);
         if let Some(admin) = crate::admin::parse_admin(&text) {
-            return self.admin_statement(vs, admin).await;
+            return Box::pin(self.admin_statement(vs, admin)).await;
         }
         if let Some(v) = crate::admin::vschema::parse(&text) {
-            return self.vschema_statement(v).await;
+            return Box::pin(self.vschema_statement(v)).await;
         }
         if let Some(setting) = crate::ddl::parse_ddl_setting(&text) {
-            return self.ddl_setting(setting).await;
+            return Box::pin(self.ddl_setting(setting)).await;
         }
         if let Some(e) = self.protected_database().or_else(|| self.unsafe_charset()) {
             return self.send_error(&e).await;
         }
         if let Some(stmt) = super::kill::parse(&text) {
-            return self.session_statement(stmt).await;
+            return Box::pin(self.session_statement(stmt)).await;
         }
         // Only a text that is valid UTF-8 is rewritten: the bytes sent are then exactly
         // the client's, but for the rewritten parts.
@@ -60,7 +60,7 @@ impl Session {
         let (payload, text) = match rewritten {
             Some(rewritten) => {
                 if let Some(stmt) = super::kill::parse(&rewritten) {
-                    return self.session_statement(stmt).await;
+                    return Box::pin(self.session_statement(stmt)).await;
                 }
                 let mut p = Vec::with_capacity(rewritten.len() + 1);
                 p.push(command::QUERY);
@@ -105,7 +105,7 @@ impl Session {
                 let stmt = plan.statements.swap_remove(0);
                 self.statement(&rt, stmt, payload, &text).await
             }
-            _ => self.multi(&rt, &plan.statements, payload).await,
+            _ => Box::pin(self.multi(&rt, &plan.statements, payload)).await,
         }
     }
 
@@ -119,7 +119,7 @@ impl Session {
         match &stmt.kind {
             StatementKind::Use(db) => {
                 let db = db.clone();
-                self.use_database(&db).await
+                Box::pin(self.use_database(&db)).await
             }
             StatementKind::Begin => {
                 if self.tx_target().is_some() {
@@ -169,7 +169,7 @@ impl Session {
                 self.send_ok(OkInfo::default()).await
             }
             StatementKind::SetTransaction | StatementKind::SetSession => {
-                self.set_session(rt, &stmt, payload).await
+                Box::pin(self.set_session(rt, &stmt, payload)).await
             }
             StatementKind::Ddl(kind) => {
                 let keyspace = router::ddl_policy_keyspace(&rt.vschema, &self.ctx, &stmt);
@@ -180,7 +180,9 @@ impl Session {
                 }
                 match action {
                     crate::ddl::DdlAction::RunNow => self.single(rt, &stmt, payload).await,
-                    crate::ddl::DdlAction::Queue => self.queue_ddl(&rt.vschema, &stmt, text).await,
+                    crate::ddl::DdlAction::Queue => {
+                        Box::pin(self.queue_ddl(&rt.vschema, &stmt, text)).await
+                    }
                 }
             }
             _ => self.single(rt, &stmt, payload).await,
@@ -410,8 +412,10 @@ impl Session {
                 self.run_on(rt, target, payload, ResponseKind::Query, stmt)
                     .await
             }
-            Dispatch::SplitInsert(parts) => self.split_insert(rt, stmt, parts, &payload).await,
-            Dispatch::Broadcast(targets) => self.broadcast(rt, targets, &payload).await,
+            Dispatch::SplitInsert(parts) => {
+                Box::pin(self.split_insert(rt, stmt, parts, &payload)).await
+            }
+            Dispatch::Broadcast(targets) => Box::pin(self.broadcast(rt, targets, &payload)).await,
         }
     }
 
