@@ -490,7 +490,7 @@ mod tests {
             t.capacity()
         );
         // Ties: all 16 seen in the same second, still exactly an eighth goes.
-        let mut m = HashMap::new();
+        let mut m = Stripe::default();
         for ws in 0..16u64 {
             m.insert(
                 WorkspaceKey {
