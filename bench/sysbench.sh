@@ -15,7 +15,10 @@
 #
 # usage: bench/sysbench.sh    (env: ROUNDS=3 TIME=10 THREADS=16 TABLE_SIZE=100000
 #                              WARMUP=3 SKIP_BUILD=1 to reuse target/release
-#                              PS_MODE=auto for server-side prepared statements)
+#                              PS_MODE=auto for server-side prepared statements
+#                              POOL=N shardgate's [pool] max_connections, default THREADS+16)
+# THREADS=64 and THREADS=256 work: the servers take max(1200, 2*THREADS+300) connections
+# and the open-files limit is raised to the hard limit (refused if that is too low).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,13 +29,18 @@ TABLE_SIZE=${TABLE_SIZE:-100000}
 WARMUP=${WARMUP:-3}
 TEST=oltp_point_select
 PS_MODE=${PS_MODE:-disable}
+POOL=${POOL:-$((THREADS + 16))}
+MAX_CONNS=$((2 * THREADS + 300)); [ "$MAX_CONNS" -lt 1200 ] && MAX_CONNS=1200
 
 command -v sysbench >/dev/null || { echo "sysbench not found: run scripts/ensure-deps" >&2; exit 1; }
 if [ -z "${SKIP_BUILD:-}" ]; then
   cargo build --release --bin shardgate --bin shardgate-relay --bin shardgate-bench
 fi
 BIN=${CARGO_TARGET_DIR:-target}/release
-ulimit -n 65536 2>/dev/null || true
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt $((2 * THREADS + 300)) ]; then
+  echo "THREADS=$THREADS needs $((2 * THREADS + 300)) open files; ulimit -Hn is $(ulimit -Hn)" >&2; exit 1
+fi
 
 dir=$(mktemp -d /tmp/shardgate-sysbench.XXXXXX)
 pids=()
@@ -46,7 +54,7 @@ trap cleanup EXIT
 
 # ---- two MariaDB servers, held by shardgate-bench until fd 3 closes ------------------
 mkfifo "$dir/hold"
-"$BIN/shardgate-bench" servers --count 2 --buffer-pool-mb 256 <"$dir/hold" >"$dir/servers.out" 2>&1 &
+"$BIN/shardgate-bench" servers --count 2 --buffer-pool-mb 256 --max-connections "$MAX_CONNS" <"$dir/hold" >"$dir/servers.out" 2>&1 &
 exec 3>"$dir/hold"
 for _ in $(seq 1 600); do grep -q '^ready' "$dir/servers.out" && break; sleep 0.1; done
 read -r _ A B < <(grep '^ready' "$dir/servers.out") || { cat "$dir/servers.out" >&2; exit 1; }
@@ -84,11 +92,14 @@ PROXY_PORT=$(free_port)
 cat >"$dir/shardgate.toml" <<TOML
 listen = "127.0.0.1:$PROXY_PORT"
 vschema = "vschema.toml"
+# sysbench logs its THREADS connections in at once, all from 127.0.0.1
+max_pending_logins = 1000
+max_pending_logins_per_ip = 1000
 [[users]]
 name = "sb"
 password = "sb"
 [pool]
-max_connections = $((THREADS + 16))
+max_connections = $POOL
 TOML
 "$BIN/shardgate" serve --config "$dir/shardgate.toml" >"$dir/shardgate.log" 2>&1 &
 PROXY_PID=$!; pids+=("$PROXY_PID")
@@ -146,7 +157,7 @@ median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{ v[NR] = $1 } END { if (
 md=$(median <<<"${QPS[direct]}"); mr=$(median <<<"${QPS[relay]}"); ms=$(median <<<"${QPS[shardgate]}")
 cr=$(median <<<"${CPU[relay]}"); cs=$(median <<<"${CPU[shardgate]}")
 echo
-echo "sysbench $TEST, $THREADS threads, --db-ps-mode=$PS_MODE, $TABLE_SIZE rows, $ROUNDS rounds x ${TIME}s (medians); $(date -u +%F); $(nproc) cores, $(awk '/MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)"
+echo "sysbench $TEST, $THREADS threads, --db-ps-mode=$PS_MODE, shardgate pool $POOL per cluster, $TABLE_SIZE rows, $ROUNDS rounds x ${TIME}s (medians); $(date -u +%F); $(nproc) cores, $(awk '/MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)"
 echo "| arm | QPS | proxy CPU s/1k q | QPS vs direct | QPS vs relay | CPU vs relay |"
 echo "| --- | ---: | ---: | ---: | ---: | ---: |"
 awk -v d="$md" -v r="$mr" -v s="$ms" -v cr="$cr" -v cs="$cs" 'BEGIN {

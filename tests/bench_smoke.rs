@@ -7,7 +7,17 @@ use std::time::{Duration, Instant};
 
 #[test]
 fn bench_smoke_run_prints_a_table_row_per_workload_and_arm() {
-    let (stdout, _stderr) = run_bench(&["--smoke"], Duration::from_secs(180));
+    let (stdout, stderr) = run_bench(&["--smoke"], Duration::from_secs(180));
+    // Not a terminal: no carriage-return progress, one plain line per arm and round.
+    assert!(
+        !stderr.contains('\r'),
+        "progress written to a pipe:\n{stderr}"
+    );
+    let results = stderr.lines().filter(|l| l.contains(" QPS  p50 ")).count();
+    assert_eq!(
+        results, 9,
+        "one result line per workload and arm:\n{stderr}"
+    );
     for workload in ["point-select", "app-mix", "bulk-insert"] {
         for arm in ["direct", "relay", "shardgate"] {
             let row = format!("| {workload} | 2 | {arm} |");
@@ -16,6 +26,82 @@ fn bench_smoke_run_prints_a_table_row_per_workload_and_arm() {
                 "no table row {row:?} in:\n{stdout}"
             );
         }
+    }
+}
+
+/// Multiplexing: 40 clients through a shardgate whose pool may open 4 connections per
+/// cluster all get answers, and the measured server's `Threads_connected` (the
+/// "backend conns" column) stays near the pool's size, while the direct arm's 40
+/// clients are 40 server connections.
+#[test]
+fn bench_backend_conns_column_shows_40_clients_over_a_pool_of_4() {
+    let (stdout, stderr) = run_bench(
+        &[
+            "--smoke",
+            "--workload",
+            "point-select",
+            "--arms",
+            "shardgate,direct",
+            "--connections",
+            "40",
+            "--pool",
+            "4",
+        ],
+        Duration::from_secs(180),
+    );
+    let conns = |arm: &str| -> u64 {
+        let row = format!("| point-select | 40 | {arm} |");
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(&row))
+            .unwrap_or_else(|| panic!("no row {row:?} in:\n{stdout}\n{stderr}"));
+        // | workload | conns | arm | QPS | p50 | p99 | p999 | proxy CPU | mariadbd CPU | RSS | backend conns | ...
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        assert_eq!(cells[15], "0", "errors in {line}");
+        cells[11]
+            .parse()
+            .unwrap_or_else(|_| panic!("backend conns not a number in {line}"))
+    };
+    let through_shardgate = conns("shardgate");
+    // The pool's 4, the sampler's own connection, shardgate's health probe and the like.
+    assert!(
+        (4..=12).contains(&through_shardgate),
+        "shardgate arm: {through_shardgate} server connections for a pool of 4:\n{stdout}"
+    );
+    assert!(
+        conns("direct") >= 40,
+        "direct arm: fewer server connections than clients:\n{stdout}"
+    );
+}
+
+/// `--syscalls`: with perf there, a second table gives the relay's and shardgate's
+/// system calls per query (a proxy makes at least one per query it forwards); without
+/// perf the run still succeeds and says it skipped the table.
+#[test]
+fn bench_syscalls_table_counts_system_calls_per_query_or_says_why_not() {
+    let (stdout, stderr) = run_bench(
+        &["--smoke", "--workload", "point-select", "--syscalls"],
+        Duration::from_secs(180),
+    );
+    let perf = Command::new("perf")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !perf {
+        assert!(stderr.contains("perf not found"), "{stderr}");
+        return;
+    }
+    for arm in ["relay", "shardgate"] {
+        let row = format!("| point-select | 2 | {arm} | ");
+        // The second table's rows have 13 cells: ..., all syscalls, context switches.
+        let line = stdout
+            .lines()
+            .filter(|l| l.starts_with(&row))
+            .find(|l| l.split('|').count() == 15)
+            .unwrap_or_else(|| panic!("no syscall row for {arm} in:\n{stdout}\n{stderr}"));
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        let all: f64 = cells[12].parse().expect("all syscalls");
+        assert!(all >= 1.0, "{arm}: {all} system calls per query: {line}");
     }
 }
 

@@ -39,7 +39,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
         return Err("at most 30000 connections".into());
     }
     let proxy_bin = setup::sibling_binary("shardgate")?;
-    let servers = Servers::start(1, 32, None)?;
+    let servers = Servers::start(1, 32, None, 300)?;
     let dir = std::env::temp_dir().join(format!("shardgate-bench-idle-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let _cleanup = crate::RemoveDir(dir.clone());
@@ -55,7 +55,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
     for round in 0..rounds {
         let addr = setup::free_addr()?;
         let config = dir.join("shardgate.toml");
-        std::fs::write(&config, setup::config_toml(addr, 8)).map_err(|e| e.to_string())?;
+        std::fs::write(&config, setup::config_toml(addr, Some(8))).map_err(|e| e.to_string())?;
         let proxy = setup::spawn_listening(
             "shardgate",
             &proxy_bin,

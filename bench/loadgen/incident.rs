@@ -176,7 +176,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
 async fn replay_all(opts: &Options, proxy_bin: &std::path::Path) -> Result<(), String> {
     eprintln!("incident: starting {CLUSTERS} MariaDB servers");
     let pool_mb = opts.buffer_pool_mb;
-    let servers = tokio::task::spawn_blocking(move || Servers::start(CLUSTERS, pool_mb, None))
+    let servers = tokio::task::spawn_blocking(move || Servers::start(CLUSTERS, pool_mb, None, 300))
         .await
         .map_err(|e| format!("starting servers: {e}"))??;
     let dir = std::env::temp_dir().join(format!("shardgate-incident-{}", std::process::id()));
@@ -218,7 +218,7 @@ async fn replay_all(opts: &Options, proxy_bin: &std::path::Path) -> Result<(), S
     // measures what an operator gets without tuning.
     let config = format!(
         "{}\n[[users]]\nname = \"{ADMIN_USER}\"\npassword = \"{ADMIN_PASSWORD}\"\nadmin = true\n",
-        setup::config_toml(proxy_addr, opts.clients * 4 + 16)
+        setup::config_toml(proxy_addr, Some(opts.clients * 4 + 16))
     );
     let config_path = dir.join("shardgate.toml");
     std::fs::write(&config_path, config).map_err(|e| e.to_string())?;

@@ -2,22 +2,24 @@
 //! ways (direct, through the plain relay, through shardgate), alternating the arms
 //! round by round, and prints one table with the ratios. See `bench/README.md`.
 
+mod arm;
 mod idle;
 mod incident;
 mod incident_report;
+mod probe;
 mod setup;
 mod stats;
+mod syscalls;
 mod workload;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use setup::{DataSize, Servers};
 use stats::{Arm, Sample};
-use workload::{Generator, Workload};
+use workload::Workload;
 
 const USAGE: &str = "\
 shardgate-bench: direct vs plain relay vs shardgate, same workload, same server, one run
@@ -35,12 +37,17 @@ usage: shardgate-bench [options]
   --buffer-pool-mb N   InnoDB buffer pool of each started server (default: 256)
   --reuse A,B,...      use running servers (shard 0 is measured) instead of starting them
   --db-user U --db-password P   login for --reuse servers (default: shardgate/shardgate)
+  --pool N             shardgate's [pool] max_connections per cluster (default: shardgate's
+                       own default, 64: 1,000 clients share at most 64 backend connections)
+  --syscalls           count the relay's and shardgate's system calls and context switches
+                       per query with `perf stat` over each measured phase (second table;
+                       skipped if perf is missing; QPS under perf is not for quoting)
   --backend-tls        the servers serve TLS (a throwaway CA) and shardgate connects to
                        them with [backend_tls] verify_identity; direct and relay stay plain
   --smoke              everything, tiny, ~3 s (for CI); no figures worth quoting
   env SHARDGATE_BENCH_WRAP=\"CMD ARGS\"  runs shardgate under CMD (perf record, strace -c, valgrind)
 
-       shardgate-bench servers [--count N] [--buffer-pool-mb N]
+       shardgate-bench servers [--count N] [--buffer-pool-mb N] [--max-connections N]
   starts N local MariaDB servers (user/password shardgate), prints `ready ADDR ...`,
   and keeps them until its standard input closes (used by bench/sysbench.sh)
 
@@ -67,6 +74,8 @@ struct Options {
     db_user: String,
     db_password: String,
     backend_tls: bool,
+    syscalls: bool,
+    pool: Option<usize>,
 }
 
 fn parse_args(args: &[String]) -> Result<Options, String> {
@@ -90,6 +99,8 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
         db_user: "shardgate".into(),
         db_password: "shardgate".into(),
         backend_tls: false,
+        syscalls: false,
+        pool: None,
     };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
@@ -109,6 +120,10 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
         }
         if flag == "--backend-tls" {
             o.backend_tls = true;
+            continue;
+        }
+        if flag == "--syscalls" {
+            o.syscalls = true;
             continue;
         }
         if flag == "--help" || flag == "-h" {
@@ -150,6 +165,7 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
             "--workspaces" => o.size.workspaces = (num(v)? as usize).clamp(1, 1_000_000),
             "--shards" => o.shards = (num(v)? as usize).clamp(1, 16),
             "--buffer-pool-mb" => o.buffer_pool_mb = (num(v)? as u32).clamp(8, 16_384),
+            "--pool" => o.pool = Some((num(v)? as usize).clamp(1, 100_000)),
             "--reuse" => o.reuse = Some(v.split(',').map(str::to_string).collect()),
             "--db-user" => o.db_user = v.clone(),
             "--db-password" => o.db_password = v.clone(),
@@ -208,10 +224,15 @@ fn main() -> ExitCode {
     }
 }
 
+/// MariaDB's `max_connections` (at least) for the bench's servers and for
+/// `shardgate-bench servers` (sysbench.sh at 256 threads: the relay's 256, shardgate's
+/// pool and the direct arm's leftovers).
+const HELD_MAX_CONNECTIONS: usize = 1200;
+
 /// `shardgate-bench servers`: starts servers for a script and stops them (removing
 /// their directories) when the script closes our standard input, or after 4 hours.
 fn hold_servers(args: &[String]) -> Result<(), String> {
-    let (mut count, mut pool_mb) = (2usize, 256u32);
+    let (mut count, mut pool_mb, mut max_conns) = (2usize, 256u32, HELD_MAX_CONNECTIONS);
     let mut it = args.iter();
     while let Some(flag) = it.next() {
         let v = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
@@ -220,10 +241,19 @@ fn hold_servers(args: &[String]) -> Result<(), String> {
             "--buffer-pool-mb" => {
                 pool_mb = v.parse().map_err(|e| format!("--buffer-pool-mb: {e}"))?
             }
+            "--max-connections" => {
+                max_conns = v.parse().map_err(|e| format!("--max-connections: {e}"))?
+            }
             _ => return Err(format!("unknown argument {flag:?}")),
         }
     }
-    let servers = Servers::start(count.clamp(1, 16), pool_mb.clamp(8, 16_384), None)?;
+    probe::raise_nofile();
+    let servers = Servers::start(
+        count.clamp(1, 16),
+        pool_mb.clamp(8, 16_384),
+        None,
+        max_conns.clamp(10, 100_000),
+    )?;
     println!("ready {}", servers.addrs.join(" "));
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -243,9 +273,34 @@ struct Rig {
     relay_pid: u32,
     proxy_pid: u32,
     ticks: f64,
+    /// Scratch directory (perf's files for `--syscalls`).
+    dir: PathBuf,
+    /// `--syscalls` and perf is there.
+    syscalls: bool,
 }
 
 fn run(opts: Options) -> Result<(), String> {
+    let max_conns = opts.connections.iter().max().copied().unwrap_or(16);
+    // The relay holds two sockets per client; MariaDB and the bench one each.
+    let files_needed = 2 * max_conns as u64 + 256;
+    match probe::raise_nofile() {
+        Some(n) if n < files_needed => {
+            return Err(format!(
+                "--connections {max_conns} needs {files_needed} open files, the limit is {n} \
+                 (raise the hard limit: ulimit -Hn)"
+            ))
+        }
+        Some(_) => {}
+        None => eprintln!("bench: cannot read the open-files limit"),
+    }
+    let syscalls = opts.syscalls
+        && {
+            let ok = syscalls::perf_available();
+            if !ok {
+                eprintln!("bench: --syscalls: perf not found (scripts/ensure-deps installs linux-perf); no syscall table");
+            }
+            ok
+        };
     let relay_bin = setup::sibling_binary("shardgate-relay")?;
     let proxy_bin = setup::sibling_binary("shardgate")?;
     let backend_tls = match (opts.backend_tls, &opts.reuse) {
@@ -262,7 +317,12 @@ fn run(opts: Options) -> Result<(), String> {
         None => {
             eprintln!("bench: starting {} MariaDB servers", opts.shards);
             let tls = backend_tls.as_ref().map(|m| m.server.clone());
-            Servers::start(opts.shards, opts.buffer_pool_mb, tls)?
+            Servers::start(
+                opts.shards,
+                opts.buffer_pool_mb,
+                tls,
+                HELD_MAX_CONNECTIONS.max(max_conns + 200),
+            )?
         }
     };
     let dir = std::env::temp_dir().join(format!("shardgate-bench-{}", std::process::id()));
@@ -306,9 +366,8 @@ fn run(opts: Options) -> Result<(), String> {
     )?;
     let proxy_addr = setup::free_addr()?;
     std::fs::write(dir.join("vschema.toml"), &vschema_text).map_err(|e| e.to_string())?;
-    let pool = opts.connections.iter().max().copied().unwrap_or(16) + 16;
     let config = dir.join("shardgate.toml");
-    let mut config_text = setup::config_toml(proxy_addr, pool);
+    let mut config_text = setup::config_toml(proxy_addr, opts.pool);
     if let Some(m) = &backend_tls {
         std::fs::write(dir.join("backend-ca.pem"), &m.ca_pem).map_err(|e| e.to_string())?;
         config_text
@@ -329,9 +388,12 @@ fn run(opts: Options) -> Result<(), String> {
         proxy_pid: proxy.pid(),
         ticks: stats::clock_ticks(),
         servers,
+        dir: dir.clone(),
+        syscalls,
     };
 
     let mut table = String::new();
+    let mut sys_table = String::new();
     let mut notes = String::new();
     for &workload in &opts.workloads {
         for &conns in &opts.connections {
@@ -347,7 +409,7 @@ fn run(opts: Options) -> Result<(), String> {
                         arm.name()
                     );
                     let seed = opts.seed ^ ((round as u64) << 40);
-                    let s = rt.block_on(run_arm(
+                    let s = rt.block_on(arm::run_arm(
                         &rig,
                         *arm,
                         workload,
@@ -365,6 +427,7 @@ fn run(opts: Options) -> Result<(), String> {
                 .map(|(a, l)| (*a, stats::summarize(l)))
                 .collect();
             table.push_str(&stats::rows(workload.name(), conns, &summaries));
+            sys_table.push_str(&stats::syscall_rows(workload.name(), conns, &summaries));
             notes.push_str(&note(workload, conns, &summaries));
         }
     }
@@ -381,7 +444,25 @@ fn run(opts: Options) -> Result<(), String> {
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         mem_total_gib(),
     );
+    println!(
+        "shardgate: [pool] max_connections {} per cluster{}; backend conns: the most \
+         Threads_connected the measured MariaDB showed in the phase (sampled; counts the \
+         sampler's own connection and connections shardgate's pool keeps idle between arms)",
+        opts.pool.unwrap_or_else(setup::default_pool_max),
+        if opts.pool.is_none() {
+            " (shardgate's default)"
+        } else {
+            " (--pool)"
+        },
+    );
     println!("{}\n{table}\n{notes}", stats::HEADER);
+    if syscalls {
+        println!(
+            "\nsystem calls and context switches per query of the process in between \
+             (perf stat -p over each measured phase; medians over rounds)\n{}\n{sys_table}",
+            syscalls::HEADER
+        );
+    }
     Ok(())
 }
 
@@ -408,143 +489,6 @@ fn note(workload: Workload, conns: usize, arms: &[(Arm, stats::Summary)]) -> Str
         div(r.qps, d.qps),
         div(s.proxy_cpu_1k, r.proxy_cpu_1k),
     )
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn run_arm(
-    rig: &Rig,
-    arm: Arm,
-    workload: Workload,
-    conns: usize,
-    opts: &Options,
-    workspaces: &Arc<Vec<u64>>,
-    seed: u64,
-    label: &str,
-) -> Result<Sample, String> {
-    let s = &rig.servers;
-    let (addr, user, password, proxy_pid) = match arm {
-        Arm::Direct => (
-            s.addrs[0].as_str(),
-            s.user.as_str(),
-            s.password.as_str(),
-            None,
-        ),
-        Arm::Relay => (
-            rig.relay_addr.as_str(),
-            s.user.as_str(),
-            s.password.as_str(),
-            Some(rig.relay_pid),
-        ),
-        Arm::Shardgate => (
-            rig.proxy_addr.as_str(),
-            setup::PROXY_USER,
-            setup::PROXY_PASSWORD,
-            Some(rig.proxy_pid),
-        ),
-    };
-    let mut clients = Vec::with_capacity(conns);
-    for i in 0..conns {
-        let conn = setup::connect(addr, user, password, Some(setup::DATABASE))
-            .await
-            .map_err(|e| format!("{} connection {i}: {e}", arm.name()))?;
-        let generator = Generator::new(workload, workspaces.clone(), opts.size, seed ^ i as u64);
-        clients.push((conn, generator));
-    }
-    let progress = Arc::new(AtomicU64::new(0));
-    let done = Arc::new(AtomicBool::new(false));
-    let ticker = {
-        let progress = progress.clone();
-        let done = done.clone();
-        let label = label.to_string();
-        let total = opts.warmup + opts.duration;
-        tokio::spawn(async move {
-            let start = Instant::now();
-            while !done.load(Ordering::Relaxed) && start.elapsed() < total + Duration::from_secs(30)
-            {
-                let q = progress.load(Ordering::Relaxed);
-                eprint!(
-                    "\r{label} {:5.1}/{:.1} s {q:>9} queries  ",
-                    start.elapsed().as_secs_f64(),
-                    total.as_secs_f64()
-                );
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-        })
-    };
-    // Warm-up, then the measured phase, on the same connections.
-    let mut result = Sample::default();
-    for measured in [false, true] {
-        let phase = if measured { opts.duration } else { opts.warmup };
-        if phase.is_zero() {
-            continue;
-        }
-        let proxy_cpu0 = proxy_pid.and_then(|p| stats::cpu_seconds(p, rig.ticks));
-        let server_cpu0 = s
-            .measured_pid()
-            .and_then(|p| stats::cpu_seconds(p, rig.ticks));
-        let start = Instant::now();
-        let until = start + phase;
-        let mut tasks = Vec::with_capacity(conns);
-        for (mut conn, mut generator) in clients.drain(..) {
-            let progress = progress.clone();
-            tasks.push(tokio::spawn(async move {
-                let r = workload::drive(
-                    &mut conn,
-                    &mut generator,
-                    until,
-                    50_000_000,
-                    progress,
-                    measured,
-                )
-                .await;
-                (conn, generator, r)
-            }));
-        }
-        let mut latencies = Vec::new();
-        let (mut queries, mut errors) = (0, 0);
-        for t in tasks {
-            let (conn, generator, r) = t.await.map_err(|e| e.to_string())?;
-            if let Some(why) = r.broken {
-                done.store(true, Ordering::Relaxed);
-                return Err(format!("{} connection broke: {why}", arm.name()));
-            }
-            queries += r.queries;
-            errors += r.errors;
-            latencies.extend(r.latencies);
-            clients.push((conn, generator));
-        }
-        let elapsed = start.elapsed();
-        if measured {
-            let delta = |pid: Option<u32>, before: Option<f64>| {
-                let after = pid.and_then(|p| stats::cpu_seconds(p, rig.ticks))?;
-                Some(after - before?)
-            };
-            latencies.sort_unstable();
-            result = Sample {
-                queries,
-                errors,
-                elapsed,
-                latencies,
-                proxy_cpu: delta(proxy_pid, proxy_cpu0),
-                server_cpu: delta(s.measured_pid(), server_cpu0),
-                proxy_rss: if arm == Arm::Shardgate {
-                    stats::rss_bytes(rig.proxy_pid)
-                } else {
-                    None
-                },
-            };
-        }
-    }
-    done.store(true, Ordering::Relaxed);
-    let _ = ticker.await;
-    eprintln!(
-        "\r{label} {:>9.0} QPS  p50 {:>6.0} µs  p99 {:>6.0} µs  errors {}          ",
-        result.qps(),
-        result.latency_us(0.5),
-        result.latency_us(0.99),
-        result.errors
-    );
-    Ok(result)
 }
 
 fn mem_total_gib() -> f64 {

@@ -43,11 +43,14 @@ pub struct Servers {
 }
 
 impl Servers {
-    /// Starts `count` local servers (blocking), serving TLS with `tls` if given.
+    /// Starts `count` local servers (blocking), serving TLS with `tls` if given, each
+    /// taking up to `max_connections` client connections (set once it runs, as
+    /// `SET GLOBAL max_connections`; it inherits this process's open-files limit).
     pub fn start(
         count: usize,
         buffer_pool_mb: u32,
         tls: Option<LocalDbTls>,
+        max_connections: usize,
     ) -> Result<Servers, String> {
         let opts = LocalDbOptions {
             buffer_pool_mb,
@@ -56,7 +59,11 @@ impl Servers {
         };
         let mut owned = Vec::new();
         for _ in 0..count {
-            owned.push(LocalMariaDb::start(&opts).map_err(|e| format!("start MariaDB: {e}"))?);
+            let server = LocalMariaDb::start(&opts).map_err(|e| format!("start MariaDB: {e}"))?;
+            server
+                .sql(&format!("SET GLOBAL max_connections = {max_connections}"))
+                .map_err(|e| format!("MariaDB max_connections: {e}"))?;
+            owned.push(server);
         }
         let addrs = owned.iter().map(LocalMariaDb::addr).collect();
         Ok(Servers {
@@ -309,13 +316,23 @@ pub fn workspaces_on_first_shard(vschema: &VSchema, count: usize) -> Result<Vec<
         .collect())
 }
 
-pub fn config_toml(listen: SocketAddr, pool: usize) -> String {
-    format!(
+/// shardgate's config; `pool`: `[pool] max_connections` per cluster (None: shardgate's
+/// default, 64).
+pub fn config_toml(listen: SocketAddr, pool: Option<usize>) -> String {
+    let mut t = format!(
         "listen = \"{listen}\"\nvschema = \"vschema.toml\"\nmax_client_connections = 20000\n\
          max_pending_logins = 1000\nmax_pending_logins_per_ip = 1000\n\n\
-         [[users]]\nname = \"{PROXY_USER}\"\npassword = \"{PROXY_PASSWORD}\"\n\n\
-         [pool]\nmax_connections = {pool}\n"
-    )
+         [[users]]\nname = \"{PROXY_USER}\"\npassword = \"{PROXY_PASSWORD}\"\n"
+    );
+    if let Some(pool) = pool {
+        let _ = write!(t, "\n[pool]\nmax_connections = {pool}\n");
+    }
+    t
+}
+
+/// shardgate's default `[pool] max_connections` (per cluster), for the bench's output.
+pub fn default_pool_max() -> usize {
+    shardgate::config::PoolConfig::default().max_connections
 }
 
 /// A free TCP port on 127.0.0.1 (free when asked; used at once).

@@ -40,6 +40,10 @@ pub struct Sample {
     pub server_cpu: Option<f64>,
     /// shardgate's resident set at the end of the arm, bytes.
     pub proxy_rss: Option<u64>,
+    /// The most `Threads_connected` the measured server showed during the arm.
+    pub backend_conns: Option<u64>,
+    /// `--syscalls`: what the relay or shardgate did during the arm.
+    pub syscalls: Option<crate::syscalls::Counts>,
 }
 
 impl Sample {
@@ -89,6 +93,9 @@ pub struct Summary {
     pub proxy_cpu_1k: Option<f64>,
     pub server_cpu_1k: Option<f64>,
     pub rss: Option<f64>,
+    pub backend_conns: Option<f64>,
+    /// Per query, in the order of [`crate::syscalls::Counts::values`].
+    pub syscalls_per_query: Option<Vec<f64>>,
     pub errors: u64,
 }
 
@@ -102,11 +109,31 @@ pub fn summarize(samples: &[Sample]) -> Summary {
         proxy_cpu_1k: col(&|s| Sample::per_1k(s.proxy_cpu, s.queries)),
         server_cpu_1k: col(&|s| Sample::per_1k(s.server_cpu, s.queries)),
         rss: col(&|s| s.proxy_rss.map(|b| b as f64)),
+        backend_conns: col(&|s| s.backend_conns.map(|n| n as f64)),
+        syscalls_per_query: syscalls_per_query(samples),
         errors: samples.iter().map(|s| s.errors).sum(),
     }
 }
 
-pub const HEADER: &str = "| workload | conns | arm | QPS | p50 µs | p99 µs | p999 µs | proxy CPU s/1k q | mariadbd CPU s/1k q | shardgate RSS MiB | QPS vs direct | QPS vs relay | CPU vs relay | errors |\n| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |";
+/// Medians over the rounds of each count per query (rounds without a reading left out).
+fn syscalls_per_query(samples: &[Sample]) -> Option<Vec<f64>> {
+    let per_query: Vec<[f64; 10]> = samples
+        .iter()
+        .filter(|s| s.queries > 0)
+        .filter_map(|s| {
+            let c = s.syscalls?;
+            Some(c.values().map(|v| v as f64 / s.queries as f64))
+        })
+        .collect();
+    if per_query.is_empty() {
+        return None;
+    }
+    (0..10)
+        .map(|i| median(per_query.iter().map(|v| v[i]).collect()))
+        .collect()
+}
+
+pub const HEADER: &str = "| workload | conns | arm | QPS | p50 µs | p99 µs | p999 µs | proxy CPU s/1k q | mariadbd CPU s/1k q | shardgate RSS MiB | backend conns | QPS vs direct | QPS vs relay | CPU vs relay | errors |\n| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |";
 
 fn f(v: Option<f64>, decimals: usize) -> String {
     match v {
@@ -147,7 +174,7 @@ pub fn rows(workload: &str, conns: usize, arms: &[(Arm, Summary)]) -> String {
         };
         let _ = writeln!(
             out,
-            "| {workload} | {conns} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {workload} | {conns} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             arm.name(),
             f(s.qps, 0),
             f(s.p50, 0),
@@ -156,10 +183,30 @@ pub fn rows(workload: &str, conns: usize, arms: &[(Arm, Summary)]) -> String {
             f(s.proxy_cpu_1k, 4),
             f(s.server_cpu_1k, 4),
             f(s.rss.map(|b| b / (1024.0 * 1024.0)), 1),
+            f(s.backend_conns, 0),
             f(vs_direct, 2),
             f(vs_relay, 2),
             f(cpu_vs_relay, 2),
             s.errors,
+        );
+    }
+    out
+}
+
+/// The `--syscalls` rows (per query) of one workload at one connection count: arms
+/// with a reading only (the direct arm has no process in between).
+pub fn syscall_rows(workload: &str, conns: usize, arms: &[(Arm, Summary)]) -> String {
+    let mut out = String::new();
+    for (arm, s) in arms {
+        let Some(v) = &s.syscalls_per_query else {
+            continue;
+        };
+        let cells: Vec<String> = v.iter().map(|x| format!("{x:.2}")).collect();
+        let _ = writeln!(
+            out,
+            "| {workload} | {conns} | {} | {} |",
+            arm.name(),
+            cells.join(" | ")
         );
     }
     out

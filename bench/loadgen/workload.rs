@@ -1,6 +1,7 @@
 //! The workloads: what each connection sends, and the bounded loop that sends it.
 
 use std::fmt::Write as _;
+use std::io::IsTerminal;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -177,8 +178,14 @@ pub async fn drive(
                     r.errors += 1;
                     if r.errors == 1 {
                         let msg = c.err().map(|e| e.message).unwrap_or_default();
+                        // On a terminal, off the progress line first.
+                        let nl = if std::io::stderr().is_terminal() {
+                            "\n"
+                        } else {
+                            ""
+                        };
                         eprintln!(
-                            "\nbench: query failed: {msg}: {}",
+                            "{nl}bench: query failed: {msg}: {}",
                             &sql[1..sql.len().min(120)]
                         );
                     }
