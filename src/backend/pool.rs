@@ -338,57 +338,30 @@ impl ClusterPool {
         prefer: Option<u32>,
     ) -> Result<Lease, (ProxyError, bool)> {
         self.admit().await.map_err(|e| (e, false))?;
-        self.take_slot().await.map_err(|e| (e, false))?;
+        let worker = crate::workers::current();
+        let pick = |g: &mut Inner| pick_idle(g, key, database, state_hash, prefer, worker);
+        // The slot and, most often, an idle connection in one lock.
+        let mut first = Some(self.take_slot(pick).await.map_err(|e| (e, false))?);
         // From here on a lease is counted: every way out hands it to a `Lease`, whose
         // drop ends it, or ends it here.
-        let worker = crate::workers::current();
         loop {
-            let candidate = {
-                let mut g = self.lock();
-                let pos = prefer
-                    .and_then(|id| {
-                        g.idle.iter().rposition(|c| {
-                            c.thread_id == id
-                                && c.key == key
-                                && (database.is_some() || c.database.is_none())
-                        })
-                    })
-                    .or_else(|| {
-                        // One of this worker's own first: its socket is driven by this
-                        // thread (see `crate::workers`).
-                        let same = |c: &BackendConn| {
-                            c.key == key
-                                && c.database.as_deref() == database
-                                && c.state_hash == state_hash
-                        };
-                        g.idle
-                            .iter()
-                            .position(|c| c.worker == worker && same(c))
-                            .or_else(|| g.idle.iter().position(same))
-                    })
-                    .or_else(|| {
-                        // A connection that has a database selected cannot go back to
-                        // none: a session without a database needs one that never had.
-                        g.idle.iter().position(|c| {
-                            c.key == key && (database.is_some() || c.database.is_none())
-                        })
-                    });
-                match pos {
-                    Some(i) => {
-                        let conn = g.idle.remove(i);
-                        if let Some(c) = &conn {
-                            g.leased_threads.push(c.thread_id);
-                        }
-                        conn
+            let candidate = match first.take() {
+                Some(c) => c,
+                None => {
+                    let mut g = self.lock();
+                    pick(&mut g)
+                }
+            };
+            let candidate = match candidate {
+                Some(conn) => Some(conn),
+                None => {
+                    let mut g = self.lock();
+                    // Keep open <= max: make room by closing an idle connection of
+                    // another key.
+                    if g.open >= self.config.max_connections && g.idle.pop_front().is_some() {
+                        g.open -= 1;
                     }
-                    None => {
-                        // Keep open <= max: make room by closing an idle connection of
-                        // another key.
-                        if g.open >= self.config.max_connections && g.idle.pop_front().is_some() {
-                            g.open -= 1;
-                        }
-                        None
-                    }
+                    None
                 }
             };
             let lease = |conn| Lease {
@@ -434,14 +407,18 @@ impl ClusterPool {
         }
     }
 
-    /// Counts a lease, waiting at most the checkout timeout while all are taken.
-    async fn take_slot(&self) -> Result<(), ProxyError> {
+    /// Counts a lease, waiting at most the checkout timeout while all are taken, and
+    /// takes what `pick` finds idle under the same lock.
+    async fn take_slot(
+        &self,
+        pick: impl Fn(&mut Inner) -> Option<BackendConn>,
+    ) -> Result<Option<BackendConn>, ProxyError> {
         let max = self.config.max_connections;
         {
             let mut g = self.lock();
             if g.leased < max {
                 g.leased += 1;
-                return Ok(());
+                return Ok(pick(&mut g));
             }
         }
         let deadline = tokio::time::Instant::now() + self.config.checkout_timeout;
@@ -452,7 +429,7 @@ impl ClusterPool {
                 let mut g = self.lock();
                 if g.leased < max {
                     g.leased += 1;
-                    return Ok(());
+                    return Ok(pick(&mut g));
                 }
                 g.waiting += 1;
                 // Registered before the lock is released, so an end of lease from now
@@ -595,6 +572,47 @@ impl Drop for Waiting<'_> {
         let mut g = self.0.lock();
         g.waiting = g.waiting.saturating_sub(1);
     }
+}
+
+/// The idle connection a checkout takes, removed from the idle list and counted as
+/// leased: the one with server thread id `prefer` (the asking session's last), then one
+/// of this worker's already on `database` with session state `state_hash`, then any
+/// such one, then any of `key` that can serve `database`.
+fn pick_idle(
+    g: &mut Inner,
+    key: ConnKey,
+    database: Option<&str>,
+    state_hash: u64,
+    prefer: Option<u32>,
+    worker: u16,
+) -> Option<BackendConn> {
+    let pos = prefer
+        .and_then(|id| {
+            g.idle.iter().rposition(|c| {
+                c.thread_id == id && c.key == key && (database.is_some() || c.database.is_none())
+            })
+        })
+        .or_else(|| {
+            // One of this worker's own first: its socket is driven by this thread (see
+            // `crate::workers`).
+            let same = |c: &BackendConn| {
+                c.key == key && c.database.as_deref() == database && c.state_hash == state_hash
+            };
+            g.idle
+                .iter()
+                .position(|c| c.worker == worker && same(c))
+                .or_else(|| g.idle.iter().position(same))
+        })
+        .or_else(|| {
+            // A connection that has a database selected cannot go back to none: a
+            // session without a database needs one that never had.
+            g.idle
+                .iter()
+                .position(|c| c.key == key && (database.is_some() || c.database.is_none()))
+        })?;
+    let conn = g.idle.remove(pos)?;
+    g.leased_threads.push(conn.thread_id);
+    Some(conn)
 }
 
 #[cfg(test)]
