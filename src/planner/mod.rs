@@ -10,6 +10,10 @@ use sqlparser::ast::Statement;
 use sqlparser::dialect::MySqlDialect;
 use sqlparser::parser::Parser;
 
+pub mod cache;
+mod cache_key;
+#[cfg(test)]
+mod cache_tests;
 mod classify;
 mod confine;
 mod effects;
@@ -28,6 +32,7 @@ mod tag;
 mod tests;
 mod text;
 
+pub use cache::{PlanCache, PlanCacheStats, SchemaKey};
 use classify::Head;
 pub use confine::{confine, qualified_schemas, Denial};
 pub use effects::{Effects, Reserve};

@@ -69,7 +69,7 @@ impl Session {
             }
             None => (payload, text),
         };
-        let mut plan = planner::plan(&text, schema_for(vs, &self.ctx));
+        let mut plan = cached_plan(&self.shared.plan_cache, &rt, &self.ctx, &text);
         if let (planner::Privilege::Admin(what), false) = (plan.privilege, self.admin) {
             // Nothing of a query with such a statement reaches a backend.
             let e = ProxyError::admin_statement(&self.user, what);
@@ -81,7 +81,12 @@ impl Session {
             if let Some(q) = &only.qualified_schema {
                 if let Some(ks) = vs.keyspace(q) {
                     if DbContext::Keyspace(q.clone()) != self.ctx {
-                        plan = planner::plan(&text, ks as &dyn ShardingSchema);
+                        plan = self.shared.plan_cache.plan(
+                            &text,
+                            ks as &dyn ShardingSchema,
+                            planner::SchemaKey::Keyspace(q),
+                            rt.generation,
+                        );
                     }
                 }
             }
@@ -746,14 +751,28 @@ fn one_workspace<'a>(
 }
 
 /// The planner's view of the session's keyspace.
-pub(super) fn schema_for<'a>(vs: &'a VSchema, ctx: &DbContext) -> &'a dyn ShardingSchema {
-    match ctx {
-        DbContext::Keyspace(k) => match vs.keyspace(k) {
-            Some(ks) => ks,
-            None => &Unsharded,
+/// `planner::plan(text, schema)` through the plan cache, where `schema` is the session's
+/// keyspace (unsharded without one), keyed on it and the snapshot's generation.
+pub(super) fn cached_plan(
+    cache: &planner::PlanCache,
+    rt: &Runtime,
+    ctx: &DbContext,
+    text: &str,
+) -> planner::Plan {
+    let (schema, key) = match ctx {
+        DbContext::Keyspace(k) => match rt.vschema.keyspace(k) {
+            Some(ks) => (ks as &dyn ShardingSchema, planner::SchemaKey::Keyspace(k)),
+            None => (
+                &Unsharded as &dyn ShardingSchema,
+                planner::SchemaKey::Unsharded,
+            ),
         },
-        _ => &Unsharded,
-    }
+        _ => (
+            &Unsharded as &dyn ShardingSchema,
+            planner::SchemaKey::Unsharded,
+        ),
+    };
+    cache.plan(text, schema, key, rt.generation)
 }
 
 /// Whether a `SET ... TRANSACTION` applies to the session rather than the next
