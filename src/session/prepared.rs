@@ -23,7 +23,7 @@ use crate::error::{Fault, ProxyError};
 use crate::planner::{self, Effects, ShardingSchema};
 use crate::protocol::binary;
 use crate::protocol::status;
-use crate::router::{self, DbContext, Dispatch, Target};
+use crate::router::{self, DbContext, Dispatch, Target, Unsharded};
 use crate::shared::Runtime;
 use crate::vschema::VSchema;
 
@@ -142,7 +142,7 @@ impl Session {
     /// statement qualifies its tables with (as a text query is planned).
     pub(super) fn plan_text(&self, rt: &Runtime, text: &str) -> planner::Plan {
         let cache = &self.shared.plan_cache;
-        let plan = super::statement::cached_plan(cache, rt, &self.ctx, text);
+        let plan = cached_plan(cache, rt, &self.ctx, text);
         if let [only] = plan.statements.as_slice() {
             if let Some(q) = &only.qualified_schema {
                 if let Some(ks) = rt.vschema.keyspace(q) {
@@ -423,4 +423,26 @@ impl Session {
         };
         self.put_back(target, lease, &fx);
     }
+}
+
+/// `planner::plan(text, schema)` through the plan cache, where `schema` is the session's
+/// keyspace (unsharded without one), keyed on it and the snapshot's generation.
+fn cached_plan(
+    cache: &planner::PlanCache,
+    rt: &Runtime,
+    ctx: &DbContext,
+    text: &str,
+) -> planner::Plan {
+    let unsharded = (
+        &Unsharded as &dyn ShardingSchema,
+        planner::SchemaKey::Unsharded,
+    );
+    let (schema, key) = match ctx {
+        DbContext::Keyspace(k) => match rt.vschema.keyspace(k) {
+            Some(ks) => (ks as &dyn ShardingSchema, planner::SchemaKey::Keyspace(k)),
+            None => unsharded,
+        },
+        _ => unsharded,
+    };
+    cache.plan(text, schema, key, rt.generation)
 }

@@ -8,11 +8,11 @@ use super::leases::SessionCursor;
 use super::{any_statement, Answered, Session};
 use crate::engine::{fanout, split_insert};
 use crate::error::ProxyError;
-use crate::planner::{self, Effects, ShardingSchema, StatementKind, StatementPlan};
+use crate::planner::{self, Effects, StatementKind, StatementPlan};
 use crate::protocol::command;
 use crate::protocol::relay::ResponseKind;
 use crate::protocol::wire::OkInfo;
-use crate::router::{self, DbContext, Dispatch, Target, Unsharded};
+use crate::router::{self, DbContext, Dispatch, Target};
 use crate::shared::Runtime;
 use crate::vschema::VSchema;
 
@@ -69,27 +69,13 @@ impl Session {
             }
             None => (payload, text),
         };
-        let mut plan = cached_plan(&self.shared.plan_cache, &rt, &self.ctx, &text);
+        // Planned in the session's keyspace, or in the keyspace its only statement
+        // qualifies its tables with.
+        let mut plan = self.plan_text(&rt, &text);
         if let (planner::Privilege::Admin(what), false) = (plan.privilege, self.admin) {
             // Nothing of a query with such a statement reaches a backend.
             let e = ProxyError::admin_statement(&self.user, what);
             return self.send_error(&e).await;
-        }
-        // A statement that qualifies its tables with another keyspace is planned with
-        // that keyspace's sharding.
-        if let [only] = plan.statements.as_slice() {
-            if let Some(q) = &only.qualified_schema {
-                if let Some(ks) = vs.keyspace(q) {
-                    if DbContext::Keyspace(q.clone()) != self.ctx {
-                        plan = self.shared.plan_cache.plan(
-                            &text,
-                            ks as &dyn ShardingSchema,
-                            planner::SchemaKey::Keyspace(q),
-                            rt.generation,
-                        );
-                    }
-                }
-            }
         }
         if !self.scope.is_unrestricted() {
             if let Some(e) = self.out_of_scope(vs, &plan, &text) {
@@ -748,31 +734,6 @@ fn one_workspace<'a>(
     };
     let ks = router::statement_keyspace(vs, ctx, stmt)?;
     (ks.sharded && ks.tenancy == crate::vschema::Tenancy::SharedTables).then_some((&ks.name, *id))
-}
-
-/// The planner's view of the session's keyspace.
-/// `planner::plan(text, schema)` through the plan cache, where `schema` is the session's
-/// keyspace (unsharded without one), keyed on it and the snapshot's generation.
-pub(super) fn cached_plan(
-    cache: &planner::PlanCache,
-    rt: &Runtime,
-    ctx: &DbContext,
-    text: &str,
-) -> planner::Plan {
-    let (schema, key) = match ctx {
-        DbContext::Keyspace(k) => match rt.vschema.keyspace(k) {
-            Some(ks) => (ks as &dyn ShardingSchema, planner::SchemaKey::Keyspace(k)),
-            None => (
-                &Unsharded as &dyn ShardingSchema,
-                planner::SchemaKey::Unsharded,
-            ),
-        },
-        _ => (
-            &Unsharded as &dyn ShardingSchema,
-            planner::SchemaKey::Unsharded,
-        ),
-    };
-    cache.plan(text, schema, key, rt.generation)
 }
 
 /// Whether a `SET ... TRANSACTION` applies to the session rather than the next
