@@ -360,3 +360,26 @@ fn statements_the_cache_cannot_rebuild_are_planned_every_time() {
     assert_eq!(cache.stats().hits, 0);
     assert!(cache.stats().uncacheable >= 14);
 }
+
+#[test]
+fn threads_sharing_a_small_cache_always_get_the_planners_answer() {
+    let cache = PlanCache::new(16);
+    std::thread::scope(|scope| {
+        for t in 0..4u64 {
+            let cache = &cache;
+            scope.spawn(move || {
+                for i in 0..1500u64 {
+                    let shape = (i * 7 + t) % 40;
+                    let sql = format!(
+                        "SELECT c{shape} FROM messages WHERE workspace_id IN ({}, {}) AND id = {i}",
+                        i % 5,
+                        (i + t) % 3
+                    );
+                    assert_same(cache, &sql, 1 + i / 1000);
+                }
+            });
+        }
+    });
+    let s = cache.stats();
+    assert!(s.entries <= 16 && s.hits > 0, "{s:?}");
+}

@@ -3,6 +3,9 @@
 //!
 //! It never rewrites what it forwards: the router sends the client's bytes unchanged,
 //! except when a multi-row INSERT spans shards and is split (using the byte spans here).
+//!
+//! Sessions plan through [`PlanCache`] (`cache`), which answers exactly what [`plan`]
+//! would, from a template when the statement's shape was planned before.
 
 use std::ops::Range;
 
