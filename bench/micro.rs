@@ -133,6 +133,27 @@ fn planning(c: &mut Criterion) {
             black_box(cache.plan(black_box(&texts[next]), schema, key, 1))
         })
     });
+    // A shape the token fast path leaves to sqlparser (a join), planned and cached.
+    let join = |w: u64| {
+        format!(
+            "SELECT i.val FROM items i JOIN items j ON j.workspace_id = i.workspace_id \
+             WHERE i.workspace_id = {w} AND j.id = 17"
+        )
+    };
+    let joins: Vec<String> = (0..64).map(|i| join(123456 + i)).collect();
+    g.bench_function("plan a join", |b| {
+        b.iter(|| black_box(planner::plan(black_box(&joins[0]), schema)))
+    });
+    for t in &joins {
+        black_box(cache.plan(t, schema, key, 1));
+    }
+    assert!(cache.stats().hits > hits, "the join's shape is cached");
+    g.bench_function("plan cache hit: a join", |b| {
+        b.iter(|| {
+            next = (next + 1) % joins.len();
+            black_box(cache.plan(black_box(&joins[next]), schema, key, 1))
+        })
+    });
     let mut bulk = String::from("INSERT INTO items (workspace_id, id, val) VALUES ");
     for i in 0..100 {
         let _ = write!(
