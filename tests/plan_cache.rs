@@ -175,3 +175,35 @@ async fn scenario() {
     drop(admin);
     proxy.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plan_cache_size_0_in_the_config_file_turns_the_cache_off() {
+    let servers = common::start_servers(1);
+    let toml = common::ShardedVSchema::new(&servers).build();
+    servers[0]
+        .sql("CREATE TABLE app.items (workspace_id BIGINT NOT NULL, id BIGINT NOT NULL, PRIMARY KEY (workspace_id, id))")
+        .expect("create app.items");
+    let metrics_addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port");
+    let proxy = common::spawn_proxy_binary(
+        &toml,
+        &format!("metrics_listen = \"{metrics_addr}\"\nplan_cache_size = 0"),
+    );
+    let opts = common::mysql_opts(&proxy.addr_string(), "app", "app", Some("app"));
+    let mut c = mysql_async::Conn::new(opts).await.expect("connect");
+    for w in 1..=10 {
+        let n: Option<u64> = c
+            .query_first(format!(
+                "SELECT COUNT(*) FROM items WHERE workspace_id = {w}"
+            ))
+            .await
+            .expect("point select");
+        assert_eq!(n, Some(0));
+    }
+    let body = metrics(metrics_addr).await;
+    assert_eq!(value(&body, HITS), 0.0, "{body}");
+    assert_eq!(value(&body, MISSES), 0.0, "{body}");
+    assert_eq!(value(&body, "shardgate_plan_cache_entries"), 0.0);
+    drop(c);
+}
