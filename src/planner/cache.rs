@@ -46,6 +46,9 @@ use super::{Plan, Route, ShardingSchema, StatementKind};
 pub const WAYS: usize = 4;
 /// The default `plan_cache_size`.
 pub const DEFAULT_CAPACITY: usize = 4096;
+/// The largest `plan_cache_size` taken (a larger one is cut to it): its slots are
+/// allocated up front.
+pub const MAX_CAPACITY: usize = 1 << 20;
 
 thread_local! {
     static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
@@ -147,8 +150,9 @@ pub struct PlanCache {
 
 impl PlanCache {
     /// A cache of at most `capacity` entries (rounded down to a multiple of [`WAYS`]
-    /// above it); 0: off, every statement is planned.
+    /// above it, cut to [`MAX_CAPACITY`]); 0: off, every statement is planned.
     pub fn new(capacity: usize) -> PlanCache {
+        let capacity = capacity.min(MAX_CAPACITY);
         let ways = capacity.min(WAYS);
         let sets = if capacity == 0 {
             0
