@@ -1,5 +1,6 @@
 //! Criterion micro-benchmarks of shardgate's per-query work: packet framing, the
-//! response scanner, the planner on a point select, routing among 1,000,000 pins, and
+//! response scanner, the planner on a point select (planned, and from the plan cache),
+//! routing among 1,000,000 pins, and
 //! counting a statement for its workspace (`health::WorkspaceErrors`), recording a
 //! statement's metrics (`metrics::Registry`).
 //!
@@ -102,6 +103,55 @@ fn planning(c: &mut Criterion) {
                 Route::Workspaces(ws) => black_box(ks.shard_index_for_workspace(ws[0])),
                 other => panic!("unexpected route {other:?}"),
             }
+        })
+    });
+    // The same point select through the plan cache, once its shape is cached: each
+    // iteration another workspace (64 texts in turn), as a proxy sees them.
+    let cache = planner::PlanCache::new(planner::cache::DEFAULT_CAPACITY);
+    let key = planner::SchemaKey::Keyspace("bench");
+    let texts: Vec<String> = (0..64)
+        .map(|i| {
+            format!(
+                "SELECT val FROM items WHERE workspace_id = {} AND id = 17",
+                123456 + i
+            )
+        })
+        .collect();
+    for t in &texts {
+        black_box(cache.plan(t, schema, key, 1));
+    }
+    assert_eq!(
+        cache.plan(POINT_SELECT, schema, key, 1),
+        planner::plan(POINT_SELECT, schema)
+    );
+    let hits = cache.stats().hits;
+    assert!(hits > 0, "the shape is cached");
+    let mut next = 0;
+    g.bench_function("plan cache hit: a point select", |b| {
+        b.iter(|| {
+            next = (next + 1) % texts.len();
+            black_box(cache.plan(black_box(&texts[next]), schema, key, 1))
+        })
+    });
+    // A shape the token fast path leaves to sqlparser (a join), planned and cached.
+    let join = |w: u64| {
+        format!(
+            "SELECT i.val FROM items i JOIN items j ON j.workspace_id = i.workspace_id \
+             WHERE i.workspace_id = {w} AND j.id = 17"
+        )
+    };
+    let joins: Vec<String> = (0..64).map(|i| join(123456 + i)).collect();
+    g.bench_function("plan a join", |b| {
+        b.iter(|| black_box(planner::plan(black_box(&joins[0]), schema)))
+    });
+    for t in &joins {
+        black_box(cache.plan(t, schema, key, 1));
+    }
+    assert!(cache.stats().hits > hits, "the join's shape is cached");
+    g.bench_function("plan cache hit: a join", |b| {
+        b.iter(|| {
+            next = (next + 1) % joins.len();
+            black_box(cache.plan(black_box(&joins[next]), schema, key, 1))
         })
     });
     let mut bulk = String::from("INSERT INTO items (workspace_id, id, val) VALUES ");

@@ -108,6 +108,8 @@ pub struct ProxyConfig {
     pub local_infile: bool,
     /// Most client connections served at once.
     pub max_client_connections: usize,
+    /// Most plans the plan cache holds (`planner::cache`); 0: no plan cache.
+    pub plan_cache_size: usize,
     /// The shard map.
     pub vschema: VSchema,
     /// Where `GET /metrics` is served (Prometheus text format), if anywhere.
@@ -187,6 +189,7 @@ struct ConfigFile {
     max_packet_size: Option<usize>,
     local_infile: Option<bool>,
     max_client_connections: Option<usize>,
+    plan_cache_size: Option<usize>,
     admin_cluster_timeout_ms: Option<u64>,
     #[serde(default)]
     users: Vec<UserFile>,
@@ -288,6 +291,7 @@ impl ProxyConfig {
             max_packet_size: DEFAULT_MAX_PACKET,
             local_infile: true,
             max_client_connections: DEFAULT_MAX_CLIENTS,
+            plan_cache_size: crate::planner::cache::DEFAULT_CAPACITY,
             vschema,
             migrations: Some(crate::migrations::executor::ExecutorConfig::default()),
             metrics_listen: None,
@@ -470,6 +474,9 @@ impl ProxyConfig {
             max_packet_size: file.max_packet_size.unwrap_or(DEFAULT_MAX_PACKET),
             local_infile: file.local_infile.unwrap_or(true),
             max_client_connections: file.max_client_connections.unwrap_or(DEFAULT_MAX_CLIENTS),
+            plan_cache_size: file
+                .plan_cache_size
+                .unwrap_or(crate::planner::cache::DEFAULT_CAPACITY),
             vschema: vschema.with_backend_tls(backend_tls),
             rsa_key,
             vschema_file: Some(vpath),

@@ -18,7 +18,8 @@
 //!   reserved), and what happens when a backend is lost.
 //! - [`planner`]: classifies a statement, finds its workspace(s) from its text, says
 //!   what it leaves on its connection ([`planner::Effects`]) and whether only an admin
-//!   user may run it ([`planner::Privilege`]).
+//!   user may run it ([`planner::Privilege`]); [`planner::PlanCache`] keeps plans by
+//!   literal-stripped text so a statement seen before is not planned again.
 //! - [`router`]: turns a plan plus the vschema into backend targets.
 //! - [`engine`]: execution primitives over several shards (split `INSERT`, parallel
 //!   broadcast), behind a [`engine::Cursor`] the session implements.

@@ -150,6 +150,15 @@ pub fn render(shared: &Shared) -> String {
         &[("store", shared.plane.topo().kind())],
         f64::from(u8::from(shared.plane.reachable())),
     );
+    let plans = shared.plan_cache.stats();
+    total("shardgate_plan_cache_hits_total", &[], plans.hits);
+    total("shardgate_plan_cache_misses_total", &[], plans.misses);
+    total(
+        "shardgate_plan_cache_uncacheable_total",
+        &[],
+        plans.uncacheable,
+    );
+    gauge("shardgate_plan_cache_entries", &[], plans.entries as f64);
     let (fast, full) = shared.sha2_cache.counts();
     for (path, n) in [("fast", fast), ("full", full)] {
         total("shardgate_caching_sha2_logins_total", &[("path", path)], n);

@@ -137,6 +137,8 @@ pub struct Shared {
     swapping: Mutex<()>,
     /// This proxy's metrics (`GET /metrics`), on a recorder of its own.
     pub metrics: Arc<crate::metrics::Registry>,
+    /// Plans by literal-stripped text, for every session (`planner::cache`).
+    pub plan_cache: crate::planner::PlanCache,
 }
 
 impl Shared {
@@ -196,6 +198,7 @@ impl Shared {
         let probe = probe_backends(&vs).await;
         let topo = crate::control::make_topo(&config.topo);
         let door = crate::frontdoor::FrontDoor::new(&config.limits, config.max_client_connections);
+        let plan_cache = crate::planner::PlanCache::new(config.plan_cache_size);
         Arc::new(Shared {
             door,
             config,
@@ -222,6 +225,7 @@ impl Shared {
             plane: crate::control::ControlPlane::new(topo),
             swapping: Mutex::new(()),
             metrics: crate::metrics::Registry::new(),
+            plan_cache,
         })
     }
 

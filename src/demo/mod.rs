@@ -146,6 +146,7 @@ async fn serve_demo(
         max_packet_size: 64 << 20,
         local_infile: true,
         max_client_connections: 1000,
+        plan_cache_size: crate::planner::cache::DEFAULT_CAPACITY,
         vschema: vschema.clone(),
         migrations: Some(crate::migrations::executor::ExecutorConfig::default()),
         metrics_listen: None,

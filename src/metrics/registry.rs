@@ -85,6 +85,10 @@ pub(crate) const DESCRIBED: &[(&str, Kind, &str)] = &[
     ("shardgate_migrations_completed_total", Kind::Counter, "Migrations completed by this proxy's executor."),
     ("shardgate_migrations_failed_total", Kind::Counter, "Migrations that failed under this proxy's executor."),
     ("shardgate_vschema_version", Kind::Gauge, "Version of the vschema this proxy serves now."),
+    ("shardgate_plan_cache_hits_total", Kind::Counter, "Statements whose plan came from the plan cache (no planning)."),
+    ("shardgate_plan_cache_misses_total", Kind::Counter, "Statements of a cacheable shape planned in full: not in the plan cache yet."),
+    ("shardgate_plan_cache_uncacheable_total", Kind::Counter, "Statements planned in full because their plan cannot be cached (not a single SELECT/UPDATE/DELETE, an INSERT, a range, an error, strings with escapes, texts over 4 KiB)."),
+    ("shardgate_plan_cache_entries", Kind::Gauge, "Entries in the plan cache now (at most plan_cache_size)."),
     ("shardgate_caching_sha2_logins_total", Kind::Counter, "Passwords caching_sha2_password verified, by path: fast (the cache) or full (the password over TLS or RSA, which fills the cache)."),
 ];
 

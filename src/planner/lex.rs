@@ -94,7 +94,7 @@ pub(crate) fn is_space(c: u8) -> bool {
     c.is_ascii_whitespace() || c == 0x0b
 }
 
-fn is_word_byte(c: u8) -> bool {
+pub(crate) fn is_word_byte(c: u8) -> bool {
     c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80
 }
 
@@ -112,12 +112,19 @@ pub(crate) fn lex(sql: &str) -> Lexed {
 /// `backslash_escapes` false, as an ordinary character, as the server does under
 /// `sql_mode=NO_BACKSLASH_ESCAPES`.
 pub(crate) fn lex_with(sql: &str, backslash_escapes: bool) -> Lexed {
+    let mut out = Lexed::default();
+    lex_into(sql, backslash_escapes, &mut out);
+    out
+}
+
+/// [`lex_with`] into `out`, whose buffers are cleared and reused (the plan cache lexes
+/// every statement into one per thread, so a hit allocates nothing here).
+pub(crate) fn lex_into(sql: &str, backslash_escapes: bool, out: &mut Lexed) {
     let b = sql.as_bytes();
     let len = b.len();
-    let mut out = Lexed {
-        tokens: Vec::with_capacity(len / 4 + 4),
-        comments: Vec::new(),
-    };
+    out.tokens.clear();
+    out.comments.clear();
+    out.tokens.reserve(len / 4 + 4);
     let mut i = 0;
     // Inside `/*! ... */`: MySQL runs the content as SQL, so we lex it as SQL too.
     let mut in_executable_comment = false;
@@ -250,7 +257,6 @@ pub(crate) fn lex_with(sql: &str, backslash_escapes: bool) -> Lexed {
             }
         }
     }
-    out
 }
 
 #[cfg(test)]

@@ -3,6 +3,9 @@
 //!
 //! It never rewrites what it forwards: the router sends the client's bytes unchanged,
 //! except when a multi-row INSERT spans shards and is split (using the byte spans here).
+//!
+//! Sessions plan through [`PlanCache`] (`cache`), which answers exactly what [`plan`]
+//! would, from a template when the statement's shape was planned before.
 
 use std::ops::Range;
 
@@ -10,6 +13,10 @@ use sqlparser::ast::Statement;
 use sqlparser::dialect::MySqlDialect;
 use sqlparser::parser::Parser;
 
+pub mod cache;
+mod cache_key;
+#[cfg(test)]
+mod cache_tests;
 mod classify;
 mod confine;
 mod effects;
@@ -28,6 +35,7 @@ mod tag;
 mod tests;
 mod text;
 
+pub use cache::{PlanCache, PlanCacheStats, SchemaKey};
 use classify::Head;
 pub use confine::{confine, qualified_schemas, Denial};
 pub use effects::{Effects, Reserve};

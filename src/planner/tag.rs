@@ -7,6 +7,12 @@
 /// The workspace a comment names, if it is a tag carrying a valid `workspace_id`.
 /// `comment` is the whole comment including `/*` and `*/`.
 pub(crate) fn workspace_in_comment(comment: &str) -> Option<u64> {
+    workspace_digits_in_comment(comment).map(|(_, id)| id)
+}
+
+/// [`workspace_in_comment`] with the byte range of the id's digits in `comment` (the
+/// plan cache keys a tagged statement on the comment without those digits).
+pub(crate) fn workspace_digits_in_comment(comment: &str) -> Option<(std::ops::Range<usize>, u64)> {
     let body = comment.strip_prefix("/*")?;
     let body = body.strip_suffix("*/").unwrap_or(body);
     body.split(',').find_map(|pair| {
@@ -19,7 +25,10 @@ pub(crate) fn workspace_in_comment(comment: &str) -> Option<u64> {
             .strip_prefix('\'')
             .and_then(|v| v.strip_suffix('\''))
             .unwrap_or(value);
-        parse_workspace_digits(value)
+        let id = parse_workspace_digits(value)?;
+        // `value` is a slice of `comment`: its offset is the distance between the two.
+        let start = (value.as_ptr() as usize).checked_sub(comment.as_ptr() as usize)?;
+        Some((start..start + value.len(), id))
     })
 }
 

@@ -23,7 +23,8 @@ use crate::error::{Fault, ProxyError};
 use crate::planner::{self, Effects, ShardingSchema};
 use crate::protocol::binary;
 use crate::protocol::status;
-use crate::router::{self, DbContext, Dispatch, Target};
+use crate::router::{self, DbContext, Dispatch, Target, Unsharded};
+use crate::shared::Runtime;
 use crate::vschema::VSchema;
 
 /// Prepared statements one session may hold at once (MariaDB's
@@ -139,13 +140,15 @@ impl Session {
 
     /// The plan of `text` in the session's keyspace, or with the keyspace its only
     /// statement qualifies its tables with (as a text query is planned).
-    pub(super) fn plan_text(&self, vs: &VSchema, text: &str) -> planner::Plan {
-        let plan = planner::plan(text, super::statement::schema_for(vs, &self.ctx));
+    pub(super) fn plan_text(&self, rt: &Runtime, text: &str) -> planner::Plan {
+        let cache = &self.shared.plan_cache;
+        let plan = cached_plan(cache, rt, &self.ctx, text);
         if let [only] = plan.statements.as_slice() {
             if let Some(q) = &only.qualified_schema {
-                if let Some(ks) = vs.keyspace(q) {
+                if let Some(ks) = rt.vschema.keyspace(q) {
                     if DbContext::Keyspace(q.clone()) != self.ctx {
-                        return planner::plan(text, ks as &dyn ShardingSchema);
+                        let key = planner::SchemaKey::Keyspace(q);
+                        return cache.plan(text, ks as &dyn ShardingSchema, key, rt.generation);
                     }
                 }
             }
@@ -208,7 +211,7 @@ impl Session {
         let rt = self.shared.runtime();
         let vs = &rt.vschema;
         // Checked again at each execute with the values; here what the text alone shows.
-        let plan = self.plan_text(vs, &binary::substitute(&text, &markers, &[]));
+        let plan = self.plan_text(&rt, &binary::substitute(&text, &markers, &[]));
         if let (planner::Privilege::Admin(what), false) = (plan.privilege, self.admin) {
             let e = ProxyError::admin_statement(&self.user, what);
             return self.send_error(&e).await;
@@ -420,4 +423,26 @@ impl Session {
         };
         self.put_back(target, lease, &fx);
     }
+}
+
+/// `planner::plan(text, schema)` through the plan cache, where `schema` is the session's
+/// keyspace (unsharded without one), keyed on it and the snapshot's generation.
+fn cached_plan(
+    cache: &planner::PlanCache,
+    rt: &Runtime,
+    ctx: &DbContext,
+    text: &str,
+) -> planner::Plan {
+    let unsharded = (
+        &Unsharded as &dyn ShardingSchema,
+        planner::SchemaKey::Unsharded,
+    );
+    let (schema, key) = match ctx {
+        DbContext::Keyspace(k) => match rt.vschema.keyspace(k) {
+            Some(ks) => (ks as &dyn ShardingSchema, planner::SchemaKey::Keyspace(k)),
+            None => unsharded,
+        },
+        _ => unsharded,
+    };
+    cache.plan(text, schema, key, rt.generation)
 }

@@ -275,7 +275,7 @@ impl Session {
         text: &str,
     ) -> Result<(Target, StatementPlan), ProxyError> {
         let vs = &rt.vschema;
-        let mut plan = self.plan_text(vs, text);
+        let mut plan = self.plan_text(rt, text);
         if let (Privilege::Admin(what), false) = (plan.privilege, self.admin) {
             return Err(ProxyError::admin_statement(&self.user, what));
         }

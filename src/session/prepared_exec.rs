@@ -190,7 +190,7 @@ impl Session {
     async fn execute_text(&mut self, id: u32, text: String, mut bound: BoundExecute) -> Answered {
         let rt = self.shared.runtime();
         let vs = &rt.vschema;
-        let mut plan = self.plan_text(vs, &text);
+        let mut plan = self.plan_text(&rt, &text);
         if let (crate::planner::Privilege::Admin(what), false) = (plan.privilege, self.admin) {
             let e = ProxyError::admin_statement(&self.user, what);
             return self.send_error(&e).await;

@@ -8,11 +8,11 @@ use super::leases::SessionCursor;
 use super::{any_statement, Answered, Session};
 use crate::engine::{fanout, split_insert};
 use crate::error::ProxyError;
-use crate::planner::{self, Effects, ShardingSchema, StatementKind, StatementPlan};
+use crate::planner::{self, Effects, StatementKind, StatementPlan};
 use crate::protocol::command;
 use crate::protocol::relay::ResponseKind;
 use crate::protocol::wire::OkInfo;
-use crate::router::{self, DbContext, Dispatch, Target, Unsharded};
+use crate::router::{self, DbContext, Dispatch, Target};
 use crate::shared::Runtime;
 use crate::vschema::VSchema;
 
@@ -69,22 +69,13 @@ impl Session {
             }
             None => (payload, text),
         };
-        let mut plan = planner::plan(&text, schema_for(vs, &self.ctx));
+        // Planned in the session's keyspace, or in the keyspace its only statement
+        // qualifies its tables with.
+        let mut plan = self.plan_text(&rt, &text);
         if let (planner::Privilege::Admin(what), false) = (plan.privilege, self.admin) {
             // Nothing of a query with such a statement reaches a backend.
             let e = ProxyError::admin_statement(&self.user, what);
             return self.send_error(&e).await;
-        }
-        // A statement that qualifies its tables with another keyspace is planned with
-        // that keyspace's sharding.
-        if let [only] = plan.statements.as_slice() {
-            if let Some(q) = &only.qualified_schema {
-                if let Some(ks) = vs.keyspace(q) {
-                    if DbContext::Keyspace(q.clone()) != self.ctx {
-                        plan = planner::plan(&text, ks as &dyn ShardingSchema);
-                    }
-                }
-            }
         }
         if !self.scope.is_unrestricted() {
             if let Some(e) = self.out_of_scope(vs, &plan, &text) {
@@ -747,17 +738,6 @@ fn one_workspace<'a>(
     };
     let ks = router::statement_keyspace(vs, ctx, stmt)?;
     (ks.sharded && ks.tenancy == crate::vschema::Tenancy::SharedTables).then_some((&ks.name, *id))
-}
-
-/// The planner's view of the session's keyspace.
-pub(super) fn schema_for<'a>(vs: &'a VSchema, ctx: &DbContext) -> &'a dyn ShardingSchema {
-    match ctx {
-        DbContext::Keyspace(k) => match vs.keyspace(k) {
-            Some(ks) => ks,
-            None => &Unsharded,
-        },
-        _ => &Unsharded,
-    }
 }
 
 /// Whether a `SET ... TRANSACTION` applies to the session rather than the next

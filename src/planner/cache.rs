@@ -1,0 +1,354 @@
+//! The plan cache: a statement seen before with other literal values is not planned
+//! again; its plan is the cached one with the workspace ids of its route taken from
+//! its own literals.
+//!
+//! **Key** ([`cache_key`](super::cache_key)): the text with the values of its literals
+//! taken out (their class and which of them are equal stay), the keyspace it is planned
+//! for, and the runtime generation (`shared::Runtime::generation`, bumped by every
+//! vschema swap), so a plan made under an old shard map is never found again; it ages
+//! out. The key is hashed (xxh64) and always compared in full: a hash collision is a
+//! miss, never another statement's plan.
+//!
+//! **Value**: a *template*, the plan with its route's ids replaced by which id literal
+//! each one comes from. Only single SELECT / UPDATE / DELETE statements whose route is
+//! one of `Workspaces`, `AnyShard`, `AllShards` or `MissingWorkspace` get one (an
+//! INSERT's plan holds its rows' byte ranges, an error names the literal, a range's
+//! bounds are arithmetic on literals: those are planned every time). A template is made
+//! only when it is proven on a second text: the statement is planned again with every
+//! id literal changed (equal ones alike), and that plan must be the template filled
+//! with the new ids. Otherwise the key is kept as *not cacheable*, so it is not tried
+//! again.
+//!
+//! **Admission**: a key is looked at on its second miss only (a small table of hashes
+//! seen once), so statements that never repeat cost one hash and no extra planning.
+//!
+//! **Bound and eviction**: `capacity` entries (the config's `plan_cache_size`, 0 turns
+//! the cache off) in sets of [`WAYS`] chosen by hash. A new entry takes an empty way,
+//! else one of an older generation, else the first way the clock hand finds not used
+//! since it last passed (second chance).
+//!
+//! **Concurrency**: a hit takes no lock and writes no shared memory but a counter: each
+//! way is an `ArcSwapOption` read without touching a reference count, and its hash sits
+//! beside it in an atomic so a lookup loads only the way that can match. Inserts swap
+//! a way atomically.
+
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwapOption;
+
+pub use super::cache_key::SchemaKey;
+use super::cache_key::{self, Scratch};
+use super::{Plan, Route, ShardingSchema, StatementKind};
+
+/// Entries per set.
+pub const WAYS: usize = 4;
+/// The default `plan_cache_size`.
+pub const DEFAULT_CAPACITY: usize = 4096;
+/// The largest `plan_cache_size` taken (a larger one is cut to it): its slots are
+/// allocated up front.
+pub const MAX_CAPACITY: usize = 1 << 20;
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+}
+
+/// A plan with the ids of its route left to fill.
+#[derive(Debug)]
+struct Template {
+    plan: Plan,
+    /// For each id of the route (`Route::Workspaces`), the index of the id literal
+    /// that gives it.
+    ids: Box<[u16]>,
+}
+
+impl Template {
+    fn fill(&self, values: &[u64], len: usize) -> Option<Plan> {
+        let mut plan = self.plan.clone();
+        let only = plan.statements.first_mut()?;
+        only.span = 0..len;
+        if let Route::Workspaces(ws) = &mut only.route {
+            for (w, i) in ws.iter_mut().zip(self.ids.iter()) {
+                *w = *values.get(usize::from(*i))?;
+            }
+        }
+        Some(plan)
+    }
+}
+
+struct Entry {
+    hash: u64,
+    generation: u64,
+    key: Box<[u8]>,
+    /// None: the statement's plan cannot be cached.
+    template: Option<Template>,
+    /// Used since the clock hand last passed.
+    referenced: AtomicBool,
+}
+
+struct Set {
+    hashes: [AtomicU64; WAYS],
+    ways: [ArcSwapOption<Entry>; WAYS],
+    hand: AtomicUsize,
+}
+
+impl Set {
+    fn new() -> Set {
+        Set {
+            hashes: std::array::from_fn(|_| AtomicU64::new(0)),
+            ways: std::array::from_fn(|_| ArcSwapOption::empty()),
+            hand: AtomicUsize::new(0),
+        }
+    }
+}
+
+/// A counter on a cache line of its own (both cores add to them).
+#[repr(align(64))]
+#[derive(Default)]
+struct Counter(AtomicU64);
+
+impl Counter {
+    fn add(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+    fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// The counters `/metrics` exports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlanCacheStats {
+    /// Plans served from a template.
+    pub hits: u64,
+    /// Statements of a cacheable kind planned in full: no entry yet (first sightings
+    /// and the ones that made an entry).
+    pub misses: u64,
+    /// Statements planned in full because their plan cannot be cached (not a single
+    /// SELECT / UPDATE / DELETE, strings with escapes, a text over 4 KiB, or a key
+    /// already known not to be cacheable).
+    pub uncacheable: u64,
+    /// Entries held now (templates and not-cacheable marks).
+    pub entries: usize,
+    /// The most entries it holds.
+    pub capacity: usize,
+}
+
+/// Plans by literal-stripped text; see the module docs.
+pub struct PlanCache {
+    sets: Box<[Set]>,
+    /// Ways used per set (fewer than [`WAYS`] only for a capacity below it).
+    ways: usize,
+    /// Hashes of keys missed once (admission on the second miss).
+    seen: Box<[AtomicU64]>,
+    entries: AtomicUsize,
+    hits: Counter,
+    misses: Counter,
+    uncacheable: Counter,
+}
+
+impl PlanCache {
+    /// A cache of at most `capacity` entries (rounded down to a multiple of [`WAYS`]
+    /// above it, cut to [`MAX_CAPACITY`]); 0: off, every statement is planned.
+    pub fn new(capacity: usize) -> PlanCache {
+        let capacity = capacity.min(MAX_CAPACITY);
+        let ways = capacity.min(WAYS);
+        let sets = if capacity == 0 {
+            0
+        } else {
+            (capacity / WAYS).max(1)
+        };
+        PlanCache {
+            sets: (0..sets).map(|_| Set::new()).collect(),
+            ways,
+            seen: (0..sets * ways * 2).map(|_| AtomicU64::new(0)).collect(),
+            entries: AtomicUsize::new(0),
+            hits: Counter::default(),
+            misses: Counter::default(),
+            uncacheable: Counter::default(),
+        }
+    }
+
+    /// Its counters now.
+    pub fn stats(&self) -> PlanCacheStats {
+        PlanCacheStats {
+            hits: self.hits.get(),
+            misses: self.misses.get(),
+            uncacheable: self.uncacheable.get(),
+            entries: self.entries.load(Ordering::Relaxed),
+            capacity: self.sets.len() * self.ways,
+        }
+    }
+
+    /// The plan of `sql` in `schema` (named `key`) under runtime `generation`: always
+    /// equal to [`planner::plan(sql, schema)`](super::plan).
+    pub fn plan(
+        &self,
+        sql: &str,
+        schema: &dyn ShardingSchema,
+        key: SchemaKey<'_>,
+        generation: u64,
+    ) -> Plan {
+        if self.sets.is_empty() {
+            return super::plan(sql, schema);
+        }
+        SCRATCH.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut s) => {
+                let plan = self.plan_with(&mut s, sql, schema, key, generation);
+                s.trim();
+                plan
+            }
+            Err(_) => super::plan(sql, schema),
+        })
+    }
+
+    fn plan_with(
+        &self,
+        s: &mut Scratch,
+        sql: &str,
+        schema: &dyn ShardingSchema,
+        key: SchemaKey<'_>,
+        generation: u64,
+    ) -> Plan {
+        let Some(hash) = cache_key::shape(sql, key, generation, s) else {
+            self.uncacheable.add();
+            return super::plan(sql, schema);
+        };
+        let set = &self.sets[(hash % self.sets.len() as u64) as usize];
+        for (w, h) in set.hashes.iter().enumerate().take(self.ways) {
+            if h.load(Ordering::Relaxed) != hash {
+                continue;
+            }
+            let guard = set.ways[w].load();
+            let Some(e) = guard.as_ref() else { continue };
+            if e.hash != hash || *e.key != *s.key {
+                continue;
+            }
+            if !e.referenced.load(Ordering::Relaxed) {
+                e.referenced.store(true, Ordering::Relaxed);
+            }
+            if let Some(plan) = e
+                .template
+                .as_ref()
+                .and_then(|t| t.fill(&s.values, sql.len()))
+            {
+                self.hits.add();
+                return plan;
+            }
+            self.uncacheable.add();
+            return super::plan(sql, schema);
+        }
+        self.misses.add();
+        let plan = super::plan(sql, schema);
+        let seen = &self.seen[(hash % self.seen.len() as u64) as usize];
+        if seen.swap(hash, Ordering::Relaxed) != hash {
+            return plan;
+        }
+        let template = derive(sql, schema, &plan, s);
+        self.insert(
+            set,
+            Entry {
+                hash,
+                generation,
+                key: s.key.as_slice().into(),
+                template,
+                referenced: AtomicBool::new(false),
+            },
+        );
+        plan
+    }
+
+    fn insert(&self, set: &Set, entry: Entry) {
+        let ways = self.ways;
+        let generation = entry.generation;
+        let hash = entry.hash;
+        let victim = (0..ways)
+            .find(|&w| set.ways[w].load().is_none())
+            .or_else(|| {
+                (0..ways).find(|&w| {
+                    set.ways[w]
+                        .load()
+                        .as_ref()
+                        .is_some_and(|e| e.generation != generation)
+                })
+            })
+            .unwrap_or_else(|| {
+                // Second chance: skip (and clear) ways used since the hand last passed.
+                let mut w = set.hand.fetch_add(1, Ordering::Relaxed) % ways;
+                for _ in 0..2 * ways {
+                    let used = set.ways[w]
+                        .load()
+                        .as_ref()
+                        .is_some_and(|e| e.referenced.swap(false, Ordering::Relaxed));
+                    if !used {
+                        break;
+                    }
+                    w = set.hand.fetch_add(1, Ordering::Relaxed) % ways;
+                }
+                w
+            });
+        let old = set.ways[victim].swap(Some(Arc::new(entry)));
+        set.hashes[victim].store(hash, Ordering::Relaxed);
+        if old.is_none() {
+            self.entries.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The template of `plan` (the plan of `sql`, whose key is in `s`), if it is one the
+/// cache can rebuild and a variant text proves it.
+fn derive(sql: &str, schema: &dyn ShardingSchema, plan: &Plan, s: &Scratch) -> Option<Template> {
+    let [only] = plan.statements.as_slice() else {
+        return None;
+    };
+    if !matches!(
+        only.kind,
+        StatementKind::Select | StatementKind::Update | StatementKind::Delete
+    ) {
+        return None;
+    }
+    let ids: Box<[u16]> = match &only.route {
+        Route::Workspaces(ws) => ws
+            .iter()
+            .map(|w| {
+                // Equal values share their first literal's index, so at most one fits.
+                (0..s.values.len())
+                    .find(|&i| s.values[i] == *w && usize::from(s.classes[i]) == i)
+                    .and_then(|i| u16::try_from(i).ok())
+            })
+            .collect::<Option<_>>()?,
+        Route::AnyShard | Route::AllShards | Route::MissingWorkspace { .. } => Box::new([]),
+        _ => return None,
+    };
+    let template = Template {
+        plan: plan.clone(),
+        ids,
+    };
+    if template.fill(&s.values, sql.len()).as_ref() != Some(plan) {
+        return None;
+    }
+    // The proof: another text of the same key plans as the template says.
+    let other = cache_key::variant(sql, s);
+    let mut vs = Scratch::default();
+    let generation = u64::from_le_bytes(s.key.get(..8)?.try_into().ok()?);
+    let schema_key = schema_key_of(&s.key)?;
+    cache_key::shape(&other, schema_key, generation, &mut vs)?;
+    if vs.key != s.key {
+        return None;
+    }
+    let expected = template.fill(&vs.values, other.len())?;
+    (super::plan(&other, schema) == expected).then_some(template)
+}
+
+/// The keyspace part of a key, back (for [`derive`]'s variant).
+fn schema_key_of(key: &[u8]) -> Option<SchemaKey<'_>> {
+    match key.get(8)? {
+        0 => Some(SchemaKey::Unsharded),
+        _ => {
+            let len = u32::from_le_bytes(key.get(9..13)?.try_into().ok()?) as usize;
+            let name = std::str::from_utf8(key.get(13..13 + len)?).ok()?;
+            Some(SchemaKey::Keyspace(name))
+        }
+    }
+}
