@@ -49,7 +49,8 @@ pub struct ClusterPool {
 /// are one uncontended lock each, which is the whole cost of pooling per statement.
 struct Inner {
     /// Idle connections, least recently used first.
-    idle: VecDeque<BackendConn>,
+    /// Boxed: a connection (with its buffers and TLS state) moves as a pointer.
+    idle: VecDeque<Box<BackendConn>>,
     /// Connections open (idle or leased).
     open: usize,
     /// Leases outstanding; never more than `max_connections`.
@@ -66,7 +67,7 @@ struct Inner {
 /// A checked-out connection. Dropping it returns the connection to the pool (or closes
 /// it when it is broken or mid-transaction).
 pub struct Lease {
-    conn: Option<BackendConn>,
+    conn: Option<Box<BackendConn>>,
     pool: Arc<ClusterPool>,
 }
 
@@ -168,9 +169,9 @@ impl ClusterPool {
 
     /// Closes every idle connection.
     pub fn close_idle(&self) {
-        let closed: Vec<BackendConn> = {
+        let closed: Vec<Box<BackendConn>> = {
             let mut g = self.lock();
-            let all: Vec<BackendConn> = g.idle.drain(..).collect();
+            let all: Vec<Box<BackendConn>> = g.idle.drain(..).collect();
             g.open = g.open.saturating_sub(all.len());
             all
         };
@@ -181,7 +182,7 @@ impl ClusterPool {
     /// the server has closed meanwhile; returns how many.
     pub fn close_expired(&self) -> usize {
         let limit = self.config.idle_timeout;
-        let closed: Vec<BackendConn> = {
+        let closed: Vec<Box<BackendConn>> = {
             let mut g = self.lock();
             let mut closed = Vec::new();
             let mut kept = VecDeque::with_capacity(g.idle.len());
@@ -387,8 +388,8 @@ impl ClusterPool {
                     };
                     let alive = match look {
                         Some(false) => false,
-                        None => conn.ping().await,
-                        Some(true) => idle_for <= PING_AFTER_IDLE || conn.ping().await,
+                        None => Box::pin(conn.ping()).await,
+                        Some(true) => idle_for <= PING_AFTER_IDLE || Box::pin(conn.ping()).await,
                     };
                     if !alive {
                         self.forget(conn);
@@ -396,7 +397,9 @@ impl ClusterPool {
                     }
                     return Ok(lease(conn));
                 }
-                None => match self.open(key, database).await {
+                // Connecting (TLS included) is rare and its future large: boxed, so it
+                // does not grow every statement's future.
+                None => match Box::pin(self.open(key, database)).await {
                     Ok(conn) => return Ok(lease(conn)),
                     Err(e) => {
                         self.end_lease(None);
@@ -411,8 +414,8 @@ impl ClusterPool {
     /// takes what `pick` finds idle under the same lock.
     async fn take_slot(
         &self,
-        pick: impl Fn(&mut Inner) -> Option<BackendConn>,
-    ) -> Result<Option<BackendConn>, ProxyError> {
+        pick: impl Fn(&mut Inner) -> Option<Box<BackendConn>>,
+    ) -> Result<Option<Box<BackendConn>>, ProxyError> {
         let max = self.config.max_connections;
         {
             let mut g = self.lock();
@@ -451,7 +454,11 @@ impl ClusterPool {
         }
     }
 
-    async fn open(&self, key: ConnKey, database: Option<&str>) -> Result<BackendConn, ProxyError> {
+    async fn open(
+        &self,
+        key: ConnKey,
+        database: Option<&str>,
+    ) -> Result<Box<BackendConn>, ProxyError> {
         if let Some((at, why, permanent)) = &self.lock().last_failure {
             if at.elapsed() < CONNECT_FAILURE_HOLD {
                 return Err(unavailable(&self.name, why, *permanent));
@@ -466,7 +473,7 @@ impl ClusterPool {
                 g.open += 1;
                 g.leased_threads.push(conn.thread_id);
                 g.last_failure = None;
-                Ok(conn)
+                Ok(Box::new(conn))
             }
             Err(why) => {
                 // A bad database is the client's error, not the cluster's.
@@ -481,7 +488,7 @@ impl ClusterPool {
     }
 
     /// Closes a leased connection that turned out unusable (its lease goes on).
-    fn forget(&self, conn: BackendConn) {
+    fn forget(&self, conn: Box<BackendConn>) {
         let id = conn.thread_id;
         drop(conn);
         let mut g = self.lock();
@@ -493,7 +500,7 @@ impl ClusterPool {
 
     /// Ends a lease: its connection (if any) goes back to the idle list, or is closed
     /// when it still holds a session's state; a waiting checkout is woken.
-    fn end_lease(&self, conn: Option<BackendConn>) {
+    fn end_lease(&self, conn: Option<Box<BackendConn>>) {
         let mut closed = None;
         let wake = {
             let mut g = self.lock();
@@ -585,7 +592,7 @@ fn pick_idle(
     state_hash: u64,
     prefer: Option<u32>,
     worker: u16,
-) -> Option<BackendConn> {
+) -> Option<Box<BackendConn>> {
     let pos = prefer
         .and_then(|id| {
             g.idle.iter().rposition(|c| {
@@ -595,7 +602,7 @@ fn pick_idle(
         .or_else(|| {
             // One of this worker's own first: its socket is driven by this thread (see
             // `crate::workers`).
-            let same = |c: &BackendConn| {
+            let same = |c: &Box<BackendConn>| {
                 c.key == key && c.database.as_deref() == database && c.state_hash == state_hash
             };
             g.idle

@@ -94,10 +94,10 @@ impl Session {
         let stateful = self.state_on(&target.cluster);
         match self.ready(rt, target, start).await {
             Ok(lease) => Ok(lease),
-            Err(Failure::Backend(err)) => Err(self.send_collected(&err).await),
+            Err(Failure::Backend(err)) => Err(Box::pin(self.send_collected(&err)).await),
             Err(Failure::Proxy(e)) => {
                 self.record(rt, target, started, Some(&e));
-                Err(self.fail(e, stateful).await)
+                Err(Box::pin(self.fail(e, stateful)).await)
             }
         }
     }
@@ -133,7 +133,7 @@ impl Session {
             }
         };
         let started = if start {
-            self.start_pending(&mut lease, target).await
+            Box::pin(self.start_pending(&mut lease, target)).await
         } else {
             Ok(None)
         };
@@ -177,12 +177,12 @@ impl Session {
         let conn = lease.conn();
         if conn.state_hash != self.vars.hash {
             if conn.state_hash != 0 {
-                conn.reset()
+                Box::pin(conn.reset())
                     .await
                     .map_err(|e| ProxyError::lost_backend(&target.cluster, e))?;
             }
             for stmt in &self.vars.statements {
-                let c = exec_text(lease, target, stmt).await?;
+                let c = Box::pin(exec_text(lease, target, stmt)).await?;
                 if c.outcome.error {
                     lease.conn().broken = true;
                     return Ok(Some(c));
@@ -193,8 +193,7 @@ impl Session {
         let conn = lease.conn();
         if conn.database != target.database {
             if let Some(db) = &target.database {
-                let r = conn
-                    .init_db(db)
+                let r = Box::pin(conn.init_db(db))
                     .await
                     .map_err(|e| ProxyError::lost_backend(&target.cluster, e))?;
                 if let Err(err) = r {
@@ -216,8 +215,7 @@ impl Session {
         let id = self.id;
         let conn = lease.conn();
         if fx.reads_diagnostics && conn.last_session != id && conn.last_session != 0 {
-            let c = conn
-                .exec(CLEAR_DIAGNOSTICS, ResponseKind::Query)
+            let c = Box::pin(conn.exec(CLEAR_DIAGNOSTICS, ResponseKind::Query))
                 .await
                 .map_err(|e| ProxyError::lost_backend(&target.cluster, e))?;
             if c.outcome.error {
@@ -227,8 +225,7 @@ impl Session {
         conn.last_session = id;
         if fx.reads_insert_id && conn.insert_id != self.last_insert_id {
             let set = format!("\x03DO LAST_INSERT_ID({})", self.last_insert_id);
-            let c = conn
-                .exec(set.as_bytes(), ResponseKind::Query)
+            let c = Box::pin(conn.exec(set.as_bytes(), ResponseKind::Query))
                 .await
                 .map_err(|e| ProxyError::lost_backend(&target.cluster, e))?;
             if c.outcome.error {
@@ -331,10 +328,11 @@ impl Session {
                 tracing::info!(session = self.id, cluster = %target.cluster,
                     "pooled connection closed by the server before it ran the statement; sent again");
                 match again {
-                    Some(p) => self
-                        .run_once(rt, target, Outgoing::Raw(p), kind, stmt, false)
-                        .await
-                        .unwrap_or(Answered::Close),
+                    Some(p) => {
+                        Box::pin(self.run_once(rt, target, Outgoing::Raw(p), kind, stmt, false))
+                            .await
+                            .unwrap_or(Answered::Close)
+                    }
                     None => Answered::Close,
                 }
             }
@@ -369,25 +367,26 @@ impl Session {
             Ok(None) => {}
             Ok(Some(err)) => {
                 self.put_back(target, lease, &Effects::default());
-                return Ok(self.send_collected(&err).await);
+                return Ok(Box::pin(self.send_collected(&err)).await);
             }
-            Err(e) => return Ok(self.fail(e, stateful).await),
+            Err(e) => return Ok(Box::pin(self.fail(e, stateful)).await),
         }
         let bound = match outgoing {
             Outgoing::Raw(p) => Ok(Ok(p)),
-            Outgoing::Execute(x) => super::prepared_exec::bind(lease.conn(), x).await,
-            Outgoing::Bulk(b) => super::prepared_bulk::bind(lease.conn(), b).await,
+            // Boxed: their futures would grow every text statement's.
+            Outgoing::Execute(x) => Box::pin(super::prepared_exec::bind(lease.conn(), x)).await,
+            Outgoing::Bulk(b) => Box::pin(super::prepared_bulk::bind(lease.conn(), b)).await,
         };
         let payload = match bound {
             Ok(Ok(p)) => p,
             Ok(Err(err)) => {
                 self.put_back(target, lease, &Effects::default());
-                return Ok(self.send_collected(&err).await);
+                return Ok(Box::pin(self.send_collected(&err)).await);
             }
             Err(e) => {
                 drop(lease);
                 let e = ProxyError::lost_backend(&target.cluster, e);
-                return Ok(self.fail(e, stateful).await);
+                return Ok(Box::pin(self.fail(e, stateful)).await);
             }
         };
         let thread_id = lease.conn_ref().thread_id;
@@ -416,7 +415,7 @@ impl Session {
                     max_packet,
                     &target.cluster,
                 );
-                match tokio::time::timeout(limit, relay).await {
+                match Box::pin(tokio::time::timeout(limit, relay)).await {
                     Ok(r) => r,
                     Err(_) => {
                         self.handle.statement_ended().await;
@@ -436,7 +435,7 @@ impl Session {
                                 "query timeout mid-response; closing the client connection");
                             return Ok(Answered::Close);
                         }
-                        return Ok(self.fail(e, stateful).await);
+                        return Ok(Box::pin(self.fail(e, stateful)).await);
                     }
                 }
             }
@@ -486,7 +485,7 @@ impl Session {
                 }
                 let e = ProxyError::lost_backend(&target.cluster, m);
                 self.record(rt, &target, started, Some(&e));
-                self.fail(e, stateful).await
+                Box::pin(self.fail(e, stateful)).await
             }
         };
         Ok(answered)

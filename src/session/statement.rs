@@ -115,7 +115,7 @@ impl Session {
             StatementKind::Begin => {
                 if self.tx_target().is_some() {
                     // BEGIN inside a transaction commits it first, as MySQL does.
-                    self.single(rt, &stmt, payload).await
+                    Box::pin(self.single(rt, &stmt, payload)).await
                 } else {
                     self.pending_begin = Some(payload.slice(1..));
                     self.send_ok(OkInfo::default()).await
@@ -123,7 +123,7 @@ impl Session {
             }
             StatementKind::Commit | StatementKind::Rollback => {
                 if self.tx_target().is_some() {
-                    self.single(rt, &stmt, payload).await
+                    Box::pin(self.single(rt, &stmt, payload)).await
                 } else {
                     self.pending_begin = None;
                     self.send_ok(OkInfo::default()).await
@@ -134,7 +134,7 @@ impl Session {
                 let forwarded = self.tx_target().is_some();
                 let answer = if forwarded {
                     // `SET autocommit=1` commits the open transaction: its backend does it.
-                    self.single(rt, &stmt, payload).await
+                    Box::pin(self.single(rt, &stmt, payload)).await
                 } else {
                     Answered::Done
                 };
@@ -148,7 +148,7 @@ impl Session {
                 } else {
                     b"SET autocommit=0"
                 };
-                self.apply_to_held(text).await;
+                Box::pin(self.apply_to_held(text)).await;
                 if forwarded {
                     answer
                 } else {
@@ -166,11 +166,13 @@ impl Session {
                 let keyspace = router::ddl_policy_keyspace(&rt.vschema, &self.ctx, &stmt);
                 let action = crate::ddl::action(kind, keyspace);
                 // As on MariaDB, a schema change commits the open transaction first.
-                if let Err(answered) = self.commit_before_ddl(rt, &stmt, action).await {
+                if let Err(answered) = Box::pin(self.commit_before_ddl(rt, &stmt, action)).await {
                     return answered;
                 }
                 match action {
-                    crate::ddl::DdlAction::RunNow => self.single(rt, &stmt, payload).await,
+                    crate::ddl::DdlAction::RunNow => {
+                        Box::pin(self.single(rt, &stmt, payload)).await
+                    }
                     crate::ddl::DdlAction::Queue => {
                         Box::pin(self.queue_ddl(&rt.vschema, &stmt, text)).await
                     }
