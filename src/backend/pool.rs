@@ -602,13 +602,13 @@ fn pick_idle(
         .or_else(|| {
             // One of this worker's own first: its socket is driven by this thread (see
             // `crate::workers`).
-            let same = |c: &Box<BackendConn>| {
+            let same = |c: &BackendConn| {
                 c.key == key && c.database.as_deref() == database && c.state_hash == state_hash
             };
             g.idle
                 .iter()
                 .position(|c| c.worker == worker && same(c))
-                .or_else(|| g.idle.iter().position(same))
+                .or_else(|| g.idle.iter().position(|c| same(c)))
         })
         .or_else(|| {
             // A connection that has a database selected cannot go back to none: a
