@@ -128,8 +128,10 @@ async fn run(
     // changed), both go on to full authentication, as in MySQL.
     if let Some(cached) = shared.sha2_cache.get(user) {
         if entry.is_some() && verify_sha2(token, nonce, &cached) {
-            send(client, seq, &[MORE_DATA, FAST_AUTH_SUCCESS]).await?;
+            // Counted before the answer goes out: a client that reads it may look at
+            // the metrics next (the password is verified either way).
             shared.sha2_cache.count(true);
+            send(client, seq, &[MORE_DATA, FAST_AUTH_SUCCESS]).await?;
             tracing::debug!(user = %LogSafe(user), "caching_sha2_password: fast authentication");
             return Ok(Verdict::Ok);
         }
