@@ -11,6 +11,10 @@ use std::process::ExitCode;
 
 use tokio::net::{TcpListener, TcpStream};
 
+#[path = "relay_args.rs"]
+mod relay_args;
+use relay_args::parse_args;
+
 const USAGE: &str = "usage: shardgate-relay --listen ADDR --backend ADDR";
 
 fn main() -> ExitCode {
@@ -41,25 +45,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn parse_args(args: &[String]) -> Result<(SocketAddr, SocketAddr), String> {
-    let mut listen = None;
-    let mut backend = None;
-    let mut it = args.iter();
-    while let Some(flag) = it.next() {
-        let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
-        let addr: SocketAddr = value.parse().map_err(|e| format!("{flag} {value}: {e}"))?;
-        match flag.as_str() {
-            "--listen" => listen = Some(addr),
-            "--backend" => backend = Some(addr),
-            _ => return Err(format!("unknown argument {flag:?}")),
-        }
-    }
-    Ok((
-        listen.ok_or("--listen is required")?,
-        backend.ok_or("--backend is required")?,
-    ))
 }
 
 async fn serve(listen: SocketAddr, backend: SocketAddr) -> std::io::Result<()> {
