@@ -244,6 +244,7 @@ struct MigrationsFile {
     keep_old_table_s: Option<u64>,
     threads_running_floor: Option<f64>,
     chunk_target_ms: Option<u64>,
+    change_capture: Option<String>,
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -356,25 +357,38 @@ impl ProxyConfig {
             pool.idle_timeout = Duration::from_secs(s);
         }
         let m = &file.migrations;
-        let migrations = (m.enabled != Some(false)).then(|| {
-            let mut c = crate::migrations::executor::ExecutorConfig::default();
-            if let Some(n) = m.max_concurrent_copies {
-                c.max_concurrent_copies_per_cluster = n.max(1);
-            }
-            if let Some(s) = m.instant_spacing_s.filter(|s| s.is_finite() && *s >= 0.0) {
-                c.instant_spacing = Duration::from_secs_f64(s);
-            }
-            if let Some(s) = m.keep_old_table_s {
-                c.keep_old_table = Duration::from_secs(s);
-            }
-            if let Some(f) = m.threads_running_floor {
-                c.throttle.threads_running_floor = f;
-            }
-            if let Some(ms) = m.chunk_target_ms {
-                c.copy.chunk_target = Duration::from_millis(ms.max(10));
-            }
-            c
-        });
+        let migrations = (m.enabled != Some(false))
+            .then(|| -> Result<_, String> {
+                let mut c = crate::migrations::executor::ExecutorConfig::default();
+                if let Some(n) = m.max_concurrent_copies {
+                    c.max_concurrent_copies_per_cluster = n.max(1);
+                }
+                if let Some(s) = m.instant_spacing_s.filter(|s| s.is_finite() && *s >= 0.0) {
+                    c.instant_spacing = Duration::from_secs_f64(s);
+                }
+                if let Some(s) = m.keep_old_table_s {
+                    c.keep_old_table = Duration::from_secs(s);
+                }
+                if let Some(f) = m.threads_running_floor {
+                    c.throttle.threads_running_floor = f;
+                }
+                if let Some(ms) = m.chunk_target_ms {
+                    c.copy.chunk_target = Duration::from_millis(ms.max(10));
+                }
+                c.copy.triggers_only = match m.change_capture.as_deref() {
+                    None | Some("auto") => false,
+                    Some("triggers") => true,
+                    Some(other) => {
+                        return Err(format!(
+                            "{}: migrations.change_capture = {other:?}: expected \"auto\" \
+                         (the binary log where the cluster allows it) or \"triggers\"",
+                            path.display()
+                        ))
+                    }
+                };
+                Ok(c)
+            })
+            .transpose()?;
         let metrics_listen = match file.metrics_listen.as_deref() {
             None => None,
             Some(a) => Some(

@@ -179,6 +179,7 @@ impl FakeCopy {
             rows_copied: start * 10,
             rows_total: self.chunks * 10,
             checkpoint: resume.map(str::to_string),
+            capture: String::new(),
         };
         for n in start..self.chunks {
             control.gate().await.map_err(CopyError::Stopped)?;
@@ -355,6 +356,7 @@ async fn the_store_round_trips_every_column_and_enqueue_is_idempotent() {
         rows_copied: 500,
         rows_total: 1000,
         checkpoint: Some("(42,'a\\'b') ✓\n".into()),
+        capture: "binlog".into(),
     };
     c.execute("BEGIN").await.expect("begin");
     c.execute(&store::checkpoint_update_sql("u-1", "ws_1", &progress))
@@ -543,6 +545,7 @@ async fn admin_requests_follow_the_documented_transitions() {
             rows_copied: 5,
             rows_total: 10,
             checkpoint: Some("5".into()),
+            capture: String::new(),
         },
     ))
     .await

@@ -191,10 +191,18 @@ fn one_replicated_cluster_start_up_time() {
 }
 
 #[test]
-fn a_cluster_without_standbys_is_one_server_with_the_binary_log_off() {
+fn a_cluster_without_standbys_is_one_server_with_a_row_based_binary_log() {
     let cluster = LocalCluster::start(&LocalClusterOptions::default()).expect("start");
     assert!(cluster.standbys.is_empty());
-    assert_eq!(number_on(&cluster.primary, "SELECT @@log_bin"), 0);
+    assert_eq!(number_on(&cluster.primary, "SELECT @@log_bin"), 1);
+    assert_eq!(
+        cluster
+            .primary
+            .sql("SELECT @@binlog_format, @@binlog_row_image")
+            .expect("binlog settings")
+            .trim(),
+        "ROW\tFULL"
+    );
     assert_eq!(cluster.primary.replica_status().expect("status"), None);
     cluster
         .wait_caught_up(CATCH_UP)

@@ -10,7 +10,7 @@ use crate::migrations::Request;
 use crate::vschema::{Cluster, VSchema};
 
 /// The columns of `SHOW MIGRATIONS`.
-const COLUMNS: [&str; 20] = [
+const COLUMNS: [&str; 21] = [
     "uuid",
     "keyspace",
     "shard",
@@ -20,6 +20,7 @@ const COLUMNS: [&str; 20] = [
     "strategy",
     "status",
     "stage",
+    "capture",
     "progress",
     "rows_copied",
     "rows_total",
@@ -87,6 +88,7 @@ fn migration_row(r: MigrationRow) -> Row {
         s(r.spec.strategy.as_str().to_string()),
         s(r.status.as_str().to_string()),
         s(r.stage),
+        o(r.capture),
         s(format!("{:.1}", r.progress)),
         s(r.rows_copied.to_string()),
         s(r.rows_total.to_string()),

@@ -577,6 +577,29 @@ impl BackendConn {
         Ok(())
     }
 
+    /// Sends a command whose answer is a stream read with [`Self::read_streamed`]
+    /// (COM_BINLOG_DUMP): nothing is read here.
+    pub async fn send_streaming(&mut self, payload: &[u8]) -> Result<(), BackendError> {
+        self.last_used = Instant::now();
+        self.conn.send(0, payload).await.map_err(|e| {
+            self.broken = true;
+            BackendError::Backend(e.to_string())
+        })?;
+        Ok(())
+    }
+
+    /// The next packet of a streamed answer (cancel-safe: a partial packet stays
+    /// buffered). At most `limit` bytes of payload.
+    pub async fn read_streamed(&mut self, limit: usize) -> Result<bytes::Bytes, BackendError> {
+        match self.conn.read_packet(limit).await {
+            Ok((_, p)) => Ok(p),
+            Err(e) => {
+                self.broken = true;
+                Err(BackendError::Backend(e.to_string()))
+            }
+        }
+    }
+
     /// COM_PING; false if the connection is dead.
     pub async fn ping(&mut self) -> bool {
         match self.exec(&[command::PING], ResponseKind::Query).await {

@@ -146,6 +146,17 @@ impl SqlConn {
     pub async fn ping(&mut self) -> bool {
         self.conn.ping().await
     }
+
+    /// Sends a command whose answer is a stream of packets (COM_BINLOG_DUMP); read
+    /// them with [`Self::next_packet`]. The connection is good for nothing else after.
+    pub async fn start_stream(&mut self, payload: &[u8]) -> Result<(), SqlError> {
+        Ok(self.conn.send_streaming(payload).await?)
+    }
+
+    /// The next packet of a stream started with [`Self::start_stream`].
+    pub async fn next_packet(&mut self, limit: usize) -> Result<bytes::Bytes, SqlError> {
+        Ok(self.conn.read_streamed(limit).await?)
+    }
 }
 
 fn server_error(c: &super::Collected) -> SqlError {

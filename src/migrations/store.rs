@@ -30,7 +30,7 @@ pub const SCHEMA: &str = "_shardgate";
 /// The queue table, qualified.
 pub const TABLE: &str = "_shardgate.schema_migrations";
 /// Version of the queue table's layout this build writes.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -121,6 +121,8 @@ pub struct MigrationRow {
     pub liveness_at: Option<String>,
     /// The old table kept after a copy's cut-over, until it is dropped.
     pub old_table: Option<String>,
+    /// How a copy's changes reach the new table: `binlog`, or `triggers (why)`.
+    pub capture: Option<String>,
 }
 
 /// Which rows an admin request applies to.
@@ -138,7 +140,7 @@ pub enum Target {
 const COLUMNS: &str = "uuid, keyspace, shard, cluster, database_name, table_name, statement, \
      strategy, status, stage, progress, rows_copied, rows_total, eta_seconds, throttle_reason, \
      requested, postpone_completion, message, created_at, started_at, completed_at, retries, \
-     checkpoint, owner, liveness_at, old_table";
+     checkpoint, owner, liveness_at, old_table, capture";
 
 /// Creates `_shardgate` and the queue table if missing; refuses a newer layout.
 pub async fn ensure_schema(conn: &mut SqlConn) -> Result<(), StoreError> {
@@ -169,6 +171,13 @@ pub async fn ensure_schema(conn: &mut SqlConn) -> Result<(), StoreError> {
             });
         }
         // Upgrades from older layouts go here, one step per version.
+        if found < 2 {
+            // 2: how a copy's changes reach the new table (binlog or triggers).
+            conn.execute(&format!(
+                "ALTER TABLE {TABLE} ADD COLUMN IF NOT EXISTS capture VARCHAR(255) NULL"
+            ))
+            .await?;
+        }
     }
     conn.execute(&format!(
         "CREATE TABLE IF NOT EXISTS {TABLE} (\
@@ -198,6 +207,7 @@ pub async fn ensure_schema(conn: &mut SqlConn) -> Result<(), StoreError> {
            owner VARCHAR(255) NULL, \
            liveness_at DATETIME(6) NULL, \
            old_table VARCHAR(64) COLLATE utf8mb4_bin NULL, \
+           capture VARCHAR(255) NULL, \
            PRIMARY KEY (uuid, database_name), \
            KEY pick (status, created_at, database_name), \
            KEY by_table (database_name, table_name, status), \
@@ -408,7 +418,7 @@ pub async fn request(
         ],
         Request::Retry => vec![format!(
             "UPDATE {TABLE} SET status = 'queued', retries = retries + 1, checkpoint = NULL, \
-             stage = '', progress = 0, rows_copied = 0, rows_total = 0, eta_seconds = NULL, \
+             stage = '', progress = 0, rows_copied = 0, rows_total = 0, eta_seconds = NULL, capture = NULL, \
              throttle_reason = NULL, requested = NULL, message = NULL, owner = NULL, \
              started_at = NULL, completed_at = NULL, liveness_at = NULL \
              WHERE {scope} AND status IN ('failed', 'cancelled')"
@@ -435,15 +445,25 @@ pub fn checkpoint_update_sql(uuid: &str, database: &str, progress: &CopyProgress
     };
     format!(
         "UPDATE {TABLE} SET stage = {}, rows_copied = {}, rows_total = {}, progress = {}, \
-         checkpoint = {checkpoint}, liveness_at = UTC_TIMESTAMP(6) \
+         checkpoint = {checkpoint}, capture = COALESCE({}, capture), liveness_at = UTC_TIMESTAMP(6) \
          WHERE uuid = {} AND database_name = {}",
         quote_literal(&progress.stage),
         progress.rows_copied,
         progress.rows_total,
         percent(progress),
+        capture_value(progress),
         quote_literal(uuid),
         quote_literal(database),
     )
+}
+
+/// The `capture` column's value: NULL until the copy has chosen.
+fn capture_value(progress: &CopyProgress) -> String {
+    if progress.capture.is_empty() {
+        "NULL".to_string()
+    } else {
+        quote_literal(&progress.capture)
+    }
 }
 
 /// Percent done of a copy, 0-100 (100 once its stage is `done`).
@@ -596,12 +616,14 @@ pub async fn report_progress(
     let reason = throttle_reason.map_or("NULL".to_string(), quote_literal);
     conn.execute(&format!(
         "UPDATE {TABLE} SET stage = {}, rows_copied = GREATEST(rows_copied, {}), \
-         rows_total = {}, progress = {}, eta_seconds = {eta}, throttle_reason = {reason} \
+         rows_total = {}, progress = {}, eta_seconds = {eta}, throttle_reason = {reason}, \
+         capture = COALESCE({}, capture) \
          WHERE uuid = {} AND database_name = {} AND status = 'running'",
         quote_literal(&progress.stage),
         progress.rows_copied,
         progress.rows_total,
         percent(progress),
+        capture_value(progress),
         quote_literal(uuid),
         quote_literal(database)
     ))
@@ -705,6 +727,7 @@ fn parse_row(r: &[Option<String>]) -> Result<MigrationRow, StoreError> {
         owner: opt(23),
         liveness_at: opt(24),
         old_table: opt(25),
+        capture: opt(26),
     })
 }
 
@@ -724,6 +747,7 @@ mod tests {
             rows_copied: 150,
             rows_total: 100,
             checkpoint: None,
+            capture: String::new(),
         };
         assert_eq!(percent(&p), 99.0);
         p.rows_copied = 50;

@@ -58,8 +58,8 @@ pub struct LocalDbOptions {
     /// Serve TLS (tests of shardgate's TLS to its backends); None: plain only.
     pub tls: Option<LocalDbTls>,
     /// Binary log, GTID and semi-sync settings of a replication member (see
-    /// [`super::replication`]); None: the binary log is off, which keeps a server that
-    /// needs no replication as fast to start and to write to as possible.
+    /// [`super::replication`]); None: a server of its own, still with a row-based
+    /// binary log (`binlog_row_image=FULL`) for the copy engine's change capture.
     pub replication: Option<ReplicationMember>,
 }
 
@@ -329,7 +329,12 @@ fn start_on_port(
     match &opts.replication {
         Some(member) => member_args(&mut cmd, member),
         None => {
-            cmd.arg("--skip-log-bin");
+            // A row-based binary log with full row images: online schema copies read
+            // their change capture from it (see `migrations::copy`).
+            cmd.arg("--log-bin=mariadb-bin")
+                .arg("--binlog-format=ROW")
+                .arg("--binlog-row-image=FULL")
+                .arg(format!("--server-id={port}"));
         }
     }
     let child = cmd

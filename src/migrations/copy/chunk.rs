@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use crate::backend::{quote_ident, SqlConn};
 
+use super::binlog::{BinlogCapture, BinlogPos, Watermark};
 use super::schema::{cell, Column};
 use super::sql::{code, qualified, server_err};
 use super::{CopyControl, CopyError, CopyProgress};
@@ -62,7 +63,7 @@ impl KeyKind {
     }
 
     /// SQL literal for a hex value read by `select`.
-    fn literal(&self, hex: &str) -> Result<String, CopyError> {
+    pub(crate) fn literal(&self, hex: &str) -> Result<String, CopyError> {
         if !hex.bytes().all(|b| b.is_ascii_hexdigit()) || !hex.len().is_multiple_of(2) {
             return Err(CopyError::Failed(format!("malformed key value {hex:?}")));
         }
@@ -132,8 +133,42 @@ impl ChunkKey {
         cols.join(", ")
     }
 
+    /// `key IN (...)` over the given keys (hex per column), a row constructor for a
+    /// composite key.
+    pub(crate) fn in_list(&self, keys: &[Vec<String>]) -> Result<String, CopyError> {
+        let mut items = Vec::with_capacity(keys.len());
+        for k in keys {
+            if k.len() != self.columns.len() {
+                return Err(CopyError::Failed(
+                    "a key does not match the table's key".into(),
+                ));
+            }
+            let lits: Vec<String> = self
+                .columns
+                .iter()
+                .zip(k)
+                .map(|((_, kind), h)| kind.literal(h))
+                .collect::<Result<_, _>>()?;
+            items.push(if lits.len() == 1 {
+                lits.join("")
+            } else {
+                format!("({})", lits.join(", "))
+            });
+        }
+        let cols: Vec<String> = self.columns.iter().map(|(c, _)| quote_ident(c)).collect();
+        let target = if cols.len() == 1 {
+            cols.join("")
+        } else {
+            format!("({})", cols.join(", "))
+        };
+        if items.is_empty() {
+            return Ok("FALSE".into());
+        }
+        Ok(format!("{target} IN ({})", items.join(", ")))
+    }
+
     /// `key > bound` (strict) or `key <= bound`, over a composite key in index order.
-    fn compare(&self, bound: &[String], after: bool) -> Result<String, CopyError> {
+    pub(crate) fn compare(&self, bound: &[String], after: bool) -> Result<String, CopyError> {
         if bound.len() != self.columns.len() {
             return Err(CopyError::Failed(
                 "checkpoint does not match the table's key".into(),
@@ -174,22 +209,34 @@ pub struct Checkpoint {
     pub rows_copied: u64,
     /// Last copied key, each column as hex text (see the copy docs).
     pub last_key: Vec<String>,
+    /// With binlog capture: every event before this position was in the ghost when
+    /// the chunk began (a resumed capture reads from here).
+    pub binlog: Option<BinlogPos>,
 }
 
 impl Checkpoint {
-    /// `v1 <rows> <hex>,<hex>...`
+    /// `v1 <rows> <hex>,<hex>...[ <binlog file>:<pos>]`
     pub fn encode(&self) -> String {
-        format!("v1 {} {}", self.rows_copied, self.last_key.join(","))
+        let mut s = format!("v1 {} {}", self.rows_copied, self.last_key.join(","));
+        if let Some(b) = &self.binlog {
+            s.push(' ');
+            s.push_str(&b.encode());
+        }
+        s
     }
 
     /// Parses what [`Checkpoint::encode`] wrote.
     pub fn decode(s: &str) -> Option<Checkpoint> {
-        let mut parts = s.trim().splitn(3, ' ');
+        let mut parts = s.trim().splitn(4, ' ');
         if parts.next()? != "v1" {
             return None;
         }
         let rows_copied = parts.next()?.parse().ok()?;
         let keys = parts.next().unwrap_or("");
+        let binlog = match parts.next() {
+            Some(b) => Some(BinlogPos::decode(b)?),
+            None => None,
+        };
         let last_key: Vec<String> = keys.split(',').map(str::to_string).collect();
         if last_key
             .iter()
@@ -200,6 +247,7 @@ impl Checkpoint {
         Some(Checkpoint {
             rows_copied,
             last_key,
+            binlog,
         })
     }
 }
@@ -213,6 +261,8 @@ pub(crate) struct CopyPlan<'a> {
     /// Columns copied (present in both, writable in the ghost).
     pub columns: &'a [String],
     pub chunk_target: Duration,
+    /// Binlog capture, when it keeps the ghost in step (else triggers do).
+    pub capture: Option<&'a BinlogCapture>,
 }
 
 /// Copies every row after `start` (or from the beginning), chunk by chunk, each in a
@@ -229,8 +279,19 @@ pub(crate) async fn copy_rows<C: CopyControl>(
     let force = format!("FORCE INDEX ({})", quote_ident(&plan.key.index));
     let cols: Vec<String> = plan.columns.iter().map(|c| quote_ident(c)).collect();
     let col_list = cols.join(", ");
-    let update: Vec<String> = cols.iter().map(|c| format!("{c} = VALUES({c})")).collect();
-    let update = update.join(", ");
+    // With triggers, a chunk reads under shared locks and its row wins (see below).
+    // With binlog capture, a chunk reads without locks and a row the capture already
+    // wrote wins: the capture wrote the original's latest version.
+    let (lock, update) = match plan.capture {
+        None => {
+            let update: Vec<String> = cols.iter().map(|c| format!("{c} = VALUES({c})")).collect();
+            (" LOCK IN SHARE MODE", update.join(", "))
+        }
+        Some(_) => {
+            let k = format!("{g}.{}", quote_ident(&plan.key.columns[0].0));
+            ("", format!("{k} = {k}"))
+        }
+    };
     let mut last = start;
     let mut size = FIRST_CHUNK;
     let mut retries = 0;
@@ -251,9 +312,17 @@ pub(crate) async fn copy_rows<C: CopyControl>(
             ))
             .await
             .map_err(|e| server_err("finding the next chunk", e))?;
+        if let Some(c) = plan.capture {
+            c.check()?;
+        }
         let (hi, rows) = match bound.rows.first() {
             Some(r) => (hex_row(r, plan.key.columns.len())?, size),
             None => {
+                if let Some(c) = plan.capture {
+                    // The end of the table: from here on every change is the
+                    // capture's, including rows added after the query below.
+                    c.set_watermark(Watermark::All);
+                }
                 let tail = conn
                     .query(&format!(
                         "SELECT {}, (SELECT COUNT(*) FROM {t} WHERE {after}) FROM {t} {force} \
@@ -276,26 +345,36 @@ pub(crate) async fn copy_rows<C: CopyControl>(
         let upto = plan.key.compare(&hi, false)?;
         let mut next = progress.clone();
         next.rows_copied += rows;
+        let binlog = plan.capture.map(|c| {
+            // Before the chunk reads: a change to one of its rows from now on is
+            // applied by the capture, one before it is in what the chunk reads.
+            c.begin_chunk(&hi);
+            c.applied()
+        });
         next.checkpoint = Some(
             Checkpoint {
                 rows_copied: next.rows_copied,
                 last_key: hi.clone(),
+                binlog,
             }
             .encode(),
         );
         let checkpoint_sql = control.checkpoint_sql(&next);
-        // LOCK IN SHARE MODE: the rows are read at their latest committed version and
+        // Triggers: LOCK IN SHARE MODE: the rows are read at their latest committed version and
         // no application write can change them until this chunk commits, so a row a
         // trigger already wrote to the ghost is the same row again (the duplicate
         // update changes nothing). Lock order is original, then ghost, as in the
         // application's own writes through the triggers.
         let insert = format!(
             "INSERT INTO {g} ({col_list}) SELECT {col_list} FROM {t} {force} \
-             WHERE {after} AND {upto} LOCK IN SHARE MODE \
-             ON DUPLICATE KEY UPDATE {update}"
+             WHERE {after} AND {upto}{lock} ON DUPLICATE KEY UPDATE {update}"
         );
         let started = Instant::now();
-        match run_chunk(conn, &insert, &checkpoint_sql).await {
+        let ran = run_chunk(conn, &insert, &checkpoint_sql).await;
+        if let Some(c) = plan.capture {
+            c.end_chunk(conn).await?;
+        }
+        match ran {
             Ok(()) => {
                 retries = 0;
                 *progress = next;
@@ -442,6 +521,12 @@ mod tests {
         let c = Checkpoint {
             rows_copied: 4200,
             last_key: vec!["3432".into(), "".into()],
+            binlog: None,
+        };
+        assert_eq!(Checkpoint::decode(&c.encode()), Some(c.clone()));
+        let c = Checkpoint {
+            binlog: BinlogPos::decode("mariadb-bin.000003:1234"),
+            ..c
         };
         assert_eq!(Checkpoint::decode(&c.encode()), Some(c));
         assert_eq!(Checkpoint::decode("v2 1 00"), None);

@@ -9,8 +9,10 @@
 //! - [`chunk`]: the chunked copy and [`Checkpoint`].
 //! - [`verify`]: the checksum.
 
+mod binlog;
 mod capture;
 mod chunk;
+mod cutover;
 mod schema;
 mod sql;
 mod verify;
@@ -20,6 +22,7 @@ use std::time::Duration;
 use crate::backend::SqlConn;
 use crate::vschema::Cluster;
 
+pub use binlog::BinlogPos;
 pub use capture::{ChangeCapture, TriggerCapture};
 pub use chunk::Checkpoint;
 pub use schema::CopyNames;
@@ -55,6 +58,8 @@ pub struct CopyOptions {
     pub cutover_attempts: u32,
     /// Allow tables with foreign keys (admin override).
     pub allow_foreign_keys: bool,
+    /// Capture changes with triggers even where the binary log could serve.
+    pub triggers_only: bool,
 }
 
 impl Default for CopyOptions {
@@ -64,6 +69,7 @@ impl Default for CopyOptions {
             lock_wait: Duration::from_secs(2),
             cutover_attempts: 30,
             allow_foreign_keys: false,
+            triggers_only: false,
         }
     }
 }
@@ -79,6 +85,9 @@ pub struct CopyProgress {
     pub rows_total: u64,
     /// Opaque resume point (the last copied primary key), saved with each chunk.
     pub checkpoint: Option<String>,
+    /// How changes reach the new table: `binlog`, or `triggers` with the reason the
+    /// binary log could not be used.
+    pub capture: String,
 }
 
 /// Why a copy stopped without completing.
@@ -255,15 +264,27 @@ async fn run_stages<C: CopyControl>(
         )));
     }
 
-    // Resume only into a ghost that triggers have kept in step since before the
-    // checkpoint; otherwise start over cleanly.
+    // Resume only into a ghost that was kept in step since before the checkpoint (by
+    // triggers still in place, or by a binlog capture whose position the server still
+    // has); otherwise start over cleanly.
     let trigger_probe = capture_for(task, &names, Vec::new(), Vec::new());
-    let checkpoint = match resume {
-        Some(r) if ghost_exists && trigger_probe.is_installed(&mut ddl).await? => Some(
+    let saved = match resume {
+        Some(r) if ghost_exists => Some(
             Checkpoint::decode(r)
                 .ok_or_else(|| CopyError::Failed(format!("unreadable checkpoint {r:?}")))?,
         ),
         _ => None,
+    };
+    let checkpoint = match saved {
+        Some(c) => match &c.binlog {
+            Some(pos) => {
+                let usable = !trigger_probe.is_installed(&mut ddl).await?
+                    && binlog::still_has(&mut ddl, &pos.file).await?;
+                usable.then_some(c)
+            }
+            None => trigger_probe.is_installed(&mut ddl).await?.then_some(c),
+        },
+        None => None,
     };
     if checkpoint.is_none() {
         set_stage(progress, "ghost", control);
@@ -321,10 +342,63 @@ async fn run_stages<C: CopyControl>(
     let old_unique = schema::unique_column_sets(&mut ddl, db, &task.table).await?;
     let adds_unique = ghost_unique.iter().any(|g| !old_unique.contains(g));
 
-    let capture = capture_for(task, &names, columns.clone(), key_columns);
-    if checkpoint.is_none() {
+    // How changes reach the ghost: the binlog where the cluster's allows it.
+    let key_cols: Vec<binlog::KeyColumn> = key_columns
+        .iter()
+        .filter_map(|k| {
+            let ordinal = old_columns
+                .iter()
+                .position(|o| o.name.eq_ignore_ascii_case(k))?;
+            Some(binlog::KeyColumn {
+                ordinal,
+                column: old_columns[ordinal].clone(),
+            })
+        })
+        .collect();
+    let start = match &checkpoint {
+        Some(c) => match &c.binlog {
+            Some(pos) => Ok(pos.clone()),
+            None => Err("resumed with triggers".to_string()),
+        },
+        None if opts.triggers_only => Err("binlog capture turned off".to_string()),
+        None => binlog::availability(&mut ddl, &key_cols).await?,
+    };
+    let spec = binlog::CaptureSpec {
+        database: db.to_string(),
+        table: task.table.clone(),
+        ghost: names.ghost.clone(),
+        columns: columns.clone(),
+        key: key.clone(),
+        key_columns: key_cols,
+    };
+    let capture = match start {
+        Ok(from) => {
+            let watermark = match &checkpoint {
+                Some(c) => binlog::Watermark::Upto(c.last_key.clone()),
+                None => binlog::Watermark::Nothing,
+            };
+            progress.capture = "binlog".into();
+            let started =
+                binlog::BinlogCapture::start(cluster, spec, from, watermark, opts.lock_wait).await;
+            match started {
+                Ok(c) => Some(c),
+                Err(CopyError::Failed(why)) if checkpoint.is_none() => {
+                    progress.capture = format!("triggers ({why})");
+                    None
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(why) => {
+            progress.capture = format!("triggers ({why})");
+            None
+        }
+    };
+    tracing::info!(uuid = %task.uuid, table = %task.table, capture = %progress.capture, "change capture chosen");
+    let triggers = capture_for(task, &names, columns.clone(), key_columns);
+    if checkpoint.is_none() && capture.is_none() {
         set_stage(progress, "triggers", control);
-        capture.install(&mut ddl).await?;
+        triggers.install(&mut ddl).await?;
     }
 
     // The copy.
@@ -340,6 +414,7 @@ async fn run_stages<C: CopyControl>(
         key: &key,
         columns: &columns,
         chunk_target: opts.chunk_target,
+        capture: capture.as_ref(),
     };
     chunk::copy_rows(
         &mut copy_conn,
@@ -350,8 +425,12 @@ async fn run_stages<C: CopyControl>(
     )
     .await?;
 
-    set_stage(progress, "checksum", control);
-    verify_tables(&mut ddl, task, &names, &shared, adds_unique).await?;
+    // With binlog capture the ghost lags: the checksum runs at the cut-over, while
+    // writes are held and the capture has caught up.
+    if capture.is_none() {
+        set_stage(progress, "checksum", control);
+        verify_tables(&mut ddl, task, &names, &shared, adds_unique).await?;
+    }
 
     if !control.may_cut_over() {
         set_stage(progress, "postponed", control);
@@ -370,12 +449,29 @@ async fn run_stages<C: CopyControl>(
             }
         }
         // Time has passed: verify again right before the switch.
-        set_stage(progress, "checksum", control);
-        verify_tables(&mut ddl, task, &names, &shared, adds_unique).await?;
+        if capture.is_none() {
+            set_stage(progress, "checksum", control);
+            verify_tables(&mut ddl, task, &names, &shared, adds_unique).await?;
+        }
     }
 
     set_stage(progress, "cutover", control);
-    cut_over(&mut ddl, task, &names, control).await?;
+    match &capture {
+        None => cut_over(&mut ddl, task, &names, control).await?,
+        Some(c) => {
+            let swap = cutover::Swap {
+                task,
+                names: &names,
+                shared: &shared,
+                adds_unique,
+            };
+            cutover::binlog_cut_over(&mut copy_conn, &mut ddl, c, &swap, control).await?;
+            let (rows, gtid) = c.stats();
+            tracing::info!(uuid = %task.uuid, table = %task.table, rows_applied = rows,
+                gtid = gtid.as_deref().unwrap_or("-"), "binlog capture done");
+        }
+    }
+    drop(capture);
     finish_cutover(&mut ddl, task, &names).await;
     set_stage(progress, "done", control);
     Ok(())
@@ -443,7 +539,7 @@ fn choose_key(
     Err(CopyError::Failed(why))
 }
 
-async fn verify_tables(
+pub(crate) async fn verify_tables(
     conn: &mut SqlConn,
     task: &CopyTask,
     names: &CopyNames,

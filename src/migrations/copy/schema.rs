@@ -74,6 +74,8 @@ pub(crate) struct Column {
     pub generated: bool,
     pub charset: Option<String>,
     pub collation: Option<String>,
+    /// An integer declared UNSIGNED.
+    pub unsigned: bool,
 }
 
 /// A unique index over NOT NULL, whole (not prefix) columns.
@@ -132,7 +134,7 @@ pub(crate) async fn columns(
         conn,
         &format!(
             "SELECT COLUMN_NAME, LOWER(DATA_TYPE), IS_GENERATED, CHARACTER_SET_NAME, \
-             COLLATION_NAME FROM information_schema.COLUMNS \
+             COLLATION_NAME, COLUMN_TYPE LIKE '%unsigned%' FROM information_schema.COLUMNS \
              WHERE TABLE_SCHEMA = {} AND TABLE_NAME = {} ORDER BY ORDINAL_POSITION",
             quote_literal(db),
             quote_literal(table)
@@ -148,6 +150,7 @@ pub(crate) async fn columns(
             generated: cell(r, 2).is_some_and(|g| !g.eq_ignore_ascii_case("NEVER")),
             charset: cell(r, 3).map(str::to_string),
             collation: cell(r, 4).map(str::to_string),
+            unsigned: cell(r, 5) == Some("1"),
         })
         .collect())
 }

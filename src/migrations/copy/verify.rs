@@ -118,6 +118,7 @@ mod tests {
             generated: false,
             charset: charset.map(str::to_string),
             collation: None,
+            unsigned: false,
         }
     }
 

@@ -1,0 +1,211 @@
+//! The cut-over of a copy whose changes come from the binary log.
+//!
+//! The ghost lags the original by whatever the capture has not applied yet, so the
+//! swap needs a moment when the original takes no writes:
+//!
+//! 1. a sentry table is created under the old table's name: a `RENAME` that moves
+//!    the original there fails while it exists;
+//! 2. a lock connection takes `LOCK TABLES original READ, sentry WRITE` (short lock
+//!    wait, retried with backoff): writes to the original wait, reads go on;
+//! 3. the binlog position now is where the capture must get to; once it has, the
+//!    checksum compares the two tables (stable now) in one snapshot;
+//! 4. the DDL connection sends `RENAME TABLE original TO old, ghost TO original`,
+//!    which waits behind the lock; once the server shows it waiting, the lock
+//!    connection drops the sentry and unlocks. A waiting RENAME goes before the
+//!    waiting writes (metadata locks favour it), so they run on the new table.
+//!
+//! If the lock connection dies at any point its locks go with it, but the sentry
+//! stays, so the RENAME fails instead of swapping a table that took writes the
+//! ghost never saw. Writes wait for steps 3-4 only (milliseconds on a drained
+//! capture, plus the checksum's time).
+
+use std::time::Duration;
+
+use crate::backend::{quote_literal, SqlConn};
+
+use super::binlog::{self, BinlogCapture, SENTRY_COMMENT};
+use super::schema::{cell, Column};
+use super::sql::{self, code, qualified, server_err};
+use super::{CopyControl, CopyError, CopyNames, CopyTask};
+
+/// How long the capture may take to reach the lock's position while writes wait.
+const DRAIN_LIMIT: Duration = Duration::from_secs(2);
+/// How long the RENAME may take to show up as waiting behind the lock.
+const RENAME_QUEUE_WAIT: Duration = Duration::from_secs(2);
+
+/// What the cut-over compares and swaps.
+pub(crate) struct Swap<'a> {
+    pub task: &'a CopyTask,
+    pub names: &'a CopyNames,
+    pub shared: &'a [(String, Column, Column)],
+    pub adds_unique: bool,
+}
+
+/// Runs the cut-over; on success the original has the new schema.
+pub(crate) async fn binlog_cut_over<C: CopyControl>(
+    lock: &mut SqlConn,
+    ddl: &mut SqlConn,
+    capture: &BinlogCapture,
+    swap: &Swap<'_>,
+    control: &C,
+) -> Result<(), CopyError> {
+    let task = swap.task;
+    let db = &task.database;
+    let secs = sql::lock_wait_secs(task.options.lock_wait);
+    for c in [&mut *lock, &mut *ddl] {
+        c.execute(&format!("SET SESSION lock_wait_timeout = {secs}"))
+            .await
+            .map_err(|e| server_err("cut-over", e))?;
+    }
+    let ddl_id = ddl
+        .query("SELECT CONNECTION_ID()")
+        .await
+        .map_err(|e| server_err("cut-over", e))?
+        .scalar()
+        .and_then(|v| v.parse::<u64>().ok())
+        .ok_or_else(|| CopyError::Failed("cut-over: no connection id".into()))?;
+    let attempts = task.options.cutover_attempts.max(1);
+    for attempt in 0..attempts {
+        control.gate().await.map_err(CopyError::Stopped)?;
+        capture.check()?;
+        drop_sentry(ddl, db, &swap.names.old).await?;
+        ddl.execute(&binlog::sentry_sql(db, &swap.names.old))
+            .await
+            .map_err(|e| server_err("creating the cut-over sentry", e))?;
+        match try_once(lock, ddl, ddl_id, capture, swap).await {
+            Ok(()) => return Ok(()),
+            Err(Attempt::Again(why)) => {
+                let _ = lock.execute("UNLOCK TABLES").await;
+                drop_sentry(ddl, db, &swap.names.old).await?;
+                tracing::info!(uuid = %task.uuid, attempt, why = %why, "cut-over not done; backing off");
+                tokio::time::sleep(sql::backoff(attempt)).await;
+            }
+            Err(Attempt::Fatal(e)) => {
+                let _ = lock.execute("UNLOCK TABLES").await;
+                let _ = drop_sentry(ddl, db, &swap.names.old).await;
+                return Err(e);
+            }
+        }
+    }
+    Err(CopyError::Failed(format!(
+        "cut-over did not get its lock in {attempts} attempts (a long transaction holds {})",
+        task.table
+    )))
+}
+
+enum Attempt {
+    /// Not this time (lock not granted, capture behind); nothing changed.
+    Again(String),
+    Fatal(CopyError),
+}
+
+async fn try_once(
+    lock: &mut SqlConn,
+    ddl: &mut SqlConn,
+    ddl_id: u64,
+    capture: &BinlogCapture,
+    swap: &Swap<'_>,
+) -> Result<(), Attempt> {
+    let task = swap.task;
+    let db = &task.database;
+    let t = qualified(db, &task.table);
+    let old = qualified(db, &swap.names.old);
+    match lock
+        .execute(&format!("LOCK TABLES {t} READ, {old} WRITE"))
+        .await
+    {
+        Ok(_) => {}
+        Err(e) if e.code() == Some(code::LOCK_WAIT_TIMEOUT) => {
+            return Err(Attempt::Again("table lock not granted".into()))
+        }
+        Err(e) => return Err(Attempt::Fatal(server_err("locking for the cut-over", e))),
+    }
+    let target = binlog::current_position(lock)
+        .await
+        .map_err(Attempt::Fatal)?;
+    if let Err(e) = capture.drain_to(&target, DRAIN_LIMIT).await {
+        return match e {
+            CopyError::Connection(m) => Err(Attempt::Again(m)),
+            e => Err(Attempt::Fatal(e)),
+        };
+    }
+    super::verify_tables(ddl, task, swap.names, swap.shared, swap.adds_unique)
+        .await
+        .map_err(Attempt::Fatal)?;
+    let rename = format!(
+        "RENAME TABLE {t} TO {old}, {} TO {t}",
+        qualified(db, &swap.names.ghost)
+    );
+    let release = async {
+        // Unlock only once the RENAME waits: then it goes before the writes.
+        let seen = tokio::time::Instant::now();
+        let waiting = format!(
+            "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID = {ddl_id} \
+             AND STATE LIKE {}",
+            quote_literal("%metadata lock%")
+        );
+        let mut queued = false;
+        while seen.elapsed() < RENAME_QUEUE_WAIT {
+            let n = lock
+                .query(&waiting)
+                .await
+                .map_err(|e| server_err("cut-over", e))?;
+            if n.scalar() == Some("1") {
+                queued = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        if queued {
+            lock.execute(&format!("DROP TABLE {old}"))
+                .await
+                .map_err(|e| server_err("dropping the cut-over sentry", e))?;
+        }
+        // Without the sentry dropped, the RENAME fails and nothing is swapped.
+        lock.execute("UNLOCK TABLES")
+            .await
+            .map_err(|e| server_err("cut-over", e))?;
+        Ok::<bool, CopyError>(queued)
+    };
+    let (renamed, released) = tokio::join!(ddl.execute(&rename), release);
+    match (renamed, released) {
+        (Ok(_), _) => Ok(()),
+        (Err(e), Ok(false)) => Err(Attempt::Again(format!("the RENAME did not queue: {e}"))),
+        (Err(e), _) if e.code() == Some(code::LOCK_WAIT_TIMEOUT) => {
+            Err(Attempt::Again(format!("the RENAME waited too long: {e}")))
+        }
+        (Err(e), _) if e.code() == Some(TABLE_EXISTS) => {
+            Err(Attempt::Again(format!("the sentry was still there: {e}")))
+        }
+        (Err(e), _) => Err(Attempt::Fatal(server_err("cut-over", e))),
+    }
+}
+
+/// ER_TABLE_EXISTS_ERROR.
+const TABLE_EXISTS: u16 = 1050;
+
+/// Drops a sentry left under the old table's name (only a table with the sentry's
+/// comment: never real data).
+async fn drop_sentry(conn: &mut SqlConn, db: &str, name: &str) -> Result<(), CopyError> {
+    let found = conn
+        .query(&format!(
+            "SELECT TABLE_COMMENT FROM information_schema.TABLES \
+             WHERE TABLE_SCHEMA = {} AND TABLE_NAME = {}",
+            quote_literal(db),
+            quote_literal(name)
+        ))
+        .await
+        .map_err(|e| server_err("looking for a cut-over sentry", e))?;
+    let Some(row) = found.rows.first() else {
+        return Ok(());
+    };
+    if cell(row, 0) != Some(SENTRY_COMMENT) {
+        return Err(CopyError::Failed(format!(
+            "a table named {name} already exists (the name the old table would take)"
+        )));
+    }
+    conn.execute(&format!("DROP TABLE IF EXISTS {}", qualified(db, name)))
+        .await
+        .map_err(|e| server_err("dropping a cut-over sentry", e))?;
+    Ok(())
+}
