@@ -67,6 +67,10 @@ pub struct PoolConfig {
     /// How long a statement may run on a backend before shardgate gives up on it
     /// (None: no limit, as with a direct connection).
     pub query_timeout: Option<Duration>,
+    /// How many times a deadlock's victim (ERROR 1213 as the whole answer to an
+    /// autocommit statement with no session state on its connection) is sent again
+    /// before the client gets the error; 0: never (see `docs/sessions.md`).
+    pub deadlock_retries: u32,
     /// What a statement for a `down` or drained cluster gets (`[traffic]`).
     pub on_unavailable: crate::traffic::OnUnavailable,
     /// Most statements waiting in one cluster's buffer.
@@ -84,6 +88,7 @@ impl Default for PoolConfig {
             checkout_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(3),
             query_timeout: None,
+            deadlock_retries: DEFAULT_DEADLOCK_RETRIES,
             on_unavailable: crate::traffic::OnUnavailable::Fail,
             buffer_size: 1000,
             buffer_timeout: Duration::from_secs(10),
@@ -272,6 +277,7 @@ struct PoolFile {
     checkout_timeout_ms: Option<u64>,
     connect_timeout_ms: Option<u64>,
     query_timeout_ms: Option<u64>,
+    deadlock_retries: Option<u32>,
     idle_timeout_s: Option<u64>,
 }
 
@@ -281,6 +287,11 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:15306";
 pub const DEFAULT_MAX_PACKET: usize = 64 << 20;
 /// Default most client connections.
 pub const DEFAULT_MAX_CLIENTS: usize = 10_000;
+/// Default times a deadlock's victim is sent again.
+pub const DEFAULT_DEADLOCK_RETRIES: u32 = 2;
+/// Most times a deadlock's victim may be sent again: each try waits for InnoDB's lock
+/// again, so more only lengthens what the client waits for before its error.
+pub const MAX_DEADLOCK_RETRIES: u32 = 10;
 
 impl ProxyConfig {
     /// A config with defaults around a vschema and users.
@@ -352,6 +363,15 @@ impl ProxyConfig {
         }
         if let Some(ms) = p.query_timeout_ms {
             pool.query_timeout = (ms > 0).then(|| Duration::from_millis(ms));
+        }
+        if let Some(n) = p.deadlock_retries {
+            if n > MAX_DEADLOCK_RETRIES {
+                return Err(format!(
+                    "{}: pool.deadlock_retries must be at most {MAX_DEADLOCK_RETRIES}",
+                    path.display()
+                ));
+            }
+            pool.deadlock_retries = n;
         }
         if let Some(s) = p.idle_timeout_s {
             pool.idle_timeout = Duration::from_secs(s);

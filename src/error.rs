@@ -74,6 +74,9 @@ pub mod codes {
     pub const NET_UNCOMPRESS: u16 = 1157;
     /// ER_NET_READ_ERROR_FROM_PIPE / generic network error from a backend
     pub const NET_ERROR: u16 = 2013;
+    /// ER_LOCK_DEADLOCK: InnoDB chose the statement's transaction as a deadlock's
+    /// victim and rolled it back.
+    pub const LOCK_DEADLOCK: u16 = 1213;
     /// ER_UNSUPPORTED_PS
     pub const UNSUPPORTED_PS: u16 = 1295;
     /// ER_NOT_SUPPORTED_YET

@@ -423,6 +423,19 @@ impl BackendConn {
         kind: ResponseKind,
         client: &mut W,
     ) -> Result<Outcome, BackendError> {
+        self.relay_or_hold(payload, kind, client, false).await
+    }
+
+    /// [`relay`](Self::relay); with `hold_deadlock`, an answer that is one ERR 1213
+    /// (a deadlock's victim, rolled back) is read but not relayed: the outcome says
+    /// `held`, and nothing reached the client, so the caller may send the command again.
+    pub(super) async fn relay_or_hold<W: AsyncWrite + Unpin>(
+        &mut self,
+        payload: &[u8],
+        kind: ResponseKind,
+        client: &mut W,
+        hold_deadlock: bool,
+    ) -> Result<Outcome, BackendError> {
         self.last_used = Instant::now();
         self.never_ran = false;
         if let Err(e) = self.conn.send(0, payload).await {
@@ -431,7 +444,7 @@ impl BackendConn {
             self.never_ran = true;
             return Err(BackendError::Backend(e.to_string()));
         }
-        self.relay_answer(kind, client, true).await
+        self.relay_answer(kind, client, true, hold_deadlock).await
     }
 
     /// Streams the response to an already-sent command to `client`, when that answer's
@@ -443,16 +456,18 @@ impl BackendConn {
         kind: ResponseKind,
         client: &mut W,
     ) -> Result<Outcome, BackendError> {
-        self.relay_answer(kind, client, false).await
+        self.relay_answer(kind, client, false, false).await
     }
 
     /// Streams a response to `client`; `fresh`: it answers a command just sent with
     /// sequence id 0, so an ERR with sequence id 0 before it is the server's goodbye.
+    /// `hold_deadlock`: see [`relay_or_hold`](Self::relay_or_hold).
     async fn relay_answer<W: AsyncWrite + Unpin>(
         &mut self,
         kind: ResponseKind,
         client: &mut W,
         fresh: bool,
+        hold_deadlock: bool,
     ) -> Result<Outcome, BackendError> {
         let mut scanner = ResponseScanner::new(kind, self.deprecate_eof());
         let mut wrote = false;
@@ -490,12 +505,19 @@ impl BackendConn {
                     }
                 };
                 if n > 0 {
-                    wrote = true;
-                    self.relayed = true;
                     if let Some(p) = scanner.error_payload(&self.conn.rbuf[..n]) {
                         // Only a response that ended in an ERR pays for this.
                         self.last_err = parse_err(p);
+                        if hold_deadlock && scanner.single_packet() && self.deadlocked() {
+                            self.conn.rbuf.advance(n);
+                            let mut outcome = scanner.outcome();
+                            self.note(&outcome);
+                            outcome.held = true;
+                            return Ok(outcome);
+                        }
                     }
+                    wrote = true;
+                    self.relayed = true;
                     if let Err(e) = client.write_all(&self.conn.rbuf[..n]).await {
                         // the backend is mid-response: it cannot be reused
                         self.broken = !scanner.is_done();
@@ -519,6 +541,13 @@ impl BackendConn {
         let outcome = scanner.outcome();
         self.note(&outcome);
         Ok(outcome)
+    }
+
+    /// Whether the last ERR read was a deadlock's (1213).
+    fn deadlocked(&self) -> bool {
+        self.last_err
+            .as_ref()
+            .is_some_and(|e| e.code == crate::error::codes::LOCK_DEADLOCK)
     }
 
     /// Whether the read buffer starts with an ERR packet of sequence id 0: a response

@@ -20,7 +20,7 @@
 //! buckets: a task folds them every second (and each render does), so the buffer holds
 //! at most about a second of statements.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -43,6 +43,10 @@ pub const NO_KEYSPACE: &str = "(none)";
 /// The keyspace label of statements in a pass-through database (one the vschema does
 /// not name: the client chooses its name, so it is not a label).
 pub const PASS_THROUGH: &str = "(passthrough)";
+
+/// (cluster, table) pairs with their own `shardgate_deadlock_retries_total` series;
+/// further tables count as `table="(other)"` (a table name comes from client text).
+pub const MAX_DEADLOCK_TABLES: usize = 256;
 
 /// Gauges not set by a render for this long drop out of `/metrics` (a cluster removed
 /// from the vschema, a throttle reason that no longer holds).
@@ -89,6 +93,7 @@ pub(crate) const DESCRIBED: &[(&str, Kind, &str)] = &[
     ("shardgate_plan_cache_misses_total", Kind::Counter, "Statements of a cacheable shape planned in full: not in the plan cache yet."),
     ("shardgate_plan_cache_uncacheable_total", Kind::Counter, "Statements planned in full because their plan cannot be cached (not a single SELECT/UPDATE/DELETE, an INSERT, a range, an error, strings with escapes, texts over 4 KiB)."),
     ("shardgate_plan_cache_entries", Kind::Gauge, "Entries in the plan cache now (at most plan_cache_size)."),
+    ("shardgate_deadlock_retries_total", Kind::Counter, "Autocommit statements a deadlock made their victim and shardgate sent again, by cluster, first table named and how they ended (retried_ok, retried_error, gave_up)."),
     ("shardgate_caching_sha2_logins_total", Kind::Counter, "Passwords caching_sha2_password verified, by path: fast (the cache) or full (the password over TLS or RSA, which fills the cache)."),
 ];
 
@@ -122,6 +127,8 @@ pub struct Registry {
     /// statement, replaced whole (under `grow`) when a pair is first seen.
     pairs: ArcSwap<Pairs>,
     grow: Mutex<usize>,
+    /// The (cluster, table) pairs of the deadlock-retry series so far (a rare path).
+    deadlock_tables: Mutex<HashSet<(String, String)>>,
 }
 
 fn metadata() -> Metadata<'static> {
@@ -165,6 +172,7 @@ impl Registry {
             recorder,
             pairs: ArcSwap::from_pointee(Pairs::default()),
             grow: Mutex::new(0),
+            deadlock_tables: Mutex::new(HashSet::new()),
         });
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(upkeep(Arc::downgrade(&registry)));
@@ -271,6 +279,32 @@ impl Registry {
         pair
     }
 
+    /// Counts an autocommit statement that a deadlock made its victim and that was sent
+    /// again, by how it ended: `retried_ok`, `retried_error` (another error, a lost
+    /// backend, the query timeout) or `gave_up` (every try deadlocked). `table` is the
+    /// first table it names ("(none)" if none); past [`MAX_DEADLOCK_TABLES`], "(other)".
+    pub fn record_deadlock_retry(&self, cluster: &str, table: Option<&str>, result: &str) {
+        let table = table.unwrap_or("(none)");
+        let table = {
+            let mut seen = self
+                .deadlock_tables
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let pair = (cluster.to_string(), table.to_string());
+            if seen.contains(&pair) {
+                table
+            } else if seen.len() < MAX_DEADLOCK_TABLES {
+                seen.insert(pair);
+                table
+            } else {
+                OVERFLOW
+            }
+        };
+        let labels = [("cluster", cluster), ("table", table), ("result", result)];
+        self.counter("shardgate_deadlock_retries_total", &labels)
+            .increment(1);
+    }
+
     /// A counter of this proxy's (registered once, then the same handle).
     pub fn counter(&self, name: &'static str, labels: &[(&'static str, &str)]) -> Counter {
         self.recorder
@@ -366,6 +400,41 @@ mod tests {
             Some("2")
         );
         assert!(!b.render().contains("keyspace=\"app\""));
+    }
+
+    #[test]
+    fn deadlock_retries_are_counted_by_cluster_table_and_result_with_bounded_tables() {
+        let r = Registry::new();
+        r.record_deadlock_retry("c1", Some("t"), "retried_ok");
+        r.record_deadlock_retry("c1", Some("t"), "retried_ok");
+        r.record_deadlock_retry("c1", None, "gave_up");
+        for i in 0..MAX_DEADLOCK_TABLES + 3 {
+            r.record_deadlock_retry("c2", Some(&format!("t{i}")), "retried_ok");
+        }
+        let body = r.render();
+        let series = |labels: &str| format!("shardgate_deadlock_retries_total{{{labels}}}");
+        assert_eq!(
+            line(
+                &body,
+                &series(r#"cluster="c1",table="t",result="retried_ok""#)
+            ),
+            Some("2")
+        );
+        assert_eq!(
+            line(
+                &body,
+                &series(r#"cluster="c1",table="(none)",result="gave_up""#)
+            ),
+            Some("1")
+        );
+        // c1's two tables took two of the slots.
+        assert_eq!(
+            line(
+                &body,
+                &series(r#"cluster="c2",table="(other)",result="retried_ok""#)
+            ),
+            Some("5")
+        );
     }
 
     #[test]

@@ -42,6 +42,7 @@ pub use effects::{Effects, Reserve};
 use insert::InsertRoute;
 use lex::Token;
 pub use privilege::{backslash_unsafe_collation, protected_schema, Privilege};
+pub use tables::first_table;
 use tables::TableName;
 pub use text::sql_text;
 

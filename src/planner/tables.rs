@@ -128,6 +128,16 @@ fn is_any(t: &Token, sql: &str, words: &[&str]) -> bool {
     words.iter().any(|w| t.is_kw(sql, w))
 }
 
+/// The first table `sql` names (without its schema), for labels and logs: read again
+/// from the text, so only rare paths (a deadlock's victim) should ask.
+pub fn first_table(sql: &str) -> Option<String> {
+    let toks = super::lex::lex(sql).tokens;
+    table_names(sql, &toks, false)
+        .into_iter()
+        .next()
+        .map(|t| t.name.into_owned())
+}
+
 /// The tables `toks` names after a table-introducing keyword.
 pub(crate) fn table_names<'a>(sql: &'a str, toks: &[Token], ddl: bool) -> Vec<TableName<'a>> {
     let mut out = Vec::new();
@@ -238,4 +248,32 @@ pub(crate) fn common_schema(tables: &[TableName<'_>]) -> Option<String> {
     schemas
         .all(|s| s.eq_ignore_ascii_case(first))
         .then(|| first.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::first_table;
+
+    #[test]
+    fn first_table_is_the_first_one_named_without_schema_or_quotes() {
+        let cases = [
+            ("UPDATE t SET v = v + 1 WHERE id = 1", Some("t")),
+            (
+                "/*workspace_id:4*/ INSERT INTO `app`.`messages` (a) VALUES (1)",
+                Some("messages"),
+            ),
+            (
+                "DELETE FROM ws_3.notes WHERE id IN (SELECT id FROM old)",
+                Some("notes"),
+            ),
+            (
+                "SELECT a FROM orders o JOIN items i ON i.o = o.id FOR UPDATE",
+                Some("orders"),
+            ),
+            ("SELECT 1", None),
+        ];
+        for (sql, table) in cases {
+            assert_eq!(first_table(sql).as_deref(), table, "{sql}");
+        }
+    }
 }

@@ -51,6 +51,9 @@ pub struct Outcome {
     /// The response stopped at a LOCAL INFILE request (0xFB, the file name): the server
     /// now waits for the file's packets and answers after the empty one.
     pub local_infile: bool,
+    /// The answer was a lone ERR the relay was asked to hold back (a deadlock victim
+    /// the caller sends again): no byte of it reached the client.
+    pub held: bool,
 }
 
 /// The backend broke the protocol; the connection cannot be trusted any more.
@@ -124,6 +127,12 @@ impl ResponseScanner {
             }
         }
         Ok(at)
+    }
+
+    /// Whether the response so far is one packet (with an ERR that ended it: the
+    /// answer was that ERR alone, nothing before it).
+    pub fn single_packet(&self) -> bool {
+        self.packets == 1
     }
 
     /// The payload of the ERR packet that ended the response, read from `buf`: the

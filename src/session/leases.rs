@@ -356,6 +356,8 @@ impl Session {
             && self.pending_begin.is_none()
             && self.pending_once.is_empty()
             && !self.held.iter().any(|h| h.target.cluster == target.cluster);
+        // Decided before the pending transaction starts (then it is state).
+        let retries = self.deadlock_retries(stateful, &outgoing, kind, stmt);
         let mut lease = match self.ready_lease(rt, &target, true).await {
             Ok(l) => l,
             Err(answered) => return Ok(answered),
@@ -393,31 +395,35 @@ impl Session {
         self.handle
             .statement_started(&target.cluster, thread_id)
             .await;
-        let max_packet = self.shared.config.max_packet_size;
+        let mut retried = 0;
         let result = match self.shared.config.pool.query_timeout {
             None => {
-                lease
-                    .conn()
-                    .relay_command(
-                        &payload,
-                        kind,
-                        &mut self.client,
-                        max_packet,
-                        &target.cluster,
-                    )
-                    .await
-            }
-            Some(limit) => {
-                let relay = lease.conn().relay_command(
+                self.relay_retrying_deadlocks(
+                    lease.conn(),
                     &payload,
                     kind,
-                    &mut self.client,
-                    max_packet,
                     &target.cluster,
+                    retries,
+                    &mut retried,
+                )
+                .await
+            }
+            Some(limit) => {
+                let relay = self.relay_retrying_deadlocks(
+                    lease.conn(),
+                    &payload,
+                    kind,
+                    &target.cluster,
+                    retries,
+                    &mut retried,
                 );
                 match Box::pin(tokio::time::timeout(limit, relay)).await {
                     Ok(r) => r,
                     Err(_) => {
+                        if retried > 0 {
+                            let end = super::deadlock::RetryEnd::Error;
+                            self.count_deadlock_retry(&target.cluster, end);
+                        }
                         self.handle.statement_ended().await;
                         let conn = lease.conn();
                         conn.broken = true;

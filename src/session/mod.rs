@@ -9,6 +9,8 @@
 //! - `statement`: one COM_QUERY from text to plan to dispatch; transactions and `SET`;
 //! - `leases`: getting a backend connection ready for a statement, relaying the answer,
 //!   and deciding afterwards whether the connection goes back to the pool;
+//! - `deadlock`: an autocommit statement InnoDB made a deadlock's victim, sent again
+//!   before the client sees anything (`pool.deadlock_retries`);
 //! - `schema`: application DDL into the migration queue, and the admin statements.
 //! - `kill`: `KILL` and `SELECT CONNECTION_ID()` with shardgate's own session ids (the
 //!   session registry is in [`crate::shared`]).
@@ -28,6 +30,7 @@
 //! and its connection is closed, as a direct connection would have died.
 
 mod access;
+mod deadlock;
 mod identity;
 mod idle;
 mod kill;

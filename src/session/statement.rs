@@ -321,6 +321,7 @@ impl Session {
                 &mut self.client,
                 max_packet,
                 &target.cluster,
+                false,
             )
             .await
         {

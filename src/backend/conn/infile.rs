@@ -40,6 +40,9 @@ impl BackendConn {
     /// when the backend asks for a local file, streams the client's file to it and
     /// relays the rest of the answer. `limit` bounds one client packet; `cluster`
     /// names the backend in the error a client gets if it is lost mid-file.
+    /// `hold_deadlock`: an answer that is one ERR 1213 is not relayed (see
+    /// [`relay_or_hold`](Self::relay_or_hold)); only the command's first answer, never
+    /// the one after a file.
     pub async fn relay_command<C: AsyncRead + AsyncWrite + Unpin>(
         &mut self,
         payload: &[u8],
@@ -47,8 +50,11 @@ impl BackendConn {
         client: &mut PacketConn<C>,
         limit: usize,
         cluster: &str,
+        hold_deadlock: bool,
     ) -> Result<Outcome, BackendError> {
-        let mut outcome = self.relay(payload, kind, &mut client.io).await?;
+        let mut outcome = self
+            .relay_or_hold(payload, kind, &mut client.io, hold_deadlock)
+            .await?;
         let mut sets = outcome.result_sets;
         while outcome.local_infile {
             let last = match self.stream_file(client, limit).await? {
