@@ -85,7 +85,33 @@ async fn a_copy_killed_with_its_proxy_resumes_from_its_checkpoint_in_a_new_proxy
         checkpoint_rows < 200_000,
         "killed mid-copy ({checkpoint_rows} rows)"
     );
-    // Writes go on while no proxy runs the queue: the triggers keep the ghost in step.
+    // The copy captured changes from the binary log, and its checkpoint holds the
+    // position the capture had applied when its chunk began.
+    assert_eq!(
+        one(
+            db,
+            &format!("SELECT capture FROM _shardgate.schema_migrations WHERE uuid = '{uuid}'")
+        ),
+        "binlog"
+    );
+    let checkpoint = one(
+        db,
+        &format!("SELECT checkpoint FROM _shardgate.schema_migrations WHERE uuid = '{uuid}'"),
+    );
+    assert!(
+        checkpoint.contains(" mariadb-bin."),
+        "binlog position in the checkpoint: {checkpoint}"
+    );
+    assert_eq!(
+        one(
+            db,
+            "SELECT COUNT(*) FROM information_schema.TRIGGERS WHERE EVENT_OBJECT_SCHEMA = 'app'"
+        ),
+        "0",
+        "no triggers with binlog capture"
+    );
+    // Writes go on while no proxy runs the queue: they are in the binary log, which the
+    // next proxy's capture reads again from the checkpoint's position.
     db.sql("UPDATE app.big SET v = -1 WHERE id = 7; DELETE FROM app.big WHERE id = 199999; INSERT INTO app.big VALUES (300000, 5)")
         .expect("writes while the executor is dead");
 
