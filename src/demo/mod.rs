@@ -10,7 +10,7 @@
 pub mod localdb;
 mod process;
 pub mod replication;
-mod sample;
+pub mod sample;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

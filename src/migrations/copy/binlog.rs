@@ -38,7 +38,7 @@ use crate::vschema::Cluster;
 
 use super::chunk::ChunkKey;
 use super::schema::{cell, Column};
-use super::sql::{qualified, server_err};
+use super::sql::{code, qualified, server_err};
 use super::CopyError;
 
 /// COM_BINLOG_DUMP.
@@ -609,23 +609,39 @@ async fn apply_keys(
         "DELETE FROM {g} WHERE {in_list} AND NOT EXISTS (SELECT 1 FROM {t} AS o WHERE {})",
         same.join(" AND ")
     );
-    let deleted = conn
-        .execute(&delete)
-        .await
-        .map_err(|e| server_err("applying binlog deletes to the ghost", e))?;
+    let deleted = retried(conn, &delete, "applying binlog deletes to the ghost").await?;
     let upto = match watermark {
         Watermark::All => String::new(),
         Watermark::Upto(hi) => format!(" AND {}", s.key.compare(hi, false)?),
-        Watermark::Nothing => return Ok(deleted.affected_rows),
+        Watermark::Nothing => return Ok(deleted),
     };
     let cols: Vec<String> = s.columns.iter().map(|c| quote_ident(c)).collect();
     let cols = cols.join(", ");
     let replace = format!("REPLACE INTO {g} ({cols}) SELECT {cols} FROM {t} WHERE {in_list}{upto}");
-    let replaced = conn
-        .execute(&replace)
-        .await
-        .map_err(|e| server_err("applying binlog changes to the ghost", e))?;
-    Ok(deleted.affected_rows + replaced.affected_rows)
+    let replaced = retried(conn, &replace, "applying binlog changes to the ghost").await?;
+    Ok(deleted + replaced)
+}
+
+/// Attempts at one apply statement that lost a lock conflict (with a chunk writing the
+/// same ghost rows; the statement was rolled back whole, so it is simply run again).
+const APPLY_ATTEMPTS: u32 = 10;
+
+/// Runs an apply statement, again after a deadlock or lock wait timeout; rows changed.
+async fn retried(conn: &mut SqlConn, sql: &str, doing: &str) -> Result<u64, CopyError> {
+    let mut attempt = 0;
+    loop {
+        match conn.execute(sql).await {
+            Ok(ok) => return Ok(ok.affected_rows),
+            Err(e)
+                if attempt + 1 < APPLY_ATTEMPTS
+                    && matches!(e.code(), Some(code::DEADLOCK | code::LOCK_WAIT_TIMEOUT)) =>
+            {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(5 << attempt.min(6))).await;
+            }
+            Err(e) => return Err(server_err(doing, e)),
+        }
+    }
 }
 
 /// The key of one row image, hex per key column (the checkpoint's form).
@@ -691,10 +707,10 @@ fn int_bits(data_type: &str) -> Option<u32> {
     })
 }
 
-/// A sentry table's comment: a table by the old name with it is only a sentry.
+/// The cut-over guard tables' comment: a table with it holds no data.
 pub(crate) const SENTRY_COMMENT: &str = "shardgate cut-over sentry";
 
-/// `CREATE TABLE` for the cut-over sentry at the old table's name.
+/// `CREATE TABLE` for a cut-over guard table.
 pub(crate) fn sentry_sql(db: &str, name: &str) -> String {
     format!(
         "CREATE TABLE {} (sentry INT) ENGINE=InnoDB COMMENT={}",

@@ -3,27 +3,35 @@
 //! The ghost lags the original by whatever the capture has not applied yet, so the
 //! swap needs a moment when the original takes no writes:
 //!
-//! 1. a sentry table is created under the old table's name: a `RENAME` that moves
-//!    the original there fails while it exists;
+//! 1. two guard tables are created: a *sentry* whose name sorts after the original's
+//!    (`<table>~sg`) and a *stand-in* (`_<table>_<tag>_sgs`);
 //! 2. a lock connection takes `LOCK TABLES original READ, sentry WRITE` (short lock
 //!    wait, retried with backoff): writes to the original wait, reads go on;
 //! 3. the binlog position now is where the capture must get to; once it has, the
 //!    checksum compares the two tables (stable now) in one snapshot;
-//! 4. the DDL connection sends `RENAME TABLE original TO old, ghost TO original`,
-//!    which waits behind the lock; once the server shows it waiting, the lock
-//!    connection drops the sentry and unlocks. A waiting RENAME goes before the
-//!    waiting writes (metadata locks favour it), so they run on the new table.
+//! 4. the DDL connection sends
+//!    `RENAME TABLE original TO old, ghost TO original, stand-in TO sentry`. It takes
+//!    its metadata locks in name order: the ghost, old and stand-in names are free,
+//!    so it waits on the original, and from then on writes that arrive queue behind
+//!    it. Once the server shows it waiting, the lock connection drops the sentry and
+//!    unlocks; the RENAME is granted before the waiting writes (a waiting exclusive
+//!    lock goes first), which then run on the new table.
 //!
 //! If the lock connection dies at any point its locks go with it, but the sentry
-//! stays, so the RENAME fails instead of swapping a table that took writes the
-//! ghost never saw. Writes wait for steps 3-4 only (milliseconds on a drained
-//! capture, plus the checksum's time).
+//! stays, so the RENAME fails (its target exists) instead of swapping a table that
+//! took writes the ghost never saw. Writes wait for steps 3-4 only (milliseconds on a
+//! drained capture, plus the checksum's time).
+//!
+//! The sentry's name must sort after the original's: were the RENAME to wait on the
+//! sentry first, the unlock would free the original before the RENAME asked for it,
+//! and a waiting write could slip into the old table.
 
 use std::time::Duration;
 
 use crate::backend::{quote_literal, SqlConn};
 
 use super::binlog::{self, BinlogCapture, SENTRY_COMMENT};
+use super::schema::MAX_NAME;
 use super::schema::{cell, Column};
 use super::sql::{self, code, qualified, server_err};
 use super::{CopyControl, CopyError, CopyNames, CopyTask};
@@ -65,32 +73,61 @@ pub(crate) async fn binlog_cut_over<C: CopyControl>(
         .and_then(|v| v.parse::<u64>().ok())
         .ok_or_else(|| CopyError::Failed("cut-over: no connection id".into()))?;
     let attempts = task.options.cutover_attempts.max(1);
+    let guards = [sentry_name(&task.table)?, stand_in_name(&swap.names.old)];
     for attempt in 0..attempts {
         control.gate().await.map_err(CopyError::Stopped)?;
         capture.check()?;
-        drop_sentry(ddl, db, &swap.names.old).await?;
-        ddl.execute(&binlog::sentry_sql(db, &swap.names.old))
-            .await
-            .map_err(|e| server_err("creating the cut-over sentry", e))?;
-        match try_once(lock, ddl, ddl_id, capture, swap).await {
+        for g in &guards {
+            drop_guard(ddl, db, g).await?;
+            ddl.execute(&binlog::sentry_sql(db, g))
+                .await
+                .map_err(|e| server_err("creating the cut-over guard tables", e))?;
+        }
+        let outcome = try_once(lock, ddl, ddl_id, capture, swap, &guards).await;
+        if !matches!(outcome, Ok(())) {
+            let _ = lock.execute("UNLOCK TABLES").await;
+        }
+        // After a swap the stand-in sits at the sentry's name; either way both go.
+        for g in &guards {
+            let dropped = drop_guard(ddl, db, g).await;
+            if let (Err(e), Ok(())) = (&dropped, &outcome) {
+                tracing::warn!(uuid = %task.uuid, error = ?e, "cut-over guard table left");
+            }
+        }
+        match outcome {
             Ok(()) => return Ok(()),
             Err(Attempt::Again(why)) => {
-                let _ = lock.execute("UNLOCK TABLES").await;
-                drop_sentry(ddl, db, &swap.names.old).await?;
                 tracing::info!(uuid = %task.uuid, attempt, why = %why, "cut-over not done; backing off");
                 tokio::time::sleep(sql::backoff(attempt)).await;
             }
-            Err(Attempt::Fatal(e)) => {
-                let _ = lock.execute("UNLOCK TABLES").await;
-                let _ = drop_sentry(ddl, db, &swap.names.old).await;
-                return Err(e);
-            }
+            Err(Attempt::Fatal(e)) => return Err(e),
         }
     }
     Err(CopyError::Failed(format!(
         "cut-over did not get its lock in {attempts} attempts (a long transaction holds {})",
         task.table
     )))
+}
+
+/// `<table>~sg`: a name that sorts right after the table's (the table's name is its
+/// prefix), so a RENAME naming both waits on the table first.
+fn sentry_name(table: &str) -> Result<String, CopyError> {
+    let name = format!("{table}~sg");
+    if name.chars().count() > MAX_NAME {
+        return Err(CopyError::Failed(format!(
+            "table name {table} is too long for the cut-over's sentry ({MAX_NAME} characters)"
+        )));
+    }
+    Ok(name)
+}
+
+/// The table renamed onto the sentry's name by the RENAME (`_..._sgs`, beside the old
+/// table's name).
+fn stand_in_name(old: &str) -> String {
+    match old.strip_suffix("_old") {
+        Some(stem) => format!("{stem}_sgs"),
+        None => format!("{old}_sgs"),
+    }
 }
 
 enum Attempt {
@@ -105,13 +142,16 @@ async fn try_once(
     ddl_id: u64,
     capture: &BinlogCapture,
     swap: &Swap<'_>,
+    guards: &[String; 2],
 ) -> Result<(), Attempt> {
     let task = swap.task;
     let db = &task.database;
     let t = qualified(db, &task.table);
     let old = qualified(db, &swap.names.old);
+    let sentry = qualified(db, &guards[0]);
+    let stand_in = qualified(db, &guards[1]);
     match lock
-        .execute(&format!("LOCK TABLES {t} READ, {old} WRITE"))
+        .execute(&format!("LOCK TABLES {t} READ, {sentry} WRITE"))
         .await
     {
         Ok(_) => {}
@@ -133,7 +173,7 @@ async fn try_once(
         .await
         .map_err(Attempt::Fatal)?;
     let rename = format!(
-        "RENAME TABLE {t} TO {old}, {} TO {t}",
+        "RENAME TABLE {t} TO {old}, {} TO {t}, {stand_in} TO {sentry}",
         qualified(db, &swap.names.ghost)
     );
     let release = async {
@@ -157,7 +197,7 @@ async fn try_once(
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         if queued {
-            lock.execute(&format!("DROP TABLE {old}"))
+            lock.execute(&format!("DROP TABLE {sentry}"))
                 .await
                 .map_err(|e| server_err("dropping the cut-over sentry", e))?;
         }
@@ -184,9 +224,20 @@ async fn try_once(
 /// ER_TABLE_EXISTS_ERROR.
 const TABLE_EXISTS: u16 = 1050;
 
-/// Drops a sentry left under the old table's name (only a table with the sentry's
-/// comment: never real data).
-async fn drop_sentry(conn: &mut SqlConn, db: &str, name: &str) -> Result<(), CopyError> {
+/// Drops the guard tables a cut-over may have left (a crash mid-way).
+pub(crate) async fn drop_guards(
+    conn: &mut SqlConn,
+    task: &CopyTask,
+    names: &CopyNames,
+) -> Result<(), CopyError> {
+    if let Ok(sentry) = sentry_name(&task.table) {
+        drop_guard(conn, &task.database, &sentry).await?;
+    }
+    drop_guard(conn, &task.database, &stand_in_name(&names.old)).await
+}
+
+/// Drops a guard table (only a table with the guards' comment: never real data).
+async fn drop_guard(conn: &mut SqlConn, db: &str, name: &str) -> Result<(), CopyError> {
     let found = conn
         .query(&format!(
             "SELECT TABLE_COMMENT FROM information_schema.TABLES \
@@ -201,7 +252,7 @@ async fn drop_sentry(conn: &mut SqlConn, db: &str, name: &str) -> Result<(), Cop
     };
     if cell(row, 0) != Some(SENTRY_COMMENT) {
         return Err(CopyError::Failed(format!(
-            "a table named {name} already exists (the name the old table would take)"
+            "a table named {name} already exists (a name the cut-over needs)"
         )));
     }
     conn.execute(&format!("DROP TABLE IF EXISTS {}", qualified(db, name)))

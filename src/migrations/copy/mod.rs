@@ -178,7 +178,7 @@ pub async fn clean_up(cluster: &Cluster, task: &CopyTask) -> Result<(), CopyErro
     ))
     .await
     .map_err(|e| server_err("dropping the ghost table", e))?;
-    Ok(())
+    cutover::drop_guards(&mut conn, task, &names).await
 }
 
 /// Name of the table that keeps the old data after a cut-over.
@@ -394,7 +394,7 @@ async fn run_stages<C: CopyControl>(
             None
         }
     };
-    tracing::info!(uuid = %task.uuid, table = %task.table, capture = %progress.capture, "change capture chosen");
+    tracing::info!(uuid = %task.uuid, database = %db, table = %task.table, capture = %progress.capture, "change capture chosen");
     let triggers = capture_for(task, &names, columns.clone(), key_columns);
     if checkpoint.is_none() && capture.is_none() {
         set_stage(progress, "triggers", control);
@@ -467,7 +467,7 @@ async fn run_stages<C: CopyControl>(
             };
             cutover::binlog_cut_over(&mut copy_conn, &mut ddl, c, &swap, control).await?;
             let (rows, gtid) = c.stats();
-            tracing::info!(uuid = %task.uuid, table = %task.table, rows_applied = rows,
+            tracing::info!(uuid = %task.uuid, database = %task.database, table = %task.table, rows_applied = rows,
                 gtid = gtid.as_deref().unwrap_or("-"), "binlog capture done");
         }
     }
@@ -614,5 +614,8 @@ async fn finish_cutover(conn: &mut SqlConn, task: &CopyTask, names: &CopyNames) 
     .await;
     if let Err(e) = dropped {
         tracing::warn!(uuid = %task.uuid, error = ?e, "triggers left on the old table");
+    }
+    if let Err(e) = cutover::drop_guards(conn, task, names).await {
+        tracing::warn!(uuid = %task.uuid, error = ?e, "cut-over guard tables left");
     }
 }

@@ -7,7 +7,7 @@ use super::sql::server_err;
 use super::{CopyError, CopyTask};
 
 /// MariaDB's identifier length limit.
-const MAX_NAME: usize = 64;
+pub(crate) const MAX_NAME: usize = 64;
 
 /// Names of everything a copy creates, derived from the migration's uuid so that a
 /// resumed run finds them again: `_<table>_<8 hex>_<suffix>`.
