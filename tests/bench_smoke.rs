@@ -126,6 +126,30 @@ fn incident_smoke_replay_sees_the_frozen_cluster_go_down_and_come_back() {
     }
 }
 
+/// The migration-wave replay end to end: ten workspace databases, the wave of four
+/// changes under eight reading and writing clients, with binlog capture. Asserted are
+/// outcomes, not timings: every migration completed, no application statement failed,
+/// and the table row reports both.
+#[test]
+fn wave_smoke_completes_every_migration_without_an_application_error() {
+    let (stdout, stderr) = run_bench(
+        &["wave", "--smoke", "--capture", "binlog"],
+        Duration::from_secs(240),
+    );
+    let row = stdout
+        .lines()
+        .find(|l| l.starts_with("| binlog |"))
+        .unwrap_or_else(|| panic!("no binlog row in:\n{stdout}\n{stderr}"));
+    let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+    assert_eq!(cells[3], "0", "failed application statements: {row}");
+    assert_eq!(cells[4], "0", "workspaces with errors: {row}");
+    assert_eq!(cells[10], "40/40", "migrations complete: {row}");
+    assert!(
+        cells[2].parse::<u64>().is_ok_and(|n| n > 100),
+        "the clients ran: {row}"
+    );
+}
+
 /// Runs `shardgate-bench ARGS`, killed after `limit`; asserts it succeeded and returns
 /// its stdout and stderr.
 fn run_bench(args: &[&str], limit: Duration) -> (String, String) {

@@ -30,14 +30,11 @@ const WAVE: [&str; 4] = [
 ];
 
 fn vschema(servers: &[shardgate::demo::localdb::LocalMariaDb]) -> String {
-    format!(
-        "[clusters.c1]\nprimary = \"{}\"\nuser = \"shardgate\"\npassword = \"shardgate\"\n\
-         [clusters.c2]\nprimary = \"{}\"\nuser = \"shardgate\"\npassword = \"shardgate\"\n\
-         [keyspaces.tenants]\nsharded = true\nvindex = \"xxhash\"\n\
-         tenancy = \"database_per_workspace\"\ndatabase_template = \"ws_{{id}}\"\n\
-         shards = [{{ name = \"-80\", cluster = \"c1\" }}, {{ name = \"80-\", cluster = \"c2\" }}]\n",
-        servers[0].addr(),
-        servers[1].addr()
+    shardgate::demo::sample::tenants_vschema(
+        &servers[0].addr(),
+        &servers[1].addr(),
+        "shardgate",
+        "shardgate",
     )
 }
 
@@ -50,19 +47,13 @@ fn seed(servers: &[shardgate::demo::localdb::LocalMariaDb], vschema_text: &str) 
             "c1" => &servers[0],
             _ => &servers[1],
         };
-        let db = format!("ws_{ws}");
         owner
-            .sql(&format!(
-                "CREATE DATABASE {db}; USE {db}; {}\
-                 INSERT INTO conversations (id, workspace_id, subject, state, updated_at) \
-                   SELECT {ws} * 10 + seq, {ws}, CONCAT('subject ', seq), 'open', NOW() \
-                   FROM seq_1_to_{CONVERSATIONS};\n\
-                 INSERT INTO messages (conversation_id, workspace_id, author, body, created_at) \
-                   SELECT {ws} * 10 + 1 + seq % {CONVERSATIONS}, {ws}, CONCAT('author ', seq), \
-                   REPEAT('x', 50 + seq % 200), NOW() FROM seq_1_to_{MESSAGES};",
-                shardgate::demo::sample::SHARDED_TABLES
+            .sql(&shardgate::demo::sample::workspace_database_sql(
+                ws,
+                CONVERSATIONS,
+                MESSAGES,
             ))
-            .unwrap_or_else(|e| panic!("seed {db}: {e}"));
+            .unwrap_or_else(|e| panic!("seed ws_{ws}: {e}"));
     }
 }
 

@@ -10,6 +10,7 @@ mod probe;
 mod setup;
 mod stats;
 mod syscalls;
+mod wave;
 mod workload;
 
 use std::path::PathBuf;
@@ -54,6 +55,10 @@ usage: shardgate-bench [options]
        shardgate-bench incident [--stall-seconds 60] [--repeat 5] [--smoke]
   freezes one of 4 clusters (SIGSTOP) under live load and prints a per-second timeline
   and when shardgate called it degraded, down and healthy again (`incident --help`)
+
+       shardgate-bench wave [--capture binlog,triggers] [--workspaces 50] [--smoke]
+  a wave of column-type changes over every workspace database while clients read and
+  write them: failed statements, workspaces with errors, p99 before/during (`wave --help`)
 
        shardgate-bench idle [--connections 1000,10000] [--rounds 3]
   shardgate's RSS with that many idle logged-in clients (run via bench/idle.sh,
@@ -177,29 +182,19 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) == Some("idle") {
-        return match idle::run(&args[1..]) {
+    type Subcommand = fn(&[String]) -> Result<(), String>;
+    let sub: Option<(&str, Subcommand)> = match args.first().map(String::as_str) {
+        Some("idle") => Some(("idle", idle::run)),
+        Some("incident") => Some(("incident", incident::run)),
+        Some("wave") => Some(("wave", wave::run)),
+        Some("servers") => Some(("servers", hold_servers)),
+        _ => None,
+    };
+    if let Some((name, run)) = sub {
+        return match run(&args[1..]) {
             Ok(()) => ExitCode::SUCCESS,
             Err(msg) => {
-                eprintln!("shardgate-bench idle: {msg}");
-                ExitCode::FAILURE
-            }
-        };
-    }
-    if args.first().map(String::as_str) == Some("incident") {
-        return match incident::run(&args[1..]) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(msg) => {
-                eprintln!("shardgate-bench incident: {msg}");
-                ExitCode::FAILURE
-            }
-        };
-    }
-    if args.first().map(String::as_str) == Some("servers") {
-        return match hold_servers(&args[1..]) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(msg) => {
-                eprintln!("shardgate-bench servers: {msg}");
+                eprintln!("shardgate-bench {name}: {msg}");
                 ExitCode::FAILURE
             }
         };

@@ -116,6 +116,35 @@ fn append_batches(out: &mut String, into: &str, rows: &[String]) {
     }
 }
 
+/// A two-cluster vschema with one keyspace, `tenants`, of one database per workspace
+/// (`ws_<id>`, split by hash between `c1` and `c2`): the layout the migration-wave
+/// test and bench replay.
+pub fn tenants_vschema(c1: &str, c2: &str, user: &str, password: &str) -> String {
+    format!(
+        "[clusters.c1]\nprimary = \"{c1}\"\nuser = \"{user}\"\npassword = \"{password}\"\n\
+         [clusters.c2]\nprimary = \"{c2}\"\nuser = \"{user}\"\npassword = \"{password}\"\n\
+         [keyspaces.tenants]\nsharded = true\nvindex = \"xxhash\"\n\
+         tenancy = \"database_per_workspace\"\ndatabase_template = \"ws_{{id}}\"\n\
+         shards = [{{ name = \"-80\", cluster = \"c1\" }}, {{ name = \"80-\", cluster = \"c2\" }}]\n"
+    )
+}
+
+/// SQL that creates workspace `ws`'s database `ws_<ws>` with the sharded tables,
+/// `conversations` rows (ids `ws * 10 + 1..`) and `messages` rows (ids from 1, bodies
+/// of 50-249 bytes). Uses MariaDB's `seq_1_to_N` tables.
+pub fn workspace_database_sql(ws: u64, conversations: u64, messages: u64) -> String {
+    let db = format!("ws_{ws}");
+    format!(
+        "CREATE DATABASE {db}; USE {db}; {SHARDED_TABLES}\
+         INSERT INTO conversations (id, workspace_id, subject, state, updated_at) \
+           SELECT {ws} * 10 + seq, {ws}, CONCAT('subject ', seq), 'open', NOW() \
+           FROM seq_1_to_{conversations};\n\
+         INSERT INTO messages (conversation_id, workspace_id, author, body, created_at) \
+           SELECT {ws} * 10 + 1 + seq % {conversations}, {ws}, CONCAT('author ', seq), \
+           REPEAT('x', 50 + seq % 200), NOW() FROM seq_1_to_{messages};\n"
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
