@@ -679,6 +679,17 @@ async fn postponed_completion_keeps_the_ghost_in_sync_then_cuts_over_when_allowe
             "deleted row gone"
         );
 
+        // Idle longer than the capture tolerates silence (5 s): the server's heartbeats
+        // keep the binlog stream alive, and the next write still reaches the ghost.
+        tokio::time::sleep(Duration::from_secs(7)).await;
+        assert!(!run.is_finished(), "still postponed after an idle spell");
+        exec(&mut conn, "INSERT INTO t VALUES (50001, 6, 'after idle')").await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(
+            scalar(&mut conn, &in_ghost(50001)).await.as_deref(),
+            Some("6/after idle/n")
+        );
+
         let allowed = Instant::now();
         control.hold_cutover.store(false, Ordering::SeqCst);
         let done = run.await.expect("run task").expect("migration completes");
@@ -697,11 +708,60 @@ async fn postponed_completion_keeps_the_ghost_in_sync_then_cuts_over_when_allowe
             .as_deref(),
             Some("5/n")
         );
+        // 10,000 rows, one deleted, two inserted.
         assert_eq!(
             scalar(&mut conn, "SELECT COUNT(*) FROM t").await.as_deref(),
-            Some("10000")
+            Some("10001")
         );
         assert_eq!(column_type(&mut conn, "t", "v").await, "bigint(20)");
+    })
+    .await
+    .expect("test finishes in time");
+}
+
+/// Where the binary log cannot serve a copy, the copy falls back to triggers, says why,
+/// and still completes: an account without the `REPLICATION SLAVE` grant (the server
+/// refuses the stream), then mixed-format logging.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_usable_binlog_the_copy_falls_back_to_triggers_and_says_why() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        let (server, mut conn) = setup(3_000).await;
+        server
+            .sql(
+                "CREATE USER nodump@'%' IDENTIFIED BY 'nodump'; \
+                 GRANT ALL ON app.* TO nodump@'%'; GRANT BINLOG MONITOR ON *.* TO nodump@'%'; \
+                 SET GLOBAL log_bin_trust_function_creators = 1",
+            )
+            .expect(
+                "an account without REPLICATION SLAVE (nor SUPER: triggers need the trust flag)",
+            );
+        let mut limited = cluster(&server);
+        limited.user = "nodump".into();
+        limited.password = "nodump".into();
+        let task = task("f0110001", "t", "MODIFY v BIGINT NOT NULL");
+        let control = TestControl::default();
+        let done = copy::run(&limited, &task, None, &control)
+            .await
+            .expect("the copy completes with triggers");
+        assert!(
+            done.capture
+                .starts_with("triggers (the server refused the binlog stream"),
+            "{}",
+            done.capture
+        );
+        assert_eq!(column_type(&mut conn, "t", "v").await, "bigint(20)");
+        assert_initial_rows(&table_rows(&mut conn, "t").await, 3_000);
+
+        server
+            .sql("SET GLOBAL binlog_format = 'MIXED'")
+            .expect("mixed binlog");
+        let task = self::task("f0110002", "t", "MODIFY v DECIMAL(30,0) NOT NULL");
+        let control = TestControl::default();
+        let done = copy::run(&cluster(&server), &task, None, &control)
+            .await
+            .expect("the copy completes with triggers");
+        assert_eq!(done.capture, "triggers (binlog_format is MIXED, not ROW)");
+        assert_eq!(column_type(&mut conn, "t", "v").await, "decimal(30,0)");
     })
     .await
     .expect("test finishes in time");

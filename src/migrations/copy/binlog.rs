@@ -228,6 +228,21 @@ impl BinlogCapture {
         let mut stream =
             super::sql::connect(cluster, &spec.database, lock_wait, "READ COMMITTED").await?;
         let checksums = request_dump(&mut stream, &from).await?;
+        // The stream's first packet says whether the server serves it (a missing
+        // REPLICATION SLAVE grant, a purged position): an ERR here is a `Failed`, so a
+        // fresh copy falls back to triggers rather than failing later.
+        let first = tokio::time::timeout(Duration::from_secs(10), stream.next_packet(MAX_EVENT))
+            .await
+            .map_err(|_| CopyError::Connection("no answer to the binlog request in 10 s".into()))?
+            .map_err(|e| CopyError::Connection(format!("requesting the binlog: {e}")))?;
+        if first.first() == Some(&0xff) {
+            let why = crate::protocol::wire::parse_err(&first)
+                .map(|e| format!("{} ({})", e.message, e.code))
+                .unwrap_or_else(|| "unreadable error".into());
+            return Err(CopyError::Failed(format!(
+                "the server refused the binlog stream: {why}"
+            )));
+        }
         let applier =
             super::sql::connect(cluster, &spec.database, lock_wait, "READ COMMITTED").await?;
         let shared = Arc::new(Mutex::new(Shared {
@@ -252,7 +267,7 @@ impl BinlogCapture {
             pending: HashSet::new(),
             oldest: None,
         };
-        let task = tokio::spawn(reader.run());
+        let task = tokio::spawn(reader.run(first));
         Ok(BinlogCapture {
             spec,
             shared,
@@ -365,7 +380,8 @@ async fn request_dump(conn: &mut SqlConn, from: &BinlogPos) -> Result<bool, Copy
     conn.execute(&setup)
         .await
         .map_err(|e| server_err("preparing the binlog stream", e))?;
-    // A server id no replica uses: derived from the clock and this process.
+    // A server id no replica is likely to use: a fixed prefix, this process's id and a
+    // random number.
     let server_id = 0x5347_0000u32 | (std::process::id() & 0xffff) ^ (rand::random::<u16>() as u32);
     let mut p = Vec::with_capacity(11 + from.file.len());
     p.push(COM_BINLOG_DUMP);
@@ -403,8 +419,12 @@ struct Reader {
 }
 
 impl Reader {
-    async fn run(mut self) {
-        if let Err(e) = self.read_loop().await {
+    async fn run(mut self, first: bytes::Bytes) {
+        let read = match self.on_packet(&first) {
+            Ok(()) => self.read_loop().await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = read {
             tracing::warn!(table = %self.spec.table, error = ?e, "binlog capture stopped");
             self.shared
                 .lock()
