@@ -13,9 +13,7 @@ use shardgate::config::ProxyConfig;
 use shardgate::vschema::VSchema;
 
 fn free_addr() -> std::net::SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
+    common::free_local_addr()
 }
 
 fn one_cluster(server: &shardgate::demo::localdb::LocalMariaDb) -> String {

@@ -43,9 +43,7 @@ async fn setup(retries: u32) -> (Vec<LocalMariaDb>, common::Proxy, SocketAddr) {
         .sql("CREATE TABLE app.t (id INT PRIMARY KEY, k INT NOT NULL, v INT NOT NULL, KEY (k)) ENGINE=InnoDB; \
              INSERT INTO app.t VALUES (1, 2, 0), (2, 1, 0)")
         .expect("create t");
-    let metrics_addr = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port");
+    let metrics_addr = common::free_local_addr();
     let mut config = ProxyConfig::new(
         "127.0.0.1:0".parse().expect("addr"),
         common::test_users(),

@@ -283,9 +283,7 @@ async fn dashboard_queries_only_metrics_a_running_proxy_exports_and_docs_name() 
         "[clusters.c1]\nprimary = \"{}\"\nuser = \"shardgate\"\npassword = \"shardgate\"\n[keyspaces.app]\ncluster = \"c1\"\n",
         servers[0].addr()
     );
-    let metrics_addr = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port");
+    let metrics_addr = common::free_local_addr();
     let mut config = ProxyConfig::new(
         "127.0.0.1:0".parse().expect("addr"),
         common::test_users(),

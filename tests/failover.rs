@@ -176,9 +176,7 @@ async fn a_planned_failover_under_write_load_shows_no_error_and_loses_nothing() 
     let dir = tempfile::tempdir().expect("tempdir");
     let mut config = config_for(&cluster);
     config.traffic_state_file = Some(dir.path().join("traffic.toml"));
-    let metrics = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port");
+    let metrics = common::free_local_addr();
     config.metrics_listen = Some(metrics);
     let proxy = common::start_proxy_config(config.clone()).await;
     let mut admin = proxy.connect("admin", Some("app")).await;

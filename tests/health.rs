@@ -348,9 +348,7 @@ async fn a_crashed_cluster_fails_fast_and_a_new_server_on_its_port_is_used_again
 async fn a_slow_cluster_is_degraded_by_its_p99_and_holds_migrations_back() {
     let servers = common::start_servers(2);
     let (_toml, vs) = setup(&servers);
-    let metrics = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port");
+    let metrics = common::free_local_addr();
     let health = HealthConfig {
         degraded_p99: Duration::from_millis(100),
         min_statements: 5,

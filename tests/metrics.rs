@@ -50,9 +50,7 @@ async fn proxy_with_metrics(
         "[clusters.c1]\nprimary = \"{}\"\nuser = \"shardgate\"\npassword = \"shardgate\"\n[keyspaces.app]\ncluster = \"c1\"\n",
         server.addr()
     );
-    let metrics_addr = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port");
+    let metrics_addr = common::free_local_addr();
     let mut config = ProxyConfig::new(
         "127.0.0.1:0".parse().expect("addr"),
         common::test_users(),

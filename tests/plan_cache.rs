@@ -64,9 +64,7 @@ async fn scenario() {
     let on = |s: usize| workspaces.iter().filter(|&&w| shard_of(w) == s).count();
     assert!(on(0) > 5 && on(1) > 5, "both shards own workspaces");
 
-    let metrics_addr = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port");
+    let metrics_addr = common::free_local_addr();
     let mut config = ProxyConfig::new(
         "127.0.0.1:0".parse().expect("addr"),
         common::test_users(),
@@ -183,9 +181,7 @@ async fn plan_cache_size_0_in_the_config_file_turns_the_cache_off() {
     servers[0]
         .sql("CREATE TABLE app.items (workspace_id BIGINT NOT NULL, id BIGINT NOT NULL, PRIMARY KEY (workspace_id, id))")
         .expect("create app.items");
-    let metrics_addr = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port");
+    let metrics_addr = common::free_local_addr();
     let proxy = common::spawn_proxy_binary(
         &toml,
         &format!("metrics_listen = \"{metrics_addr}\"\nplan_cache_size = 0"),

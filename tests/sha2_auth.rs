@@ -413,9 +413,7 @@ async fn cached(addr: &str, user: &str, password: &str) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mysql_async_and_pymysql_log_in_without_tls_through_the_rsa_key() {
     let servers = common::start_servers(1);
-    let metrics = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port");
+    let metrics = common::free_local_addr();
     // Throttling on (one failure, 300 ms) to check that caching_sha2 failures count.
     let proxy = start(&servers, None, |c| {
         c.limits.login_throttle_failures = 1;

@@ -105,9 +105,7 @@ async fn workspaces_with_errors_show_a_partial_failure_healthy_clusters_hide() {
             &format!("DROP TABLE ws_{ws}.notes"),
         );
     }
-    let metrics_addr = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port");
+    let metrics_addr = common::free_local_addr();
     let mut config = shardgate::config::ProxyConfig::new(
         "127.0.0.1:0".parse().expect("addr"),
         common::test_users(),

@@ -139,13 +139,8 @@ struct Rig {
 }
 
 pub fn run(args: &[String]) -> Result<(), String> {
-    let opts = match parse_args(args) {
-        Ok(o) => o,
-        Err(msg) if msg.is_empty() => {
-            println!("{USAGE}");
-            return Ok(());
-        }
-        Err(msg) => return Err(format!("{msg}\n\n{USAGE}")),
+    let Some(opts) = setup::options_or_usage(parse_args(args), USAGE)? else {
+        return Ok(());
     };
     let proxy_bin = setup::sibling_binary("shardgate")?;
     let rt = tokio::runtime::Builder::new_current_thread()

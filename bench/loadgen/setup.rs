@@ -420,6 +420,19 @@ pub fn spawn_listening(
     }
 }
 
+/// A subcommand's parsed options, or `None` once its usage is printed (`--help`, which
+/// the parsers report as an empty error).
+pub fn options_or_usage<T>(parsed: Result<T, String>, usage: &str) -> Result<Option<T>, String> {
+    match parsed {
+        Ok(o) => Ok(Some(o)),
+        Err(msg) if msg.is_empty() => {
+            println!("{usage}");
+            Ok(None)
+        }
+        Err(msg) => Err(format!("{msg}\n\n{usage}")),
+    }
+}
+
 /// The directory the bench binaries live in (shardgate and the relay sit beside it).
 pub fn sibling_binary(name: &str) -> Result<PathBuf, String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;

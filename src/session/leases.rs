@@ -396,27 +396,18 @@ impl Session {
             .statement_started(&target.cluster, thread_id)
             .await;
         let mut retried = 0;
-        let result = match self.shared.config.pool.query_timeout {
-            None => {
-                self.relay_retrying_deadlocks(
-                    lease.conn(),
-                    &payload,
-                    kind,
-                    &target.cluster,
-                    retries,
-                    &mut retried,
-                )
-                .await
-            }
+        let limit = self.shared.config.pool.query_timeout;
+        let relay = self.relay_retrying_deadlocks(
+            lease.conn(),
+            &payload,
+            kind,
+            &target.cluster,
+            retries,
+            &mut retried,
+        );
+        let result = match limit {
+            None => relay.await,
             Some(limit) => {
-                let relay = self.relay_retrying_deadlocks(
-                    lease.conn(),
-                    &payload,
-                    kind,
-                    &target.cluster,
-                    retries,
-                    &mut retried,
-                );
                 match Box::pin(tokio::time::timeout(limit, relay)).await {
                     Ok(r) => r,
                     Err(_) => {

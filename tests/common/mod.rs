@@ -422,6 +422,14 @@ impl Drop for ProxyProcess {
     }
 }
 
+/// A free TCP address on 127.0.0.1 (free when asked; bind it at once), e.g. for a
+/// proxy's `metrics_listen`.
+pub fn free_local_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port on 127.0.0.1")
+}
+
 /// Runs `shardgate serve --config FILE` with `vschema_toml`, users app/app and
 /// admin/admin, on a free port; returns once the port accepts connections.
 /// `extra_config` is appended to the config file verbatim.
@@ -429,10 +437,7 @@ pub fn spawn_proxy_binary(vschema_toml: &str, extra_config: &str) -> ProxyProces
     let dir = tempfile::tempdir().expect("temp dir for the proxy's files");
     let vschema_path = dir.path().join("vschema.toml");
     std::fs::write(&vschema_path, vschema_toml).expect("write vschema file");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("pick a free port")
-        .port();
+    let port = free_local_addr().port();
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let config = format!(
         "listen = \"{addr}\"\nvschema = \"{}\"\n{extra_config}\n\n\

@@ -133,22 +133,26 @@ impl ChunkKey {
         cols.join(", ")
     }
 
+    /// SQL literals of one key value (hex per column); `what` names it in the error.
+    fn literals(&self, key: &[String], what: &str) -> Result<Vec<String>, CopyError> {
+        if key.len() != self.columns.len() {
+            return Err(CopyError::Failed(format!(
+                "{what} does not match the table's key"
+            )));
+        }
+        self.columns
+            .iter()
+            .zip(key)
+            .map(|((_, kind), h)| kind.literal(h))
+            .collect()
+    }
+
     /// `key IN (...)` over the given keys (hex per column), a row constructor for a
     /// composite key.
     pub(crate) fn in_list(&self, keys: &[Vec<String>]) -> Result<String, CopyError> {
         let mut items = Vec::with_capacity(keys.len());
         for k in keys {
-            if k.len() != self.columns.len() {
-                return Err(CopyError::Failed(
-                    "a key does not match the table's key".into(),
-                ));
-            }
-            let lits: Vec<String> = self
-                .columns
-                .iter()
-                .zip(k)
-                .map(|((_, kind), h)| kind.literal(h))
-                .collect::<Result<_, _>>()?;
+            let lits = self.literals(k, "a key")?;
             items.push(if lits.len() == 1 {
                 lits.join("")
             } else {
@@ -169,17 +173,7 @@ impl ChunkKey {
 
     /// `key > bound` (strict) or `key <= bound`, over a composite key in index order.
     pub(crate) fn compare(&self, bound: &[String], after: bool) -> Result<String, CopyError> {
-        if bound.len() != self.columns.len() {
-            return Err(CopyError::Failed(
-                "checkpoint does not match the table's key".into(),
-            ));
-        }
-        let lits: Vec<String> = self
-            .columns
-            .iter()
-            .zip(bound)
-            .map(|((_, k), h)| k.literal(h))
-            .collect::<Result<_, _>>()?;
+        let lits = self.literals(bound, "checkpoint")?;
         let mut ors = Vec::new();
         for i in 0..self.columns.len() {
             let mut ands: Vec<String> = (0..i)
