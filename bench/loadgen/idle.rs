@@ -54,15 +54,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
     let mut totals: Vec<Vec<f64>> = vec![Vec::new(); levels.len()];
     for round in 0..rounds {
         let addr = setup::free_addr()?;
-        let config = dir.join("shardgate.toml");
-        std::fs::write(&config, setup::config_toml(addr, Some(8))).map_err(|e| e.to_string())?;
-        let proxy = setup::spawn_listening(
-            "shardgate",
-            &proxy_bin,
-            &["serve", "--config", &config.to_string_lossy()],
-            &dir.join("shardgate.log"),
-            addr,
-        )?;
+        let proxy = setup::spawn_proxy(&dir, &proxy_bin, &setup::config_toml(addr, Some(8)), addr)?;
         let addr = addr.to_string();
         let mut held: Vec<BackendConn> = Vec::new();
         rt.block_on(open(&addr, BASELINE_CONNS, &mut held))?;

@@ -215,15 +215,7 @@ async fn replay_all(opts: &Options, proxy_bin: &std::path::Path) -> Result<(), S
         "{}\n[[users]]\nname = \"{ADMIN_USER}\"\npassword = \"{ADMIN_PASSWORD}\"\nadmin = true\n",
         setup::config_toml(proxy_addr, Some(opts.clients * 4 + 16))
     );
-    let config_path = dir.join("shardgate.toml");
-    std::fs::write(&config_path, config).map_err(|e| e.to_string())?;
-    let _proxy = setup::spawn_listening(
-        "shardgate",
-        proxy_bin,
-        &["serve", "--config", &config_path.to_string_lossy()],
-        &dir.join("shardgate.log"),
-        proxy_addr,
-    )?;
+    let _proxy = setup::spawn_proxy(&dir, proxy_bin, &config, proxy_addr)?;
     let rig = Rig {
         servers,
         proxy_addr: proxy_addr.to_string(),

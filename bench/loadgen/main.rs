@@ -361,21 +361,13 @@ fn run(opts: Options) -> Result<(), String> {
     )?;
     let proxy_addr = setup::free_addr()?;
     std::fs::write(dir.join("vschema.toml"), &vschema_text).map_err(|e| e.to_string())?;
-    let config = dir.join("shardgate.toml");
     let mut config_text = setup::config_toml(proxy_addr, opts.pool);
     if let Some(m) = &backend_tls {
         std::fs::write(dir.join("backend-ca.pem"), &m.ca_pem).map_err(|e| e.to_string())?;
         config_text
             .push_str("\n[backend_tls]\nmode = \"verify_identity\"\nca = \"backend-ca.pem\"\n");
     }
-    std::fs::write(&config, config_text).map_err(|e| e.to_string())?;
-    let proxy = setup::spawn_listening(
-        "shardgate",
-        &proxy_bin,
-        &["serve", "--config", &config.to_string_lossy()],
-        &dir.join("shardgate.log"),
-        proxy_addr,
-    )?;
+    let proxy = setup::spawn_proxy(&dir, &proxy_bin, &config_text, proxy_addr)?;
     let rig = Rig {
         relay_addr: relay_addr.to_string(),
         proxy_addr: proxy_addr.to_string(),

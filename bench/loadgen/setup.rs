@@ -420,6 +420,25 @@ pub fn spawn_listening(
     }
 }
 
+/// Writes `config` as `dir/shardgate.toml` and starts the release `shardgate serve`
+/// with it (log in `dir/shardgate.log`), waiting until it listens on `addr`.
+pub fn spawn_proxy(
+    dir: &Path,
+    program: &Path,
+    config: &str,
+    addr: SocketAddr,
+) -> Result<ChildGuard, String> {
+    let path = dir.join("shardgate.toml");
+    std::fs::write(&path, config).map_err(|e| format!("{}: {e}", path.display()))?;
+    spawn_listening(
+        "shardgate",
+        program,
+        &["serve", "--config", &path.to_string_lossy()],
+        &dir.join("shardgate.log"),
+        addr,
+    )
+}
+
 /// A subcommand's parsed options, or `None` once its usage is printed (`--help`, which
 /// the parsers report as an empty error).
 pub fn options_or_usage<T>(parsed: Result<T, String>, usage: &str) -> Result<Option<T>, String> {

@@ -228,15 +228,7 @@ async fn one_run(
          [migrations]\nchange_capture = \"{change_capture}\"\ninstant_spacing_s = 0.2\n",
         setup::config_toml(proxy_addr, None)
     );
-    let config_path = dir.join("shardgate.toml");
-    std::fs::write(&config_path, config).map_err(|e| e.to_string())?;
-    let _proxy = setup::spawn_listening(
-        "shardgate",
-        proxy_bin,
-        &["serve", "--config", &config_path.to_string_lossy()],
-        &dir.join("shardgate.log"),
-        proxy_addr,
-    )?;
+    let _proxy = setup::spawn_proxy(&dir, proxy_bin, &config, proxy_addr)?;
     let proxy = proxy_addr.to_string();
 
     let started = Instant::now();
