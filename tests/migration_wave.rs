@@ -244,6 +244,12 @@ async fn a_type_change_wave_under_reads_and_writes_fails_no_statement_with_binlo
             erring.len()
         );
         assert!(errors.is_empty(), "application statements failed: {errors:?}");
+        // Every copy compared its tables outside the write hold first.
+        let outside = proxy
+            .log()
+            .matches("checksum outside the write hold matches")
+            .count();
+        assert_eq!(outside as u64, 3 * WORKSPACES, "{}", proxy.log());
         assert!(statements > 200, "the clients ran during the wave");
 
         // Every workspace: its rows plus exactly the acknowledged inserts, and the new

@@ -51,6 +51,9 @@ const MAX_BATCH: usize = 500;
 const BATCH_WAIT: Duration = Duration::from_millis(20);
 /// Largest binlog event accepted (MariaDB's own `max_allowed_packet` ceiling).
 const MAX_EVENT: usize = 1 << 30;
+/// Keys of the most recent row changes kept with their positions, so the cut-over can
+/// tell which rows changed after a position (older ones are forgotten).
+const RECENT_KEYS: usize = 100_000;
 /// The server's heartbeat while the binlog is idle, so the reader knows its position.
 const HEARTBEAT: Duration = Duration::from_secs(1);
 
@@ -200,6 +203,12 @@ struct Shared {
     /// the change and written them after the capture did (a deleted row would come
     /// back), so they are applied again once it has committed.
     recheck: HashSet<Vec<String>>,
+    /// The keys of the latest row changes, with their events' positions, oldest first.
+    recent: std::collections::VecDeque<(BinlogPos, Vec<String>)>,
+    /// The position of the newest change `recent` no longer holds.
+    forgotten: BinlogPos,
+    /// Where the reader is: every event before it has been read.
+    read: BinlogPos,
 }
 
 /// The running capture; stopped when dropped.
@@ -248,6 +257,8 @@ impl BinlogCapture {
         let shared = Arc::new(Mutex::new(Shared {
             watermark: Some(watermark),
             applied: from.clone(),
+            read: from.clone(),
+            forgotten: from.clone(),
             ..Shared::default()
         }));
         let progressed = Arc::new(Notify::new());
@@ -333,6 +344,49 @@ impl BinlogCapture {
         match &self.lock().failed {
             Some(e) => Err(e.clone()),
             None => Ok(()),
+        }
+    }
+
+    /// The keys of the row changes after `after` up to and including `upto`, or `None`
+    /// when some of them are no longer remembered.
+    pub(crate) fn keys_between(
+        &self,
+        after: &BinlogPos,
+        upto: &BinlogPos,
+    ) -> Option<HashSet<Vec<String>>> {
+        let s = self.lock();
+        if s.forgotten > *after {
+            return None;
+        }
+        Some(
+            s.recent
+                .iter()
+                .filter(|(p, _)| p > after && p <= upto)
+                .map(|(_, k)| k.clone())
+                .collect(),
+        )
+    }
+
+    /// Waits until the reader has read every event before `target`, at most `limit`.
+    pub(crate) async fn wait_read(
+        &self,
+        target: &BinlogPos,
+        limit: Duration,
+    ) -> Result<(), CopyError> {
+        let deadline = Instant::now() + limit;
+        loop {
+            self.check()?;
+            if self.lock().read >= *target {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(CopyError::Connection(format!(
+                    "the binlog capture did not read up to {} within {} ms",
+                    target.encode(),
+                    limit.as_millis()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
 
@@ -538,7 +592,13 @@ impl Reader {
             {
                 self.table_ids.insert(t.table_id());
             }
-            Some(EventData::RowsEvent(rows)) => self.collect(&rows)?,
+            Some(EventData::RowsEvent(rows)) => {
+                let at = BinlogPos {
+                    file: self.file.clone(),
+                    pos: next,
+                };
+                self.collect(&rows, at)?
+            }
             Some(EventData::FormatDescriptionEvent(_)) => self.fde_seen = true,
             Some(EventData::XidEvent(_)) => ends_group = true,
             Some(EventData::QueryEvent(q)) => {
@@ -558,6 +618,10 @@ impl Reader {
                 file: self.file.clone(),
                 pos: next,
             };
+            let mut s = self.lock();
+            if self.seen > s.read {
+                s.read = self.seen.clone();
+            }
         }
         Ok(())
     }
@@ -568,21 +632,33 @@ impl Reader {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn collect(&mut self, rows: &RowsEventData<'_>) -> Result<(), CopyError> {
+    fn collect(&mut self, rows: &RowsEventData<'_>, at: BinlogPos) -> Result<(), CopyError> {
         if !self.table_ids.contains(&rows.table_id()) {
             return Ok(());
         }
         let Some(tme) = self.esr.get_tme(rows.table_id()) else {
             return Ok(());
         };
+        let mut touched = Vec::new();
         for row in rows.rows(tme) {
             let (before, after) =
                 row.map_err(|e| CopyError::Failed(format!("unreadable row image: {e}")))?;
             for image in [before, after].iter().flatten() {
                 let key = key_of(image, &self.spec.key_columns)?;
+                touched.push(key.clone());
                 self.pending.insert(key);
             }
         }
+        let mut s = self.lock();
+        for key in touched {
+            s.recent.push_back((at.clone(), key));
+        }
+        while s.recent.len() > RECENT_KEYS {
+            if let Some((p, _)) = s.recent.pop_front() {
+                s.forgotten = p;
+            }
+        }
+        drop(s);
         if !self.pending.is_empty() && self.oldest.is_none() {
             self.oldest = Some(Instant::now());
         }

@@ -7,8 +7,9 @@
 //!    (`<table>~sg`) and a *stand-in* (`_<table>_<tag>_sgs`);
 //! 2. a lock connection takes `LOCK TABLES original READ, sentry WRITE` (short lock
 //!    wait, retried with backoff): writes to the original wait, reads go on;
-//! 3. the binlog position now is where the capture must get to; once it has, the
-//!    checksum compares the two tables (stable now) in one snapshot;
+//! 3. the binlog position now is where the capture must get to; once it has, the rows
+//!    changed since the comparison made outside the hold ([`verify_unlocked`]) are
+//!    compared (all rows, when there was none);
 //! 4. the DDL connection sends
 //!    `RENAME TABLE original TO old, ghost TO original, stand-in TO sentry`. It takes
 //!    its metadata locks in name order: the ghost, old and stand-in names are free,
@@ -19,21 +20,24 @@
 //!
 //! If the lock connection dies at any point its locks go with it, but the sentry
 //! stays, so the RENAME fails (its target exists) instead of swapping a table that
-//! took writes the ghost never saw. Writes wait for steps 3-4 only (milliseconds on a
-//! drained capture, plus the checksum's time).
+//! took writes the ghost never saw. Writes wait for steps 3-4 only: the drain, the
+//! comparison of the rows written since the unlocked one, and the rename.
 //!
 //! The sentry's name must sort after the original's: were the RENAME to wait on the
 //! sentry first, the unlock would free the original before the RENAME asked for it,
 //! and a waiting write could slip into the old table.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use crate::backend::{quote_literal, SqlConn};
 
-use super::binlog::{self, BinlogCapture, SENTRY_COMMENT};
+use super::binlog::{self, BinlogCapture, BinlogPos, SENTRY_COMMENT};
+use super::chunk::ChunkKey;
 use super::schema::MAX_NAME;
 use super::schema::{cell, Column};
 use super::sql::{self, code, qualified, server_err};
+use super::verify;
 use super::{CopyControl, CopyError, CopyNames, CopyTask};
 
 /// How long the capture may take to reach the lock's position while writes wait.
@@ -47,6 +51,88 @@ pub(crate) struct Swap<'a> {
     pub names: &'a CopyNames,
     pub shared: &'a [(String, Column, Column)],
     pub adds_unique: bool,
+    /// The key rows are addressed by.
+    pub key: &'a ChunkKey,
+}
+
+/// Keys per statement when the cut-over compares the rows changed lately.
+const KEYS_PER_CHECK: usize = 1_000;
+
+/// Compares both tables outside any write hold: in one consistent snapshot, every row
+/// but those whose keys changed after the capture's applied position `A` (read before
+/// the snapshot) up to the snapshot's own binlog position. A row that has not changed
+/// since `A` is in the ghost as the capture last read it, which is the original's row
+/// in the snapshot. Returns `A`: the cut-over then compares only the rows changed
+/// after it. `None` when the server gives no snapshot position or the capture no
+/// longer remembers those keys (then the cut-over compares everything).
+pub(crate) async fn verify_unlocked(
+    ddl: &mut SqlConn,
+    capture: &BinlogCapture,
+    swap: &Swap<'_>,
+) -> Result<Option<BinlogPos>, CopyError> {
+    let task = swap.task;
+    let applied = capture.applied();
+    let snapshot = verify::begin_snapshot(ddl).await;
+    let result = async {
+        let Some(at) = snapshot? else {
+            return Ok(None);
+        };
+        capture.wait_read(&at, DRAIN_LIMIT * 5).await?;
+        let Some(changed) = capture.keys_between(&applied, &at) else {
+            return Ok(None);
+        };
+        let changed: Vec<Vec<String>> = changed.into_iter().collect();
+        let skip = match changed.is_empty() {
+            true => None,
+            false => Some(format!("NOT ({})", swap.key.in_list(&changed)?)),
+        };
+        let (old, new) = verify::checksum_where(
+            ddl,
+            &task.database,
+            &task.table,
+            &swap.names.ghost,
+            swap.shared,
+            skip.as_deref(),
+        )
+        .await?;
+        super::compared(&old, &new, swap.adds_unique)?;
+        tracing::info!(uuid = %task.uuid, database = %task.database, table = %task.table,
+            rows = old.rows, changed_meanwhile = changed.len(), "checksum outside the write hold matches");
+        Ok(Some(applied))
+    }
+    .await;
+    let _ = ddl.execute("COMMIT").await;
+    result
+}
+
+/// Compares both tables over the given keys only (the tables cannot change now).
+async fn verify_keys(
+    ddl: &mut SqlConn,
+    swap: &Swap<'_>,
+    keys: &HashSet<Vec<String>>,
+) -> Result<(), CopyError> {
+    let keys: Vec<Vec<String>> = keys.iter().cloned().collect();
+    let empty = verify::TableChecksum {
+        rows: 0,
+        xor: 0,
+        sum: "0".into(),
+    };
+    let (mut old, mut new) = (empty.clone(), empty);
+    for batch in keys.chunks(KEYS_PER_CHECK) {
+        let only = swap.key.in_list(batch)?;
+        let (o, n) = verify::checksum_where(
+            ddl,
+            &swap.task.database,
+            &swap.task.table,
+            &swap.names.ghost,
+            swap.shared,
+            Some(&only),
+        )
+        .await?;
+        old = old.add(&o);
+        new = new.add(&n);
+    }
+    super::compared(&old, &new, swap.adds_unique)
 }
 
 /// Runs the cut-over; on success the original has the new schema.
@@ -55,6 +141,7 @@ pub(crate) async fn binlog_cut_over<C: CopyControl>(
     ddl: &mut SqlConn,
     capture: &BinlogCapture,
     swap: &Swap<'_>,
+    verified: Option<&BinlogPos>,
     control: &C,
 ) -> Result<(), CopyError> {
     let task = swap.task;
@@ -83,7 +170,7 @@ pub(crate) async fn binlog_cut_over<C: CopyControl>(
                 .await
                 .map_err(|e| server_err("creating the cut-over guard tables", e))?;
         }
-        let outcome = try_once(lock, ddl, ddl_id, capture, swap, &guards).await;
+        let outcome = try_once(lock, ddl, ddl_id, capture, swap, &guards, verified).await;
         if !matches!(outcome, Ok(())) {
             let _ = lock.execute("UNLOCK TABLES").await;
         }
@@ -143,6 +230,7 @@ async fn try_once(
     capture: &BinlogCapture,
     swap: &Swap<'_>,
     guards: &[String; 2],
+    verified: Option<&BinlogPos>,
 ) -> Result<(), Attempt> {
     let task = swap.task;
     let db = &task.database;
@@ -169,9 +257,12 @@ async fn try_once(
             e => Err(Attempt::Fatal(e)),
         };
     }
-    super::verify_tables(ddl, task, swap.names, swap.shared, swap.adds_unique)
-        .await
-        .map_err(Attempt::Fatal)?;
+    // Rows changed since the unlocked comparison are compared now; without one, all.
+    let checked = match verified.and_then(|a| capture.keys_between(a, &target)) {
+        Some(changed) => verify_keys(ddl, swap, &changed).await,
+        None => super::verify_tables(ddl, task, swap.names, swap.shared, swap.adds_unique).await,
+    };
+    checked.map_err(Attempt::Fatal)?;
     let rename = format!(
         "RENAME TABLE {t} TO {old}, {} TO {t}, {stand_in} TO {sentry}",
         qualified(db, &swap.names.ghost)

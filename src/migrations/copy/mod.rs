@@ -425,8 +425,8 @@ async fn run_stages<C: CopyControl>(
     )
     .await?;
 
-    // With binlog capture the ghost lags: the checksum runs at the cut-over, while
-    // writes are held and the capture has caught up.
+    // With binlog capture the ghost lags: the checksum runs right before the cut-over
+    // (see below and `cutover.rs`).
     if capture.is_none() {
         set_stage(progress, "checksum", control);
         verify_tables(&mut ddl, task, &names, &shared, adds_unique).await?;
@@ -455,17 +455,33 @@ async fn run_stages<C: CopyControl>(
         }
     }
 
-    set_stage(progress, "cutover", control);
     match &capture {
-        None => cut_over(&mut ddl, task, &names, control).await?,
+        None => {
+            set_stage(progress, "cutover", control);
+            cut_over(&mut ddl, task, &names, control).await?
+        }
         Some(c) => {
             let swap = cutover::Swap {
                 task,
                 names: &names,
                 shared: &shared,
                 adds_unique,
+                key: &key,
             };
-            cutover::binlog_cut_over(&mut copy_conn, &mut ddl, c, &swap, control).await?;
+            // All rows but those changed since the capture's position are compared
+            // now, while writes go on; the cut-over compares the rest.
+            set_stage(progress, "checksum", control);
+            let verified = cutover::verify_unlocked(&mut ddl, c, &swap).await?;
+            set_stage(progress, "cutover", control);
+            cutover::binlog_cut_over(
+                &mut copy_conn,
+                &mut ddl,
+                c,
+                &swap,
+                verified.as_ref(),
+                control,
+            )
+            .await?;
             let (rows, gtid) = c.stats();
             tracing::info!(uuid = %task.uuid, database = %task.database, table = %task.table, rows_applied = rows,
                 gtid = gtid.as_deref().unwrap_or("-"), "binlog capture done");
@@ -548,6 +564,15 @@ pub(crate) async fn verify_tables(
 ) -> Result<(), CopyError> {
     let (old, new) =
         verify::checksum(conn, &task.database, &task.table, &names.ghost, shared).await?;
+    compared(&old, &new, adds_unique)
+}
+
+/// `Ok` when the two checksums agree, else why the copy fails.
+pub(crate) fn compared(
+    old: &TableChecksum,
+    new: &TableChecksum,
+    adds_unique: bool,
+) -> Result<(), CopyError> {
     if old == new {
         return Ok(());
     }

@@ -1,9 +1,13 @@
 //! The checksum before cut-over: both tables compared over the copied columns inside
 //! one consistent snapshot. The triggers change the ghost in the same transaction as
 //! the application's write, so at any snapshot the two tables agree, under load too.
+//! With binlog capture the ghost lags; `copy/cutover.rs` compares outside the write
+//! hold all rows but those changed since the capture's position, and under it only
+//! those (`checksum_where`).
 
 use crate::backend::{quote_ident, SqlConn};
 
+use super::binlog::BinlogPos;
 use super::schema::{cell, Column};
 use super::sql::qualified;
 use super::sql::server_err;
@@ -71,28 +75,74 @@ pub(crate) async fn checksum(
     ghost: &str,
     columns: &[(String, Column, Column)],
 ) -> Result<(TableChecksum, TableChecksum), CopyError> {
-    let expr = row_expression(columns);
-    let one = |t: &str| {
-        format!(
-            "SELECT COUNT(*), COALESCE(BIT_XOR(CRC32({expr})), 0), \
-             COALESCE(SUM(CRC32({expr})), 0) FROM {}",
-            qualified(db, t)
-        )
-    };
+    begin_snapshot(conn).await?;
+    let result = checksum_where(conn, db, table, ghost, columns, None).await;
+    let _ = conn.execute("COMMIT").await;
+    result
+}
+
+/// Starts a read-only consistent snapshot; returns the binary log position it
+/// corresponds to (MariaDB's `Binlog_snapshot_file` / `_position`), when there is one.
+/// End it with `COMMIT`.
+pub(crate) async fn begin_snapshot(conn: &mut SqlConn) -> Result<Option<BinlogPos>, CopyError> {
     conn.execute("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         .await
         .map_err(|e| server_err("checksum", e))?;
     conn.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
         .await
         .map_err(|e| server_err("checksum", e))?;
-    let result = async {
-        let a = conn.query(&one(table)).await?;
-        let b = conn.query(&one(ghost)).await?;
-        Ok::<_, crate::backend::SqlError>((a, b))
-    }
-    .await;
-    let _ = conn.execute("COMMIT").await;
-    let (a, b) = result.map_err(|e| server_err("checksum", e))?;
+    let status = conn
+        .query("SHOW SESSION STATUS LIKE 'Binlog_snapshot_%'")
+        .await
+        .map_err(|e| server_err("checksum", e))?;
+    let value = |name: &str| {
+        status
+            .rows
+            .iter()
+            .find(|r| cell(r, 0).is_some_and(|n| n.eq_ignore_ascii_case(name)))
+            .and_then(|r| cell(r, 1))
+            .map(str::to_string)
+    };
+    Ok(
+        match (
+            value("Binlog_snapshot_file"),
+            value("Binlog_snapshot_position"),
+        ) {
+            (Some(file), Some(pos)) if !file.is_empty() => {
+                pos.parse().ok().map(|pos| BinlogPos { file, pos })
+            }
+            _ => None,
+        },
+    )
+}
+
+/// Checksums both tables over the rows `condition` keeps (all without one), in the
+/// transaction the connection is in; returns (original, ghost).
+pub(crate) async fn checksum_where(
+    conn: &mut SqlConn,
+    db: &str,
+    table: &str,
+    ghost: &str,
+    columns: &[(String, Column, Column)],
+    condition: Option<&str>,
+) -> Result<(TableChecksum, TableChecksum), CopyError> {
+    let expr = row_expression(columns);
+    let filter = condition.map_or(String::new(), |c| format!(" WHERE {c}"));
+    let one = |t: &str| {
+        format!(
+            "SELECT COUNT(*), COALESCE(BIT_XOR(CRC32({expr})), 0), \
+             COALESCE(SUM(CRC32({expr})), 0) FROM {}{filter}",
+            qualified(db, t)
+        )
+    };
+    let a = conn
+        .query(&one(table))
+        .await
+        .map_err(|e| server_err("checksum", e))?;
+    let b = conn
+        .query(&one(ghost))
+        .await
+        .map_err(|e| server_err("checksum", e))?;
     let parse = |r: &crate::backend::Rows| -> Result<TableChecksum, CopyError> {
         let row = r
             .rows
@@ -105,6 +155,18 @@ pub(crate) async fn checksum(
         })
     };
     Ok((parse(&a)?, parse(&b)?))
+}
+
+impl TableChecksum {
+    /// The aggregate of two disjoint row sets.
+    pub(crate) fn add(&self, other: &TableChecksum) -> TableChecksum {
+        let sum = |s: &str| s.parse::<u128>().unwrap_or(0);
+        TableChecksum {
+            rows: self.rows + other.rows,
+            xor: self.xor ^ other.xor,
+            sum: (sum(&self.sum) + sum(&other.sum)).to_string(),
+        }
+    }
 }
 
 #[cfg(test)]
