@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use crate::backend::{quote_literal, SqlConn};
 
-use super::binlog::{self, BinlogCapture, BinlogPos, SENTRY_COMMENT};
+use super::binlog::{self, BinlogCapture, BinlogPos};
 use super::chunk::ChunkKey;
 use super::schema::MAX_NAME;
 use super::schema::{cell, Column};
@@ -53,6 +53,18 @@ pub(crate) struct Swap<'a> {
     pub adds_unique: bool,
     /// The key rows are addressed by.
     pub key: &'a ChunkKey,
+}
+
+/// The cut-over guard tables' comment: a table with it holds no data.
+pub(crate) const SENTRY_COMMENT: &str = "shardgate cut-over sentry";
+
+/// `CREATE TABLE` for a cut-over guard table.
+pub(crate) fn sentry_sql(db: &str, name: &str) -> String {
+    format!(
+        "CREATE TABLE {} (sentry INT) ENGINE=InnoDB COMMENT={}",
+        qualified(db, name),
+        quote_literal(SENTRY_COMMENT)
+    )
 }
 
 /// Keys per statement when the cut-over compares the rows changed lately.
@@ -166,7 +178,7 @@ pub(crate) async fn binlog_cut_over<C: CopyControl>(
         capture.check()?;
         for g in &guards {
             drop_guard(ddl, db, g).await?;
-            ddl.execute(&binlog::sentry_sql(db, g))
+            ddl.execute(&sentry_sql(db, g))
                 .await
                 .map_err(|e| server_err("creating the cut-over guard tables", e))?;
         }
@@ -198,7 +210,7 @@ pub(crate) async fn binlog_cut_over<C: CopyControl>(
 
 /// `<table>~sg`: a name that sorts right after the table's (the table's name is its
 /// prefix), so a RENAME naming both waits on the table first.
-fn sentry_name(table: &str) -> Result<String, CopyError> {
+pub(crate) fn sentry_name(table: &str) -> Result<String, CopyError> {
     let name = format!("{table}~sg");
     if name.chars().count() > MAX_NAME {
         return Err(CopyError::Failed(format!(
@@ -350,4 +362,20 @@ async fn drop_guard(conn: &mut SqlConn, db: &str, name: &str) -> Result<(), Copy
         .await
         .map_err(|e| server_err("dropping a cut-over sentry", e))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sentry_sorts_right_after_the_table_and_fits_a_name() {
+        let s = sentry_name("messages").unwrap_or_default();
+        assert_eq!(s, "messages~sg");
+        // The RENAME takes its locks in name order: the table's comes first.
+        assert!("messages" < s.as_str() && "_messages_0a1b2c3d_old" < "messages");
+        assert!(sentry_name(&"t".repeat(61)).is_ok());
+        assert!(sentry_name(&"t".repeat(62)).is_err());
+        assert_eq!(stand_in_name("_t_0a1b2c3d_old"), "_t_0a1b2c3d_sgs");
+    }
 }

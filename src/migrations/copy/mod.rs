@@ -10,6 +10,7 @@
 //! - [`verify`]: the checksum.
 
 mod binlog;
+mod binlog_apply;
 mod capture;
 mod chunk;
 mod cutover;
@@ -361,6 +362,10 @@ async fn run_stages<C: CopyControl>(
             None => Err("resumed with triggers".to_string()),
         },
         None if opts.triggers_only => Err("binlog capture turned off".to_string()),
+        // The binlog cut-over needs a sentry named after the table.
+        None if cutover::sentry_name(&task.table).is_err() => {
+            Err("the table name is too long for the binlog cut-over's sentry".to_string())
+        }
         None => binlog::availability(&mut ddl, &key_cols).await?,
     };
     let spec = binlog::CaptureSpec {
