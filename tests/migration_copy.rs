@@ -454,6 +454,25 @@ async fn a_narrowing_change_that_would_truncate_fails_and_leaves_the_original_un
 }
 
 /// Waits until the control has reported `stage` (or panics after 60 s).
+/// Starts `task` with its completion postponed, and waits until it is (stage
+/// `postponed`); the cut-over happens once `hold_cutover` is cleared.
+async fn run_postponed(
+    server: &LocalMariaDb,
+    task: &CopyTask,
+) -> (
+    Arc<TestControl>,
+    tokio::task::JoinHandle<Result<CopyProgress, CopyError>>,
+) {
+    let control = Arc::new(TestControl::default());
+    control.hold_cutover.store(true, Ordering::SeqCst);
+    let run = {
+        let (cluster, task, control) = (cluster(server), task.clone(), control.clone());
+        tokio::spawn(async move { copy::run(&cluster, &task, None, &*control).await })
+    };
+    wait_for_stage(&control, "postponed").await;
+    (control, run)
+}
+
 async fn wait_for_stage(control: &TestControl, stage: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while !control.stage_seen(stage) {
@@ -570,13 +589,7 @@ async fn a_transaction_holding_the_table_makes_the_cutover_back_off_without_bloc
         let mut task = task("401d0001", "t", "MODIFY v BIGINT NOT NULL");
         task.options.lock_wait = Duration::from_secs(1);
         task.options.cutover_attempts = 100;
-        let control = Arc::new(TestControl::default());
-        control.hold_cutover.store(true, Ordering::SeqCst);
-        let run = {
-            let (cluster, task, control) = (cluster(&server), task.clone(), control.clone());
-            tokio::spawn(async move { copy::run(&cluster, &task, None, &*control).await })
-        };
-        wait_for_stage(&control, "postponed").await;
+        let (control, run) = run_postponed(&server, &task).await;
 
         // An application transaction that read t and stays open.
         let opts = common::mysql_opts(&server.addr(), "shardgate", "shardgate", Some("app"));
@@ -645,13 +658,7 @@ async fn postponed_completion_keeps_the_ghost_in_sync_then_cuts_over_when_allowe
             "t",
             "MODIFY v BIGINT NOT NULL, ADD COLUMN note VARCHAR(10) NOT NULL DEFAULT 'n'",
         );
-        let control = Arc::new(TestControl::default());
-        control.hold_cutover.store(true, Ordering::SeqCst);
-        let run = {
-            let (cluster, task, control) = (cluster(&server), task.clone(), control.clone());
-            tokio::spawn(async move { copy::run(&cluster, &task, None, &*control).await })
-        };
-        wait_for_stage(&control, "postponed").await;
+        let (control, run) = run_postponed(&server, &task).await;
         let ghost = CopyNames::of(&task).ghost;
         exec(&mut conn, "INSERT INTO t VALUES (50000, 5, 'new')").await;
         exec(
@@ -776,13 +783,7 @@ async fn a_ghost_row_that_differs_fails_the_copy_before_anything_is_swapped() {
     tokio::time::timeout(TEST_LIMIT, async {
         let (server, mut conn) = setup(5_000).await;
         let task = task("bad0c0de", "t", "MODIFY v BIGINT NOT NULL");
-        let control = Arc::new(TestControl::default());
-        control.hold_cutover.store(true, Ordering::SeqCst);
-        let run = {
-            let (cluster, task, control) = (cluster(&server), task.clone(), control.clone());
-            tokio::spawn(async move { copy::run(&cluster, &task, None, &*control).await })
-        };
-        wait_for_stage(&control, "postponed").await;
+        let (control, run) = run_postponed(&server, &task).await;
         let ghost = CopyNames::of(&task).ghost;
         exec(
             &mut conn,

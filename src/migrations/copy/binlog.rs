@@ -371,21 +371,8 @@ impl BinlogCapture {
         target: &BinlogPos,
         limit: Duration,
     ) -> Result<(), CopyError> {
-        let deadline = Instant::now() + limit;
-        loop {
-            self.check()?;
-            if self.lock().read >= *target {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                return Err(CopyError::Connection(format!(
-                    "the binlog capture did not read up to {} within {} ms",
-                    target.encode(),
-                    limit.as_millis()
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        self.wait_for(limit, "read up to", target, |s| s.read.clone())
+            .await
     }
 
     /// Waits until every event before `target` is in the ghost, at most `limit`.
@@ -394,23 +381,37 @@ impl BinlogCapture {
         target: &BinlogPos,
         limit: Duration,
     ) -> Result<(), CopyError> {
+        self.wait_for(limit, "reach", target, |s| s.applied.clone())
+            .await
+    }
+
+    /// Waits until `at` (the read or the applied position) is at `target` or beyond.
+    async fn wait_for(
+        &self,
+        limit: Duration,
+        doing: &str,
+        target: &BinlogPos,
+        at: impl Fn(&Shared) -> BinlogPos,
+    ) -> Result<(), CopyError> {
         let deadline = Instant::now() + limit;
         loop {
             let notified = self.progressed.notified();
             self.check()?;
-            if self.applied() >= *target {
+            let now = at(&self.lock());
+            if now >= *target {
                 return Ok(());
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Err(CopyError::Connection(format!(
-                    "the binlog capture did not reach {} within {} ms (at {})",
+                    "the binlog capture did not {doing} {} within {} ms (at {})",
                     target.encode(),
                     limit.as_millis(),
-                    self.applied().encode()
+                    now.encode()
                 )));
             }
-            let _ = tokio::time::timeout(left.min(Duration::from_millis(100)), notified).await;
+            // The applied position is announced; the read one is looked at again soon.
+            let _ = tokio::time::timeout(left.min(Duration::from_millis(5)), notified).await;
         }
     }
 }
