@@ -544,7 +544,7 @@ impl BackendConn {
     }
 
     /// Whether the last ERR read was a deadlock's (1213).
-    fn deadlocked(&self) -> bool {
+    pub(crate) fn deadlocked(&self) -> bool {
         self.last_err
             .as_ref()
             .is_some_and(|e| e.code == crate::error::codes::LOCK_DEADLOCK)

@@ -151,14 +151,7 @@ impl Session {
         if *retried > 0 {
             let end = match &result {
                 Ok(o) if !o.error => RetryEnd::Ok,
-                Ok(_)
-                    if conn
-                        .last_err
-                        .as_ref()
-                        .is_some_and(|e| e.code == crate::error::codes::LOCK_DEADLOCK) =>
-                {
-                    RetryEnd::GaveUp
-                }
+                Ok(_) if conn.deadlocked() => RetryEnd::GaveUp,
                 _ => RetryEnd::Error,
             };
             self.count_deadlock_retry(cluster, end);

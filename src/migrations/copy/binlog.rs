@@ -178,16 +178,18 @@ pub(crate) struct CaptureSpec {
 /// Which keys the capture applies: those at or below the copy's last chunk bound
 /// (hex per key column, as in the checkpoint), or all of them once the copy has
 /// reached the end of the table.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub(crate) enum Watermark {
     Upto(Vec<String>),
+    /// Before the first chunk: every key is left to the copy.
+    #[default]
     Nothing,
     All,
 }
 
 #[derive(Default)]
 struct Shared {
-    watermark: Option<Watermark>,
+    watermark: Watermark,
     /// Every event before this position is in the ghost.
     applied: BinlogPos,
     /// GTID of the last event group read (MariaDB `domain-server-seq`).
@@ -253,7 +255,7 @@ impl BinlogCapture {
         let applier =
             super::sql::connect(cluster, &spec.database, lock_wait, "READ COMMITTED").await?;
         let shared = Arc::new(Mutex::new(Shared {
-            watermark: Some(watermark),
+            watermark,
             applied: from.clone(),
             read: from.clone(),
             forgotten: from.clone(),
@@ -295,16 +297,16 @@ impl BinlogCapture {
     /// Once `All`, it stays `All`.
     pub(crate) fn set_watermark(&self, w: Watermark) {
         let mut s = self.lock();
-        if s.watermark != Some(Watermark::All) {
-            s.watermark = Some(w);
+        if s.watermark != Watermark::All {
+            s.watermark = w;
         }
     }
 
     /// A chunk is about to read up to `hi`: the watermark moves there first.
     pub(crate) fn begin_chunk(&self, hi: &[String]) {
         let mut s = self.lock();
-        if s.watermark != Some(Watermark::All) {
-            s.watermark = Some(Watermark::Upto(hi.to_vec()));
+        if s.watermark != Watermark::All {
+            s.watermark = Watermark::Upto(hi.to_vec());
         }
         s.in_flight = true;
     }
@@ -316,7 +318,7 @@ impl BinlogCapture {
             let mut s = self.lock();
             s.in_flight = false;
             let keys: Vec<Vec<String>> = s.recheck.drain().collect();
-            (keys, s.watermark.clone().unwrap_or(Watermark::Nothing))
+            (keys, s.watermark.clone())
         };
         if keys.is_empty() {
             return Ok(());
@@ -673,7 +675,7 @@ impl Reader {
             if s.in_flight {
                 s.recheck.extend(keys.iter().cloned());
             }
-            s.watermark.clone().unwrap_or(Watermark::Nothing)
+            s.watermark.clone()
         };
         let n = apply_keys(&mut self.applier, &self.spec, &keys, &watermark).await?;
         self.lock().rows_applied += n;
