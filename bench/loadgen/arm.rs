@@ -167,7 +167,7 @@ async fn phases(
             (true, Some(pid)) => start_perf(pid, rig, arm, workload, conns),
             _ => None,
         };
-        let proxy_cpu0 = proxy_pid.and_then(|p| stats::cpu_seconds(p, rig.ticks));
+        let proxy_cpu0 = proxy_pid.and_then(|p| stats::cpu_split(p, rig.ticks));
         let server_cpu0 = s
             .measured_pid()
             .and_then(|p| stats::cpu_seconds(p, rig.ticks));
@@ -222,13 +222,18 @@ async fn phases(
                 let after = pid.and_then(|p| stats::cpu_seconds(p, rig.ticks))?;
                 Some(after - before?)
             };
+            let proxy_delta = proxy_pid
+                .and_then(|p| stats::cpu_split(p, rig.ticks))
+                .zip(proxy_cpu0)
+                .map(|((u1, k1), (u0, k0))| (u1 - u0, k1 - k0));
             latencies.sort_unstable();
             result = Sample {
                 queries,
                 errors,
                 elapsed,
                 latencies,
-                proxy_cpu: delta(proxy_pid, proxy_cpu0),
+                proxy_cpu: proxy_delta.map(|(u, k)| u + k),
+                proxy_user_cpu: proxy_delta.map(|(u, _)| u),
                 server_cpu: delta(s.measured_pid(), server_cpu0),
                 proxy_rss: if arm == Arm::Shardgate {
                     stats::rss_bytes(rig.proxy_pid)

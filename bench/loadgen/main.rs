@@ -467,14 +467,22 @@ fn note(workload: Workload, conns: usize, arms: &[(Arm, stats::Summary)]) -> Str
         (Some(a), Some(b)) => format!("{:.0}", a - b),
         _ => "-".into(),
     };
+    // µs per query in user space / in the kernel.
+    let split = |x: &stats::Summary| match (x.proxy_user_cpu_1k, x.proxy_cpu_1k) {
+        (Some(u), Some(t)) => format!("{:.1} / {:.1}", u * 1000.0, (t - u) * 1000.0),
+        _ => "-".into(),
+    };
     format!(
         "{} c={conns}: QPS shardgate/direct {}, shardgate/relay {}, relay/direct {}; \
-         CPU per query shardgate/relay {}; p50 added over direct {added} µs\n",
+         CPU per query shardgate/relay {} (user / kernel µs: shardgate {}, relay {}); \
+         p50 added over direct {added} µs\n",
         workload.name(),
         div(s.qps, d.qps),
         div(s.qps, r.qps),
         div(r.qps, d.qps),
         div(s.proxy_cpu_1k, r.proxy_cpu_1k),
+        split(s),
+        split(r),
     )
 }
 

@@ -36,6 +36,8 @@ pub struct Sample {
     pub latencies: Vec<u64>,
     /// CPU seconds the proxy process (relay or shardgate) spent during the arm.
     pub proxy_cpu: Option<f64>,
+    /// The user-space part of `proxy_cpu` (the rest is the kernel's, on the proxy's behalf).
+    pub proxy_user_cpu: Option<f64>,
     /// CPU seconds the MariaDB server spent during the arm.
     pub server_cpu: Option<f64>,
     /// shardgate's resident set at the end of the arm, bytes.
@@ -91,6 +93,7 @@ pub struct Summary {
     pub p99: Option<f64>,
     pub p999: Option<f64>,
     pub proxy_cpu_1k: Option<f64>,
+    pub proxy_user_cpu_1k: Option<f64>,
     pub server_cpu_1k: Option<f64>,
     pub rss: Option<f64>,
     pub backend_conns: Option<f64>,
@@ -107,6 +110,7 @@ pub fn summarize(samples: &[Sample]) -> Summary {
         p99: col(&|s| Some(s.latency_us(0.99))),
         p999: col(&|s| Some(s.latency_us(0.999))),
         proxy_cpu_1k: col(&|s| Sample::per_1k(s.proxy_cpu, s.queries)),
+        proxy_user_cpu_1k: col(&|s| Sample::per_1k(s.proxy_user_cpu, s.queries)),
         server_cpu_1k: col(&|s| Sample::per_1k(s.server_cpu, s.queries)),
         rss: col(&|s| s.proxy_rss.map(|b| b as f64)),
         backend_conns: col(&|s| s.backend_conns.map(|n| n as f64)),
@@ -214,13 +218,18 @@ pub fn syscall_rows(workload: &str, conns: usize, arms: &[(Arm, Summary)]) -> St
 
 /// CPU seconds (user + system) a process has used, from `/proc/PID/stat`.
 pub fn cpu_seconds(pid: u32, ticks_per_second: f64) -> Option<f64> {
+    cpu_split(pid, ticks_per_second).map(|(user, system)| user + system)
+}
+
+/// CPU seconds a process has used in user space and in the kernel, from `/proc/PID/stat`.
+pub fn cpu_split(pid: u32, ticks_per_second: f64) -> Option<(f64, f64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name may hold spaces; the fields we want follow its closing paren.
     let rest = &stat[stat.rfind(')')? + 1..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
     let utime: f64 = fields.get(11)?.parse().ok()?;
     let stime: f64 = fields.get(12)?.parse().ok()?;
-    Some((utime + stime) / ticks_per_second)
+    Some((utime / ticks_per_second, stime / ticks_per_second))
 }
 
 /// Resident set size of a process in bytes, from `/proc/PID/status`.

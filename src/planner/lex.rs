@@ -89,15 +89,49 @@ pub(crate) struct Lexed {
     pub comments: Vec<Range<usize>>,
 }
 
+/// What a byte can be, one lookup per byte (the lexer runs on every statement).
+const SPACE: u8 = 1;
+const WORD: u8 = 2;
+const DIGIT: u8 = 4;
+/// The first byte of a multi-byte operator ([`MULTI_OPS`]).
+const OP_START: u8 = 8;
+
+const CLASSES: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut c = 0;
+    while c < 256 {
+        let b = c as u8;
+        let mut k = 0;
+        // ASCII whitespace (as `u8::is_ascii_whitespace`) and vertical tab, as MySQL.
+        if matches!(b, b' ' | b'\t' | b'\n' | b'\r' | 0x0c | 0x0b) {
+            k |= SPACE;
+        }
+        if b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80 {
+            k |= WORD;
+        }
+        if b.is_ascii_digit() {
+            k |= DIGIT;
+        }
+        if matches!(b, b'<' | b'-' | b':' | b'>' | b'!' | b'|' | b'&') {
+            k |= OP_START;
+        }
+        t[c] = k;
+        c += 1;
+    }
+    t
+};
+
 /// Whitespace between tokens: ASCII only, as in MySQL's lexer.
 pub(crate) fn is_space(c: u8) -> bool {
-    c.is_ascii_whitespace() || c == 0x0b
+    CLASSES[usize::from(c)] & SPACE != 0
 }
 
 pub(crate) fn is_word_byte(c: u8) -> bool {
-    c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80
+    CLASSES[usize::from(c)] & WORD != 0
 }
 
+/// Longest first where one starts another (`<=>` before `<=`). Each starts with an
+/// [`OP_START`] byte.
 const MULTI_OPS: [&[u8]; 12] = [
     b"<=>", b"->>", b":=", b"<=", b">=", b"<>", b"!=", b"||", b"&&", b"<<", b">>", b"->",
 ];
@@ -189,11 +223,17 @@ pub(crate) fn lex_into(sql: &str, backslash_escapes: bool, out: &mut Lexed) {
             });
         } else if is_word_byte(c) {
             let start = i;
-            while i < len && is_word_byte(b[i]) {
+            // Every byte of the word a digit: a number.
+            let mut all = WORD | DIGIT;
+            while let Some(&w) = b.get(i) {
+                let class = CLASSES[usize::from(w)];
+                if class & WORD == 0 {
+                    break;
+                }
+                all &= class;
                 i += 1;
             }
-            let digits = b.get(start..i).unwrap_or_default();
-            let mut kind = if digits.iter().all(u8::is_ascii_digit) {
+            let mut kind = if all & DIGIT != 0 {
                 Tok::Num
             } else {
                 Tok::Word
@@ -234,7 +274,10 @@ pub(crate) fn lex_into(sql: &str, backslash_escapes: bool, out: &mut Lexed) {
         } else {
             let start = i;
             let rest = b.get(i..).unwrap_or_default();
-            if let Some(op) = MULTI_OPS.iter().find(|op| rest.starts_with(op)) {
+            let multi = (CLASSES[usize::from(c)] & OP_START != 0)
+                .then(|| MULTI_OPS.iter().find(|op| rest.starts_with(op)))
+                .flatten();
+            if let Some(op) = multi {
                 i += op.len();
                 out.tokens.push(Token {
                     kind: Tok::Op,
@@ -319,6 +362,42 @@ mod tests {
                 (Tok::Punct(b'*'), "*"),
                 (Tok::Punct(b'/'), "/"),
                 (Tok::Word, "BEGIN"),
+            ]
+        );
+    }
+
+    #[test]
+    fn the_byte_table_agrees_with_the_rules_it_stands_for() {
+        for c in 0..=255u8 {
+            assert_eq!(is_space(c), c.is_ascii_whitespace() || c == 0x0b, "{c}");
+            let word = c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80;
+            assert_eq!(is_word_byte(c), word, "{c}");
+            assert_eq!(
+                CLASSES[usize::from(c)] & DIGIT != 0,
+                c.is_ascii_digit(),
+                "{c}"
+            );
+        }
+        for op in MULTI_OPS {
+            assert_ne!(CLASSES[usize::from(op[0])] & OP_START, 0, "{op:?}");
+        }
+        // Digits then letters make a word; letters then digits too.
+        let sql = "SELECT 12ab, ab12, 007, 1.5, 4.2e1 <=> 4";
+        assert_eq!(
+            kinds(sql),
+            vec![
+                (Tok::Word, "SELECT"),
+                (Tok::Word, "12ab"),
+                (Tok::Punct(b','), ","),
+                (Tok::Word, "ab12"),
+                (Tok::Punct(b','), ","),
+                (Tok::Num, "007"),
+                (Tok::Punct(b','), ","),
+                (Tok::Num, "1.5"),
+                (Tok::Punct(b','), ","),
+                (Tok::Num, "4.2e1"),
+                (Tok::Op, "<=>"),
+                (Tok::Num, "4"),
             ]
         );
     }

@@ -57,9 +57,20 @@ pub(super) fn may_mention(text: &str) -> bool {
         .trim_ascii_start()
         .get(..4)
         .is_some_and(|w| w.eq_ignore_ascii_case(b"SHOW"));
-    show || b.contains(&b'@')
-        || b.windows(10)
-            .any(|w| w.eq_ignore_ascii_case(b"ONNECTION_") || w.eq_ignore_ascii_case(b"ROCESSLIST"))
+    if show || b.contains(&b'@') {
+        return true;
+    }
+    // `CONNECTION_ID()`, `PROCESSLIST`: a window is compared only where its first
+    // byte is (`| 0x20` folds exactly the ASCII letters' case).
+    b.iter().enumerate().any(|(i, &c)| {
+        let needle: &[u8] = match c | 0x20 {
+            b'o' => b"ONNECTION_",
+            b'r' => b"ROCESSLIST",
+            _ => return false,
+        };
+        b.get(i..i + needle.len())
+            .is_some_and(|w| w.eq_ignore_ascii_case(needle))
+    })
 }
 
 /// `text` with shardgate's identity in place of the backend's, or None when it
@@ -584,6 +595,16 @@ mod tests {
         assert_eq!(rw("SELECT `CONNECTION_ID()` FROM t"), None);
         assert!(!may_mention("SELECT 1"));
         assert!(may_mention("select connection_id()"));
+        assert!(may_mention("SELECT * FROM information_schema.ProcessList"));
+        assert!(may_mention("SELECT Connection_Id()"));
+        assert!(may_mention("  show tables"));
+        assert!(may_mention("SELECT @@version"));
+        assert!(!may_mention(
+            "SELECT val FROM items WHERE workspace_id = 1 AND id = 2"
+        ));
+        // A needle cut by the end of the text is not there.
+        assert!(!may_mention("SELECT 1 FROM connection"));
+        assert!(!may_mention("SELECT 1 FROM processlis"));
     }
 
     #[test]

@@ -38,14 +38,18 @@ impl Session {
         let vs = &rt.vschema;
         let sql_bytes = payload.slice(1..);
         let text = planner::sql_text(&sql_bytes);
-        if let Some(admin) = crate::admin::parse_admin(&text) {
-            return Box::pin(self.admin_statement(vs, admin)).await;
-        }
-        if let Some(v) = crate::admin::vschema::parse(&text) {
-            return Box::pin(self.vschema_statement(v)).await;
-        }
-        if let Some(setting) = crate::ddl::parse_ddl_setting(&text) {
-            return Box::pin(self.ddl_setting(setting)).await;
+        // shardgate's own statements start with SHOW, SET, ALTER, PIN, ...: a query
+        // that starts with a DML verb is none of them and skips their parsers.
+        if !starts_with_dml(&text) {
+            if let Some(admin) = crate::admin::parse_admin(&text) {
+                return Box::pin(self.admin_statement(vs, admin)).await;
+            }
+            if let Some(v) = crate::admin::vschema::parse(&text) {
+                return Box::pin(self.vschema_statement(v)).await;
+            }
+            if let Some(setting) = crate::ddl::parse_ddl_setting(&text) {
+                return Box::pin(self.ddl_setting(setting)).await;
+            }
         }
         if let Some(e) = self.protected_database().or_else(|| self.unsafe_charset()) {
             return self.send_error(&e).await;
@@ -760,4 +764,36 @@ fn locking_read(payload: &[u8]) -> bool {
             .any(|w| w.eq_ignore_ascii_case(needle))
     };
     has(b"FOR UPDATE") || has(b"FOR SHARE") || has(b"SHARE MODE")
+}
+
+/// Whether `text`'s first word is SELECT, INSERT, UPDATE, DELETE, REPLACE or WITH
+/// (none of shardgate's own statements starts so).
+fn starts_with_dml(text: &str) -> bool {
+    let first = text
+        .trim_start()
+        .split_ascii_whitespace()
+        .next()
+        .unwrap_or("");
+    ["SELECT", "INSERT", "UPDATE", "DELETE", "REPLACE", "WITH"]
+        .iter()
+        .any(|w| first.eq_ignore_ascii_case(w))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_a_dml_verb_skips_the_own_statement_parsers() {
+        assert!(super::starts_with_dml("  select 1"));
+        assert!(super::starts_with_dml(
+            "WITH x AS (SELECT 1) SELECT * FROM x"
+        ));
+        for own in [
+            "SHOW MIGRATIONS",
+            "SET ddl_wait = 1",
+            "ALTER VSCHEMA DROP TABLE a.t",
+        ] {
+            assert!(!super::starts_with_dml(own), "{own}");
+        }
+        assert!(!super::starts_with_dml("SELECTION"));
+    }
 }
