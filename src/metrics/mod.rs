@@ -97,12 +97,18 @@ impl ClusterStats {
     /// Records one statement that took `elapsed` (`failed`: shardgate could not get an
     /// answer from the cluster; a backend's own SQL error is not a failure).
     pub fn record(&self, elapsed: Duration, failed: bool) {
+        self.record_at(Instant::now(), elapsed, failed);
+    }
+
+    /// [`record`](Self::record) of a statement that ended at `now` (a caller that has
+    /// just read the clock saves reading it again).
+    pub fn record_at(&self, now: Instant, elapsed: Duration, failed: bool) {
         let us = elapsed.as_micros() as u64;
         let bucket = BOUNDS_US
             .iter()
             .position(|&b| us <= b)
             .unwrap_or(BOUNDS_US.len());
-        let slot = self.slot(Instant::now());
+        let slot = self.slot(now);
         slot.buckets[bucket].fetch_add(1, Ordering::Relaxed);
         self.statements.fetch_add(1, Ordering::Relaxed);
         if failed {

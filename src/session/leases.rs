@@ -132,7 +132,9 @@ impl Session {
                 }
             }
         };
-        let started = if start {
+        // Boxed (rare): only a statement after BEGIN or SET TRANSACTION pays for it.
+        let pending = self.pending_begin.is_some() || !self.pending_once.is_empty();
+        let started = if start && pending {
             Box::pin(self.start_pending(&mut lease, target)).await
         } else {
             Ok(None)
@@ -560,8 +562,9 @@ impl Session {
     /// (a SQL error is the client's, never a failure of the cluster's).
     fn record_answer(&self, rt: &Runtime, target: &Target, started: Instant, code: Option<u16>) {
         if let Some(pool) = rt.pool(&target.cluster) {
-            let elapsed = started.elapsed();
-            pool.stats.record(elapsed, false);
+            let now = Instant::now();
+            let elapsed = now.saturating_duration_since(started);
+            pool.stats.record_at(now, elapsed, false);
             let keyspace = crate::metrics::keyspace_label(&self.ctx);
             let m = &self.shared.metrics;
             m.record_statement(&target.cluster, keyspace, Some(elapsed), code);
