@@ -9,7 +9,9 @@
 # counts dumped. Statements = calls of the plan cache's lookup (one per COM_QUERY).
 #
 # usage: bench/callgrind.sh   (env: CONNS=4 WORKLOAD=point-select TIME=15 TOP=40
-#                               OUT=/tmp/shardgate-callgrind SKIP_BUILD=1)
+#                               OUT=/tmp/shardgate-callgrind SKIP_BUILD=1
+#                               BIN=target/release: where shardgate-bench and the
+#                               shardgate it runs are, e.g. another build's copies)
 # needs: valgrind, python3; builds the release binaries unless SKIP_BUILD=1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,12 +20,13 @@ WORKLOAD=${WORKLOAD:-point-select}
 TIME=${TIME:-15}
 TOP=${TOP:-40}
 OUT=${OUT:-/tmp/shardgate-callgrind}
+BIN=${BIN:-target/release}
 command -v valgrind >/dev/null || { echo "callgrind.sh: valgrind is not installed (apt-get install valgrind)" >&2; exit 1; }
 [ "${SKIP_BUILD:-}" = 1 ] || cargo build --release --bins >&2
 rm -rf "$OUT" && mkdir -p "$OUT"
 WARMUP=20
 SHARDGATE_BENCH_WRAP="valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file=$OUT/cg.%p" \
-  target/release/shardgate-bench --workload "$WORKLOAD" --connections "$CONNS" --arms shardgate \
+  "$BIN/shardgate-bench" --workload "$WORKLOAD" --connections "$CONNS" --arms shardgate \
   --rounds 1 --warmup "$WARMUP" --duration $((TIME + 25)) >"$OUT/run.txt" 2>&1 &
 bench=$!
 # valgrind starts shardgate slowly: wait until it listens, then for the warm-up.

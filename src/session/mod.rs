@@ -286,6 +286,7 @@ impl Session {
         // Waited on across statements, not set up again for each: a statement costs no
         // watch registration and no timer of its own.
         let mut kill_watch = killed.clone();
+        let stop_flag = stop.clone();
         let stopped = async move {
             let _ = stop.changed().await;
         };
@@ -308,6 +309,11 @@ impl Session {
                 self.end_killed().await;
                 return;
             }
+            if *stop_flag.borrow() {
+                // The server stops; a client that keeps sending never lets the select
+                // below look at `stopped` (it reads first).
+                return;
+            }
             let idle = self.idle_limit();
             let due = idle.map(|l| tokio::time::Instant::now() + l.after);
             if let Some(due) = due.filter(|d| *d < armed) {
@@ -316,6 +322,10 @@ impl Session {
             }
             let read = loop {
                 tokio::select! {
+                    // The client's next command first: when the session wakes, that is
+                    // what is ready, and the other waits cost a poll each. Kills and
+                    // stops that come while commands keep coming are seen above.
+                    biased;
                     r = self.client.read_packet(limit) => break r,
                     _ = &mut stopped => return,
                     _ = &mut kill => {
