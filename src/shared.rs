@@ -267,7 +267,7 @@ impl Shared {
             user: user.to_string(),
             host,
             killed,
-            running: tokio::sync::Mutex::new(Running::default()),
+            running: Running::default(),
             activity: std::sync::Mutex::new(Activity {
                 since: std::time::Instant::now(),
                 statement: None,
@@ -316,19 +316,87 @@ pub struct SessionHandle {
     /// an await: the serving path takes it twice per query, uncontended).
     activity: std::sync::Mutex<Activity>,
     killed: tokio::sync::watch::Sender<bool>,
-    /// The backend statement it runs now. Held by a killer while it sends
-    /// `KILL QUERY`, so the session cannot give that backend connection back to the
-    /// pool (where the thread id would name another session's statement) meanwhile.
-    pub running: tokio::sync::Mutex<Running>,
+    /// The backend statement it runs now (see [`Running`]).
+    pub running: Running,
 }
 
-/// Where a session's current statement runs.
+/// Where a session's current statement runs, and the killers that may be about to
+/// interrupt it. A killer holds a [`KillGuard`] while it sends `KILL QUERY`; a
+/// statement's end waits for killers to finish before its connection may go back to the
+/// pool (where the thread id would soon name another session's statement).
+///
+/// Cheap for the session, which marks every statement's start and end: a start is an
+/// uncontended lock and a store, an end a store and a load (no async lock).
+/// A killer raises `killers` before it reads `thread_id`, and an end clears `thread_id`
+/// before it reads `killers` (both sequentially consistent): either the end sees the
+/// killer and waits, or the killer sees no statement and sends nothing.
 #[derive(Debug, Default)]
 pub struct Running {
     /// The cluster of the statement's backend connection (kept between statements).
-    pub cluster: String,
+    cluster: std::sync::Mutex<String>,
     /// The backend connection's thread id; 0 while no statement runs.
+    thread_id: std::sync::atomic::AtomicU32,
+    /// Killers between looking at the statement and the end of their `KILL QUERY`.
+    killers: std::sync::atomic::AtomicU32,
+    /// Told when the last killer is done.
+    killers_done: tokio::sync::Notify,
+}
+
+/// A killer's hold on [`Running`] (see there); dropping it lets the statement end.
+pub struct KillGuard<'a> {
+    running: &'a Running,
+    /// The statement to interrupt: cluster and backend thread id.
+    pub cluster: String,
     pub thread_id: u32,
+}
+
+impl Running {
+    /// Holds the running statement for a killer, or None when none runs.
+    pub fn hold_for_kill(&self) -> Option<KillGuard<'_>> {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.killers.fetch_add(1, SeqCst);
+        let mut guard = KillGuard {
+            running: self,
+            cluster: String::new(),
+            thread_id: self.thread_id.load(SeqCst),
+        };
+        if guard.thread_id == 0 {
+            return None;
+        }
+        guard.cluster = self
+            .cluster
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        Some(guard)
+    }
+}
+
+impl Running {
+    /// The statement ended: no killer may look at it any more, and those that did are
+    /// waited for.
+    async fn end(&self) {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.thread_id.store(0, SeqCst);
+        while self.killers.load(SeqCst) != 0 {
+            let done = self.killers_done.notified();
+            tokio::pin!(done);
+            done.as_mut().enable();
+            if self.killers.load(SeqCst) == 0 {
+                break;
+            }
+            done.await;
+        }
+    }
+}
+
+impl Drop for KillGuard<'_> {
+    fn drop(&mut self) {
+        use std::sync::atomic::Ordering::SeqCst;
+        if self.running.killers.fetch_sub(1, SeqCst) == 1 {
+            self.running.killers_done.notify_waiters();
+        }
+    }
 }
 
 /// A session's current command, as `SHOW PROCESSLIST` shows it.
@@ -382,17 +450,22 @@ impl SessionHandle {
     }
 
     /// Records that a statement starts on `thread_id` of `cluster`.
-    pub async fn statement_started(&self, cluster: &str, thread_id: u32) {
-        let mut r = self.running.lock().await;
-        if r.cluster != cluster {
-            r.cluster = cluster.to_string();
+    pub fn statement_started(&self, cluster: &str, thread_id: u32) {
+        let r = &self.running;
+        {
+            let mut c = r.cluster.lock().unwrap_or_else(|e| e.into_inner());
+            if *c != cluster {
+                *c = cluster.to_string();
+            }
         }
-        r.thread_id = thread_id;
+        r.thread_id
+            .store(thread_id, std::sync::atomic::Ordering::SeqCst);
     }
 
-    /// Records that the statement ended (before its connection goes back to the pool).
+    /// Records that the statement ended, then waits for killers that saw it running to
+    /// finish their `KILL QUERY` (before its connection goes back to the pool).
     pub async fn statement_ended(&self) {
-        self.running.lock().await.thread_id = 0;
+        self.running.end().await;
     }
 }
 
@@ -477,5 +550,40 @@ async fn probe_backends(vs: &VSchema) -> Probe {
         collation: 45,
         offered_capabilities: caps::SERVER_OFFERED,
         offered_ext_capabilities: 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Running;
+    use std::sync::atomic::Ordering::SeqCst;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn a_statement_ends_only_after_the_killers_that_saw_it() {
+        let r = std::sync::Arc::new(Running::default());
+        assert!(r.hold_for_kill().is_none(), "nothing runs");
+        {
+            let mut c = r.cluster.lock().unwrap_or_else(|e| e.into_inner());
+            *c = "c1".to_string();
+        }
+        r.thread_id.store(42, SeqCst);
+        let guard = r.hold_for_kill().expect("a statement runs");
+        assert_eq!((guard.cluster.as_str(), guard.thread_id), ("c1", 42));
+        let ended = {
+            let r = r.clone();
+            tokio::spawn(async move { r.end().await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!ended.is_finished(), "the end waits for the killer");
+        assert!(
+            r.hold_for_kill().is_none(),
+            "a later killer sees no statement"
+        );
+        drop(guard);
+        tokio::time::timeout(Duration::from_secs(5), ended)
+            .await
+            .expect("the end goes on once the killer is done")
+            .expect("task");
     }
 }

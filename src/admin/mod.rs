@@ -105,6 +105,19 @@ impl AdminStatement {
     }
 }
 
+/// Whether `text`'s first word is SELECT, INSERT, UPDATE, DELETE, REPLACE or WITH
+/// (none of shardgate's own statements starts so).
+pub fn starts_with_dml(text: &str) -> bool {
+    let first = text
+        .trim_start()
+        .split_ascii_whitespace()
+        .next()
+        .unwrap_or("");
+    ["SELECT", "INSERT", "UPDATE", "DELETE", "REPLACE", "WITH"]
+        .iter()
+        .any(|w| first.eq_ignore_ascii_case(w))
+}
+
 /// Recognizes shardgate's admin statements (case-insensitive, optional trailing `;`).
 /// Returns `Some(Err)` for text that is clearly one of them but malformed.
 pub fn parse_admin(sql: &str) -> Option<Result<AdminStatement, ProxyError>> {
@@ -251,6 +264,27 @@ fn unquote(s: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_dml_verb_skips_the_own_statement_parsers() {
+        assert!(starts_with_dml("  select 1"));
+        assert!(starts_with_dml("WITH x AS (SELECT 1) SELECT * FROM x"));
+        for own in [
+            "SHOW MIGRATIONS",
+            "SET ddl_wait = 1",
+            "ALTER VSCHEMA DROP TABLE a.t",
+            "PIN WORKSPACE 1 TO c1",
+        ] {
+            assert!(!starts_with_dml(own), "{own}");
+            assert!(
+                parse_admin(own).is_some()
+                    || vschema::parse(own).is_some()
+                    || crate::ddl::parse_ddl_setting(own).is_some(),
+                "{own} is one of shardgate's own"
+            );
+        }
+        assert!(!starts_with_dml("SELECTION"));
+    }
 
     #[test]
     fn traffic_statements_parse() {

@@ -169,6 +169,22 @@ pub enum StatementKind {
     Other,
 }
 
+impl StatementKind {
+    /// A statement the session sends as it is, with nothing of its own to do first
+    /// (no transaction bookkeeping, `USE`, `SET` or DDL policy).
+    pub fn is_plain(&self) -> bool {
+        matches!(
+            self,
+            StatementKind::Select
+                | StatementKind::Insert(_)
+                | StatementKind::Update
+                | StatementKind::Delete
+                | StatementKind::Show
+                | StatementKind::Other
+        )
+    }
+}
+
 /// The shape of an INSERT/REPLACE ... VALUES, for splitting across shards.
 #[derive(Debug, Clone, PartialEq)]
 pub struct InsertShape {

@@ -261,12 +261,8 @@ impl Session {
     /// Interrupts the statement `handle`'s session runs now, if any, with
     /// `KILL QUERY` on its backend.
     async fn interrupt(&self, handle: &Arc<SessionHandle>) -> Result<(), ProxyError> {
-        let cluster = {
-            let r = handle.running.lock().await;
-            if r.thread_id == 0 {
-                return Ok(());
-            }
-            r.cluster.clone()
+        let Some(cluster) = handle.running.hold_for_kill().map(|r| r.cluster.clone()) else {
+            return Ok(());
         };
         let rt = self.shared.runtime();
         let Some(pool) = rt.pool(&cluster) else {
@@ -275,8 +271,10 @@ impl Session {
         let mut lease = pool.checkout(self.key, None, 0, None).await?;
         // Held while KILL QUERY runs: the session cannot give its connection back to
         // the pool (where the thread id would soon name another session's statement).
-        let r = handle.running.lock().await;
-        if r.thread_id == 0 || r.cluster != cluster {
+        let Some(r) = handle.running.hold_for_kill() else {
+            return Ok(());
+        };
+        if r.cluster != cluster {
             return Ok(());
         }
         let q = format!("\x03KILL QUERY {}", r.thread_id);

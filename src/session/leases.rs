@@ -293,16 +293,18 @@ impl Session {
     /// [`BackendConn::never_ran`](crate::backend::BackendConn::never_ran)) is sent once
     /// more, on another connection, when the session had nothing on that one: no
     /// transaction begun on it, no reserved state, so nothing was lost with it.
-    pub(super) async fn run_on(
-        &mut self,
-        rt: &Runtime,
+    ///
+    /// Not an `async fn`: it hands back [`run_outgoing`](Self::run_outgoing)'s future
+    /// itself, one state machine less to build and poll on every statement.
+    pub(super) fn run_on<'a>(
+        &'a mut self,
+        rt: &'a Runtime,
         target: Target,
         payload: Bytes,
         kind: ResponseKind,
-        stmt: &StatementPlan,
-    ) -> Answered {
+        stmt: &'a StatementPlan,
+    ) -> impl std::future::Future<Output = Answered> + 'a {
         self.run_outgoing(rt, target, Outgoing::Raw(payload), kind, stmt)
-            .await
     }
 
     /// [`run_on`](Self::run_on) for a command that may first need the connection's
@@ -394,9 +396,7 @@ impl Session {
             }
         };
         let thread_id = lease.conn_ref().thread_id;
-        self.handle
-            .statement_started(&target.cluster, thread_id)
-            .await;
+        self.handle.statement_started(&target.cluster, thread_id);
         let mut retried = 0;
         let limit = self.shared.config.pool.query_timeout;
         let relay = self.relay_retrying_deadlocks(

@@ -382,7 +382,12 @@ impl Session {
             let answered = match cmd {
                 command::QUIT => return,
                 command::PING => self.send_ok(OkInfo::default()).await,
-                command::QUERY => self.query(payload).await,
+                command::QUERY => {
+                    self.begin_query(&payload);
+                    let answered = self.query(payload).await;
+                    self.end_statement();
+                    answered
+                }
                 command::INIT_DB => {
                     let db = String::from_utf8_lossy(&payload[1..]).into_owned();
                     Box::pin(self.use_database(&db)).await

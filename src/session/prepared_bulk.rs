@@ -369,9 +369,7 @@ impl Session {
             // KILL QUERY from another session reaches this part; the cluster's
             // latency and failure window count it.
             let handle = cursor.session.handle.clone();
-            handle
-                .statement_started(&target.cluster, lease.conn_ref().thread_id)
-                .await;
+            handle.statement_started(&target.cluster, lease.conn_ref().thread_id);
             let started = std::time::Instant::now();
             let run = run_part(lease.conn(), &target, b);
             let result = match deadline {

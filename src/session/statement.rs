@@ -17,12 +17,12 @@ use crate::shared::Runtime;
 use crate::vschema::VSchema;
 
 impl Session {
-    pub(super) async fn query(&mut self, payload: Bytes) -> Answered {
+    /// Before a COM_QUERY: counted, and shown in the registry. The command loop calls
+    /// this, [`query`](Self::query) and [`end_statement`](Self::end_statement) itself
+    /// (no wrapping state machine per statement).
+    pub(super) fn begin_query(&mut self, payload: &Bytes) {
         self.statements += 1;
         self.handle.set_statement(Some(payload.slice(1..)));
-        let answer = self.query_inner(payload).await;
-        self.end_statement();
-        answer
     }
 
     /// After a statement (text or prepared): the registry no longer shows it, and
@@ -33,14 +33,14 @@ impl Session {
         self.release_diagnostics(self.statements);
     }
 
-    async fn query_inner(&mut self, payload: Bytes) -> Answered {
+    pub(super) async fn query(&mut self, payload: Bytes) -> Answered {
         let rt = self.shared.runtime();
         let vs = &rt.vschema;
         let sql_bytes = payload.slice(1..);
         let text = planner::sql_text(&sql_bytes);
         // shardgate's own statements start with SHOW, SET, ALTER, PIN, ...: a query
         // that starts with a DML verb is none of them and skips their parsers.
-        if !starts_with_dml(&text) {
+        if !crate::admin::starts_with_dml(&text) {
             if let Some(admin) = crate::admin::parse_admin(&text) {
                 return Box::pin(self.admin_statement(vs, admin)).await;
             }
@@ -98,7 +98,12 @@ impl Session {
             }
             1 => {
                 let stmt = plan.statements.swap_remove(0);
-                self.statement(&rt, stmt, payload, &text).await
+                if stmt.kind.is_plain() {
+                    // What `statement` would do, without its state machine around it.
+                    self.single(&rt, &stmt, payload).await
+                } else {
+                    self.statement(&rt, stmt, payload, &text).await
+                }
             }
             _ => Box::pin(self.multi(&rt, &plan.statements, payload)).await,
         }
@@ -384,7 +389,7 @@ impl Session {
         answer
     }
 
-    async fn single_unwatched(
+    pub(super) async fn single_unwatched(
         &mut self,
         rt: &Runtime,
         stmt: &StatementPlan,
@@ -764,36 +769,4 @@ fn locking_read(payload: &[u8]) -> bool {
             .any(|w| w.eq_ignore_ascii_case(needle))
     };
     has(b"FOR UPDATE") || has(b"FOR SHARE") || has(b"SHARE MODE")
-}
-
-/// Whether `text`'s first word is SELECT, INSERT, UPDATE, DELETE, REPLACE or WITH
-/// (none of shardgate's own statements starts so).
-fn starts_with_dml(text: &str) -> bool {
-    let first = text
-        .trim_start()
-        .split_ascii_whitespace()
-        .next()
-        .unwrap_or("");
-    ["SELECT", "INSERT", "UPDATE", "DELETE", "REPLACE", "WITH"]
-        .iter()
-        .any(|w| first.eq_ignore_ascii_case(w))
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn only_a_dml_verb_skips_the_own_statement_parsers() {
-        assert!(super::starts_with_dml("  select 1"));
-        assert!(super::starts_with_dml(
-            "WITH x AS (SELECT 1) SELECT * FROM x"
-        ));
-        for own in [
-            "SHOW MIGRATIONS",
-            "SET ddl_wait = 1",
-            "ALTER VSCHEMA DROP TABLE a.t",
-        ] {
-            assert!(!super::starts_with_dml(own), "{own}");
-        }
-        assert!(!super::starts_with_dml("SELECTION"));
-    }
 }
