@@ -139,7 +139,8 @@ pub(crate) fn shape(
     generation: u64,
     s: &mut Scratch,
 ) -> Option<u64> {
-    if sql.len() > MAX_TEXT {
+    // A literal's mark in the key starts with a NUL: a text that has one is not keyed.
+    if sql.len() > MAX_TEXT || memchr::memchr(0, sql.as_bytes()).is_some() {
         return None;
     }
     lex::lex_into(sql, true, &mut s.lexed);
@@ -236,18 +237,11 @@ pub(crate) fn shape(
     let mut at = 0;
     for l in &s.literals {
         let verbatim = bytes.get(at..l.span.start)?;
-        // A literal's mark starts with a NUL: text that has one cannot be keyed.
-        if verbatim.contains(&0) {
-            return None;
-        }
         s.key.extend_from_slice(verbatim);
         s.key.extend_from_slice(&[0, l.class as u8]);
         at = l.span.end;
     }
     let rest = bytes.get(at..)?;
-    if rest.contains(&0) {
-        return None;
-    }
     s.key.extend_from_slice(rest);
     s.key.extend_from_slice(&[0, 0xff]);
     for c in &s.classes {

@@ -57,19 +57,22 @@ pub(super) fn may_mention(text: &str) -> bool {
         .trim_ascii_start()
         .get(..4)
         .is_some_and(|w| w.eq_ignore_ascii_case(b"SHOW"));
-    if show || b.contains(&b'@') {
+    if show {
         return true;
     }
-    // `CONNECTION_ID()`, `PROCESSLIST`: both have a `C` (at 4 and at 2), rarer in SQL
-    // than their first letters; windows are compared only around one (found by a
-    // vectorized search: this runs over every byte of every statement).
+    // Any `@`; `CONNECTION_ID()`, `PROCESSLIST`: both have a `C` (at 4 and at 2), rarer
+    // in SQL than their first letters, so windows are compared only around one. One
+    // vectorized search for all three bytes: this runs over every statement's text.
     let at = |start: Option<usize>, needle: &[u8]| {
         start
             .and_then(|s| b.get(s..s + needle.len()))
             .is_some_and(|w| w.eq_ignore_ascii_case(needle))
     };
-    memchr::memchr2_iter(b'c', b'C', b)
-        .any(|p| at(p.checked_sub(4), b"ONNECTION_") || at(p.checked_sub(2), b"ROCESSLIST"))
+    memchr::memchr3_iter(b'@', b'c', b'C', b).any(|p| {
+        b.get(p) == Some(&b'@')
+            || at(p.checked_sub(4), b"ONNECTION_")
+            || at(p.checked_sub(2), b"ROCESSLIST")
+    })
 }
 
 /// `text` with shardgate's identity in place of the backend's, or None when it
