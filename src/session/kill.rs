@@ -278,11 +278,24 @@ impl Session {
             return Ok(());
         }
         let q = format!("\x03KILL QUERY {}", r.thread_id);
-        lease
-            .conn()
-            .exec(q.as_bytes(), ResponseKind::Query)
-            .await
-            .map_err(|e| ProxyError::lost_backend(&cluster, e))?;
+        // Bounded: the killed session's statement end waits for this (a hung cluster
+        // must not hold it, nor the KILL's own client, forever).
+        let conn = lease.conn();
+        let sent = tokio::time::timeout(
+            KILL_QUERY_LIMIT,
+            conn.exec(q.as_bytes(), ResponseKind::Query),
+        );
+        match sent.await {
+            Ok(r) => {
+                r.map_err(|e| ProxyError::lost_backend(&cluster, e))?;
+            }
+            Err(_) => {
+                // Cut off mid-exchange: the connection is not pooled again.
+                conn.broken = true;
+                let why = format!("KILL QUERY took over {} s", KILL_QUERY_LIMIT.as_secs());
+                return Err(ProxyError::lost_backend(&cluster, why));
+            }
+        }
         Ok(())
     }
 
@@ -293,6 +306,9 @@ impl Session {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(1), self.send_error(&e)).await;
     }
 }
+
+/// How long `KILL QUERY` on a backend may take.
+const KILL_QUERY_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// `sql` without the `/* ... */` comments it starts with (a query-log tag), then white
 /// space. Executable comments (`/*! ... */`) are kept: their content is SQL.
