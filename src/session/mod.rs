@@ -346,6 +346,12 @@ impl Session {
                     }
                 }
             };
+            if *killed.borrow() {
+                // Killed while the client's next command arrived: a killed connection
+                // runs nothing more (the read goes first in the select above).
+                self.end_killed().await;
+                return;
+            }
             let payload = match read {
                 Ok((_, p)) => p,
                 Err(ReadError::TooLarge(n)) => {
