@@ -58,6 +58,7 @@ pub mod frontdoor;
 pub mod health;
 pub mod metrics;
 pub mod metrics_http;
+pub mod name;
 pub mod migrations;
 pub mod planner;
 pub mod protocol;

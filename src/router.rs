@@ -2,6 +2,7 @@
 //! database, and (for a multi-row INSERT that spans shards) which rows go where.
 
 use crate::error::ProxyError;
+use crate::name::Name;
 use crate::planner::{Route, ShardingSchema, StatementKind, StatementPlan};
 use crate::vschema::{Keyspace, RangePlacement, Tenancy, VSchema, SPAN_NAMES};
 
@@ -39,9 +40,9 @@ pub fn is_shard_of(vs: &VSchema, keyspace: &str, target: &Target) -> bool {
 pub fn workspace_target(ks: &Keyspace, workspace: u64, database: &str) -> Target {
     let shard = ks.shard_for_workspace(workspace);
     Target {
-        cluster: shard.cluster.clone(),
-        database: Some(database.to_string()),
-        label: [&ks.name, "/", database, " (", &shard.name, ")"].concat(),
+        cluster: Name::new(&shard.cluster),
+        database: Some(Name::new(database)),
+        label: Name::concat(&[&ks.name, "/", database, " (", &shard.name, ")"]),
     }
 }
 
@@ -49,11 +50,11 @@ pub fn workspace_target(ks: &Keyspace, workspace: u64, database: &str) -> Target
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
     /// Cluster name.
-    pub cluster: String,
+    pub cluster: Name,
     /// Database to be in (None: none selected).
-    pub database: Option<String>,
+    pub database: Option<Name>,
     /// How to name it in messages: `app/-40` or `cluster c1`.
-    pub label: String,
+    pub label: Name,
 }
 
 /// Where one statement goes.
@@ -135,22 +136,31 @@ pub fn ddl_policy_keyspace<'a>(
 /// selected (for statements that touch no table, like `SELECT 1`).
 fn shard_target_any_database(ks: &Keyspace) -> Target {
     Target {
-        cluster: ks.shards[0].cluster.clone(),
+        cluster: Name::new(&ks.shards[0].cluster),
         database: None,
-        label: format!("cluster {}", ks.shards[0].cluster),
+        label: Name::concat(&["cluster ", &ks.shards[0].cluster]),
     }
 }
 
+/// The target of shard `idx` of `ks` (built with the keyspace, see
+/// [`Keyspace::targets`]).
 pub(crate) fn shard_target(ks: &Keyspace, idx: usize) -> Target {
+    match ks.targets.get(idx) {
+        Some(t) => t.clone(),
+        None => build_shard_target(ks, idx),
+    }
+}
+
+/// The target of shard `idx` of `ks`, built from its names.
+pub(crate) fn build_shard_target(ks: &Keyspace, idx: usize) -> Target {
     let s = &ks.shards[idx];
     Target {
-        cluster: s.cluster.clone(),
-        database: Some(s.database.clone()),
+        cluster: Name::new(&s.cluster),
+        database: Some(Name::new(&s.database)),
         label: if ks.sharded {
-            // Not `format!`: that cost a statement more than the rest of its routing.
-            [&ks.name, "/", &s.name].concat()
+            Name::concat(&[&ks.name, "/", &s.name])
         } else {
-            ks.name.clone()
+            Name::new(&ks.name)
         },
     }
 }
@@ -159,14 +169,14 @@ pub(crate) fn shard_target(ks: &Keyspace, idx: usize) -> Target {
 /// pass-through database, if any), else the first cluster.
 fn passthrough_target(vs: &VSchema, ctx: &DbContext) -> Result<Target, ProxyError> {
     let db = match ctx {
-        DbContext::PassThrough(d) => Some(d.clone()),
+        DbContext::PassThrough(d) => Some(Name::new(d)),
         _ => None,
     };
     if let Some(ks) = vs.default_keyspace.as_deref().and_then(|k| vs.keyspace(k)) {
         let s = &ks.shards[0];
         return Ok(Target {
-            cluster: s.cluster.clone(),
-            label: format!("cluster {}", s.cluster),
+            cluster: Name::new(&s.cluster),
+            label: Name::concat(&["cluster ", &s.cluster]),
             database: db,
         });
     }
@@ -179,8 +189,8 @@ fn passthrough_target(vs: &VSchema, ctx: &DbContext) -> Result<Target, ProxyErro
         .and_then(|k| k.shards.first())
         .ok_or_else(|| ProxyError::internal("the vschema has no keyspaces"))?;
     Ok(Target {
-        cluster: first.cluster.clone(),
-        label: format!("cluster {}", first.cluster),
+        cluster: Name::new(&first.cluster),
+        label: Name::concat(&["cluster ", &first.cluster]),
         database: db,
     })
 }

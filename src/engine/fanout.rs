@@ -123,7 +123,7 @@ pub async fn run<C: Cursor>(cursor: &mut C, writes: Vec<ShardWrite>, mode: Mode)
                     out.total.last_insert_id = ok.last_insert_id;
                 }
                 out.total.warnings = out.total.warnings.saturating_add(ok.warnings);
-                out.applied.push(w.target.label);
+                out.applied.push(w.target.label.into());
             }
             Part::Failed(failure) if out.failure.is_none() => {
                 out.failure = Some(ShardFailure {
@@ -133,7 +133,7 @@ pub async fn run<C: Cursor>(cursor: &mut C, writes: Vec<ShardWrite>, mode: Mode)
             }
             // A later failure on another cluster: it was attempted and did not apply.
             Part::Failed(_) => {}
-            Part::NotAttempted => out.not_attempted.push(w.target.label),
+            Part::NotAttempted => out.not_attempted.push(w.target.label.into()),
         }
     }
     out
@@ -166,7 +166,7 @@ async fn parallel<C: Cursor>(cursor: &mut C, writes: &[ShardWrite]) -> Vec<Part>
     for (i, w) in writes.iter().enumerate() {
         match groups.iter_mut().find(|(c, _)| *c == w.target.cluster) {
             Some((_, members)) => members.push(i),
-            None => groups.push((w.target.cluster.clone(), vec![i])),
+            None => groups.push((w.target.cluster.to_string(), vec![i])),
         }
     }
     // One connection per cluster, taken before anything runs: if one cluster cannot

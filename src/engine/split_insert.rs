@@ -44,7 +44,7 @@ mod tests {
 
     fn target(label: &str) -> Target {
         Target {
-            cluster: format!("c-{label}"),
+            cluster: format!("c-{label}").into(),
             database: Some("app".into()),
             label: label.into(),
         }

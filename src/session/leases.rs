@@ -89,8 +89,8 @@ impl Session {
         rt: &Runtime,
         target: &Target,
         start: bool,
+        started: Instant,
     ) -> Result<Lease, Answered> {
-        let started = Instant::now();
         let stateful = self.state_on(&target.cluster);
         match self.ready(rt, target, start).await {
             Ok(lease) => Ok(lease),
@@ -193,7 +193,7 @@ impl Session {
             lease.conn().state_hash = self.vars.hash;
         }
         let conn = lease.conn();
-        if conn.database != target.database {
+        if conn.database.as_deref() != target.database.as_deref() {
             if let Some(db) = &target.database {
                 let r = Box::pin(conn.init_db(db))
                     .await
@@ -362,7 +362,7 @@ impl Session {
             && !self.held.iter().any(|h| h.target.cluster == target.cluster);
         // Decided before the pending transaction starts (then it is state).
         let retries = self.deadlock_retries(stateful, &outgoing, kind, stmt);
-        let mut lease = match self.ready_lease(rt, &target, true).await {
+        let mut lease = match self.ready_lease(rt, &target, true, started).await {
             Ok(l) => l,
             Err(answered) => return Ok(answered),
         };

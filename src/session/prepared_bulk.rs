@@ -356,7 +356,7 @@ impl Session {
         let mut cursor = SessionCursor { session: self, rt };
         for (target, b) in parts {
             if out.failure.is_some() {
-                out.not_attempted.push(target.label);
+                out.not_attempted.push(target.label.into());
                 continue;
             }
             let mut lease = match cursor.ready(&target).await {
@@ -399,7 +399,7 @@ impl Session {
                         out.total.last_insert_id = ok.last_insert_id;
                     }
                     out.total.warnings = out.total.warnings.saturating_add(ok.warnings);
-                    out.applied.push(target.label);
+                    out.applied.push(target.label.into());
                 }
                 Err(failure) => out.failure = Some(fanout::ShardFailure { target, failure }),
             }

@@ -12,6 +12,7 @@ use crate::planner::{self, Effects, StatementKind, StatementPlan};
 use crate::protocol::command;
 use crate::protocol::relay::ResponseKind;
 use crate::protocol::wire::OkInfo;
+use crate::name::Name;
 use crate::router::{self, DbContext, Dispatch, Target};
 use crate::shared::Runtime;
 use crate::vschema::VSchema;
@@ -236,7 +237,7 @@ impl Session {
                     }
                     Err(e) => return self.send_error(&e).await,
                 };
-                let lease = match self.ready_lease(&rt, &target, false).await {
+                let lease = match self.ready_lease(&rt, &target, false, std::time::Instant::now()).await {
                     Ok(l) => l,
                     Err(answered) => return answered,
                 };
@@ -320,7 +321,7 @@ impl Session {
         start: bool,
     ) -> Result<(crate::backend::Lease, crate::protocol::relay::Outcome), Answered> {
         let stateful = self.state_on(&target.cluster);
-        let mut lease = self.ready_lease(rt, target, start).await?;
+        let mut lease = self.ready_lease(rt, target, start, std::time::Instant::now()).await?;
         let max_packet = self.shared.config.max_packet_size;
         match lease
             .conn()
@@ -364,7 +365,7 @@ impl Session {
         match router::route(vs, &self.ctx, &stmt).map(|d| self.one_target(vs, d, &stmt)) {
             Ok(Some(t)) => t,
             _ => Target {
-                cluster: vs.clusters.keys().next().cloned().unwrap_or_default(),
+                cluster: vs.clusters.keys().next().map(|c| Name::new(c)).unwrap_or_default(),
                 database: None,
                 label: "default".into(),
             },
@@ -465,8 +466,8 @@ impl Session {
         }
         match standby {
             Some(s) => Target {
-                cluster: crate::shared::replica_pool_name(&target.cluster, &s.addr),
-                label: format!("{} (standby {})", target.label, s.addr),
+                cluster: crate::shared::replica_pool_name(&target.cluster, &s.addr).into(),
+                label: format!("{} (standby {})", target.label, s.addr).into(),
                 database: target.database,
             },
             None => target,

@@ -129,6 +129,9 @@ pub struct Keyspace {
     pub tenancy: Tenancy,
     /// What happens to DDL sent to this keyspace.
     pub ddl: DdlPolicy,
+    /// Each shard's target, built once ([`Keyspace::with_targets`]): routing a
+    /// statement clones one (its names are inline) instead of building it.
+    pub targets: Vec<crate::router::Target>,
 }
 
 /// How a sharded keyspace lays out its workspaces.
@@ -282,6 +285,14 @@ impl VSchema {
 }
 
 impl Keyspace {
+    /// The keyspace with [`Keyspace::targets`] built from its shards.
+    pub fn with_targets(mut self) -> Keyspace {
+        self.targets = (0..self.shards.len())
+            .map(|i| crate::router::build_shard_target(&self, i))
+            .collect();
+        self
+    }
+
     /// Index into `shards` of the shard that owns `workspace`: its pin if it has one,
     /// else the shard whose key range holds the vindex's keyspace id.
     pub fn shard_index_for_workspace(&self, workspace: u64) -> usize {

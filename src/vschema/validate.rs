@@ -345,7 +345,9 @@ fn build_unsharded(
         default: raw.default,
         tenancy: Tenancy::SharedTables,
         ddl,
+        targets: Vec::new(),
     }
+    .with_targets()
 }
 
 fn build_ddl_policy(at: &str, raw: &RawKeyspace, problems: &mut Problems) -> DdlPolicy {
@@ -589,7 +591,9 @@ fn build_sharded(
         default: raw.default,
         tenancy,
         ddl,
+        targets: Vec::new(),
     }
+    .with_targets()
 }
 
 /// Sorted shards must tile the keyspace-id space: start at the beginning, meet end to
