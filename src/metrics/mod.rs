@@ -11,7 +11,7 @@
 mod registry;
 
 pub use registry::{
-    keyspace_label, Registry, MAX_CODES, MAX_DEADLOCK_TABLES, MAX_PAIRS, NO_KEYSPACE, OVERFLOW,
+    keyspace_label, PairHandle, Registry, MAX_CODES, MAX_DEADLOCK_TABLES, MAX_PAIRS, NO_KEYSPACE, OVERFLOW,
     PASS_THROUGH,
 };
 

@@ -116,6 +116,10 @@ struct Pair {
     other_errors: Counter,
 }
 
+/// The metric handles of one (cluster, keyspace) pair ([`Registry::pair`]).
+#[derive(Clone)]
+pub struct PairHandle(Arc<Pair>);
+
 type Fast = foldhash::fast::RandomState;
 type Pairs = HashMap<String, HashMap<String, Arc<Pair>, Fast>, Fast>;
 
@@ -201,6 +205,24 @@ impl Registry {
             }
         };
         Self::record_on(pair, self, elapsed, error);
+    }
+
+    /// The handles of (`cluster`, `keyspace`), for a caller that records many
+    /// statements of the same pair ([`Registry::record_on_pair`]): no map lookup each.
+    /// Pairs are never removed, so a handle stays the one the map has.
+    pub fn pair(&self, cluster: &str, keyspace: &str) -> PairHandle {
+        let found = self
+            .pairs
+            .load()
+            .get(cluster)
+            .and_then(|m| m.get(keyspace))
+            .cloned();
+        PairHandle(found.unwrap_or_else(|| self.add_pair(cluster, keyspace)))
+    }
+
+    /// [`Registry::record_statement`] on a pair's handles.
+    pub fn record_on_pair(&self, pair: &PairHandle, elapsed: Option<Duration>, error: Option<u16>) {
+        Self::record_on(&pair.0, self, elapsed, error);
     }
 
     fn record_on(pair: &Pair, reg: &Registry, elapsed: Option<Duration>, error: Option<u16>) {

@@ -227,7 +227,7 @@ fn a_point_select_hits_with_other_ids_and_fills_them_in() {
     let hits = cache.stats().hits;
     let p = cache.plan(&sql(987654, 3), &Schema, KS, 1);
     assert_eq!(cache.stats().hits, hits + 1, "a hit");
-    assert_eq!(p.statements[0].route, Route::Workspaces(vec![987654]));
+    assert_eq!(p.statements[0].route, Route::Workspaces(smallvec::smallvec![987654]));
     assert_eq!(p.statements[0].span, 0..sql(987654, 3).len());
     // The same value twice: the route takes the workspace's, whichever literal it is.
     for i in 0..3 {
@@ -236,7 +236,7 @@ fn a_point_select_hits_with_other_ids_and_fills_them_in() {
     let hits = cache.stats().hits;
     assert_eq!(
         cache.plan(&sql(42, 42), &Schema, KS, 1).statements[0].route,
-        Route::Workspaces(vec![42])
+        Route::Workspaces(smallvec::smallvec![42])
     );
     assert_eq!(cache.stats().hits, hits + 1);
 }
@@ -255,7 +255,7 @@ fn equal_and_distinct_literals_do_not_share_a_plan() {
     let same = "SELECT * FROM messages WHERE workspace_id = 3 AND workspace_id = 3";
     assert_eq!(
         cache.plan(same, &Schema, KS, 1).statements[0].route,
-        Route::Workspaces(vec![3])
+        Route::Workspaces(smallvec::smallvec![3])
     );
     // The other way round: a cached plan for equal values is not one for distinct ones.
     let cache = PlanCache::new(64);

@@ -82,7 +82,7 @@ pub(crate) fn route(
         ));
     }
     if let Some(tag) = tag {
-        return Route::Workspaces(vec![tag]);
+        return Route::Workspaces(smallvec::smallvec![tag]);
     }
     let missing = Route::MissingWorkspace {
         table: table.clone(),
@@ -102,7 +102,7 @@ pub(crate) fn route(
         Ok(Some(ids)) if ids.is_empty() => Route::Unroutable(format!(
             "the conditions on {table}.{column} contradict each other"
         )),
-        Ok(Some(ids)) => Route::Workspaces(ids),
+        Ok(Some(ids)) => Route::Workspaces(ids.into()),
         Ok(None) => missing,
         Err(msg) => Route::Unroutable(msg),
     }

@@ -212,7 +212,7 @@ pub(crate) fn plan_insert(
             };
             let route = match (route, column) {
                 (Some(r), _) => r,
-                (None, Some(_)) => Route::Workspaces(ids),
+                (None, Some(_)) => Route::Workspaces(ids.into()),
                 (None, None) if is_reference => Route::AllShards,
                 (None, None) => Route::AnyShard,
             };
@@ -221,7 +221,7 @@ pub(crate) fn plan_insert(
         Body::Set(value) => {
             let route = match column {
                 Some(c) => match resolve(value, tag, &table_name, c) {
-                    Ok(id) => Route::Workspaces(vec![id]),
+                    Ok(id) => Route::Workspaces(smallvec::smallvec![id]),
                     Err(r) => r,
                 },
                 None if is_reference => Route::AllShards,
@@ -231,7 +231,7 @@ pub(crate) fn plan_insert(
         }
         Body::Select(start) => {
             let route = match (column, tag) {
-                (Some(_), Some(tag)) => InsertRoute::Done(Route::Workspaces(vec![tag])),
+                (Some(_), Some(tag)) => InsertRoute::Done(Route::Workspaces(smallvec::smallvec![tag])),
                 (Some(c), None) => InsertRoute::Done(missing(&table_name, c)),
                 (None, _) if is_reference => InsertRoute::Done(Route::AllShards),
                 (None, _) => InsertRoute::Select(start),

@@ -48,7 +48,7 @@ pub(super) fn route(sql: &str, toks: &[Token], schema: &dyn ShardingSchema, tag:
         return Route::AnyShard;
     }
     match tag {
-        TagScan::One(id) => Route::Workspaces(vec![id]),
+        TagScan::One(id) => Route::Workspaces(smallvec::smallvec![id]),
         TagScan::Conflicting => conflicting_tags(),
         TagScan::None => Route::LoadDataUnpinned { table },
     }
@@ -87,7 +87,7 @@ mod tests {
         );
         assert_eq!(
             route(&format!("/*workspace_id:42*/ {load}"), true),
-            Route::Workspaces(vec![42])
+            Route::Workspaces(smallvec::smallvec![42])
         );
         assert_eq!(
             route(

@@ -64,11 +64,17 @@ pub trait ShardingSchema {
     }
 }
 
+/// The workspace ids a statement names (most name one: no allocation for up to two).
+pub type Ids = smallvec::SmallVec<[u64; 2]>;
+
+/// The statements of a query.
+pub type Statements = Vec<StatementPlan>;
+
 /// A query's plan: one entry per statement (several with `CLIENT_MULTI_STATEMENTS`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
     /// The statements in order.
-    pub statements: Vec<StatementPlan>,
+    pub statements: Statements,
     /// What the query needs from its user: [`Privilege::Admin`] when any of its
     /// statements does (the session then refuses the whole query for other users).
     pub privilege: Privilege,
@@ -100,7 +106,7 @@ pub enum Route {
     AnyShard,
     /// These workspaces' shards (deduplicated, in order of first appearance). For an
     /// INSERT, `insert_rows` says which row belongs to which workspace.
-    Workspaces(Vec<u64>),
+    Workspaces(Ids),
     /// Every shard in turn: DDL on a sharded keyspace, writes to reference tables.
     AllShards,
     /// A sharded table is used without naming its workspace.
@@ -407,7 +413,7 @@ fn plan_statement(
         Head::Temporary => (
             StatementKind::Other,
             match tag {
-                TagScan::One(id) if sharded => Route::Workspaces(vec![id]),
+                TagScan::One(id) if sharded => Route::Workspaces(smallvec::smallvec![id]),
                 _ => Route::AnyShard,
             },
         ),
@@ -623,13 +629,13 @@ fn tagged_route(
             Some(stmt) if query::analyze(&stmt, schema).writes_reference => {
                 Route::Unroutable(reference_with_sharded())
             }
-            Some(_) => Route::Workspaces(vec![id]),
+            Some(_) => Route::Workspaces(smallvec::smallvec![id]),
             None => fallback::route(sql, toks, tables, schema, write, Some(id)),
         };
     }
     let writes_reference = write && tables.first().is_some_and(|t| schema.is_reference(&t.name));
     match (names_sharded, writes_reference) {
-        (true, _) => Route::Workspaces(vec![id]),
+        (true, _) => Route::Workspaces(smallvec::smallvec![id]),
         (false, true) => Route::AllShards,
         (false, false) => Route::AnyShard,
     }
@@ -697,7 +703,7 @@ fn decide(a: &query::Analysis, tables: &[TableName<'_>], schema: &dyn ShardingSc
                     .to_owned(),
             );
         }
-        return Route::Workspaces(first.clone());
+        return Route::Workspaces(first.as_slice().into());
     }
     if a.writes_reference {
         Route::AllShards

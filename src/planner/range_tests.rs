@@ -123,7 +123,7 @@ fn between_and_comparison_pairs_become_ranges() {
 fn an_equality_wins_over_a_range() {
     assert_eq!(
         route("SELECT c FROM messages WHERE workspace_id BETWEEN 1 AND 9 AND workspace_id = 4"),
-        Route::Workspaces(vec![4])
+        Route::Workspaces(smallvec::smallvec![4])
     );
 }
 

@@ -36,7 +36,7 @@ fn route(sql: &str) -> Route {
 }
 
 fn ws(ids: &[u64]) -> Route {
-    Route::Workspaces(ids.to_vec())
+    Route::Workspaces(ids.into())
 }
 
 fn missing(table: &str, column: &str) -> Route {

@@ -15,6 +15,7 @@ use crate::error::{Fault, ProxyError};
 use crate::planner::{Effects, StatementPlan};
 use crate::protocol::command;
 use crate::protocol::relay::ResponseKind;
+use crate::name::Name;
 use crate::router::Target;
 use crate::shared::Runtime;
 
@@ -531,13 +532,12 @@ impl Session {
     /// health monitor and the metrics read it). Only failures of the cluster's own count
     /// against it, never a client's mistake.
     pub(super) fn record(
-        &self,
+        &mut self,
         rt: &Runtime,
         target: &Target,
         started: Instant,
         error: Option<&ProxyError>,
     ) {
-        let keyspace = crate::metrics::keyspace_label(&self.ctx);
         let code = error.map(|e| e.code);
         if let Some(pool) = rt.pool(&target.cluster) {
             // A refusal (1053: down or drained) never reached the cluster and says
@@ -546,28 +546,48 @@ impl Session {
             // never let it recover under load (`shardgate-bench incident` showed it).
             if code == Some(crate::error::codes::CLUSTER_NOT_SERVING) {
                 pool.stats.record_refusal();
-                let m = &self.shared.metrics;
-                m.record_statement(&target.cluster, keyspace, None, code);
+                self.record_metrics(&target.cluster, None, code);
                 return;
             }
             let failed = error.is_some_and(|e| e.fault == Fault::Shard);
             let elapsed = started.elapsed();
             pool.stats.record(elapsed, failed);
-            let m = &self.shared.metrics;
-            m.record_statement(&target.cluster, keyspace, Some(elapsed), code);
+            self.record_metrics(&target.cluster, Some(elapsed), code);
         }
     }
 
     /// [`record`](Self::record) of a statement the cluster answered: `code` is its ERR's
     /// (a SQL error is the client's, never a failure of the cluster's).
-    fn record_answer(&self, rt: &Runtime, target: &Target, started: Instant, code: Option<u16>) {
+    fn record_answer(
+        &mut self,
+        rt: &Runtime,
+        target: &Target,
+        started: Instant,
+        code: Option<u16>,
+    ) {
         if let Some(pool) = rt.pool(&target.cluster) {
             let now = Instant::now();
             let elapsed = now.saturating_duration_since(started);
             pool.stats.record_at(now, elapsed, false);
-            let keyspace = crate::metrics::keyspace_label(&self.ctx);
-            let m = &self.shared.metrics;
-            m.record_statement(&target.cluster, keyspace, Some(elapsed), code);
+            self.record_metrics(&target.cluster, Some(elapsed), code);
+        }
+    }
+
+    /// Counts a statement of `cluster` in the session's keyspace for `/metrics`. The
+    /// handles of the last (cluster, keyspace) are kept: a session's statements mostly
+    /// go to one, and this spares a map lookup per statement.
+    fn record_metrics(&mut self, cluster: &Name, elapsed: Option<Duration>, code: Option<u16>) {
+        let keyspace = crate::metrics::keyspace_label(&self.ctx);
+        let m = &self.shared.metrics;
+        match &self.metric_pair {
+            Some((c, k, pair)) if c == cluster && *k == keyspace => {
+                m.record_on_pair(pair, elapsed, code);
+            }
+            _ => {
+                let pair = m.pair(cluster, keyspace);
+                m.record_on_pair(&pair, elapsed, code);
+                self.metric_pair = Some((cluster.clone(), Name::new(keyspace), pair));
+            }
         }
     }
 

@@ -205,6 +205,9 @@ struct Session {
     user_slot: Option<crate::frontdoor::UserSlot>,
     /// The session's own `SET wait_timeout` (see [`idle`]).
     own_wait_timeout: Option<std::time::Duration>,
+    /// The metric handles of the (cluster, keyspace) its last statement was counted
+    /// for (see `record_metrics`).
+    metric_pair: Option<(crate::name::Name, crate::name::Name, crate::metrics::PairHandle)>,
 }
 
 impl Session {
@@ -254,6 +257,7 @@ impl Session {
             prepared: prepared::Statements::default(),
             stmt_commands: [0; 6],
             own_wait_timeout: None,
+            metric_pair: None,
             user_slot: login.user_slot,
         }
     }
