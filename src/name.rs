@@ -17,7 +17,10 @@ pub struct Name(Repr);
 #[derive(Clone)]
 enum Repr {
     /// `bytes[..len]` is the name; the rest is zero.
-    Inline { len: u8, bytes: [u8; INLINE] },
+    Inline {
+        len: u8,
+        bytes: [u8; INLINE],
+    },
     Shared(Arc<str>),
 }
 

@@ -210,6 +210,7 @@ pub async fn serve_on(
         }
     }
     let _ = stop_tx.send(true);
+    shared.stop_sessions();
     for e in executors {
         // Running copies stop at a chunk boundary and keep their checkpoint.
         if tokio::time::timeout(Duration::from_secs(15), e.join())

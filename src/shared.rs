@@ -261,12 +261,11 @@ impl Shared {
         user: &str,
         host: String,
         db: Option<String>,
-    ) -> (Arc<SessionHandle>, tokio::sync::watch::Receiver<bool>) {
-        let (killed, rx) = tokio::sync::watch::channel(false);
+    ) -> Arc<SessionHandle> {
         let handle = Arc::new(SessionHandle {
             user: user.to_string(),
             host,
-            killed,
+            signal: Signal::default(),
             running: Running::default(),
             activity: std::sync::Mutex::new(Activity {
                 since: std::time::Instant::now(),
@@ -276,7 +275,16 @@ impl Shared {
             }),
         });
         self.sessions_lock().insert(id, handle.clone());
-        (handle, rx)
+        handle
+    }
+
+    /// Tells every registered session that the server stops (each one ends at its
+    /// next wait for a command). A session registered after this call sees the stop
+    /// flag it was set after.
+    pub fn stop_sessions(&self) {
+        for handle in self.sessions_lock().values() {
+            handle.signal.raise(Signal::STOPPED);
+        }
     }
 
     /// Forgets a session that ended.
@@ -305,6 +313,47 @@ impl Shared {
     }
 }
 
+/// What a session's command loop is told from outside: it was killed (`KILL`), or the
+/// server stops. One atomic word and one waker: waiting for it between commands costs
+/// a waker registration, not a lock (as a `watch` channel's wait does, on every poll).
+#[derive(Default)]
+pub struct Signal {
+    bits: std::sync::atomic::AtomicU8,
+    waker: atomic_waker::AtomicWaker,
+}
+
+impl Signal {
+    /// `KILL` of the session.
+    pub const KILLED: u8 = 1;
+    /// The server stops.
+    pub const STOPPED: u8 = 2;
+
+    /// Sets `bit` and wakes the session's waiting loop.
+    pub fn raise(&self, bit: u8) {
+        self.bits.fetch_or(bit, Ordering::SeqCst);
+        self.waker.wake();
+    }
+
+    /// The bits raised so far.
+    pub fn get(&self) -> u8 {
+        self.bits.load(Ordering::SeqCst)
+    }
+
+    /// Ready with the bits once any is raised.
+    pub fn poll(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<u8> {
+        let bits = self.get();
+        if bits != 0 {
+            return std::task::Poll::Ready(bits);
+        }
+        // Registered before the second look: a raise from now on wakes this task.
+        self.waker.register(cx.waker());
+        match self.get() {
+            0 => std::task::Poll::Pending,
+            bits => std::task::Poll::Ready(bits),
+        }
+    }
+}
+
 /// What another session needs to know about a live session to `KILL` it or list it.
 pub struct SessionHandle {
     /// The user it logged in as (see [`SessionHandle::current_user`] for the one it
@@ -315,7 +364,8 @@ pub struct SessionHandle {
     /// What it does now, for `SHOW PROCESSLIST` (a lock of its own, never held across
     /// an await: the serving path takes it twice per query, uncontended).
     activity: std::sync::Mutex<Activity>,
-    killed: tokio::sync::watch::Sender<bool>,
+    /// Killed or stopped: what its command loop waits for besides the client.
+    pub signal: Signal,
     /// The backend statement it runs now (see [`Running`]).
     pub running: Running,
 }
@@ -446,7 +496,7 @@ impl SessionHandle {
 
     /// Asks the session to end (its serve loop watches for this).
     pub fn kill(&self) {
-        self.killed.send_replace(true);
+        self.signal.raise(Signal::KILLED);
     }
 
     /// Records that a statement starts on `thread_id` of `cluster`.

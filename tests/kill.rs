@@ -267,3 +267,52 @@ async fn show_processlist_lists_the_users_own_sessions_with_shardgate_ids() {
     drop((a, b, other, admin));
     proxy.stop().await;
 }
+
+/// A server that stops ends every session at its next wait for a command: an idle
+/// one at once, and one whose client sends statement after statement after the
+/// statement it runs (it never waits long enough to see the stop otherwise). The
+/// proxy's stop returns long before its 10 s grace for sessions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_server_ends_idle_and_busy_sessions() {
+    let servers = common::start_servers(1);
+    let proxy = start(&servers).await;
+    let mut idle = proxy.connect("app", Some("app")).await;
+    idle.query_drop("SELECT 1")
+        .await
+        .expect("idle session answers");
+    let mut busy = proxy.connect("app", Some("app")).await;
+    let busy_task = tokio::spawn(async move {
+        let mut answered = 0u64;
+        loop {
+            match busy.query_drop("SELECT 1").await {
+                Ok(()) => answered += 1,
+                Err(e) => return (answered, e),
+            }
+        }
+    });
+    // The busy client is mid-stream when the server stops.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    proxy.stop().await;
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(5),
+        "the proxy took {took:?} to stop with two open sessions"
+    );
+    let (answered, err) = tokio::time::timeout(Duration::from_secs(5), busy_task)
+        .await
+        .expect("the busy client learns of the stop")
+        .expect("busy task");
+    assert!(
+        answered > 0,
+        "the busy client ran statements before the stop"
+    );
+    assert!(
+        !matches!(err, mysql_async::Error::Server(_)),
+        "a stopped session closes its connection, got {err:?}"
+    );
+    let after = tokio::time::timeout(Duration::from_secs(5), idle.query_drop("SELECT 1"))
+        .await
+        .expect("the idle client's next statement fails at once");
+    assert!(after.is_err(), "the idle session is gone after the stop");
+}

@@ -227,7 +227,10 @@ fn a_point_select_hits_with_other_ids_and_fills_them_in() {
     let hits = cache.stats().hits;
     let p = cache.plan(&sql(987654, 3), &Schema, KS, 1);
     assert_eq!(cache.stats().hits, hits + 1, "a hit");
-    assert_eq!(p.statements[0].route, Route::Workspaces(smallvec::smallvec![987654]));
+    assert_eq!(
+        p.statements[0].route,
+        Route::Workspaces(smallvec::smallvec![987654])
+    );
     assert_eq!(p.statements[0].span, 0..sql(987654, 3).len());
     // The same value twice: the route takes the workspace's, whichever literal it is.
     for i in 0..3 {

@@ -231,7 +231,9 @@ pub(crate) fn plan_insert(
         }
         Body::Select(start) => {
             let route = match (column, tag) {
-                (Some(_), Some(tag)) => InsertRoute::Done(Route::Workspaces(smallvec::smallvec![tag])),
+                (Some(_), Some(tag)) => {
+                    InsertRoute::Done(Route::Workspaces(smallvec::smallvec![tag]))
+                }
                 (Some(c), None) => InsertRoute::Done(missing(&table_name, c)),
                 (None, _) if is_reference => InsertRoute::Done(Route::AllShards),
                 (None, _) => InsertRoute::Select(start),

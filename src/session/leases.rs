@@ -12,10 +12,10 @@ use super::{Answered, Session};
 use crate::backend::{BackendError, Collected, Lease, Reserve};
 use crate::engine::{Cursor, Failure};
 use crate::error::{Fault, ProxyError};
+use crate::name::Name;
 use crate::planner::{Effects, StatementPlan};
 use crate::protocol::command;
 use crate::protocol::relay::ResponseKind;
-use crate::name::Name;
 use crate::router::Target;
 use crate::shared::Runtime;
 

@@ -108,10 +108,15 @@ pub async fn run(
         | DbContext::PassThrough(d)
         | DbContext::Workspace { database: d, .. } => Some(d.clone()),
     };
-    let (handle, killed) = shared.register_session(id, &login.user, peer.to_string(), db);
+    let handle = shared.register_session(id, &login.user, peer.to_string(), db);
     let _registered = Registered(shared.clone(), id);
+    if *stop.borrow() {
+        // The server stopped before the session was registered, so its stop signal
+        // (`Shared::stop_sessions`) did not reach it.
+        return;
+    }
     let mut session = Session::new(shared.clone(), client, id, login, handle);
-    session.serve(stop, killed).await;
+    session.serve().await;
 }
 
 /// The database part of `db@replica` (a session that reads from standbys), if `db`
@@ -207,7 +212,11 @@ struct Session {
     own_wait_timeout: Option<std::time::Duration>,
     /// The metric handles of the (cluster, keyspace) its last statement was counted
     /// for (see `record_metrics`).
-    metric_pair: Option<(crate::name::Name, crate::name::Name, crate::metrics::PairHandle)>,
+    metric_pair: Option<(
+        crate::name::Name,
+        crate::name::Name,
+        crate::metrics::PairHandle,
+    )>,
 }
 
 impl Session {
@@ -285,39 +294,19 @@ impl Session {
         s
     }
 
-    async fn serve(&mut self, mut stop: watch::Receiver<bool>, killed: watch::Receiver<bool>) {
+    async fn serve(&mut self) {
         let limit = self.shared.config.max_packet_size;
-        // Waited on across statements, not set up again for each: a statement costs no
-        // watch registration and no timer of its own.
-        let mut kill_watch = killed.clone();
-        let stop_flag = stop.clone();
-        let stopped = async move {
-            let _ = stop.changed().await;
-        };
-        let kill = async move {
-            // A closed channel (the registry is gone) never kills.
-            if kill_watch.changed().await.is_err() {
-                std::future::pending::<()>().await;
-            }
-        };
-        tokio::pin!(stopped, kill);
+        // Kills and the server's stop arrive through the session's signal: one waker
+        // registration per wait, no timer and no lock per statement.
+        let handle = self.handle.clone();
+        let signal = std::future::poll_fn(|cx| handle.signal.poll(cx));
         // The idle timer is armed for the earliest deadline seen; firing early (the
         // client spoke since) only re-arms it for the real one.
         let far = tokio::time::Instant::now() + Duration::from_secs(86_400 * 365);
         let idle_timer = tokio::time::sleep_until(far);
-        tokio::pin!(idle_timer);
+        tokio::pin!(signal, idle_timer);
         let mut armed = far;
         loop {
-            if *killed.borrow() {
-                // Killed while it ran a statement: that statement was answered.
-                self.end_killed().await;
-                return;
-            }
-            if *stop_flag.borrow() {
-                // The server stops; a client that keeps sending never lets the select
-                // below look at `stopped` (it reads first).
-                return;
-            }
             let idle = self.idle_limit();
             let due = idle.map(|l| tokio::time::Instant::now() + l.after);
             if let Some(due) = due.filter(|d| *d < armed) {
@@ -327,13 +316,14 @@ impl Session {
             let read = loop {
                 tokio::select! {
                     // The client's next command first: when the session wakes, that is
-                    // what is ready, and the other waits cost a poll each. Kills and
-                    // stops that come while commands keep coming are seen above.
+                    // what is ready, and the other waits cost a poll each. A kill or
+                    // stop that comes while commands keep coming is seen below.
                     biased;
                     r = self.client.read_packet(limit) => break r,
-                    _ = &mut stopped => return,
-                    _ = &mut kill => {
-                        self.end_killed().await;
+                    bits = &mut signal => {
+                        if bits & crate::shared::Signal::KILLED != 0 {
+                            self.end_killed().await;
+                        }
                         return;
                     }
                     _ = &mut idle_timer, if due.is_some() => {
@@ -350,10 +340,15 @@ impl Session {
                     }
                 }
             };
-            if *killed.borrow() {
-                // Killed while the client's next command arrived: a killed connection
-                // runs nothing more (the read goes first in the select above).
+            // A killed connection runs nothing more, and a stopping server starts
+            // nothing new: checked after each command is read (the read goes first in
+            // the select above, so a client that never pauses never lets it look).
+            let bits = handle.signal.get();
+            if bits & crate::shared::Signal::KILLED != 0 {
                 self.end_killed().await;
+                return;
+            }
+            if bits != 0 {
                 return;
             }
             let payload = match read {

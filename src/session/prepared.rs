@@ -228,7 +228,10 @@ impl Session {
         }
         let target = self.prepare_target(vs, &plan);
         let stateful = self.state_on(&target.cluster);
-        let mut lease = match self.ready_lease(&rt, &target, false, std::time::Instant::now()).await {
+        let mut lease = match self
+            .ready_lease(&rt, &target, false, std::time::Instant::now())
+            .await
+        {
             Ok(l) => l,
             Err(answered) => return answered,
         };

@@ -8,11 +8,11 @@ use super::leases::SessionCursor;
 use super::{any_statement, Answered, Session};
 use crate::engine::{fanout, split_insert};
 use crate::error::ProxyError;
+use crate::name::Name;
 use crate::planner::{self, Effects, StatementKind, StatementPlan};
 use crate::protocol::command;
 use crate::protocol::relay::ResponseKind;
 use crate::protocol::wire::OkInfo;
-use crate::name::Name;
 use crate::router::{self, DbContext, Dispatch, Target};
 use crate::shared::Runtime;
 use crate::vschema::VSchema;
@@ -237,7 +237,10 @@ impl Session {
                     }
                     Err(e) => return self.send_error(&e).await,
                 };
-                let lease = match self.ready_lease(&rt, &target, false, std::time::Instant::now()).await {
+                let lease = match self
+                    .ready_lease(&rt, &target, false, std::time::Instant::now())
+                    .await
+                {
                     Ok(l) => l,
                     Err(answered) => return answered,
                 };
@@ -321,7 +324,9 @@ impl Session {
         start: bool,
     ) -> Result<(crate::backend::Lease, crate::protocol::relay::Outcome), Answered> {
         let stateful = self.state_on(&target.cluster);
-        let mut lease = self.ready_lease(rt, target, start, std::time::Instant::now()).await?;
+        let mut lease = self
+            .ready_lease(rt, target, start, std::time::Instant::now())
+            .await?;
         let max_packet = self.shared.config.max_packet_size;
         match lease
             .conn()
@@ -365,7 +370,12 @@ impl Session {
         match router::route(vs, &self.ctx, &stmt).map(|d| self.one_target(vs, d, &stmt)) {
             Ok(Some(t)) => t,
             _ => Target {
-                cluster: vs.clusters.keys().next().map(|c| Name::new(c)).unwrap_or_default(),
+                cluster: vs
+                    .clusters
+                    .keys()
+                    .next()
+                    .map(|c| Name::new(c))
+                    .unwrap_or_default(),
                 database: None,
                 label: "default".into(),
             },
