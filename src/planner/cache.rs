@@ -83,6 +83,10 @@ struct Entry {
     key: Box<[u8]>,
     /// None: the statement's plan cannot be cached.
     template: Option<Template>,
+    /// The texts of this key mention nothing the session rewrites with its own
+    /// identity ([`super::may_mention_identity`] is false for their parts outside
+    /// literals, which the key holds verbatim): a hit needs no look for it.
+    no_identity: bool,
     /// Used since the clock hand last passed.
     referenced: AtomicBool,
 }
@@ -190,8 +194,21 @@ impl PlanCache {
         key: SchemaKey<'_>,
         generation: u64,
     ) -> Plan {
+        self.plan_noting_identity(sql, schema, key, generation).0
+    }
+
+    /// [`PlanCache::plan`], and whether the plan came from an entry whose texts are
+    /// known to mention nothing the session rewrites (`@@`, `CONNECTION_ID()`, the
+    /// process list): true spares the session its own look at the text.
+    pub fn plan_noting_identity(
+        &self,
+        sql: &str,
+        schema: &dyn ShardingSchema,
+        key: SchemaKey<'_>,
+        generation: u64,
+    ) -> (Plan, bool) {
         if self.sets.is_empty() {
-            return super::plan(sql, schema);
+            return (super::plan(sql, schema), false);
         }
         SCRATCH.with(|cell| match cell.try_borrow_mut() {
             Ok(mut s) => {
@@ -199,7 +216,7 @@ impl PlanCache {
                 s.trim();
                 plan
             }
-            Err(_) => super::plan(sql, schema),
+            Err(_) => (super::plan(sql, schema), false),
         })
     }
 
@@ -210,10 +227,10 @@ impl PlanCache {
         schema: &dyn ShardingSchema,
         key: SchemaKey<'_>,
         generation: u64,
-    ) -> Plan {
+    ) -> (Plan, bool) {
         let Some(hash) = cache_key::shape(sql, key, generation, s) else {
             self.uncacheable.add();
-            return super::plan(sql, schema);
+            return (super::plan(sql, schema), false);
         };
         let set = &self.sets[(hash % self.sets.len() as u64) as usize];
         for (w, h) in set.hashes.iter().enumerate().take(self.ways) {
@@ -234,16 +251,16 @@ impl PlanCache {
                 .and_then(|t| t.fill(&s.values, sql.len()))
             {
                 self.hits.add();
-                return plan;
+                return (plan, e.no_identity);
             }
             self.uncacheable.add();
-            return super::plan(sql, schema);
+            return (super::plan(sql, schema), false);
         }
         self.misses.add();
         let plan = super::plan(sql, schema);
         let seen = &self.seen[(hash % self.seen.len() as u64) as usize];
         if seen.swap(hash, Ordering::Relaxed) != hash {
-            return plan;
+            return (plan, false);
         }
         let template = derive(sql, schema, &plan, s);
         self.insert(
@@ -253,10 +270,11 @@ impl PlanCache {
                 generation,
                 key: s.key.as_slice().into(),
                 template,
+                no_identity: !super::may_mention_identity(sql),
                 referenced: AtomicBool::new(false),
             },
         );
-        plan
+        (plan, false)
     }
 
     fn insert(&self, set: &Set, entry: Entry) {

@@ -244,6 +244,35 @@ fn a_point_select_hits_with_other_ids_and_fills_them_in() {
     assert_eq!(cache.stats().hits, hits + 1);
 }
 
+/// A hit says whether the text may mention the backend's identity (`@@`,
+/// `CONNECTION_ID()`, the process list) from its verbatim parts; anything else
+/// (misses, a literal that only looks like one) says "look".
+#[test]
+fn a_hit_knows_whether_its_text_needs_the_identity_look() {
+    let cache = PlanCache::new(64);
+    let noted = |sql: &str| cache.plan_noting_identity(sql, &Schema, KS, 1).1;
+    let plain = |id: u64| format!("SELECT val FROM items WHERE workspace_id = 7 AND id = {id}");
+    assert!(!noted(&plain(1)), "a first sighting is a miss");
+    assert!(!noted(&plain(2)), "the second makes the entry");
+    assert!(noted(&plain(3)), "a hit of a plain text needs no look");
+    let ident =
+        |id: u64| format!("SELECT val, @@hostname FROM items WHERE workspace_id = 7 AND id = {id}");
+    let conn = |id: u64| {
+        format!(
+            "SELECT val FROM items WHERE workspace_id = 7 AND id = {id} AND CONNECTION_ID() > 0"
+        )
+    };
+    let at_in_string = |id: u64| {
+        format!("SELECT val FROM items WHERE workspace_id = 7 AND id = {id} AND val = '@'")
+    };
+    for text in [&ident as &dyn Fn(u64) -> String, &conn, &at_in_string] {
+        for id in 1..5 {
+            assert!(!noted(&text(id)), "{} must be looked at", text(id));
+        }
+    }
+    assert!(cache.stats().hits >= 3, "those texts were hits too");
+}
+
 #[test]
 fn equal_and_distinct_literals_do_not_share_a_plan() {
     let cache = PlanCache::new(64);

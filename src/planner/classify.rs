@@ -234,3 +234,32 @@ fn use_target(sql: &str, toks: &[Token]) -> Head {
         _ => Head::Kind(StatementKind::Other),
     }
 }
+
+/// Whether `text` may mention anything the session answers with shardgate's own
+/// identity instead of the backend's (`@@` variables, `CONNECTION_ID()`, the process
+/// list, `SHOW`): cheap, for every statement. Only what stands outside literals
+/// matters to that rewrite; a `true` for a string's content is a false alarm (the plan
+/// cache keeps this answer for a statement's shape: see `PlanCache::plan_noting_identity`).
+pub fn may_mention_identity(text: &str) -> bool {
+    let b = text.as_bytes();
+    let show = b
+        .trim_ascii_start()
+        .get(..4)
+        .is_some_and(|w| w.eq_ignore_ascii_case(b"SHOW"));
+    if show {
+        return true;
+    }
+    // Any `@`; `CONNECTION_ID()`, `PROCESSLIST`: both have a `C` (at 4 and at 2), rarer
+    // in SQL than their first letters, so windows are compared only around one. One
+    // vectorized search for all three bytes: this runs over every statement's text.
+    let at = |start: Option<usize>, needle: &[u8]| {
+        start
+            .and_then(|s| b.get(s..s + needle.len()))
+            .is_some_and(|w| w.eq_ignore_ascii_case(needle))
+    };
+    memchr::memchr3_iter(b'@', b'c', b'C', b).any(|p| {
+        b.get(p) == Some(&b'@')
+            || at(p.checked_sub(4), b"ONNECTION_")
+            || at(p.checked_sub(2), b"ROCESSLIST")
+    })
+}

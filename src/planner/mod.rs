@@ -36,6 +36,7 @@ mod tests;
 mod text;
 
 pub use cache::{PlanCache, PlanCacheStats, SchemaKey};
+pub use classify::may_mention_identity;
 use classify::Head;
 pub use confine::{confine, qualified_schemas, Denial};
 pub use effects::{Effects, Reserve};

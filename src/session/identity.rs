@@ -50,30 +50,7 @@ pub(super) const STMT_COUNTERS: [&str; 6] = [
 /// through shardgate (MariaDB shows all of it; here it is copied into the statement).
 const PROCESSLIST_INFO_CHARS: usize = 1024;
 
-/// Whether `text` may mention anything [`rewrite`] answers: cheap, for every statement.
-pub(super) fn may_mention(text: &str) -> bool {
-    let b = text.as_bytes();
-    let show = b
-        .trim_ascii_start()
-        .get(..4)
-        .is_some_and(|w| w.eq_ignore_ascii_case(b"SHOW"));
-    if show {
-        return true;
-    }
-    // Any `@`; `CONNECTION_ID()`, `PROCESSLIST`: both have a `C` (at 4 and at 2), rarer
-    // in SQL than their first letters, so windows are compared only around one. One
-    // vectorized search for all three bytes: this runs over every statement's text.
-    let at = |start: Option<usize>, needle: &[u8]| {
-        start
-            .and_then(|s| b.get(s..s + needle.len()))
-            .is_some_and(|w| w.eq_ignore_ascii_case(needle))
-    };
-    memchr::memchr3_iter(b'@', b'c', b'C', b).any(|p| {
-        b.get(p) == Some(&b'@')
-            || at(p.checked_sub(4), b"ONNECTION_")
-            || at(p.checked_sub(2), b"ROCESSLIST")
-    })
-}
+use crate::planner::may_mention_identity as may_mention;
 
 /// `text` with shardgate's identity in place of the backend's, or None when it
 /// mentions none of it. `backslash_escapes`: how the session's strings read.

@@ -141,19 +141,30 @@ impl Session {
     /// The plan of `text` in the session's keyspace, or with the keyspace its only
     /// statement qualifies its tables with (as a text query is planned).
     pub(super) fn plan_text(&self, rt: &Runtime, text: &str) -> planner::Plan {
+        self.plan_text_noting_identity(rt, text).0
+    }
+
+    /// [`plan_text`](Self::plan_text), and whether the plan cache knows the text to
+    /// mention nothing [`identity_rewrite`](Self::identity_rewrite) would change.
+    pub(super) fn plan_text_noting_identity(
+        &self,
+        rt: &Runtime,
+        text: &str,
+    ) -> (planner::Plan, bool) {
         let cache = &self.shared.plan_cache;
-        let plan = cached_plan(cache, rt, &self.ctx, text);
+        let (plan, no_identity) = cached_plan(cache, rt, &self.ctx, text);
         if let [only] = plan.statements.as_slice() {
             if let Some(q) = &only.qualified_schema {
                 if let Some(ks) = rt.vschema.keyspace(q) {
                     if DbContext::Keyspace(q.clone()) != self.ctx {
                         let key = planner::SchemaKey::Keyspace(q);
-                        return cache.plan(text, ks as &dyn ShardingSchema, key, rt.generation);
+                        let schema = ks as &dyn ShardingSchema;
+                        return cache.plan_noting_identity(text, schema, key, rt.generation);
                     }
                 }
             }
         }
-        plan
+        (plan, no_identity)
     }
 
     /// `COM_STMT_PREPARE`.
@@ -435,7 +446,7 @@ fn cached_plan(
     rt: &Runtime,
     ctx: &DbContext,
     text: &str,
-) -> planner::Plan {
+) -> (planner::Plan, bool) {
     let unsharded = (
         &Unsharded as &dyn ShardingSchema,
         planner::SchemaKey::Unsharded,
@@ -447,5 +458,5 @@ fn cached_plan(
         },
         _ => unsharded,
     };
-    cache.plan(text, schema, key, rt.generation)
+    cache.plan_noting_identity(text, schema, key, rt.generation)
 }

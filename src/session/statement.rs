@@ -58,11 +58,18 @@ impl Session {
         if let Some(stmt) = super::kill::parse(&text) {
             return Box::pin(self.session_statement(stmt)).await;
         }
+        // Planned in the session's keyspace, or in the keyspace its only statement
+        // qualifies its tables with. A plan from the cache may say that the text
+        // mentions nothing of the backend's identity (most statements): then there is
+        // nothing to rewrite and no need to look.
+        let (plan, no_identity) = self.plan_text_noting_identity(&rt, &text);
         // Only a text that is valid UTF-8 is rewritten: the bytes sent are then exactly
         // the client's, but for the rewritten parts.
         let valid = matches!(text, std::borrow::Cow::Borrowed(_));
-        let rewritten = valid.then(|| self.identity_rewrite(&text)).flatten();
-        let (payload, text) = match rewritten {
+        let rewritten = (valid && !no_identity)
+            .then(|| self.identity_rewrite(&text))
+            .flatten();
+        let (payload, text, mut plan) = match rewritten {
             Some(rewritten) => {
                 if let Some(stmt) = super::kill::parse(&rewritten) {
                     return Box::pin(self.session_statement(stmt)).await;
@@ -70,13 +77,12 @@ impl Session {
                 let mut p = Vec::with_capacity(rewritten.len() + 1);
                 p.push(command::QUERY);
                 p.extend_from_slice(rewritten.as_bytes());
-                (Bytes::from(p), std::borrow::Cow::Owned(rewritten))
+                // The rewritten text is what runs: its plan, not the client's text's.
+                let plan = self.plan_text(&rt, &rewritten);
+                (Bytes::from(p), std::borrow::Cow::Owned(rewritten), plan)
             }
-            None => (payload, text),
+            None => (payload, text, plan),
         };
-        // Planned in the session's keyspace, or in the keyspace its only statement
-        // qualifies its tables with.
-        let mut plan = self.plan_text(&rt, &text);
         if let (planner::Privilege::Admin(what), false) = (plan.privilege, self.admin) {
             // Nothing of a query with such a statement reaches a backend.
             let e = ProxyError::admin_statement(&self.user, what);
