@@ -8,7 +8,12 @@
 # instrumentation off; after the warm-up it is switched on for TIME seconds and the
 # counts dumped. Statements = calls of the plan cache's lookup (one per COM_QUERY).
 #
-# usage: bench/callgrind.sh   (env: CONNS=4 WORKLOAD=point-select TIME=15 TOP=40
+# ARM=relay counts the plain byte relay instead (the floor: what forwarding alone
+# costs in tokio and the socket calls); its queries = its socket writes / 2 (one to
+# the server, one to the client per query, as every answer of these workloads fits
+# one read).
+#
+# usage: bench/callgrind.sh   (env: ARM=shardgate CONNS=4 WORKLOAD=point-select TIME=15 TOP=40
 #                               OUT=/tmp/shardgate-callgrind SKIP_BUILD=1
 #                               BIN=target/release: where shardgate-bench and the
 #                               shardgate it runs are, e.g. another build's copies)
@@ -21,12 +26,18 @@ TIME=${TIME:-15}
 TOP=${TOP:-40}
 OUT=${OUT:-/tmp/shardgate-callgrind}
 BIN=${BIN:-target/release}
+ARM=${ARM:-shardgate}
+case "$ARM" in
+  shardgate) WRAP_VAR=SHARDGATE_BENCH_WRAP ;;
+  relay) WRAP_VAR=SHARDGATE_BENCH_WRAP_RELAY ;;
+  *) echo "callgrind.sh: ARM is shardgate or relay" >&2; exit 2 ;;
+esac
 command -v valgrind >/dev/null || { echo "callgrind.sh: valgrind is not installed (apt-get install valgrind)" >&2; exit 1; }
 [ "${SKIP_BUILD:-}" = 1 ] || cargo build --release --bins >&2
 rm -rf "$OUT" && mkdir -p "$OUT"
 WARMUP=20
-SHARDGATE_BENCH_WRAP="valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file=$OUT/cg.%p" \
-  "$BIN/shardgate-bench" --workload "$WORKLOAD" --connections "$CONNS" --arms shardgate \
+env "$WRAP_VAR=valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file=$OUT/cg.%p" \
+  "$BIN/shardgate-bench" --workload "$WORKLOAD" --connections "$CONNS" --arms "$ARM" \
   --rounds 1 --warmup "$WARMUP" --duration $((TIME + 25)) >"$OUT/run.txt" 2>&1 &
 bench=$!
 # valgrind starts shardgate slowly: wait until it listens, then for the warm-up.
@@ -39,9 +50,9 @@ wait "$bench" || { echo "callgrind.sh: the bench failed, see $OUT/run.txt" >&2; 
 dump=$(ls "$OUT"/cg.*.1 | head -1)
 callgrind_annotate --inclusive=yes "$dump" >"$OUT/inclusive.txt" 2>/dev/null
 callgrind_annotate "$dump" >"$OUT/self.txt" 2>/dev/null
-python3 - "$dump" "$OUT/inclusive.txt" "$OUT/self.txt" "$TOP" "$WORKLOAD" "$CONNS" <<'EOF'
+python3 - "$dump" "$OUT/inclusive.txt" "$OUT/self.txt" "$TOP" "$WORKLOAD" "$CONNS" "$ARM" <<'EOF'
 import re, sys
-dump, inclusive, selfs, top, workload, conns = sys.argv[1:7]
+dump, inclusive, selfs, top, workload, conns, arm = sys.argv[1:8]
 top = int(top)
 # Statement count: calls of the plan cache's lookup (one per COM_QUERY), from the dump's
 # call records; by whichever name the compiler left it (plan_with may be inlined).
@@ -61,6 +72,9 @@ for line in open(dump):
 lookups = ('PlanCache::plan_with', 'PlanCache::plan_noting_identity')
 counts = {k: sum(c for i, c in calls.items() if names.get(i, '').endswith(k)) for k in lookups}
 statements = max(counts.values())
+if arm == 'relay':
+    writes = sum(c for i, c in calls.items() if names.get(i, '').endswith('TcpStream::poll_write_priv'))
+    statements = writes // 2
 if not statements:
     sys.exit('callgrind.sh: no statement was counted')
 
@@ -90,7 +104,7 @@ def table(path, add):
 total, incl = table(inclusive, False)
 _, own = table(selfs, True)
 print(f'{workload}, {conns} connections: {statements} statements counted, '
-      f'{total / statements:,.0f} instructions per statement (shardgate, user space)')
+      f'{total / statements:,.0f} instructions per statement ({arm}, user space)')
 for title, rows in (('inclusive (with what it calls)', incl), ('self', own)):
     print(f'\n| {title} | instructions per statement |')
     print('| --- | ---: |')

@@ -47,6 +47,7 @@ usage: shardgate-bench [options]
                        them with [backend_tls] verify_identity; direct and relay stay plain
   --smoke              everything, tiny, ~3 s (for CI); no figures worth quoting
   env SHARDGATE_BENCH_WRAP=\"CMD ARGS\"  runs shardgate under CMD (perf record, strace -c, valgrind)
+  env SHARDGATE_BENCH_WRAP_RELAY=\"CMD ARGS\"  the same for the relay
 
        shardgate-bench servers [--count N] [--buffer-pool-mb N] [--max-connections N]
   starts N local MariaDB servers (user/password shardgate), prints `ready ADDR ...`,

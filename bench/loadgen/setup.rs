@@ -383,9 +383,15 @@ pub fn spawn_listening(
 ) -> Result<ChildGuard, String> {
     let out = std::fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
     let err = out.try_clone().map_err(|e| e.to_string())?;
-    // SHARDGATE_BENCH_WRAP="perf record -g -o FILE --" runs shardgate under a profiler.
-    let wrap: Vec<String> = match (name, std::env::var("SHARDGATE_BENCH_WRAP")) {
-        ("shardgate", Ok(w)) => w.split_whitespace().map(str::to_string).collect(),
+    // SHARDGATE_BENCH_WRAP="perf record -g -o FILE --" runs shardgate under a profiler;
+    // SHARDGATE_BENCH_WRAP_RELAY the relay.
+    let var = match name {
+        "shardgate" => Some("SHARDGATE_BENCH_WRAP"),
+        "shardgate-relay" => Some("SHARDGATE_BENCH_WRAP_RELAY"),
+        _ => None,
+    };
+    let wrap: Vec<String> = match var.map(std::env::var) {
+        Some(Ok(w)) => w.split_whitespace().map(str::to_string).collect(),
         _ => Vec::new(),
     };
     let mut command = match wrap.split_first() {
