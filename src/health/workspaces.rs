@@ -270,6 +270,13 @@ impl WorkspaceErrors {
         self.record_at(key, error, self.now());
     }
 
+    /// [`WorkspaceErrors::record`] of a statement answered at `at` (a clock reading
+    /// the caller already has).
+    pub fn record_answered_at(&self, key: WorkspaceKey, error: Option<LastError>, at: Instant) {
+        let now = at.saturating_duration_since(self.epoch).as_secs();
+        self.record_at(key, error, u32::try_from(now).unwrap_or(u32::MAX));
+    }
+
     fn record_at(&self, key: WorkspaceKey, error: Option<LastError>, now: u32) {
         let mut stripe = self.stripe(&key);
         if let Some(e) = stripe.get_mut(&key) {

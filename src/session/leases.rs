@@ -311,42 +311,23 @@ impl Session {
     /// [`run_on`](Self::run_on) for a command that may first need the connection's
     /// help (a prepared statement's execute: prepared there, its id rewritten). Only a
     /// raw command is sent again; an execute that failed this way reaches the client.
-    pub(super) async fn run_outgoing(
-        &mut self,
-        rt: &Runtime,
+    ///
+    /// Not an `async fn`, like `run_on`: the attempt's future is the statement's.
+    pub(super) fn run_outgoing<'a>(
+        &'a mut self,
+        rt: &'a Runtime,
         target: Target,
         outgoing: Outgoing,
         kind: ResponseKind,
-        stmt: &StatementPlan,
-    ) -> Answered {
-        let again = match &outgoing {
-            Outgoing::Raw(p) => Some(p.clone()),
-            Outgoing::Execute(_) | Outgoing::Bulk(_) => None,
-        };
-        let may_retry = again.is_some();
-        match self
-            .run_once(rt, target, outgoing, kind, stmt, may_retry)
-            .await
-        {
-            Ok(answered) => answered,
-            Err(target) => {
-                tracing::info!(session = self.id, cluster = %target.cluster,
-                    "pooled connection closed by the server before it ran the statement; sent again");
-                match again {
-                    Some(p) => {
-                        Box::pin(self.run_once(rt, target, Outgoing::Raw(p), kind, stmt, false))
-                            .await
-                            .unwrap_or(Answered::Close)
-                    }
-                    None => Answered::Close,
-                }
-            }
-        }
+        stmt: &'a StatementPlan,
+    ) -> impl std::future::Future<Output = Answered> + 'a {
+        self.run_attempt(rt, target, outgoing, kind, stmt, true)
     }
 
-    /// [`run_outgoing`](Self::run_outgoing), once. Err (only with `may_retry`): the
-    /// statement never ran and may be sent again to the target it carries.
-    async fn run_once(
+    /// One attempt of [`run_outgoing`](Self::run_outgoing). With `may_retry`, a raw
+    /// command that certainly never ran (see [`run_on`](Self::run_on)) is sent once
+    /// more by a second attempt, which may not retry.
+    async fn run_attempt(
         &mut self,
         rt: &Runtime,
         target: Target,
@@ -354,10 +335,15 @@ impl Session {
         kind: ResponseKind,
         stmt: &StatementPlan,
         may_retry: bool,
-    ) -> Result<Answered, Target> {
+    ) -> Answered {
+        // What a second attempt would send (a cheap clone: shared bytes).
+        let again = match &outgoing {
+            Outgoing::Raw(p) if may_retry => Some(p.clone()),
+            _ => None,
+        };
         let started = Instant::now();
         let stateful = self.state_on(&target.cluster);
-        let may_retry = may_retry
+        let may_retry = again.is_some()
             && self.pending_begin.is_none()
             && self.pending_once.is_empty()
             && !self.held.iter().any(|h| h.target.cluster == target.cluster);
@@ -365,7 +351,7 @@ impl Session {
         let retries = self.deadlock_retries(stateful, &outgoing, kind, stmt);
         let mut lease = match self.ready_lease(rt, &target, true, started).await {
             Ok(l) => l,
-            Err(answered) => return Ok(answered),
+            Err(answered) => return answered,
         };
         match self
             .before_statement(&mut lease, &target, &stmt.effects)
@@ -374,9 +360,9 @@ impl Session {
             Ok(None) => {}
             Ok(Some(err)) => {
                 self.put_back(target, lease, &Effects::default());
-                return Ok(Box::pin(self.send_collected(&err)).await);
+                return Box::pin(self.send_collected(&err)).await;
             }
-            Err(e) => return Ok(Box::pin(self.fail(e, stateful)).await),
+            Err(e) => return Box::pin(self.fail(e, stateful)).await,
         }
         let bound = match outgoing {
             Outgoing::Raw(p) => Ok(Ok(p)),
@@ -388,12 +374,12 @@ impl Session {
             Ok(Ok(p)) => p,
             Ok(Err(err)) => {
                 self.put_back(target, lease, &Effects::default());
-                return Ok(Box::pin(self.send_collected(&err)).await);
+                return Box::pin(self.send_collected(&err)).await;
             }
             Err(e) => {
                 drop(lease);
                 let e = ProxyError::lost_backend(&target.cluster, e);
-                return Ok(Box::pin(self.fail(e, stateful)).await);
+                return Box::pin(self.fail(e, stateful)).await;
             }
         };
         let thread_id = lease.conn_ref().thread_id;
@@ -433,9 +419,9 @@ impl Session {
                             // expect can say what happened. Cut the stream.
                             tracing::warn!(session = self.id, cluster = %target.cluster,
                                 "query timeout mid-response; closing the client connection");
-                            return Ok(Answered::Close);
+                            return Answered::Close;
                         }
-                        return Ok(Box::pin(self.fail(e, stateful)).await);
+                        return Box::pin(self.fail(e, stateful)).await;
                     }
                 }
             }
@@ -480,15 +466,18 @@ impl Session {
             Err(BackendError::Backend(m)) => {
                 let never_ran = lease.conn_ref().never_ran;
                 drop(lease);
-                if never_ran && may_retry {
-                    return Err(target);
+                if let Some(p) = again.filter(|_| never_ran && may_retry) {
+                    tracing::info!(session = self.id, cluster = %target.cluster,
+                        "pooled connection closed by the server before it ran the statement; sent again");
+                    let retry = self.run_attempt(rt, target, Outgoing::Raw(p), kind, stmt, false);
+                    return Box::pin(retry).await;
                 }
                 let e = ProxyError::lost_backend(&target.cluster, m);
                 self.record(rt, &target, started, Some(&e));
                 Box::pin(self.fail(e, stateful)).await
             }
         };
-        Ok(answered)
+        answered
     }
 
     /// A backend lost after the client got its error (see

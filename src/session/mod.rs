@@ -217,6 +217,12 @@ struct Session {
         crate::name::Name,
         crate::metrics::PairHandle,
     )>,
+    /// The workspace key its last watched statement was counted under (see
+    /// `workspace_key`).
+    last_workspace_key: Option<(crate::name::Name, u64, crate::health::WorkspaceKey)>,
+    /// When the cluster's answer to the running statement ended, if it did (read by
+    /// the per-workspace count, which then needs no clock of its own).
+    answered_at: Option<std::time::Instant>,
 }
 
 impl Session {
@@ -267,6 +273,8 @@ impl Session {
             stmt_commands: [0; 6],
             own_wait_timeout: None,
             metric_pair: None,
+            last_workspace_key: None,
+            answered_at: None,
             user_slot: login.user_slot,
         }
     }

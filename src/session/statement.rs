@@ -391,18 +391,25 @@ impl Session {
     /// Runs a statement on its one backend (or its shards). A statement of exactly one
     /// workspace is counted for that workspace, with the error its client got, if any.
     async fn single(&mut self, rt: &Runtime, stmt: &StatementPlan, payload: Bytes) -> Answered {
-        let tracker = &self.shared.workspaces;
-        let Some(key) = one_workspace(&rt.vschema, &self.ctx, stmt)
-            .and_then(|(keyspace, workspace)| tracker.key(keyspace, workspace))
+        let Some(key) =
+            one_workspace(&rt.vschema, &self.ctx, stmt).and_then(|(keyspace, workspace)| {
+                let tracker = &self.shared.workspaces;
+                workspace_key(&mut self.last_workspace_key, tracker, keyspace, workspace)
+            })
         else {
             return self.single_unwatched(rt, stmt, payload).await;
         };
         self.watch_errors = true;
         self.answer_error = None;
+        self.answered_at = None;
         let answer = self.single_unwatched(rt, stmt, payload).await;
         self.watch_errors = false;
         let error = self.answer_error.take();
-        self.shared.workspaces.record(key, error);
+        let tracker = &self.shared.workspaces;
+        match self.answered_at.take() {
+            Some(at) => tracker.record_answered_at(key, error, at),
+            None => tracker.record(key, error),
+        }
         answer
     }
 
@@ -718,6 +725,25 @@ impl Session {
             }
         }
     }
+}
+
+/// The tracker's key of `workspace` of `keyspace`, through the session's last one
+/// (`last`): a session's statements mostly run for one workspace, and then need no
+/// lookup of the keyspace's name.
+fn workspace_key(
+    last: &mut Option<(Name, u64, crate::health::WorkspaceKey)>,
+    tracker: &crate::health::WorkspaceErrors,
+    keyspace: &str,
+    workspace: u64,
+) -> Option<crate::health::WorkspaceKey> {
+    if let Some((k, w, key)) = last {
+        if *w == workspace && *k == keyspace {
+            return Some(*key);
+        }
+    }
+    let key = tracker.key(keyspace, workspace)?;
+    *last = Some((Name::new(keyspace), workspace, key));
+    Some(key)
 }
 
 /// The effects of several statements run as one query.
