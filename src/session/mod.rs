@@ -11,6 +11,8 @@
 //!   and deciding afterwards whether the connection goes back to the pool;
 //! - `deadlock`: an autocommit statement InnoDB made a deadlock's victim, sent again
 //!   before the client sees anything (`pool.deadlock_retries`);
+//! - `shards`: statements over several shards (split INSERTs, broadcasts,
+//!   multi-statement queries);
 //! - `schema`: application DDL into the migration queue, and the admin statements.
 //! - `kill`: `KILL` and `SELECT CONNECTION_ID()` with shardgate's own session ids (the
 //!   session registry is in [`crate::shared`]).
@@ -42,6 +44,7 @@ mod prepared_bulk;
 mod prepared_exec;
 mod schema;
 mod sha2_login;
+mod shards;
 mod state;
 mod statement;
 mod vschema;
