@@ -9,9 +9,10 @@
 //! directly on this proxy's recorder ([`Recorder::register_counter`] and friends): no
 //! global or thread-local state, and no label lookup per statement.
 //!
-//! The data path records through [`Registry::record_statement`]: one load of a
-//! copy-on-write map of pre-registered handles per (cluster, keyspace), then a counter
-//! increment and a histogram sample. The map is bounded ([`MAX_PAIRS`]); the error
+//! The data path records through [`Registry::record_on_pair`] with the handles of a
+//! (cluster, keyspace) pair a session keeps ([`Registry::pair`]: one load of a
+//! copy-on-write map of pre-registered handles, on the pair's first statement), a
+//! counter increment and a histogram sample; [`Registry::record_statement`] does both. The map is bounded ([`MAX_PAIRS`]); the error
 //! counters per code of one pair too ([`MAX_CODES`]). Everything that is a state rather
 //! than an event (pool use, health, intent, buffers, migrations, versions) is read from
 //! where it lives when a scrape renders, not recorded on the hot path.
@@ -195,16 +196,8 @@ impl Registry {
         elapsed: Option<Duration>,
         error: Option<u16>,
     ) {
-        let pairs = self.pairs.load();
-        let pair = match pairs.get(cluster).and_then(|m| m.get(keyspace)) {
-            Some(p) => p,
-            None => {
-                drop(pairs);
-                let pair = self.add_pair(cluster, keyspace);
-                return Self::record_on(&pair, self, elapsed, error);
-            }
-        };
-        Self::record_on(pair, self, elapsed, error);
+        let pair = self.pair(cluster, keyspace);
+        self.record_on_pair(&pair, elapsed, error);
     }
 
     /// The handles of (`cluster`, `keyspace`), for a caller that records many
