@@ -468,11 +468,12 @@ impl SessionHandle {
         self.activity_lock().clone()
     }
 
-    /// Records that a query starts (`text` without the command byte) or ends (None).
-    pub fn set_statement(&self, text: Option<bytes::Bytes>) {
+    /// Records that a query starts (`text` without the command byte) or ends (None)
+    /// at `at` (a clock reading the session already has).
+    pub fn set_statement(&self, text: Option<bytes::Bytes>, at: std::time::Instant) {
         let mut a = self.activity_lock();
         a.statement = text;
-        a.since = std::time::Instant::now();
+        a.since = at;
     }
 
     /// Records the session's database after `USE` or `COM_INIT_DB`.

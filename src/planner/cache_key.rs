@@ -21,7 +21,7 @@
 
 use std::ops::Range;
 
-use super::lex::{self, Lexed, Tok};
+use super::lex;
 use super::tag;
 
 /// Texts longer than this are planned without the cache (it also bounds what one
@@ -96,7 +96,6 @@ pub enum SchemaKey<'a> {
 /// Buffers for computing keys, reused across statements (one per thread).
 #[derive(Default)]
 pub(crate) struct Scratch {
-    pub lexed: Lexed,
     /// The key of the last text shaped.
     pub key: Vec<u8>,
     /// Its literals, in text order.
@@ -117,9 +116,6 @@ impl Scratch {
         if self.key.capacity() > KEEP {
             self.key = Vec::new();
         }
-        if self.lexed.tokens.capacity() > MAX_TEXT {
-            self.lexed = Lexed::default();
-        }
     }
 }
 
@@ -133,6 +129,13 @@ fn cacheable_head(word: &str) -> bool {
 
 /// Computes the key of `sql` into `s` and returns its hash (never 0), or None when
 /// the statement is not one the cache keys.
+///
+/// One pass over the bytes, by the lexer's rules ([`lex`]) but without its token
+/// list: it only needs to know where strings, quoted identifiers, comments and numbers
+/// start and end, whether the first token is a cacheable verb, and whether a token
+/// follows a `;`. Punctuation is read a byte at a time: no multi-byte operator holds a
+/// byte that starts anything else (they continue with `=`, `>`, `<`, `|`, `&`).
+/// `cache_key_tests` holds it to the lexer's token list on generated texts.
 pub(crate) fn shape(
     sql: &str,
     schema: SchemaKey<'_>,
@@ -143,86 +146,7 @@ pub(crate) fn shape(
     if sql.len() > MAX_TEXT || memchr::memchr(0, sql.as_bytes()).is_some() {
         return None;
     }
-    lex::lex_into(sql, true, &mut s.lexed);
-    let toks = &s.lexed.tokens;
-    let first = toks.first()?;
-    if first.kind != Tok::Word || !cacheable_head(first.text(sql)) {
-        return None;
-    }
-    // One statement, possibly with a trailing `;`.
-    if toks[..toks.len() - 1].iter().any(|t| t.is_punct(b';')) {
-        return None;
-    }
     s.literals.clear();
-    let bytes = sql.as_bytes();
-    for t in toks {
-        match t.kind {
-            Tok::Num => {
-                if let Some(v) = tag::parse_workspace_digits(t.text(sql)) {
-                    s.literals.push(Literal {
-                        span: t.start..t.end,
-                        class: Class::of(Kind::Num, v),
-                        value: v,
-                    });
-                }
-            }
-            // A prefixed string (`X'..'`, `_utf8mb4'..'`, `N'..'`) is kept as it is: its
-            // content may decide whether it parses at all.
-            Tok::Str
-                if bytes.get(t.start) == Some(&b'\'')
-                    && !t
-                        .start
-                        .checked_sub(1)
-                        .and_then(|p| bytes.get(p))
-                        .is_some_and(|&b| lex::is_word_byte(b)) =>
-            {
-                let text = t.text(sql);
-                let inner = t.str_inner(sql);
-                if text.len() < 2 || !text.ends_with('\'') || inner.contains(['\\', '\'']) {
-                    return None;
-                }
-                let (class, value) = match tag::parse_workspace_digits(inner) {
-                    Some(v) => (Class::of(Kind::Str, v), v),
-                    None => (Class::StrOther, 0),
-                };
-                s.literals.push(Literal {
-                    span: t.start + 1..t.end - 1,
-                    class,
-                    value,
-                });
-            }
-            _ => {}
-        }
-    }
-    let mut tagged = false;
-    for c in &s.lexed.comments {
-        let Some((digits, v)) = sql
-            .get(c.clone())
-            .and_then(tag::workspace_digits_in_comment)
-        else {
-            continue;
-        };
-        tagged = true;
-        s.literals.push(Literal {
-            span: c.start + digits.start..c.start + digits.end,
-            class: Class::of(Kind::Tag, v),
-            value: v,
-        });
-    }
-    if tagged {
-        s.literals.sort_by_key(|l| l.span.start);
-    }
-    s.values.clear();
-    s.values.extend(
-        s.literals
-            .iter()
-            .filter(|l| l.class.is_id())
-            .map(|l| l.value),
-    );
-    if s.literals.len() > MAX_LITERALS {
-        return None;
-    }
-    equal_values(&s.values, &mut s.order, &mut s.classes);
     s.key.clear();
     s.key.extend_from_slice(&generation.to_le_bytes());
     match schema {
@@ -234,21 +158,234 @@ pub(crate) fn shape(
             s.key.extend_from_slice(name.as_bytes());
         }
     }
-    let mut at = 0;
-    for l in &s.literals {
-        let verbatim = bytes.get(at..l.span.start)?;
-        s.key.extend_from_slice(verbatim);
-        s.key.extend_from_slice(&[0, l.class as u8]);
-        at = l.span.end;
-    }
-    let rest = bytes.get(at..)?;
-    s.key.extend_from_slice(rest);
+    let rest = scan(sql, s)?;
+    s.key.extend_from_slice(sql.as_bytes().get(rest..)?);
     s.key.extend_from_slice(&[0, 0xff]);
+    s.values.clear();
+    s.values.extend(
+        s.literals
+            .iter()
+            .filter(|l| l.class.is_id())
+            .map(|l| l.value),
+    );
+    equal_values(&s.values, &mut s.order, &mut s.classes);
     for c in &s.classes {
         s.key.extend_from_slice(&c.to_le_bytes());
     }
     let hash = xxhash_rust::xxh64::xxh64(&s.key, 0);
     Some(hash.max(1))
+}
+
+/// [`scan`]'s skip states, as offsets into [`SKIP`]: the last byte was not part of a
+/// word, or was.
+const AFTER_OTHER: usize = 0;
+const AFTER_WORD: usize = 256;
+/// The byte needs a look of its own.
+const STOP: usize = 512;
+
+/// The skip state after a byte (`SKIP[state + byte]`): spaces and the bytes of words
+/// are skipped, and digits too where they continue a word (`t1`, `utf8mb4`).
+const SKIP: [u16; 512] = {
+    let mut t = [STOP as u16; 512];
+    let mut c = 0;
+    while c < 256 {
+        let k = lex::CLASSES[c];
+        if k & lex::SPACE != 0 {
+            t[AFTER_OTHER + c] = AFTER_OTHER as u16;
+            t[AFTER_WORD + c] = AFTER_OTHER as u16;
+        } else if k & lex::WORD != 0 {
+            t[AFTER_WORD + c] = AFTER_WORD as u16;
+            if k & lex::DIGIT == 0 {
+                t[AFTER_OTHER + c] = AFTER_WORD as u16;
+            }
+        }
+        c += 1;
+    }
+    t
+};
+
+/// What [`scan`] has seen of the token stream.
+struct Tokens {
+    /// No token yet.
+    none: bool,
+    /// A `;` was a token.
+    after_semicolon: bool,
+}
+
+impl Tokens {
+    /// Whether a token may come here: never after a `;`, and first only as a cacheable
+    /// verb (`head`, when the token is a word).
+    fn admit(&mut self, head: Option<&str>) -> Option<()> {
+        if self.after_semicolon {
+            return None;
+        }
+        if self.none {
+            self.none = false;
+            if !head.is_some_and(cacheable_head) {
+                return None;
+            }
+        }
+        Some(())
+    }
+}
+
+/// Finds the literals of `sql` into `s.literals` and writes the key's text part up to
+/// the last of them into `s.key`; returns where the rest of the text (copied verbatim)
+/// starts, or None when the text is not keyed.
+fn scan(sql: &str, s: &mut Scratch) -> Option<usize> {
+    let b = sql.as_bytes();
+    let len = b.len();
+    let mut toks = Tokens {
+        none: true,
+        after_semicolon: false,
+    };
+    // The key holds the text up to here.
+    let mut at = 0;
+    let mut push = |s: &mut Scratch, span: Range<usize>, class: Class, value: u64| {
+        s.key.extend_from_slice(b.get(at..span.start)?);
+        s.key.extend_from_slice(&[0, class as u8]);
+        at = span.end;
+        s.literals.push(Literal { span, class, value });
+        (s.literals.len() <= MAX_LITERALS).then_some(())
+    };
+    let mut i = 0;
+    // Inside `/*! ... */`: lexed as SQL, as MySQL runs it.
+    let mut in_executable_comment = false;
+    while i < len {
+        if !toks.none && !toks.after_semicolon {
+            // The bulk of a statement is words and spaces: skipped a byte at a time by
+            // one table lookup, until something that may matter (a digit starting a
+            // token, a quote, a comment, punctuation).
+            let mut state = AFTER_OTHER;
+            while let Some(&c) = b.get(i) {
+                // The mask keeps the index provably in the table: no bounds check.
+                state = usize::from(SKIP[(state | usize::from(c)) & 0x1ff]);
+                if state == STOP {
+                    break;
+                }
+                i += 1;
+            }
+            if i == len {
+                break;
+            }
+        }
+        let c = b[i];
+        let class = lex::CLASSES[usize::from(c)];
+        if class & lex::SPACE != 0 {
+            i += 1;
+            continue;
+        }
+        if class & lex::WORD != 0 {
+            let start = i;
+            // A run of digits: a number, unless word bytes follow (`12ab` is a word).
+            let mut value = Some(0u64);
+            while let Some(&d) = b.get(i).filter(|d| d.is_ascii_digit()) {
+                value = value
+                    .and_then(|v| v.checked_mul(10))
+                    .and_then(|v| v.checked_add(u64::from(d - b'0')));
+                i += 1;
+            }
+            if i == start || b.get(i).is_some_and(|&w| lex::is_word_byte(w)) {
+                i += b[i..]
+                    .iter()
+                    .position(|&w| !lex::is_word_byte(w))
+                    .unwrap_or(len - i);
+                if toks.none {
+                    toks.admit(sql.get(start..i))?;
+                } else if toks.after_semicolon {
+                    return None;
+                }
+                continue;
+            }
+            toks.admit(None)?;
+            let (end, _) = lex::number_end(b, i);
+            if end == i {
+                // Digits alone: an id literal when it fits a u64.
+                if let Some(v) = value {
+                    push(s, start..i, Class::of(Kind::Num, v), v)?;
+                }
+            }
+            i = end;
+            continue;
+        }
+        let next = b.get(i + 1).copied();
+        match c {
+            b'#' => i = line_end(b, i),
+            b'-' if next == Some(b'-') && b.get(i + 2).is_none_or(|&d| d <= b' ') => {
+                i = line_end(b, i);
+            }
+            b'/' if next == Some(b'*') => {
+                let executable = match b.get(i + 2) {
+                    Some(b'!') => Some(3),
+                    Some(b'M') if b.get(i + 3) == Some(&b'!') => Some(4),
+                    _ => None,
+                };
+                if let Some(skip) = executable {
+                    i += skip;
+                    while i < len && b[i].is_ascii_digit() {
+                        i += 1;
+                    }
+                    in_executable_comment = true;
+                    continue;
+                }
+                let start = i;
+                i = memchr::memmem::find(b.get(i + 2..)?, b"*/").map_or(len, |e| i + 2 + e + 2);
+                let tagged = sql.get(start..i).and_then(tag::workspace_digits_in_comment);
+                if let Some((digits, v)) = tagged {
+                    let span = start + digits.start..start + digits.end;
+                    push(s, span, Class::of(Kind::Tag, v), v)?;
+                }
+            }
+            b'*' if next == Some(b'/') && in_executable_comment => {
+                in_executable_comment = false;
+                i += 2;
+            }
+            b'\'' | b'"' | b'`' => {
+                toks.admit(None)?;
+                let start = i;
+                i = lex::quoted_end(b, i, true);
+                // A prefixed string (`X'..'`, `_utf8mb4'..'`, `N'..'`) is kept as it is:
+                // its content may decide whether it parses at all.
+                let prefixed = start
+                    .checked_sub(1)
+                    .and_then(|p| b.get(p))
+                    .is_some_and(|&p| lex::is_word_byte(p));
+                if c == b'\'' && !prefixed {
+                    let inner = sql.get(start + 1..i.checked_sub(1)?)?;
+                    if i - start < 2
+                        || b[i - 1] != b'\''
+                        || memchr::memchr2(b'\\', b'\'', inner.as_bytes()).is_some()
+                    {
+                        return None;
+                    }
+                    let (class, value) = match tag::parse_workspace_digits(inner) {
+                        Some(v) => (Class::of(Kind::Str, v), v),
+                        None => (Class::StrOther, 0),
+                    };
+                    push(s, start + 1..i - 1, class, value)?;
+                }
+            }
+            _ => {
+                toks.admit(None)?;
+                if c == b';' {
+                    // The server lexes each statement of a multi-statement query afresh:
+                    // an executable comment does not reach past its `;`.
+                    in_executable_comment = false;
+                    toks.after_semicolon = true;
+                }
+                i += 1;
+            }
+        }
+    }
+    if toks.none {
+        return None;
+    }
+    Some(at)
+}
+
+/// The end of a `#` or `-- ` comment that starts at `i`: its line break (or the end).
+fn line_end(b: &[u8], i: usize) -> usize {
+    memchr::memchr(b'\n', b.get(i..).unwrap_or_default()).map_or(b.len(), |e| i + e)
 }
 
 /// For each value, the index of the first equal one.

@@ -76,7 +76,7 @@ fn corpus_of(source: &str) -> Vec<String> {
     out
 }
 
-fn corpus() -> Vec<String> {
+pub(super) fn corpus() -> Vec<String> {
     let mut c = corpus_of(include_str!("tests.rs"));
     c.extend(corpus_of(include_str!("range_tests.rs")));
     c.extend(

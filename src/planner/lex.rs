@@ -90,13 +90,13 @@ pub(crate) struct Lexed {
 }
 
 /// What a byte can be, one lookup per byte (the lexer runs on every statement).
-const SPACE: u8 = 1;
-const WORD: u8 = 2;
-const DIGIT: u8 = 4;
+pub(crate) const SPACE: u8 = 1;
+pub(crate) const WORD: u8 = 2;
+pub(crate) const DIGIT: u8 = 4;
 /// The first byte of a multi-byte operator ([`MULTI_OPS`]).
 const OP_START: u8 = 8;
 
-const CLASSES: [u8; 256] = {
+pub(crate) const CLASSES: [u8; 256] = {
     let mut t = [0u8; 256];
     let mut c = 0;
     while c < 256 {
@@ -199,22 +199,7 @@ pub(crate) fn lex_into(sql: &str, backslash_escapes: bool, out: &mut Lexed) {
             i += 2;
         } else if c == b'\'' || c == b'"' || c == b'`' {
             let start = i;
-            i += 1;
-            while i < len {
-                if b[i] == b'\\' && c != b'`' && backslash_escapes {
-                    i += 2;
-                } else if b[i] == c {
-                    if b.get(i + 1) == Some(&c) {
-                        i += 2;
-                    } else {
-                        i += 1;
-                        break;
-                    }
-                } else {
-                    i += 1;
-                }
-            }
-            i = i.min(len);
+            i = quoted_end(b, i, backslash_escapes);
             let kind = if c == b'`' { Tok::Quoted } else { Tok::Str };
             out.tokens.push(Token {
                 kind,
@@ -233,38 +218,9 @@ pub(crate) fn lex_into(sql: &str, backslash_escapes: bool, out: &mut Lexed) {
                 all &= class;
                 i += 1;
             }
-            let mut kind = if all & DIGIT != 0 {
-                Tok::Num
-            } else {
-                Tok::Word
-            };
-            if kind == Tok::Num {
-                // Fraction and exponent: `4.2`, `4e2`, `4.2e-1`.
-                if i < len && b[i] == b'.' && b.get(i + 1).is_some_and(u8::is_ascii_digit) {
-                    i += 1;
-                    while i < len && b[i].is_ascii_digit() {
-                        i += 1;
-                    }
-                }
-                if i < len && (b[i] == b'e' || b[i] == b'E') {
-                    let mut j = i + 1;
-                    if j < len && (b[j] == b'+' || b[j] == b'-') {
-                        j += 1;
-                    }
-                    if j < len && b[j].is_ascii_digit() {
-                        while j < len && b[j].is_ascii_digit() {
-                            j += 1;
-                        }
-                        i = j;
-                    }
-                }
-                if i < len && is_word_byte(b[i]) {
-                    // `1abc` is an identifier in MySQL.
-                    while i < len && is_word_byte(b[i]) {
-                        i += 1;
-                    }
-                    kind = Tok::Word;
-                }
+            let mut kind = Tok::Word;
+            if all & DIGIT != 0 {
+                (i, kind) = number_end(b, i);
             }
             out.tokens.push(Token {
                 kind,
@@ -300,6 +256,64 @@ pub(crate) fn lex_into(sql: &str, backslash_escapes: bool, out: &mut Lexed) {
             }
         }
     }
+}
+
+/// Where the quoted string, identifier or string literal that starts at `start` (its
+/// opening quote) ends: after its closing quote, or at the end of the text. A doubled
+/// quote stays inside; so does an escaped character of a `'` or `"` string when
+/// `backslash_escapes` holds.
+pub(crate) fn quoted_end(b: &[u8], start: usize, backslash_escapes: bool) -> usize {
+    let len = b.len();
+    let Some(&q) = b.get(start) else {
+        return len;
+    };
+    let mut i = start + 1;
+    while i < len {
+        if b[i] == b'\\' && q != b'`' && backslash_escapes {
+            i += 2;
+        } else if b[i] == q {
+            if b.get(i + 1) == Some(&q) {
+                i += 2;
+            } else {
+                return i + 1;
+            }
+        } else {
+            i += 1;
+        }
+    }
+    len
+}
+
+/// The end and kind of a token whose first `i` bytes are a run of digits: a number,
+/// with its fraction and exponent (`4.2`, `4.2e-1`), or a word when letters follow
+/// (`1abc` is an identifier in MySQL).
+pub(crate) fn number_end(b: &[u8], mut i: usize) -> (usize, Tok) {
+    let len = b.len();
+    if i < len && b[i] == b'.' && b.get(i + 1).is_some_and(u8::is_ascii_digit) {
+        i += 1;
+        while i < len && b[i].is_ascii_digit() {
+            i += 1;
+        }
+    }
+    if i < len && (b[i] == b'e' || b[i] == b'E') {
+        let mut j = i + 1;
+        if j < len && (b[j] == b'+' || b[j] == b'-') {
+            j += 1;
+        }
+        if j < len && b[j].is_ascii_digit() {
+            while j < len && b[j].is_ascii_digit() {
+                j += 1;
+            }
+            i = j;
+        }
+    }
+    if i < len && is_word_byte(b[i]) {
+        while i < len && is_word_byte(b[i]) {
+            i += 1;
+        }
+        return (i, Tok::Word);
+    }
+    (i, Tok::Num)
 }
 
 #[cfg(test)]

@@ -16,6 +16,8 @@ use sqlparser::parser::Parser;
 pub mod cache;
 mod cache_key;
 #[cfg(test)]
+mod cache_key_tests;
+#[cfg(test)]
 mod cache_tests;
 mod classify;
 mod confine;

@@ -341,7 +341,9 @@ impl Session {
             Outgoing::Raw(p) if may_retry => Some(p.clone()),
             _ => None,
         };
-        let started = Instant::now();
+        // The command's arrival, or the end of the answer before this one of the same
+        // command (a statement over several shards runs its attempts in turn).
+        let started = self.clock;
         let stateful = self.state_on(&target.cluster);
         let may_retry = again.is_some()
             && self.pending_begin.is_none()
@@ -539,7 +541,9 @@ impl Session {
                 return;
             }
             let failed = error.is_some_and(|e| e.fault == Fault::Shard);
-            let elapsed = started.elapsed();
+            let now = Instant::now();
+            self.clock = now;
+            let elapsed = now.saturating_duration_since(started);
             pool.stats.record(elapsed, failed);
             self.record_metrics(&target.cluster, Some(elapsed), code);
         }
@@ -556,6 +560,7 @@ impl Session {
     ) {
         if let Some(pool) = rt.pool(&target.cluster) {
             let now = Instant::now();
+            self.clock = now;
             let elapsed = now.saturating_duration_since(started);
             pool.stats.record_at(now, elapsed, false);
             self.record_metrics(&target.cluster, Some(elapsed), code);

@@ -223,9 +223,11 @@ struct Session {
     /// The workspace key its last watched statement was counted under (see
     /// `workspace_key`).
     last_workspace_key: Option<(crate::name::Name, u64, crate::health::WorkspaceKey)>,
-    /// When the cluster's answer to the running statement ended, if it did (read by
-    /// the per-workspace count, which then needs no clock of its own).
-    answered_at: Option<std::time::Instant>,
+    /// Its latest clock reading: when the command it runs arrived, or when a cluster's
+    /// answer to it ended, whichever came last. A statement's latency, the registry's
+    /// times and the per-workspace count start or end here instead of reading the
+    /// clock again (three readings per statement, not six).
+    clock: std::time::Instant,
 }
 
 impl Session {
@@ -277,7 +279,7 @@ impl Session {
             own_wait_timeout: None,
             metric_pair: None,
             last_workspace_key: None,
-            answered_at: None,
+            clock: std::time::Instant::now(),
             user_slot: login.user_slot,
         }
     }
@@ -395,6 +397,7 @@ impl Session {
             if let Some(i) = stmt_counter(cmd) {
                 self.stmt_commands[i] += 1;
             }
+            self.clock = std::time::Instant::now();
             let answered = match cmd {
                 command::QUIT => return,
                 command::PING => self.send_ok(OkInfo::default()).await,

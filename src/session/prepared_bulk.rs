@@ -168,7 +168,7 @@ impl Session {
             st.markers.clone(),
             st.params,
         );
-        self.handle.set_statement(Some(sql.clone()));
+        self.handle.set_statement(Some(sql.clone()), self.clock);
 
         let rt = self.shared.runtime();
         let mut targets: Vec<Target> = Vec::new();

@@ -182,7 +182,8 @@ impl Session {
             types: st.types.clone().unwrap_or_default(),
             long_data,
         };
-        self.handle.set_statement(Some(Bytes::from(text.clone())));
+        self.handle
+            .set_statement(Some(Bytes::from(text.clone())), self.clock);
         self.execute_text(id, text, bound).await
     }
 

@@ -21,14 +21,15 @@ impl Session {
     /// (no wrapping state machine per statement).
     pub(super) fn begin_query(&mut self, payload: &Bytes) {
         self.statements += 1;
-        self.handle.set_statement(Some(payload.slice(1..)));
+        self.handle
+            .set_statement(Some(payload.slice(1..)), self.clock);
     }
 
     /// After a statement (text or prepared): the registry no longer shows it, and
     /// connections kept for a question about an earlier statement, and not used by
     /// this one, go back to the pool.
     pub(super) fn end_statement(&mut self) {
-        self.handle.set_statement(None);
+        self.handle.set_statement(None, self.clock);
         self.release_diagnostics(self.statements);
     }
 
@@ -404,15 +405,13 @@ impl Session {
         };
         self.watch_errors = true;
         self.answer_error = None;
-        self.answered_at = None;
         let answer = self.single_unwatched(rt, stmt, payload).await;
         self.watch_errors = false;
         let error = self.answer_error.take();
-        let tracker = &self.shared.workspaces;
-        match self.answered_at.take() {
-            Some(at) => tracker.record_answered_at(key, error, at),
-            None => tracker.record(key, error),
-        }
+        // The window counts whole seconds: the latest reading (the answer's, or the
+        // command's arrival when no cluster answered) is close enough.
+        let at = self.clock;
+        self.shared.workspaces.record_answered_at(key, error, at);
         answer
     }
 
