@@ -307,3 +307,30 @@ async fn any_session_idle_past_wait_timeout_is_ended() {
     assert!(closed(&mut s).await, "connection closed");
     proxy.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_time_starts_when_the_last_answer_ends() {
+    let (_servers, proxy) = setup(|c| {
+        c.limits.wait_timeout = Some(Duration::from_secs(1));
+    })
+    .await;
+    let mut s = proxy.connect("app", Some("main")).await;
+    // A statement that runs longer than the idle limit, then a pause shorter than it:
+    // the session was never idle for a second, so it is still served. Its command
+    // arrived 2.6 s before the next one: counted from there, it would have been ended.
+    let slept: Option<i64> = s.query_first("SELECT SLEEP(2)").await.expect("sleep");
+    assert_eq!(slept, Some(0));
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let one: Option<i64> = s.query_first("SELECT 1").await.expect("still served");
+    assert_eq!(one, Some(1));
+    // The same after a command that no cluster answers (an error shardgate gives).
+    let err = s.query_drop("SELECT * FROM no_such_db.t").await;
+    assert!(err.is_err(), "unknown database");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let one: Option<i64> = s.query_first("SELECT 1").await.expect("still served");
+    assert_eq!(one, Some(1));
+    // And a pause past the limit ends it.
+    tokio::time::sleep(Duration::from_millis(1800)).await;
+    assert!(s.query_drop("SELECT 1").await.is_err(), "ended after 1 s idle");
+    proxy.stop().await;
+}

@@ -441,7 +441,7 @@ impl Session {
                 let code = outcome
                     .error
                     .then(|| lease.conn_ref().last_err.as_ref().map_or(0, |e| e.code));
-                self.record_answer(rt, &target, started, code);
+                self.record_answer(lease.pool(), &target, started, code);
                 let mut fx = stmt.effects;
                 if outcome.status.unwrap_or(0) & crate::protocol::status::CURSOR_EXISTS != 0 {
                     // An execute opened a cursor: its rows are read from this
@@ -543,28 +543,29 @@ impl Session {
             let failed = error.is_some_and(|e| e.fault == Fault::Shard);
             let now = Instant::now();
             self.clock = now;
+            self.clock_is_answer = true;
             let elapsed = now.saturating_duration_since(started);
             pool.stats.record(elapsed, failed);
             self.record_metrics(&target.cluster, Some(elapsed), code);
         }
     }
 
-    /// [`record`](Self::record) of a statement the cluster answered: `code` is its ERR's
-    /// (a SQL error is the client's, never a failure of the cluster's).
+    /// [`record`](Self::record) of a statement the cluster answered on a connection
+    /// of `pool` (the lease's: no lookup by name): `code` is its ERR's (a SQL error is
+    /// the client's, never a failure of the cluster's).
     fn record_answer(
         &mut self,
-        rt: &Runtime,
+        pool: &crate::backend::ClusterPool,
         target: &Target,
         started: Instant,
         code: Option<u16>,
     ) {
-        if let Some(pool) = rt.pool(&target.cluster) {
-            let now = Instant::now();
-            self.clock = now;
-            let elapsed = now.saturating_duration_since(started);
-            pool.stats.record_at(now, elapsed, false);
-            self.record_metrics(&target.cluster, Some(elapsed), code);
-        }
+        let now = Instant::now();
+        self.clock = now;
+        self.clock_is_answer = true;
+        let elapsed = now.saturating_duration_since(started);
+        pool.stats.record_at(now, elapsed, false);
+        self.record_metrics(&target.cluster, Some(elapsed), code);
     }
 
     /// Counts a statement of `cluster` in the session's keyspace for `/metrics`. The

@@ -228,6 +228,10 @@ struct Session {
     /// times and the per-workspace count start or end here instead of reading the
     /// clock again (three readings per statement, not six).
     clock: std::time::Instant,
+    /// `clock` was read at the end of a cluster's answer to the command that ran last:
+    /// the command loop takes it as the start of the idle time that follows (no
+    /// reading of its own).
+    clock_is_answer: bool,
 }
 
 impl Session {
@@ -280,6 +284,7 @@ impl Session {
             metric_pair: None,
             last_workspace_key: None,
             clock: std::time::Instant::now(),
+            clock_is_answer: false,
             user_slot: login.user_slot,
         }
     }
@@ -321,7 +326,10 @@ impl Session {
         let mut armed = far;
         loop {
             let idle = self.idle_limit();
-            let due = idle.map(|l| tokio::time::Instant::now() + l.after);
+            if idle.is_some() && !self.clock_is_answer {
+                self.clock = std::time::Instant::now();
+            }
+            let due = idle.map(|l| tokio::time::Instant::from_std(self.clock) + l.after);
             if let Some(due) = due.filter(|d| *d < armed) {
                 idle_timer.as_mut().reset(due);
                 armed = due;
@@ -353,6 +361,9 @@ impl Session {
                     }
                 }
             };
+            // The command's arrival (whatever it turns out to be).
+            self.clock = std::time::Instant::now();
+            self.clock_is_answer = false;
             // A killed connection runs nothing more, and a stopping server starts
             // nothing new: checked after each command is read (the read goes first in
             // the select above, so a client that never pauses never lets it look).
@@ -397,7 +408,6 @@ impl Session {
             if let Some(i) = stmt_counter(cmd) {
                 self.stmt_commands[i] += 1;
             }
-            self.clock = std::time::Instant::now();
             let answered = match cmd {
                 command::QUIT => return,
                 command::PING => self.send_ok(OkInfo::default()).await,
