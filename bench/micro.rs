@@ -208,18 +208,20 @@ fn statement_metrics(c: &mut Criterion) {
         b.iter(|| stats.record(black_box(elapsed), false))
     });
     // What it costs now: the window, plus the (cluster, keyspace) counter and latency
-    // histogram of the proxy's recorder. Samples are folded now and then, as the
-    // proxy's upkeep task does every second.
+    // buckets of the proxy's registry.
     let registry = Registry::new();
-    let mut n = 0u32;
     g.bench_function("record a statement in the window and the registry", |b| {
         b.iter(|| {
             stats.record(black_box(elapsed), false);
             registry.record_statement(black_box("c1"), black_box("app"), Some(elapsed), None);
-            n += 1;
-            if n.is_multiple_of(100_000) {
-                registry.run_upkeep();
-            }
+        })
+    });
+    // What the data path does: the session keeps its pair's handles.
+    let pair = registry.pair("c1", "app");
+    g.bench_function("record a statement on a kept pair", |b| {
+        b.iter(|| {
+            stats.record(black_box(elapsed), false);
+            registry.record_on_pair(&pair, Some(elapsed), None);
         })
     });
     g.finish();

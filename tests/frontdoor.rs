@@ -331,6 +331,9 @@ async fn idle_time_starts_when_the_last_answer_ends() {
     assert_eq!(one, Some(1));
     // And a pause past the limit ends it.
     tokio::time::sleep(Duration::from_millis(1800)).await;
-    assert!(s.query_drop("SELECT 1").await.is_err(), "ended after 1 s idle");
+    assert!(
+        s.query_drop("SELECT 1").await.is_err(),
+        "ended after 1 s idle"
+    );
     proxy.stop().await;
 }

@@ -24,6 +24,16 @@ const BOUNDS_US: [u64; 16] = [
     1_000_000, 2_000_000, 5_000_000,
 ];
 const BUCKETS: usize = BOUNDS_US.len() + 1;
+
+/// The bucket of a latency: the first whose bound it does not exceed (a bound holds
+/// what is at most it, as Prometheus' `le`: 500.4 µs is past 500), else the open one.
+fn bucket_of(elapsed: Duration) -> usize {
+    let ns = elapsed.as_nanos();
+    BOUNDS_US
+        .iter()
+        .position(|&b| ns <= u128::from(b) * 1000)
+        .unwrap_or(BOUNDS_US.len())
+}
 const SLOTS: usize = 10;
 
 struct Slot {
@@ -103,11 +113,7 @@ impl ClusterStats {
     /// [`record`](Self::record) of a statement that ended at `now` (a caller that has
     /// just read the clock saves reading it again).
     pub fn record_at(&self, now: Instant, elapsed: Duration, failed: bool) {
-        let us = elapsed.as_micros() as u64;
-        let bucket = BOUNDS_US
-            .iter()
-            .position(|&b| us <= b)
-            .unwrap_or(BOUNDS_US.len());
+        let bucket = bucket_of(elapsed);
         let slot = self.slot(now);
         slot.buckets[bucket].fetch_add(1, Ordering::Relaxed);
         self.statements.fetch_add(1, Ordering::Relaxed);

@@ -17,18 +17,21 @@
 //! than an event (pool use, health, intent, buffers, migrations, versions) is read from
 //! where it lives when a scrape renders, not recorded on the hot path.
 //!
-//! Histogram samples wait in the recorder's buffer until they are folded into their
-//! buckets: a task folds them every second (and each render does), so the buffer holds
-//! at most about a second of statements.
+//! The statement latency histogram is not the exporter's: each pair counts its samples
+//! in buckets of its own ([`Latency`]: one relaxed add to a bucket and one to the sum,
+//! no sample buffer to fold, no epoch to pin), and [`Registry::render`] writes them
+//! after the exporter's text in the same Prometheus format.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ::metrics::{Counter, Gauge, Histogram, Key, Label, Level, Metadata, Recorder};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use ::metrics::{Counter, Gauge, Key, Label, Level, Metadata, Recorder};
 use arc_swap::ArcSwap;
 use metrics_exporter_prometheus::PrometheusRecorder;
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use metrics_util::MetricKindMask;
 
 /// (cluster, keyspace) pairs with their own statement series; further pairs are
@@ -111,10 +114,26 @@ struct Pair {
     cluster: String,
     keyspace: String,
     statements: Counter,
-    latency: Histogram,
+    latency: Latency,
     /// Error counters by code, registered on first use; bounded by [`MAX_CODES`].
     errors: Mutex<Vec<(u16, Counter)>>,
     other_errors: Counter,
+}
+
+/// Latency samples of one pair in the buckets of [`super::BOUNDS_US`] (each counts
+/// the samples of its own range; rendered cumulative) and their sum.
+#[derive(Default)]
+struct Latency {
+    buckets: [AtomicU64; super::BUCKETS],
+    sum_ns: AtomicU64,
+}
+
+impl Latency {
+    fn record(&self, elapsed: Duration) {
+        self.buckets[super::bucket_of(elapsed)].fetch_add(1, Ordering::Relaxed);
+        let ns = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        self.sum_ns.fetch_add(ns, Ordering::Relaxed);
+    }
 }
 
 /// The metric handles of one (cluster, keyspace) pair ([`Registry::pair`]).
@@ -149,19 +168,12 @@ fn key(name: &'static str, labels: &[(&'static str, &str)]) -> Key {
 }
 
 impl Registry {
-    /// A recorder of its own, every metric described, and (inside a tokio runtime) the
-    /// task that folds histogram samples into their buckets every second while the
-    /// registry lives.
+    /// A recorder of its own, every metric described (the latency histogram is
+    /// described by [`Registry::render`] itself).
     pub fn new() -> Arc<Registry> {
-        let builder = PrometheusBuilder::new()
+        let recorder = PrometheusBuilder::new()
             .idle_timeout(MetricKindMask::GAUGE, Some(GAUGE_IDLE))
-            .set_buckets_for_metric(
-                Matcher::Full("shardgate_statement_duration_seconds".to_string()),
-                &latency_buckets(),
-            );
-        // Only an empty bucket list is refused, and ours is a constant.
-        let builder = builder.unwrap_or_else(|_| PrometheusBuilder::new());
-        let recorder = builder.build_recorder();
+            .build_recorder();
         for (name, kind, help) in DESCRIBED {
             // No unit: the names carry theirs (`_seconds`), and the exporter would add it
             // again.
@@ -169,20 +181,16 @@ impl Registry {
             match kind {
                 Kind::Counter => recorder.describe_counter(name, None, help),
                 Kind::Gauge => recorder.describe_gauge(name, None, help),
-                Kind::Histogram => recorder.describe_histogram(name, None, help),
+                Kind::Histogram => {}
             }
         }
-        let registry = Arc::new(Registry {
+        Arc::new(Registry {
             handle: recorder.handle(),
             recorder,
             pairs: ArcSwap::from_pointee(Pairs::default()),
             grow: Mutex::new(0),
             deadlock_tables: Mutex::new(HashSet::new()),
-        });
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(upkeep(Arc::downgrade(&registry)));
-        }
-        registry
+        })
     }
 
     /// Records one statement sent to `cluster` (or refused for it) in the session's
@@ -221,7 +229,7 @@ impl Registry {
     fn record_on(pair: &Pair, reg: &Registry, elapsed: Option<Duration>, error: Option<u16>) {
         pair.statements.increment(1);
         if let Some(d) = elapsed {
-            pair.latency.record(d.as_secs_f64());
+            pair.latency.record(d);
         }
         if let Some(code) = error {
             reg.error_counter(pair, code).increment(1);
@@ -271,10 +279,7 @@ impl Registry {
             cluster: cluster.to_string(),
             keyspace: keyspace.to_string(),
             statements: self.counter("shardgate_statements_total", &labels),
-            latency: self.recorder.register_histogram(
-                &key("shardgate_statement_duration_seconds", &labels),
-                &metadata(),
-            ),
+            latency: Latency::default(),
             errors: Mutex::new(Vec::new()),
             other_errors: self.counter(
                 "shardgate_statement_errors_total",
@@ -332,29 +337,68 @@ impl Registry {
             .register_gauge(&key(name, labels), &metadata())
     }
 
-    /// Folds the histogram samples recorded since the last fold into their buckets
-    /// (the upkeep task does it every second).
-    pub fn run_upkeep(&self) {
-        self.handle.run_upkeep();
+    /// Everything in the Prometheus text format: the exporter's series, then the
+    /// statement latency histogram of every pair.
+    pub fn render(&self) -> String {
+        let mut out = self.handle.render();
+        self.render_latency(&mut out);
+        out
     }
 
-    /// Everything in the Prometheus text format (histogram samples folded first).
-    pub fn render(&self) -> String {
-        self.handle.render()
+    fn render_latency(&self, out: &mut String) {
+        use std::fmt::Write;
+        const NAME: &str = "shardgate_statement_duration_seconds";
+        let pairs = self.pairs.load();
+        let mut all: Vec<&Arc<Pair>> = pairs.values().flat_map(|m| m.values()).collect();
+        if all.is_empty() {
+            return;
+        }
+        all.sort_by(|a, b| (&a.cluster, &a.keyspace).cmp(&(&b.cluster, &b.keyspace)));
+        let help = DESCRIBED
+            .iter()
+            .find(|(n, _, _)| *n == NAME)
+            .map_or("", |(_, _, h)| *h);
+        if !out.is_empty() && !out.ends_with('\n') {
+            out.push('\n');
+        }
+        let _ = writeln!(out, "# HELP {NAME} {help}");
+        let _ = writeln!(out, "# TYPE {NAME} histogram");
+        let bounds = latency_buckets();
+        for p in all {
+            let labels = format!(
+                "cluster=\"{}\",keyspace=\"{}\"",
+                escape_label(&p.cluster),
+                escape_label(&p.keyspace)
+            );
+            let mut total = 0u64;
+            for (i, b) in p.latency.buckets.iter().enumerate() {
+                total += b.load(Ordering::Relaxed);
+                match bounds.get(i) {
+                    Some(le) => {
+                        let _ = writeln!(out, "{NAME}_bucket{{{labels},le=\"{le}\"}} {total}");
+                    }
+                    None => {
+                        let _ = writeln!(out, "{NAME}_bucket{{{labels},le=\"+Inf\"}} {total}");
+                    }
+                }
+            }
+            let sum = p.latency.sum_ns.load(Ordering::Relaxed) as f64 / 1e9;
+            let _ = writeln!(out, "{NAME}_sum{{{labels}}} {sum}");
+            let _ = writeln!(out, "{NAME}_count{{{labels}}} {total}");
+        }
     }
 }
 
-/// Folds histogram samples into their buckets every second until the registry is gone.
-async fn upkeep(registry: Weak<Registry>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        match registry.upgrade() {
-            Some(r) => r.run_upkeep(),
-            None => return,
-        }
+/// A label value in the text format: backslash, double quote and line feed escaped.
+fn escape_label(v: &str) -> std::borrow::Cow<'_, str> {
+    if !v.contains(['\\', '"', '\n']) {
+        return std::borrow::Cow::Borrowed(v);
     }
+    std::borrow::Cow::Owned(
+        v.replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n"),
+    )
 }
 
 /// The keyspace label of a session's database: the keyspace, [`NO_KEYSPACE`] or
@@ -415,6 +459,42 @@ mod tests {
             Some("2")
         );
         assert!(!b.render().contains("keyspace=\"app\""));
+    }
+
+    #[test]
+    fn the_latency_histogram_is_cumulative_with_prometheus_bounds() {
+        let r = Registry::new();
+        let us = Duration::from_micros;
+        for d in [
+            us(500),
+            Duration::from_nanos(500_400),
+            us(40),
+            us(7_000_000),
+        ] {
+            r.record_statement("c\"1", "app", Some(d), None);
+        }
+        // A refusal: counted as a statement, no latency sample.
+        r.record_statement("c\"1", "app", None, Some(1053));
+        let body = r.render();
+        let series = |s: &str| {
+            format!("shardgate_statement_duration_seconds{s}{{cluster=\"c\\\"1\",keyspace=\"app\"")
+        };
+        let bucket = |le: &str| line(&body, &format!("{},le=\"{le}\"}}", series("_bucket")));
+        assert_eq!(bucket("0.00005"), Some("1"), "{body}");
+        assert_eq!(bucket("0.0005"), Some("2"), "500 µs is at most 0.0005 s");
+        assert_eq!(bucket("0.001"), Some("3"), "500.4 µs is past it");
+        assert_eq!(bucket("5"), Some("3"));
+        assert_eq!(bucket("+Inf"), Some("4"));
+        assert_eq!(line(&body, &format!("{}}}", series("_count"))), Some("4"));
+        let sum: f64 = line(&body, &format!("{}}}", series("_sum")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0);
+        assert!((sum - 7.001_040_4).abs() < 1e-9, "{sum}");
+        assert_eq!(
+            body.matches("# TYPE shardgate_statement_duration_seconds histogram")
+                .count(),
+            1
+        );
     }
 
     #[test]

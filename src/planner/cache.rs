@@ -6,7 +6,7 @@
 //! taken out (their class and which of them are equal stay), the keyspace it is planned
 //! for, and the runtime generation (`shared::Runtime::generation`, bumped by every
 //! vschema swap), so a plan made under an old shard map is never found again; it ages
-//! out. The key is hashed (xxh64) and always compared in full: a hash collision is a
+//! out. The key is hashed (foldhash, fixed seed) and always compared in full: a hash collision is a
 //! miss, never another statement's plan.
 //!
 //! **Value**: a *template*, the plan with its route's ids replaced by which id literal

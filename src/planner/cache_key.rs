@@ -27,6 +27,9 @@ use super::tag;
 /// Texts longer than this are planned without the cache (it also bounds what one
 /// entry and the per-thread buffers hold).
 pub(crate) const MAX_TEXT: usize = 4096;
+/// The seed of the keys' hash.
+const KEY_SEED: u64 = 0x5348_4152_4447_4154;
+
 /// Texts with more literals than this are planned without the cache.
 pub(crate) const MAX_LITERALS: usize = 256;
 
@@ -172,7 +175,12 @@ pub(crate) fn shape(
     for c in &s.classes {
         s.key.extend_from_slice(&c.to_le_bytes());
     }
-    let hash = xxhash_rust::xxh64::xxh64(&s.key, 0);
+    // The key is compared in full on a hit: the hash only picks the set, so a fast
+    // one (a fixed seed: the same in every thread) is enough.
+    let hash = std::hash::BuildHasher::hash_one(
+        &foldhash::fast::FixedState::with_seed(KEY_SEED),
+        &s.key[..],
+    );
     Some(hash.max(1))
 }
 
