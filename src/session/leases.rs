@@ -61,7 +61,8 @@ impl Session {
             .as_ref()
             .filter(|(t, _)| t.cluster == target.cluster)
             .map(|(_, id)| *id);
-        pool.checkout(self.key, target.database.as_deref(), self.vars.hash, prefer)
+        let db = target.database.as_deref();
+        pool.checkout_at(self.key, db, self.vars.hash, prefer, self.clock)
             .await
     }
 
