@@ -231,10 +231,10 @@ impl ClusterPool {
 
     /// Returns at once when the cluster serves; otherwise fails at once, or (with
     /// `on_unavailable = "buffer"`) waits in the cluster's buffer until it serves again
-    /// or the buffer's time runs out. Ok(true): it waited.
-    async fn admit(&self) -> Result<bool, ProxyError> {
+    /// or the buffer's time runs out.
+    async fn admit(&self) -> Result<(), ProxyError> {
         let Some(why) = self.not_serving() else {
-            return Ok(false);
+            return Ok(());
         };
         let name = &self.name;
         // A failover always buffers: it is over within the buffer's time, and the
@@ -268,7 +268,7 @@ impl ClusterPool {
             tokio::pin!(changed);
             changed.as_mut().enable();
             let Some(why) = self.not_serving() else {
-                return Ok(true);
+                return Ok(());
             };
             // Also look again now and then: a health change is also signalled, but a
             // look costs nothing.
@@ -303,31 +303,10 @@ impl ClusterPool {
         state_hash: u64,
         prefer: Option<u32>,
     ) -> Result<Lease, ProxyError> {
-        self.checkout_at(key, database, state_hash, prefer, Instant::now())
-            .await
-    }
-
-    /// [`checkout`](Self::checkout) by a caller that read the clock at `now`, a moment
-    /// ago (a session: its command's arrival): an idle connection's age is taken from
-    /// it unless the checkout waited, then from a fresh reading.
-    pub async fn checkout_at(
-        self: &Arc<Self>,
-        key: ConnKey,
-        database: Option<&str>,
-        state_hash: u64,
-        prefer: Option<u32>,
-        now: Instant,
-    ) -> Result<Lease, ProxyError> {
         // Read the clock only when a connect failed: the common path never needs it.
         let mut buffered_until = None;
-        let mut now = Some(now);
         loop {
-            // A retry comes after a wait: its own reading.
-            let at = now.take().unwrap_or_else(Instant::now);
-            match self
-                .checkout_once(key, database, state_hash, prefer, at)
-                .await
-            {
+            match self.checkout_once(key, database, state_hash, prefer).await {
                 // With buffering on, a primary that cannot be reached (crashed, not yet
                 // seen `down`) holds the statement in the buffer like a `down` one
                 // would: the health monitor and a failover are seconds away.
@@ -358,21 +337,12 @@ impl ClusterPool {
         database: Option<&str>,
         state_hash: u64,
         prefer: Option<u32>,
-        now: Instant,
     ) -> Result<Lease, (ProxyError, bool)> {
-        let admitted = self.admit().await.map_err(|e| (e, false))?;
+        self.admit().await.map_err(|e| (e, false))?;
         let worker = crate::workers::current();
         let pick = |g: &mut Inner| pick_idle(g, key, database, state_hash, prefer, worker);
         // The slot and, most often, an idle connection in one lock.
-        let (taken, waited) = self.take_slot(pick).await.map_err(|e| (e, false))?;
-        let mut first = Some(taken);
-        // `now` holds while nothing waited; after a wait (for a slot, the buffer, a
-        // ping) the clock is read again.
-        let mut now = if waited || admitted {
-            Instant::now()
-        } else {
-            now
-        };
+        let mut first = Some(self.take_slot(pick).await.map_err(|e| (e, false))?);
         // From here on a lease is counted: every way out hands it to a `Lease`, whose
         // drop ends it, or ends it here.
         loop {
@@ -401,7 +371,7 @@ impl ClusterPool {
             };
             match candidate {
                 Some(mut conn) => {
-                    let idle_for = now.saturating_duration_since(conn.last_used);
+                    let idle_for = conn.last_used.elapsed();
                     if idle_for > self.config.idle_timeout {
                         self.forget(conn);
                         continue;
@@ -423,7 +393,6 @@ impl ClusterPool {
                     };
                     if !alive {
                         self.forget(conn);
-                        now = Instant::now();
                         continue;
                     }
                     return Ok(lease(conn));
@@ -443,17 +412,16 @@ impl ClusterPool {
 
     /// Counts a lease, waiting at most the checkout timeout while all are taken, and
     /// takes what `pick` finds idle under the same lock.
-    /// The flag says whether it waited.
     async fn take_slot(
         &self,
         pick: impl Fn(&mut Inner) -> Option<Box<BackendConn>>,
-    ) -> Result<(Option<Box<BackendConn>>, bool), ProxyError> {
+    ) -> Result<Option<Box<BackendConn>>, ProxyError> {
         let max = self.config.max_connections;
         {
             let mut g = self.lock();
             if g.leased < max {
                 g.leased += 1;
-                return Ok((pick(&mut g), false));
+                return Ok(pick(&mut g));
             }
         }
         let deadline = tokio::time::Instant::now() + self.config.checkout_timeout;
@@ -464,7 +432,7 @@ impl ClusterPool {
                 let mut g = self.lock();
                 if g.leased < max {
                     g.leased += 1;
-                    return Ok((pick(&mut g), true));
+                    return Ok(pick(&mut g));
                 }
                 g.waiting += 1;
                 // Registered before the lock is released, so an end of lease from now

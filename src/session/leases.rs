@@ -61,8 +61,7 @@ impl Session {
             .as_ref()
             .filter(|(t, _)| t.cluster == target.cluster)
             .map(|(_, id)| *id);
-        let db = target.database.as_deref();
-        pool.checkout_at(self.key, db, self.vars.hash, prefer, self.clock)
+        pool.checkout(self.key, target.database.as_deref(), self.vars.hash, prefer)
             .await
     }
 
