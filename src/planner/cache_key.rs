@@ -318,26 +318,15 @@ fn scan(sql: &str, s: &mut Scratch) -> Option<usize> {
         }
         let next = b.get(i + 1).copied();
         match c {
-            b'#' => i = line_end(b, i),
-            b'-' if next == Some(b'-') && b.get(i + 2).is_none_or(|&d| d <= b' ') => {
-                i = line_end(b, i);
-            }
+            b'#' | b'-' if lex::line_comment_at(b, i) => i = line_end(b, i),
             b'/' if next == Some(b'*') => {
-                let executable = match b.get(i + 2) {
-                    Some(b'!') => Some(3),
-                    Some(b'M') if b.get(i + 3) == Some(&b'!') => Some(4),
-                    _ => None,
-                };
-                if let Some(skip) = executable {
-                    i += skip;
-                    while i < len && b[i].is_ascii_digit() {
-                        i += 1;
-                    }
+                if let Some(body) = lex::executable_comment_body(b, i) {
+                    i = body;
                     in_executable_comment = true;
                     continue;
                 }
                 let start = i;
-                i = memchr::memmem::find(b.get(i + 2..)?, b"*/").map_or(len, |e| i + 2 + e + 2);
+                i = lex::block_comment_end(b, i);
                 let tagged = sql.get(start..i).and_then(tag::workspace_digits_in_comment);
                 if let Some((digits, v)) = tagged {
                     let span = start + digits.start..start + digits.end;

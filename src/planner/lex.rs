@@ -167,32 +167,18 @@ pub(crate) fn lex_into(sql: &str, backslash_escapes: bool, out: &mut Lexed) {
         let next = b.get(i + 1).copied();
         if is_space(c) {
             i += 1;
-        } else if c == b'#'
-            || (c == b'-' && next == Some(b'-') && b.get(i + 2).is_none_or(|&d| d <= b' '))
-        {
+        } else if line_comment_at(b, i) {
             while i < len && b[i] != b'\n' {
                 i += 1;
             }
         } else if c == b'/' && next == Some(b'*') {
-            let executable = match b.get(i + 2) {
-                Some(b'!') => Some(3),
-                Some(b'M') if b.get(i + 3) == Some(&b'!') => Some(4),
-                _ => None,
-            };
-            if let Some(skip) = executable {
-                i += skip;
-                while i < len && b[i].is_ascii_digit() {
-                    i += 1;
-                }
+            if let Some(body) = executable_comment_body(b, i) {
+                i = body;
                 in_executable_comment = true;
                 continue;
             }
             let start = i;
-            i += 2;
-            while i < len && !(b[i] == b'*' && b.get(i + 1) == Some(&b'/')) {
-                i += 1;
-            }
-            i = (i + 2).min(len);
+            i = block_comment_end(b, i);
             out.comments.push(start..i);
         } else if c == b'*' && next == Some(b'/') && in_executable_comment {
             in_executable_comment = false;
@@ -256,6 +242,36 @@ pub(crate) fn lex_into(sql: &str, backslash_escapes: bool, out: &mut Lexed) {
             }
         }
     }
+}
+
+/// Whether a `#` or `-- ` comment (to the end of the line) starts at `i`.
+pub(crate) fn line_comment_at(b: &[u8], i: usize) -> bool {
+    match b.get(i) {
+        Some(b'#') => true,
+        Some(b'-') => b.get(i + 1) == Some(&b'-') && b.get(i + 2).is_none_or(|&d| d <= b' '),
+        _ => false,
+    }
+}
+
+/// Where the SQL inside the executable comment (`/*!`, `/*M!`, then an optional version
+/// number) that starts at `i` begins; None when the comment at `i` is a plain one.
+pub(crate) fn executable_comment_body(b: &[u8], i: usize) -> Option<usize> {
+    let mut at = match b.get(i + 2) {
+        Some(b'!') => i + 3,
+        Some(b'M') if b.get(i + 3) == Some(&b'!') => i + 4,
+        _ => return None,
+    };
+    while b.get(at).is_some_and(u8::is_ascii_digit) {
+        at += 1;
+    }
+    Some(at)
+}
+
+/// The end of the plain `/* */` comment that starts at `i`: after its `*/` (the first
+/// one after the opening), or the end of the text.
+pub(crate) fn block_comment_end(b: &[u8], i: usize) -> usize {
+    let from = (i + 2).min(b.len());
+    memchr::memmem::find(&b[from..], b"*/").map_or(b.len(), |e| from + e + 2)
 }
 
 /// Where the quoted string, identifier or string literal that starts at `start` (its
