@@ -24,6 +24,7 @@ const BOUNDS_US: [u64; 16] = [
     1_000_000, 2_000_000, 5_000_000,
 ];
 const BUCKETS: usize = BOUNDS_US.len() + 1;
+const SLOTS: usize = 10;
 
 /// The bucket of a latency: the first whose bound it does not exceed (a bound holds
 /// what is at most it, as Prometheus' `le`: 500.4 µs is past 500), else the open one.
@@ -34,7 +35,6 @@ fn bucket_of(elapsed: Duration) -> usize {
         .position(|&b| ns <= u128::from(b) * 1000)
         .unwrap_or(BOUNDS_US.len())
 }
-const SLOTS: usize = 10;
 
 struct Slot {
     second: AtomicU64,

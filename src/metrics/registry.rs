@@ -23,10 +23,9 @@
 //! after the exporter's text in the same Prometheus format.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use ::metrics::{Counter, Gauge, Key, Label, Level, Metadata, Recorder};
 use arc_swap::ArcSwap;

@@ -543,7 +543,7 @@ impl Session {
             let failed = error.is_some_and(|e| e.fault == Fault::Shard);
             let now = Instant::now();
             self.clock = now;
-            self.clock_is_answer = true;
+            self.clock_ends_work = true;
             let elapsed = now.saturating_duration_since(started);
             pool.stats.record(elapsed, failed);
             self.record_metrics(&target.cluster, Some(elapsed), code);
@@ -562,7 +562,7 @@ impl Session {
     ) {
         let now = Instant::now();
         self.clock = now;
-        self.clock_is_answer = true;
+        self.clock_ends_work = true;
         let elapsed = now.saturating_duration_since(started);
         pool.stats.record_at(now, elapsed, false);
         self.record_metrics(&target.cluster, Some(elapsed), code);

@@ -228,10 +228,10 @@ struct Session {
     /// times and the per-workspace count start or end here instead of reading the
     /// clock again (three readings per statement, not six).
     clock: std::time::Instant,
-    /// `clock` was read at the end of a cluster's answer to the command that ran last:
-    /// the command loop takes it as the start of the idle time that follows (no
-    /// reading of its own).
-    clock_is_answer: bool,
+    /// `clock` was read when the last command's work ended (a cluster's answer, or the
+    /// end of a statement): the command loop takes it as the start of the idle time
+    /// that follows (no reading of its own).
+    clock_ends_work: bool,
 }
 
 impl Session {
@@ -284,7 +284,7 @@ impl Session {
             metric_pair: None,
             last_workspace_key: None,
             clock: std::time::Instant::now(),
-            clock_is_answer: false,
+            clock_ends_work: false,
             user_slot: login.user_slot,
         }
     }
@@ -326,7 +326,7 @@ impl Session {
         let mut armed = far;
         loop {
             let idle = self.idle_limit();
-            if idle.is_some() && !self.clock_is_answer {
+            if idle.is_some() && !self.clock_ends_work {
                 self.clock = std::time::Instant::now();
             }
             let due = idle.map(|l| tokio::time::Instant::from_std(self.clock) + l.after);
@@ -363,7 +363,7 @@ impl Session {
             };
             // The command's arrival (whatever it turns out to be).
             self.clock = std::time::Instant::now();
-            self.clock_is_answer = false;
+            self.clock_ends_work = false;
             // A killed connection runs nothing more, and a stopping server starts
             // nothing new: checked after each command is read (the read goes first in
             // the select above, so a client that never pauses never lets it look).

@@ -29,6 +29,12 @@ impl Session {
     /// connections kept for a question about an earlier statement, and not used by
     /// this one, go back to the pool.
     pub(super) fn end_statement(&mut self) {
+        // No cluster answered last (shardgate's own statement, an error it gave): the
+        // clock says when the command arrived, not when it ended.
+        if !self.clock_ends_work {
+            self.clock = std::time::Instant::now();
+            self.clock_ends_work = true;
+        }
         self.handle.set_statement(None, self.clock);
         self.release_diagnostics(self.statements);
     }
