@@ -226,7 +226,7 @@ struct Session {
     /// Its latest clock reading: when the command it runs arrived, or when a cluster's
     /// answer to it ended, whichever came last. A statement's latency, the registry's
     /// times and the per-workspace count start or end here instead of reading the
-    /// clock again (three readings per statement, not six).
+    /// clock again.
     clock: std::time::Instant,
     /// `clock` was read when the last command's work ended (a cluster's answer, or the
     /// end of a statement): the command loop takes it as the start of the idle time
