@@ -298,11 +298,8 @@ fn scan(sql: &str, s: &mut Scratch) -> Option<usize> {
                     .iter()
                     .position(|&w| !lex::is_word_byte(w))
                     .unwrap_or(len - i);
-                if toks.none {
-                    toks.admit(sql.get(start..i))?;
-                } else if toks.after_semicolon {
-                    return None;
-                }
+                // The word is only read when it is the first token.
+                toks.admit(sql.get(start..i).filter(|_| toks.none))?;
                 continue;
             }
             toks.admit(None)?;
@@ -318,7 +315,7 @@ fn scan(sql: &str, s: &mut Scratch) -> Option<usize> {
         }
         let next = b.get(i + 1).copied();
         match c {
-            b'#' | b'-' if lex::line_comment_at(b, i) => i = line_end(b, i),
+            b'#' | b'-' if lex::line_comment_at(b, i) => i = lex::line_end(b, i),
             b'/' if next == Some(b'*') => {
                 if let Some(body) = lex::executable_comment_body(b, i) {
                     i = body;
@@ -378,11 +375,6 @@ fn scan(sql: &str, s: &mut Scratch) -> Option<usize> {
         return None;
     }
     Some(at)
-}
-
-/// The end of a `#` or `-- ` comment that starts at `i`: its line break (or the end).
-fn line_end(b: &[u8], i: usize) -> usize {
-    memchr::memchr(b'\n', b.get(i..).unwrap_or_default()).map_or(b.len(), |e| i + e)
 }
 
 /// For each value, the index of the first equal one.

@@ -168,9 +168,7 @@ pub(crate) fn lex_into(sql: &str, backslash_escapes: bool, out: &mut Lexed) {
         if is_space(c) {
             i += 1;
         } else if line_comment_at(b, i) {
-            while i < len && b[i] != b'\n' {
-                i += 1;
-            }
+            i = line_end(b, i);
         } else if c == b'/' && next == Some(b'*') {
             if let Some(body) = executable_comment_body(b, i) {
                 i = body;
@@ -251,6 +249,11 @@ pub(crate) fn line_comment_at(b: &[u8], i: usize) -> bool {
         Some(b'-') => b.get(i + 1) == Some(&b'-') && b.get(i + 2).is_none_or(|&d| d <= b' '),
         _ => false,
     }
+}
+
+/// The end of a `#` or `-- ` comment that starts at `i`: its line break (or the end).
+pub(crate) fn line_end(b: &[u8], i: usize) -> usize {
+    memchr::memchr(b'\n', b.get(i..).unwrap_or_default()).map_or(b.len(), |e| i + e)
 }
 
 /// Where the SQL inside the executable comment (`/*!`, `/*M!`, then an optional version
