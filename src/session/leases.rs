@@ -541,9 +541,7 @@ impl Session {
                 return;
             }
             let failed = error.is_some_and(|e| e.fault == Fault::Shard);
-            let now = Instant::now();
-            self.clock = now;
-            self.clock_ends_work = true;
+            let now = self.read_clock(true);
             let elapsed = now.saturating_duration_since(started);
             pool.stats.record(elapsed, failed);
             self.record_metrics(&target.cluster, Some(elapsed), code);
@@ -560,9 +558,7 @@ impl Session {
         started: Instant,
         code: Option<u16>,
     ) {
-        let now = Instant::now();
-        self.clock = now;
-        self.clock_ends_work = true;
+        let now = self.read_clock(true);
         let elapsed = now.saturating_duration_since(started);
         pool.stats.record_at(now, elapsed, false);
         self.record_metrics(&target.cluster, Some(elapsed), code);

@@ -312,6 +312,14 @@ impl Session {
         s
     }
 
+    /// Reads the clock into [`Session::clock`]; `ends_work`: the reading marks the end
+    /// of the last command's work (see `clock_ends_work`).
+    fn read_clock(&mut self, ends_work: bool) -> std::time::Instant {
+        self.clock = std::time::Instant::now();
+        self.clock_ends_work = ends_work;
+        self.clock
+    }
+
     async fn serve(&mut self) {
         let limit = self.shared.config.max_packet_size;
         // Kills and the server's stop arrive through the session's signal: one waker
@@ -327,7 +335,7 @@ impl Session {
         loop {
             let idle = self.idle_limit();
             if idle.is_some() && !self.clock_ends_work {
-                self.clock = std::time::Instant::now();
+                self.read_clock(false);
             }
             let due = idle.map(|l| tokio::time::Instant::from_std(self.clock) + l.after);
             if let Some(due) = due.filter(|d| *d < armed) {
@@ -362,8 +370,7 @@ impl Session {
                 }
             };
             // The command's arrival (whatever it turns out to be).
-            self.clock = std::time::Instant::now();
-            self.clock_ends_work = false;
+            self.read_clock(false);
             // A killed connection runs nothing more, and a stopping server starts
             // nothing new: checked after each command is read (the read goes first in
             // the select above, so a client that never pauses never lets it look).

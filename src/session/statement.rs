@@ -32,8 +32,7 @@ impl Session {
         // No cluster answered last (shardgate's own statement, an error it gave): the
         // clock says when the command arrived, not when it ended.
         if !self.clock_ends_work {
-            self.clock = std::time::Instant::now();
-            self.clock_ends_work = true;
+            self.read_clock(true);
         }
         self.handle.set_statement(None, self.clock);
         self.release_diagnostics(self.statements);
