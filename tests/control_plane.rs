@@ -372,12 +372,20 @@ async fn the_http_api_serves_versions_with_if_match_409_422_and_roles() {
     assert_eq!(code, 200, "{r}");
 }
 
-fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+fn wait_for(what: &str, limit: Duration, f: impl FnMut() -> bool) {
+    assert!(poll_until(limit, f), "{what}: not within {limit:?}");
+}
+
+/// Calls `f` every 50 ms until it is true (true) or `limit` has passed (false).
+fn poll_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     let start = Instant::now();
     while !f() {
-        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        if start.elapsed() >= limit {
+            return false;
+        }
         std::thread::sleep(Duration::from_millis(50));
     }
+    true
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -420,16 +428,16 @@ async fn the_vschema_file_is_watched_a_bad_edit_is_refused_and_versions_survive_
     wait_for("the SIGHUP is logged", Duration::from_secs(15), || {
         proxy.log().contains("SIGHUP: re-reading the vschema file")
     });
-    wait_for("version 3 is served", Duration::from_secs(15), || {
-        common::cli_ok(
-            &addr,
-            "admin",
-            "admin",
-            None,
-            "SHOW VSCHEMA HISTORY LIMIT 1",
-        )
-        .starts_with('3')
+    let mut history = String::new();
+    let served = poll_until(Duration::from_secs(15), || {
+        history = common::cli_ok(&addr, "admin", "admin", None, "SHOW VSCHEMA HISTORY");
+        history.starts_with('3')
     });
+    assert!(
+        served,
+        "version 3 is not served within 15s; history:\n{history}\nlog:\n{}",
+        proxy.log()
+    );
     // An SQL edit, then a restart: the store keeps version 4 (the file did not change,
     // so it is not imported again).
     let out = common::cli_ok(
