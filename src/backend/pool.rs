@@ -330,6 +330,42 @@ impl ClusterPool {
         }
     }
 
+    /// [`checkout`](Self::checkout)'s common case, without waiting or awaiting: the
+    /// cluster serves, a slot is free, and an idle connection is found that was used
+    /// too recently to need a look at its socket (under [`PEEK_AFTER_IDLE`] before
+    /// `now`, a clock reading the caller has: one taken a little earlier only makes
+    /// the connection look fresher by that little). None when any of that does not
+    /// hold; nothing was taken then, and `checkout` decides.
+    pub fn checkout_now(
+        self: &Arc<Self>,
+        key: ConnKey,
+        database: Option<&str>,
+        state_hash: u64,
+        prefer: Option<u32>,
+        now: Instant,
+    ) -> Option<Lease> {
+        if self.not_serving().is_some() {
+            return None;
+        }
+        let worker = crate::workers::current();
+        let mut g = self.lock();
+        if g.leased >= self.config.max_connections {
+            return None;
+        }
+        let pos = idle_position(&g, key, database, state_hash, prefer, worker)?;
+        let idle_for = now.saturating_duration_since(g.idle.get(pos)?.last_used);
+        if idle_for >= PEEK_AFTER_IDLE || idle_for > self.config.idle_timeout {
+            return None;
+        }
+        let conn = take_idle(&mut g, pos)?;
+        g.leased += 1;
+        drop(g);
+        Some(Lease {
+            conn: Some(conn),
+            pool: self.clone(),
+        })
+    }
+
     /// One try; Err's flag says the cluster could not be connected to.
     async fn checkout_once(
         self: &Arc<Self>,
@@ -593,7 +629,20 @@ fn pick_idle(
     prefer: Option<u32>,
     worker: u16,
 ) -> Option<Box<BackendConn>> {
-    let pos = prefer
+    let pos = idle_position(g, key, database, state_hash, prefer, worker)?;
+    take_idle(g, pos)
+}
+
+/// Where in the idle list the connection [`pick_idle`] takes is.
+fn idle_position(
+    g: &Inner,
+    key: ConnKey,
+    database: Option<&str>,
+    state_hash: u64,
+    prefer: Option<u32>,
+    worker: u16,
+) -> Option<usize> {
+    prefer
         .and_then(|id| {
             g.idle.iter().rposition(|c| {
                 c.thread_id == id && c.key == key && (database.is_some() || c.database.is_none())
@@ -616,7 +665,11 @@ fn pick_idle(
             g.idle
                 .iter()
                 .position(|c| c.key == key && (database.is_some() || c.database.is_none()))
-        })?;
+        })
+}
+
+/// Takes the idle connection at `pos` for a lease.
+fn take_idle(g: &mut Inner, pos: usize) -> Option<Box<BackendConn>> {
     let conn = g.idle.remove(pos)?;
     g.leased_threads.push(conn.thread_id);
     Some(conn)

@@ -33,8 +33,37 @@ impl Session {
         rt: &Runtime,
         target: &Target,
     ) -> Result<Lease, ProxyError> {
-        let mine = self
-            .held
+        if let Some(i) = self.held_for(target) {
+            return Ok(self.held.swap_remove(i).lease);
+        }
+        let pool = rt.pool(&target.cluster).ok_or_else(|| {
+            ProxyError::internal(format!("no pool for cluster {}", target.cluster))
+        })?;
+        let prefer = self.prefer_on(target);
+        pool.checkout(self.key, target.database.as_deref(), self.vars.hash, prefer)
+            .await
+    }
+
+    /// [`lease_for`](Self::lease_for) when it needs no wait: the session's own
+    /// connection, or one the pool has idle and ready (`ClusterPool::checkout_now`).
+    /// None: nothing was taken, `lease_for` decides.
+    fn lease_now(&mut self, rt: &Runtime, target: &Target) -> Option<Lease> {
+        if let Some(i) = self.held_for(target) {
+            return Some(self.held.swap_remove(i).lease);
+        }
+        let prefer = self.prefer_on(target);
+        rt.pool(&target.cluster)?.checkout_now(
+            self.key,
+            target.database.as_deref(),
+            self.vars.hash,
+            prefer,
+            self.clock,
+        )
+    }
+
+    /// Which of the connections the session keeps serves `target`.
+    fn held_for(&self, target: &Target) -> Option<usize> {
+        self.held
             .iter()
             .position(|h| &h.target == target)
             .or_else(|| {
@@ -47,22 +76,17 @@ impl Session {
                             || target.database.is_some()
                             || h.lease.conn_ref().database.is_none())
                 })
-            });
-        if let Some(i) = mine {
-            return Ok(self.held.swap_remove(i).lease);
-        }
-        let pool = rt.pool(&target.cluster).ok_or_else(|| {
-            ProxyError::internal(format!("no pool for cluster {}", target.cluster))
-        })?;
-        // The connection that ran the session's previous statement, if it is idle: a
-        // question about that statement is answered there, and its state matches.
-        let prefer = self
-            .last
+            })
+    }
+
+    /// The connection that ran the session's previous statement on `target`'s cluster,
+    /// if any: a question about that statement is answered there, and its state
+    /// matches, so the pool hands it out first when it is idle.
+    fn prefer_on(&self, target: &Target) -> Option<u32> {
+        self.last
             .as_ref()
             .filter(|(t, _)| t.cluster == target.cluster)
-            .map(|(_, id)| *id);
-        pool.checkout(self.key, target.database.as_deref(), self.vars.hash, prefer)
-            .await
+            .map(|(_, id)| *id)
     }
 
     /// The session's state that would be lost with its connection to `cluster`: a
@@ -116,7 +140,13 @@ impl Session {
         let from_pool = !self.held.iter().any(|h| h.target.cluster == target.cluster);
         let mut retry = from_pool;
         let mut lease = loop {
-            let mut lease = self.lease_for(rt, target).await.map_err(Failure::Proxy)?;
+            let mut lease = match self.lease_now(rt, target) {
+                Some(lease) => lease,
+                None => self.lease_for(rt, target).await.map_err(Failure::Proxy)?,
+            };
+            if self.in_state(lease.conn_ref(), target) {
+                break lease;
+            }
             match self.sync(&mut lease, target).await {
                 Ok(None) => break lease,
                 Err(_) if retry && lease.conn_ref().broken => {
@@ -171,12 +201,22 @@ impl Session {
         Ok(None)
     }
 
+    /// Whether `conn` is in the session's state for `target`: what
+    /// [`sync`](Self::sync) would leave as it is.
+    fn in_state(&self, conn: &crate::backend::BackendConn, target: &Target) -> bool {
+        conn.state_hash == self.vars.hash
+            && (target.database.is_none() || conn.database.as_deref() == target.database.as_deref())
+    }
+
     /// Makes a connection's database and session variables match the session's.
     pub(super) async fn sync(
         &mut self,
         lease: &mut Lease,
         target: &Target,
     ) -> Result<Option<Collected>, ProxyError> {
+        if self.in_state(lease.conn_ref(), target) {
+            return Ok(None);
+        }
         let conn = lease.conn();
         if conn.state_hash != self.vars.hash {
             if conn.state_hash != 0 {
