@@ -93,7 +93,14 @@ impl PartialEq for Name {
         match (&self.0, &other.0) {
             // Names are inline exactly when they fit: equal names are both inline (and
             // their unused bytes are zero), or both shared.
-            (Repr::Inline { .. }, Repr::Inline { .. }) => self.as_bytes() == other.as_bytes(),
+            // Compared whole, a fixed size: a few word compares, no call to memcmp.
+            (
+                Repr::Inline { len, bytes },
+                Repr::Inline {
+                    len: other_len,
+                    bytes: other_bytes,
+                },
+            ) => len == other_len && bytes == other_bytes,
             (Repr::Shared(a), Repr::Shared(b)) => a == b,
             _ => false,
         }
