@@ -69,6 +69,13 @@ pub struct WorkspaceKey {
     workspace: u64,
 }
 
+impl WorkspaceKey {
+    /// The key of another workspace of the same keyspace.
+    pub fn with_workspace(self, workspace: u64) -> WorkspaceKey {
+        WorkspaceKey { workspace, ..self }
+    }
+}
+
 /// What the window holds for one workspace.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WorkspaceSummary {

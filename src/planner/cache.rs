@@ -32,7 +32,7 @@
 //! beside it in an atomic so a lookup loads only the way that can match. Inserts swap
 //! a way atomically.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -40,7 +40,7 @@ use arc_swap::ArcSwapOption;
 
 pub use super::cache_key::SchemaKey;
 use super::cache_key::{self, Scratch};
-use super::{Plan, Route, ShardingSchema, StatementKind};
+use super::{Plan, Route, ShardingSchema, StatementKind, StatementPlan};
 
 /// Entries per set.
 pub const WAYS: usize = 4;
@@ -52,6 +52,19 @@ pub const MAX_CAPACITY: usize = 1 << 20;
 
 thread_local! {
     static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+    /// A plan's statement list given back empty ([`recycle`]): the next hit fills it
+    /// instead of allocating one.
+    static SPARE: Cell<Vec<StatementPlan>> = const { Cell::new(Vec::new()) };
+}
+
+/// Gives back the (emptied) statement list of a plan the session is done with, for
+/// this thread's next cache hit to fill: a hit then allocates nothing.
+pub fn recycle(mut statements: Vec<StatementPlan>) {
+    if statements.capacity() == 0 || statements.capacity() > 4 {
+        return;
+    }
+    statements.clear();
+    let _ = SPARE.try_with(|spare| spare.set(statements));
 }
 
 /// A plan with the ids of its route left to fill.
@@ -64,16 +77,31 @@ struct Template {
 }
 
 impl Template {
-    fn fill(&self, values: &[u64], len: usize) -> Option<Plan> {
-        let mut plan = self.plan.clone();
-        let only = plan.statements.first_mut()?;
-        only.span = 0..len;
-        if let Route::Workspaces(ws) = &mut only.route {
-            for (w, i) in ws.iter_mut().zip(self.ids.iter()) {
-                *w = *values.get(usize::from(*i))?;
-            }
-        }
-        Some(plan)
+    /// The plan of a text `len` bytes long whose id literals are `values`, in the
+    /// list `into` (emptied first).
+    fn fill(&self, values: &[u64], len: usize, mut into: Vec<StatementPlan>) -> Option<Plan> {
+        let only = self.plan.statements.first()?;
+        let route = match &only.route {
+            Route::Workspaces(_) => Route::Workspaces(
+                self.ids
+                    .iter()
+                    .map(|i| values.get(usize::from(*i)).copied())
+                    .collect::<Option<_>>()?,
+            ),
+            other => other.clone(),
+        };
+        into.clear();
+        into.push(StatementPlan {
+            span: 0..len,
+            kind: only.kind.clone(),
+            route,
+            qualified_schema: only.qualified_schema.clone(),
+            effects: only.effects,
+        });
+        Some(Plan {
+            statements: into,
+            privilege: self.plan.privilege,
+        })
     }
 }
 
@@ -248,7 +276,7 @@ impl PlanCache {
             if let Some(plan) = e
                 .template
                 .as_ref()
-                .and_then(|t| t.fill(&s.values, sql.len()))
+                .and_then(|t| t.fill(&s.values, sql.len(), SPARE.take()))
             {
                 self.hits.add();
                 return (plan, e.no_identity);
@@ -343,7 +371,7 @@ fn derive(sql: &str, schema: &dyn ShardingSchema, plan: &Plan, s: &Scratch) -> O
         plan: plan.clone(),
         ids,
     };
-    if template.fill(&s.values, sql.len()).as_ref() != Some(plan) {
+    if template.fill(&s.values, sql.len(), Vec::new()).as_ref() != Some(plan) {
         return None;
     }
     // The proof: another text of the same key plans as the template says.
@@ -355,7 +383,7 @@ fn derive(sql: &str, schema: &dyn ShardingSchema, plan: &Plan, s: &Scratch) -> O
     if vs.key != s.key {
         return None;
     }
-    let expected = template.fill(&vs.values, other.len())?;
+    let expected = template.fill(&vs.values, other.len(), Vec::new())?;
     (super::plan(&other, schema) == expected).then_some(template)
 }
 

@@ -220,9 +220,9 @@ struct Session {
         crate::name::Name,
         crate::metrics::PairHandle,
     )>,
-    /// The workspace key its last watched statement was counted under (see
-    /// `workspace_key`).
-    last_workspace_key: Option<(crate::name::Name, u64, crate::health::WorkspaceKey)>,
+    /// The keyspace of its last watched statement and that statement's workspace key
+    /// (see `workspace_key`).
+    last_workspace_key: Option<(crate::name::Name, crate::health::WorkspaceKey)>,
     /// Its latest clock reading: when the command it runs arrived, or when a cluster's
     /// answer to it ended, whichever came last. A statement's latency, the registry's
     /// times and the per-workspace count start or end here instead of reading the

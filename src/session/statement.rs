@@ -109,6 +109,7 @@ impl Session {
             }
             1 => {
                 let stmt = plan.statements.swap_remove(0);
+                planner::cache::recycle(std::mem::take(&mut plan.statements));
                 if stmt.kind.is_plain() {
                     // What `statement` would do, without its state machine around it.
                     self.single(&rt, &stmt, payload).await
@@ -572,21 +573,21 @@ impl Session {
 }
 
 /// The tracker's key of `workspace` of `keyspace`, through the session's last one
-/// (`last`): a session's statements mostly run for one workspace, and then need no
-/// lookup of the keyspace's name.
+/// (`last`): a statement in the same keyspace as the session's previous one needs no
+/// lookup of the keyspace's name, whichever workspace it runs for.
 fn workspace_key(
-    last: &mut Option<(Name, u64, crate::health::WorkspaceKey)>,
+    last: &mut Option<(Name, crate::health::WorkspaceKey)>,
     tracker: &crate::health::WorkspaceErrors,
     keyspace: &str,
     workspace: u64,
 ) -> Option<crate::health::WorkspaceKey> {
-    if let Some((k, w, key)) = last {
-        if *w == workspace && *k == keyspace {
-            return Some(*key);
+    if let Some((k, key)) = last {
+        if *k == keyspace {
+            return Some(key.with_workspace(workspace));
         }
     }
     let key = tracker.key(keyspace, workspace)?;
-    *last = Some((Name::new(keyspace), workspace, key));
+    *last = Some((Name::new(keyspace), key));
     Some(key)
 }
 
