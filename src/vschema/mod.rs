@@ -132,6 +132,10 @@ pub struct Keyspace {
     /// Each shard's target, built once ([`Keyspace::with_targets`]): routing a
     /// statement clones one (its names are inline) instead of building it.
     pub targets: Vec<crate::router::Target>,
+    /// Each shard's range start as a number (big-endian, zero-padded to 8 bytes),
+    /// built with `targets`: the keyspace id's owner is then found by comparing
+    /// integers. Empty when a start is longer than 8 bytes (the bytes are compared).
+    pub starts: Vec<u64>,
 }
 
 /// How a sharded keyspace lays out its workspaces.
@@ -290,6 +294,17 @@ impl Keyspace {
         self.targets = (0..self.shards.len())
             .map(|i| crate::router::build_shard_target(&self, i))
             .collect();
+        self.starts = self
+            .shards
+            .iter()
+            .map(|shard| {
+                let start = &shard.range.start;
+                let mut padded = [0u8; 8];
+                padded.get_mut(..start.len())?.copy_from_slice(start);
+                Some(u64::from_be_bytes(padded))
+            })
+            .collect::<Option<_>>()
+            .unwrap_or_default();
         self
     }
 
@@ -344,6 +359,15 @@ impl Keyspace {
         // Shards are sorted and tile the whole space, so the owner is the last shard
         // whose start is at or below the id. The first shard starts at the beginning,
         // so there always is one; `saturating_sub` keeps an unvalidated map from panicking.
+        if self.starts.len() == self.shards.len() {
+            // Zero-padding keeps the order `cmp_bounds` gives (trailing zeros do not
+            // count there either).
+            let id = u64::from_be_bytes(id);
+            return self
+                .starts
+                .partition_point(|&start| start <= id)
+                .saturating_sub(1);
+        }
         let after = self.shards.partition_point(|shard| {
             keyrange::cmp_bounds(&shard.range.start, &id) != std::cmp::Ordering::Greater
         });

@@ -134,6 +134,58 @@ fn lookup_agrees_with_containment_for_many_ids() {
     }
 }
 
+#[test]
+fn integer_starts_find_the_same_owner_as_the_key_ranges() {
+    // Starts of one, two and four bytes, one with a trailing zero byte, and numeric
+    // ids at and around every boundary.
+    let shards = r#"{ name = "-40", cluster = "c1", database = "a1" },
+        { name = "40-4080", cluster = "c1", database = "a2" },
+        { name = "4080-800000", cluster = "c1", database = "a3" },
+        { name = "800000-c0000001", cluster = "c1", database = "a4" },
+        { name = "c0000001-", cluster = "c1", database = "a5" }"#;
+    for vindex in ["xxhash", "numeric"] {
+        let text = sharded(shards, "").replace("\"xxhash\"", &format!("\"{vindex}\""));
+        let app = load(&text).keyspaces.remove("app").expect("app");
+        assert_eq!(
+            app.starts.len(),
+            app.shards.len(),
+            "{vindex}: integer starts built"
+        );
+        // Under the numeric vindex the id is the keyspace id: the boundaries exactly.
+        let edges = [
+            0x40u64 << 56,
+            0x4080 << 48,
+            0x80_0000 << 40,
+            0xc000_0001 << 32,
+        ];
+        let mut ids: Vec<u64> = (0..5000u64).chain([u64::MAX, 1 << 63]).collect();
+        for e in edges {
+            ids.extend([e - 1, e, e + 1]);
+        }
+        for workspace in ids {
+            let id = app.vindex.keyspace_id(workspace);
+            let index = app.vindex_shard_index(workspace);
+            assert!(
+                app.shards[index].range.contains(&id),
+                "{vindex}: workspace {workspace:#x} went to shard {index}"
+            );
+        }
+    }
+    // A start longer than 8 bytes: the bytes are compared.
+    let long = r#"{ name = "-4000000000000000ff", cluster = "c1" }, { name = "4000000000000000ff-", cluster = "c2" }"#;
+    let app = load(&sharded(long, ""))
+        .keyspaces
+        .remove("app")
+        .expect("app");
+    assert!(app.starts.is_empty());
+    for workspace in 0..2000u64 {
+        let id = app.vindex.keyspace_id(workspace);
+        assert!(app.shards[app.vindex_shard_index(workspace)]
+            .range
+            .contains(&id));
+    }
+}
+
 // ---- the shipped files ----
 
 #[test]

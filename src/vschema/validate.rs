@@ -346,6 +346,7 @@ fn build_unsharded(
         tenancy: Tenancy::SharedTables,
         ddl,
         targets: Vec::new(),
+        starts: Vec::new(),
     }
     .with_targets()
 }
@@ -592,6 +593,7 @@ fn build_sharded(
         tenancy,
         ddl,
         targets: Vec::new(),
+        starts: Vec::new(),
     }
     .with_targets()
 }
