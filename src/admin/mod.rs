@@ -107,15 +107,34 @@ impl AdminStatement {
 
 /// Whether `text`'s first word is SELECT, INSERT, UPDATE, DELETE, REPLACE or WITH
 /// (none of shardgate's own statements starts so).
+///
+/// Every query passes here, so it reads bytes: leading ASCII whitespace, then the one
+/// verb the first letter allows, which must end the text or be followed by ASCII
+/// whitespace. A text that starts with other (Unicode) whitespace reads as not DML: the
+/// parsers it then passes through recognize none of these verbs either.
 pub fn starts_with_dml(text: &str) -> bool {
-    let first = text
-        .trim_start()
-        .split_ascii_whitespace()
-        .next()
-        .unwrap_or("");
-    ["SELECT", "INSERT", "UPDATE", "DELETE", "REPLACE", "WITH"]
+    let b = text.as_bytes();
+    let start = b
         .iter()
-        .any(|w| first.eq_ignore_ascii_case(w))
+        .position(|&c| !matches!(c, b' ' | b'\t' | b'\n' | b'\r' | b'\x0c'))
+        .unwrap_or(b.len());
+    let rest = &b[start..];
+    let verb: &[u8] = match rest.first().map(|c| c | 0x20) {
+        Some(b's') => b"select",
+        Some(b'i') => b"insert",
+        Some(b'u') => b"update",
+        Some(b'd') => b"delete",
+        Some(b'r') => b"replace",
+        Some(b'w') => b"with",
+        _ => return false,
+    };
+    // The verbs are letters: a byte ORed with 0x20 is one of them only if it is that
+    // letter in either case.
+    rest.get(..verb.len())
+        .is_some_and(|w| w.iter().zip(verb).all(|(c, v)| c | 0x20 == *v))
+        && rest
+            .get(verb.len())
+            .is_none_or(|c| matches!(c, b' ' | b'\t' | b'\n' | b'\r' | b'\x0c'))
 }
 
 /// Recognizes shardgate's admin statements (case-insensitive, optional trailing `;`).
@@ -284,6 +303,21 @@ mod tests {
             );
         }
         assert!(!starts_with_dml("SELECTION"));
+        assert!(starts_with_dml("\n\tReplace INTO t VALUES (1)"));
+        assert!(starts_with_dml("delete"));
+        assert!(starts_with_dml("with\tx AS (SELECT 1) SELECT 1"));
+        assert!(!starts_with_dml("DELETED"));
+        assert!(!starts_with_dml("REPLAC"));
+        assert!(
+            !starts_with_dml("SELECT(1)"),
+            "the word ends at whitespace only"
+        );
+        assert!(!starts_with_dml(""));
+        assert!(!starts_with_dml("   "));
+        assert!(
+            !starts_with_dml("\u{a0}SELECT 1"),
+            "only ASCII whitespace is skipped"
+        );
     }
 
     #[test]
