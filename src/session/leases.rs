@@ -428,17 +428,28 @@ impl Session {
         self.handle.statement_started(&target.cluster, thread_id);
         let mut retried = 0;
         let limit = self.shared.config.pool.query_timeout;
-        let relay = self.relay_retrying_deadlocks(
-            lease.conn(),
-            &payload,
-            kind,
-            &target.cluster,
-            retries,
-            &mut retried,
-        );
         let result = match limit {
-            None => relay.await,
+            // Awaited where it is made: no copy of the relay's future into a local first.
+            None => {
+                self.relay_retrying_deadlocks(
+                    lease.conn(),
+                    &payload,
+                    kind,
+                    &target.cluster,
+                    retries,
+                    &mut retried,
+                )
+                .await
+            }
             Some(limit) => {
+                let relay = self.relay_retrying_deadlocks(
+                    lease.conn(),
+                    &payload,
+                    kind,
+                    &target.cluster,
+                    retries,
+                    &mut retried,
+                );
                 match Box::pin(tokio::time::timeout(limit, relay)).await {
                     Ok(r) => r,
                     Err(_) => {
