@@ -428,9 +428,10 @@ impl Session {
         self.handle.statement_started(&target.cluster, thread_id);
         let mut retried = 0;
         let limit = self.shared.config.pool.query_timeout;
-        let result = match limit {
-            // Awaited where it is made: no copy of the relay's future into a local first.
-            None => {
+        // The relay's future, made in place: without a limit it is awaited where it is
+        // made (a local would be one more copy of a large future per statement).
+        macro_rules! relay {
+            () => {
                 self.relay_retrying_deadlocks(
                     lease.conn(),
                     &payload,
@@ -439,18 +440,12 @@ impl Session {
                     retries,
                     &mut retried,
                 )
-                .await
-            }
+            };
+        }
+        let result = match limit {
+            None => relay!().await,
             Some(limit) => {
-                let relay = self.relay_retrying_deadlocks(
-                    lease.conn(),
-                    &payload,
-                    kind,
-                    &target.cluster,
-                    retries,
-                    &mut retried,
-                );
-                match Box::pin(tokio::time::timeout(limit, relay)).await {
+                match Box::pin(tokio::time::timeout(limit, relay!())).await {
                     Ok(r) => r,
                     Err(_) => {
                         if retried > 0 {
