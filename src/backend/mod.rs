@@ -8,7 +8,7 @@ pub mod stmts;
 pub mod tls;
 
 pub use conn::{BackendConn, BackendError, Collected, ConnKey, ConnectError};
-pub use pool::{ClusterPool, Lease};
+pub use pool::{ClusterPool, Lease, Wanted};
 pub use reserve::Reserve;
 pub use sql::{quote_ident, quote_literal, Rows, SqlConn, SqlError};
 pub use tls::{BackendStream, BackendTls, BackendTlsMode};

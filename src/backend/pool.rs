@@ -290,23 +290,17 @@ impl ClusterPool {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Checks out a connection with `key`, preferring the idle connection with server
-    /// thread id `prefer` (the one that served the asking session last, so a question
-    /// about its previous statement reaches it), then one already on `database` with
-    /// session state `state_hash`. Others are taken least recently used first, so the
-    /// connection a session just gave back is the last one another session takes.
-    /// Waits at most the checkout timeout for a free slot.
-    pub async fn checkout(
-        self: &Arc<Self>,
-        key: ConnKey,
-        database: Option<&str>,
-        state_hash: u64,
-        prefer: Option<u32>,
-    ) -> Result<Lease, ProxyError> {
+    /// Checks out a connection as [`Wanted`] says, preferring the idle connection with
+    /// server thread id `prefer` (the one that served the asking session last, so a
+    /// question about its previous statement reaches it), then one already on
+    /// `database` with session state `state_hash`. Others are taken least recently used
+    /// first, so the connection a session just gave back is the last one another
+    /// session takes. Waits at most the checkout timeout for a free slot.
+    pub async fn checkout(self: &Arc<Self>, want: Wanted<'_>) -> Result<Lease, ProxyError> {
         // Read the clock only when a connect failed: the common path never needs it.
         let mut buffered_until = None;
         loop {
-            match self.checkout_once(key, database, state_hash, prefer).await {
+            match self.checkout_once(want).await {
                 // With buffering on, a primary that cannot be reached (crashed, not yet
                 // seen `down`) holds the statement in the buffer like a `down` one
                 // would: the health monitor and a failover are seconds away.
@@ -336,14 +330,7 @@ impl ClusterPool {
     /// `now`, a clock reading the caller has: one taken a little earlier only makes
     /// the connection look fresher by that little). None when any of that does not
     /// hold; nothing was taken then, and `checkout` decides.
-    pub fn checkout_now(
-        self: &Arc<Self>,
-        key: ConnKey,
-        database: Option<&str>,
-        state_hash: u64,
-        prefer: Option<u32>,
-        now: Instant,
-    ) -> Option<Lease> {
+    pub fn checkout_now(self: &Arc<Self>, want: Wanted<'_>, now: Instant) -> Option<Lease> {
         if self.not_serving().is_some() {
             return None;
         }
@@ -352,7 +339,7 @@ impl ClusterPool {
         if g.leased >= self.config.max_connections {
             return None;
         }
-        let pos = idle_position(&g, key, database, state_hash, prefer, worker)?;
+        let pos = idle_position(&g, want, worker)?;
         let idle_for = now.saturating_duration_since(g.idle.get(pos)?.last_used);
         if idle_for >= PEEK_AFTER_IDLE || idle_for > self.config.idle_timeout {
             return None;
@@ -369,14 +356,11 @@ impl ClusterPool {
     /// One try; Err's flag says the cluster could not be connected to.
     async fn checkout_once(
         self: &Arc<Self>,
-        key: ConnKey,
-        database: Option<&str>,
-        state_hash: u64,
-        prefer: Option<u32>,
+        want: Wanted<'_>,
     ) -> Result<Lease, (ProxyError, bool)> {
         self.admit().await.map_err(|e| (e, false))?;
         let worker = crate::workers::current();
-        let pick = |g: &mut Inner| pick_idle(g, key, database, state_hash, prefer, worker);
+        let pick = |g: &mut Inner| pick_idle(g, want, worker);
         // The slot and, most often, an idle connection in one lock.
         let mut first = Some(self.take_slot(pick).await.map_err(|e| (e, false))?);
         // From here on a lease is counted: every way out hands it to a `Lease`, whose
@@ -435,7 +419,7 @@ impl ClusterPool {
                 }
                 // Connecting (TLS included) is rare and its future large: boxed, so it
                 // does not grow every statement's future.
-                None => match Box::pin(self.open(key, database)).await {
+                None => match Box::pin(self.open(want.key, want.database)).await {
                     Ok(conn) => return Ok(lease(conn)),
                     Err(e) => {
                         self.end_lease(None);
@@ -617,31 +601,51 @@ impl Drop for Waiting<'_> {
     }
 }
 
+/// What a checkout asks the pool for.
+#[derive(Debug, Clone, Copy)]
+pub struct Wanted<'a> {
+    /// The capabilities and collation the connection was opened with.
+    pub key: ConnKey,
+    /// The database the statement runs in (a connection with none selected can take
+    /// any; one with a database selected cannot go back to none).
+    pub database: Option<&'a str>,
+    /// The session state (variables) the asking session has: a connection already in
+    /// it needs no sync.
+    pub state_hash: u64,
+    /// Server thread id of the connection that served the asking session last.
+    pub prefer: Option<u32>,
+}
+
+impl<'a> Wanted<'a> {
+    /// A connection for shardgate's own statements (`KILL QUERY`, a login's checks):
+    /// no session's state on it, no preference.
+    pub fn plain(key: ConnKey, database: Option<&'a str>) -> Wanted<'a> {
+        Wanted {
+            key,
+            database,
+            state_hash: 0,
+            prefer: None,
+        }
+    }
+}
+
 /// The idle connection a checkout takes, removed from the idle list and counted as
 /// leased: the one with server thread id `prefer` (the asking session's last), then one
 /// of this worker's already on `database` with session state `state_hash`, then any
 /// such one, then any of `key` that can serve `database`.
-fn pick_idle(
-    g: &mut Inner,
-    key: ConnKey,
-    database: Option<&str>,
-    state_hash: u64,
-    prefer: Option<u32>,
-    worker: u16,
-) -> Option<Box<BackendConn>> {
-    let pos = idle_position(g, key, database, state_hash, prefer, worker)?;
+fn pick_idle(g: &mut Inner, want: Wanted<'_>, worker: u16) -> Option<Box<BackendConn>> {
+    let pos = idle_position(g, want, worker)?;
     take_idle(g, pos)
 }
 
 /// Where in the idle list the connection [`pick_idle`] takes is.
-fn idle_position(
-    g: &Inner,
-    key: ConnKey,
-    database: Option<&str>,
-    state_hash: u64,
-    prefer: Option<u32>,
-    worker: u16,
-) -> Option<usize> {
+fn idle_position(g: &Inner, want: Wanted<'_>, worker: u16) -> Option<usize> {
+    let Wanted {
+        key,
+        database,
+        state_hash,
+        prefer,
+    } = want;
     prefer
         .and_then(|id| {
             g.idle.iter().rposition(|c| {

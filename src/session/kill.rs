@@ -268,7 +268,9 @@ impl Session {
         let Some(pool) = rt.pool(&cluster) else {
             return Ok(());
         };
-        let mut lease = pool.checkout(self.key, None, 0, None).await?;
+        let mut lease = pool
+            .checkout(crate::backend::Wanted::plain(self.key, None))
+            .await?;
         // Held while KILL QUERY runs: the session cannot give its connection back to
         // the pool (where the thread id would soon name another session's statement).
         let Some(r) = handle.running.hold_for_kill() else {

@@ -9,7 +9,7 @@ use bytes::Bytes;
 
 use super::state::Held;
 use super::{Answered, Session};
-use crate::backend::{BackendError, Collected, Lease, Reserve};
+use crate::backend::{BackendError, Collected, Lease, Reserve, Wanted};
 use crate::engine::{Cursor, Failure};
 use crate::error::{Fault, ProxyError};
 use crate::name::Name;
@@ -26,39 +26,34 @@ use crate::shared::Runtime;
 const CLEAR_DIAGNOSTICS: &[u8] = b"\x03SELECT 1 FROM DUAL WHERE 1 = 0";
 
 impl Session {
-    /// The lease for `target`: the connection the session keeps on that cluster (its
-    /// state lives there), else one from the pool.
-    pub(super) async fn lease_for(
-        &mut self,
-        rt: &Runtime,
-        target: &Target,
-    ) -> Result<Lease, ProxyError> {
-        if let Some(i) = self.held_for(target) {
-            return Ok(self.held.swap_remove(i).lease);
-        }
+    /// A lease for `target` from the pool, waiting for a slot if need be: what
+    /// [`ready`](Self::ready) asks for when [`lease_now`](Self::lease_now) found none.
+    async fn lease_from_pool(&self, rt: &Runtime, target: &Target) -> Result<Lease, ProxyError> {
         let pool = rt.pool(&target.cluster).ok_or_else(|| {
             ProxyError::internal(format!("no pool for cluster {}", target.cluster))
         })?;
-        let prefer = self.prefer_on(target);
-        pool.checkout(self.key, target.database.as_deref(), self.vars.hash, prefer)
-            .await
+        pool.checkout(self.wanted(target)).await
     }
 
-    /// [`lease_for`](Self::lease_for) when it needs no wait: the session's own
-    /// connection, or one the pool has idle and ready (`ClusterPool::checkout_now`).
-    /// None: nothing was taken, `lease_for` decides.
+    /// The lease for `target` when it needs no wait: the connection the session keeps
+    /// on that cluster (its state lives there), or one the pool has idle and ready
+    /// (`ClusterPool::checkout_now`). None: nothing was taken.
     fn lease_now(&mut self, rt: &Runtime, target: &Target) -> Option<Lease> {
         if let Some(i) = self.held_for(target) {
             return Some(self.held.swap_remove(i).lease);
         }
-        let prefer = self.prefer_on(target);
-        rt.pool(&target.cluster)?.checkout_now(
-            self.key,
-            target.database.as_deref(),
-            self.vars.hash,
-            prefer,
-            self.clock,
-        )
+        rt.pool(&target.cluster)?
+            .checkout_now(self.wanted(target), self.clock)
+    }
+
+    /// What the session asks a pool for to run on `target`.
+    fn wanted<'a>(&self, target: &'a Target) -> Wanted<'a> {
+        Wanted {
+            key: self.key,
+            database: target.database.as_deref(),
+            state_hash: self.vars.hash,
+            prefer: self.prefer_on(target),
+        }
     }
 
     /// Which of the connections the session keeps serves `target`.
@@ -142,7 +137,10 @@ impl Session {
         let mut lease = loop {
             let mut lease = match self.lease_now(rt, target) {
                 Some(lease) => lease,
-                None => self.lease_for(rt, target).await.map_err(Failure::Proxy)?,
+                None => self
+                    .lease_from_pool(rt, target)
+                    .await
+                    .map_err(Failure::Proxy)?,
             };
             if self.in_state(lease.conn_ref(), target) {
                 break lease;
@@ -305,7 +303,7 @@ impl Session {
         // Warnings, an error and SQL_CALC_FOUND_ROWS are what people and drivers ask
         // about next (SHOW WARNINGS, FOUND_ROWS()): that connection stays until the
         // session's next statement. Any other connection goes back to the pool, but the
-        // session's next statement prefers it (see `lease_for`), so ROW_COUNT() after an
+        // session's next statement prefers it (see `prefer_on`), so ROW_COUNT() after an
         // UPDATE reaches it unless another session took it meanwhile.
         let diagnostics =
             !reserved && (conn.last_warnings > 0 || conn.last_error || fx.calc_found_rows);
@@ -644,7 +642,7 @@ impl Session {
             .unwrap_or(Duration::from_secs(10));
         tokio::spawn(async move {
             let kill = async {
-                if let Ok(mut lease) = pool.checkout(key, None, 0, None).await {
+                if let Ok(mut lease) = pool.checkout(Wanted::plain(key, None)).await {
                     let q = format!("\x03KILL QUERY {thread_id}");
                     // Cut off by the deadline mid-exchange, the connection must not go
                     // back to the pool: it is pooled only once the answer is read.

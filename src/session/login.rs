@@ -297,7 +297,9 @@ pub(super) async fn check_passthrough(
         .pool(&target.cluster)
         .cloned()
         .ok_or_else(|| ProxyError::internal("no pool for the default cluster"))?;
-    let mut lease = pool.checkout(key, Some(db), 0, None).await?;
+    let mut lease = pool
+        .checkout(crate::backend::Wanted::plain(key, Some(db)))
+        .await?;
     let conn = lease.conn();
     if conn.database.as_deref() != Some(db) {
         match conn.init_db(db).await {
