@@ -48,8 +48,8 @@ callgrind_control -d >/dev/null
 callgrind_control -i off >/dev/null || true
 wait "$bench" || { echo "callgrind.sh: the bench failed, see $OUT/run.txt" >&2; exit 1; }
 dump=$(ls "$OUT"/cg.*.1 | head -1)
-callgrind_annotate --inclusive=yes "$dump" >"$OUT/inclusive.txt" 2>/dev/null
-callgrind_annotate "$dump" >"$OUT/self.txt" 2>/dev/null
+callgrind_annotate --auto=no --inclusive=yes "$dump" >"$OUT/inclusive.txt" 2>/dev/null
+callgrind_annotate --auto=no "$dump" >"$OUT/self.txt" 2>/dev/null
 python3 - "$dump" "$OUT/inclusive.txt" "$OUT/self.txt" "$TOP" "$WORKLOAD" "$CONNS" "$ARM" <<'EOF'
 import re, sys
 dump, inclusive, selfs, top, workload, conns, arm = sys.argv[1:8]
@@ -69,7 +69,7 @@ for line in open(dump):
     m = re.match(r'^calls=(\d+)', line)
     if m and cur is not None:
         calls[cur] = calls.get(cur, 0) + int(m.group(1))
-lookups = ('PlanCache::plan_with', 'PlanCache::plan_noting_identity')
+lookups = ('PlanCache::plan_with', 'PlanCache::plan_noting_identity', 'PlanCache::plan_remembering', 'PlanCache::remembered')
 counts = {k: sum(c for i, c in calls.items() if names.get(i, '').endswith(k)) for k in lookups}
 statements = max(counts.values())
 if arm == 'relay':

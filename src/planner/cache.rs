@@ -27,6 +27,10 @@
 //! else one of an older generation, else the first way the clock hand finds not used
 //! since it last passed (second chance).
 //!
+//! **A session's last shape** ([`Memo`], [`PlanCache::remembered`]): the entry a
+//! session's last text query was planned from; a next text of its shape
+//! (`cache_key::same_shape`) is planned from it with no key computed and no lookup.
+//!
 //! **Concurrency**: a hit takes no lock and writes no shared memory but a counter: each
 //! way is an `ArcSwapOption` read without touching a reference count, and its hash sits
 //! beside it in an atomic so a lookup loads only the way that can match. Inserts swap
@@ -66,6 +70,13 @@ pub fn recycle(mut statements: Vec<StatementPlan>) {
     statements.clear();
     let _ = SPARE.try_with(|spare| spare.set(statements));
 }
+
+/// The cache entry a session's last statement was planned from: its next statement,
+/// if it has the same shape (`cache_key::same_shape`), is planned from it without the
+/// key scan and the lookup. Holding an entry the cache has since evicted is harmless:
+/// a key names one plan for good (its generation is part of it).
+#[derive(Default)]
+pub struct Memo(Option<Arc<Entry>>);
 
 /// A plan with the ids of its route left to fill.
 #[derive(Debug)]
@@ -109,6 +120,8 @@ struct Entry {
     hash: u64,
     generation: u64,
     key: Box<[u8]>,
+    /// Where its literal marks are (`cache_key::marks`), for a template's entry.
+    marks: Box<[u32]>,
     /// None: the statement's plan cannot be cached.
     template: Option<Template>,
     /// The texts of this key mention nothing the session rewrites with its own
@@ -117,6 +130,15 @@ struct Entry {
     no_identity: bool,
     /// Used since the clock hand last passed.
     referenced: AtomicBool,
+}
+
+impl Entry {
+    /// Marks it used (the clock hand passes it over once).
+    fn touch(&self) {
+        if !self.referenced.load(Ordering::Relaxed) {
+            self.referenced.store(true, Ordering::Relaxed);
+        }
+    }
 }
 
 struct Set {
@@ -235,12 +257,50 @@ impl PlanCache {
         key: SchemaKey<'_>,
         generation: u64,
     ) -> (Plan, bool) {
+        self.plan_remembering(&mut Memo::default(), sql, schema, key, generation)
+    }
+
+    /// The plan of `sql` from `memo`'s entry, if `sql` has its shape under `key` and
+    /// `generation` (`cache_key::same_shape`), with
+    /// [`plan_noting_identity`](Self::plan_noting_identity)'s second answer; None: plan
+    /// it with [`plan_remembering`](Self::plan_remembering). Needs no schema: an entry
+    /// of this generation and keyspace was made with the keyspace this generation has.
+    #[inline(never)]
+    pub fn remembered(
+        &self,
+        memo: &Memo,
+        sql: &str,
+        key: SchemaKey<'_>,
+        generation: u64,
+    ) -> Option<(Plan, bool)> {
+        let e = memo.0.as_ref()?;
+        let template = e.template.as_ref()?;
+        let plan = SCRATCH.with(|cell| {
+            let mut s = cell.try_borrow_mut().ok()?;
+            cache_key::same_shape(&e.key, &e.marks, sql, key, generation, &mut s)
+                .then(|| template.fill(&s.values, sql.len(), SPARE.take()))?
+        })?;
+        e.touch();
+        self.hits.add();
+        Some((plan, e.no_identity))
+    }
+
+    /// [`PlanCache::plan_noting_identity`], remembering in `memo` the entry the plan
+    /// came from or was made into (for [`remembered`](Self::remembered)).
+    pub fn plan_remembering(
+        &self,
+        memo: &mut Memo,
+        sql: &str,
+        schema: &dyn ShardingSchema,
+        key: SchemaKey<'_>,
+        generation: u64,
+    ) -> (Plan, bool) {
         if self.sets.is_empty() {
             return (super::plan(sql, schema), false);
         }
         SCRATCH.with(|cell| match cell.try_borrow_mut() {
             Ok(mut s) => {
-                let plan = self.plan_with(&mut s, sql, schema, key, generation);
+                let plan = self.plan_with(&mut s, memo, sql, schema, key, generation);
                 s.trim();
                 plan
             }
@@ -251,6 +311,7 @@ impl PlanCache {
     fn plan_with(
         &self,
         s: &mut Scratch,
+        memo: &mut Memo,
         sql: &str,
         schema: &dyn ShardingSchema,
         key: SchemaKey<'_>,
@@ -270,16 +331,16 @@ impl PlanCache {
             if e.hash != hash || *e.key != *s.key {
                 continue;
             }
-            if !e.referenced.load(Ordering::Relaxed) {
-                e.referenced.store(true, Ordering::Relaxed);
-            }
+            e.touch();
             if let Some(plan) = e
                 .template
                 .as_ref()
                 .and_then(|t| t.fill(&s.values, sql.len(), SPARE.take()))
             {
                 self.hits.add();
-                return (plan, e.no_identity);
+                let no_identity = e.no_identity;
+                memo.0 = arc_swap::Guard::into_inner(guard);
+                return (plan, no_identity);
             }
             self.uncacheable.add();
             return (super::plan(sql, schema), false);
@@ -291,21 +352,27 @@ impl PlanCache {
             return (plan, false);
         }
         let template = derive(sql, schema, &plan, s);
-        self.insert(
-            set,
-            Entry {
-                hash,
-                generation,
-                key: s.key.as_slice().into(),
-                template,
-                no_identity: !super::may_mention_identity(sql),
-                referenced: AtomicBool::new(false),
-            },
-        );
+        let marks = template
+            .as_ref()
+            .and_then(|_| cache_key::marks(&s.key))
+            .unwrap_or_default();
+        let entry = Arc::new(Entry {
+            hash,
+            generation,
+            key: s.key.as_slice().into(),
+            marks,
+            template,
+            no_identity: !super::may_mention_identity(sql),
+            referenced: AtomicBool::new(false),
+        });
+        if entry.template.is_some() {
+            memo.0 = Some(entry.clone());
+        }
+        self.insert(set, entry);
         (plan, false)
     }
 
-    fn insert(&self, set: &Set, entry: Entry) {
+    fn insert(&self, set: &Set, entry: Arc<Entry>) {
         let ways = self.ways;
         let generation = entry.generation;
         let hash = entry.hash;
@@ -334,7 +401,7 @@ impl PlanCache {
                 }
                 w
             });
-        let old = set.ways[victim].swap(Some(Arc::new(entry)));
+        let old = set.ways[victim].swap(Some(entry));
         set.hashes[victim].store(hash, Ordering::Relaxed);
         if old.is_none() {
             self.entries.fetch_add(1, Ordering::Relaxed);
@@ -378,23 +445,11 @@ fn derive(sql: &str, schema: &dyn ShardingSchema, plan: &Plan, s: &Scratch) -> O
     let other = cache_key::variant(sql, s);
     let mut vs = Scratch::default();
     let generation = u64::from_le_bytes(s.key.get(..8)?.try_into().ok()?);
-    let schema_key = schema_key_of(&s.key)?;
+    let schema_key = cache_key::schema_of(&s.key)?;
     cache_key::shape(&other, schema_key, generation, &mut vs)?;
     if vs.key != s.key {
         return None;
     }
     let expected = template.fill(&vs.values, other.len(), Vec::new())?;
     (super::plan(&other, schema) == expected).then_some(template)
-}
-
-/// The keyspace part of a key, back (for [`derive`]'s variant).
-fn schema_key_of(key: &[u8]) -> Option<SchemaKey<'_>> {
-    match key.get(8)? {
-        0 => Some(SchemaKey::Unsharded),
-        _ => {
-            let len = u32::from_le_bytes(key.get(9..13)?.try_into().ok()?) as usize;
-            let name = std::str::from_utf8(key.get(13..13 + len)?).ok()?;
-            Some(SchemaKey::Keyspace(name))
-        }
-    }
 }

@@ -184,6 +184,163 @@ pub(crate) fn shape(
     Some(hash.max(1))
 }
 
+/// Whether `sql`'s key would be `key` (a key [`shape`] made under `schema` and
+/// `generation`), told without scanning `sql`: its text parts must be the key's bytes,
+/// and each literal the same kind in the same place, read as the scan reads it. Fills
+/// `s.values` as [`shape`] would (not `s.key`, `s.literals` or `s.classes`).
+///
+/// Why comparing is enough: up to a literal, the bytes are the ones the scan read when
+/// it made `key`, so it is in the same state there (not in a comment or string, the
+/// same tokens behind it); a literal is read by the scan's own rule for its kind (a
+/// run of digits, or a string's content up to its closing quote), and what follows is
+/// again the key's bytes, which ended it there before. A session whose statements
+/// repeat one shape (`cache::Memo`) skips the scan and the lookup this way.
+pub(crate) fn same_shape(
+    key: &[u8],
+    marks: &[u32],
+    sql: &str,
+    schema: SchemaKey<'_>,
+    generation: u64,
+    s: &mut Scratch,
+) -> bool {
+    same_shape_values(key, marks, sql, schema, generation, s).is_some()
+}
+
+/// Where the literal marks of `key` (made by [`shape`]) are, its final one included:
+/// what [`same_shape`] takes with it, so that it need not look for them.
+pub(crate) fn marks(key: &[u8]) -> Option<Box<[u32]>> {
+    let mut at = header_len(key)?;
+    let mut marks = Vec::new();
+    loop {
+        let mark = at + memchr::memchr(0, key.get(at..)?)?;
+        marks.push(u32::try_from(mark).ok()?);
+        if *key.get(mark + 1)? == 0xff {
+            return Some(marks.into());
+        }
+        at = mark + 2;
+    }
+}
+
+/// The length of a key's generation and keyspace part.
+fn header_len(key: &[u8]) -> Option<usize> {
+    match schema_of(key)? {
+        SchemaKey::Unsharded => Some(9),
+        SchemaKey::Keyspace(name) => Some(13 + name.len()),
+    }
+}
+
+/// The keyspace part of a key, back.
+pub(crate) fn schema_of(key: &[u8]) -> Option<SchemaKey<'_>> {
+    match key.get(8)? {
+        0 => Some(SchemaKey::Unsharded),
+        _ => {
+            let len = u32::from_le_bytes(key.get(9..13)?.try_into().ok()?) as usize;
+            let name = std::str::from_utf8(key.get(13..13 + len)?).ok()?;
+            Some(SchemaKey::Keyspace(name))
+        }
+    }
+}
+
+fn same_shape_values(
+    key: &[u8],
+    marks: &[u32],
+    sql: &str,
+    schema: SchemaKey<'_>,
+    generation: u64,
+    s: &mut Scratch,
+) -> Option<()> {
+    if sql.len() > MAX_TEXT {
+        return None;
+    }
+    let rest = key.strip_prefix(&generation.to_le_bytes()[..])?;
+    let rest = match schema {
+        SchemaKey::Unsharded => rest.strip_prefix(&[0])?,
+        SchemaKey::Keyspace(name) => {
+            let rest = rest.strip_prefix(&[1])?;
+            let rest = rest.strip_prefix(&u32::try_from(name.len()).ok()?.to_le_bytes()[..])?;
+            rest.strip_prefix(name.as_bytes())?
+        }
+    };
+    let mut at = key.len() - rest.len();
+    let b = sql.as_bytes();
+    let mut i = 0;
+    s.values.clear();
+    for &mark in marks {
+        let mark = mark as usize;
+        let fixed = key.get(at..mark)?;
+        if b.get(i..i + fixed.len())? != fixed {
+            return None;
+        }
+        i += fixed.len();
+        let class = *key.get(mark + 1)?;
+        at = mark + 2;
+        let kind = match class {
+            0xff => break,
+            c if c == Class::Num as u8 || c == Class::NumZero as u8 => Kind::Num,
+            c if c == Class::Tag as u8 || c == Class::TagZero as u8 => Kind::Tag,
+            _ => Kind::Str,
+        };
+        let (found, value) = match kind {
+            Kind::Num | Kind::Tag => {
+                let start = i;
+                let mut value = 0u64;
+                while let Some(&d) = b.get(i).filter(|d| d.is_ascii_digit()) {
+                    value = value.checked_mul(10)?.checked_add(u64::from(d - b'0'))?;
+                    i += 1;
+                }
+                // Digits alone, as the scan takes them: not part of a word or of a
+                // longer number.
+                if i == start
+                    || b.get(i).is_some_and(|&w| lex::is_word_byte(w) || w == b'.')
+                        && lex::number_end(b, i).0 != i
+                {
+                    return None;
+                }
+                (Class::of(kind, value), value)
+            }
+            Kind::Str => {
+                let len = memchr::memchr(b'\'', b.get(i..)?)?;
+                let inner = sql.get(i..i + len)?;
+                if memchr::memchr2(b'\\', 0, inner.as_bytes()).is_some() {
+                    return None;
+                }
+                i += len;
+                match tag::parse_workspace_digits(inner) {
+                    Some(v) => (Class::of(Kind::Str, v), v),
+                    None => (Class::StrOther, 0),
+                }
+            }
+        };
+        if found as u8 != class {
+            return None;
+        }
+        if found.is_id() {
+            s.values.push(value);
+        }
+    }
+    if i != b.len() || key.get(at.checked_sub(1)?) != Some(&0xff) {
+        return None;
+    }
+    // Which values are equal: as the key says.
+    let rest = key.get(at..)?;
+    let v = &s.values;
+    if rest.len() != 2 * v.len() {
+        return None;
+    }
+    if v.len() > 16 {
+        equal_values(v, &mut s.order, &mut s.classes);
+        return (s.classes.iter().zip(rest.chunks_exact(2)))
+            .all(|(c, pair)| c.to_le_bytes() == pair)
+            .then_some(());
+    }
+    (rest.chunks_exact(2).enumerate())
+        .all(|(i, pair)| {
+            let first = v[..i].iter().position(|w| *w == v[i]).unwrap_or(i);
+            (first as u16).to_le_bytes() == pair
+        })
+        .then_some(())
+}
+
 /// [`scan`]'s skip states, as offsets into [`SKIP`]: the last byte was not part of a
 /// word, or was.
 const AFTER_OTHER: usize = 0;

@@ -179,3 +179,129 @@ fn the_key_scan_agrees_with_the_lexer_on_generated_texts() {
     // The generator reaches both answers often.
     assert!(keyed > 10_000 && keyed < 90_000, "{keyed}");
 }
+
+/// Texts `same_shape` takes as having `key` must be texts `shape` gives that key, with
+/// the same id values and their equalities: the memo's shortcut may never find a plan
+/// the cache would not.
+fn check_same_shape(key: &[u8], sql: &str, s: &mut Scratch) -> bool {
+    let schema = SchemaKey::Keyspace("app");
+    let marks = cache_key::marks(key).expect("a key's marks");
+    if !cache_key::same_shape(key, &marks, sql, schema, 7, s) {
+        return false;
+    }
+    let values = s.values.clone();
+    let mut full = Scratch::default();
+    assert!(
+        cache_key::shape(sql, schema, 7, &mut full).is_some(),
+        "taken as keyed, but the scan does not key it: {sql:?}"
+    );
+    assert_eq!(
+        full.key, key,
+        "taken as the same shape, but its key differs: {sql:?}"
+    );
+    assert_eq!(values, full.values, "{sql:?}");
+    true
+}
+
+#[test]
+fn same_shape_takes_exactly_the_texts_of_the_same_key() {
+    // What a literal's place gets in the second text: other ids, zeros, strings with
+    // quotes, escapes, NUL and comment marks, numbers that are not plain digits.
+    const VALUES: [&str; 24] = [
+        "5",
+        "42",
+        "0",
+        "007",
+        "00",
+        "18446744073709551615",
+        "18446744073709551616",
+        "",
+        "1.5",
+        "1e3",
+        "12ab",
+        "7 ",
+        " 7",
+        "abc",
+        "sg",
+        "a'b",
+        "a\\b",
+        "a\0b",
+        "*/",
+        "'",
+        "--",
+        "9,workspace_id:8",
+        ";",
+        "0x1",
+    ];
+    let mut seed: u64 = 0x2545_F491_4F6C_DD1D;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let mut statements: Vec<String> = super::cache_tests::corpus();
+    statements.extend(
+        [
+            "SELECT c FROM sbtest1 WHERE id=17",
+            "SELECT * FROM t WHERE a = 1 AND b = 1",
+            "SELECT * FROM t WHERE a = 1 AND b = 2",
+            "SELECT * FROM t WHERE name = 'x' AND workspace_id = '3' /*workspace_id:3*/",
+            "SELECT * FROM t WHERE workspace_id IN (1, 2, 0, 2)",
+            "UPDATE t SET a = 'q' WHERE workspace_id = 9 /*application='a',workspace_id='9'*/",
+            "SELECT 1 /*! AND a = '2' */ FROM t WHERE b = 3",
+        ]
+        .map(String::from),
+    );
+    let (mut s, mut taken, mut variants) = (Scratch::default(), 0, 0);
+    for round in 0..40 {
+        for sql in &statements {
+            if cache_key::shape(sql, SchemaKey::Keyspace("app"), 7, &mut s).is_none() {
+                continue;
+            }
+            let key = s.key.clone();
+            let spans: Vec<_> = s.literals.iter().map(|l| l.span.clone()).collect();
+            // The text itself, and the variant the cache proves templates with.
+            assert!(check_same_shape(&key, sql, &mut s), "its own text: {sql:?}");
+            let mut k = Scratch::default();
+            cache_key::shape(sql, SchemaKey::Keyspace("app"), 7, &mut k);
+            let variant = cache_key::variant(sql, &k);
+            assert!(check_same_shape(&key, &variant, &mut s), "{variant:?}");
+            // Not under another generation or keyspace.
+            let marks = cache_key::marks(&key).expect("a key's marks");
+            for (schema, generation) in [
+                (SchemaKey::Keyspace("ap"), 7),
+                (SchemaKey::Unsharded, 7),
+                (SchemaKey::Keyspace("app"), 8),
+            ] {
+                assert!(!cache_key::same_shape(
+                    &key, &marks, sql, schema, generation, &mut s
+                ));
+            }
+            // Each literal replaced by anything from the list; sometimes a byte of the
+            // text around them changed as well.
+            let mut text = String::new();
+            let mut at = 0;
+            for span in &spans {
+                text.push_str(&sql[at..span.start]);
+                text.push_str(VALUES[(next() % VALUES.len() as u64) as usize]);
+                at = span.end;
+            }
+            text.push_str(&sql[at..]);
+            if round % 5 == 4 && !text.is_empty() {
+                let at = (next() % text.len() as u64) as usize;
+                if text.is_char_boundary(at) && text.is_char_boundary(at + 1) {
+                    let byte = ["'", "1", " ", "*", "x", "\\", "0"][(next() % 7) as usize];
+                    text.replace_range(at..at + 1, byte);
+                }
+            }
+            variants += 1;
+            taken += usize::from(check_same_shape(&key, &text, &mut s));
+        }
+    }
+    // Both answers are reached often.
+    assert!(
+        taken > variants / 20 && taken < variants * 9 / 10,
+        "{taken} of {variants}"
+    );
+}

@@ -232,6 +232,9 @@ struct Session {
     /// end of a statement): the command loop takes it as the start of the idle time
     /// that follows (no reading of its own).
     clock_ends_work: bool,
+    /// The plan cache entry its last text query was planned from (see
+    /// [`planner::cache::Memo`]).
+    plan_memo: planner::cache::Memo,
 }
 
 impl Session {
@@ -285,6 +288,7 @@ impl Session {
             last_workspace_key: None,
             clock: std::time::Instant::now(),
             clock_ends_work: false,
+            plan_memo: planner::cache::Memo::default(),
             user_slot: login.user_slot,
         }
     }

@@ -151,8 +151,27 @@ impl Session {
         rt: &Runtime,
         text: &str,
     ) -> (planner::Plan, bool) {
+        self.plan_text_with(rt, text, &mut planner::cache::Memo::default())
+    }
+
+    /// [`plan_text_noting_identity`](Self::plan_text_noting_identity) with the plan
+    /// cache entry of the session's last text query (`Session::plan_memo`): a text of
+    /// its shape is planned from it directly.
+    pub(super) fn plan_query_text(&mut self, rt: &Runtime, text: &str) -> (planner::Plan, bool) {
+        let mut memo = std::mem::take(&mut self.plan_memo);
+        let planned = self.plan_text_with(rt, text, &mut memo);
+        self.plan_memo = memo;
+        planned
+    }
+
+    fn plan_text_with(
+        &self,
+        rt: &Runtime,
+        text: &str,
+        memo: &mut planner::cache::Memo,
+    ) -> (planner::Plan, bool) {
         let cache = &self.shared.plan_cache;
-        let (plan, no_identity) = cached_plan(cache, rt, &self.ctx, text);
+        let (plan, no_identity) = cached_plan(cache, rt, &self.ctx, text, memo);
         if let [only] = plan.statements.as_slice() {
             if let Some(q) = &only.qualified_schema {
                 if let Some(ks) = rt.vschema.keyspace(q) {
@@ -446,7 +465,17 @@ fn cached_plan(
     rt: &Runtime,
     ctx: &DbContext,
     text: &str,
+    memo: &mut planner::cache::Memo,
 ) -> (planner::Plan, bool) {
+    // A text of the memo's shape needs no look at the vschema: its entry's key names
+    // the keyspace and the generation it was planned under.
+    let key = match ctx {
+        DbContext::Keyspace(k) => planner::SchemaKey::Keyspace(k),
+        _ => planner::SchemaKey::Unsharded,
+    };
+    if let Some(planned) = cache.remembered(memo, text, key, rt.generation) {
+        return planned;
+    }
     let unsharded = (
         &Unsharded as &dyn ShardingSchema,
         planner::SchemaKey::Unsharded,
@@ -458,5 +487,5 @@ fn cached_plan(
         },
         _ => unsharded,
     };
-    cache.plan_noting_identity(text, schema, key, rt.generation)
+    cache.plan_remembering(memo, text, schema, key, rt.generation)
 }

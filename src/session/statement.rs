@@ -66,7 +66,7 @@ impl Session {
         // qualifies its tables with. A plan from the cache may say that the text
         // mentions nothing of the backend's identity (most statements): then there is
         // nothing to rewrite and no need to look.
-        let (plan, no_identity) = self.plan_text_noting_identity(&rt, &text);
+        let (plan, no_identity) = self.plan_query_text(&rt, &text);
         // Only a text that is valid UTF-8 is rewritten: the bytes sent are then exactly
         // the client's, but for the rewritten parts.
         let valid = matches!(text, std::borrow::Cow::Borrowed(_));
