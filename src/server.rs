@@ -105,6 +105,7 @@ pub async fn serve_on(
     shared.plane.topo().set_identity(me);
     let (stop_tx, stop_rx) = watch::channel(false);
     crate::health::spawn_monitors(&shared, config.health.clone(), stop_rx.clone());
+    tokio::spawn(crate::session::watch_idle(shared.clone(), stop_rx.clone()));
     let reaped = shared.clone();
     tokio::spawn(crate::backend::pool::reap_idle(
         config.pool.idle_timeout,

@@ -139,6 +139,8 @@ pub struct Shared {
     pub metrics: Arc<crate::metrics::Registry>,
     /// Plans by literal-stripped text, for every session (`planner::cache`).
     pub plan_cache: crate::planner::PlanCache,
+    /// The idle watcher's clock: sessions' idle deadlines are on it.
+    pub idle_clock: crate::session::IdleClock,
 }
 
 impl Shared {
@@ -226,6 +228,7 @@ impl Shared {
             swapping: Mutex::new(()),
             metrics: crate::metrics::Registry::new(),
             plan_cache,
+            idle_clock: crate::session::IdleClock::default(),
         })
     }
 
@@ -267,6 +270,7 @@ impl Shared {
             host,
             signal: Signal::default(),
             running: Running::default(),
+            idle_deadline: std::sync::atomic::AtomicU64::new(u64::MAX),
             activity: std::sync::Mutex::new(Activity {
                 since: std::time::Instant::now(),
                 statement: None,
@@ -284,6 +288,17 @@ impl Shared {
     pub fn stop_sessions(&self) {
         for handle in self.sessions_lock().values() {
             handle.signal.raise(Signal::STOPPED);
+        }
+    }
+
+    /// Raises [`Signal::IDLE`] on each session whose idle deadline is at or before
+    /// `now` (on [`crate::session::IdleClock`]) and that has not seen the last one yet.
+    pub fn signal_idle_sessions(&self, now: u64) {
+        for handle in self.sessions_lock().values() {
+            let due = handle.idle_deadline.load(Ordering::Relaxed);
+            if due <= now && handle.signal.get() & Signal::IDLE == 0 {
+                handle.signal.raise(Signal::IDLE);
+            }
         }
     }
 
@@ -327,11 +342,21 @@ impl Signal {
     pub const KILLED: u8 = 1;
     /// The server stops.
     pub const STOPPED: u8 = 2;
+    /// The idle watcher saw the session's idle deadline pass (`session::watch_idle`):
+    /// the session checks its own clock, and ends or goes on waiting.
+    pub const IDLE: u8 = 4;
+    /// The bits that end the session.
+    pub const ENDING: u8 = Self::KILLED | Self::STOPPED;
 
     /// Sets `bit` and wakes the session's waiting loop.
     pub fn raise(&self, bit: u8) {
         self.bits.fetch_or(bit, Ordering::SeqCst);
         self.waker.wake();
+    }
+
+    /// Lowers `bit`.
+    pub fn clear(&self, bit: u8) {
+        self.bits.fetch_and(!bit, Ordering::SeqCst);
     }
 
     /// The bits raised so far.
@@ -368,6 +393,10 @@ pub struct SessionHandle {
     pub signal: Signal,
     /// The backend statement it runs now (see [`Running`]).
     pub running: Running,
+    /// When the session's wait for its next command passes its idle limit, on the
+    /// idle watcher's clock (`session::IdleClock`); `u64::MAX`: no limit, or not
+    /// waiting.
+    pub idle_deadline: std::sync::atomic::AtomicU64,
 }
 
 /// Where a session's current statement runs, and the killers that may be about to

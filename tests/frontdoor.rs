@@ -301,9 +301,21 @@ async fn any_session_idle_past_wait_timeout_is_ended() {
     })
     .await;
     let mut s = common::raw_login(&proxy.addr_string(), "app", "app", Some("main")).await;
+    let logged_in = Instant::now();
     let (code, state, msg) = read_err(&mut s).await;
+    let waited = logged_in.elapsed();
     assert_eq!((code, state.as_str()), (1927, "70100"), "{msg}");
     assert!(msg.contains("wait_timeout_s"), "{msg}");
+    // Kept by the idle watcher's coarse clock, checked against the session's own: never
+    // before the limit, and about one 100 ms tick after it at most.
+    assert!(
+        waited >= Duration::from_millis(990),
+        "ended early: {waited:?}"
+    );
+    assert!(
+        waited < Duration::from_millis(1600),
+        "ended late: {waited:?}"
+    );
     assert!(closed(&mut s).await, "connection closed");
     proxy.stop().await;
 }

@@ -10,6 +10,16 @@
 //! keeps the number and ends the session after that long without a command, closing
 //! it without a word as MariaDB does (the client sees 2006/2013 on its next command).
 //!
+//! **How a limit is kept.** A session waiting for a command arms no timer of its own:
+//! it writes when its wait would pass the limit into its registry entry
+//! (`SessionHandle::idle_deadline`, on the coarse [`IdleClock`]), and one watcher on
+//! the main runtime ([`watch_idle`]) advances that clock every [`IDLE_TICK`] and
+//! raises the session's `IDLE` signal once its deadline is behind. The session then
+//! reads its own clock: past the limit it ends, else (the coarse clock runs up to a tick
+//! behind) it waits on and is told again at a later tick. A limit is so kept to about
+//! a tick late, and the session workers' runtimes hold no timers at all: their polls of
+//! the kernel wait without a timeout, and a statement costs no timer-wheel work.
+//!
 //! For shardgate's own limits, the client gets `ERROR 1927 (70100) Connection was killed: ...` before the close:
 //! MariaDB's answer to a connection that was killed, which the backends behind
 //! shardgate would send themselves. MySQL 8's `ER_CLIENT_INTERACTION_TIMEOUT` (4031)
@@ -17,7 +27,11 @@
 //! has sequence id 1, so a client that sends its next command before it notices the
 //! close reads it as that command's answer.
 
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
 
 use crate::error::ProxyError;
 use crate::frontdoor::LogSafe;
@@ -35,6 +49,63 @@ pub(super) struct IdleLimit {
     /// Whether it is the session's own `wait_timeout` (`SET wait_timeout = n`): then
     /// the connection is closed without a word, as MariaDB closes it.
     pub own: bool,
+}
+
+/// How often [`watch_idle`] advances the [`IdleClock`] and looks at the sessions.
+pub const IDLE_TICK: Duration = Duration::from_millis(100);
+
+/// Milliseconds since the proxy started, as of the idle watcher's last tick: read by a
+/// session with one load instead of a clock reading.
+pub struct IdleClock {
+    epoch: Instant,
+    now: AtomicU64,
+}
+
+impl Default for IdleClock {
+    fn default() -> IdleClock {
+        IdleClock {
+            epoch: Instant::now(),
+            now: AtomicU64::new(0),
+        }
+    }
+}
+
+impl IdleClock {
+    /// Its time now (up to one tick behind the real one).
+    pub fn now(&self) -> u64 {
+        self.now.load(Ordering::Relaxed)
+    }
+
+    /// Its time `after` from now.
+    pub fn after(&self, after: Duration) -> u64 {
+        let after = u64::try_from(after.as_millis()).unwrap_or(u64::MAX);
+        self.now().saturating_add(after)
+    }
+
+    /// Reads the real clock into it; returns its new time.
+    fn advance(&self) -> u64 {
+        let now = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.now.store(now, Ordering::Relaxed);
+        now
+    }
+}
+
+/// Advances the [`IdleClock`] every [`IDLE_TICK`] and signals the sessions whose idle
+/// deadline passed (see the module docs), until `stop` turns true.
+pub async fn watch_idle(shared: Arc<crate::shared::Shared>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(IDLE_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        if *stop.borrow() {
+            return;
+        }
+        let now = shared.idle_clock.advance();
+        shared.signal_idle_sessions(now);
+    }
 }
 
 /// The session `wait_timeout` a `SET` statement assigns: `Some(Some(secs))` for an

@@ -52,7 +52,6 @@ mod vschema;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::net::TcpStream;
@@ -68,8 +67,9 @@ use crate::protocol::tls::ClientStream;
 use crate::protocol::wire::{self, OkInfo};
 use crate::protocol::{caps, command, status};
 use crate::router::{self, DbContext, Target};
-use crate::shared::Shared;
+use crate::shared::{Shared, Signal};
 
+pub use idle::{watch_idle, IdleClock};
 use login::Login;
 use state::{DdlSettings, Held, SessionVars};
 
@@ -328,24 +328,19 @@ impl Session {
         let limit = self.shared.config.max_packet_size;
         // Kills and the server's stop arrive through the session's signal: one waker
         // registration per wait, no timer and no lock per statement.
+        // Kills, the server's stop and the idle watcher's word arrive through it.
         let handle = self.handle.clone();
         let signal = std::future::poll_fn(|cx| handle.signal.poll(cx));
-        // The idle timer is armed for the earliest deadline seen; firing early (the
-        // client spoke since) only re-arms it for the real one.
-        let far = tokio::time::Instant::now() + Duration::from_secs(86_400 * 365);
-        let idle_timer = tokio::time::sleep_until(far);
-        tokio::pin!(signal, idle_timer);
-        let mut armed = far;
+        tokio::pin!(signal);
         loop {
+            // The idle limit is kept by the idle watcher (see `idle`): no timer here.
             let idle = self.idle_limit();
             if idle.is_some() && !self.clock_ends_work {
                 self.read_clock(false);
             }
-            let due = idle.map(|l| tokio::time::Instant::from_std(self.clock) + l.after);
-            if let Some(due) = due.filter(|d| *d < armed) {
-                idle_timer.as_mut().reset(due);
-                armed = due;
-            }
+            let due = idle.map(|l| (self.clock + l.after, l));
+            let watched = idle.map_or(u64::MAX, |l| self.shared.idle_clock.after(l.after));
+            handle.idle_deadline.store(watched, Ordering::Relaxed);
             let read = loop {
                 tokio::select! {
                     // The client's next command first: when the session wakes, that is
@@ -354,36 +349,37 @@ impl Session {
                     biased;
                     r = self.client.read_packet(limit) => break r,
                     bits = &mut signal => {
-                        if bits & crate::shared::Signal::KILLED != 0 {
+                        if bits & Signal::ENDING == 0 {
+                            // The watcher's word only: ended if the session's own clock
+                            // agrees, else told again at a later tick.
+                            handle.signal.clear(Signal::IDLE);
+                            match due {
+                                Some((due, l)) if std::time::Instant::now() >= due => {
+                                    self.end_idle(l).await;
+                                    return;
+                                }
+                                _ => continue,
+                            }
+                        }
+                        if bits & Signal::KILLED != 0 {
                             self.end_killed().await;
-                        }
-                        return;
-                    }
-                    _ = &mut idle_timer, if due.is_some() => {
-                        let due = due.unwrap_or(armed);
-                        if tokio::time::Instant::now() < due {
-                            idle_timer.as_mut().reset(due);
-                            armed = due;
-                            continue;
-                        }
-                        if let Some(l) = idle {
-                            self.end_idle(l).await;
                         }
                         return;
                     }
                 }
             };
-            // The command's arrival (whatever it turns out to be).
+            // The command's arrival (whatever it turns out to be); not idle while it runs.
             self.read_clock(false);
+            handle.idle_deadline.store(u64::MAX, Ordering::Relaxed);
             // A killed connection runs nothing more, and a stopping server starts
             // nothing new: checked after each command is read (the read goes first in
             // the select above, so a client that never pauses never lets it look).
             let bits = handle.signal.get();
-            if bits & crate::shared::Signal::KILLED != 0 {
+            if bits & Signal::KILLED != 0 {
                 self.end_killed().await;
                 return;
             }
-            if bits != 0 {
+            if bits & Signal::ENDING != 0 {
                 return;
             }
             let payload = match read {
