@@ -277,8 +277,8 @@ impl PlanCache {
         let template = e.template.as_ref()?;
         let plan = SCRATCH.with(|cell| {
             let mut s = cell.try_borrow_mut().ok()?;
-            cache_key::same_shape(&e.key, &e.marks, sql, key, generation, &mut s)
-                .then(|| template.fill(&s.values, sql.len(), SPARE.take()))?
+            cache_key::same_shape(&e.key, &e.marks, sql, key, generation, &mut s)?;
+            template.fill(&s.values, sql.len(), SPARE.take())
         })?;
         e.touch();
         self.hits.add();

@@ -194,54 +194,9 @@ pub(crate) fn shape(
 /// same tokens behind it); a literal is read by the scan's own rule for its kind (a
 /// run of digits, or a string's content up to its closing quote), and what follows is
 /// again the key's bytes, which ended it there before. A session whose statements
-/// repeat one shape (`cache::Memo`) skips the scan and the lookup this way.
+/// repeat one shape (`cache::Memo`) skips the scan and the lookup this way. `marks`:
+/// [`marks`] of `key`. Some: it would.
 pub(crate) fn same_shape(
-    key: &[u8],
-    marks: &[u32],
-    sql: &str,
-    schema: SchemaKey<'_>,
-    generation: u64,
-    s: &mut Scratch,
-) -> bool {
-    same_shape_values(key, marks, sql, schema, generation, s).is_some()
-}
-
-/// Where the literal marks of `key` (made by [`shape`]) are, its final one included:
-/// what [`same_shape`] takes with it, so that it need not look for them.
-pub(crate) fn marks(key: &[u8]) -> Option<Box<[u32]>> {
-    let mut at = header_len(key)?;
-    let mut marks = Vec::new();
-    loop {
-        let mark = at + memchr::memchr(0, key.get(at..)?)?;
-        marks.push(u32::try_from(mark).ok()?);
-        if *key.get(mark + 1)? == 0xff {
-            return Some(marks.into());
-        }
-        at = mark + 2;
-    }
-}
-
-/// The length of a key's generation and keyspace part.
-fn header_len(key: &[u8]) -> Option<usize> {
-    match schema_of(key)? {
-        SchemaKey::Unsharded => Some(9),
-        SchemaKey::Keyspace(name) => Some(13 + name.len()),
-    }
-}
-
-/// The keyspace part of a key, back.
-pub(crate) fn schema_of(key: &[u8]) -> Option<SchemaKey<'_>> {
-    match key.get(8)? {
-        0 => Some(SchemaKey::Unsharded),
-        _ => {
-            let len = u32::from_le_bytes(key.get(9..13)?.try_into().ok()?) as usize;
-            let name = std::str::from_utf8(key.get(13..13 + len)?).ok()?;
-            Some(SchemaKey::Keyspace(name))
-        }
-    }
-}
-
-fn same_shape_values(
     key: &[u8],
     marks: &[u32],
     sql: &str,
@@ -339,6 +294,41 @@ fn same_shape_values(
             (first as u16).to_le_bytes() == pair
         })
         .then_some(())
+}
+
+/// Where the literal marks of `key` (made by [`shape`]) are, its final one included:
+/// what [`same_shape`] takes with it, so that it need not look for them.
+pub(crate) fn marks(key: &[u8]) -> Option<Box<[u32]>> {
+    let mut at = header_len(key)?;
+    let mut marks = Vec::new();
+    loop {
+        let mark = at + memchr::memchr(0, key.get(at..)?)?;
+        marks.push(u32::try_from(mark).ok()?);
+        if *key.get(mark + 1)? == 0xff {
+            return Some(marks.into());
+        }
+        at = mark + 2;
+    }
+}
+
+/// The length of a key's generation and keyspace part.
+fn header_len(key: &[u8]) -> Option<usize> {
+    match schema_of(key)? {
+        SchemaKey::Unsharded => Some(9),
+        SchemaKey::Keyspace(name) => Some(13 + name.len()),
+    }
+}
+
+/// The keyspace part of a key, back.
+pub(crate) fn schema_of(key: &[u8]) -> Option<SchemaKey<'_>> {
+    match key.get(8)? {
+        0 => Some(SchemaKey::Unsharded),
+        _ => {
+            let len = u32::from_le_bytes(key.get(9..13)?.try_into().ok()?) as usize;
+            let name = std::str::from_utf8(key.get(13..13 + len)?).ok()?;
+            Some(SchemaKey::Keyspace(name))
+        }
+    }
 }
 
 /// [`scan`]'s skip states, as offsets into [`SKIP`]: the last byte was not part of a
