@@ -257,7 +257,7 @@ impl PlanCache {
         key: SchemaKey<'_>,
         generation: u64,
     ) -> (Plan, bool) {
-        self.plan_remembering(&mut Memo::default(), sql, schema, key, generation)
+        self.plan_into(None, sql, schema, key, generation)
     }
 
     /// The plan of `sql` from `memo`'s entry, if `sql` has its shape under `key` and
@@ -295,6 +295,17 @@ impl PlanCache {
         key: SchemaKey<'_>,
         generation: u64,
     ) -> (Plan, bool) {
+        self.plan_into(Some(memo), sql, schema, key, generation)
+    }
+
+    fn plan_into(
+        &self,
+        memo: Option<&mut Memo>,
+        sql: &str,
+        schema: &dyn ShardingSchema,
+        key: SchemaKey<'_>,
+        generation: u64,
+    ) -> (Plan, bool) {
         if self.sets.is_empty() {
             return (super::plan(sql, schema), false);
         }
@@ -311,7 +322,7 @@ impl PlanCache {
     fn plan_with(
         &self,
         s: &mut Scratch,
-        memo: &mut Memo,
+        memo: Option<&mut Memo>,
         sql: &str,
         schema: &dyn ShardingSchema,
         key: SchemaKey<'_>,
@@ -339,7 +350,9 @@ impl PlanCache {
             {
                 self.hits.add();
                 let no_identity = e.no_identity;
-                memo.0 = arc_swap::Guard::into_inner(guard);
+                if let Some(memo) = memo {
+                    memo.0 = arc_swap::Guard::into_inner(guard);
+                }
                 return (plan, no_identity);
             }
             self.uncacheable.add();
@@ -365,7 +378,7 @@ impl PlanCache {
             no_identity: !super::may_mention_identity(sql),
             referenced: AtomicBool::new(false),
         });
-        if entry.template.is_some() {
+        if let Some(memo) = memo.filter(|_| entry.template.is_some()) {
             memo.0 = Some(entry.clone());
         }
         self.insert(set, entry);

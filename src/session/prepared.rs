@@ -151,7 +151,7 @@ impl Session {
         rt: &Runtime,
         text: &str,
     ) -> (planner::Plan, bool) {
-        self.plan_text_with(rt, text, &mut planner::cache::Memo::default())
+        self.plan_text_with(rt, text, None)
     }
 
     /// [`plan_text_noting_identity`](Self::plan_text_noting_identity) with the plan
@@ -159,7 +159,7 @@ impl Session {
     /// its shape is planned from it directly.
     pub(super) fn plan_query_text(&mut self, rt: &Runtime, text: &str) -> (planner::Plan, bool) {
         let mut memo = std::mem::take(&mut self.plan_memo);
-        let planned = self.plan_text_with(rt, text, &mut memo);
+        let planned = self.plan_text_with(rt, text, Some(&mut memo));
         self.plan_memo = memo;
         planned
     }
@@ -168,7 +168,7 @@ impl Session {
         &self,
         rt: &Runtime,
         text: &str,
-        memo: &mut planner::cache::Memo,
+        memo: Option<&mut planner::cache::Memo>,
     ) -> (planner::Plan, bool) {
         let cache = &self.shared.plan_cache;
         let (plan, no_identity) = cached_plan(cache, rt, &self.ctx, text, memo);
@@ -465,7 +465,7 @@ fn cached_plan(
     rt: &Runtime,
     ctx: &DbContext,
     text: &str,
-    memo: &mut planner::cache::Memo,
+    memo: Option<&mut planner::cache::Memo>,
 ) -> (planner::Plan, bool) {
     // A text of the memo's shape needs no look at the vschema: its entry's key names
     // the keyspace and the generation it was planned under.
@@ -473,7 +473,10 @@ fn cached_plan(
         DbContext::Keyspace(k) => planner::SchemaKey::Keyspace(k),
         _ => planner::SchemaKey::Unsharded,
     };
-    if let Some(planned) = cache.remembered(memo, text, key, rt.generation) {
+    if let Some(planned) = memo
+        .as_deref()
+        .and_then(|m| cache.remembered(m, text, key, rt.generation))
+    {
         return planned;
     }
     let unsharded = (
@@ -487,5 +490,8 @@ fn cached_plan(
         },
         _ => unsharded,
     };
-    cache.plan_remembering(memo, text, schema, key, rt.generation)
+    match memo {
+        Some(memo) => cache.plan_remembering(memo, text, schema, key, rt.generation),
+        None => cache.plan_noting_identity(text, schema, key, rt.generation),
+    }
 }
