@@ -326,7 +326,7 @@ impl ClusterPool {
 
     /// [`checkout`](Self::checkout)'s common case, without waiting or awaiting: the
     /// cluster serves, a slot is free, and an idle connection is found that was used
-    /// too recently to need a look at its socket (under [`PEEK_AFTER_IDLE`] before
+    /// too recently to need a look at its socket (under `PEEK_AFTER_IDLE` before
     /// `now`, a clock reading the caller has: one taken a little earlier only makes
     /// the connection look fresher by that little). None when any of that does not
     /// hold; nothing was taken then, and `checkout` decides.

@@ -2,7 +2,7 @@
 //!
 //! Every change of the vschema, from any source (the watched file, SIGHUP, SQL from an
 //! admin, the HTTP API, another proxy through the topology store) goes through one
-//! pipeline ([`ControlPlane::change`]): the new document is validated exactly as
+//! pipeline ([`change`]): the new document is validated exactly as
 //! `shardgate vschema check` validates a file, compared with the current one (a change
 //! that would move existing workspaces' rows to another shard is refused unless it says
 //! so), written to the topology store as the next version (compare-and-swap on the

@@ -90,7 +90,7 @@ impl IdleClock {
     }
 }
 
-/// Advances the [`IdleClock`] every [`IDLE_TICK`] and signals the sessions whose idle
+/// Advances the [`IdleClock`] every `IDLE_TICK` (100 ms) and signals the sessions whose idle
 /// deadline passed (see the module docs), until `stop` turns true.
 pub async fn watch_idle(shared: Arc<crate::shared::Shared>, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(IDLE_TICK);

@@ -41,7 +41,7 @@ impl BackendConn {
     /// relays the rest of the answer. `limit` bounds one client packet; `cluster`
     /// names the backend in the error a client gets if it is lost mid-file.
     /// `hold_deadlock`: an answer that is one ERR 1213 is not relayed (see
-    /// [`relay_or_hold`](Self::relay_or_hold)); only the command's first answer, never
+    /// `relay_or_hold`); only the command's first answer, never
     /// the one after a file.
     pub async fn relay_command<C: AsyncRead + AsyncWrite + Unpin>(
         &mut self,
