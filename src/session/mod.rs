@@ -326,9 +326,9 @@ impl Session {
 
     async fn serve(&mut self) {
         let limit = self.shared.config.max_packet_size;
-        // Kills and the server's stop arrive through the session's signal: one waker
-        // registration per wait, no timer and no lock per statement.
-        // Kills, the server's stop and the idle watcher's word arrive through it.
+        // Kills, the server's stop and the idle watcher's word arrive through the
+        // session's signal: one waker registration per wait, no timer and no lock per
+        // statement.
         let handle = self.handle.clone();
         let signal = std::future::poll_fn(|cx| handle.signal.poll(cx));
         tokio::pin!(signal);
