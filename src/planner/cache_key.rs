@@ -207,16 +207,10 @@ pub(crate) fn same_shape(
     if sql.len() > MAX_TEXT {
         return None;
     }
-    let rest = key.strip_prefix(&generation.to_le_bytes()[..])?;
-    let rest = match schema {
-        SchemaKey::Unsharded => rest.strip_prefix(&[0])?,
-        SchemaKey::Keyspace(name) => {
-            let rest = rest.strip_prefix(&[1])?;
-            let rest = rest.strip_prefix(&u32::try_from(name.len()).ok()?.to_le_bytes()[..])?;
-            rest.strip_prefix(name.as_bytes())?
-        }
-    };
-    let mut at = key.len() - rest.len();
+    if key.get(..8)? != generation.to_le_bytes() || schema_of(key)? != schema {
+        return None;
+    }
+    let mut at = header_len(schema);
     let b = sql.as_bytes();
     let mut i = 0;
     s.values.clear();
@@ -238,11 +232,9 @@ pub(crate) fn same_shape(
         let (found, value) = match kind {
             Kind::Num | Kind::Tag => {
                 let start = i;
-                let mut value = 0u64;
-                while let Some(&d) = b.get(i).filter(|d| d.is_ascii_digit()) {
-                    value = value.checked_mul(10)?.checked_add(u64::from(d - b'0'))?;
-                    i += 1;
-                }
+                let value;
+                (i, value) = digits(b, i);
+                let value = value?;
                 // Digits alone, as the scan takes them: not part of a word or of a
                 // longer number.
                 if i == start
@@ -260,10 +252,7 @@ pub(crate) fn same_shape(
                     return None;
                 }
                 i += len;
-                match tag::parse_workspace_digits(inner) {
-                    Some(v) => (Class::of(Kind::Str, v), v),
-                    None => (Class::StrOther, 0),
-                }
+                string_class(inner)
             }
         };
         if found as u8 != class {
@@ -299,7 +288,7 @@ pub(crate) fn same_shape(
 /// Where the literal marks of `key` (made by [`shape`]) are, its final one included:
 /// what [`same_shape`] takes with it, so that it need not look for them.
 pub(crate) fn marks(key: &[u8]) -> Option<Box<[u32]>> {
-    let mut at = header_len(key)?;
+    let mut at = header_len(schema_of(key)?);
     let mut marks = Vec::new();
     loop {
         let mark = at + memchr::memchr(0, key.get(at..)?)?;
@@ -311,11 +300,33 @@ pub(crate) fn marks(key: &[u8]) -> Option<Box<[u32]>> {
     }
 }
 
-/// The length of a key's generation and keyspace part.
-fn header_len(key: &[u8]) -> Option<usize> {
-    match schema_of(key)? {
-        SchemaKey::Unsharded => Some(9),
-        SchemaKey::Keyspace(name) => Some(13 + name.len()),
+/// The length of the generation and keyspace part of a key made for `schema` (as
+/// [`shape`] writes it).
+fn header_len(schema: SchemaKey<'_>) -> usize {
+    match schema {
+        SchemaKey::Unsharded => 9,
+        SchemaKey::Keyspace(name) => 13 + name.len(),
+    }
+}
+
+/// The digits from `i`: where they end, and their value if it fits a u64.
+fn digits(b: &[u8], mut i: usize) -> (usize, Option<u64>) {
+    let mut value = Some(0u64);
+    while let Some(&d) = b.get(i).filter(|d| d.is_ascii_digit()) {
+        value = value
+            .and_then(|v| v.checked_mul(10))
+            .and_then(|v| v.checked_add(u64::from(d - b'0')));
+        i += 1;
+    }
+    (i, value)
+}
+
+/// The class and id value of a single-quoted string's content (no quote or backslash
+/// in it).
+fn string_class(inner: &str) -> (Class, u64) {
+    match tag::parse_workspace_digits(inner) {
+        Some(v) => (Class::of(Kind::Str, v), v),
+        None => (Class::StrOther, 0),
     }
 }
 
@@ -433,13 +444,8 @@ fn scan(sql: &str, s: &mut Scratch) -> Option<usize> {
         if class & lex::WORD != 0 {
             let start = i;
             // A run of digits: a number, unless word bytes follow (`12ab` is a word).
-            let mut value = Some(0u64);
-            while let Some(&d) = b.get(i).filter(|d| d.is_ascii_digit()) {
-                value = value
-                    .and_then(|v| v.checked_mul(10))
-                    .and_then(|v| v.checked_add(u64::from(d - b'0')));
-                i += 1;
-            }
+            let value;
+            (i, value) = digits(b, i);
             if i == start || b.get(i).is_some_and(|&w| lex::is_word_byte(w)) {
                 i += b[i..]
                     .iter()
@@ -499,10 +505,7 @@ fn scan(sql: &str, s: &mut Scratch) -> Option<usize> {
                     {
                         return None;
                     }
-                    let (class, value) = match tag::parse_workspace_digits(inner) {
-                        Some(v) => (Class::of(Kind::Str, v), v),
-                        None => (Class::StrOther, 0),
-                    };
+                    let (class, value) = string_class(inner);
                     push(s, start + 1..i - 1, class, value)?;
                 }
             }

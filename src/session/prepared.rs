@@ -483,12 +483,12 @@ fn cached_plan(
         &Unsharded as &dyn ShardingSchema,
         planner::SchemaKey::Unsharded,
     );
-    let (schema, key) = match ctx {
-        DbContext::Keyspace(k) => match rt.vschema.keyspace(k) {
-            Some(ks) => (ks as &dyn ShardingSchema, planner::SchemaKey::Keyspace(k)),
+    let (schema, key) = match key {
+        planner::SchemaKey::Keyspace(k) => match rt.vschema.keyspace(k) {
+            Some(ks) => (ks as &dyn ShardingSchema, key),
             None => unsharded,
         },
-        _ => unsharded,
+        planner::SchemaKey::Unsharded => unsharded,
     };
     match memo {
         Some(memo) => cache.plan_remembering(memo, text, schema, key, rt.generation),
