@@ -207,10 +207,20 @@ pub(crate) fn same_shape(
     if sql.len() > MAX_TEXT {
         return None;
     }
-    if key.get(..8)? != generation.to_le_bytes() || schema_of(key)? != schema {
+    // The header as `shape` writes it, compared as bytes (no UTF-8 check of the name).
+    let mut at = header_len(schema);
+    let header_ok = key.get(..8)? == generation.to_le_bytes()
+        && match schema {
+            SchemaKey::Unsharded => key.get(8) == Some(&0),
+            SchemaKey::Keyspace(name) => {
+                key.get(8) == Some(&1)
+                    && key.get(9..13)? == u32::try_from(name.len()).ok()?.to_le_bytes()
+                    && key.get(13..at)? == name.as_bytes()
+            }
+        };
+    if !header_ok {
         return None;
     }
-    let mut at = header_len(schema);
     let b = sql.as_bytes();
     let mut i = 0;
     s.values.clear();
