@@ -408,6 +408,18 @@ async fn the_vschema_file_is_watched_a_bad_edit_is_refused_and_versions_survive_
         common::cli_ok(&addr, "app", "app", Some("app"), "SELECT 1").trim(),
         "1"
     );
+    // A file left empty (a writer that truncated it and stopped): never read as
+    // "drop every cluster".
+    std::fs::write(&proxy.vschema_path, "").expect("truncate");
+    wait_for("the empty file is refused", Duration::from_secs(15), || {
+        proxy.log().contains("it names no cluster")
+    });
+    assert_eq!(
+        common::cli_ok(&addr, "app", "app", Some("app"), "SELECT 1").trim(),
+        "1"
+    );
+    let history = common::cli_ok(&addr, "admin", "admin", None, "SHOW VSCHEMA HISTORY");
+    assert!(history.starts_with('1'), "{history}");
     // A good edit: served within a second or so.
     std::fs::write(
         &proxy.vschema_path,

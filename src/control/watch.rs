@@ -18,6 +18,15 @@ use crate::topo::{Event, VersionRecord};
 /// arrive (some network file systems).
 const FILE_POLL: Duration = Duration::from_secs(2);
 
+/// How long the file's text must stay the same before it is imported: a writer that
+/// truncates and then writes (a shell's `>`, most programs' plain write) leaves an
+/// empty or partial file for a moment.
+const SETTLE: Duration = Duration::from_millis(50);
+
+/// How many times the file is read [`SETTLE`] apart before a text that keeps changing
+/// is left for the next look.
+const SETTLE_READS: usize = 20;
+
 /// A watch on the directory of `path` (editors replace a file by renaming a new one
 /// over it, so the file itself is not watched); each event of that file name wakes
 /// `tx`. None where the platform or file system offers none.
@@ -200,6 +209,15 @@ async fn import_file(shared: &Shared, text: String) -> bool {
         || "the vschema file".to_string(),
         |p| p.display().to_string(),
     );
+    // A file cut short (a writer stopped between truncating and writing, a full disk)
+    // must not be read as "drop every cluster".
+    if crate::vschema::Document::parse(&text).is_ok_and(|d| d.0.clusters.is_empty()) {
+        tracing::error!(
+            "vschema file {path} refused, version {} keeps serving: it names no cluster (empty or cut short?); the shard map is never emptied from the file",
+            shared.plane.version()
+        );
+        return true;
+    }
     let r = change(
         shared,
         ChangeRequest {
@@ -239,6 +257,21 @@ async fn import_file(shared: &Shared, text: String) -> bool {
     }
 }
 
+/// The file's text once two reads [`SETTLE`] apart agree; None while it keeps
+/// changing for [`SETTLE_READS`] reads.
+async fn read_settled(path: &Path) -> std::io::Result<Option<String>> {
+    let mut text = tokio::fs::read_to_string(path).await?;
+    for _ in 0..SETTLE_READS {
+        tokio::time::sleep(SETTLE).await;
+        let again = tokio::fs::read_to_string(path).await?;
+        if again == text {
+            return Ok(Some(text));
+        }
+        text = again;
+    }
+    Ok(None)
+}
+
 fn file_stamp(path: &Path) -> Option<(std::time::SystemTime, u64)> {
     let m = std::fs::metadata(path).ok()?;
     Some((m.modified().ok()?, m.len()))
@@ -260,11 +293,7 @@ async fn watch_file(shared: Arc<Shared>, path: PathBuf, mut stop: watch::Receive
         // (forced: SIGHUP, polled: the timer rather than a notification)
         let (forced, polled) = tokio::select! {
             _ = tick.tick() => (false, true),
-            Some(()) = changed.recv() => {
-                // Let the writer finish (an editor writes, then renames).
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                (false, false)
-            }
+            Some(()) = changed.recv() => (false, false),
             Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => (true, false),
             _ = stop.changed() => return,
         };
@@ -276,8 +305,13 @@ async fn watch_file(shared: Arc<Shared>, path: PathBuf, mut stop: watch::Receive
             continue;
         }
         stamp = now;
-        let text = match tokio::fs::read_to_string(&path).await {
-            Ok(t) => t,
+        let text = match read_settled(&path).await {
+            Ok(Some(t)) => t,
+            Ok(None) => {
+                tracing::warn!(file = %path.display(), "the vschema file is still being written; looked at again shortly");
+                stamp = None;
+                continue;
+            }
             Err(e) => {
                 tracing::error!(file = %path.display(), error = %e, "cannot read the vschema file; the current version keeps serving");
                 continue;
