@@ -8,6 +8,8 @@
 //! ```text
 //! cargo run --release --bin shardgate-pins-bench -- [--pins N] [--dir PATH]
 //! ```
+// Tests and benches run on their own runtimes, every one with a time driver.
+#![allow(clippy::disallowed_methods)]
 
 use std::io::Write as _;
 use std::time::Instant;

@@ -5,6 +5,8 @@
 //! machine pays for the extra hop (wake-ups, syscalls, copies).
 //!
 //! usage: shardgate-relay --listen ADDR --backend ADDR
+// Tests and benches run on their own runtimes, every one with a time driver.
+#![allow(clippy::disallowed_methods)]
 
 use std::net::SocketAddr;
 use std::process::ExitCode;

@@ -2,6 +2,8 @@
 //! (tokio-uring, one thread) instead of epoll. Used to see whether the kernel interface
 //! moves the relay's ceiling on this kernel at all (bench/README.md). Same arguments:
 //! `--listen ADDR --backend ADDR`.
+// Tests and benches run on their own runtimes, every one with a time driver.
+#![allow(clippy::disallowed_methods)]
 
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, BorrowedFd};

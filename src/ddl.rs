@@ -446,7 +446,7 @@ pub async fn wait(
                 });
             return Ok((status, message));
         }
-        tokio::time::sleep(pause.min(deadline.saturating_duration_since(Instant::now()))).await;
+        crate::timer::sleep(pause.min(deadline.saturating_duration_since(Instant::now()))).await;
         pause = (pause * 2).min(Duration::from_secs(1));
     }
 }

@@ -401,7 +401,7 @@ impl fmt::Write for Escaper<'_, '_> {
 /// Sleeps for `d`, or forever when None (a disabled limit in a `select!`).
 pub async fn sleep_or_never(d: Option<Duration>) {
     match d {
-        Some(d) => tokio::time::sleep(d).await,
+        Some(d) => crate::timer::sleep(d).await,
         None => std::future::pending().await,
     }
 }

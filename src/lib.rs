@@ -66,6 +66,7 @@ pub mod router;
 pub mod server;
 pub mod session;
 pub mod shared;
+pub mod timer;
 pub mod topo;
 pub mod traffic;
 pub mod vschema;

@@ -187,7 +187,7 @@ pub async fn serve_on(
                     Err(e) => {
                         // EMFILE and friends: back off instead of spinning.
                         tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        crate::timer::sleep(Duration::from_millis(50)).await;
                         continue;
                     }
                 };
@@ -214,7 +214,7 @@ pub async fn serve_on(
     shared.stop_sessions();
     for e in executors {
         // Running copies stop at a chunk boundary and keep their checkpoint.
-        if tokio::time::timeout(Duration::from_secs(15), e.join())
+        if crate::timer::timeout(Duration::from_secs(15), e.join())
             .await
             .is_err()
         {
@@ -224,7 +224,7 @@ pub async fn serve_on(
     // Wait for sessions to finish what they are doing.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while shared.door.sessions() > 0 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        crate::timer::sleep(Duration::from_millis(20)).await;
     }
     Ok(())
 }

@@ -654,14 +654,14 @@ mod tests {
             let r = r.clone();
             tokio::spawn(async move { r.end().await })
         };
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        crate::timer::sleep(Duration::from_millis(50)).await;
         assert!(!ended.is_finished(), "the end waits for the killer");
         assert!(
             r.hold_for_kill().is_none(),
             "a later killer sees no statement"
         );
         drop(guard);
-        tokio::time::timeout(Duration::from_secs(5), ended)
+        crate::timer::timeout(Duration::from_secs(5), ended)
             .await
             .expect("the end goes on once the killer is done")
             .expect("task");

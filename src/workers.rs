@@ -9,6 +9,11 @@
 //! connection remembers the worker that opened it, and a checkout prefers the
 //! connections of its own worker (see [`current`]), so a socket is driven by the
 //! thread that uses it unless the pool has nothing else idle.
+//!
+//! A worker's runtime drives sockets only, with no time driver: its timers are made
+//! on one more thread, `shardgate-timers`, whose runtime has nothing but a time driver
+//! (see [`crate::timer`]). A worker's park is then one `epoll_wait`, without a clock
+//! read and a look through a timer wheel that is nearly always empty.
 
 use std::cell::Cell;
 use std::future::Future;
@@ -70,25 +75,47 @@ struct Worker {
     sessions: Arc<AtomicUsize>,
 }
 
-/// The running workers. Dropping it stops them (their sessions with them).
+/// The running workers. Dropping it stops them (their sessions with them), then
+/// their timer thread.
 pub struct Workers {
     workers: Vec<Worker>,
     stops: Vec<oneshot::Sender<()>>,
     threads: Vec<std::thread::JoinHandle<()>>,
+    timers: Option<(oneshot::Sender<()>, std::thread::JoinHandle<()>)>,
+}
+
+/// Starts the thread whose runtime holds the workers' timers.
+fn start_timers() -> std::io::Result<(Handle, oneshot::Sender<()>, std::thread::JoinHandle<()>)> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()?;
+    let handle = rt.handle().clone();
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let thread = std::thread::Builder::new()
+        .name("shardgate-timers".to_string())
+        .spawn(move || {
+            rt.block_on(async {
+                let _ = stop_rx.await;
+            });
+        })?;
+    Ok((handle, stop_tx, thread))
 }
 
 impl Workers {
     /// Starts `n` (at least one) worker threads, each with its own runtime.
     pub fn start(n: usize) -> std::io::Result<Workers> {
+        let (timers, timers_stop, timers_thread) = start_timers()?;
         let mut w = Workers {
             workers: Vec::new(),
             stops: Vec::new(),
             threads: Vec::new(),
+            timers: Some((timers_stop, timers_thread)),
         };
         for i in 0..n.max(1) {
             let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
+                .enable_io()
                 .build()?;
+            let timers = timers.clone();
             let (stop_tx, stop_rx) = oneshot::channel::<()>();
             w.workers.push(Worker {
                 handle: rt.handle().clone(),
@@ -100,6 +127,7 @@ impl Workers {
                 .name(format!("shardgate-worker-{}", i + 1))
                 .spawn(move || {
                     WORKER.with(|c| c.set(id));
+                    crate::timer::make_timers_in(timers);
                     rt.block_on(async {
                         let _ = stop_rx.await;
                     });
@@ -171,6 +199,11 @@ impl Drop for Workers {
         }
         for t in self.threads.drain(..) {
             let _ = t.join();
+        }
+        // Last: the workers' sessions wait on these timers until they end.
+        if let Some((stop, thread)) = self.timers.take() {
+            let _ = stop.send(());
+            let _ = thread.join();
         }
     }
 }

@@ -5,6 +5,8 @@
 //! fails the connect with an error naming the cluster and never falls back to clear
 //! text; a backend without TLS is refused; pooled connections (reuse,
 //! `COM_RESET_CONNECTION`, packets over 16 MiB) work over TLS.
+// Tests and benches run on their own runtimes, every one with a time driver.
+#![allow(clippy::disallowed_methods)]
 
 mod common;
 

@@ -2,6 +2,8 @@
 //! and Ruby's mysql2 (libmariadb) run the same scripted session directly against a
 //! MariaDB server and through the proxy, and their transcripts must match; sysbench
 //! prepares and runs `oltp_point_select` through the proxy. See docs/clients.md.
+// Tests and benches run on their own runtimes, every one with a time driver.
+#![allow(clippy::disallowed_methods)]
 
 mod common;
 

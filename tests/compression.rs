@@ -4,6 +4,8 @@
 //! a counting forwarder in front of shardgate shows the bytes really are compressed;
 //! raw sockets check the framing against MariaDB's own, and that a client sending
 //! garbage or lying lengths gets an error or a close, never a hang.
+// Tests and benches run on their own runtimes, every one with a time driver.
+#![allow(clippy::disallowed_methods)]
 
 mod common;
 

@@ -1,6 +1,8 @@
 //! The live, versioned vschema (issue: control plane) against real MariaDB servers:
 //! `ALTER VSCHEMA` under load, the watched file, history and rollback, the HTTP API,
 //! the refusal of changes that would move rows, and versions kept across a restart.
+// Tests and benches run on their own runtimes, every one with a time driver.
+#![allow(clippy::disallowed_methods)]
 
 mod common;
 

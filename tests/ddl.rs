@@ -2,6 +2,8 @@
 //! migration's uuid at once and the schema changes only when the executor runs it;
 //! `@@ddl_wait` blocks for the outcome; DDL in a transaction is refused; admin users
 //! see and steer the queue.
+// Tests and benches run on their own runtimes, every one with a time driver.
+#![allow(clippy::disallowed_methods)]
 
 mod common;
 

@@ -14,6 +14,8 @@
 //! To make every try fail (and count the tries), one test uses a table whose trigger
 //! logs each try in a MyISAM table (not rolled back) and raises 1213 with `SIGNAL`: a
 //! real MariaDB answer, the same packet whatever the reason.
+// Tests and benches run on their own runtimes, every one with a time driver.
+#![allow(clippy::disallowed_methods)]
 
 mod common;
 

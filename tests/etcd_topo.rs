@@ -1,6 +1,8 @@
 //! `topo = "etcd"` against a real etcd (Debian's etcd-server, started by the test on
 //! loopback ports): versions with compare-and-swap and history, pins in buckets, the
 //! watch, leases between two stores, and an outage.
+// Tests and benches run on their own runtimes, every one with a time driver.
+#![allow(clippy::disallowed_methods)]
 
 mod common;
 

@@ -4,6 +4,8 @@
 //! "auto"`) serves writes from the former standby within seconds and loses nothing
 //! acknowledged; the old primary, restarted, is fenced (`read_only`, never written
 //! through shardgate); and the new topology survives a restart of the proxy.
+// Tests and benches run on their own runtimes, every one with a time driver.
+#![allow(clippy::disallowed_methods)]
 
 mod common;
 

@@ -1,6 +1,8 @@
 //! Bulkheads: a hanging cluster makes only its own statements fail (after the
 //! configured deadlines), never the other clusters' statements; when it comes back,
 //! shardgate reconnects by itself.
+// Tests and benches run on their own runtimes, every one with a time driver.
+#![allow(clippy::disallowed_methods)]
 
 mod common;
 

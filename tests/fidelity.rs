@@ -1,6 +1,8 @@
 //! What a client sees through shardgate is what MariaDB sent: column definitions and
 //! values byte for byte, and the backend's own errors, compared with a direct
 //! connection in the same test, through three different clients.
+// Tests and benches run on their own runtimes, every one with a time driver.
+#![allow(clippy::disallowed_methods)]
 
 mod common;
 

@@ -2,6 +2,8 @@
 //! file) over real MariaDB servers: what one proxy's operator does reaches the other,
 //! a failover lease held elsewhere stops a planned failover, and an etcd outage leaves
 //! both serving.
+// Tests and benches run on their own runtimes, every one with a time driver.
+#![allow(clippy::disallowed_methods)]
 
 mod common;
 

@@ -2,6 +2,8 @@
 //! logins are throttled, and idle sessions holding a backend connection are ended.
 //! Sources other than 127.0.0.1 are other loopback addresses (127.0.0.2, ...), so
 //! per-address limits can be shown on one machine.
+// Tests and benches run on their own runtimes, every one with a time driver.
+#![allow(clippy::disallowed_methods)]
 
 mod common;
 

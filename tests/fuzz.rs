@@ -9,6 +9,8 @@
 //! ```text
 //! SHARDGATE_FUZZ_CASES=10000000 cargo test --release --test fuzz -- --nocapture
 //! ```
+// Tests and benches run on their own runtimes, every one with a time driver.
+#![allow(clippy::disallowed_methods)]
 
 use std::fmt;
 use std::io;

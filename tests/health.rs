@@ -4,6 +4,8 @@
 //! back on its own. A slow cluster is `degraded` by its p99 and holds migrations back.
 //! `DRAIN CLUSTER` lets an open transaction commit, refuses new statements (or buffers
 //! them), and is kept across a restart of the proxy.
+// Tests and benches run on their own runtimes, every one with a time driver.
+#![allow(clippy::disallowed_methods)]
 
 mod common;
 

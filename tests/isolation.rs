@@ -1,6 +1,8 @@
 //! Sessions never share state through the pool, and never carry on as if nothing
 //! happened when their state is lost. Two clients share one proxy whose pool has a
 //! single backend connection per cluster, so every leak would show.
+// Tests and benches run on their own runtimes, every one with a time driver.
+#![allow(clippy::disallowed_methods)]
 
 mod common;
 

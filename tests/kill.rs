@@ -3,6 +3,8 @@
 //! session's statement on its backend, `KILL` ends a session (and its transaction
 //! rolls back on the server), only the same user or an admin may kill, and an unknown
 //! id gets 1094.
+// Tests and benches run on their own runtimes, every one with a time driver.
+#![allow(clippy::disallowed_methods)]
 
 mod common;
 

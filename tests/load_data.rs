@@ -6,6 +6,8 @@
 //! refuses, a backend lost mid-file, and the refusal of an unpinned LOAD DATA into a
 //! shared sharded table, each leaving the connection usable (or, for the lost backend,
 //! an error and never an OK).
+// Tests and benches run on their own runtimes, every one with a time driver.
+#![allow(clippy::disallowed_methods)]
 
 mod common;
 

@@ -1,4 +1,6 @@
 //! Local MariaDB servers: parallel start, TCP login as the created user, cleanup.
+// Tests and benches run on their own runtimes, every one with a time driver.
+#![allow(clippy::disallowed_methods)]
 
 mod common;
 

@@ -1,6 +1,8 @@
 //! Memory held for clients is bounded: client read buffers share one budget
 //! (`client_buffer_budget_mb`), a packet that stops arriving ends its session
 //! (`packet_stall_timeout_ms`), and a user's sessions are capped (`max_connections`).
+// Tests and benches run on their own runtimes, every one with a time driver.
+#![allow(clippy::disallowed_methods)]
 
 mod common;
 

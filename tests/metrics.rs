@@ -1,6 +1,8 @@
 //! `GET /metrics`: what an SRE's Prometheus scrapes during an incident. Two proxies
 //! run in this one process, as they do in many tests: each one's `/metrics` must show
 //! its own traffic only.
+// Tests and benches run on their own runtimes, every one with a time driver.
+#![allow(clippy::disallowed_methods)]
 
 mod common;
 

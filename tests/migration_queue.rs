@@ -4,6 +4,8 @@
 //! Copy migrations run through a stand-in engine ([`FakeCopy`]) that behaves as the
 //! contract in `migrations::copy` says (gate before every chunk, checkpoint SQL per
 //! chunk, postponed cut-over), so the executor's side is proven on its own. The tests
+// Tests and benches run on their own runtimes, every one with a time driver.
+#![allow(clippy::disallowed_methods)]
 
 mod common;
 

@@ -1,6 +1,8 @@
 //! The migration queue survives the proxy: `kill -9` of the real shardgate binary in the
 //! middle of a copy, a new shardgate process, and the copy resumes from its checkpoint
 //! and completes with every row intact.
+// Tests and benches run on their own runtimes, every one with a time driver.
+#![allow(clippy::disallowed_methods)]
 
 mod common;
 

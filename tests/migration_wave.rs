@@ -4,6 +4,8 @@
 //! one added column runs over all of them. With the binlog change capture no
 //! application statement may fail, every migration completes, and every workspace
 //! holds exactly its rows plus the acknowledged writes.
+// Tests and benches run on their own runtimes, every one with a time driver.
+#![allow(clippy::disallowed_methods)]
 
 mod common;
 

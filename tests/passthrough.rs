@@ -4,6 +4,8 @@
 //! MariaDB was seen to do. Transactions and DDL, connection ids, `COM_SET_OPTION`, and
 //! `@@socket`/`@@port` here; `COM_CHANGE_USER`, `COM_RESET_CONNECTION` and pooled
 //! connections the server closed in `passthrough_session.rs`.
+// Tests and benches run on their own runtimes, every one with a time driver.
+#![allow(clippy::disallowed_methods)]
 
 mod common;
 

@@ -7,6 +7,8 @@
 //! - a multi-statement query with an error in the middle (mysql_async: the results
 //!   before the error, then the error, then a usable connection);
 //! - PyMySQL's `executemany` over a multi-statement-enabled connection (its row count).
+// Tests and benches run on their own runtimes, every one with a time driver.
+#![allow(clippy::disallowed_methods)]
 
 mod common;
 

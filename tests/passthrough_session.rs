@@ -1,6 +1,8 @@
 //! shardgate as a plain passthrough (see `passthrough.rs`): `COM_CHANGE_USER` and
 //! `COM_RESET_CONNECTION` reset the session as MariaDB does, and pooled backend
 //! connections that MariaDB closed (`wait_timeout`) never reach a client.
+// Tests and benches run on their own runtimes, every one with a time driver.
+#![allow(clippy::disallowed_methods)]
 
 mod common;
 

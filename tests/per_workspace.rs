@@ -1,6 +1,8 @@
 //! `database_per_workspace` keyspaces: every workspace has its own database (`ws_42`) on
 //! the cluster its shard names; a session's `USE ws_42`, a handshake database, or a
 //! qualified `ws_42.t` routes there.
+// Tests and benches run on their own runtimes, every one with a time driver.
+#![allow(clippy::disallowed_methods)]
 
 mod common;
 

@@ -3,6 +3,8 @@
 //! cluster), is refused while the workspace has rows where it is now (unless FORCE),
 //! is for admin users only, cannot shadow a pin of the vschema document, and survives a
 //! restart of the proxy through the file topology store.
+// Tests and benches run on their own runtimes, every one with a time driver.
+#![allow(clippy::disallowed_methods)]
 
 mod common;
 

@@ -3,6 +3,8 @@
 //! while most of them are planned from the cache; a vschema change that moves a table
 //! to another sharding column is obeyed by the very next statement, not by a plan
 //! cached under the old map.
+// Tests and benches run on their own runtimes, every one with a time driver.
+#![allow(clippy::disallowed_methods)]
 
 mod common;
 

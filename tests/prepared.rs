@@ -4,6 +4,8 @@
 //! session, what cannot be served is refused with the reason, and a bound user cannot
 //! leave its workspace through a parameter. Drivers: mysql_async (binary protocol),
 //! Ruby mysql2 (libmariadb), raw packets, sysbench in its default prepared mode.
+// Tests and benches run on their own runtimes, every one with a time driver.
+#![allow(clippy::disallowed_methods)]
 
 mod common;
 

@@ -5,6 +5,8 @@
 //! And bulk executes written by hand: malformed rows, per-row results over several
 //! shards, a transaction. The libraries live in the virtualenv scripts/ensure-deps
 //! makes. See docs/clients.md.
+// Tests and benches run on their own runtimes, every one with a time driver.
+#![allow(clippy::disallowed_methods)]
 
 mod common;
 

@@ -1,6 +1,8 @@
 //! sysbench in its default prepared-statement mode (`--db-ps-mode=auto`, mysql driver:
 //! `mysql_stmt_prepare` / `mysql_stmt_execute`) through shardgate over a sharded
 //! keyspace: no errors, and the shards really served COM_STMT_EXECUTE.
+// Tests and benches run on their own runtimes, every one with a time driver.
+#![allow(clippy::disallowed_methods)]
 
 mod common;
 

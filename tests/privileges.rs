@@ -2,6 +2,8 @@
 //! reach the database host, other tenants or other sessions are refused with 1227 before
 //! anything reaches a backend (the servers are checked directly afterwards), admin users
 //! keep them; and a workspace tag must agree with the WHERE clause's workspace.
+// Tests and benches run on their own runtimes, every one with a time driver.
+#![allow(clippy::disallowed_methods)]
 
 mod common;
 

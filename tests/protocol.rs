@@ -1,5 +1,7 @@
 //! Protocol details clients rely on: the auth switch to mysql_native_password, packets
 //! over 16 MiB in both directions, COM_RESET_CONNECTION, COM_INIT_DB, COM_PING.
+// Tests and benches run on their own runtimes, every one with a time driver.
+#![allow(clippy::disallowed_methods)]
 
 mod common;
 

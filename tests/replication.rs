@@ -1,6 +1,8 @@
 //! Replicated local clusters (primary + standbys, GTID, semi-sync): rows reach every
 //! standby, standbys are read-only, a hand-made promotion works with the harness's
 //! helpers, start-up time. Checked directly on the servers, not through the proxy.
+// Tests and benches run on their own runtimes, every one with a time driver.
+#![allow(clippy::disallowed_methods)]
 
 mod common;
 

@@ -1,6 +1,8 @@
 //! Routing through the proxy to real MariaDB shards: rows land where the vschema says,
 //! pins override the vindex, unroutable statements get clear errors, and transactions
 //! and session state behave as on a direct connection.
+// Tests and benches run on their own runtimes, every one with a time driver.
+#![allow(clippy::disallowed_methods)]
 
 mod common;
 

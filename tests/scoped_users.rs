@@ -4,6 +4,8 @@
 //! keyspace); keyspace lists limit `USE`, the handshake database and qualified names;
 //! roles `app`/`dba`/`admin` limit the migration statements. Checked with mysql_async,
 //! PyMySQL and the `mariadb` CLI, and on the servers directly afterwards.
+// Tests and benches run on their own runtimes, every one with a time driver.
+#![allow(clippy::disallowed_methods)]
 
 mod common;
 

@@ -4,6 +4,8 @@
 //! independent clients (mysql_async, PyMySQL, the `mariadb` CLI) log in without TLS
 //! (RSA) and over TLS (clear text). The config file's `auth_plugin` and `[auth]
 //! rsa_private_key` are checked last.
+// Tests and benches run on their own runtimes, every one with a time driver.
+#![allow(clippy::disallowed_methods)]
 
 mod common;
 

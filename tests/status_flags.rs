@@ -3,6 +3,8 @@
 //! flag as the backend reports it: clients escape strings by that flag, and a wrong one
 //! turned a bound parameter into SQL (real MariaDB; raw packets, and mysqlclient on
 //! libmariadb).
+// Tests and benches run on their own runtimes, every one with a time driver.
+#![allow(clippy::disallowed_methods)]
 
 mod common;
 

@@ -3,6 +3,8 @@
 //! ssl) verify the certificate the test made and run queries; what crosses the wire is
 //! not plain text; `require_tls` users and `[tls] require` refuse plain logins; and
 //! without `[tls]` an SSLRequest is refused as before.
+// Tests and benches run on their own runtimes, every one with a time driver.
+#![allow(clippy::disallowed_methods)]
 
 mod common;
 

@@ -1,6 +1,8 @@
 //! The partial-failure view: a failure that hurts only some workspaces (here a table
 //! dropped in three workspace databases) shows in `SHOW WORKSPACES WITH ERRORS` and
 //! `SHOW WORKSPACE n`, while every cluster's health stays `healthy`.
+// Tests and benches run on their own runtimes, every one with a time driver.
+#![allow(clippy::disallowed_methods)]
 
 mod common;
 

@@ -258,7 +258,7 @@ impl ControlPool {
                 ClusterFailure::from_store(&cluster.name, e)
             })
         };
-        match tokio::time::timeout(deadline, work).await {
+        match crate::timer::timeout(deadline, work).await {
             Ok(r) => r,
             Err(_) => Err(ClusterFailure {
                 cluster: cluster.name.clone(),

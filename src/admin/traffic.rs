@@ -183,7 +183,7 @@ pub async fn drain(
     pool.close_idle();
     let deadline = started + wait;
     while pool.leased() > 0 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        crate::timer::sleep(Duration::from_millis(20)).await;
     }
     let left = pool.leased_threads();
     let mut killed = 0;

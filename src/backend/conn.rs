@@ -208,7 +208,7 @@ impl BackendConn {
         database: Option<&str>,
         timeout: Duration,
     ) -> Result<(BackendConn, Greeting), ConnectError> {
-        match tokio::time::timeout(timeout, Self::connect_inner(cluster, key, database)).await {
+        match crate::timer::timeout(timeout, Self::connect_inner(cluster, key, database)).await {
             Ok(r) => r,
             Err(_) => Err(ConnectError::network(format!(
                 "connect to {} timed out after {:?}",

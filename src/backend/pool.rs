@@ -273,7 +273,7 @@ impl ClusterPool {
             // Also look again now and then: a health change is also signalled, but a
             // look costs nothing.
             let wake = deadline.min(tokio::time::Instant::now() + Duration::from_millis(250));
-            let _ = tokio::time::timeout_at(wake, changed).await;
+            let _ = crate::timer::timeout_at(wake, changed).await;
             if tokio::time::Instant::now() >= deadline {
                 return Err(ProxyError::cluster_not_serving(
                     name,
@@ -316,7 +316,7 @@ impl ClusterPool {
                     let changed = self.traffic.changed.notified();
                     let wake = buffered_until
                         .min(tokio::time::Instant::now() + Duration::from_millis(250));
-                    let _ = tokio::time::timeout_at(wake, changed).await;
+                    let _ = crate::timer::timeout_at(wake, changed).await;
                 }
                 Ok(lease) => return Ok(lease),
                 Err((e, _)) => return Err(e),
@@ -461,7 +461,7 @@ impl ClusterPool {
             }
             // Uncounts the waiter however the wait ends, dropped future included.
             let _waiting = Waiting(self);
-            let woke = tokio::time::timeout_at(deadline, freed).await;
+            let woke = crate::timer::timeout_at(deadline, freed).await;
             if woke.is_err() {
                 return Err(ProxyError::cluster_unavailable(
                     &self.name,
@@ -568,7 +568,7 @@ pub async fn reap_idle(
     let period = (idle_timeout / 2).clamp(Duration::from_secs(1), Duration::from_secs(30));
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(period) => {}
+            _ = crate::timer::sleep(period) => {}
             _ = stop.changed() => return,
         }
         if *stop.borrow() {

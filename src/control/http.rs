@@ -89,7 +89,7 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener, mut stop: watch::
             a = listener.accept() => match a {
                 Ok(x) => x,
                 Err(_) => {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    crate::timer::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
@@ -106,7 +106,7 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener, mut stop: watch::
             continue;
         };
         tokio::spawn(async move {
-            let _ = tokio::time::timeout(REQUEST_DEADLINE, handle(shared, stream)).await;
+            let _ = crate::timer::timeout(REQUEST_DEADLINE, handle(shared, stream)).await;
             drop(slot);
         });
     }
@@ -431,7 +431,7 @@ async fn history(shared: &Shared, req: &Request) -> Response {
         .and_then(|l| l.parse::<usize>().ok())
         .unwrap_or(50)
         .clamp(1, 1000);
-    match tokio::time::timeout(super::STORE_DEADLINE, shared.plane.topo().history(limit)).await {
+    match crate::timer::timeout(super::STORE_DEADLINE, shared.plane.topo().history(limit)).await {
         Ok(Ok(records)) => json_response(
             "200 OK",
             json!({

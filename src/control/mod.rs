@@ -235,7 +235,7 @@ impl ControlPlane {
             diff,
             document: cur.document.clone(),
         };
-        match tokio::time::timeout(
+        match crate::timer::timeout(
             STORE_DEADLINE,
             self.topo.publish(record.clone(), cur.version),
         )
@@ -322,7 +322,7 @@ pub async fn change(shared: &Shared, req: ChangeRequest) -> Result<Applied, Chan
         diff: lines.clone(),
         document: if hidden { doc.to_text() } else { req.document },
     };
-    let published = tokio::time::timeout(
+    let published = crate::timer::timeout(
         STORE_DEADLINE,
         plane.topo.publish(record.clone(), cur.version),
     )
@@ -341,7 +341,7 @@ pub async fn change(shared: &Shared, req: ChangeRequest) -> Result<Applied, Chan
     };
     if let Some(why) = failure {
         // The store may have taken it all the same (its answer was lost): look.
-        match tokio::time::timeout(STORE_DEADLINE, plane.topo.current()).await {
+        match crate::timer::timeout(STORE_DEADLINE, plane.topo.current()).await {
             Ok(Ok(Some(now))) if now == record => {
                 tracing::warn!(
                     version = record.version,
@@ -398,7 +398,7 @@ pub(crate) fn adopt(shared: &Shared, record: VersionRecord) -> Result<(), String
 /// compare-and-swap lost to another proxy).
 pub async fn catch_up(shared: &Shared) {
     if let Ok(Ok(Some(record))) =
-        tokio::time::timeout(STORE_DEADLINE, shared.plane.topo.current()).await
+        crate::timer::timeout(STORE_DEADLINE, shared.plane.topo.current()).await
     {
         let _turn = shared.plane.changing.lock().await;
         if record.version > shared.plane.version() {
@@ -416,7 +416,7 @@ pub async fn rollback(
     author: &str,
     allow_movement: bool,
 ) -> Result<Applied, ChangeError> {
-    let old = match tokio::time::timeout(STORE_DEADLINE, shared.plane.topo.version(to)).await {
+    let old = match crate::timer::timeout(STORE_DEADLINE, shared.plane.topo.version(to)).await {
         Ok(Ok(Some(r))) => r,
         Ok(Ok(None)) => {
             return Err(ChangeError::Invalid(vec![(

@@ -111,7 +111,7 @@ pub async fn start(shared: &Arc<Shared>, stop: watch::Receiver<bool>) -> Result<
     let deadline = tokio::time::Instant::now() + START_DEADLINE;
     let kind = shared.plane.topo().kind();
     let stored = loop {
-        let e = match tokio::time::timeout(STORE_DEADLINE, shared.plane.topo().current()).await {
+        let e = match crate::timer::timeout(STORE_DEADLINE, shared.plane.topo().current()).await {
             Ok(Ok(stored)) => break stored,
             Ok(Err(e)) => e.to_string(),
             Err(_) => "it did not answer in time".to_string(),
@@ -122,7 +122,7 @@ pub async fn start(shared: &Arc<Shared>, stop: watch::Receiver<bool>) -> Result<
             ));
         }
         tracing::warn!(error = %e, "topology store ({kind}) not readable yet; retrying");
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        crate::timer::sleep(Duration::from_millis(500)).await;
     };
     shared.plane.set_reachable(true);
     match stored {
@@ -153,7 +153,7 @@ pub async fn start(shared: &Arc<Shared>, stop: watch::Receiver<bool>) -> Result<
                 diff: vec!["first version".to_string()],
                 document: start_text,
             };
-            let published = tokio::time::timeout(
+            let published = crate::timer::timeout(
                 STORE_DEADLINE,
                 shared.plane.topo().publish(record.clone(), 0),
             )
@@ -168,7 +168,7 @@ pub async fn start(shared: &Arc<Shared>, stop: watch::Receiver<bool>) -> Result<
                 }
                 // Another proxy of the fleet stored one first: serve that.
                 Ok(Err(crate::topo::TopoError::Conflict { .. })) => {
-                    match tokio::time::timeout(STORE_DEADLINE, shared.plane.topo().current()).await
+                    match crate::timer::timeout(STORE_DEADLINE, shared.plane.topo().current()).await
                     {
                         Ok(Ok(Some(r))) => adopt(shared, r)?,
                         _ => {
@@ -262,7 +262,7 @@ async fn import_file(shared: &Shared, text: String) -> bool {
 async fn read_settled(path: &Path) -> std::io::Result<Option<String>> {
     let mut text = tokio::fs::read_to_string(path).await?;
     for _ in 0..SETTLE_READS {
-        tokio::time::sleep(SETTLE).await;
+        crate::timer::sleep(SETTLE).await;
         let again = tokio::fs::read_to_string(path).await?;
         if again == text {
             return Ok(Some(text));
@@ -287,7 +287,7 @@ async fn watch_file(shared: Arc<Shared>, path: PathBuf, mut stop: watch::Receive
     // read and this watch starting is not missed.
     let mut stamp = None;
     let mut last_text = shared.config.vschema_text.clone();
-    let mut tick = tokio::time::interval(FILE_POLL);
+    let mut tick = crate::timer::interval(FILE_POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         // (forced: SIGHUP, polled: the timer rather than a notification)

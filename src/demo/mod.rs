@@ -185,7 +185,7 @@ async fn serve_demo(
     let _ = stop_tx.send(());
     // A finished JoinHandle must not be polled again.
     if !proxy.is_finished()
-        && tokio::time::timeout(PROXY_STOP_TIMEOUT, &mut proxy)
+        && crate::timer::timeout(PROXY_STOP_TIMEOUT, &mut proxy)
             .await
             .is_err()
     {

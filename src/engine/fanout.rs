@@ -239,7 +239,7 @@ async fn exec(lease: &mut Lease, w: &ShardWrite, deadline: Option<std::time::Dur
     let Some(limit) = deadline else {
         return exec_part(lease, w).await;
     };
-    match tokio::time::timeout(limit, exec_part(lease, w)).await {
+    match crate::timer::timeout(limit, exec_part(lease, w)).await {
         Ok(part) => part,
         Err(_) => {
             lease.conn().broken = true;

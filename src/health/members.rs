@@ -60,7 +60,7 @@ pub async fn probe_standby(cluster: &Cluster, addr: &str, timeout: Duration) -> 
         addr: addr.to_string(),
         ..StandbyStatus::default()
     };
-    match tokio::time::timeout(timeout, read_standby(&member(cluster, addr), timeout)).await {
+    match crate::timer::timeout(timeout, read_standby(&member(cluster, addr), timeout)).await {
         Ok(Ok(read)) => {
             s = read;
             s.addr = addr.to_string();

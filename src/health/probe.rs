@@ -63,7 +63,7 @@ async fn monitor(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut conn: Option<(String, SqlConn)> = None;
-    let mut tick = tokio::time::interval(config.probe_interval);
+    let mut tick = crate::timer::interval(config.probe_interval);
     // A probe that timed out already took its interval: the next starts at once.
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -90,7 +90,7 @@ async fn monitor(
         }
         let started = Instant::now();
         let standbys = super::members::probe_all(&cluster, config.probe_timeout);
-        let primary = tokio::time::timeout(
+        let primary = crate::timer::timeout(
             config.probe_timeout,
             probe(&cluster, &mut conn, config.probe_timeout, &me),
         );
@@ -205,7 +205,7 @@ fn report(t: &Transition, webhook: Option<&str>) {
     );
     let url = url.to_string();
     tokio::spawn(async move {
-        let sent = tokio::time::timeout(Duration::from_secs(2), post(&url, &body)).await;
+        let sent = crate::timer::timeout(Duration::from_secs(2), post(&url, &body)).await;
         match sent {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!(%url, error = %e, "health webhook failed"),

@@ -278,7 +278,7 @@ impl Codec {
                 };
                 let timer = self
                     .stall_timer
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(stall)));
+                    .get_or_insert_with(|| Box::pin(crate::timer::sleep(stall)));
                 match timer.as_mut().poll(cx) {
                     Poll::Ready(()) => {
                         self.stall_timer = None;

@@ -293,7 +293,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> PacketConn<S> {
             }
             match self.limits.as_ref().and_then(|l| l.stall) {
                 Some(stall) if !self.rbuf.is_empty() => {
-                    tokio::time::timeout(stall, self.fill())
+                    crate::timer::timeout(stall, self.fill())
                         .await
                         .map_err(|_| ReadError::Stalled)??;
                 }
@@ -385,7 +385,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> PacketConn<S> {
         }
         let _ = self.io.shutdown().await;
         let mut scratch = vec![0u8; 16 * 1024];
-        let _ = tokio::time::timeout(for_, async {
+        let _ = crate::timer::timeout(for_, async {
             while let Ok(n) = self.io.read(&mut scratch).await {
                 if n == 0 {
                     break;
@@ -514,7 +514,7 @@ mod tests {
         conn.limits = Some(ReadLimits::new(budget.clone(), 64 * 1024, None));
         // A header announcing 8 MiB and a few bytes: the buffer stays small.
         peer.write_all(&[0, 0, 0x80, 0, 3, b'x']).await.unwrap();
-        let r = tokio::time::timeout(Duration::from_millis(100), conn.read_packet(64 << 20)).await;
+        let r = crate::timer::timeout(Duration::from_millis(100), conn.read_packet(64 << 20)).await;
         assert!(r.is_err(), "still waiting");
         assert!(conn.rbuf.capacity() <= 8 * 1024, "{}", conn.rbuf.capacity());
         assert_eq!(budget.used(), 0);

@@ -143,7 +143,7 @@ impl Session {
                         "autocommit statement was a deadlock's victim (1213, rolled back); sending it again"
                     );
                     // Boxed: only this rare path pays for the timer's room.
-                    Box::pin(tokio::time::sleep(wait)).await;
+                    Box::pin(crate::timer::sleep(wait)).await;
                 }
                 other => break other,
             }

@@ -93,7 +93,7 @@ impl IdleClock {
 /// Advances the [`IdleClock`] every `IDLE_TICK` (100 ms) and signals the sessions whose idle
 /// deadline passed (see the module docs), until `stop` turns true.
 pub async fn watch_idle(shared: Arc<crate::shared::Shared>, mut stop: watch::Receiver<bool>) {
-    let mut tick = tokio::time::interval(IDLE_TICK);
+    let mut tick = crate::timer::interval(IDLE_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -209,7 +209,7 @@ impl Session {
         };
         tracing::info!(session = self.id, user = %LogSafe(&self.user), reserved = limit.reserved,
             "idle session ended");
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.send_error(&e)).await;
+        let _ = crate::timer::timeout(Duration::from_secs(1), self.send_error(&e)).await;
     }
 }
 

@@ -283,7 +283,7 @@ impl Session {
         // Bounded: the killed session's statement end waits for this (a hung cluster
         // must not hold it, nor the KILL's own client, forever).
         let conn = lease.conn();
-        let sent = tokio::time::timeout(
+        let sent = crate::timer::timeout(
             KILL_QUERY_LIMIT,
             conn.exec(q.as_bytes(), ResponseKind::Query),
         );
@@ -305,7 +305,7 @@ impl Session {
     pub(super) async fn end_killed(&mut self) {
         tracing::info!(session = self.id, "session ended by KILL");
         let e = ProxyError::connection_killed();
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), self.send_error(&e)).await;
+        let _ = crate::timer::timeout(std::time::Duration::from_secs(1), self.send_error(&e)).await;
     }
 }
 

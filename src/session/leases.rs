@@ -443,7 +443,7 @@ impl Session {
         let result = match limit {
             None => relay!().await,
             Some(limit) => {
-                match Box::pin(tokio::time::timeout(limit, relay!())).await {
+                match Box::pin(crate::timer::timeout(limit, relay!())).await {
                     Ok(r) => r,
                     Err(_) => {
                         if retried > 0 {
@@ -657,7 +657,7 @@ impl Session {
                     }
                 }
             };
-            let _ = tokio::time::timeout(limit, kill).await;
+            let _ = crate::timer::timeout(limit, kill).await;
         });
     }
 }

@@ -159,7 +159,7 @@ pub(super) async fn login(
     // Throttled: every attempt waits, right or wrong, so its timing tells nothing. The
     // wait comes before any answer that depends on the password (caching_sha2's fast
     // path answers at once).
-    tokio::time::sleep(door.login_delay(peer.ip(), &resp.user, started)).await;
+    crate::timer::sleep(door.login_delay(peer.ip(), &resp.user, started)).await;
     let verdict = match plugin {
         AuthPlugin::NativePassword => sha2_login::native_verdict(entry, &token, &scramble),
         AuthPlugin::CachingSha2Password => {

@@ -90,14 +90,14 @@ pub async fn run(
         Err(e) => {
             let refusal = wire::proxy_err_payload(&e);
             let _ =
-                tokio::time::timeout(std::time::Duration::from_secs(1), client.send(0, &refusal))
+                crate::timer::timeout(std::time::Duration::from_secs(1), client.send(0, &refusal))
                     .await;
             return;
         }
     };
     let id = shared.next_connection_id();
     let login = login::login(&shared, &mut client, id, peer);
-    let login = tokio::time::timeout(shared.door.login_timeout, login).await;
+    let login = crate::timer::timeout(shared.door.login_timeout, login).await;
     drop(pending);
     let Ok(Some(mut login)) = login else {
         return;

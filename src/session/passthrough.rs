@@ -253,7 +253,7 @@ impl Session {
             .map(|a| a.ip())
             .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
         let door = &shared.door;
-        tokio::time::sleep(door.login_delay(ip, &req.user, started)).await;
+        crate::timer::sleep(door.login_delay(ip, &req.user, started)).await;
         let verdict = match plugin {
             AuthPlugin::NativePassword => sha2_login::native_verdict(entry, &token, &nonce),
             AuthPlugin::CachingSha2Password => {

@@ -374,7 +374,7 @@ impl Session {
             let run = run_part(lease.conn(), &target, b);
             let result = match deadline {
                 None => run.await,
-                Some(limit) => match tokio::time::timeout(limit, run).await {
+                Some(limit) => match crate::timer::timeout(limit, run).await {
                     Ok(r) => r,
                     Err(_) => {
                         lease.conn().broken = true;

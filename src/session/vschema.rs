@@ -112,7 +112,7 @@ impl Session {
                 self.send_result_set(&SHOW_COLUMNS, vec![row]).await
             }
             VschemaStatement::History(limit) => {
-                let got = tokio::time::timeout(
+                let got = crate::timer::timeout(
                     control::STORE_DEADLINE,
                     self.shared.plane.topo().history(limit),
                 )

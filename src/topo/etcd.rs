@@ -222,7 +222,7 @@ impl Inner {
                 }
             })
         };
-        let result = match tokio::time::timeout(CALL_DEADLINE, run).await {
+        let result = match crate::timer::timeout(CALL_DEADLINE, run).await {
             Ok(r) => r,
             Err(_) => Err(TopoError::Unavailable(format!(
                 "{what}: etcd ({}) did not answer within {} s",

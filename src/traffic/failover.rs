@@ -179,7 +179,7 @@ pub async fn failover(
     // wait by `catch_up`); the whole is bounded too, so a member that hangs mid-statement
     // cannot hold the buffer and the failover turn forever.
     let limit = config.drain_wait + config.catch_up * 3 + Duration::from_secs(10);
-    let result = match tokio::time::timeout(limit, async {
+    let result = match crate::timer::timeout(limit, async {
         if !lease.held() {
             return Err("the failover lease was lost before the switch (the topology store \
                         stopped answering); nothing switched"
@@ -300,7 +300,7 @@ async fn switch(
     if kind == Kind::Planned {
         let deadline = Instant::now() + config.drain_wait;
         while pool.leased() > 0 && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            crate::timer::sleep(Duration::from_millis(10)).await;
         }
         t.step(format!(
             "in-flight statements done ({} still leased)",

@@ -165,7 +165,7 @@ impl Shared {
 
 /// Keeps a fenced former primary `read_only` whenever it answers, while the proxy runs.
 async fn keep_fenced(member: Cluster, shared: Weak<Shared>) {
-    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    let mut tick = crate::timer::interval(std::time::Duration::from_secs(1));
     let mut told = false;
     loop {
         tick.tick().await;
@@ -182,7 +182,7 @@ async fn keep_fenced(member: Cluster, shared: Weak<Shared>) {
         }
         drop(shared);
         let timeout = std::time::Duration::from_secs(1);
-        let Ok(Ok(mut c)) = tokio::time::timeout(
+        let Ok(Ok(mut c)) = crate::timer::timeout(
             timeout,
             crate::backend::SqlConn::connect(&member, None, timeout),
         )

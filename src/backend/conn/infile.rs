@@ -97,7 +97,7 @@ impl BackendConn {
     ) -> Result<FileEnd, BackendError> {
         let mut lost: Option<String> = None;
         loop {
-            let read = tokio::time::timeout(FILE_PACKET_WAIT, client.read_packet(limit)).await;
+            let read = crate::timer::timeout(FILE_PACKET_WAIT, client.read_packet(limit)).await;
             let (last_seq, packet) = match read {
                 Ok(Ok(p)) => p,
                 Ok(Err(e)) => return Err(self.client_lost(e.to_string())),

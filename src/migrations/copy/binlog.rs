@@ -240,7 +240,7 @@ impl BinlogCapture {
         // The stream's first packet says whether the server serves it (a missing
         // REPLICATION SLAVE grant, a purged position): an ERR here is a `Failed`, so a
         // fresh copy falls back to triggers rather than failing later.
-        let first = tokio::time::timeout(Duration::from_secs(10), stream.next_packet(MAX_EVENT))
+        let first = crate::timer::timeout(Duration::from_secs(10), stream.next_packet(MAX_EVENT))
             .await
             .map_err(|_| CopyError::Connection("no answer to the binlog request in 10 s".into()))?
             .map_err(|e| CopyError::Connection(format!("requesting the binlog: {e}")))?;
@@ -413,7 +413,7 @@ impl BinlogCapture {
                 )));
             }
             // The applied position is announced; the read one is looked at again soon.
-            let _ = tokio::time::timeout(left.min(Duration::from_millis(5)), notified).await;
+            let _ = crate::timer::timeout(left.min(Duration::from_millis(5)), notified).await;
         }
     }
 }
@@ -495,7 +495,7 @@ impl Reader {
                 Some(t) => BATCH_WAIT.saturating_sub(t.elapsed()),
                 None => HEARTBEAT * 5,
             };
-            match tokio::time::timeout(wait, self.stream.next_packet(MAX_EVENT)).await {
+            match crate::timer::timeout(wait, self.stream.next_packet(MAX_EVENT)).await {
                 Ok(Ok(packet)) => self.on_packet(&packet)?,
                 Ok(Err(e)) => {
                     return Err(CopyError::Connection(format!("reading the binlog: {e}")))

@@ -64,7 +64,7 @@ async fn retried(conn: &mut SqlConn, sql: &str, doing: &str) -> Result<u64, Copy
                     && matches!(e.code(), Some(code::DEADLOCK | code::LOCK_WAIT_TIMEOUT)) =>
             {
                 attempt += 1;
-                tokio::time::sleep(Duration::from_millis(5 << attempt.min(6))).await;
+                crate::timer::sleep(Duration::from_millis(5 << attempt.min(6))).await;
             }
             Err(e) => return Err(server_err(doing, e)),
         }

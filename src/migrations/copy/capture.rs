@@ -112,7 +112,7 @@ impl TriggerCapture {
                             self.table
                         )));
                     }
-                    tokio::time::sleep(super::sql::backoff(attempt)).await;
+                    crate::timer::sleep(super::sql::backoff(attempt)).await;
                 }
                 Err(e) => return Err(server_err("changing triggers", e)),
             }

@@ -384,7 +384,7 @@ pub(crate) async fn copy_rows<C: CopyControl>(
                     )));
                 }
                 size = (size / 2).max(MIN_CHUNK);
-                tokio::time::sleep(super::sql::backoff(retries)).await;
+                crate::timer::sleep(super::sql::backoff(retries)).await;
             }
             Err(ChunkError::Fatal(e)) => return Err(e),
         }

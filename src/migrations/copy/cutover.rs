@@ -197,7 +197,7 @@ pub(crate) async fn binlog_cut_over<C: CopyControl>(
             Ok(()) => return Ok(()),
             Err(Attempt::Again(why)) => {
                 tracing::info!(uuid = %task.uuid, attempt, why = %why, "cut-over not done; backing off");
-                tokio::time::sleep(sql::backoff(attempt)).await;
+                crate::timer::sleep(sql::backoff(attempt)).await;
             }
             Err(Attempt::Fatal(e)) => return Err(e),
         }
@@ -297,7 +297,7 @@ async fn try_once(
                 queued = true;
                 break;
             }
-            tokio::time::sleep(Duration::from_millis(2)).await;
+            crate::timer::sleep(Duration::from_millis(2)).await;
         }
         if queued {
             lock.execute(&format!("DROP TABLE {sentry}"))

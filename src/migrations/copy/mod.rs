@@ -442,7 +442,7 @@ async fn run_stages<C: CopyControl>(
         let mut last_ping = std::time::Instant::now();
         while !control.may_cut_over() {
             control.gate().await.map_err(CopyError::Stopped)?;
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            crate::timer::sleep(Duration::from_millis(200)).await;
             // Keep the DDL connection alive through a long postponement.
             if last_ping.elapsed() > Duration::from_secs(30) {
                 if !ddl.ping().await {
@@ -620,7 +620,7 @@ async fn cut_over<C: CopyControl>(
             Ok(_) => return Ok(()),
             Err(e) if e.code() == Some(code::LOCK_WAIT_TIMEOUT) => {
                 tracing::info!(uuid = %task.uuid, attempt, "cut-over lock not granted; backing off");
-                tokio::time::sleep(sql::backoff(attempt)).await;
+                crate::timer::sleep(sql::backoff(attempt)).await;
             }
             Err(e) => return Err(server_err("cut-over", e)),
         }

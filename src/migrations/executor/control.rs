@@ -149,7 +149,7 @@ impl CopyControl for MigrationControl {
                 return Ok(());
             }
             self.stats.note_gate_wait();
-            tokio::time::sleep(GATE_RECHECK).await;
+            crate::timer::sleep(GATE_RECHECK).await;
         }
     }
 

@@ -267,7 +267,7 @@ async fn run(ctx: Arc<Ctx>, mut shutdown: watch::Receiver<bool>) {
             }
         }
         tokio::select! {
-            _ = tokio::time::sleep(ctx.config.lock_retry_interval) => {}
+            _ = crate::timer::sleep(ctx.config.lock_retry_interval) => {}
             changed = shutdown.changed() => if changed.is_err() { return },
         }
     }
@@ -298,7 +298,7 @@ async fn timed<T, E: std::fmt::Display>(
     ctx: &Ctx,
     f: impl std::future::Future<Output = Result<T, E>>,
 ) -> Result<T, String> {
-    match tokio::time::timeout(ctx.config.statement_timeout, f).await {
+    match crate::timer::timeout(ctx.config.statement_timeout, f).await {
         Ok(r) => r.map_err(|e| e.to_string()),
         Err(_) => Err(format!(
             "{} did not answer within {:?}",
@@ -364,7 +364,7 @@ async fn own(
             break Err(e);
         }
         tokio::select! {
-            _ = tokio::time::sleep(ctx.config.poll_interval) => {}
+            _ = crate::timer::sleep(ctx.config.poll_interval) => {}
             changed = shutdown.changed() => {
                 if changed.is_err() || *shutdown.borrow() {
                     break Ok(());
@@ -393,7 +393,7 @@ async fn let_go(ctx: &Arc<Ctx>, conn: &mut SqlConn, state: &mut Owned, still_own
     }
     let deadline = tokio::time::Instant::now() + ctx.config.shutdown_grace;
     while !state.tasks.is_empty() {
-        match tokio::time::timeout_at(deadline, state.tasks.join_next_with_id()).await {
+        match crate::timer::timeout_at(deadline, state.tasks.join_next_with_id()).await {
             Ok(Some(done)) => {
                 if still_owner {
                     let _ = finish(ctx, conn, state, done).await;

@@ -209,7 +209,7 @@ pub(crate) async fn sample_loop(
     let mut threads = Baseline::new(config.baseline_window, config.baseline_min_samples);
     let mut p99 = Baseline::new(config.baseline_window, config.baseline_min_samples);
     let mut conn: Option<SqlConn> = None;
-    let mut tick = tokio::time::interval(config.sample_interval);
+    let mut tick = crate::timer::interval(config.sample_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -226,7 +226,7 @@ pub(crate) async fn sample_loop(
             cluster = now;
         }
         let limit = config.sample_interval.max(Duration::from_secs(1)) * 2;
-        let sampled = tokio::time::timeout(
+        let sampled = crate::timer::timeout(
             limit,
             sample_cluster(&cluster, &config, &mut conn, &mut threads, connect_timeout),
         )

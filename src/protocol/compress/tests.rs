@@ -131,7 +131,7 @@ async fn read_error(wire: Vec<u8>, max_packet: usize) -> io::Error {
         let _ = peer.read(&mut [0u8; 1]).await;
     });
     let mut buf = vec![0u8; 1 << 16];
-    let r = tokio::time::timeout(Duration::from_secs(5), async {
+    let r = crate::timer::timeout(Duration::from_secs(5), async {
         loop {
             match s.read(&mut buf).await {
                 Ok(0) => panic!("end of stream instead of an error"),
@@ -188,7 +188,7 @@ async fn a_frame_that_stops_mid_way_ends_after_the_stall_timeout() {
     let mut s = MaybeCompressed::new(ours);
     s.start(Codec::new(1 << 20, Some(Duration::from_millis(300))), &[])
         .unwrap();
-    let r = tokio::time::timeout(Duration::from_secs(1), s.read(&mut buf)).await;
+    let r = crate::timer::timeout(Duration::from_secs(1), s.read(&mut buf)).await;
     assert!(r.is_err(), "still waiting for a frame");
     peer.write_all(&frame(0, b"hi", false)).await.unwrap();
     assert_eq!(s.read(&mut buf).await.unwrap(), 2);
@@ -267,7 +267,7 @@ async fn random_bytes_end_in_an_error_or_the_end_never_a_panic_or_a_hang() {
         peer.write_all(&wire).await.unwrap();
         drop(peer);
         let mut buf = vec![0u8; rng.gen_range(1..5000)];
-        let done = tokio::time::timeout(Duration::from_secs(5), async {
+        let done = crate::timer::timeout(Duration::from_secs(5), async {
             while let Ok(n) = s.read(&mut buf).await {
                 if n == 0 {
                     break;

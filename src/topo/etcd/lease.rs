@@ -132,8 +132,8 @@ async fn renew(
                 held.store(false, Ordering::Release);
                 return;
             }
-            _ = tokio::time::sleep(every) => {
-                let renewed = tokio::time::timeout(CALL_DEADLINE, async {
+            _ = crate::timer::sleep(every) => {
+                let renewed = crate::timer::timeout(CALL_DEADLINE, async {
                     keeper.keep_alive().await?;
                     stream.message().await
                 })

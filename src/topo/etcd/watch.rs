@@ -42,7 +42,7 @@ async fn open(inner: &Inner) -> Result<etcd_client::WatchStream, TopoError> {
             .await
         })
         .await?;
-    match tokio::time::timeout(CALL_DEADLINE, stream.message()).await {
+    match crate::timer::timeout(CALL_DEADLINE, stream.message()).await {
         Ok(Ok(Some(r))) if r.created() && !r.canceled() => Ok(stream),
         Ok(Ok(Some(r))) => Err(TopoError::Unavailable(format!(
             "etcd did not create the watch: {}",
@@ -120,7 +120,7 @@ async fn run(
         tokio::select! {
             _ = alive.changed() => return,
             _ = tx.closed() => return,
-            _ = tokio::time::sleep(RETRY) => {}
+            _ = crate::timer::sleep(RETRY) => {}
         }
     }
 }
