@@ -42,10 +42,11 @@ fn notify_watch(
         .unwrap_or(Path::new("."));
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         if let Ok(event) = res {
-            if event
-                .paths
-                .iter()
-                .any(|p| p.file_name() == Some(name.as_os_str()))
+            if is_change(&event.kind)
+                && event
+                    .paths
+                    .iter()
+                    .any(|p| p.file_name() == Some(name.as_os_str()))
             {
                 // A full channel already holds a wake-up.
                 let _ = tx.try_send(());
@@ -59,6 +60,17 @@ fn notify_watch(
         .map_err(|e| tracing::warn!(error = %e, dir = %dir.display(), "no file notifications: the vschema file is polled"))
         .ok()?;
     Some(watcher)
+}
+
+/// Whether a file system event may have changed the file: not an access other than
+/// a writer closing it. Reading the file (as this watch does on each wake-up) is one,
+/// and woke the watch again, 20 times a second.
+fn is_change(kind: &notify::EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode};
+    match kind {
+        notify::EventKind::Access(a) => matches!(a, AccessKind::Close(AccessMode::Write)),
+        _ => true,
+    }
 }
 
 /// A fingerprint of a document's text.
@@ -395,5 +407,34 @@ async fn reload(shared: &Shared) {
     let _turn = shared.plane.changing.lock().await;
     if let Err(e) = super::pins::load_directory(shared).await {
         tracing::error!(error = %e, "could not reload the pin directory");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use notify::event::{AccessKind, AccessMode, CreateKind, DataChange, ModifyKind, RenameMode};
+    use notify::EventKind;
+
+    #[test]
+    fn reading_the_file_is_not_a_change_writing_or_replacing_it_is() {
+        assert!(!super::is_change(&EventKind::Access(AccessKind::Open(
+            AccessMode::Read
+        ))));
+        assert!(!super::is_change(&EventKind::Access(AccessKind::Close(
+            AccessMode::Read
+        ))));
+        assert!(super::is_change(&EventKind::Access(AccessKind::Close(
+            AccessMode::Write
+        ))));
+        assert!(super::is_change(&EventKind::Modify(ModifyKind::Data(
+            DataChange::Any
+        ))));
+        assert!(super::is_change(&EventKind::Modify(ModifyKind::Name(
+            RenameMode::To
+        ))));
+        assert!(super::is_change(&EventKind::Create(CreateKind::File)));
+        assert!(super::is_change(&EventKind::Remove(
+            notify::event::RemoveKind::File
+        )));
     }
 }
