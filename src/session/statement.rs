@@ -401,57 +401,63 @@ impl Session {
         stmt: &StatementPlan,
         payload: Bytes,
     ) -> Answered {
-        let Some(key) =
-            one_workspace(&rt.vschema, &self.ctx, stmt).and_then(|(keyspace, workspace)| {
-                let tracker = &self.shared.workspaces;
-                workspace_key(&mut self.last_workspace_key, tracker, keyspace, workspace)
-            })
-        else {
-            return self.single_unwatched(rt, stmt, payload).await;
-        };
-        self.watch_errors = true;
-        self.answer_error = None;
-        let answer = self.single_unwatched(rt, stmt, payload).await;
-        self.watch_errors = false;
-        let error = self.answer_error.take();
-        // The window counts whole seconds: the latest reading (the answer's, or the
-        // command's arrival when no cluster answered) is close enough.
-        let at = self.clock;
-        self.shared.workspaces.record_answered_at(key, error, at);
-        answer
-    }
-
-    pub(super) async fn single_unwatched(
-        &mut self,
-        rt: &Runtime,
-        stmt: &StatementPlan,
-        payload: Bytes,
-    ) -> Answered {
-        let dispatch = match router::route(&rt.vschema, &self.ctx, stmt) {
-            Ok(d) => d,
-            Err(e) => return self.send_error(&e).await,
-        };
-        match dispatch {
-            d @ (Dispatch::Single(_) | Dispatch::AnyShard { .. }) => {
-                let Some(target) = self.one_target(&rt.vschema, d, stmt) else {
-                    return self.send_error(&ProxyError::internal("no target")).await;
-                };
-                if let Err(e) = self.check_transaction(&target) {
-                    return self.send_error(&e).await;
-                }
-                let target = if self.replica_reads {
-                    self.read_target(rt, stmt, &payload, target)
-                } else {
-                    target
-                };
+        // One async fn, not a watching one around an unwatched one: every level of
+        // futures is entered again on each poll of the statement.
+        let key = one_workspace(&rt.vschema, &self.ctx, stmt).and_then(|(keyspace, workspace)| {
+            let tracker = &self.shared.workspaces;
+            workspace_key(&mut self.last_workspace_key, tracker, keyspace, workspace)
+        });
+        if key.is_some() {
+            self.watch_errors = true;
+            self.answer_error = None;
+        }
+        let answer = match self.single_target(rt, stmt, &payload) {
+            Ok(Ok(target)) => {
                 self.run_on(rt, target, payload, ResponseKind::Query, stmt)
                     .await
             }
-            Dispatch::SplitInsert(parts) => {
+            Ok(Err(Dispatch::SplitInsert(parts))) => {
                 Box::pin(self.split_insert(rt, stmt, parts, &payload)).await
             }
-            Dispatch::Broadcast(targets) => Box::pin(self.broadcast(rt, targets, &payload)).await,
+            Ok(Err(Dispatch::Broadcast(targets))) => {
+                Box::pin(self.broadcast(rt, targets, &payload)).await
+            }
+            Ok(Err(_)) => self.send_error(&ProxyError::internal("no target")).await,
+            Err(e) => self.send_error(&e).await,
+        };
+        if let Some(key) = key {
+            self.watch_errors = false;
+            let error = self.answer_error.take();
+            // The window counts whole seconds: the latest reading (the answer's, or
+            // the command's arrival when no cluster answered) is close enough.
+            let at = self.clock;
+            self.shared.workspaces.record_answered_at(key, error, at);
         }
+        answer
+    }
+
+    /// Where a statement for one backend goes (a standby for a session's plain read
+    /// where it may), or the dispatch of a statement for several shards (a split
+    /// insert, a broadcast).
+    fn single_target(
+        &mut self,
+        rt: &Runtime,
+        stmt: &StatementPlan,
+        payload: &Bytes,
+    ) -> Result<Result<Target, Dispatch>, ProxyError> {
+        let d = match router::route(&rt.vschema, &self.ctx, stmt)? {
+            d @ (Dispatch::Single(_) | Dispatch::AnyShard { .. }) => d,
+            many => return Ok(Err(many)),
+        };
+        let target = self
+            .one_target(&rt.vschema, d, stmt)
+            .ok_or_else(|| ProxyError::internal("no target"))?;
+        self.check_transaction(&target)?;
+        Ok(Ok(if self.replica_reads {
+            self.read_target(rt, stmt, payload, target)
+        } else {
+            target
+        }))
     }
 
     /// For a session that reads from standbys: a healthy standby of `target`'s cluster
