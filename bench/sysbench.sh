@@ -2,21 +2,27 @@
 # sysbench oltp_point_select (text protocol, or prepared statements with PS_MODE=auto) three ways in one run, arms alternating:
 #   direct    -> server A, database sbfull: one table holding ALL rows
 #   relay     -> shardgate-relay -> server A, database sbfull (same rows, same server)
-#   shardgate -> shardgate -> keyspace sbtest, sharded by id (numeric vindex) over
-#                server A (ids below the split) and server B (ids from the split on)
+#   shardgate -> shardgate -> keyspace sbtest, sharded by id (numeric vindex) in two
+#                shards: with LAYOUT=one-server (the default) both on server A
+#                (databases sbtest_lo and sbtest_hi), with LAYOUT=two-servers on server A
+#                (ids below the split) and server B (ids from the split on)
 #
 # Why this split: through shardgate sysbench touches both shards, so the direct and relay
 # arms read a single table holding every row instead of one shard's half. Every query is
 # a primary-key lookup in a table that fits the buffer pool, so a row costs the server
-# the same whether its table holds N or N/2 rows, and both servers share the same
-# 2 cores, so shardgate gains no CPU from spreading the load. The tables are prepared
-# THROUGH shardgate (sysbench's own CREATE TABLE / multi-row INSERTs / CREATE INDEX are
-# broadcast or split by id), and separately straight into A's sbfull.
+# the same whether its table holds N or N/2 rows. With one-server every arm's queries
+# are answered by the same mariadbd, so the arms differ by what sits in front of it (as
+# in shardgate-bench, whose load goes to one server). two-servers runs a second
+# mariadbd on the same cores for the shardgate arm only: it measures that layout, not
+# the proxy alone. The tables are prepared THROUGH shardgate (sysbench's own CREATE
+# TABLE / multi-row INSERTs / CREATE INDEX are broadcast or split by id), and separately
+# straight into A's sbfull.
 #
 # usage: bench/sysbench.sh    (env: ROUNDS=3 TIME=10 THREADS=16 TABLE_SIZE=100000
 #                              WARMUP=3 SKIP_BUILD=1 to reuse target/release
 #                              PS_MODE=auto for server-side prepared statements
-#                              POOL=N shardgate's [pool] max_connections, default THREADS+16)
+#                              POOL=N shardgate's [pool] max_connections, default THREADS+16
+#                              LAYOUT=one-server or two-servers)
 # THREADS=64 and THREADS=256 work: the servers take max(1200, 2*THREADS+300) connections
 # and the open-files limit is raised to the hard limit (refused if that is too low).
 set -euo pipefail
@@ -29,6 +35,12 @@ TABLE_SIZE=${TABLE_SIZE:-100000}
 WARMUP=${WARMUP:-3}
 TEST=oltp_point_select
 PS_MODE=${PS_MODE:-disable}
+LAYOUT=${LAYOUT:-one-server}
+case "$LAYOUT" in
+  one-server) SERVERS=1 ;;
+  two-servers) SERVERS=2 ;;
+  *) echo "LAYOUT is one-server or two-servers" >&2; exit 2 ;;
+esac
 POOL=${POOL:-$((THREADS + 16))}
 MAX_CONNS=$((2 * THREADS + 300)); [ "$MAX_CONNS" -lt 1200 ] && MAX_CONNS=1200
 
@@ -54,14 +66,22 @@ trap cleanup EXIT
 
 # ---- two MariaDB servers, held by shardgate-bench until fd 3 closes ------------------
 mkfifo "$dir/hold"
-"$BIN/shardgate-bench" servers --count 2 --buffer-pool-mb 256 --max-connections "$MAX_CONNS" <"$dir/hold" >"$dir/servers.out" 2>&1 &
+"$BIN/shardgate-bench" servers --count "$SERVERS" --buffer-pool-mb 256 --max-connections "$MAX_CONNS" <"$dir/hold" >"$dir/servers.out" 2>&1 &
 exec 3>"$dir/hold"
 for _ in $(seq 1 600); do grep -q '^ready' "$dir/servers.out" && break; sleep 0.1; done
 read -r _ A B < <(grep '^ready' "$dir/servers.out") || { cat "$dir/servers.out" >&2; exit 1; }
-A_PORT=${A##*:}; B_PORT=${B##*:}
 db() { mariadb -h127.0.0.1 -P"$1" -ushardgate -pshardgate -N -e "$2"; }
-db "$A_PORT" "CREATE DATABASE sbtest; CREATE DATABASE sbfull"
-db "$B_PORT" "CREATE DATABASE sbtest"
+A_PORT=${A##*:}
+if [ "$LAYOUT" = one-server ]; then
+  # The second shard is a second database of server A, in the same cluster.
+  B=$A; LO=sbtest_lo; HI=sbtest_hi; HI_CLUSTER=a
+  db "$A_PORT" "CREATE DATABASE sbtest_lo; CREATE DATABASE sbtest_hi; CREATE DATABASE sbfull"
+else
+  LO=sbtest; HI=sbtest; HI_CLUSTER=b
+  db "$A_PORT" "CREATE DATABASE sbtest; CREATE DATABASE sbfull"
+  db "${B##*:}" "CREATE DATABASE sbtest"
+fi
+B_PORT=${B##*:}
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() { for _ in $(seq 1 200); do (exec 9<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "nothing listens on $1" >&2; return 1; }
@@ -74,18 +94,15 @@ primary = "$A"
 user = "shardgate"
 password = "shardgate"
 
-[clusters.b]
-primary = "$B"
-user = "shardgate"
-password = "shardgate"
+$([ "$HI_CLUSTER" = b ] && printf '[clusters.b]\nprimary = "%s"\nuser = "shardgate"\npassword = "shardgate"\n' "$B")
 
 [keyspaces.sbtest]
 sharded = true
 vindex = "numeric"
 default_column = "id"
 shards = [
-  { name = "-$SPLIT", cluster = "a", database = "sbtest" },
-  { name = "$SPLIT-", cluster = "b", database = "sbtest" },
+  { name = "-$SPLIT", cluster = "a", database = "$LO" },
+  { name = "$SPLIT-", cluster = "$HI_CLUSTER", database = "$HI" },
 ]
 TOML
 PROXY_PORT=$(free_port)
@@ -119,7 +136,7 @@ sysbench "$TEST" "${common[@]}" "${proxy[@]}" prepare >"$dir/prepare-proxy.log" 
   { cat "$dir/prepare-proxy.log" "$dir/shardgate.log" >&2; exit 1; }
 sysbench "$TEST" "${common[@]}" "${direct[@]}" prepare >"$dir/prepare-direct.log" 2>&1 ||
   { cat "$dir/prepare-direct.log" >&2; exit 1; }
-echo "rows: A.sbtest=$(db "$A_PORT" 'SELECT COUNT(*) FROM sbtest.sbtest1') B.sbtest=$(db "$B_PORT" 'SELECT COUNT(*) FROM sbtest.sbtest1') A.sbfull=$(db "$A_PORT" 'SELECT COUNT(*) FROM sbfull.sbtest1')" >&2
+echo "rows: A.$LO=$(db "$A_PORT" "SELECT COUNT(*) FROM $LO.sbtest1") B.$HI=$(db "$B_PORT" "SELECT COUNT(*) FROM $HI.sbtest1") A.sbfull=$(db "$A_PORT" 'SELECT COUNT(*) FROM sbfull.sbtest1')" >&2
 
 cpu() { awk '{ s = $0; sub(/.*\) /, "", s); split(s, f, " "); print f[12] + f[13] }' "/proc/$1/stat"; }
 TCK=$(getconf CLK_TCK)
@@ -157,7 +174,7 @@ median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{ v[NR] = $1 } END { if (
 md=$(median <<<"${QPS[direct]}"); mr=$(median <<<"${QPS[relay]}"); ms=$(median <<<"${QPS[shardgate]}")
 cr=$(median <<<"${CPU[relay]}"); cs=$(median <<<"${CPU[shardgate]}")
 echo
-echo "sysbench $TEST, $THREADS threads, --db-ps-mode=$PS_MODE, shardgate pool $POOL per cluster, $TABLE_SIZE rows, $ROUNDS rounds x ${TIME}s (medians); $(date -u +%F); $(nproc) cores, $(awk '/MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)"
+echo "sysbench $TEST, $THREADS threads, --db-ps-mode=$PS_MODE, shards: $LAYOUT, shardgate pool $POOL per cluster, $TABLE_SIZE rows, $ROUNDS rounds x ${TIME}s (medians); $(date -u +%F); $(nproc) cores, $(awk '/MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)"
 echo "| arm | QPS | proxy CPU s/1k q | QPS vs direct | QPS vs relay | CPU vs relay |"
 echo "| --- | ---: | ---: | ---: | ---: | ---: |"
 awk -v d="$md" -v r="$mr" -v s="$ms" -v cr="$cr" -v cs="$cs" 'BEGIN {

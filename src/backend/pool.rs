@@ -630,9 +630,17 @@ impl<'a> Wanted<'a> {
 }
 
 /// The idle connection a checkout takes, removed from the idle list and counted as
-/// leased: the one with server thread id `prefer` (the asking session's last), then one
-/// of this worker's already on `database` with session state `state_hash`, then any
-/// such one, then any of `key` that can serve `database`.
+/// leased: the first of
+/// - the one with server thread id `prefer` (the asking session's last), if it is
+///   already on `database` with session state `state_hash`;
+/// - one of this worker's that is (see `crate::workers`), then any that is;
+/// - the preferred one anyway, then any of `key` that can serve `database` (these
+///   need a `USE` or the session's settings first).
+///
+/// A connection that needs nothing changed comes before the session's last one: with
+/// several shards of a keyspace on one cluster (one database each), a session that
+/// took its last connection wherever it was switched databases on about every other
+/// statement, a round trip each time.
 fn pick_idle(g: &mut Inner, want: Wanted<'_>, worker: u16) -> Option<Box<BackendConn>> {
     let pos = idle_position(g, want, worker)?;
     take_idle(g, pos)
@@ -646,30 +654,20 @@ fn idle_position(g: &Inner, want: Wanted<'_>, worker: u16) -> Option<usize> {
         state_hash,
         prefer,
     } = want;
+    let same = |c: &BackendConn| {
+        c.key == key && c.database.as_deref() == database && c.state_hash == state_hash
+    };
+    // A connection that has a database selected cannot go back to none: a session
+    // without a database needs one that never had.
+    let usable = |c: &BackendConn| c.key == key && (database.is_some() || c.database.is_none());
+    let preferred = |c: &BackendConn| prefer == Some(c.thread_id);
+    let idle = &g.idle;
     prefer
-        .and_then(|id| {
-            g.idle.iter().rposition(|c| {
-                c.thread_id == id && c.key == key && (database.is_some() || c.database.is_none())
-            })
-        })
-        .or_else(|| {
-            // One of this worker's own first: its socket is driven by this thread (see
-            // `crate::workers`).
-            let same = |c: &BackendConn| {
-                c.key == key && c.database.as_deref() == database && c.state_hash == state_hash
-            };
-            g.idle
-                .iter()
-                .position(|c| c.worker == worker && same(c))
-                .or_else(|| g.idle.iter().position(|c| same(c)))
-        })
-        .or_else(|| {
-            // A connection that has a database selected cannot go back to none: a
-            // session without a database needs one that never had.
-            g.idle
-                .iter()
-                .position(|c| c.key == key && (database.is_some() || c.database.is_none()))
-        })
+        .and_then(|_| idle.iter().rposition(|c| preferred(c) && same(c)))
+        .or_else(|| idle.iter().position(|c| c.worker == worker && same(c)))
+        .or_else(|| idle.iter().position(|c| same(c)))
+        .or_else(|| prefer.and_then(|_| idle.iter().rposition(|c| preferred(c) && usable(c))))
+        .or_else(|| idle.iter().position(|c| usable(c)))
 }
 
 /// Takes the idle connection at `pos` for a lease.
