@@ -59,8 +59,14 @@ async fn scenario() {
     let vs = VSchema::from_toml_str(&toml).expect("vschema");
     let ks = vs.keyspace("app").expect("keyspace app");
     let db_of = |w: u64| ks.shard_for_workspace(w).database.clone();
-    let lo: Vec<u64> = (1..200).filter(|&w| db_of(w) == "app_lo").take(10).collect();
-    let hi: Vec<u64> = (1..200).filter(|&w| db_of(w) == "app_hi").take(10).collect();
+    let lo: Vec<u64> = (1..200)
+        .filter(|&w| db_of(w) == "app_lo")
+        .take(10)
+        .collect();
+    let hi: Vec<u64> = (1..200)
+        .filter(|&w| db_of(w) == "app_hi")
+        .take(10)
+        .collect();
     assert_eq!((lo.len(), hi.len()), (10, 10), "both shards own workspaces");
     for &w in lo.iter().chain(&hi) {
         let db = db_of(w);
