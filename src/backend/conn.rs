@@ -417,58 +417,64 @@ impl BackendConn {
 
     /// Sends a command (sequence id 0) and streams the response to `client` unchanged,
     /// writing whole batches of packets as they arrive.
-    pub async fn relay<W: AsyncWrite + Unpin>(
-        &mut self,
-        payload: &[u8],
+    pub fn relay<'a, W: AsyncWrite + Unpin>(
+        &'a mut self,
+        payload: &'a [u8],
         kind: ResponseKind,
-        client: &mut W,
-    ) -> Result<Outcome, BackendError> {
-        self.relay_or_hold(payload, kind, client, false).await
+        client: &'a mut W,
+    ) -> impl std::future::Future<Output = Result<Outcome, BackendError>> + 'a {
+        self.relay_or_hold(payload, kind, client, false)
     }
 
     /// [`relay`](Self::relay); with `hold_deadlock`, an answer that is one ERR 1213
     /// (a deadlock's victim, rolled back) is read but not relayed: the outcome says
     /// `held`, and nothing reached the client, so the caller may send the command again.
-    pub(super) async fn relay_or_hold<W: AsyncWrite + Unpin>(
-        &mut self,
-        payload: &[u8],
+    ///
+    /// Not an `async fn`: the answer's future is the command's (one level of futures
+    /// less to enter on each wake-up of a statement).
+    pub(crate) fn relay_or_hold<'a, W: AsyncWrite + Unpin>(
+        &'a mut self,
+        payload: &'a [u8],
         kind: ResponseKind,
-        client: &mut W,
+        client: &'a mut W,
         hold_deadlock: bool,
-    ) -> Result<Outcome, BackendError> {
+    ) -> impl std::future::Future<Output = Result<Outcome, BackendError>> + 'a {
         self.last_used = Instant::now();
         self.never_ran = false;
-        if let Err(e) = self.conn.send(0, payload).await {
-            // The kernel took none of it: the peer had already reset the connection.
-            self.broken = true;
-            self.never_ran = true;
-            return Err(BackendError::Backend(e.to_string()));
-        }
-        self.relay_answer(kind, client, true, hold_deadlock).await
+        self.relay_answer(Some(payload), kind, client, hold_deadlock)
     }
 
     /// Streams the response to an already-sent command to `client`, when that answer's
     /// sequence id may be anything (after a LOAD DATA LOCAL file it follows the
     /// client's last packet and wraps to 0 one time in 256): an ERR with sequence id 0
     /// is then an answer, not the server's goodbye.
-    pub async fn relay_response<W: AsyncWrite + Unpin>(
-        &mut self,
+    pub fn relay_response<'a, W: AsyncWrite + Unpin>(
+        &'a mut self,
         kind: ResponseKind,
-        client: &mut W,
-    ) -> Result<Outcome, BackendError> {
-        self.relay_answer(kind, client, false, false).await
+        client: &'a mut W,
+    ) -> impl std::future::Future<Output = Result<Outcome, BackendError>> + 'a {
+        self.relay_answer(None, kind, client, false)
     }
 
-    /// Streams a response to `client`; `fresh`: it answers a command just sent with
-    /// sequence id 0, so an ERR with sequence id 0 before it is the server's goodbye.
-    /// `hold_deadlock`: see [`relay_or_hold`](Self::relay_or_hold).
+    /// Streams a response to `client`. With `send`, the command (sequence id 0) is sent
+    /// first, and the answer is fresh: an ERR with sequence id 0 before it is the
+    /// server's goodbye. `hold_deadlock`: see [`relay_or_hold`](Self::relay_or_hold).
     async fn relay_answer<W: AsyncWrite + Unpin>(
         &mut self,
+        send: Option<&[u8]>,
         kind: ResponseKind,
         client: &mut W,
-        fresh: bool,
         hold_deadlock: bool,
     ) -> Result<Outcome, BackendError> {
+        let fresh = send.is_some();
+        if let Some(payload) = send {
+            if let Err(e) = self.conn.send(0, payload).await {
+                // The kernel took none of it: the peer had already reset the connection.
+                self.broken = true;
+                self.never_ran = true;
+                return Err(BackendError::Backend(e.to_string()));
+            }
+        }
         let mut scanner = ResponseScanner::new(kind, self.deprecate_eof());
         let mut wrote = false;
         self.relayed = false;

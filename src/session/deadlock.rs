@@ -113,7 +113,8 @@ impl Session {
     /// Relays the answer to `payload` on `conn`. While the answer is a lone deadlock ERR
     /// and fewer than `retries` tries were sent again, it is held back: after a short
     /// random pause the command goes again on the same connection. `retried` counts
-    /// the tries sent again, for a caller whose timeout cut this short.
+    /// the tries sent again, for a caller whose timeout cut this short. `first`: the
+    /// first try's answer when the caller sent it (see `run_attempt`).
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn relay_retrying_deadlocks(
         &mut self,
@@ -123,13 +124,23 @@ impl Session {
         cluster: &str,
         retries: u32,
         retried: &mut u32,
+        mut first: Option<Outcome>,
     ) -> Result<Outcome, BackendError> {
         let max_packet = self.shared.config.max_packet_size;
         let result = loop {
             let hold = *retried < retries;
-            let r = conn
-                .relay_command(payload, kind, &mut self.client, max_packet, cluster, hold)
-                .await;
+            let r = match first.take() {
+                // The first try's answer, relayed (or held) by the caller.
+                Some(o) if o.held => Ok(o),
+                Some(o) => {
+                    conn.after_first_answer(o, &mut self.client, max_packet, cluster)
+                        .await
+                }
+                None => {
+                    conn.relay_command(payload, kind, &mut self.client, max_packet, cluster, hold)
+                        .await
+                }
+            };
             match r {
                 Ok(outcome) if outcome.held => {
                     *retried += 1;

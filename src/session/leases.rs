@@ -429,7 +429,7 @@ impl Session {
         // The relay's future, made in place: without a limit it is awaited where it is
         // made (a local would be one more copy of a large future per statement).
         macro_rules! relay {
-            () => {
+            ($first:expr) => {
                 self.relay_retrying_deadlocks(
                     lease.conn(),
                     &payload,
@@ -437,13 +437,24 @@ impl Session {
                     &target.cluster,
                     retries,
                     &mut retried,
+                    $first,
                 )
             };
         }
         let result = match limit {
-            None => relay!().await,
+            None => {
+                // The first try here, one level of futures up: only an answer held
+                // back (a deadlock's) or one that asks for a local file goes on in
+                // the boxed rest.
+                let hold = retries > 0;
+                let io = &mut self.client.io;
+                match lease.conn().relay_or_hold(&payload, kind, io, hold).await {
+                    Ok(o) if o.held || o.local_infile => Box::pin(relay!(Some(o))).await,
+                    first => first,
+                }
+            }
             Some(limit) => {
-                match Box::pin(crate::timer::timeout(limit, relay!())).await {
+                match Box::pin(crate::timer::timeout(limit, relay!(None))).await {
                     Ok(r) => r,
                     Err(_) => {
                         if retried > 0 {

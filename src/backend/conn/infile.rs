@@ -52,9 +52,23 @@ impl BackendConn {
         cluster: &str,
         hold_deadlock: bool,
     ) -> Result<Outcome, BackendError> {
-        let mut outcome = self
+        let outcome = self
             .relay_or_hold(payload, kind, &mut client.io, hold_deadlock)
             .await?;
+        self.after_first_answer(outcome, client, limit, cluster)
+            .await
+    }
+
+    /// The rest of [`relay_command`](Self::relay_command) after the first answer was
+    /// relayed (by `relay_or_hold`): when that answer asked for a local file, the
+    /// file and the answers after it; otherwise the first answer is the outcome.
+    pub async fn after_first_answer<C: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        mut outcome: Outcome,
+        client: &mut PacketConn<C>,
+        limit: usize,
+        cluster: &str,
+    ) -> Result<Outcome, BackendError> {
         let mut sets = outcome.result_sets;
         while outcome.local_infile {
             let last = match self.stream_file(client, limit).await? {
