@@ -48,6 +48,7 @@
 pub mod access;
 pub mod admin;
 pub mod backend;
+pub mod clock;
 pub mod config;
 pub mod control;
 pub mod ddl;

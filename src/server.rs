@@ -73,6 +73,8 @@ pub async fn serve_on(
     shutdown: impl Future<Output = ()>,
     workers: Option<&crate::workers::Workers>,
 ) -> std::io::Result<()> {
+    // The windows' seconds count from here.
+    crate::clock::epoch();
     let shared = Shared::new(config.clone()).await;
     if let Some(path) = &config.traffic_state_file {
         let rt = shared.runtime();

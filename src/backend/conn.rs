@@ -423,6 +423,7 @@ impl BackendConn {
         kind: ResponseKind,
         client: &'a mut W,
     ) -> impl std::future::Future<Output = Result<Outcome, BackendError>> + 'a {
+        self.last_used = Instant::now();
         self.relay_or_hold(payload, kind, client, false)
     }
 
@@ -431,7 +432,9 @@ impl BackendConn {
     /// `held`, and nothing reached the client, so the caller may send the command again.
     ///
     /// Not an `async fn`: the answer's future is the command's (one level of futures
-    /// less to enter on each wake-up of a statement).
+    /// less to enter on each wake-up of a statement). It does not stamp `last_used`:
+    /// its callers do, a session's statement with the clock reading it takes when the
+    /// answer has ended.
     pub(crate) fn relay_or_hold<'a, W: AsyncWrite + Unpin>(
         &'a mut self,
         payload: &'a [u8],
@@ -439,7 +442,6 @@ impl BackendConn {
         client: &'a mut W,
         hold_deadlock: bool,
     ) -> impl std::future::Future<Output = Result<Outcome, BackendError>> + 'a {
-        self.last_used = Instant::now();
         self.never_ran = false;
         self.relay_answer(Some(payload), kind, client, hold_deadlock)
     }

@@ -22,7 +22,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Slots in the window.
 pub const SLOTS: usize = 12;
@@ -115,7 +115,7 @@ type Stripe = HashMap<WorkspaceKey, Entry, foldhash::quality::RandomState>;
 
 #[derive(Debug)]
 struct Entry {
-    /// Seconds since the tracker's epoch when the workspace last ran a statement.
+    /// Seconds since `crate::clock`'s epoch when the workspace last ran a statement.
     last_seen: u32,
     /// The absolute slot number (`secs / SLOT_SECS`) of the newest slot written.
     newest: u32,
@@ -195,7 +195,6 @@ impl Entry {
 /// Per-workspace counts over the last minute, bounded in memory (module docs).
 #[derive(Debug)]
 pub struct WorkspaceErrors {
-    epoch: Instant,
     keyspaces: RwLock<Vec<Arc<str>>>,
     stripes: Box<[Mutex<Stripe>]>,
     stripe_cap: usize,
@@ -216,7 +215,6 @@ impl WorkspaceErrors {
     fn with_stripes(max_workspaces: usize, stripes: usize) -> WorkspaceErrors {
         let stripes = stripes.clamp(1, max_workspaces.max(1));
         WorkspaceErrors {
-            epoch: Instant::now(),
             keyspaces: RwLock::new(Vec::new()),
             stripes: (0..stripes)
                 .map(|_| Mutex::new(Stripe::default()))
@@ -261,7 +259,7 @@ impl WorkspaceErrors {
     }
 
     fn now(&self) -> u32 {
-        u32::try_from(self.epoch.elapsed().as_secs()).unwrap_or(u32::MAX)
+        u32::try_from(crate::clock::now_second()).unwrap_or(u32::MAX)
     }
 
     fn stripe(&self, key: &WorkspaceKey) -> MutexGuard<'_, Stripe> {
@@ -277,11 +275,10 @@ impl WorkspaceErrors {
         self.record_at(key, error, self.now());
     }
 
-    /// [`WorkspaceErrors::record`] of a statement answered at `at` (a clock reading
-    /// the caller already has).
-    pub fn record_answered_at(&self, key: WorkspaceKey, error: Option<LastError>, at: Instant) {
-        let now = at.saturating_duration_since(self.epoch).as_secs();
-        self.record_at(key, error, u32::try_from(now).unwrap_or(u32::MAX));
+    /// [`WorkspaceErrors::record`] of a statement answered in `second` of
+    /// `crate::clock` (from a clock reading the caller already has).
+    pub fn record_answered_in(&self, key: WorkspaceKey, error: Option<LastError>, second: u64) {
+        self.record_at(key, error, u32::try_from(second).unwrap_or(u32::MAX));
     }
 
     fn record_at(&self, key: WorkspaceKey, error: Option<LastError>, now: u32) {

@@ -16,7 +16,7 @@ pub use registry::{
 };
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Upper bounds of the latency buckets, in microseconds (the last bucket is open).
 const BOUNDS_US: [u64; 16] = [
@@ -55,7 +55,7 @@ impl Slot {
 /// Statement latencies and errors of one cluster, over the last ten seconds, plus
 /// totals since start.
 pub struct ClusterStats {
-    origin: Instant,
+    /// By second of `crate::clock`.
     slots: [Slot; SLOTS],
     /// Statements since start.
     pub statements: AtomicU64,
@@ -66,7 +66,6 @@ pub struct ClusterStats {
 impl Default for ClusterStats {
     fn default() -> Self {
         ClusterStats {
-            origin: Instant::now(),
             slots: std::array::from_fn(|_| Slot::new()),
             statements: AtomicU64::new(0),
             failures: AtomicU64::new(0),
@@ -86,8 +85,7 @@ pub struct WindowSummary {
 }
 
 impl ClusterStats {
-    fn slot(&self, now: Instant) -> &Slot {
-        let second = now.duration_since(self.origin).as_secs();
+    fn slot(&self, second: u64) -> &Slot {
         let slot = &self.slots[(second % SLOTS as u64) as usize];
         let seen = slot.second.load(Ordering::Relaxed);
         if seen != second
@@ -107,14 +105,14 @@ impl ClusterStats {
     /// Records one statement that took `elapsed` (`failed`: shardgate could not get an
     /// answer from the cluster; a backend's own SQL error is not a failure).
     pub fn record(&self, elapsed: Duration, failed: bool) {
-        self.record_at(Instant::now(), elapsed, failed);
+        self.record_in(crate::clock::now_second(), elapsed, failed);
     }
 
-    /// [`record`](Self::record) of a statement that ended at `now` (a caller that has
-    /// just read the clock saves reading it again).
-    pub fn record_at(&self, now: Instant, elapsed: Duration, failed: bool) {
+    /// [`record`](Self::record) of a statement that ended in `second` of
+    /// `crate::clock` (a caller that has just read the clock saves reading it again).
+    pub fn record_in(&self, second: u64, elapsed: Duration, failed: bool) {
         let bucket = bucket_of(elapsed);
-        let slot = self.slot(now);
+        let slot = self.slot(second);
         slot.buckets[bucket].fetch_add(1, Ordering::Relaxed);
         self.statements.fetch_add(1, Ordering::Relaxed);
         if failed {
@@ -142,7 +140,7 @@ impl ClusterStats {
 
     /// The last ten seconds' latency buckets and error count.
     fn recent(&self) -> ([u64; BUCKETS], u64) {
-        let now_second = Instant::now().duration_since(self.origin).as_secs();
+        let now_second = crate::clock::now_second();
         let mut buckets = [0u64; BUCKETS];
         let mut errors = 0;
         for slot in &self.slots {

@@ -111,8 +111,53 @@ impl Session {
         start: bool,
         started: Instant,
     ) -> Result<Lease, Answered> {
-        let stateful = self.state_on(&target.cluster);
-        match self.ready(rt, target, start).await {
+        self.ready_lease_after(rt, target, start, started, None)
+            .await
+    }
+
+    /// [`ready_lease`](Self::ready_lease)'s common case, with no future: the lease
+    /// [`lease_now`](Self::lease_now) gives is already in the session's state and
+    /// nothing is pending to start on it. Err: what was taken, if anything, for
+    /// [`ready_lease_after`](Self::ready_lease_after) to go on with. `stateful`: the
+    /// session's [`state_on`](Self::state_on) the target's cluster.
+    pub(super) fn ready_now(
+        &mut self,
+        rt: &Runtime,
+        target: &Target,
+        start: bool,
+        stateful: Reserve,
+    ) -> Result<Lease, Option<Taken>> {
+        // As `ready` reads them, before a kept connection leaves `held`.
+        let from_pool = !self.held.iter().any(|h| h.target.cluster == target.cluster);
+        let Some(lease) = self.lease_now(rt, target) else {
+            return Err(None);
+        };
+        let pending = self.pending_begin.is_some() || !self.pending_once.is_empty();
+        if !(start && pending) && self.in_state(lease.conn_ref(), target) {
+            return Ok(lease);
+        }
+        Err(Some(Taken {
+            lease,
+            from_pool,
+            stateful,
+        }))
+    }
+
+    /// [`ready_lease`](Self::ready_lease), going on with a lease
+    /// [`ready_now`](Self::ready_now) took, if any.
+    pub(super) async fn ready_lease_after(
+        &mut self,
+        rt: &Runtime,
+        target: &Target,
+        start: bool,
+        started: Instant,
+        taken: Option<Taken>,
+    ) -> Result<Lease, Answered> {
+        let stateful = match &taken {
+            Some(t) => t.stateful,
+            None => self.state_on(&target.cluster),
+        };
+        match self.ready(rt, target, start, taken).await {
             Ok(lease) => Ok(lease),
             Err(Failure::Backend(err)) => Err(Box::pin(self.send_collected(&err)).await),
             Err(Failure::Proxy(e)) => {
@@ -131,11 +176,19 @@ impl Session {
         rt: &Runtime,
         target: &Target,
         start: bool,
+        mut taken: Option<Taken>,
     ) -> Result<Lease, Failure> {
-        let from_pool = !self.held.iter().any(|h| h.target.cluster == target.cluster);
+        let from_pool = match &taken {
+            Some(t) => t.from_pool,
+            None => !self.held.iter().any(|h| h.target.cluster == target.cluster),
+        };
         let mut retry = from_pool;
         let mut lease = loop {
-            let mut lease = match self.lease_now(rt, target) {
+            let now = match taken.take() {
+                Some(t) => Some(t.lease),
+                None => self.lease_now(rt, target),
+            };
+            let mut lease = match now {
                 Some(lease) => lease,
                 None => self
                     .lease_from_pool(rt, target)
@@ -389,9 +442,17 @@ impl Session {
             && !self.held.iter().any(|h| h.target.cluster == target.cluster);
         // Decided before the pending transaction starts (then it is state).
         let retries = self.deadlock_retries(stateful, &outgoing, kind, stmt);
-        let mut lease = match self.ready_lease(rt, &target, true, started).await {
+        // The common case takes its lease with no future of its own; the rest is
+        // boxed (a wait for the pool, a connection to bring to the session's state).
+        let mut lease = match self.ready_now(rt, &target, true, stateful) {
             Ok(l) => l,
-            Err(answered) => return answered,
+            Err(taken) => {
+                let ready = self.ready_lease_after(rt, &target, true, started, taken);
+                match Box::pin(ready).await {
+                    Ok(l) => l,
+                    Err(answered) => return answered,
+                }
+            }
         };
         match self
             .before_statement(&mut lease, &target, &stmt.effects)
@@ -497,6 +558,9 @@ impl Session {
                     .error
                     .then(|| lease.conn_ref().last_err.as_ref().map_or(0, |e| e.code));
                 self.record_answer(lease.pool(), &target, started, code);
+                // The answer's end (the reading `record_answer` took): the pool's idle
+                // age of the connection starts there.
+                lease.conn().last_used = self.clock;
                 let mut fx = stmt.effects;
                 if outcome.status.unwrap_or(0) & crate::protocol::status::CURSOR_EXISTS != 0 {
                     // An execute opened a cursor: its rows are read from this
@@ -615,7 +679,7 @@ impl Session {
     ) {
         let now = self.read_clock(true);
         let elapsed = now.saturating_duration_since(started);
-        pool.stats.record_at(now, elapsed, false);
+        pool.stats.record_in(self.clock_second(), elapsed, false);
         self.record_metrics(&target.cluster, Some(elapsed), code);
     }
 
@@ -674,6 +738,15 @@ impl Session {
 }
 
 /// What [`Session::run_outgoing`] sends.
+/// A lease [`Session::ready_now`] took but could not hand out as it was.
+pub(super) struct Taken {
+    lease: Lease,
+    /// The session kept no connection on the target's cluster before.
+    from_pool: bool,
+    /// The session's state on that cluster before.
+    stateful: Reserve,
+}
+
 pub(super) enum Outgoing {
     /// A command as it is.
     Raw(Bytes),
@@ -708,7 +781,7 @@ pub(super) struct SessionCursor<'a> {
 
 impl Cursor for SessionCursor<'_> {
     async fn ready(&mut self, target: &Target) -> Result<Lease, Failure> {
-        self.session.ready(self.rt, target, true).await
+        self.session.ready(self.rt, target, true, None).await
     }
 
     fn done(&mut self, target: Target, lease: Lease) {

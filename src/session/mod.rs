@@ -228,6 +228,8 @@ struct Session {
     /// times and the per-workspace count start or end here instead of reading the
     /// clock again.
     clock: std::time::Instant,
+    /// `clock` in whole seconds of `crate::clock` (the windows' unit), once asked for.
+    clock_second: Option<u64>,
     /// `clock` was read when the last command's work ended (a cluster's answer, or the
     /// end of a statement): the command loop takes it as the start of the idle time
     /// that follows (no reading of its own).
@@ -287,6 +289,7 @@ impl Session {
             metric_pair: None,
             last_workspace_key: None,
             clock: std::time::Instant::now(),
+            clock_second: None,
             clock_ends_work: false,
             plan_memo: planner::cache::Memo::default(),
             user_slot: login.user_slot,
@@ -320,8 +323,17 @@ impl Session {
     /// of the last command's work (see `clock_ends_work`).
     fn read_clock(&mut self, ends_work: bool) -> std::time::Instant {
         self.clock = std::time::Instant::now();
+        self.clock_second = None;
         self.clock_ends_work = ends_work;
         self.clock
+    }
+
+    /// [`Session::clock`] in whole seconds of `crate::clock`, worked out once per
+    /// reading and only when asked for.
+    fn clock_second(&mut self) -> u64 {
+        *self
+            .clock_second
+            .get_or_insert_with(|| crate::clock::second(self.clock))
     }
 
     async fn serve(&mut self) {

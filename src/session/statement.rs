@@ -430,8 +430,10 @@ impl Session {
             let error = self.answer_error.take();
             // The window counts whole seconds: the latest reading (the answer's, or
             // the command's arrival when no cluster answered) is close enough.
-            let at = self.clock;
-            self.shared.workspaces.record_answered_at(key, error, at);
+            let second = self.clock_second();
+            self.shared
+                .workspaces
+                .record_answered_in(key, error, second);
         }
         answer
     }

@@ -52,6 +52,7 @@ impl BackendConn {
         cluster: &str,
         hold_deadlock: bool,
     ) -> Result<Outcome, BackendError> {
+        self.last_used = std::time::Instant::now();
         let outcome = self
             .relay_or_hold(payload, kind, &mut client.io, hold_deadlock)
             .await?;
