@@ -59,9 +59,12 @@ pub(super) fn parse(text: &str) -> Option<SessionStatement> {
         .get(..4)
         .is_some_and(|w| w.eq_ignore_ascii_case(b"KILL"));
     let short_s = trimmed.first().map(u8::to_ascii_uppercase) == Some(b'S') && trimmed.len() <= 48;
+    // Only where a byte could start either word is the window compared.
     let short_select = short_s
-        && trimmed.windows(11).any(|w| {
-            w.eq_ignore_ascii_case(b"CONNECTION_") || w.eq_ignore_ascii_case(b"PROCESSLIST")
+        && trimmed.windows(11).any(|w| match w[0] | 0x20 {
+            b'c' => w.eq_ignore_ascii_case(b"CONNECTION_"),
+            b'p' => w.eq_ignore_ascii_case(b"PROCESSLIST"),
+            _ => false,
         });
     if !(starts_kill || short_select) {
         return None;

@@ -376,6 +376,9 @@ impl Session {
 
     /// Gives back the connections kept only for questions about an earlier statement.
     pub(super) fn release_diagnostics(&mut self, older_than: u64) {
+        if self.held.is_empty() {
+            return;
+        }
         self.held
             .retain(|h| !(h.diagnostics && h.kept_at < older_than));
     }
@@ -468,8 +471,8 @@ impl Session {
         let bound = match outgoing {
             Outgoing::Raw(p) => Ok(Ok(p)),
             // Boxed: their futures would grow every text statement's.
-            Outgoing::Execute(x) => Box::pin(super::prepared_exec::bind(lease.conn(), x)).await,
-            Outgoing::Bulk(b) => Box::pin(super::prepared_bulk::bind(lease.conn(), b)).await,
+            Outgoing::Execute(x) => Box::pin(super::prepared_exec::bind(lease.conn(), *x)).await,
+            Outgoing::Bulk(b) => Box::pin(super::prepared_bulk::bind(lease.conn(), *b)).await,
         };
         let payload = match bound {
             Ok(Ok(p)) => p,
@@ -737,7 +740,6 @@ impl Session {
     }
 }
 
-/// What [`Session::run_outgoing`] sends.
 /// A lease [`Session::ready_now`] took but could not hand out as it was.
 pub(super) struct Taken {
     lease: Lease,
@@ -747,13 +749,15 @@ pub(super) struct Taken {
     stateful: Reserve,
 }
 
+/// What [`Session::run_outgoing`] sends. A prepared statement's binding is boxed:
+/// every text statement's future holds an `Outgoing`, twice, and moves it.
 pub(super) enum Outgoing {
     /// A command as it is.
     Raw(Bytes),
     /// A prepared statement's execute, bound on the connection first.
-    Execute(super::prepared_exec::BoundExecute),
+    Execute(Box<super::prepared_exec::BoundExecute>),
     /// A prepared statement's bulk execute, bound the same way.
-    Bulk(super::prepared_bulk::BoundBulk),
+    Bulk(Box<super::prepared_bulk::BoundBulk>),
 }
 
 /// Runs one of the session's own statements (replayed `SET`, `BEGIN`) on a lease.

@@ -227,7 +227,13 @@ impl Session {
             let target = targets.swap_remove(0);
             let b = bound(std::iter::once(head.rows_at..payload.len()).collect());
             return self
-                .run_outgoing(&rt, target, Outgoing::Bulk(b), ResponseKind::Query, &stmt)
+                .run_outgoing(
+                    &rt,
+                    target,
+                    Outgoing::Bulk(Box::new(b)),
+                    ResponseKind::Query,
+                    &stmt,
+                )
                 .await;
         }
         let names: Vec<&str> = targets.iter().map(|t| t.label.as_str()).collect();

@@ -277,7 +277,7 @@ impl Session {
             .run_outgoing(
                 &rt,
                 target.clone(),
-                Outgoing::Execute(bound),
+                Outgoing::Execute(Box::new(bound)),
                 ResponseKind::Query,
                 &stmt,
             )
