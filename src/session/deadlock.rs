@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use rand::Rng;
 
-use super::leases::Outgoing;
+use super::state::Outgoing;
 use super::Session;
 use crate::backend::{BackendConn, BackendError, Reserve};
 use crate::planner::{StatementKind, StatementPlan};

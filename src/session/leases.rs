@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::state::Held;
+use super::state::{Held, Outgoing, Taken};
 use super::{Answered, Session};
 use crate::backend::{BackendError, Collected, Lease, Reserve, Wanted};
 use crate::engine::{Cursor, Failure};
@@ -738,26 +738,6 @@ impl Session {
             let _ = crate::timer::timeout(limit, kill).await;
         });
     }
-}
-
-/// A lease [`Session::ready_now`] took but could not hand out as it was.
-pub(super) struct Taken {
-    lease: Lease,
-    /// The session kept no connection on the target's cluster before.
-    from_pool: bool,
-    /// The session's state on that cluster before.
-    stateful: Reserve,
-}
-
-/// What [`Session::run_outgoing`] sends. A prepared statement's binding is boxed:
-/// every text statement's future holds an `Outgoing`, twice, and moves it.
-pub(super) enum Outgoing {
-    /// A command as it is.
-    Raw(Bytes),
-    /// A prepared statement's execute, bound on the connection first.
-    Execute(Box<super::prepared_exec::BoundExecute>),
-    /// A prepared statement's bulk execute, bound the same way.
-    Bulk(Box<super::prepared_bulk::BoundBulk>),
 }
 
 /// Runs one of the session's own statements (replayed `SET`, `BEGIN`) on a lease.

@@ -25,9 +25,10 @@ use std::ops::Range;
 
 use bytes::Bytes;
 
-use super::leases::{Outgoing, SessionCursor};
+use super::leases::SessionCursor;
 use super::prepared::{ps_error, unknown_stmt};
 use super::prepared_exec::{error_response, excerpt};
+use super::state::Outgoing;
 use super::{Answered, Session};
 use crate::backend::stmts::StmtKey;
 use crate::backend::{BackendConn, BackendError, Collected};

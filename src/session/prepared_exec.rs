@@ -8,8 +8,8 @@
 
 use bytes::Bytes;
 
-use super::leases::Outgoing;
 use super::prepared::{ps_error, unknown_stmt};
+use super::state::Outgoing;
 use super::{Answered, Session};
 use crate::backend::stmts::StmtKey;
 use crate::backend::{BackendConn, BackendError, Collected, Reserve};

@@ -97,3 +97,23 @@ pub(super) struct DdlSettings {
     /// `SET @@ddl_postpone_completion`.
     pub postpone: bool,
 }
+
+/// A lease [`Session::ready_now`](super::Session::ready_now) took but could not hand out as it was.
+pub(super) struct Taken {
+    pub lease: Lease,
+    /// The session kept no connection on the target's cluster before.
+    pub from_pool: bool,
+    /// The session's state on that cluster before.
+    pub stateful: Reserve,
+}
+
+/// What [`Session::run_outgoing`](super::Session::run_outgoing) sends. A prepared statement's binding is boxed:
+/// every text statement's future holds an `Outgoing`, twice, and moves it.
+pub(super) enum Outgoing {
+    /// A command as it is.
+    Raw(Bytes),
+    /// A prepared statement's execute, bound on the connection first.
+    Execute(Box<super::prepared_exec::BoundExecute>),
+    /// A prepared statement's bulk execute, bound the same way.
+    Bulk(Box<super::prepared_bulk::BoundBulk>),
+}
