@@ -108,7 +108,7 @@ const START_DEADLINE: Duration = Duration::from_secs(15);
 /// Loads the current version from the store (or stores the config's document as
 /// version 1) and the pin directory, imports the vschema file if it changed since this
 /// proxy last imported it, and starts watching the file, SIGHUP and the store until
-/// `stop`. Fails when the store cannot be read within [`START_DEADLINE`], or holds a
+/// `stop`. Fails when the store cannot be read within `START_DEADLINE`, or holds a
 /// version this proxy's config cannot serve: serving without them could route a
 /// pinned or moved workspace to the wrong shard.
 pub async fn start(shared: &Arc<Shared>, stop: watch::Receiver<bool>) -> Result<(), String> {

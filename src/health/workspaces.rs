@@ -228,7 +228,7 @@ impl WorkspaceErrors {
         self.stripe_cap * self.stripes.len()
     }
 
-    /// The key of `workspace` of `keyspace`; None only past [`MAX_KEYSPACES`] names.
+    /// The key of `workspace` of `keyspace`; None only past `MAX_KEYSPACES` names.
     pub fn key(&self, keyspace: &str, workspace: u64) -> Option<WorkspaceKey> {
         let found = read(&self.keyspaces).iter().position(|k| &**k == keyspace);
         let index = match found {

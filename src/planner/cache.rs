@@ -2,7 +2,7 @@
 //! again; its plan is the cached one with the workspace ids of its route taken from
 //! its own literals.
 //!
-//! **Key** ([`cache_key`](super::cache_key)): the text with the values of its literals
+//! **Key** (`cache_key`): the text with the values of its literals
 //! taken out (their class and which of them are equal stay), the keyspace it is planned
 //! for, and the runtime generation (`shared::Runtime::generation`, bumped by every
 //! vschema swap), so a plan made under an old shard map is never found again; it ages

@@ -4,8 +4,8 @@
 //! it match.
 //!
 //! Rooms:
-//! - [`login`]: greeting, authentication, the database asked for at login;
-//! - [`state`]: replayed session variables, the connections the session keeps and why;
+//! - `login`: greeting, authentication, the database asked for at login;
+//! - `state`: replayed session variables, the connections the session keeps and why;
 //! - `statement`: one COM_QUERY from text to plan to dispatch; transactions and `SET`;
 //! - `leases`: getting a backend connection ready for a statement, relaying the answer,
 //!   and deciding afterwards whether the connection goes back to the pool;

@@ -85,7 +85,7 @@ impl Shared {
             })
     }
 
-    /// Keeps a failover's record (the last [`KEPT`]).
+    /// Keeps a failover's record (the last `KEPT`).
     pub fn keep_failover(&self, r: Record) {
         let kind = match r.kind {
             super::failover::Kind::Planned => "planned",

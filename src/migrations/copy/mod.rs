@@ -4,10 +4,10 @@
 //! an atomic `RENAME TABLE` cut-over with a short lock wait. See
 //! `docs/migrations-copy.md` for the reasoning behind each step.
 //!
-//! - [`schema`]: names, `information_schema` reads, preflight refusals.
-//! - [`capture`]: the change-capture seam ([`ChangeCapture`]) and its triggers.
-//! - [`chunk`]: the chunked copy and [`Checkpoint`].
-//! - [`verify`]: the checksum.
+//! - `schema`: names, `information_schema` reads, preflight refusals.
+//! - `capture`: the change-capture seam ([`ChangeCapture`]) and its triggers.
+//! - `chunk`: the chunked copy and [`Checkpoint`].
+//! - `verify`: the checksum.
 
 mod binlog;
 mod binlog_apply;
