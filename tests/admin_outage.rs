@@ -72,14 +72,6 @@ fn queue_statuses(server: &LocalMariaDb, uuid: &str) -> Vec<String> {
     .collect()
 }
 
-fn status_counter(server: &LocalMariaDb, name: &str) -> u64 {
-    let out = common::direct_query(server, &format!("SHOW GLOBAL STATUS LIKE '{name}'"));
-    out.split_whitespace()
-        .nth(1)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("status {name}: {out:?}"))
-}
-
 fn column_exists(server: &LocalMariaDb, db: &str, table: &str, column: &str) -> bool {
     common::direct_query(
         server,
@@ -257,8 +249,8 @@ async fn ddl_wait_polls_over_pooled_connections_without_redoing_the_schema_setup
         .iter()
         .map(|s| {
             (
-                status_counter(s, "Connections"),
-                status_counter(s, "Com_create_db"),
+                common::status_counter(s, "Connections"),
+                common::status_counter(s, "Com_create_db"),
             )
         })
         .collect();
@@ -279,7 +271,7 @@ async fn ddl_wait_polls_over_pooled_connections_without_redoing_the_schema_setup
         // Two of the new connections are the counter reads themselves (`Com_create_db`
         // before, `Connections` after); a connection per poll (one a second or faster
         // over six seconds) would have added at least six more.
-        let opened = status_counter(s, "Connections") - connections;
+        let opened = common::status_counter(s, "Connections") - connections;
         eprintln!(
             "{}: {opened} connections during a {waited:?} ddl_wait",
             s.addr()
@@ -291,7 +283,7 @@ async fn ddl_wait_polls_over_pooled_connections_without_redoing_the_schema_setup
             s.addr()
         );
         assert_eq!(
-            status_counter(s, "Com_create_db"),
+            common::status_counter(s, "Com_create_db"),
             create_db,
             "the sidecar schema setup is not rerun per poll"
         );

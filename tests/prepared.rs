@@ -257,11 +257,7 @@ async fn a_bound_user_cannot_leave_its_workspace_through_a_parameter() {
 
 /// The server's count of statements prepared on it now.
 fn prepared_on(server: &LocalMariaDb) -> u64 {
-    let out = common::direct_query(server, "SHOW GLOBAL STATUS LIKE 'Prepared_stmt_count'");
-    out.split_whitespace()
-        .nth(1)
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("Prepared_stmt_count in {out:?}"))
+    common::status_counter(server, "Prepared_stmt_count")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -157,10 +157,7 @@ async fn matches_direct(s: &Setup, script_name: &str) -> (String, String) {
 
 /// The server's binary-protocol executes so far (a bulk counts as one).
 fn executes(server: &LocalMariaDb) -> u64 {
-    count_on(
-        server,
-        "SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME = 'COM_STMT_EXECUTE'",
-    )
+    common::status_counter(server, "Com_stmt_execute")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

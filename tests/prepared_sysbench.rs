@@ -57,11 +57,7 @@ fn stat(report: &str, label: &str) -> u64 {
 
 /// The server's `Com_stmt_execute` counter.
 fn executes(server: &LocalMariaDb) -> u64 {
-    let out = common::direct_query(server, "SHOW GLOBAL STATUS LIKE 'Com_stmt_execute'");
-    out.split_whitespace()
-        .nth(1)
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("Com_stmt_execute in {out:?}"))
+    common::status_counter(server, "Com_stmt_execute")
 }
 
 async fn run(vindex: &str, test: &str, options: &[&str]) -> (Vec<LocalMariaDb>, Vec<u64>, String) {

@@ -28,13 +28,7 @@ fn vschema(server: &LocalMariaDb) -> String {
 
 /// The server's count of database changes (`USE`, `COM_INIT_DB`).
 fn change_db_count(server: &LocalMariaDb) -> u64 {
-    server
-        .sql("SHOW GLOBAL STATUS LIKE 'Com_change_db'")
-        .expect("status")
-        .split_whitespace()
-        .last()
-        .and_then(|v| v.parse().ok())
-        .expect("a Com_change_db value")
+    common::status_counter(server, "Com_change_db")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

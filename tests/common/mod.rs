@@ -564,6 +564,16 @@ pub fn direct_query(server: &LocalMariaDb, sql: &str) -> String {
         .unwrap_or_else(|e| panic!("direct query `{sql}` on {}: {e}", server.addr()))
 }
 
+/// A counter of the server's `SHOW GLOBAL STATUS` (`Com_change_db`, `Connections`, ...).
+pub fn status_counter(server: &LocalMariaDb, name: &str) -> u64 {
+    let value = server
+        .global_status(name)
+        .unwrap_or_else(|e| panic!("status {name} on {}: {e}", server.addr()));
+    value
+        .parse()
+        .unwrap_or_else(|_| panic!("status {name} on {}: {value:?}", server.addr()))
+}
+
 /// Logs in to `addr` over a raw socket (DEPRECATE_EOF, mysql_native_password) and
 /// returns it ready for commands, for tests that read the packets themselves.
 pub async fn raw_login(
