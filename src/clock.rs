@@ -1,7 +1,7 @@
 //! One epoch for the windows that count whole seconds: a cluster's latency and error
 //! window (`metrics::ClusterStats`) and the per-workspace error window
-//! (`health::WorkspaceErrors`). A session turns its clock reading into seconds once
-//! (see `Session::read_clock`) and hands the same second to both.
+//! (`health::WorkspaceErrors`). A session turns a clock reading into seconds at most
+//! once (`Session::clock_second`) and hands the same second to both.
 
 use std::sync::OnceLock;
 use std::time::Instant;

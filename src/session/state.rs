@@ -98,7 +98,8 @@ pub(super) struct DdlSettings {
     pub postpone: bool,
 }
 
-/// A lease [`Session::ready_now`](super::Session::ready_now) took but could not hand out as it was.
+/// A lease [`Session::ready_now`](super::Session::ready_now) took but could not hand
+/// out as it was.
 pub(super) struct Taken {
     pub lease: Lease,
     /// The session kept no connection on the target's cluster before.
@@ -107,8 +108,9 @@ pub(super) struct Taken {
     pub stateful: Reserve,
 }
 
-/// What [`Session::run_outgoing`](super::Session::run_outgoing) sends. A prepared statement's binding is boxed:
-/// every text statement's future holds an `Outgoing`, twice, and moves it.
+/// What [`Session::run_outgoing`](super::Session::run_outgoing) sends. A prepared
+/// statement's binding is boxed: every text statement's future holds an `Outgoing`,
+/// twice, and moves it.
 pub(super) enum Outgoing {
     /// A command as it is.
     Raw(Bytes),
