@@ -257,9 +257,15 @@ pub fn may_mention_identity(text: &str) -> bool {
             .and_then(|s| b.get(s..s + needle.len()))
             .is_some_and(|w| w.eq_ignore_ascii_case(needle))
     };
+    // The byte before the `C` rules out most hits (`workspace`, `account`) with one
+    // comparison before the two windows are compared.
     memchr::memchr3_iter(b'@', b'c', b'C', b).any(|p| {
+        let before = p
+            .checked_sub(1)
+            .and_then(|q| b.get(q))
+            .map(u8::to_ascii_uppercase);
         b.get(p) == Some(&b'@')
-            || at(p.checked_sub(4), b"ONNECTION_")
-            || at(p.checked_sub(2), b"ROCESSLIST")
+            || (before == Some(b'E') && at(p.checked_sub(4), b"ONNECTION_"))
+            || (before == Some(b'O') && at(p.checked_sub(2), b"ROCESSLIST"))
     })
 }

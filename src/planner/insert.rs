@@ -5,6 +5,7 @@
 //! (`AS new`, `ON DUPLICATE KEY UPDATE ...`) is the suffix, so the rows of one shard
 //! reassemble into a valid statement.
 
+use std::collections::HashSet;
 use std::ops::Range;
 
 use super::lex::{Tok, Token};
@@ -54,23 +55,28 @@ fn closing_paren(toks: &[Token], open: usize) -> Option<usize> {
     None
 }
 
-/// Splits `toks` on commas at depth 0.
-fn items(toks: &[Token]) -> Vec<&[Token]> {
-    let mut out = Vec::new();
+/// `toks` split on commas at depth 0, without allocating (it runs for every row).
+fn items(toks: &[Token]) -> impl Iterator<Item = &[Token]> {
     let mut depth = 0usize;
-    let mut start = 0;
-    for (i, t) in toks.iter().enumerate() {
-        if t.is_punct(b'(') {
-            depth += 1;
-        } else if t.is_punct(b')') {
-            depth = depth.saturating_sub(1);
-        } else if t.is_punct(b',') && depth == 0 {
-            out.push(&toks[start..i]);
-            start = i + 1;
+    let mut start = Some(0);
+    let mut i = 0;
+    std::iter::from_fn(move || {
+        let from = start?;
+        while let Some(t) = toks.get(i) {
+            i += 1;
+            match t.kind {
+                Tok::Punct(b'(') => depth += 1,
+                Tok::Punct(b')') => depth = depth.saturating_sub(1),
+                Tok::Punct(b',') if depth == 0 => {
+                    start = Some(i);
+                    return toks.get(from..i - 1);
+                }
+                _ => {}
+            }
         }
-    }
-    out.push(&toks[start..]);
-    out
+        start = None;
+        toks.get(from..)
+    })
 }
 
 fn row_value(sql: &str, value: &[Token]) -> RowValue {
@@ -155,7 +161,7 @@ pub(crate) fn plan_insert(
             return (whole, InsertRoute::Fallback);
         };
         if let Some(c) = column {
-            position = items(&toks[i + 1..close]).iter().position(|item| {
+            position = items(&toks[i + 1..close]).position(|item| {
                 item.last()
                     .is_some_and(|t| t.is_ident() && t.ident(sql).eq_ignore_ascii_case(c))
             });
@@ -184,9 +190,13 @@ pub(crate) fn plan_insert(
             };
             let prefix = span.start..first.0.start;
             let suffix = last.0.end..span.end;
-            let mut out_rows = Vec::with_capacity(rows.len());
+            let rows_len = rows.len();
+            let mut out_rows = Vec::with_capacity(rows_len);
             let mut route: Option<Route> = None;
-            let mut ids = Vec::new();
+            let mut ids: Vec<u64> = Vec::new();
+            // Beside `ids` once a statement names many workspaces: one lookup per row
+            // instead of a scan of every workspace seen so far.
+            let mut seen: Option<HashSet<u64, foldhash::fast::RandomState>> = None;
             for (range, value) in rows {
                 let id = match column {
                     Some(c) => match resolve(value, tag, &table_name, c) {
@@ -199,7 +209,19 @@ pub(crate) fn plan_insert(
                     None => None,
                 };
                 if let Some(id) = id {
-                    if !ids.contains(&id) {
+                    let new = match &mut seen {
+                        Some(set) => set.insert(id),
+                        None if ids.len() < 16 => !ids.contains(&id),
+                        None => {
+                            let mut set = HashSet::with_capacity_and_hasher(
+                                rows_len,
+                                foldhash::fast::RandomState::default(),
+                            );
+                            set.extend(ids.iter().copied());
+                            seen.insert(set).insert(id)
+                        }
+                    };
+                    if new {
                         ids.push(id);
                     }
                 }
@@ -284,7 +306,7 @@ fn read_rows(sql: &str, toks: &[Token], mut i: usize, position: Option<usize>) -
         };
         let value = position.and_then(|p| {
             items(&toks[i + 1..close])
-                .get(p)
+                .nth(p)
                 .map(|item| row_value(sql, item))
         });
         rows.push((open.start..toks[close].end, value));
@@ -302,7 +324,7 @@ fn set_value(sql: &str, toks: &[Token], column: &str) -> Option<RowValue> {
         .iter()
         .position(|t| t.is_kw(sql, "ON"))
         .unwrap_or(toks.len());
-    items(&toks[..end]).into_iter().find_map(|item| {
+    items(&toks[..end]).find_map(|item| {
         let eq = item
             .iter()
             .position(|t| t.is_punct(b'=') || (t.kind == Tok::Op && t.text(sql) == ":="))?;

@@ -165,8 +165,31 @@ pub(crate) fn lex_into(sql: &str, backslash_escapes: bool, out: &mut Lexed) {
     while i < len {
         let c = b[i];
         let next = b.get(i + 1).copied();
-        if is_space(c) {
+        let class = CLASSES[usize::from(c)];
+        if class & SPACE != 0 {
             i += 1;
+        } else if class & WORD != 0 {
+            // Words first: no comment, quote or operator starts with a word byte.
+            let start = i;
+            // Every byte of the word a digit: a number.
+            let mut all = WORD | DIGIT;
+            while let Some(&w) = b.get(i) {
+                let class = CLASSES[usize::from(w)];
+                if class & WORD == 0 {
+                    break;
+                }
+                all &= class;
+                i += 1;
+            }
+            let mut kind = Tok::Word;
+            if all & DIGIT != 0 {
+                (i, kind) = number_end(b, i);
+            }
+            out.tokens.push(Token {
+                kind,
+                start,
+                end: i,
+            });
         } else if line_comment_at(b, i) {
             i = line_end(b, i);
         } else if c == b'/' && next == Some(b'*') {
@@ -190,31 +213,10 @@ pub(crate) fn lex_into(sql: &str, backslash_escapes: bool, out: &mut Lexed) {
                 start,
                 end: i,
             });
-        } else if is_word_byte(c) {
-            let start = i;
-            // Every byte of the word a digit: a number.
-            let mut all = WORD | DIGIT;
-            while let Some(&w) = b.get(i) {
-                let class = CLASSES[usize::from(w)];
-                if class & WORD == 0 {
-                    break;
-                }
-                all &= class;
-                i += 1;
-            }
-            let mut kind = Tok::Word;
-            if all & DIGIT != 0 {
-                (i, kind) = number_end(b, i);
-            }
-            out.tokens.push(Token {
-                kind,
-                start,
-                end: i,
-            });
         } else {
             let start = i;
             let rest = b.get(i..).unwrap_or_default();
-            let multi = (CLASSES[usize::from(c)] & OP_START != 0)
+            let multi = (class & OP_START != 0)
                 .then(|| MULTI_OPS.iter().find(|op| rest.starts_with(op)))
                 .flatten();
             if let Some(op) = multi {
@@ -286,18 +288,27 @@ pub(crate) fn quoted_end(b: &[u8], start: usize, backslash_escapes: bool) -> usi
     let Some(&q) = b.get(start) else {
         return len;
     };
+    let escapes = backslash_escapes && q != b'`';
     let mut i = start + 1;
-    while i < len {
-        if b[i] == b'\\' && q != b'`' && backslash_escapes {
-            i += 2;
-        } else if b[i] == q {
-            if b.get(i + 1) == Some(&q) {
-                i += 2;
-            } else {
-                return i + 1;
-            }
+    // Jump from one byte that matters (the quote, or a backslash that escapes) to the
+    // next: a string's content is most of an INSERT's bytes.
+    while let Some(rest) = b.get(i..) {
+        let next = if escapes {
+            memchr::memchr2(q, b'\\', rest)
         } else {
-            i += 1;
+            memchr::memchr(q, rest)
+        };
+        let Some(at) = next else {
+            return len;
+        };
+        i += at;
+        if b[i] != q {
+            // A backslash: it and the byte after it stay inside.
+            i += 2;
+        } else if b.get(i + 1) == Some(&q) {
+            i += 2;
+        } else {
+            return i + 1;
         }
     }
     len
@@ -433,6 +444,27 @@ mod tests {
                 (Tok::Num, "4"),
             ]
         );
+    }
+
+    #[test]
+    fn quoted_ends_after_its_closing_quote_or_at_the_end_of_the_text() {
+        let end = |s: &str, escapes: bool| quoted_end(s.as_bytes(), 0, escapes);
+        assert_eq!(end("'ab' x", true), 4);
+        assert_eq!(end("'a''b' x", true), 6);
+        assert_eq!(end("'a\\'b' x", true), 6);
+        assert_eq!(end("'a\\'b' x", false), 4);
+        assert_eq!(end("'a\\\\' x", true), 5);
+        assert_eq!(end("`a\\` x", true), 4);
+        assert_eq!(end("\"a\"\"b\\\"\" x", true), 8);
+        // Unterminated, also by a final backslash or a final doubled quote.
+        assert_eq!(end("'abc", true), 4);
+        assert_eq!(end("'abc\\", true), 5);
+        assert_eq!(end("'abc\\'", true), 6);
+        assert_eq!(end("'abc''", true), 6);
+        assert_eq!(end("'", true), 1);
+        assert_eq!(end("", true), 0);
+        let long = format!("'{}\\'{}' x", "é".repeat(40), "a".repeat(70));
+        assert_eq!(end(&long, true), long.len() - 2);
     }
 
     #[test]

@@ -83,7 +83,7 @@ pub fn protected_schema(name: &str) -> Option<&'static str> {
 /// statements does.
 pub(crate) fn of_query(sql: &str, toks: &[Token]) -> Privilege {
     of_statements(sql, toks).or_else(|| {
-        if sql.contains('\\') {
+        if memchr::memchr(b'\\', sql.as_bytes()).is_some() {
             // Under NO_BACKSLASH_ESCAPES a backslash does not escape a quote: the
             // server may see statements where the default reading sees a string.
             of_statements(sql, &lex::lex_with(sql, false).tokens)
@@ -436,6 +436,16 @@ const INSERT_INTO: &[&str] = &[
 /// Anywhere in a statement: server files, protected schemas, other sessions.
 fn anywhere(sql: &str, toks: &[Token]) -> Privilege {
     for (i, t) in toks.iter().enumerate() {
+        // Only a word or a name can be any of what follows; numbers, punctuation and
+        // `'strings'` (most of a long INSERT's tokens) cost one test each.
+        let name_like = match t.kind {
+            Tok::Word | Tok::Quoted => true,
+            Tok::Str => sql.as_bytes().get(t.start) == Some(&b'"'),
+            Tok::Num | Tok::Punct(_) | Tok::Op => false,
+        };
+        if !name_like {
+            continue;
+        }
         let next = toks.get(i + 1);
         let prev = i.checked_sub(1).and_then(|p| toks.get(p));
         if t.kind == Tok::Word {

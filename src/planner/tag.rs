@@ -34,10 +34,15 @@ pub(crate) fn workspace_digits_in_comment(comment: &str) -> Option<(std::ops::Ra
 
 /// A non-negative integer made only of ASCII digits that fits in a u64.
 pub(crate) fn parse_workspace_digits(text: &str) -> Option<u64> {
-    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+    if text.is_empty() {
         return None;
     }
-    text.parse().ok()
+    // One pass (a long INSERT reads one per row): any other byte, or overflow, is None.
+    text.bytes().try_fold(0u64, |n, b| {
+        let digit = b.wrapping_sub(b'0');
+        (digit <= 9).then_some(())?;
+        n.checked_mul(10)?.checked_add(u64::from(digit))
+    })
 }
 
 #[cfg(test)]
@@ -56,6 +61,23 @@ mod tests {
             Some(42)
         );
         assert_eq!(workspace_in_comment("/* workspace_id: 7 */"), Some(7));
+    }
+
+    #[test]
+    fn workspace_digits_are_a_u64_of_ascii_digits_only() {
+        assert_eq!(parse_workspace_digits("0"), Some(0));
+        assert_eq!(parse_workspace_digits("007"), Some(7));
+        assert_eq!(
+            parse_workspace_digits("18446744073709551615"),
+            Some(u64::MAX)
+        );
+        assert_eq!(parse_workspace_digits("18446744073709551616"), None);
+        assert_eq!(parse_workspace_digits("99999999999999999999"), None);
+        for bad in [
+            "", "+1", "-1", "1.0", "1e3", " 1", "1 ", "٣", "1a", ":", "/",
+        ] {
+            assert_eq!(parse_workspace_digits(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

@@ -375,6 +375,44 @@ fn multi_row_insert_splits_into_valid_statements() {
 }
 
 #[test]
+fn a_long_insert_names_each_workspace_once_in_the_order_of_first_appearance() {
+    // More workspaces than the short list's scan covers: the set beside it takes over.
+    let ids: Vec<u64> = (0..120u64).map(|i| (i * 37) % 50 + 1).collect();
+    let mut sql = String::from("INSERT INTO messages (id, workspace_id, body) VALUES ");
+    for (i, id) in ids.iter().enumerate() {
+        let sep = if i > 0 { "," } else { "" };
+        sql.push_str(&format!("{sep}({i}, {id}, 'row ({i}), of {id}')"));
+    }
+    let p = one(&sql);
+    let mut first_seen = Vec::new();
+    for id in &ids {
+        if !first_seen.contains(id) {
+            first_seen.push(*id);
+        }
+    }
+    assert_eq!(first_seen.len(), 50);
+    assert_eq!(p.route, ws(&first_seen));
+    let rows: Vec<Option<u64>> = shape(&p).rows.iter().map(|r| r.1).collect();
+    assert_eq!(rows, ids.iter().map(|&id| Some(id)).collect::<Vec<_>>());
+}
+
+#[test]
+fn the_sharding_column_is_found_among_nested_and_empty_items() {
+    let sql = "INSERT INTO messages (body, id, workspace_id) VALUES (CONCAT('a', ','), (1), 5), (IF(1, 2, 3), 0, 6)";
+    assert_eq!(route(sql), ws(&[5, 6]));
+    // An empty item before the column still counts as one.
+    assert_eq!(
+        route("INSERT INTO messages (body, workspace_id) VALUES (, 9)"),
+        ws(&[9])
+    );
+    // A row with too few items has no value for the column.
+    assert_eq!(
+        route("INSERT INTO messages (body, id, workspace_id) VALUES ('x', 1)"),
+        missing("messages", "workspace_id")
+    );
+}
+
+#[test]
 fn insert_shapes_inside_multi_statement_text_use_absolute_offsets() {
     let sql = "SELECT 'ü'; REPLACE messages (workspace_id) VALUES ('7'), (8) ; SELECT 2";
     let p = plan(sql, &SHARDED);
