@@ -53,10 +53,17 @@ struct Inner {
     idle: VecDeque<Box<BackendConn>>,
     /// Connections open (idle or leased).
     open: usize,
-    /// Leases outstanding; never more than `max_connections`.
+    /// Leases outstanding, with those handed to waiters that have not taken them
+    /// yet (`granted`); never more than `max_connections`.
     leased: usize,
     /// Checkouts waiting for a lease to end.
     waiting: usize,
+    /// Ended leases handed on to waiters, not yet taken: never more than `waiting`.
+    /// A lease that ends while someone waits goes to a waiter (the longest waiting is
+    /// woken first), not back to the free count, so a checkout that arrives later
+    /// cannot take it first: under more clients than connections, each waits its
+    /// turn instead of some waiting again and again.
+    granted: usize,
     /// Backend thread ids of the leased connections (what a drain kills at its
     /// deadline).
     leased_threads: Vec<u32>,
@@ -115,6 +122,7 @@ impl ClusterPool {
                 open: 0,
                 leased: 0,
                 waiting: 0,
+                granted: 0,
                 leased_threads: Vec::new(),
                 last_failure: None,
             }),
@@ -363,8 +371,12 @@ impl ClusterPool {
         let pick = |g: &mut Inner| pick_idle(g, want, worker);
         // The slot and, most often, an idle connection in one lock.
         let mut first = Some(self.take_slot(pick).await.map_err(|e| (e, false))?);
-        // From here on a lease is counted: every way out hands it to a `Lease`, whose
-        // drop ends it, or ends it here.
+        // From here on a lease is counted: `slot` ends it on every way out but the one
+        // that hands it to a `Lease`, a dropped future (a statement's timeout) too.
+        let mut slot = Slot {
+            pool: self,
+            checking: None,
+        };
         loop {
             let candidate = match first.take() {
                 Some(c) => c,
@@ -385,12 +397,8 @@ impl ClusterPool {
                     None
                 }
             };
-            let lease = |conn| Lease {
-                conn: Some(conn),
-                pool: self.clone(),
-            };
             match candidate {
-                Some(mut conn) => {
+                Some(conn) => {
                     let idle_for = conn.last_used.elapsed();
                     if idle_for > self.config.idle_timeout {
                         self.forget(conn);
@@ -401,6 +409,9 @@ impl ClusterPool {
                     // A server closes an idle connection after `wait_timeout`, at
                     // least a second: one idle for less is not looked at (the look is
                     // a syscall on the path of every statement).
+                    // Held by `slot` meanwhile: a ping cut off midway leaves an answer
+                    // unread, so such a connection is closed, never pooled.
+                    let conn = slot.checking.insert(conn);
                     let look = if idle_for < PEEK_AFTER_IDLE {
                         Some(true)
                     } else {
@@ -411,20 +422,20 @@ impl ClusterPool {
                         None => Box::pin(conn.ping()).await,
                         Some(true) => idle_for <= PING_AFTER_IDLE || Box::pin(conn.ping()).await,
                     };
+                    let Some(conn) = slot.checking.take() else {
+                        continue;
+                    };
                     if !alive {
                         self.forget(conn);
                         continue;
                     }
-                    return Ok(lease(conn));
+                    return Ok(slot.into_lease(conn));
                 }
                 // Connecting (TLS included) is rare and its future large: boxed, so it
                 // does not grow every statement's future.
                 None => match Box::pin(self.open(want.key, want.database)).await {
-                    Ok(conn) => return Ok(lease(conn)),
-                    Err(e) => {
-                        self.end_lease(None);
-                        return Err((e, true));
-                    }
+                    Ok(conn) => return Ok(slot.into_lease(conn)),
+                    Err(e) => return Err((e, true)),
                 },
             }
         }
@@ -439,30 +450,46 @@ impl ClusterPool {
         let max = self.config.max_connections;
         {
             let mut g = self.lock();
+            // Free slots only when no waiter is left without one (`end_lease` hands
+            // an ended lease to a waiter rather than freeing it).
             if g.leased < max {
                 g.leased += 1;
                 return Ok(pick(&mut g));
             }
         }
         let deadline = tokio::time::Instant::now() + self.config.checkout_timeout;
+        // Counts this checkout in `waiting` from its first wait on, uncounts it
+        // however it ends (a dropped future included).
+        let mut waiting = Waiting {
+            pool: self,
+            counted: false,
+        };
         loop {
             let freed = self.freed.notified();
             tokio::pin!(freed);
             {
                 let mut g = self.lock();
-                if g.leased < max {
+                if let Some(conn) = waiting.take_grant(&mut g, &pick) {
+                    return Ok(conn);
+                }
+                if !waiting.counted && g.leased < max {
                     g.leased += 1;
                     return Ok(pick(&mut g));
                 }
-                g.waiting += 1;
+                if !waiting.counted {
+                    g.waiting += 1;
+                    waiting.counted = true;
+                }
                 // Registered before the lock is released, so an end of lease from now
-                // on wakes this waiter.
+                // on wakes this waiter (or, when it is not the one woken, the one
+                // woken, which then finds the lease handed on).
                 freed.as_mut().enable();
             }
-            // Uncounts the waiter however the wait ends, dropped future included.
-            let _waiting = Waiting(self);
-            let woke = crate::timer::timeout_at(deadline, freed).await;
-            if woke.is_err() {
+            if crate::timer::timeout_at(deadline, freed).await.is_err() {
+                // A lease handed on just as the time ran out is still taken.
+                if let Some(conn) = waiting.take_grant(&mut self.lock(), &pick) {
+                    return Ok(conn);
+                }
                 return Err(ProxyError::cluster_unavailable(
                     &self.name,
                     format!(
@@ -524,7 +551,13 @@ impl ClusterPool {
         let mut closed = None;
         let wake = {
             let mut g = self.lock();
-            g.leased = g.leased.saturating_sub(1);
+            // Handed on to a waiter that has none yet, else freed.
+            let hand_on = g.waiting > g.granted;
+            if hand_on {
+                g.granted += 1;
+            } else {
+                g.leased = g.leased.saturating_sub(1);
+            }
             if let Some(conn) = conn {
                 if let Some(i) = g.leased_threads.iter().position(|t| *t == conn.thread_id) {
                     g.leased_threads.swap_remove(i);
@@ -549,7 +582,7 @@ impl ClusterPool {
                     closed = Some(conn);
                 }
             }
-            g.waiting > 0
+            hand_on
         };
         drop(closed); // the socket closes outside the lock
         if wake {
@@ -591,13 +624,70 @@ fn unavailable(cluster: &str, why: &str, permanent: bool) -> ProxyError {
     e
 }
 
-/// A checkout waiting for a lease to end, counted while it waits.
-struct Waiting<'a>(&'a ClusterPool);
+/// A lease counted but not yet handed out by `checkout_once`, with the connection
+/// being looked at, if any. Dropped (an error, or the checkout's future dropped), it
+/// closes that connection and ends the lease.
+struct Slot<'a> {
+    pool: &'a Arc<ClusterPool>,
+    checking: Option<Box<BackendConn>>,
+}
+
+impl Slot<'_> {
+    fn into_lease(self, conn: Box<BackendConn>) -> Lease {
+        let pool = self.pool.clone();
+        std::mem::forget(self);
+        Lease {
+            conn: Some(conn),
+            pool,
+        }
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        if let Some(conn) = self.checking.take() {
+            self.pool.forget(conn);
+        }
+        self.pool.end_lease(None);
+    }
+}
+
+/// A checkout waiting for a lease to end, counted in `waiting` while it waits.
+struct Waiting<'a> {
+    pool: &'a ClusterPool,
+    counted: bool,
+}
+
+impl Waiting<'_> {
+    /// A lease handed on to the waiters, taken by this one (its slot is counted
+    /// already), with what `pick` finds idle.
+    fn take_grant(
+        &mut self,
+        g: &mut Inner,
+        pick: impl Fn(&mut Inner) -> Option<Box<BackendConn>>,
+    ) -> Option<Option<Box<BackendConn>>> {
+        if !self.counted || g.granted == 0 {
+            return None;
+        }
+        g.granted -= 1;
+        g.waiting = g.waiting.saturating_sub(1);
+        self.counted = false;
+        Some(pick(g))
+    }
+}
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
-        let mut g = self.0.lock();
+        if !self.counted {
+            return;
+        }
+        let mut g = self.pool.lock();
         g.waiting = g.waiting.saturating_sub(1);
+        // A lease handed on that no waiter is left to take is freed.
+        if g.granted > g.waiting {
+            g.granted -= 1;
+            g.leased = g.leased.saturating_sub(1);
+        }
     }
 }
 
@@ -678,13 +768,5 @@ fn take_idle(g: &mut Inner, pos: usize) -> Option<Box<BackendConn>> {
 }
 
 #[cfg(test)]
-mod tests {
-    #[test]
-    fn only_passing_connect_failures_are_retryable() {
-        let tls = super::unavailable("c1", "certificate did not verify", true);
-        assert!(!tls.retryable);
-        assert_eq!(tls.cluster.as_deref(), Some("c1"));
-        assert!(tls.message.contains("'c1'"), "{}", tls.message);
-        assert!(super::unavailable("c1", "connection refused", false).retryable);
-    }
-}
+#[path = "pool_tests.rs"]
+mod tests;
