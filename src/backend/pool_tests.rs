@@ -9,9 +9,13 @@ use crate::vschema::Cluster;
 /// A pool of `max` slots on an address nothing listens on: these tests count
 /// slots and never connect.
 fn pool(max: usize, checkout_timeout: Duration) -> Arc<ClusterPool> {
+    pool_at("127.0.0.1:9", max, checkout_timeout)
+}
+
+fn pool_at(primary: &str, max: usize, checkout_timeout: Duration) -> Arc<ClusterPool> {
     let cluster = Cluster {
         name: "c1".into(),
-        primary: "127.0.0.1:9".into(),
+        primary: primary.into(),
         standbys: Vec::new(),
         user: "u".into(),
         password: String::new(),
@@ -25,6 +29,12 @@ fn pool(max: usize, checkout_timeout: Duration) -> Arc<ClusterPool> {
             ..PoolConfig::default()
         },
     )
+}
+
+/// A checkout on its own task; true when it got a slot.
+fn waiter(p: &Arc<ClusterPool>) -> tokio::task::JoinHandle<bool> {
+    let p = p.clone();
+    tokio::spawn(async move { p.take_slot(none).await.is_ok() })
 }
 
 fn none(_: &mut Inner) -> Option<Box<crate::backend::conn::BackendConn>> {
@@ -84,15 +94,9 @@ async fn an_ended_lease_goes_to_the_longest_waiting_checkout_not_to_a_newcomer()
 async fn a_lease_handed_to_a_waiter_that_left_is_freed_or_goes_to_the_next() {
     let p = pool(1, Duration::from_secs(30));
     assert!(p.take_slot(none).await.is_ok());
-    let first = {
-        let p = p.clone();
-        tokio::spawn(async move { p.take_slot(none).await.is_ok() })
-    };
+    let first = waiter(&p);
     settle().await;
-    let second = {
-        let p = p.clone();
-        tokio::spawn(async move { p.take_slot(none).await.is_ok() })
-    };
+    let second = waiter(&p);
     settle().await;
     p.end_lease(None);
     // The first waiter leaves (its client went away) before it takes the lease:
@@ -103,10 +107,7 @@ async fn a_lease_handed_to_a_waiter_that_left_is_freed_or_goes_to_the_next() {
     assert_eq!(second.await.ok(), Some(true));
     assert_eq!(counts(&p), (1, 0, 0));
     // With nobody else waiting, a handed-on lease whose waiter leaves is freed.
-    let third = {
-        let p = p.clone();
-        tokio::spawn(async move { p.take_slot(none).await.is_ok() })
-    };
+    let third = waiter(&p);
     settle().await;
     p.end_lease(None);
     third.abort();
@@ -122,21 +123,7 @@ async fn a_checkout_dropped_while_it_connects_gives_its_slot_back() {
     // caller's deadline (as a statement's `query_timeout` would), not by the pool's.
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let cluster = Cluster {
-        name: "c1".into(),
-        primary: addr.to_string(),
-        standbys: Vec::new(),
-        user: "u".into(),
-        password: String::new(),
-        tls: None,
-    };
-    let p = ClusterPool::new(
-        cluster,
-        PoolConfig {
-            max_connections: 1,
-            ..PoolConfig::default()
-        },
-    );
+    let p = pool_at(&addr.to_string(), 1, Duration::from_secs(5));
     let key = crate::backend::ConnKey {
         caps: 0,
         collation: 45,

@@ -448,23 +448,33 @@ mod tests {
 
     #[test]
     fn quoted_ends_after_its_closing_quote_or_at_the_end_of_the_text() {
-        let end = |s: &str, escapes: bool| quoted_end(s.as_bytes(), 0, escapes);
-        assert_eq!(end("'ab' x", true), 4);
-        assert_eq!(end("'a''b' x", true), 6);
-        assert_eq!(end("'a\\'b' x", true), 6);
-        assert_eq!(end("'a\\'b' x", false), 4);
-        assert_eq!(end("'a\\\\' x", true), 5);
-        assert_eq!(end("`a\\` x", true), 4);
-        assert_eq!(end("\"a\"\"b\\\"\" x", true), 8);
-        // Unterminated, also by a final backslash or a final doubled quote.
-        assert_eq!(end("'abc", true), 4);
-        assert_eq!(end("'abc\\", true), 5);
-        assert_eq!(end("'abc\\'", true), 6);
-        assert_eq!(end("'abc''", true), 6);
-        assert_eq!(end("'", true), 1);
-        assert_eq!(end("", true), 0);
         let long = format!("'{}\\'{}' x", "é".repeat(40), "a".repeat(70));
-        assert_eq!(end(&long, true), long.len() - 2);
+        let cases: [(&str, bool, usize); 15] = [
+            ("'ab' x", true, 4),
+            ("'a''b' x", true, 6),
+            ("'a\\'b' x", true, 6),
+            ("'a\\'b' x", false, 4),
+            ("'a\\\\' x", true, 5),
+            ("`a\\` x", true, 4),
+            ("\"a\"\"b\\\"\" x", true, 8),
+            // Unterminated, also by a final backslash or a final doubled quote.
+            ("'abc", true, 4),
+            ("'abc\\", true, 5),
+            ("'abc\\'", true, 6),
+            ("'abc''", true, 6),
+            ("'", true, 1),
+            ("", true, 0),
+            // Longer than a vector register, with multi-byte characters before the end.
+            (&long, true, long.len() - 2),
+            (&long, false, 83),
+        ];
+        for (text, escapes, end) in cases {
+            assert_eq!(
+                quoted_end(text.as_bytes(), 0, escapes),
+                end,
+                "{text:?} {escapes}"
+            );
+        }
     }
 
     #[test]
