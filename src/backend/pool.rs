@@ -372,7 +372,7 @@ impl ClusterPool {
         // The slot and, most often, an idle connection in one lock.
         let mut first = Some(self.take_slot(pick).await.map_err(|e| (e, false))?);
         // From here on a lease is counted: `slot` ends it on every way out but the one
-        // that hands it to a `Lease`, a dropped future (a statement's timeout) too.
+        // that hands it to a `Lease`, a dropped future (a caller's deadline) too.
         let mut slot = Slot {
             pool: self,
             checking: None,

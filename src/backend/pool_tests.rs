@@ -120,7 +120,7 @@ async fn a_lease_handed_to_a_waiter_that_left_is_freed_or_goes_to_the_next() {
 #[tokio::test(flavor = "current_thread")]
 async fn a_checkout_dropped_while_it_connects_gives_its_slot_back() {
     // A server that accepts and never says a word: the connect is cut off by the
-    // caller's deadline (as a statement's `query_timeout` would), not by the pool's.
+    // caller's deadline around the checkout, not by the pool's connect timeout.
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("addr");
     let p = pool_at(&addr.to_string(), 1, Duration::from_secs(5));
