@@ -90,6 +90,11 @@ pub fn render(shared: &Shared) -> String {
             gauge("shardgate_pool_connections", &labels, n as f64);
         }
         gauge("shardgate_pool_waiters", l, p.waiting() as f64);
+        total(
+            "shardgate_pool_checkout_timeouts_total",
+            l,
+            p.waits.timeouts.load(Ordering::Relaxed),
+        );
     }
     // Every cluster's failover counters exist from the start, at 0, so that `rate()`
     // and `increase()` see the first failover.
@@ -163,5 +168,12 @@ pub fn render(shared: &Shared) -> String {
     for (path, n) in [("fast", fast), ("full", full)] {
         total("shardgate_caching_sha2_logins_total", &[("path", path)], n);
     }
-    m.render()
+    let mut out = m.render();
+    let mut pools: Vec<_> = runtime.cluster_pools().collect();
+    pools.sort_by(|a, b| a.0.cmp(b.0));
+    let waits = pools
+        .iter()
+        .map(|(c, p)| (crate::metrics::cluster_label(c), &p.waits.waited));
+    crate::metrics::render_histograms(&mut out, "shardgate_pool_wait_seconds", waits);
+    out
 }

@@ -48,6 +48,13 @@ fn buckets(body: &str, labels: &str) -> Vec<(String, f64)> {
 async fn proxy_with_metrics(
     server: &shardgate::demo::localdb::LocalMariaDb,
 ) -> (common::Proxy, std::net::SocketAddr) {
+    proxy_with_metrics_and_pool(server, shardgate::config::PoolConfig::default()).await
+}
+
+async fn proxy_with_metrics_and_pool(
+    server: &shardgate::demo::localdb::LocalMariaDb,
+    pool: shardgate::config::PoolConfig,
+) -> (common::Proxy, std::net::SocketAddr) {
     let toml = format!(
         "[clusters.c1]\nprimary = \"{}\"\nuser = \"shardgate\"\npassword = \"shardgate\"\n[keyspaces.app]\ncluster = \"c1\"\n",
         server.addr()
@@ -59,6 +66,7 @@ async fn proxy_with_metrics(
         VSchema::from_toml_str(&toml).expect("vschema"),
     );
     config.metrics_listen = Some(metrics_addr);
+    config.pool = pool;
     (common::start_proxy_config(config).await, metrics_addr)
 }
 
@@ -192,4 +200,100 @@ async fn metrics_count_statements_errors_latency_pools_and_migrations_per_proxy(
     drop(o);
     proxy.stop().await;
     other.stop().await;
+}
+
+/// The `le` and count of each `shardgate_pool_wait_seconds` bucket of cluster c1.
+fn wait_buckets(body: &str) -> Vec<(String, f64)> {
+    let prefix = "shardgate_pool_wait_seconds_bucket{cluster=\"c1\",le=\"";
+    body.lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix(prefix)?;
+            let (le, v) = rest.split_once("\"} ")?;
+            Some((le.to_string(), v.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_show_how_long_statements_waited_for_a_pool_connection_and_who_gave_up() {
+    let servers = common::start_servers(1);
+    servers[0].sql("CREATE DATABASE app").expect("db");
+    let pool = shardgate::config::PoolConfig {
+        max_connections: 1,
+        checkout_timeout: std::time::Duration::from_millis(700),
+        ..shardgate::config::PoolConfig::default()
+    };
+    let (proxy, metrics_addr) = proxy_with_metrics_and_pool(&servers[0], pool).await;
+    let mut holder = proxy.connect("app", Some("app")).await;
+    let mut waiter = proxy.connect("app", Some("app")).await;
+    let body = get(metrics_addr, "/metrics").await;
+    // No checkout has waited: every pool's series is there from the start, at 0.
+    assert!(wait_buckets(&body).iter().all(|(_, n)| *n == 0.0), "{body}");
+    assert_eq!(
+        value(&body, "shardgate_pool_wait_seconds_count{cluster=\"c1\"}"),
+        0.0
+    );
+    assert_eq!(
+        value(
+            &body,
+            "shardgate_pool_checkout_timeouts_total{cluster=\"c1\"}"
+        ),
+        0.0
+    );
+
+    // The holder keeps the only connection in a transaction for 300 ms: the waiter's
+    // statement waits for it, then runs.
+    holder.query_drop("BEGIN").await.expect("begin");
+    let _: Option<u32> = holder.query_first("SELECT 1").await.expect("select");
+    let started = std::time::Instant::now();
+    let waited = tokio::spawn(async move {
+        let r: Option<u32> = waiter.query_first("SELECT 2").await.expect("waited select");
+        (r, waiter)
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    holder.query_drop("COMMIT").await.expect("commit");
+    let (answer, mut waiter) = waited.await.expect("task");
+    assert_eq!(answer, Some(2));
+    assert!(started.elapsed() >= std::time::Duration::from_millis(250));
+
+    // Held again, longer than the checkout timeout: the waiter gives up.
+    holder.query_drop("BEGIN").await.expect("begin");
+    let _: Option<u32> = holder.query_first("SELECT 1").await.expect("select");
+    let (code, message) = common::server_error(&mut waiter, "SELECT 3").await;
+    assert_eq!(code, 1105, "{message}");
+    assert!(message.contains("no free connection"), "{message}");
+    holder.query_drop("COMMIT").await.expect("commit");
+
+    let body = get(metrics_addr, "/metrics").await;
+    assert!(
+        body.contains("# TYPE shardgate_pool_wait_seconds histogram"),
+        "{body}"
+    );
+    let b = wait_buckets(&body);
+    assert!(b.len() > 10, "real buckets: {b:?}");
+    assert!(b.windows(2).all(|w| w[0].1 <= w[1].1), "cumulative: {b:?}");
+    let count = value(&body, "shardgate_pool_wait_seconds_count{cluster=\"c1\"}");
+    assert_eq!(
+        count, 2.0,
+        "one wait that got a connection, one that gave up"
+    );
+    assert_eq!(
+        b.last().map(|(le, n)| (le.as_str(), *n)),
+        Some(("+Inf", 2.0))
+    );
+    // Neither wait was shorter than 200 ms; the sum holds about 0.3 s and 0.7 s.
+    let short = b.iter().find(|(le, _)| le == "0.2").map(|(_, n)| *n);
+    assert_eq!(short, Some(0.0), "{b:?}");
+    let sum = value(&body, "shardgate_pool_wait_seconds_sum{cluster=\"c1\"}");
+    assert!((0.9..5.0).contains(&sum), "sum {sum}");
+    assert_eq!(
+        value(
+            &body,
+            "shardgate_pool_checkout_timeouts_total{cluster=\"c1\"}"
+        ),
+        1.0
+    );
+    drop(holder);
+    drop(waiter);
+    proxy.stop().await;
 }

@@ -43,6 +43,18 @@ pub struct ClusterPool {
     inner: Mutex<Inner>,
     /// Signalled when a lease ends while someone waits for one.
     freed: Notify,
+    /// Checkouts that had to wait for a lease: how long, and how many gave up.
+    pub waits: PoolWaits,
+}
+
+/// What `/metrics` shows of a pool's waits (`shardgate_pool_wait_seconds`,
+/// `shardgate_pool_checkout_timeouts_total`): recorded only by checkouts that wait.
+#[derive(Default)]
+pub struct PoolWaits {
+    /// How long each waited, until it got a lease or gave up.
+    pub waited: crate::metrics::Latency,
+    /// Those that gave up after the checkout timeout.
+    pub timeouts: std::sync::atomic::AtomicU64,
 }
 
 /// Everything about the pool that changes, under one lock: a checkout and a give-back
@@ -127,6 +139,7 @@ impl ClusterPool {
                 last_failure: None,
             }),
             freed: Notify::new(),
+            waits: PoolWaits::default(),
         })
     }
 
@@ -457,19 +470,23 @@ impl ClusterPool {
                 return Ok(pick(&mut g));
             }
         }
-        let deadline = tokio::time::Instant::now() + self.config.checkout_timeout;
+        let since = tokio::time::Instant::now();
+        let deadline = since + self.config.checkout_timeout;
         // Counts this checkout in `waiting` from its first wait on, uncounts it
         // however it ends (a dropped future included).
         let mut waiting = Waiting {
             pool: self,
             counted: false,
         };
+        let waited = || self.waits.waited.record(since.elapsed());
         loop {
             let freed = self.freed.notified();
             tokio::pin!(freed);
             {
                 let mut g = self.lock();
                 if let Some(conn) = waiting.take_grant(&mut g, &pick) {
+                    drop(g);
+                    waited();
                     return Ok(conn);
                 }
                 if !waiting.counted && g.leased < max {
@@ -487,9 +504,14 @@ impl ClusterPool {
             }
             if crate::timer::timeout_at(deadline, freed).await.is_err() {
                 // A lease handed on just as the time ran out is still taken.
-                if let Some(conn) = waiting.take_grant(&mut self.lock(), &pick) {
+                let granted = waiting.take_grant(&mut self.lock(), &pick);
+                waited();
+                if let Some(conn) = granted {
                     return Ok(conn);
                 }
+                self.waits
+                    .timeouts
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 return Err(ProxyError::cluster_unavailable(
                     &self.name,
                     format!(

@@ -11,8 +11,8 @@
 mod registry;
 
 pub use registry::{
-    keyspace_label, PairHandle, Registry, MAX_CODES, MAX_DEADLOCK_TABLES, MAX_PAIRS, NO_KEYSPACE,
-    OVERFLOW, PASS_THROUGH,
+    cluster_label, keyspace_label, render_histograms, Latency, PairHandle, Registry, MAX_CODES,
+    MAX_DEADLOCK_TABLES, MAX_PAIRS, NO_KEYSPACE, OVERFLOW, PASS_THROUGH,
 };
 
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -81,6 +81,8 @@ pub(crate) const DESCRIBED: &[(&str, Kind, &str)] = &[
     ("shardgate_cluster_in_flight", Kind::Gauge, "Backend connections leased now (statements running, sessions holding one)."),
     ("shardgate_pool_connections", Kind::Gauge, "Backend connections by state: open (idle or leased), idle, leased."),
     ("shardgate_pool_waiters", Kind::Gauge, "Checkouts waiting for a backend connection now (the pool is at max_connections)."),
+    ("shardgate_pool_wait_seconds", Kind::Histogram, "How long checkouts that found every backend connection of the cluster in use waited for one (those that got one and those that gave up)."),
+    ("shardgate_pool_checkout_timeouts_total", Kind::Counter, "Checkouts that waited checkout_timeout for a backend connection of the cluster and gave up (the statement got ERROR 1105)."),
     ("shardgate_workspaces_with_errors", Kind::Gauge, "Workspaces whose statements got at least one error in the last 60 seconds (SHOW WORKSPACES WITH ERRORS lists them)."),
     ("shardgate_failovers_total", Kind::Counter, "Failovers since start, by cluster, kind (planned, unplanned) and outcome (done, stopped)."),
     ("shardgate_failover_buffered_statements_total", Kind::Counter, "Statements that waited in a cluster's buffer while it failed over."),
@@ -119,16 +121,18 @@ struct Pair {
     other_errors: Counter,
 }
 
-/// Latency samples of one pair in the buckets of [`super::BOUNDS_US`] (each counts
-/// the samples of its own range; rendered cumulative) and their sum.
+/// Durations in the buckets of [`super::BOUNDS_US`] (each counts the samples of its
+/// own range; rendered cumulative) and their sum: a statement latency histogram of a
+/// pair, or a pool's waits for a connection.
 #[derive(Default)]
-struct Latency {
+pub struct Latency {
     buckets: [AtomicU64; super::BUCKETS],
     sum_ns: AtomicU64,
 }
 
 impl Latency {
-    fn record(&self, elapsed: Duration) {
+    /// Counts one sample: two relaxed adds.
+    pub fn record(&self, elapsed: Duration) {
         self.buckets[super::bucket_of(elapsed)].fetch_add(1, Ordering::Relaxed);
         let ns = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
         self.sum_ns.fetch_add(ns, Ordering::Relaxed);
@@ -345,47 +349,67 @@ impl Registry {
     }
 
     fn render_latency(&self, out: &mut String) {
-        use std::fmt::Write;
         const NAME: &str = "shardgate_statement_duration_seconds";
         let pairs = self.pairs.load();
         let mut all: Vec<&Arc<Pair>> = pairs.values().flat_map(|m| m.values()).collect();
-        if all.is_empty() {
-            return;
-        }
         all.sort_by(|a, b| (&a.cluster, &a.keyspace).cmp(&(&b.cluster, &b.keyspace)));
-        let help = DESCRIBED
-            .iter()
-            .find(|(n, _, _)| *n == NAME)
-            .map_or("", |(_, _, h)| *h);
-        if !out.is_empty() && !out.ends_with('\n') {
-            out.push('\n');
-        }
-        let _ = writeln!(out, "# HELP {NAME} {help}");
-        let _ = writeln!(out, "# TYPE {NAME} histogram");
-        let bounds = latency_buckets();
-        for p in all {
+        let series = all.iter().map(|p| {
             let labels = format!(
                 "cluster=\"{}\",keyspace=\"{}\"",
                 escape_label(&p.cluster),
                 escape_label(&p.keyspace)
             );
-            let mut total = 0u64;
-            for (i, b) in p.latency.buckets.iter().enumerate() {
-                total += b.load(Ordering::Relaxed);
-                match bounds.get(i) {
-                    Some(le) => {
-                        let _ = writeln!(out, "{NAME}_bucket{{{labels},le=\"{le}\"}} {total}");
-                    }
-                    None => {
-                        let _ = writeln!(out, "{NAME}_bucket{{{labels},le=\"+Inf\"}} {total}");
-                    }
+            (labels, &p.latency)
+        });
+        render_histograms(out, NAME, series);
+    }
+}
+
+/// Appends the histogram `name` (one of [`DESCRIBED`]) to `out` in the Prometheus text
+/// format: one series per (labels, samples), labels already escaped
+/// ([`cluster_label`]); nothing without a series.
+pub fn render_histograms<'a>(
+    out: &mut String,
+    name: &str,
+    series: impl IntoIterator<Item = (String, &'a Latency)>,
+) {
+    use std::fmt::Write;
+    let mut series = series.into_iter().peekable();
+    if series.peek().is_none() {
+        return;
+    }
+    let help = DESCRIBED
+        .iter()
+        .find(|(n, _, _)| *n == name)
+        .map_or("", |(_, _, h)| *h);
+    if !out.is_empty() && !out.ends_with('\n') {
+        out.push('\n');
+    }
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} histogram");
+    let bounds = latency_buckets();
+    for (labels, h) in series {
+        let mut total = 0u64;
+        for (i, b) in h.buckets.iter().enumerate() {
+            total += b.load(Ordering::Relaxed);
+            match bounds.get(i) {
+                Some(le) => {
+                    let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{le}\"}} {total}");
+                }
+                None => {
+                    let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {total}");
                 }
             }
-            let sum = p.latency.sum_ns.load(Ordering::Relaxed) as f64 / 1e9;
-            let _ = writeln!(out, "{NAME}_sum{{{labels}}} {sum}");
-            let _ = writeln!(out, "{NAME}_count{{{labels}}} {total}");
         }
+        let sum = h.sum_ns.load(Ordering::Relaxed) as f64 / 1e9;
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
+        let _ = writeln!(out, "{name}_count{{{labels}}} {total}");
     }
+}
+
+/// `cluster="name"`, escaped for the text format.
+pub fn cluster_label(cluster: &str) -> String {
+    format!("cluster=\"{}\"", escape_label(cluster))
 }
 
 /// A label value in the text format: backslash, double quote and line feed escaped.
