@@ -121,7 +121,7 @@ struct Pair {
     other_errors: Counter,
 }
 
-/// Durations in the buckets of [`super::BOUNDS_US`] (each counts the samples of its
+/// Durations in the latency buckets (50 µs to 5 s; each counts the samples of its
 /// own range; rendered cumulative) and their sum: a statement latency histogram of a
 /// pair, or a pool's waits for a connection.
 #[derive(Default)]
@@ -365,7 +365,7 @@ impl Registry {
     }
 }
 
-/// Appends the histogram `name` (one of [`DESCRIBED`]) to `out` in the Prometheus text
+/// Appends the histogram `name` (a described metric) to `out` in the Prometheus text
 /// format: one series per (labels, samples), labels already escaped
 /// ([`cluster_label`]); nothing without a series.
 pub fn render_histograms<'a>(
