@@ -125,8 +125,17 @@ fn kw_any(t: Option<&Token>, sql: &str, words: &[&str]) -> bool {
 fn name_of<'a>(t: &Token, sql: &'a str) -> Option<std::borrow::Cow<'a, str>> {
     match t.kind {
         Tok::Word | Tok::Quoted => Some(t.ident(sql)),
-        Tok::Str if t.text(sql).starts_with('"') => Some(t.str_inner(sql).into()),
+        Tok::Str if names(t, sql) => Some(t.str_inner(sql).into()),
         _ => None,
+    }
+}
+
+/// Whether [`name_of`] has a name for `t`, without making it.
+fn names(t: &Token, sql: &str) -> bool {
+    match t.kind {
+        Tok::Word | Tok::Quoted => true,
+        Tok::Str => sql.as_bytes().get(t.start) == Some(&b'"'),
+        Tok::Num | Tok::Punct(_) | Tok::Op => false,
     }
 }
 
@@ -438,12 +447,7 @@ fn anywhere(sql: &str, toks: &[Token]) -> Privilege {
     for (i, t) in toks.iter().enumerate() {
         // Only a word or a name can be any of what follows; numbers, punctuation and
         // `'strings'` (most of a long INSERT's tokens) cost one test each.
-        let name_like = match t.kind {
-            Tok::Word | Tok::Quoted => true,
-            Tok::Str => sql.as_bytes().get(t.start) == Some(&b'"'),
-            Tok::Num | Tok::Punct(_) | Tok::Op => false,
-        };
-        if !name_like {
+        if !names(t, sql) {
             continue;
         }
         let next = toks.get(i + 1);
