@@ -2,7 +2,9 @@
 //! several shards): once the pool has connections on both databases, a session whose
 //! statements alternate between them gets one already on the right database, instead
 //! of its last connection switched back and forth with a `USE` round trip on every
-//! statement. Every answer still comes from the shard that owns the workspace.
+//! statement; sessions at once get new connections on their database while the pool
+//! has room, and only a full pool switches one. Every answer still comes from the
+//! shard that owns the workspace.
 // Tests and benches run on their own runtimes, every one with a time driver.
 #![allow(clippy::disallowed_methods)]
 
@@ -38,7 +40,46 @@ async fn alternating_shards_of_one_cluster_take_connections_already_on_their_dat
         .expect("the scenario finishes within 120 s");
 }
 
-async fn scenario() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_sessions_across_shards_of_one_cluster_get_connections_of_their_own_database() {
+    tokio::time::timeout(Duration::from_secs(120), concurrent_scenario())
+        .await
+        .expect("the scenario finishes within 120 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_pool_switches_its_connection_between_the_databases_of_one_cluster() {
+    tokio::time::timeout(Duration::from_secs(120), full_pool_scenario())
+        .await
+        .expect("the scenario finishes within 120 s");
+}
+
+/// A server with the two shards' databases, ten workspaces' rows in each (each row
+/// names its database), and the vschema; the workspaces of each shard.
+struct Shards {
+    servers: Vec<LocalMariaDb>,
+    toml: String,
+    lo: Vec<u64>,
+    hi: Vec<u64>,
+}
+
+impl Shards {
+    fn server(&self) -> &LocalMariaDb {
+        &self.servers[0]
+    }
+
+    /// The row a workspace's select must return: its own shard's.
+    fn expected(&self, w: u64) -> String {
+        let db = if self.lo.contains(&w) {
+            "app_lo"
+        } else {
+            "app_hi"
+        };
+        format!("{db}-ws{w}")
+    }
+}
+
+fn shards() -> Shards {
     let servers = common::start_servers(1);
     let server = &servers[0];
     for db in ["app_lo", "app_hi"] {
@@ -70,8 +111,18 @@ async fn scenario() {
             ))
             .expect("insert a workspace's row in its shard");
     }
+    Shards {
+        servers,
+        toml,
+        lo,
+        hi,
+    }
+}
 
-    let proxy = common::start_proxy(&toml).await;
+async fn scenario() {
+    let shards = shards();
+    let (server, lo, hi) = (shards.server(), &shards.lo, &shards.hi);
+    let proxy = common::start_proxy(&shards.toml).await;
     // Warm: the pool gets a connection on each database. A transaction holds the
     // first while another session's statement needs the second (the pool opens
     // connections as sessions need them at once, not one per database).
@@ -93,7 +144,7 @@ async fn scenario() {
     let before = change_db_count(server);
     let mut statements = 0;
     for round in 0..3 {
-        for (a, b) in lo.iter().zip(&hi) {
+        for (a, b) in lo.iter().zip(hi) {
             for &w in &[*a, *b] {
                 let got: Option<String> = c
                     .query_first(format!(
@@ -103,7 +154,7 @@ async fn scenario() {
                     .expect("select through shardgate");
                 assert_eq!(
                     got.as_deref(),
-                    Some(format!("{}-ws{w}", db_of(w)).as_str()),
+                    Some(shards.expected(w).as_str()),
                     "round {round}: workspace {w} is answered by its own shard"
                 );
                 statements += 1;
@@ -118,6 +169,104 @@ async fn scenario() {
         switches <= 4,
         "{switches} database changes for {statements} statements alternating between two \
          databases of one cluster"
+    );
+    drop(c);
+    proxy.stop().await;
+}
+
+/// Sessions at once, each alternating between the two databases: while the pool may
+/// still open connections (under `max_connections`), a statement that finds no idle
+/// connection on its database gets a new one rather than another database's switched
+/// with a `USE` (a round trip on the statement's path, and on the next statement of
+/// the other database). Under sysbench, 16 sessions on two databases of one cluster
+/// had switched on about one statement in sixteen.
+async fn concurrent_scenario() {
+    const SESSIONS: usize = 8;
+    const STATEMENTS: usize = 60;
+    let shards = std::sync::Arc::new(shards());
+    let server = shards.server();
+    let proxy = common::start_proxy(&shards.toml).await;
+    let before = change_db_count(server);
+    let mut tasks = Vec::new();
+    for s in 0..SESSIONS {
+        let mut c = proxy.connect("app", Some("app")).await;
+        let shards = shards.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..STATEMENTS {
+                // Each session walks the workspaces in its own order, shards
+                // alternating.
+                let k = (i / 2 + s) % shards.lo.len();
+                let w = if i % 2 == 0 {
+                    shards.lo[k]
+                } else {
+                    shards.hi[k]
+                };
+                let got: Option<String> = c
+                    .query_first(format!(
+                        "SELECT val FROM items WHERE workspace_id = {w} AND id = 1"
+                    ))
+                    .await
+                    .expect("select through shardgate");
+                assert_eq!(
+                    got.as_deref(),
+                    Some(shards.expected(w).as_str()),
+                    "session {s}, statement {i}: workspace {w} is answered by its own shard"
+                );
+            }
+            drop(c);
+        }));
+    }
+    for t in tasks {
+        t.await.expect("a session's statements");
+    }
+    let switches = change_db_count(server) - before;
+    // The default pool (64 per cluster) has room for every session on both
+    // databases; a few are allowed, as above.
+    assert!(
+        switches <= 4,
+        "{switches} database changes for {} statements of {SESSIONS} sessions at once, \
+         alternating between two databases of one cluster",
+        SESSIONS * STATEMENTS
+    );
+    proxy.stop().await;
+}
+
+/// At `max_connections` (here 1) no connection can be opened for the other database:
+/// the one there is switched with a `USE` on every change of shard, and every answer
+/// still comes from the right shard.
+async fn full_pool_scenario() {
+    let shards = shards();
+    let server = shards.server();
+    let vs = VSchema::from_toml_str(&shards.toml).expect("vschema");
+    let pool = shardgate::config::PoolConfig {
+        max_connections: 1,
+        ..Default::default()
+    };
+    let proxy = common::start_proxy_with(vs, pool).await;
+    let mut c = proxy.connect("app", Some("app")).await;
+    let before = change_db_count(server);
+    let mut statements = 0u64;
+    for (a, b) in shards.lo.iter().zip(&shards.hi) {
+        for &w in &[*a, *b] {
+            let got: Option<String> = c
+                .query_first(format!(
+                    "SELECT val FROM items WHERE workspace_id = {w} AND id = 1"
+                ))
+                .await
+                .expect("select through shardgate");
+            assert_eq!(
+                got.as_deref(),
+                Some(shards.expected(w).as_str()),
+                "workspace {w} is answered by its own shard"
+            );
+            statements += 1;
+        }
+    }
+    let switches = change_db_count(server) - before;
+    assert!(
+        switches + 1 >= statements,
+        "one connection serves both databases: {switches} database changes for \
+         {statements} statements alternating between them"
     );
     drop(c);
     proxy.stop().await;

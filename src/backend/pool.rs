@@ -360,7 +360,8 @@ impl ClusterPool {
         if g.leased >= self.config.max_connections {
             return None;
         }
-        let pos = idle_position(&g, want, worker)?;
+        let room = g.open < self.config.max_connections;
+        let pos = idle_position(&g, want, worker, room)?;
         let idle_for = now.saturating_duration_since(g.idle.get(pos)?.last_used);
         if idle_for >= PEEK_AFTER_IDLE || idle_for > self.config.idle_timeout {
             return None;
@@ -381,7 +382,11 @@ impl ClusterPool {
     ) -> Result<Lease, (ProxyError, bool)> {
         self.admit().await.map_err(|e| (e, false))?;
         let worker = crate::workers::current();
-        let pick = |g: &mut Inner| pick_idle(g, want, worker);
+        let max = self.config.max_connections;
+        let pick = |g: &mut Inner| {
+            let room = g.open < max;
+            pick_idle(g, want, worker, room)
+        };
         // The slot and, most often, an idle connection in one lock.
         let mut first = Some(self.take_slot(pick).await.map_err(|e| (e, false))?);
         // From here on a lease is counted: `slot` ends it on every way out but the one
@@ -753,13 +758,21 @@ impl<'a> Wanted<'a> {
 /// several shards of a keyspace on one cluster (one database each), a session that
 /// took its last connection wherever it was switched databases on about every other
 /// statement, a round trip each time.
-fn pick_idle(g: &mut Inner, want: Wanted<'_>, worker: u16) -> Option<Box<BackendConn>> {
-    let pos = idle_position(g, want, worker)?;
+///
+/// While the pool may still open a connection (`room`: fewer than `max_connections`
+/// open), only a connection already on `database` is taken; none there, a new one is
+/// opened rather than another database's switched with a `USE`. A switch is a round
+/// trip on this statement's path and, as the switched connection is then missing from
+/// its database, on a later statement's too: under 16 sessions spread over two
+/// databases of one cluster, one statement in about sixteen switched. Once the pool
+/// is full, switching is what is left.
+fn pick_idle(g: &mut Inner, want: Wanted<'_>, worker: u16, room: bool) -> Option<Box<BackendConn>> {
+    let pos = idle_position(g, want, worker, room)?;
     take_idle(g, pos)
 }
 
 /// Where in the idle list the connection [`pick_idle`] takes is.
-fn idle_position(g: &Inner, want: Wanted<'_>, worker: u16) -> Option<usize> {
+fn idle_position(g: &Inner, want: Wanted<'_>, worker: u16, room: bool) -> Option<usize> {
     let Wanted {
         key,
         database,
@@ -771,7 +784,14 @@ fn idle_position(g: &Inner, want: Wanted<'_>, worker: u16) -> Option<usize> {
     };
     // A connection that has a database selected cannot go back to none: a session
     // without a database needs one that never had.
-    let usable = |c: &BackendConn| c.key == key && (database.is_some() || c.database.is_none());
+    let usable = |c: &BackendConn| {
+        c.key == key
+            && if room {
+                c.database.as_deref() == database
+            } else {
+                database.is_some() || c.database.is_none()
+            }
+    };
     let preferred = |c: &BackendConn| prefer == Some(c.thread_id);
     let idle = &g.idle;
     prefer
