@@ -138,47 +138,58 @@ sysbench "$TEST" "${common[@]}" "${direct[@]}" prepare >"$dir/prepare-direct.log
   { cat "$dir/prepare-direct.log" >&2; exit 1; }
 echo "rows: A.$LO=$(db "$A_PORT" "SELECT COUNT(*) FROM $LO.sbtest1") B.$HI=$(db "$B_PORT" "SELECT COUNT(*) FROM $HI.sbtest1") A.sbfull=$(db "$A_PORT" 'SELECT COUNT(*) FROM sbfull.sbtest1')" >&2
 
-cpu() { awk '{ s = $0; sub(/.*\) /, "", s); split(s, f, " "); print f[12] + f[13] }' "/proc/$1/stat"; }
+# user and kernel CPU ticks of a process
+cpu() { awk '{ s = $0; sub(/.*\) /, "", s); split(s, f, " "); print f[12], f[13] }' "/proc/$1/stat"; }
 TCK=$(getconf CLK_TCK)
 
-run_arm() { # arm seconds -> "qps cpu_seconds_of_the_proxy"
+# Database changes (USE, COM_INIT_DB) server A has counted: shardgate's pool should
+# seldom switch a connection between the two shards' databases.
+changes_of_db() { db "$A_PORT" "SHOW GLOBAL STATUS LIKE 'Com_change_db'" | awk '{ print $2 }'; }
+
+run_arm() { # arm seconds -> "qps cpu_seconds_of_the_proxy_per_1k_queries user_us kernel_us (per query) database_changes_per_1k"
   local arm=$1 secs=$2 target pid=""
   case $arm in
     direct) target=("${direct[@]}") ;;
     relay) target=("${relay[@]}"); pid=$RELAY_PID ;;
     shardgate) target=("${proxy[@]}"); pid=$PROXY_PID ;;
   esac
-  local c0=0 c1=0
-  [ -n "$pid" ] && c0=$(cpu "$pid")
+  local u0=0 k0=0 u1=0 k1=0
+  [ -n "$pid" ] && read -r u0 k0 < <(cpu "$pid")
+  local use0 use1
+  use0=$(changes_of_db)
   sysbench "$TEST" "${common[@]}" "${target[@]}" --threads="$THREADS" --time="$secs" \
     --events=0 --rate=0 run >"$dir/run.log" 2>&1 || { cat "$dir/run.log" >&2; exit 1; }
-  [ -n "$pid" ] && c1=$(cpu "$pid")
+  [ -n "$pid" ] && read -r u1 k1 < <(cpu "$pid")
+  use1=$(changes_of_db)
   local q qps
   q=$(awk '/ queries:/ { print $2 }' "$dir/run.log")
   qps=$(awk '/ queries:/ { gsub(/\(/, "", $3); print $3 }' "$dir/run.log")
-  awk -v qps="$qps" -v q="$q" -v t="$((c1 - c0))" -v tck="$TCK" \
-    'BEGIN { printf "%s %.6f\n", qps, (q > 0 ? t / tck * 1000 / q : 0) }'
+  awk -v qps="$qps" -v q="$q" -v u="$((u1 - u0))" -v k="$((k1 - k0))" -v tck="$TCK" -v use="$((use1 - use0))" \
+    'BEGIN { q = (q > 0 ? q : 1); printf "%s %.6f %.1f %.1f %.2f\n", qps, (u + k) / tck * 1000 / q, u / tck * 1e6 / q, k / tck * 1e6 / q, use * 1000 / q }'
 }
 
 for arm in direct relay shardgate; do run_arm "$arm" "$WARMUP" >/dev/null; done
-declare -A QPS CPU
+declare -A QPS CPU USER KERNEL
 for r in $(seq 1 "$ROUNDS"); do
   for arm in direct relay shardgate; do
-    read -r qps cpu1k < <(run_arm "$arm" "$TIME")
-    QPS[$arm]+="$qps "; CPU[$arm]+="$cpu1k "
-    printf 'round %d/%d %-9s %10.0f QPS  proxy CPU %.4f s/1k queries\n' "$r" "$ROUNDS" "$arm" "$qps" "$cpu1k" >&2
+    read -r qps cpu1k user_us kernel_us use1k < <(run_arm "$arm" "$TIME")
+    QPS[$arm]+="$qps "; CPU[$arm]+="$cpu1k "; USER[$arm]+="$user_us "; KERNEL[$arm]+="$kernel_us "
+    printf 'round %d/%d %-9s %10.0f QPS  proxy CPU %.4f s/1k queries (user %s / kernel %s us per query)  USE per 1k queries %s\n' \
+      "$r" "$ROUNDS" "$arm" "$qps" "$cpu1k" "$user_us" "$kernel_us" "$use1k" >&2
   done
 done
 
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 md=$(median <<<"${QPS[direct]}"); mr=$(median <<<"${QPS[relay]}"); ms=$(median <<<"${QPS[shardgate]}")
 cr=$(median <<<"${CPU[relay]}"); cs=$(median <<<"${CPU[shardgate]}")
+ur=$(median <<<"${USER[relay]}"); us=$(median <<<"${USER[shardgate]}")
+kr=$(median <<<"${KERNEL[relay]}"); ks=$(median <<<"${KERNEL[shardgate]}")
 echo
 echo "sysbench $TEST, $THREADS threads, --db-ps-mode=$PS_MODE, shards: $LAYOUT, shardgate pool $POOL per cluster, $TABLE_SIZE rows, $ROUNDS rounds x ${TIME}s (medians); $(date -u +%F); $(nproc) cores, $(awk '/MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)"
-echo "| arm | QPS | proxy CPU s/1k q | QPS vs direct | QPS vs relay | CPU vs relay |"
-echo "| --- | ---: | ---: | ---: | ---: | ---: |"
-awk -v d="$md" -v r="$mr" -v s="$ms" -v cr="$cr" -v cs="$cs" 'BEGIN {
-  printf "| direct | %.0f | - | - | - | - |\n", d
-  printf "| relay | %.0f | %.4f | %.2f | - | - |\n", r, cr, r / d
-  printf "| shardgate | %.0f | %.4f | %.2f | %.2f | %.2f |\n", s, cs, s / d, s / r, (cr > 0 ? cs / cr : 0)
+echo "| arm | QPS | proxy CPU s/1k q | user / kernel us per q | QPS vs direct | QPS vs relay | CPU vs relay |"
+echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+awk -v d="$md" -v r="$mr" -v s="$ms" -v cr="$cr" -v cs="$cs" -v ur="$ur" -v us="$us" -v kr="$kr" -v ks="$ks" 'BEGIN {
+  printf "| direct | %.0f | - | - | - | - | - |\n", d
+  printf "| relay | %.0f | %.4f | %.1f / %.1f | %.2f | - | - |\n", r, cr, ur, kr, r / d
+  printf "| shardgate | %.0f | %.4f | %.1f / %.1f | %.2f | %.2f | %.2f |\n", s, cs, us, ks, s / d, s / r, (cr > 0 ? cs / cr : 0)
 }'

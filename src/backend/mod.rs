@@ -1,6 +1,7 @@
 //! Backend connections of our own to MariaDB/MySQL, pooled per cluster.
 
 pub mod conn;
+mod idle;
 pub mod pool;
 pub mod reserve;
 pub mod sql;

@@ -2,13 +2,14 @@
 //! own connection limit, checkout deadline and connect timeout, so a slow or dead
 //! cluster makes only its own statements wait or fail.
 
-use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
 use super::conn::{BackendConn, ConnKey};
+use super::idle::IdleList;
+pub use super::idle::Wanted;
 use crate::config::PoolConfig;
 use crate::error::{codes, ProxyError};
 use crate::protocol::status;
@@ -62,7 +63,7 @@ pub struct PoolWaits {
 struct Inner {
     /// Idle connections, least recently used first.
     /// Boxed: a connection (with its buffers and TLS state) moves as a pointer.
-    idle: VecDeque<Box<BackendConn>>,
+    idle: IdleList,
     /// Connections open (idle or leased).
     open: usize,
     /// Leases outstanding, with those handed to waiters that have not taken them
@@ -130,7 +131,7 @@ impl ClusterPool {
             generation: std::sync::atomic::AtomicU64::new(0),
             config,
             inner: Mutex::new(Inner {
-                idle: VecDeque::new(),
+                idle: IdleList::new(),
                 open: 0,
                 leased: 0,
                 waiting: 0,
@@ -192,7 +193,7 @@ impl ClusterPool {
     pub fn close_idle(&self) {
         let closed: Vec<Box<BackendConn>> = {
             let mut g = self.lock();
-            let all: Vec<Box<BackendConn>> = g.idle.drain(..).collect();
+            let all = g.idle.take_where(|_| true);
             g.open = g.open.saturating_sub(all.len());
             all
         };
@@ -205,16 +206,9 @@ impl ClusterPool {
         let limit = self.config.idle_timeout;
         let closed: Vec<Box<BackendConn>> = {
             let mut g = self.lock();
-            let mut closed = Vec::new();
-            let mut kept = VecDeque::with_capacity(g.idle.len());
-            for conn in g.idle.drain(..) {
-                if conn.last_used.elapsed() > limit || conn.idle_alive() == Some(false) {
-                    closed.push(conn);
-                } else {
-                    kept.push_back(conn);
-                }
-            }
-            g.idle = kept;
+            let closed = g
+                .idle
+                .take_where(|c| c.last_used.elapsed() > limit || c.idle_alive() == Some(false));
             g.open = g.open.saturating_sub(closed.len());
             closed
         };
@@ -361,8 +355,8 @@ impl ClusterPool {
             return None;
         }
         let room = g.open < self.config.max_connections;
-        let pos = idle_position(&g, want, worker, room)?;
-        let idle_for = now.saturating_duration_since(g.idle.get(pos)?.last_used);
+        let pos = g.idle.position(want, worker, room)?;
+        let idle_for = now.saturating_duration_since(g.idle.last_used(pos)?);
         if idle_for >= PEEK_AFTER_IDLE || idle_for > self.config.idle_timeout {
             return None;
         }
@@ -384,8 +378,8 @@ impl ClusterPool {
         let worker = crate::workers::current();
         let max = self.config.max_connections;
         let pick = |g: &mut Inner| {
-            let room = g.open < max;
-            pick_idle(g, want, worker, room)
+            let pos = g.idle.position(want, worker, g.open < max)?;
+            take_idle(g, pos)
         };
         // The slot and, most often, an idle connection in one lock.
         let mut first = Some(self.take_slot(pick).await.map_err(|e| (e, false))?);
@@ -718,93 +712,9 @@ impl Drop for Waiting<'_> {
     }
 }
 
-/// What a checkout asks the pool for.
-#[derive(Debug, Clone, Copy)]
-pub struct Wanted<'a> {
-    /// The capabilities and collation the connection was opened with.
-    pub key: ConnKey,
-    /// The database the statement runs in (a connection with none selected can take
-    /// any; one with a database selected cannot go back to none).
-    pub database: Option<&'a str>,
-    /// The session state (variables) the asking session has: a connection already in
-    /// it needs no sync.
-    pub state_hash: u64,
-    /// Server thread id of the connection that served the asking session last.
-    pub prefer: Option<u32>,
-}
-
-impl<'a> Wanted<'a> {
-    /// A connection for shardgate's own statements (`KILL QUERY`, a login's checks):
-    /// no session's state on it, no preference.
-    pub fn plain(key: ConnKey, database: Option<&'a str>) -> Wanted<'a> {
-        Wanted {
-            key,
-            database,
-            state_hash: 0,
-            prefer: None,
-        }
-    }
-}
-
-/// The idle connection a checkout takes, removed from the idle list and counted as
-/// leased: the first of
-/// - the one with server thread id `prefer` (the asking session's last), if it is
-///   already on `database` with session state `state_hash`;
-/// - one of this worker's that is (see `crate::workers`), then any that is;
-/// - the preferred one anyway, then any of `key` that can serve `database` (these
-///   need a `USE` or the session's settings first).
-///
-/// A connection that needs nothing changed comes before the session's last one: with
-/// several shards of a keyspace on one cluster (one database each), a session that
-/// took its last connection wherever it was switched databases on about every other
-/// statement, a round trip each time.
-///
-/// While the pool may still open a connection (`room`: fewer than `max_connections`
-/// open), only a connection already on `database` is taken; none there, a new one is
-/// opened rather than another database's switched with a `USE`. A switch is a round
-/// trip on this statement's path and, as the switched connection is then missing from
-/// its database, on a later statement's too: under 16 sessions spread over two
-/// databases of one cluster, one statement in about sixteen switched. Once the pool
-/// is full, switching is what is left.
-fn pick_idle(g: &mut Inner, want: Wanted<'_>, worker: u16, room: bool) -> Option<Box<BackendConn>> {
-    let pos = idle_position(g, want, worker, room)?;
-    take_idle(g, pos)
-}
-
-/// Where in the idle list the connection [`pick_idle`] takes is.
-fn idle_position(g: &Inner, want: Wanted<'_>, worker: u16, room: bool) -> Option<usize> {
-    let Wanted {
-        key,
-        database,
-        state_hash,
-        prefer,
-    } = want;
-    let same = |c: &BackendConn| {
-        c.key == key && c.database.as_deref() == database && c.state_hash == state_hash
-    };
-    // A connection that has a database selected cannot go back to none: a session
-    // without a database needs one that never had.
-    let usable = |c: &BackendConn| {
-        c.key == key
-            && if room {
-                c.database.as_deref() == database
-            } else {
-                database.is_some() || c.database.is_none()
-            }
-    };
-    let preferred = |c: &BackendConn| prefer == Some(c.thread_id);
-    let idle = &g.idle;
-    prefer
-        .and_then(|_| idle.iter().rposition(|c| preferred(c) && same(c)))
-        .or_else(|| idle.iter().position(|c| c.worker == worker && same(c)))
-        .or_else(|| idle.iter().position(|c| same(c)))
-        .or_else(|| prefer.and_then(|_| idle.iter().rposition(|c| preferred(c) && usable(c))))
-        .or_else(|| idle.iter().position(|c| usable(c)))
-}
-
 /// Takes the idle connection at `pos` for a lease.
 fn take_idle(g: &mut Inner, pos: usize) -> Option<Box<BackendConn>> {
-    let conn = g.idle.remove(pos)?;
+    let conn = g.idle.take(pos)?;
     g.leased_threads.push(conn.thread_id);
     Some(conn)
 }
