@@ -79,6 +79,30 @@ impl Shards {
     }
 }
 
+/// Selects every workspace's row through `c`, the two shards' workspaces alternating,
+/// and checks that each answer came from the workspace's own shard (`what` names the
+/// pass in a failure); returns how many statements ran.
+async fn alternate(c: &mut mysql_async::Conn, shards: &Shards, what: &str) -> u64 {
+    let mut statements = 0;
+    for (a, b) in shards.lo.iter().zip(&shards.hi) {
+        for &w in &[*a, *b] {
+            let got: Option<String> = c
+                .query_first(format!(
+                    "SELECT val FROM items WHERE workspace_id = {w} AND id = 1"
+                ))
+                .await
+                .expect("select through shardgate");
+            assert_eq!(
+                got.as_deref(),
+                Some(shards.expected(w).as_str()),
+                "{what}: workspace {w} is answered by its own shard"
+            );
+            statements += 1;
+        }
+    }
+    statements
+}
+
 fn shards() -> Shards {
     let servers = common::start_servers(1);
     let server = &servers[0];
@@ -144,22 +168,7 @@ async fn scenario() {
     let before = change_db_count(server);
     let mut statements = 0;
     for round in 0..3 {
-        for (a, b) in lo.iter().zip(hi) {
-            for &w in &[*a, *b] {
-                let got: Option<String> = c
-                    .query_first(format!(
-                        "SELECT val FROM items WHERE workspace_id = {w} AND id = 1"
-                    ))
-                    .await
-                    .expect("select through shardgate");
-                assert_eq!(
-                    got.as_deref(),
-                    Some(shards.expected(w).as_str()),
-                    "round {round}: workspace {w} is answered by its own shard"
-                );
-                statements += 1;
-            }
-        }
+        statements += alternate(&mut c, &shards, &format!("round {round}")).await;
     }
     let switches = change_db_count(server) - before;
     // Each switch is a round trip; the connections of each database are in the pool
@@ -245,23 +254,7 @@ async fn full_pool_scenario() {
     let proxy = common::start_proxy_with(vs, pool).await;
     let mut c = proxy.connect("app", Some("app")).await;
     let before = change_db_count(server);
-    let mut statements = 0u64;
-    for (a, b) in shards.lo.iter().zip(&shards.hi) {
-        for &w in &[*a, *b] {
-            let got: Option<String> = c
-                .query_first(format!(
-                    "SELECT val FROM items WHERE workspace_id = {w} AND id = 1"
-                ))
-                .await
-                .expect("select through shardgate");
-            assert_eq!(
-                got.as_deref(),
-                Some(shards.expected(w).as_str()),
-                "workspace {w} is answered by its own shard"
-            );
-            statements += 1;
-        }
-    }
+    let statements = alternate(&mut c, &shards, "a pool of one").await;
     let switches = change_db_count(server) - before;
     assert!(
         switches + 1 >= statements,
