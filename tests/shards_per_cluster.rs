@@ -79,6 +79,22 @@ impl Shards {
     }
 }
 
+/// Selects workspace `w`'s row through `c` and checks that the answer came from the
+/// workspace's own shard (`what` names the statement in a failure).
+async fn select_own_row(c: &mut mysql_async::Conn, shards: &Shards, w: u64, what: &str) {
+    let got: Option<String> = c
+        .query_first(format!(
+            "SELECT val FROM items WHERE workspace_id = {w} AND id = 1"
+        ))
+        .await
+        .expect("select through shardgate");
+    assert_eq!(
+        got.as_deref(),
+        Some(shards.expected(w).as_str()),
+        "{what}: workspace {w} is answered by its own shard"
+    );
+}
+
 /// Selects every workspace's row through `c`, the two shards' workspaces alternating,
 /// and checks that each answer came from the workspace's own shard (`what` names the
 /// pass in a failure); returns how many statements ran.
@@ -86,17 +102,7 @@ async fn alternate(c: &mut mysql_async::Conn, shards: &Shards, what: &str) -> u6
     let mut statements = 0;
     for (a, b) in shards.lo.iter().zip(&shards.hi) {
         for &w in &[*a, *b] {
-            let got: Option<String> = c
-                .query_first(format!(
-                    "SELECT val FROM items WHERE workspace_id = {w} AND id = 1"
-                ))
-                .await
-                .expect("select through shardgate");
-            assert_eq!(
-                got.as_deref(),
-                Some(shards.expected(w).as_str()),
-                "{what}: workspace {w} is answered by its own shard"
-            );
+            select_own_row(c, shards, w, what).await;
             statements += 1;
         }
     }
@@ -210,17 +216,7 @@ async fn concurrent_scenario() {
                 } else {
                     shards.hi[k]
                 };
-                let got: Option<String> = c
-                    .query_first(format!(
-                        "SELECT val FROM items WHERE workspace_id = {w} AND id = 1"
-                    ))
-                    .await
-                    .expect("select through shardgate");
-                assert_eq!(
-                    got.as_deref(),
-                    Some(shards.expected(w).as_str()),
-                    "session {s}, statement {i}: workspace {w} is answered by its own shard"
-                );
+                select_own_row(&mut c, &shards, w, &format!("session {s}, statement {i}")).await;
             }
             drop(c);
         }));
