@@ -59,13 +59,7 @@ pub(super) fn parse(text: &str) -> Option<SessionStatement> {
         .get(..4)
         .is_some_and(|w| w.eq_ignore_ascii_case(b"KILL"));
     let short_s = trimmed.first().map(u8::to_ascii_uppercase) == Some(b'S') && trimmed.len() <= 48;
-    // Only where a byte could start either word is the window compared.
-    let short_select = short_s
-        && trimmed.windows(11).any(|w| match w[0] | 0x20 {
-            b'c' => w.eq_ignore_ascii_case(b"CONNECTION_"),
-            b'p' => w.eq_ignore_ascii_case(b"PROCESSLIST"),
-            _ => false,
-        });
+    let short_select = short_s && (names_connection_id(trimmed) || shows_processlist(trimmed));
     if !(starts_kill || short_select) {
         return None;
     }
@@ -317,6 +311,22 @@ const KILL_QUERY_LIMIT: std::time::Duration = std::time::Duration::from_secs(10)
 
 /// `sql` without the `/* ... */` comments it starts with (a query-log tag), then white
 /// space. Executable comments (`/*! ... */`) are kept: their content is SQL.
+/// Whether `sql` contains `CONNECTION_` (any case): only where an underscore is
+/// does it look back, so a text with none costs one `memchr`.
+fn names_connection_id(sql: &[u8]) -> bool {
+    memchr::memchr_iter(b'_', sql)
+        .any(|i| i >= 10 && sql[i - 10..i].eq_ignore_ascii_case(b"CONNECTION"))
+}
+
+/// Whether `sql` starts with `SHOW` and contains `PROCESSLIST` (any case).
+fn shows_processlist(sql: &[u8]) -> bool {
+    sql.get(..4)
+        .is_some_and(|w| w.eq_ignore_ascii_case(b"SHOW"))
+        && sql
+            .windows(11)
+            .any(|w| w.eq_ignore_ascii_case(b"PROCESSLIST"))
+}
+
 fn after_comments(mut sql: &[u8]) -> &[u8] {
     while sql.starts_with(b"/*") && !sql.starts_with(b"/*!") && !sql.starts_with(b"/*M!") {
         match sql.windows(2).position(|w| w == b"*/") {
@@ -366,5 +376,26 @@ mod tests {
         assert_eq!(parse("SELECT 'KILL 3'"), None);
         assert_eq!(parse("UPDATE t SET kill = 1"), None);
         assert_eq!(parse("SELECT 1"), None);
+    }
+
+    #[test]
+    fn the_quick_look_lets_every_form_through_to_the_lexer() {
+        assert_eq!(
+            parse("SELECT /* me */ Connection_Id()"),
+            Some(S::ConnectionId)
+        );
+        assert_eq!(parse("SELECT CONNECTION_ID()\n"), Some(S::ConnectionId));
+        assert_eq!(
+            parse("show processlist"),
+            Some(S::ProcessList { full: false })
+        );
+        assert_eq!(
+            parse("SHOW /* all */ FULL ProcessList;"),
+            Some(S::ProcessList { full: true })
+        );
+        // Underscores elsewhere, a PROCESSLIST that is not SHOW's: left to the backend.
+        assert_eq!(parse("SELECT a_b, c_d FROM t_1 WHERE id=1"), None);
+        assert_eq!(parse("SELECT processlist FROM t"), None);
+        assert_eq!(parse("SELECT _CONNECTION_ID()"), None);
     }
 }
