@@ -8,19 +8,22 @@
 //! [`SLOT_SECS`] seconds: a count leaves the window between 55 and 60 s after it was
 //! made.
 //!
-//! **Memory bound.** At most `max_workspaces` entries (default
+//! **Memory bound.** At most `max_workspaces` workspaces (default
 //! [`DEFAULT_MAX_WORKSPACES`]) are kept; when a stripe is full, the least recently seen
-//! eighth of it is evicted in one batch (amortised O(1) per new workspace). An entry is
-//! about 130 bytes with its hash-table slot, plus up to [`MESSAGE_MAX`] bytes for a last
-//! error: about 13 MB at the default cap when no workspace has an error, under 35 MB when
-//! all have one.
+//! eighth of it is evicted in one batch (amortised O(1) per new workspace). A workspace
+//! is one 64-byte line of an open-addressed table kept at most 7/8 full and grown by
+//! doubling (8 MiB at the default cap: 32 stripes of 4,096 lines); one that
+//! had an error adds an entry of about 100 bytes plus up to [`MESSAGE_MAX`] for the
+//! message, until it is evicted.
 //!
 //! **Hot path.** One statement costs a read lock on the keyspace table (a handful of
-//! names, compared in place), one uncontended lock of one of [`STRIPES`] stripes and one
-//! hash lookup; nothing is allocated unless the workspace is new or the answer was an
-//! error.
+//! names, compared in place), one uncontended lock of one of [`STRIPES`] stripes (each
+//! on a cache line of its own), one keyed hash and, for a workspace not counted
+//! recently, one cache miss: its counts are one aligned line. Nothing is allocated
+//! unless the stripe grows or the answer was an error.
 
 use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
@@ -110,94 +113,160 @@ pub struct ErrorRow {
     pub summary: WorkspaceSummary,
 }
 
-/// One stripe's workspaces. The ids come from clients: the hash is keyed per map.
-type Stripe = HashMap<WorkspaceKey, Entry, foldhash::quality::RandomState>;
-
-#[derive(Debug)]
-struct Entry {
-    /// Seconds since `crate::clock`'s epoch when the workspace last ran a statement.
-    last_seen: u32,
-    /// The absolute slot number (`secs / SLOT_SECS`) of the newest slot written.
+/// A workspace's statement counts: one cache line, so that counting a statement of a
+/// workspace not seen for a while (the common case with many tenants) costs one miss.
+#[repr(C, align(64))]
+#[derive(Debug, Clone, Copy)]
+struct Line {
+    workspace: u64,
+    /// The keyspace's index plus one; 0 marks an empty line.
+    keyspace: u32,
+    /// The absolute slot number (`secs / SLOT_SECS`) of the newest slot written: also
+    /// how recently the workspace was seen, for eviction.
     newest: u32,
     statements: [u32; SLOTS],
+}
+
+const EMPTY: Line = Line {
+    workspace: 0,
+    keyspace: 0,
+    newest: 0,
+    statements: [0; SLOTS],
+};
+
+/// The errors of a workspace that had one (few do): kept apart from its [`Line`].
+#[derive(Debug)]
+struct Errors {
+    newest: u32,
     errors: [u32; SLOTS],
-    /// Boxed: most workspaces never have one, and this keeps their entries small.
-    last_error: Option<Box<(LastError, u32)>>,
+    last: LastError,
+    /// When `last` was answered (seconds of `crate::clock`).
+    at: u32,
 }
 
-impl Entry {
-    fn new(now: u32) -> Entry {
-        Entry {
-            last_seen: now,
-            newest: now / SLOT_SECS,
-            statements: [0; SLOTS],
-            errors: [0; SLOTS],
-            last_error: None,
+/// Adds one to the slot of `now` in a ring whose newest slot is `*newest`, clearing the
+/// slots skipped since; false (nothing counted) for a time older than the window.
+fn bump(newest: &mut u32, ring: &mut [u32; SLOTS], now: u32) -> bool {
+    let slot = now / SLOT_SECS;
+    if slot > *newest {
+        // Clear the slots skipped since the last write (all of them after a long quiet
+        // spell).
+        let gap = (slot - *newest).min(SLOTS as u32);
+        for s in (slot + 1 - gap)..=slot {
+            ring[s as usize % SLOTS] = 0;
         }
+        *newest = slot;
+    } else if *newest - slot >= SLOTS as u32 {
+        // Older than the window (a clock read long before the lock was taken).
+        return false;
     }
+    let i = slot as usize % SLOTS;
+    ring[i] = ring[i].saturating_add(1);
+    true
+}
 
-    fn add(&mut self, now: u32, error: Option<LastError>) {
-        let slot = now / SLOT_SECS;
-        if slot > self.newest {
-            // Clear the slots skipped since the last write (all of them after a long
-            // quiet spell).
-            let gap = (slot - self.newest).min(SLOTS as u32);
-            for s in (slot + 1 - gap)..=slot {
-                let i = s as usize % SLOTS;
-                self.statements[i] = 0;
-                self.errors[i] = 0;
+/// The sum of a ring's slots still inside the window at `now`.
+fn in_window(newest: u32, ring: &[u32; SLOTS], now: u32) -> u64 {
+    let current = now / SLOT_SECS;
+    let mut sum = 0u64;
+    for back in 0..SLOTS as u32 {
+        let Some(slot) = newest.checked_sub(back) else {
+            break;
+        };
+        if current.saturating_sub(slot) >= SLOTS as u32 {
+            break;
+        }
+        sum += u64::from(ring[slot as usize % SLOTS]);
+    }
+    sum
+}
+
+/// One stripe's workspaces: an open-addressed table of [`Line`]s (linear probing, at
+/// most 7/8 full, grown by doubling up to the stripe's cap), and the errors of those
+/// that had one.
+#[derive(Debug, Default)]
+struct Stripe {
+    lines: Vec<Line>,
+    len: usize,
+    errors: HashMap<WorkspaceKey, Errors, foldhash::fast::RandomState>,
+}
+
+impl Stripe {
+    /// The index of `key`'s line, or of the empty line where it would go.
+    fn probe(&self, key: WorkspaceKey, hash: u64) -> usize {
+        let mask = self.lines.len() - 1;
+        let mut i = hash as usize & mask;
+        loop {
+            let l = &self.lines[i];
+            if l.keyspace == 0 || (l.workspace == key.workspace && l.keyspace == key.keyspace + 1) {
+                return i;
             }
-            self.newest = slot;
-        } else if self.newest - slot >= SLOTS as u32 {
-            // Older than the window (a clock read long before the lock was taken).
-            return;
-        }
-        let i = slot as usize % SLOTS;
-        self.statements[i] = self.statements[i].saturating_add(1);
-        self.last_seen = self.last_seen.max(now);
-        if let Some(e) = error {
-            self.errors[i] = self.errors[i].saturating_add(1);
-            self.last_error = Some(Box::new((e, now)));
+            i = (i + 1) & mask;
         }
     }
 
-    /// Sums of the slots still inside the window at `now`.
-    fn window(&self, now: u32) -> (u64, u64) {
-        let current = now / SLOT_SECS;
-        let (mut statements, mut errors) = (0u64, 0u64);
-        for back in 0..SLOTS as u32 {
-            let Some(slot) = self.newest.checked_sub(back) else {
-                break;
-            };
-            if current.saturating_sub(slot) >= SLOTS as u32 {
-                break;
+    fn find(&self, key: WorkspaceKey, hash: u64) -> Option<&Line> {
+        if self.lines.is_empty() {
+            return None;
+        }
+        let l = &self.lines[self.probe(key, hash)];
+        (l.keyspace != 0).then_some(l)
+    }
+
+    /// Puts every line in `lines` into a table of `size` lines (a power of two).
+    fn rebuild(
+        &mut self,
+        size: usize,
+        lines: impl Iterator<Item = Line>,
+        hashes: &impl Fn(&Line) -> u64,
+    ) {
+        self.lines = vec![EMPTY; size];
+        self.len = 0;
+        let mask = size - 1;
+        for l in lines {
+            let mut i = hashes(&l) as usize & mask;
+            while self.lines[i].keyspace != 0 {
+                i = (i + 1) & mask;
             }
-            let i = slot as usize % SLOTS;
-            statements += u64::from(self.statements[i]);
-            errors += u64::from(self.errors[i]);
-        }
-        (statements, errors)
-    }
-
-    fn summary(&self, now: u32) -> WorkspaceSummary {
-        let (statements, errors) = self.window(now);
-        WorkspaceSummary {
-            statements,
-            errors,
-            last_error: self
-                .last_error
-                .as_ref()
-                .map(|b| (b.0.clone(), u64::from(now.saturating_sub(b.1)))),
+            self.lines[i] = l;
+            self.len += 1;
         }
     }
 }
+
+impl Errors {
+    fn summary_of(&self, now: u32) -> (u64, Option<(LastError, u64)>) {
+        (
+            in_window(self.newest, &self.errors, now),
+            Some((self.last.clone(), u64::from(now.saturating_sub(self.at)))),
+        )
+    }
+}
+
+fn summary(line: &Line, errors: Option<&Errors>, now: u32) -> WorkspaceSummary {
+    let (errors, last_error) = errors.map_or((0, None), |e| e.summary_of(now));
+    WorkspaceSummary {
+        statements: in_window(line.newest, &line.statements, now),
+        errors,
+        last_error,
+    }
+}
+
+/// A stripe's lock on a cache line of its own: the sessions of different workers that
+/// count statements on neighbouring stripes do not pass one line back and forth.
+#[repr(align(64))]
+#[derive(Debug, Default)]
+struct Padded(Mutex<Stripe>);
 
 /// Per-workspace counts over the last minute, bounded in memory (module docs).
 #[derive(Debug)]
 pub struct WorkspaceErrors {
     keyspaces: RwLock<Vec<Arc<str>>>,
-    stripes: Box<[Mutex<Stripe>]>,
+    stripes: Box<[Padded]>,
     stripe_cap: usize,
+    /// Keyed per tracker: the ids come from clients, and a fixed hash would let one
+    /// fill a stripe's probe sequence on purpose.
+    hasher: foldhash::quality::RandomState,
 }
 
 impl Default for WorkspaceErrors {
@@ -216,10 +285,9 @@ impl WorkspaceErrors {
         let stripes = stripes.clamp(1, max_workspaces.max(1));
         WorkspaceErrors {
             keyspaces: RwLock::new(Vec::new()),
-            stripes: (0..stripes)
-                .map(|_| Mutex::new(Stripe::default()))
-                .collect(),
+            stripes: (0..stripes).map(|_| Padded::default()).collect(),
             stripe_cap: (max_workspaces / stripes).max(1),
+            hasher: foldhash::quality::RandomState::default(),
         }
     }
 
@@ -262,12 +330,14 @@ impl WorkspaceErrors {
         u32::try_from(crate::clock::now_second()).unwrap_or(u32::MAX)
     }
 
-    fn stripe(&self, key: &WorkspaceKey) -> MutexGuard<'_, Stripe> {
-        // A multiplicative mix: consecutive workspace ids spread over the stripes.
-        let h =
-            (key.workspace ^ (u64::from(key.keyspace) << 48)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        let i = (h >> 32) as usize % self.stripes.len();
-        self.stripes[i].lock().unwrap_or_else(|e| e.into_inner())
+    fn hash(&self, keyspace: u32, workspace: u64) -> u64 {
+        self.hasher.hash_one((keyspace, workspace))
+    }
+
+    /// The stripe of a key's hash: from its high bits (the low ones pick the line).
+    fn stripe(&self, hash: u64) -> MutexGuard<'_, Stripe> {
+        let i = (hash >> 40) as usize % self.stripes.len();
+        self.stripes[i].0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Counts one statement of `key`, answered with `error` if it was an ERR.
@@ -282,17 +352,60 @@ impl WorkspaceErrors {
     }
 
     fn record_at(&self, key: WorkspaceKey, error: Option<LastError>, now: u32) {
-        let mut stripe = self.stripe(&key);
-        if let Some(e) = stripe.get_mut(&key) {
-            e.add(now, error);
+        let hash = self.hash(key.keyspace, key.workspace);
+        let mut stripe = self.stripe(hash);
+        let mut i = if stripe.lines.is_empty() {
+            None
+        } else {
+            Some(stripe.probe(key, hash))
+        };
+        let found = i.is_some_and(|i| stripe.lines[i].keyspace != 0);
+        if !found {
+            if stripe.len >= self.stripe_cap {
+                self.evict_least_recent(&mut stripe, (self.stripe_cap / 8).max(1));
+            }
+            // At most 7/8 full: a probe ends at an empty line within a few.
+            if (stripe.len + 1) * 8 > stripe.lines.len() * 7 {
+                let size = (stripe.lines.len() * 2).max(16);
+                let old = std::mem::take(&mut stripe.lines);
+                let keep = old.into_iter().filter(|l| l.keyspace != 0);
+                stripe.rebuild(size, keep, &|l| self.hash(l.keyspace - 1, l.workspace));
+            }
+            let at = stripe.probe(key, hash);
+            stripe.lines[at] = Line {
+                workspace: key.workspace,
+                keyspace: key.keyspace + 1,
+                newest: now / SLOT_SECS,
+                statements: [0; SLOTS],
+            };
+            stripe.len += 1;
+            i = Some(at);
+        }
+        let Some(i) = i else { return };
+        let line = &mut stripe.lines[i];
+        if !bump(&mut line.newest, &mut line.statements, now) {
             return;
         }
-        if stripe.len() >= self.stripe_cap {
-            evict_least_recent(&mut stripe, (self.stripe_cap / 8).max(1));
+        if let Some(e) = error {
+            match stripe.errors.entry(key) {
+                std::collections::hash_map::Entry::Occupied(mut o) => {
+                    let o = o.get_mut();
+                    bump(&mut o.newest, &mut o.errors, now);
+                    o.last = e;
+                    o.at = now;
+                }
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    let mut errors = [0; SLOTS];
+                    errors[(now / SLOT_SECS) as usize % SLOTS] = 1;
+                    v.insert(Errors {
+                        newest: now / SLOT_SECS,
+                        errors,
+                        last: e,
+                        at: now,
+                    });
+                }
+            }
         }
-        let mut e = Entry::new(now);
-        e.add(now, error);
-        stripe.insert(key, e);
     }
 
     /// The window of `workspace` of `keyspace`; None when it is not tracked (no
@@ -309,7 +422,10 @@ impl WorkspaceErrors {
             keyspace: index as u32,
             workspace,
         };
-        self.stripe(&key).get(&key).map(|e| e.summary(now))
+        let hash = self.hash(key.keyspace, key.workspace);
+        let stripe = self.stripe(hash);
+        let line = stripe.find(key, hash)?;
+        Some(summary(line, stripe.errors.get(&key), now))
     }
 
     /// Workspaces with at least one error in the window, most errors first (then most
@@ -321,15 +437,15 @@ impl WorkspaceErrors {
     fn with_errors_at(&self, limit: usize, now: u32) -> Vec<ErrorRow> {
         let mut found: Vec<(WorkspaceKey, WorkspaceSummary)> = Vec::new();
         for stripe in self.stripes.iter() {
-            let stripe = stripe.lock().unwrap_or_else(|e| e.into_inner());
-            for (key, e) in stripe.iter() {
-                // Most entries have no error at all: skip them before summing.
-                if e.last_error.is_none() {
+            let stripe = stripe.0.lock().unwrap_or_else(|e| e.into_inner());
+            // Only workspaces that had an error have an entry here.
+            for (key, e) in stripe.errors.iter() {
+                if in_window(e.newest, &e.errors, now) == 0 {
                     continue;
                 }
-                let s = e.summary(now);
-                if s.errors > 0 {
-                    found.push((*key, s));
+                let hash = self.hash(key.keyspace, key.workspace);
+                if let Some(line) = stripe.find(*key, hash) {
+                    found.push((*key, summary(line, Some(e), now)));
                 }
             }
         }
@@ -359,10 +475,11 @@ impl WorkspaceErrors {
         self.stripes
             .iter()
             .map(|stripe| {
-                let stripe = stripe.lock().unwrap_or_else(|e| e.into_inner());
+                let stripe = stripe.0.lock().unwrap_or_else(|e| e.into_inner());
                 stripe
+                    .errors
                     .values()
-                    .filter(|e| e.last_error.is_some() && e.window(now).1 > 0)
+                    .filter(|e| in_window(e.newest, &e.errors, now) > 0)
                     .count()
             })
             .sum()
@@ -372,33 +489,50 @@ impl WorkspaceErrors {
     pub fn tracked(&self) -> usize {
         self.stripes
             .iter()
-            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).len())
+            .map(|s| s.0.lock().unwrap_or_else(|e| e.into_inner()).len)
             .sum()
     }
-}
 
-/// Removes the `n` least recently seen entries (exactly `n`, even when many were seen in
-/// the same second).
-fn evict_least_recent(stripe: &mut Stripe, n: usize) {
-    if n >= stripe.len() {
-        stripe.clear();
-        return;
-    }
-    let mut seen: Vec<u32> = stripe.values().map(|e| e.last_seen).collect();
-    let (_, &mut threshold, _) = seen.select_nth_unstable(n - 1);
-    // Everything older than the threshold goes, then as many at it as still needed.
-    let older = seen.iter().filter(|&&s| s < threshold).count();
-    let mut at_threshold = n - older;
-    stripe.retain(|_, e| {
-        if e.last_seen < threshold {
-            false
-        } else if e.last_seen == threshold && at_threshold > 0 {
-            at_threshold -= 1;
-            false
-        } else {
-            true
+    /// Removes the `n` least recently seen workspaces of a stripe (exactly `n`, even
+    /// when many were seen in the same slot), and their errors.
+    fn evict_least_recent(&self, stripe: &mut Stripe, n: usize) {
+        let size = stripe.lines.len();
+        if n >= stripe.len {
+            stripe.lines = vec![EMPTY; size];
+            stripe.len = 0;
+            stripe.errors.clear();
+            return;
         }
-    });
+        let mut seen: Vec<u32> = stripe
+            .lines
+            .iter()
+            .filter(|l| l.keyspace != 0)
+            .map(|l| l.newest)
+            .collect();
+        let (_, &mut threshold, _) = seen.select_nth_unstable(n - 1);
+        // Everything older than the threshold goes, then as many at it as still needed.
+        let older = seen.iter().filter(|&&s| s < threshold).count();
+        let mut at_threshold = n - older;
+        let old = std::mem::take(&mut stripe.lines);
+        let mut keep = Vec::with_capacity(stripe.len - n);
+        for l in old.into_iter().filter(|l| l.keyspace != 0) {
+            let goes = l.newest < threshold || (l.newest == threshold && at_threshold > 0);
+            if goes {
+                if l.newest == threshold {
+                    at_threshold -= 1;
+                }
+                stripe.errors.remove(&WorkspaceKey {
+                    keyspace: l.keyspace - 1,
+                    workspace: l.workspace,
+                });
+            } else {
+                keep.push(l);
+            }
+        }
+        stripe.rebuild(size, keep.into_iter(), &|l| {
+            self.hash(l.keyspace - 1, l.workspace)
+        });
+    }
 }
 
 fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
@@ -474,15 +608,14 @@ mod tests {
     #[test]
     fn eviction_drops_the_least_recently_seen_and_bounds_memory() {
         let t = WorkspaceErrors::with_stripes(16, 1);
+        // One workspace per 5-second slot: 0 seen first, 15 last.
         for ws in 0..16u64 {
             let k = t.key("app", ws).expect("key");
-            t.record_at(
-                k,
-                (ws == 0).then(|| LastError::new(1146, "gone")),
-                ws as u32,
-            );
+            let error = (ws == 1).then(|| LastError::new(1146, "gone"));
+            t.record_at(k, error, ws as u32 * SLOT_SECS);
         }
         assert_eq!(t.tracked(), 16);
+        assert_eq!(t.with_errors_at(100, 60).len(), 1);
         // Workspace 0 is seen again: now 1 and 2 are the least recent.
         t.record_at(t.key("app", 0).expect("key"), None, 100);
         t.record_at(t.key("app", 99).expect("key"), None, 101);
@@ -491,6 +624,11 @@ mod tests {
         assert!(t.workspace_at("app", 2, 101).is_none());
         assert!(t.workspace_at("app", 0, 101).is_some());
         assert!(t.workspace_at("app", 3, 101).is_some());
+        assert!(
+            t.with_errors_at(100, 101).is_empty(),
+            "an evicted workspace's errors go with it"
+        );
+        assert_eq!(t.stripes[0].0.lock().expect("lock").errors.len(), 0);
         for ws in 1000..2000u64 {
             t.record_at(t.key("app", ws).expect("key"), None, 200);
         }
@@ -500,19 +638,43 @@ mod tests {
             t.tracked(),
             t.capacity()
         );
-        // Ties: all 16 seen in the same second, still exactly an eighth goes.
-        let mut m = Stripe::default();
+        // Ties: all 16 seen in the same slot, still exactly an eighth goes.
+        let t = WorkspaceErrors::with_stripes(16, 1);
         for ws in 0..16u64 {
-            m.insert(
-                WorkspaceKey {
-                    keyspace: 0,
-                    workspace: ws,
-                },
-                Entry::new(5),
-            );
+            t.record_at(t.key("app", ws).expect("key"), None, 5);
         }
-        evict_least_recent(&mut m, 2);
-        assert_eq!(m.len(), 14);
+        t.record_at(t.key("app", 16).expect("key"), None, 6);
+        assert_eq!(t.tracked(), 15);
+    }
+
+    #[test]
+    fn every_workspace_keeps_its_own_counts_through_growth() {
+        let t = WorkspaceErrors::with_stripes(100_000, 4);
+        let mut expected = std::collections::HashMap::new();
+        // A fixed sequence with repeats and ids that differ only in high bits.
+        let mut x = 0x2545_f491_4f6c_dd1d_u64;
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let ws = (x % 3000) << (x % 2 * 40);
+            let ks = if x.is_multiple_of(5) { "dpw" } else { "app" };
+            t.record_at(t.key(ks, ws).expect("key"), None, 10);
+            *expected.entry((ks, ws)).or_insert(0u64) += 1;
+        }
+        assert_eq!(t.tracked(), expected.len());
+        for ((ks, ws), n) in &expected {
+            let s = t.workspace_at(ks, *ws, 10).expect("tracked");
+            assert_eq!(s.statements, *n, "{ks} {ws}");
+        }
+        assert!(t.workspace_at("app", 3001, 10).is_none());
+    }
+
+    #[test]
+    fn a_workspace_is_one_cache_line() {
+        assert_eq!(std::mem::size_of::<Line>(), 64);
+        assert_eq!(std::mem::align_of::<Line>(), 64);
+        assert_eq!(std::mem::align_of::<Padded>(), 64);
     }
 
     #[test]
