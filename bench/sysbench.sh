@@ -22,7 +22,9 @@
 #                              WARMUP=3 SKIP_BUILD=1 to reuse target/release
 #                              PS_MODE=auto for server-side prepared statements
 #                              POOL=N shardgate's [pool] max_connections, default THREADS+16
-#                              LAYOUT=one-server or two-servers)
+#                              LAYOUT=one-server or two-servers
+#                              BIN=DIR the binaries' directory, e.g. target/pgo
+#                              from scripts/build-pgo, with SKIP_BUILD=1)
 # THREADS=64 and THREADS=256 work: the servers take max(1200, 2*THREADS+300) connections
 # and the open-files limit is raised to the hard limit (refused if that is too low).
 set -euo pipefail
@@ -48,7 +50,7 @@ command -v sysbench >/dev/null || { echo "sysbench not found: run scripts/ensure
 if [ -z "${SKIP_BUILD:-}" ]; then
   cargo build --release --bin shardgate --bin shardgate-relay --bin shardgate-bench
 fi
-BIN=${CARGO_TARGET_DIR:-target}/release
+BIN=${BIN:-${CARGO_TARGET_DIR:-target}/release}
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt $((2 * THREADS + 300)) ]; then
   echo "THREADS=$THREADS needs $((2 * THREADS + 300)) open files; ulimit -Hn is $(ulimit -Hn)" >&2; exit 1
