@@ -194,14 +194,17 @@ fn workspace_counts(c: &mut Criterion) {
             many.record(k, None);
         }
     }
-    g.bench_function("count a statement of one of 100,000 workspaces, scattered", |b| {
-        b.iter(|| {
-            x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
-            if let Some(k) = many.key(black_box("bench"), (x >> 33) % 100_000) {
-                many.record(k, None);
-            }
-        })
-    });
+    g.bench_function(
+        "count a statement of one of 100,000 workspaces, scattered",
+        |b| {
+            b.iter(|| {
+                x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                if let Some(k) = many.key(black_box("bench"), (x >> 33) % 100_000) {
+                    many.record(k, None);
+                }
+            })
+        },
+    );
     // Past the cap: every new workspace may evict.
     let full = WorkspaceErrors::new(10_000);
     let mut fresh = 0u64;
