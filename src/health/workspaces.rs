@@ -119,8 +119,11 @@ pub struct ErrorRow {
 #[derive(Debug, Clone, Copy)]
 struct Line {
     workspace: u64,
-    /// The keyspace's index plus one; 0 marks an empty line.
-    keyspace: u32,
+    /// The keyspace's index plus one (at most [`MAX_KEYSPACES`]); 0 marks an empty line.
+    keyspace: u16,
+    /// The low 16 bits of the key's hash: where the line belongs in a table of up to
+    /// 65,536 lines, so that a table is rebuilt without hashing every key again.
+    home: u16,
     /// The absolute slot number (`secs / SLOT_SECS`) of the newest slot written: also
     /// how recently the workspace was seen, for eviction.
     newest: u32,
@@ -130,6 +133,7 @@ struct Line {
 const EMPTY: Line = Line {
     workspace: 0,
     keyspace: 0,
+    home: 0,
     newest: 0,
     statements: [0; SLOTS],
 };
@@ -189,6 +193,9 @@ struct Stripe {
     lines: Vec<Line>,
     len: usize,
     errors: HashMap<WorkspaceKey, Errors, foldhash::fast::RandomState>,
+    /// The lines being moved while the table is rebuilt (kept: no allocation per
+    /// eviction).
+    moving: Vec<Line>,
 }
 
 impl Stripe {
@@ -198,7 +205,9 @@ impl Stripe {
         let mut i = hash as usize & mask;
         loop {
             let l = &self.lines[i];
-            if l.keyspace == 0 || (l.workspace == key.workspace && l.keyspace == key.keyspace + 1) {
+            if l.keyspace == 0
+                || (l.workspace == key.workspace && u32::from(l.keyspace) == key.keyspace + 1)
+            {
                 return i;
             }
             i = (i + 1) & mask;
@@ -213,23 +222,27 @@ impl Stripe {
         (l.keyspace != 0).then_some(l)
     }
 
-    /// Puts every line in `lines` into a table of `size` lines (a power of two).
-    fn rebuild(
-        &mut self,
-        size: usize,
-        lines: impl Iterator<Item = Line>,
-        hashes: &impl Fn(&Line) -> u64,
-    ) {
-        self.lines = vec![EMPTY; size];
-        self.len = 0;
+    /// Puts the lines in `moving` into a table of `size` lines (a power of two), each
+    /// at its home, found from its `home` bits or, in a table of more than 65,536
+    /// lines, by `hash`.
+    fn rebuild(&mut self, size: usize, hash: &impl Fn(&Line) -> u64) {
+        if self.lines.len() == size {
+            self.lines.fill(EMPTY);
+        } else {
+            self.lines = vec![EMPTY; size];
+        }
         let mask = size - 1;
-        for l in lines {
-            let mut i = hashes(&l) as usize & mask;
+        self.len = self.moving.len();
+        for l in self.moving.drain(..) {
+            let mut i = if mask <= 0xFFFF {
+                usize::from(l.home) & mask
+            } else {
+                hash(&l) as usize & mask
+            };
             while self.lines[i].keyspace != 0 {
                 i = (i + 1) & mask;
             }
             self.lines[i] = l;
-            self.len += 1;
         }
     }
 }
@@ -334,6 +347,10 @@ impl WorkspaceErrors {
         self.hasher.hash_one((keyspace, workspace))
     }
 
+    fn rehash(&self, l: &Line) -> u64 {
+        self.hash(u32::from(l.keyspace) - 1, l.workspace)
+    }
+
     /// The stripe of a key's hash: from its high bits (the low ones pick the line).
     fn stripe(&self, hash: u64) -> MutexGuard<'_, Stripe> {
         let i = (hash >> 40) as usize % self.stripes.len();
@@ -367,14 +384,16 @@ impl WorkspaceErrors {
             // At most 7/8 full: a probe ends at an empty line within a few.
             if (stripe.len + 1) * 8 > stripe.lines.len() * 7 {
                 let size = (stripe.lines.len() * 2).max(16);
-                let old = std::mem::take(&mut stripe.lines);
-                let keep = old.into_iter().filter(|l| l.keyspace != 0);
-                stripe.rebuild(size, keep, &|l| self.hash(l.keyspace - 1, l.workspace));
+                let Stripe { lines, moving, .. } = &mut *stripe;
+                moving.extend(lines.iter().filter(|l| l.keyspace != 0));
+                stripe.rebuild(size, &|l| self.rehash(l));
             }
             let at = stripe.probe(key, hash);
             stripe.lines[at] = Line {
                 workspace: key.workspace,
-                keyspace: key.keyspace + 1,
+                // `key` only makes indexes below MAX_KEYSPACES.
+                keyspace: u16::try_from(key.keyspace + 1).unwrap_or(u16::MAX),
+                home: hash as u16,
                 newest: now / SLOT_SECS,
                 statements: [0; SLOTS],
             };
@@ -513,25 +532,29 @@ impl WorkspaceErrors {
         // Everything older than the threshold goes, then as many at it as still needed.
         let older = seen.iter().filter(|&&s| s < threshold).count();
         let mut at_threshold = n - older;
-        let old = std::mem::take(&mut stripe.lines);
-        let mut keep = Vec::with_capacity(stripe.len - n);
-        for l in old.into_iter().filter(|l| l.keyspace != 0) {
+        let Stripe {
+            lines,
+            errors,
+            moving,
+            ..
+        } = &mut *stripe;
+        for l in lines.iter().filter(|l| l.keyspace != 0) {
             let goes = l.newest < threshold || (l.newest == threshold && at_threshold > 0);
-            if goes {
-                if l.newest == threshold {
-                    at_threshold -= 1;
-                }
-                stripe.errors.remove(&WorkspaceKey {
-                    keyspace: l.keyspace - 1,
+            if !goes {
+                moving.push(*l);
+                continue;
+            }
+            if l.newest == threshold {
+                at_threshold -= 1;
+            }
+            if !errors.is_empty() {
+                errors.remove(&WorkspaceKey {
+                    keyspace: u32::from(l.keyspace) - 1,
                     workspace: l.workspace,
                 });
-            } else {
-                keep.push(l);
             }
         }
-        stripe.rebuild(size, keep.into_iter(), &|l| {
-            self.hash(l.keyspace - 1, l.workspace)
-        });
+        stripe.rebuild(size, &|l| self.rehash(l));
     }
 }
 
@@ -668,6 +691,18 @@ mod tests {
             assert_eq!(s.statements, *n, "{ks} {ws}");
         }
         assert!(t.workspace_at("app", 3001, 10).is_none());
+        // One stripe past 65,536 lines: rebuilt by hashing again, not from `home`.
+        let t = WorkspaceErrors::with_stripes(200_000, 1);
+        for ws in 0..70_000u64 {
+            t.record_at(t.key("app", ws * 7919).expect("key"), None, 10);
+        }
+        t.record_at(t.key("app", 0).expect("key"), None, 11);
+        assert!(t.stripes[0].0.lock().expect("lock").lines.len() > 65_536);
+        assert_eq!(t.tracked(), 70_000);
+        for ws in (0..70_000u64).step_by(997) {
+            let s = t.workspace_at("app", ws * 7919, 11).expect("tracked");
+            assert_eq!(s.statements, if ws == 0 { 2 } else { 1 }, "{ws}");
+        }
     }
 
     #[test]
