@@ -193,9 +193,10 @@ struct Stripe {
     lines: Vec<Line>,
     len: usize,
     errors: HashMap<WorkspaceKey, Errors, foldhash::fast::RandomState>,
-    /// The lines being moved while the table is rebuilt (kept: no allocation per
-    /// eviction).
+    /// The lines being moved while the table grows, and the recency of each line
+    /// while an eviction picks its threshold (both kept: no allocation per eviction).
     moving: Vec<Line>,
+    seen: Vec<u32>,
 }
 
 impl Stripe {
@@ -243,6 +244,33 @@ impl Stripe {
                 i = (i + 1) & mask;
             }
             self.lines[i] = l;
+        }
+    }
+
+    /// After lines were emptied in place: moves every line, in probe order from
+    /// `start` (a line that was empty before), to the first empty line from its home,
+    /// so that no probe stops at a gap short of the line it looks for.
+    fn close_gaps(&mut self, start: usize, hash: &impl Fn(&Line) -> u64) {
+        let size = self.lines.len();
+        let mask = size - 1;
+        for step in 1..size {
+            let i = (start + step) & mask;
+            let l = self.lines[i];
+            if l.keyspace == 0 {
+                continue;
+            }
+            let mut e = if mask <= 0xFFFF {
+                usize::from(l.home) & mask
+            } else {
+                hash(&l) as usize & mask
+            };
+            while e != i && self.lines[e].keyspace != 0 {
+                e = (e + 1) & mask;
+            }
+            if e != i {
+                self.lines[e] = l;
+                self.lines[i] = EMPTY;
+            }
         }
     }
 }
@@ -522,26 +550,23 @@ impl WorkspaceErrors {
             stripe.errors.clear();
             return;
         }
-        let mut seen: Vec<u32> = stripe
-            .lines
-            .iter()
-            .filter(|l| l.keyspace != 0)
-            .map(|l| l.newest)
-            .collect();
+        let Stripe {
+            lines,
+            errors,
+            seen,
+            ..
+        } = &mut *stripe;
+        seen.clear();
+        seen.extend(lines.iter().filter(|l| l.keyspace != 0).map(|l| l.newest));
         let (_, &mut threshold, _) = seen.select_nth_unstable(n - 1);
         // Everything older than the threshold goes, then as many at it as still needed.
         let older = seen.iter().filter(|&&s| s < threshold).count();
         let mut at_threshold = n - older;
-        let Stripe {
-            lines,
-            errors,
-            moving,
-            ..
-        } = &mut *stripe;
-        for l in lines.iter().filter(|l| l.keyspace != 0) {
+        // A line empty before any is removed: no probe sequence crosses it.
+        let start = lines.iter().position(|l| l.keyspace == 0);
+        for l in lines.iter_mut().filter(|l| l.keyspace != 0) {
             let goes = l.newest < threshold || (l.newest == threshold && at_threshold > 0);
             if !goes {
-                moving.push(*l);
                 continue;
             }
             if l.newest == threshold {
@@ -553,8 +578,18 @@ impl WorkspaceErrors {
                     workspace: l.workspace,
                 });
             }
+            *l = EMPTY;
         }
-        stripe.rebuild(size, &|l| self.rehash(l));
+        stripe.len -= n;
+        match start {
+            Some(start) => stripe.close_gaps(start, &|l| self.rehash(l)),
+            None => {
+                // Never at most 7/8 full; rebuilt all the same if it were.
+                let Stripe { lines, moving, .. } = &mut *stripe;
+                moving.extend(lines.iter().filter(|l| l.keyspace != 0));
+                stripe.rebuild(size, &|l| self.rehash(l));
+            }
+        }
     }
 }
 
@@ -702,6 +737,44 @@ mod tests {
         for ws in (0..70_000u64).step_by(997) {
             let s = t.workspace_at("app", ws * 7919, 11).expect("tracked");
             assert_eq!(s.statements, if ws == 0 { 2 } else { 1 }, "{ws}");
+        }
+    }
+
+    #[test]
+    fn evictions_in_place_leave_every_line_findable_and_none_twice() {
+        let t = WorkspaceErrors::with_stripes(64, 2);
+        let mut x = 0x9e37_79b9_7f4a_7c15_u64;
+        for step in 0..20_000u32 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let now = step / 4 * SLOT_SECS;
+            t.record_at(t.key("app", x % 300).expect("key"), None, now);
+            if step % 1000 != 999 {
+                continue;
+            }
+            let mut held = std::collections::HashSet::new();
+            for stripe in t.stripes.iter() {
+                let stripe = stripe.0.lock().expect("lock");
+                let lines: Vec<Line> = stripe
+                    .lines
+                    .iter()
+                    .filter(|l| l.keyspace != 0)
+                    .copied()
+                    .collect();
+                assert_eq!(lines.len(), stripe.len);
+                for l in lines {
+                    assert!(held.insert(l.workspace), "{} held twice", l.workspace);
+                    let key = WorkspaceKey {
+                        keyspace: 0,
+                        workspace: l.workspace,
+                    };
+                    let found = stripe.find(key, t.hash(0, l.workspace));
+                    assert!(found.is_some(), "{} not found", l.workspace);
+                }
+            }
+            assert_eq!(held.len(), t.tracked());
+            assert!(t.tracked() <= t.capacity());
         }
     }
 
