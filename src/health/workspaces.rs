@@ -224,8 +224,7 @@ impl Stripe {
     }
 
     /// Puts the lines in `moving` into a table of `size` lines (a power of two), each
-    /// at its home, found from its `home` bits or, in a table of more than 65,536
-    /// lines, by `hash`.
+    /// at the first empty line from its [`home`].
     fn rebuild(&mut self, size: usize, hash: &impl Fn(&Line) -> u64) {
         if self.lines.len() == size {
             self.lines.fill(EMPTY);
@@ -235,11 +234,7 @@ impl Stripe {
         let mask = size - 1;
         self.len = self.moving.len();
         for l in self.moving.drain(..) {
-            let mut i = if mask <= 0xFFFF {
-                usize::from(l.home) & mask
-            } else {
-                hash(&l) as usize & mask
-            };
+            let mut i = home(&l, mask, hash);
             while self.lines[i].keyspace != 0 {
                 i = (i + 1) & mask;
             }
@@ -248,7 +243,7 @@ impl Stripe {
     }
 
     /// After lines were emptied in place: moves every line, in probe order from
-    /// `start` (a line that was empty before), to the first empty line from its home,
+    /// `start` (a line that was empty before), to the first empty line from its [`home`],
     /// so that no probe stops at a gap short of the line it looks for.
     fn close_gaps(&mut self, start: usize, hash: &impl Fn(&Line) -> u64) {
         let size = self.lines.len();
@@ -259,11 +254,7 @@ impl Stripe {
             if l.keyspace == 0 {
                 continue;
             }
-            let mut e = if mask <= 0xFFFF {
-                usize::from(l.home) & mask
-            } else {
-                hash(&l) as usize & mask
-            };
+            let mut e = home(&l, mask, hash);
             while e != i && self.lines[e].keyspace != 0 {
                 e = (e + 1) & mask;
             }
@@ -290,6 +281,16 @@ fn summary(line: &Line, errors: Option<&Errors>, now: u32) -> WorkspaceSummary {
         statements: in_window(line.newest, &line.statements, now),
         errors,
         last_error,
+    }
+}
+
+/// Where `l` belongs in a table of `mask + 1` lines: from the hash bits it keeps, or
+/// in a table of more than 65,536 lines by hashing its key again.
+fn home(l: &Line, mask: usize, hash: &impl Fn(&Line) -> u64) -> usize {
+    if mask <= 0xFFFF {
+        usize::from(l.home) & mask
+    } else {
+        hash(l) as usize & mask
     }
 }
 
