@@ -34,6 +34,12 @@ pub fn current() -> u16 {
     WORKER.with(|w| w.get())
 }
 
+/// Makes this thread count as worker `id` (tests of what depends on the worker).
+#[cfg(test)]
+pub(crate) fn pretend_worker(id: u16) {
+    WORKER.with(|w| w.set(id));
+}
+
 /// How the proxy runs its sessions (`SHARDGATE_RUNTIME`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RuntimeKind {

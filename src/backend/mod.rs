@@ -7,6 +7,7 @@ pub mod reserve;
 pub mod sql;
 pub mod stmts;
 pub mod tls;
+mod waiters;
 
 pub use conn::{BackendConn, BackendError, Collected, ConnKey, ConnectError};
 pub use pool::{ClusterPool, Lease, Wanted};

@@ -10,6 +10,7 @@ use tokio::sync::Notify;
 use super::conn::{BackendConn, ConnKey};
 use super::idle::IdleList;
 pub use super::idle::Wanted;
+use super::waiters::{lane_of, Waiters, LANES};
 use crate::config::PoolConfig;
 use crate::error::{codes, ProxyError};
 use crate::protocol::status;
@@ -42,8 +43,9 @@ pub struct ClusterPool {
     pub traffic: crate::traffic::ClusterTraffic,
     config: PoolConfig,
     inner: Mutex<Inner>,
-    /// Signalled when a lease ends while someone waits for one.
-    freed: Notify,
+    /// Per lane ([`super::waiters`]): signalled when a lease is handed on to a waiter
+    /// of that lane.
+    freed: [Notify; LANES],
     /// Checkouts that had to wait for a lease: how long, and how many gave up.
     pub waits: PoolWaits,
 }
@@ -69,14 +71,13 @@ struct Inner {
     /// Leases outstanding, with those handed to waiters that have not taken them
     /// yet (`granted`); never more than `max_connections`.
     leased: usize,
-    /// Checkouts waiting for a lease to end.
-    waiting: usize,
-    /// Ended leases handed on to waiters, not yet taken: never more than `waiting`.
-    /// A lease that ends while someone waits goes to a waiter (the longest waiting is
-    /// woken first), not back to the free count, so a checkout that arrives later
-    /// cannot take it first: under more clients than connections, each waits its
+    /// Checkouts waiting for a lease to end, and the ended leases handed on to them
+    /// and not yet taken. A lease that ends while someone waits goes to a waiter (of
+    /// the worker it ended on first, the longest waiting of them first; see
+    /// [`super::waiters`]), not back to the free count, so a checkout that arrives
+    /// later cannot take it first: under more clients than connections, each waits its
     /// turn instead of some waiting again and again.
-    granted: usize,
+    waiters: Waiters,
     /// Backend thread ids of the leased connections (what a drain kills at its
     /// deadline).
     leased_threads: Vec<u32>,
@@ -134,12 +135,11 @@ impl ClusterPool {
                 idle: IdleList::new(),
                 open: 0,
                 leased: 0,
-                waiting: 0,
-                granted: 0,
+                waiters: Waiters::default(),
                 leased_threads: Vec::new(),
                 last_failure: None,
             }),
-            freed: Notify::new(),
+            freed: std::array::from_fn(|_| Notify::new()),
             waits: PoolWaits::default(),
         })
     }
@@ -181,7 +181,7 @@ impl ClusterPool {
 
     /// Checkouts waiting for a lease now (all `max_connections` are taken).
     pub fn waiting(&self) -> usize {
-        self.lock().waiting
+        self.lock().waiters.waiting()
     }
 
     /// Backend thread ids of the leased connections.
@@ -475,11 +475,12 @@ impl ClusterPool {
         // however it ends (a dropped future included).
         let mut waiting = Waiting {
             pool: self,
+            lane: lane_of(crate::workers::current()),
             counted: false,
         };
         let waited = || self.waits.waited.record(since.elapsed());
         loop {
-            let freed = self.freed.notified();
+            let freed = self.freed[waiting.lane].notified();
             tokio::pin!(freed);
             {
                 let mut g = self.lock();
@@ -493,7 +494,7 @@ impl ClusterPool {
                     return Ok(pick(&mut g));
                 }
                 if !waiting.counted {
-                    g.waiting += 1;
+                    g.waiters.join(waiting.lane);
                     waiting.counted = true;
                 }
                 // Registered before the lock is released, so an end of lease from now
@@ -573,10 +574,8 @@ impl ClusterPool {
         let wake = {
             let mut g = self.lock();
             // Handed on to a waiter that has none yet, else freed.
-            let hand_on = g.waiting > g.granted;
-            if hand_on {
-                g.granted += 1;
-            } else {
+            let hand_on = g.waiters.hand_on(lane_of(crate::workers::current()));
+            if hand_on.is_none() {
                 g.leased = g.leased.saturating_sub(1);
             }
             if let Some(conn) = conn {
@@ -606,8 +605,8 @@ impl ClusterPool {
             hand_on
         };
         drop(closed); // the socket closes outside the lock
-        if wake {
-            self.freed.notify_one();
+        if let Some(lane) = wake {
+            self.freed[lane].notify_one();
         }
     }
 }
@@ -673,9 +672,11 @@ impl Drop for Slot<'_> {
     }
 }
 
-/// A checkout waiting for a lease to end, counted in `waiting` while it waits.
+/// A checkout waiting for a lease to end, counted in its lane's waiters while it
+/// waits.
 struct Waiting<'a> {
     pool: &'a ClusterPool,
+    lane: usize,
     counted: bool,
 }
 
@@ -687,11 +688,9 @@ impl Waiting<'_> {
         g: &mut Inner,
         pick: impl Fn(&mut Inner) -> Option<Box<BackendConn>>,
     ) -> Option<Option<Box<BackendConn>>> {
-        if !self.counted || g.granted == 0 {
+        if !self.counted || !g.waiters.take_grant(self.lane) {
             return None;
         }
-        g.granted -= 1;
-        g.waiting = g.waiting.saturating_sub(1);
         self.counted = false;
         Some(pick(g))
     }
@@ -702,12 +701,20 @@ impl Drop for Waiting<'_> {
         if !self.counted {
             return;
         }
-        let mut g = self.pool.lock();
-        g.waiting = g.waiting.saturating_sub(1);
-        // A lease handed on that no waiter is left to take is freed.
-        if g.granted > g.waiting {
-            g.granted -= 1;
-            g.leased = g.leased.saturating_sub(1);
+        let wake = {
+            let mut g = self.pool.lock();
+            // A lease handed on to this lane that no waiter of it is left to take goes
+            // to another lane's waiter, or is freed.
+            match g.waiters.leave(self.lane) {
+                Some(None) => {
+                    g.leased = g.leased.saturating_sub(1);
+                    None
+                }
+                moved => moved.flatten(),
+            }
+        };
+        if let Some(lane) = wake {
+            self.pool.freed[lane].notify_one();
         }
     }
 }

@@ -50,7 +50,7 @@ async fn settle() {
 
 fn counts(p: &ClusterPool) -> (usize, usize, usize) {
     let g = p.lock();
-    (g.leased, g.waiting, g.granted)
+    (g.leased, g.waiters.waiting(), g.waiters.granted())
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -161,4 +161,62 @@ fn only_passing_connect_failures_are_retryable() {
     assert_eq!(tls.cluster.as_deref(), Some("c1"));
     assert!(tls.message.contains("'c1'"), "{}", tls.message);
     assert!(super::unavailable("c1", "connection refused", false).retryable);
+}
+
+/// A runtime on a thread of its own that counts as session worker `worker`.
+fn worker_thread(worker: u16) -> tokio::runtime::Handle {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        crate::workers::pretend_worker(worker);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("runtime");
+        let _ = tx.send(rt.handle().clone());
+        rt.block_on(std::future::pending::<()>());
+    });
+    rx.recv().expect("worker thread")
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn an_ended_lease_goes_to_a_waiter_of_the_worker_it_ended_on_first() {
+    let p = pool(1, Duration::from_secs(30));
+    assert!(p.take_slot(none).await.is_ok());
+    let (one, two) = (worker_thread(1), worker_thread(2));
+    let spawn_on = |h: &tokio::runtime::Handle| {
+        let p = p.clone();
+        h.spawn(async move { p.take_slot(none).await.is_ok() })
+    };
+    let wait_for = |n: usize| {
+        let p = p.clone();
+        async move {
+            for _ in 0..500 {
+                if p.lock().waiters.waiting() == n {
+                    return;
+                }
+                crate::timer::sleep(Duration::from_millis(2)).await;
+            }
+            panic!("waiters never reached {n}");
+        }
+    };
+    // Worker 2's checkout waits first, then worker 1's.
+    let on_two = spawn_on(&two);
+    wait_for(1).await;
+    let on_one = spawn_on(&one);
+    wait_for(2).await;
+    // The lease ends on worker 1: its own waiter gets it, though it came later.
+    let ended = p.clone();
+    one.spawn(async move { ended.end_lease(None) })
+        .await
+        .expect("end on worker 1");
+    assert_eq!(on_one.await.ok(), Some(true));
+    assert!(!on_two.is_finished());
+    assert_eq!(counts(&p), (1, 1, 0));
+    // The next ends on worker 1 too, which has no waiter left: worker 2's gets it.
+    let ended = p.clone();
+    one.spawn(async move { ended.end_lease(None) })
+        .await
+        .expect("end on worker 1");
+    assert_eq!(on_two.await.ok(), Some(true));
+    assert_eq!(counts(&p), (1, 0, 0));
 }
