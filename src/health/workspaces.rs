@@ -12,9 +12,9 @@
 //! [`DEFAULT_MAX_WORKSPACES`]) are kept; when a stripe is full, the least recently seen
 //! eighth of it is evicted in one batch (amortised O(1) per new workspace). A workspace
 //! is one 64-byte line of an open-addressed table kept at most 7/8 full and grown by
-//! doubling (8 MiB at the default cap: 32 stripes of 4,096 lines); one that
-//! had an error adds an entry of about 100 bytes plus up to [`MESSAGE_MAX`] for the
-//! message, until it is evicted.
+//! doubling, and 4 bytes of how recently it was seen (8.5 MiB at the default cap: 32
+//! stripes of 4,096 lines); one that had an error adds an entry of about 100 bytes plus
+//! up to [`MESSAGE_MAX`] for the message, until it is evicted.
 //!
 //! **Hot path.** One statement costs a read lock on the keyspace table (a handful of
 //! names, compared in place), one uncontended lock of one of [`STRIPES`] stripes (each
@@ -185,18 +185,141 @@ fn in_window(newest: u32, ring: &[u32; SLOTS], now: u32) -> u64 {
     sum
 }
 
+/// Slots of recency a stripe tells apart when it evicts: a line not seen for
+/// `RECENT_SLOTS` slots (320 s, its window long empty) is only "older".
+const RECENT_SLOTS: usize = 64;
+
+/// How many of a stripe's lines were last seen in each slot: what an eviction needs to
+/// pick its threshold without looking at every line. `recent[s % RECENT_SLOTS]` counts
+/// the lines whose `newest` is `s`, for `s` in `top - 63 ..= top`; `older` counts those
+/// seen before. Which counter holds a line follows from its `newest` and `top` alone,
+/// and no line is newer than `top`.
+#[derive(Debug, PartialEq, Eq)]
+struct Recency {
+    /// The newest slot any line of the stripe was written in.
+    top: u32,
+    older: u32,
+    recent: [u32; RECENT_SLOTS],
+}
+
+impl Default for Recency {
+    fn default() -> Self {
+        Recency {
+            top: 0,
+            older: 0,
+            recent: [0; RECENT_SLOTS],
+        }
+    }
+}
+
+impl Recency {
+    /// Moves `top` up to `slot`: the slots that leave the ring join `older`.
+    fn advance(&mut self, slot: u32) {
+        if slot <= self.top {
+            return;
+        }
+        let gap = (slot - self.top).min(RECENT_SLOTS as u32);
+        for s in (slot + 1 - gap)..=slot {
+            let c = &mut self.recent[s as usize % RECENT_SLOTS];
+            self.older += *c;
+            *c = 0;
+        }
+        self.top = slot;
+    }
+
+    /// How many slots before `top` a line last seen in `newest` was, at most
+    /// `RECENT_SLOTS` (for every line in `older`).
+    fn age(&self, newest: u32) -> usize {
+        (self.top.saturating_sub(newest) as usize).min(RECENT_SLOTS)
+    }
+
+    /// The counter of lines last seen in `newest`.
+    fn counter(&mut self, newest: u32) -> &mut u32 {
+        if self.age(newest) == RECENT_SLOTS {
+            &mut self.older
+        } else {
+            &mut self.recent[newest as usize % RECENT_SLOTS]
+        }
+    }
+
+    fn add(&mut self, newest: u32) {
+        *self.counter(newest) += 1;
+    }
+
+    fn remove(&mut self, newest: u32) {
+        let c = self.counter(newest);
+        *c = c.saturating_sub(1);
+    }
+
+    /// How many lines are of `age` (`RECENT_SLOTS` for those in `older`).
+    fn count(&self, age: usize) -> usize {
+        if age >= RECENT_SLOTS {
+            self.older as usize
+        } else {
+            self.recent[self.top.wrapping_sub(age as u32) as usize % RECENT_SLOTS] as usize
+        }
+    }
+
+    /// Which lines go to evict `n`: every line last seen before `first`, and of the
+    /// `of_cut` seen in `first ..= last`, `at_cut`.
+    fn threshold(&self, n: usize) -> Cut {
+        let mut left = n;
+        for age in (0..=RECENT_SLOTS).rev() {
+            let of_cut = self.count(age);
+            if of_cut >= left {
+                let (first, last) = if age == RECENT_SLOTS {
+                    (0, self.top.saturating_sub(RECENT_SLOTS as u32))
+                } else {
+                    let slot = self.top.saturating_sub(age as u32);
+                    (slot, slot)
+                };
+                return Cut {
+                    first,
+                    last,
+                    at_cut: left,
+                    of_cut,
+                };
+            }
+            left -= of_cut;
+        }
+        // Fewer lines counted than asked for (never, while the counts match the lines):
+        // every line goes.
+        Cut {
+            first: 0,
+            last: NO_LINE - 1,
+            at_cut: 1,
+            of_cut: 1,
+        }
+    }
+}
+
+/// The lines an eviction removes ([`Recency::threshold`]).
+#[derive(Debug)]
+struct Cut {
+    first: u32,
+    last: u32,
+    at_cut: usize,
+    of_cut: usize,
+}
+
+/// The `newest` of an empty line in [`Stripe::newest`] (never a slot: `u32::MAX`
+/// seconds make a smaller slot number).
+const NO_LINE: u32 = u32::MAX;
+
 /// One stripe's workspaces: an open-addressed table of [`Line`]s (linear probing, at
-/// most 7/8 full, grown by doubling up to the stripe's cap), and the errors of those
-/// that had one.
+/// most 7/8 full, grown by doubling up to the stripe's cap), how recently they were
+/// seen, and the errors of those that had one.
 #[derive(Debug, Default)]
 struct Stripe {
     lines: Vec<Line>,
+    /// Each line's `newest`, or [`NO_LINE`] for an empty line: what an eviction walks,
+    /// 4 bytes a line instead of 64.
+    newest: Vec<u32>,
     len: usize,
+    recency: Recency,
     errors: HashMap<WorkspaceKey, Errors, foldhash::fast::RandomState>,
-    /// The lines being moved while the table grows, and the recency of each line
-    /// while an eviction picks its threshold (both kept: no allocation per eviction).
+    /// The lines being moved while the table grows (kept: no allocation per growth).
     moving: Vec<Line>,
-    seen: Vec<u32>,
 }
 
 impl Stripe {
@@ -224,13 +347,17 @@ impl Stripe {
     }
 
     /// Puts the lines in `moving` into a table of `size` lines (a power of two), each
-    /// at the first empty line from its [`home`].
+    /// at the first empty line from its [`home`]. Out of line, as an eviction.
+    #[cold]
+    #[inline(never)]
     fn rebuild(&mut self, size: usize, hash: &impl Fn(&Line) -> u64) {
         if self.lines.len() == size {
             self.lines.fill(EMPTY);
         } else {
             self.lines = vec![EMPTY; size];
         }
+        self.newest.clear();
+        self.newest.resize(size, NO_LINE);
         let mask = size - 1;
         self.len = self.moving.len();
         for l in self.moving.drain(..) {
@@ -239,29 +366,7 @@ impl Stripe {
                 i = (i + 1) & mask;
             }
             self.lines[i] = l;
-        }
-    }
-
-    /// After lines were emptied in place: moves every line, in probe order from
-    /// `start` (a line that was empty before), to the first empty line from its [`home`],
-    /// so that no probe stops at a gap short of the line it looks for.
-    fn close_gaps(&mut self, start: usize, hash: &impl Fn(&Line) -> u64) {
-        let size = self.lines.len();
-        let mask = size - 1;
-        for step in 1..size {
-            let i = (start + step) & mask;
-            let l = self.lines[i];
-            if l.keyspace == 0 {
-                continue;
-            }
-            let mut e = home(&l, mask, hash);
-            while e != i && self.lines[e].keyspace != 0 {
-                e = (e + 1) & mask;
-            }
-            if e != i {
-                self.lines[e] = l;
-                self.lines[i] = EMPTY;
-            }
+            self.newest[i] = l.newest;
         }
     }
 }
@@ -399,6 +504,7 @@ impl WorkspaceErrors {
 
     fn record_at(&self, key: WorkspaceKey, error: Option<LastError>, now: u32) {
         let hash = self.hash(key.keyspace, key.workspace);
+        let slot = now / SLOT_SECS;
         let mut stripe = self.stripe(hash);
         let mut i = if stripe.lines.is_empty() {
             None
@@ -407,8 +513,10 @@ impl WorkspaceErrors {
         };
         let found = i.is_some_and(|i| stripe.lines[i].keyspace != 0);
         if !found {
+            stripe.recency.advance(slot);
             if stripe.len >= self.stripe_cap {
                 self.evict_least_recent(&mut stripe, (self.stripe_cap / 8).max(1));
+                i = None;
             }
             // At most 7/8 full: a probe ends at an empty line within a few.
             if (stripe.len + 1) * 8 > stripe.lines.len() * 7 {
@@ -416,23 +524,36 @@ impl WorkspaceErrors {
                 let Stripe { lines, moving, .. } = &mut *stripe;
                 moving.extend(lines.iter().filter(|l| l.keyspace != 0));
                 stripe.rebuild(size, &|l| self.rehash(l));
+                i = None;
             }
-            let at = stripe.probe(key, hash);
+            // The empty line found above, unless the lines moved since.
+            let at = i.unwrap_or_else(|| stripe.probe(key, hash));
             stripe.lines[at] = Line {
                 workspace: key.workspace,
                 // `key` only makes indexes below MAX_KEYSPACES.
                 keyspace: u16::try_from(key.keyspace + 1).unwrap_or(u16::MAX),
                 home: hash as u16,
-                newest: now / SLOT_SECS,
+                newest: slot,
                 statements: [0; SLOTS],
             };
+            stripe.newest[at] = slot;
             stripe.len += 1;
+            stripe.recency.add(slot);
             i = Some(at);
         }
         let Some(i) = i else { return };
+        let stripe = &mut *stripe;
         let line = &mut stripe.lines[i];
+        let seen = line.newest;
         if !bump(&mut line.newest, &mut line.statements, now) {
             return;
+        }
+        if line.newest != seen {
+            // `bump` never moves a line back: it may stay in an older slot than `slot`.
+            stripe.recency.advance(line.newest);
+            stripe.recency.remove(seen);
+            stripe.recency.add(line.newest);
+            stripe.newest[i] = line.newest;
         }
         if let Some(e) = error {
             match stripe.errors.entry(key) {
@@ -542,54 +663,123 @@ impl WorkspaceErrors {
     }
 
     /// Removes the `n` least recently seen workspaces of a stripe (exactly `n`, even
-    /// when many were seen in the same slot), and their errors.
+    /// when many were seen in the same slot), and their errors. Those not seen for
+    /// [`RECENT_SLOTS`] slots (320 s: nothing of them left in the window) count as
+    /// equally old: any of them may go before another.
+    ///
+    /// One walk over the table's `newest`, in probe order from a line that was empty
+    /// before: each line either goes or moves back to the first empty line from its
+    /// home, so that no probe stops at a gap short of the line it looks for. A line's
+    /// home lies between that empty line and the line, so the walk has already settled
+    /// every line it may move over. Out of line: counting a statement stays small.
+    #[cold]
+    #[inline(never)]
     fn evict_least_recent(&self, stripe: &mut Stripe, n: usize) {
         let size = stripe.lines.len();
         if n >= stripe.len {
-            stripe.lines = vec![EMPTY; size];
+            stripe.lines.fill(EMPTY);
+            stripe.newest.fill(NO_LINE);
             stripe.len = 0;
             stripe.errors.clear();
+            stripe.recency = Recency {
+                top: stripe.recency.top,
+                ..Recency::default()
+            };
             return;
         }
+        let cut = stripe.recency.threshold(n);
+        // Of the lines at the threshold, every `of_cut / at_cut`-th goes (counted
+        // exactly, as a line is drawn on a grid, the first at once): spread over the
+        // table, where a run of neighbours emptied at once would leave the rest crowded
+        // and every probe through it long.
+        let mut drawn = cut.of_cut.saturating_sub(1);
+        let hash = |l: &Line| self.rehash(l);
         let Stripe {
             lines,
+            newest,
+            len,
+            recency,
             errors,
-            seen,
-            ..
+            moving,
         } = &mut *stripe;
-        seen.clear();
-        seen.extend(lines.iter().filter(|l| l.keyspace != 0).map(|l| l.newest));
-        let (_, &mut threshold, _) = seen.select_nth_unstable(n - 1);
-        // Everything older than the threshold goes, then as many at it as still needed.
-        let older = seen.iter().filter(|&&s| s < threshold).count();
-        let mut at_threshold = n - older;
-        // A line empty before any is removed: no probe sequence crosses it.
-        let start = lines.iter().position(|l| l.keyspace == 0);
-        for l in lines.iter_mut().filter(|l| l.keyspace != 0) {
-            let goes = l.newest < threshold || (l.newest == threshold && at_threshold > 0);
-            if !goes {
-                continue;
+        let mask = size - 1;
+        // Never None while the table is at most 7/8 full.
+        let start = newest.iter().position(|&s| s == NO_LINE);
+        let base = start.unwrap_or(0);
+        let mut removed = 0;
+        // Whether a line was emptied since the last line that was already empty: only
+        // then may a line have a gap between its home and itself.
+        let mut gap = false;
+        // In probe order from `base`, 64 lines at a time: which are empty and which go,
+        // from `newest` alone; then only the lines that go and those after them up to
+        // an empty line are visited (lines ahead never move: their masks hold).
+        'walk: for (lo, hi) in [(base + 1, size), (0, base + 1)] {
+            for from in (lo..hi).step_by(64) {
+                let to = hi.min(from + 64);
+                let (mut empty, mut goes, mut at_cut) = (0u64, 0u64, 0u64);
+                for (k, &seen) in newest[from..to].iter().enumerate() {
+                    empty |= u64::from(seen == NO_LINE) << k;
+                    goes |= u64::from(seen < cut.first) << k;
+                    at_cut |= u64::from((cut.first <= seen) & (seen <= cut.last)) << k;
+                }
+                while at_cut != 0 {
+                    drawn += cut.at_cut;
+                    let due = drawn >= cut.of_cut;
+                    drawn -= cut.of_cut * usize::from(due);
+                    goes |= u64::from(due) << at_cut.trailing_zeros();
+                    at_cut &= at_cut - 1;
+                }
+                let mut k = if gap {
+                    0
+                } else {
+                    goes.trailing_zeros() as usize
+                };
+                while k < to - from {
+                    let i = from + k;
+                    if (empty >> k) & 1 == 1 {
+                        if removed == n {
+                            break 'walk;
+                        }
+                        gap = false;
+                        k = (goes >> k).trailing_zeros() as usize + k;
+                        continue;
+                    }
+                    if (goes >> k) & 1 == 1 {
+                        recency.remove(newest[i]);
+                        if !errors.is_empty() {
+                            errors.remove(&WorkspaceKey {
+                                keyspace: u32::from(lines[i].keyspace) - 1,
+                                workspace: lines[i].workspace,
+                            });
+                        }
+                        lines[i] = EMPTY;
+                        newest[i] = NO_LINE;
+                        removed += 1;
+                        gap = true;
+                    } else if start.is_some() {
+                        let mut e = home(&lines[i], mask, &hash);
+                        while e != i && newest[e] != NO_LINE {
+                            e = (e + 1) & mask;
+                        }
+                        if e != i {
+                            lines[e] = lines[i];
+                            lines[i] = EMPTY;
+                            newest[e] = newest[i];
+                            newest[i] = NO_LINE;
+                        }
+                    }
+                    k += 1;
+                }
+                if removed == n && !gap {
+                    break 'walk;
+                }
             }
-            if l.newest == threshold {
-                at_threshold -= 1;
-            }
-            if !errors.is_empty() {
-                errors.remove(&WorkspaceKey {
-                    keyspace: u32::from(l.keyspace) - 1,
-                    workspace: l.workspace,
-                });
-            }
-            *l = EMPTY;
         }
-        stripe.len -= n;
-        match start {
-            Some(start) => stripe.close_gaps(start, &|l| self.rehash(l)),
-            None => {
-                // Never at most 7/8 full; rebuilt all the same if it were.
-                let Stripe { lines, moving, .. } = &mut *stripe;
-                moving.extend(lines.iter().filter(|l| l.keyspace != 0));
-                stripe.rebuild(size, &|l| self.rehash(l));
-            }
+        *len -= removed;
+        if start.is_none() {
+            // Never at most 7/8 full; rebuilt all the same if it were.
+            moving.extend(lines.iter().filter(|l| l.keyspace != 0));
+            stripe.rebuild(size, &hash);
         }
     }
 }

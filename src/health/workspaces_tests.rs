@@ -136,42 +136,203 @@ fn every_workspace_keeps_its_own_counts_through_growth() {
     }
 }
 
+/// A stripe's recency counts as they should be, recounted from its lines (and its
+/// `newest` checked against them).
+fn recounted(stripe: &Stripe) -> Recency {
+    let mut r = Recency {
+        top: stripe.recency.top,
+        ..Recency::default()
+    };
+    assert_eq!(stripe.newest.len(), stripe.lines.len());
+    for (l, &seen) in stripe.lines.iter().zip(&stripe.newest) {
+        if l.keyspace == 0 {
+            assert_eq!(seen, NO_LINE, "an empty line with a slot");
+            continue;
+        }
+        assert_eq!(seen, l.newest, "{}", l.workspace);
+        assert!(
+            l.newest <= r.top,
+            "{} newer than the top {}",
+            l.newest,
+            r.top
+        );
+        r.add(l.newest);
+    }
+    r
+}
+
+/// Every line of every stripe: its workspace and the slot it was last seen in.
+fn snapshot(t: &WorkspaceErrors) -> std::collections::HashMap<u64, u32> {
+    let mut lines = std::collections::HashMap::new();
+    for stripe in t.stripes.iter() {
+        let stripe = stripe.0.lock().expect("lock");
+        for l in stripe.lines.iter().filter(|l| l.keyspace != 0) {
+            assert!(
+                lines.insert(l.workspace, l.newest).is_none(),
+                "{} twice",
+                l.workspace
+            );
+        }
+    }
+    lines
+}
+
 #[test]
-fn evictions_in_place_leave_every_line_findable_and_none_twice() {
+fn recency_counts_match_the_lines_through_bumps_evictions_and_growth() {
+    // Stripes of 100 (tables grown to 128 lines), and stripes of one (every eviction
+    // empties the stripe).
+    for (cap, stripes) in [(200, 2), (3, 3)] {
+        let t = WorkspaceErrors::with_stripes(cap, stripes);
+        let mut x = 0x2545_f491_4f6c_dd1d_u64;
+        let mut now = 0u32;
+        let (mut evicted, mut older, mut refused) = (0, 0, 0);
+        for step in 0..20_000u32 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            now += (x % 3) as u32;
+            if step % 3000 == 2999 {
+                // A quiet spell: every line falls out of the last 64 slots.
+                now += 400 * SLOT_SECS;
+            }
+            // Sometimes a statement answered a while ago (the line may not move back),
+            // sometimes one older than the window (not counted).
+            let at = match x % 11 {
+                0 => now.saturating_sub((x % 40) as u32),
+                1 => now.saturating_sub(90),
+                _ => now,
+            };
+            let ws = (x >> 8) % 400;
+            let before = t.tracked();
+            let had = t.workspace_at("app", ws, at).is_some();
+            let error = x.is_multiple_of(13).then(|| LastError::new(1146, "gone"));
+            t.record_at(t.key("app", ws).expect("key"), error, at);
+            evicted += usize::from(!had && t.tracked() <= before);
+            refused += usize::from(had && at < now);
+            for stripe in t.stripes.iter() {
+                let stripe = stripe.0.lock().expect("lock");
+                assert_eq!(stripe.recency, recounted(&stripe), "step {step}");
+                older += usize::from(stripe.recency.older > 0);
+            }
+        }
+        assert!(evicted > 100, "{evicted}");
+        if cap > stripes {
+            assert!(older > 100 && refused > 100, "{older} {refused}");
+            let grown = t.stripes[0].0.lock().expect("lock").lines.len();
+            assert_eq!(grown, 128, "grown from 16 while counted");
+        }
+    }
+}
+
+#[test]
+fn evictions_take_exactly_the_least_recent_and_leave_every_line_findable() {
     let t = WorkspaceErrors::with_stripes(64, 2);
+    let n = 32 / 8;
     let mut x = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut now = 0u32;
+    let (mut evictions, mut ties, mut among_older) = (0, 0, 0);
     for step in 0..20_000u32 {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
-        let now = step / 4 * SLOT_SECS;
-        t.record_at(t.key("app", x % 300).expect("key"), None, now);
-        if step % 1000 != 999 {
-            continue;
+        if step % 4 == 0 {
+            now += SLOT_SECS;
         }
-        let mut held = std::collections::HashSet::new();
+        if step % 5000 == 4999 {
+            now += 100 * SLOT_SECS;
+        }
+        // Now and then a statement answered a little earlier.
+        let at = if x.is_multiple_of(7) {
+            now - now.min(12)
+        } else {
+            now
+        };
+        let ws = x % 300;
+        let before = snapshot(&t);
+        let error = x.is_multiple_of(5).then(|| LastError::new(1146, "gone"));
+        t.record_at(t.key("app", ws).expect("key"), error, at);
+        let after = snapshot(&t);
+        let gone: Vec<u32> = before
+            .iter()
+            .filter(|(w, _)| !after.contains_key(w))
+            .map(|(_, &s)| s)
+            .collect();
+        assert!(after.contains_key(&ws));
+        if !gone.is_empty() {
+            assert!(!before.contains_key(&ws), "evicted for a tracked workspace");
+            assert_eq!(gone.len(), n, "step {step}: exactly an eighth goes");
+            evictions += 1;
+            // Kept lines are compared with the evicted ones of their own stripe.
+            let stripe_of = |w: u64| (t.hash(0, w) >> 40) as usize % t.stripes.len();
+            let evicted_from = stripe_of(ws);
+            let top = t.stripes[evicted_from].0.lock().expect("lock").recency.top;
+            let is_older = |s: u32| top - s >= RECENT_SLOTS as u32;
+            let newest_gone = gone.iter().copied().max().unwrap_or(0);
+            for (w, &s) in after.iter().filter(|(w, _)| before.contains_key(w)) {
+                if stripe_of(*w) != evicted_from {
+                    continue;
+                }
+                if s < newest_gone {
+                    assert!(
+                        is_older(s) && is_older(newest_gone),
+                        "step {step}: kept {w} seen in {s}, evicted one seen in {newest_gone}"
+                    );
+                    among_older += 1;
+                }
+                ties += usize::from(s == newest_gone);
+            }
+        } else {
+            assert!(after.len() == before.len() + usize::from(!before.contains_key(&ws)));
+        }
         for stripe in t.stripes.iter() {
             let stripe = stripe.0.lock().expect("lock");
-            let lines: Vec<Line> = stripe
-                .lines
-                .iter()
-                .filter(|l| l.keyspace != 0)
-                .copied()
-                .collect();
-            assert_eq!(lines.len(), stripe.len);
-            for l in lines {
-                assert!(held.insert(l.workspace), "{} held twice", l.workspace);
-                let key = WorkspaceKey {
-                    keyspace: 0,
-                    workspace: l.workspace,
-                };
-                let found = stripe.find(key, t.hash(0, l.workspace));
-                assert!(found.is_some(), "{} not found", l.workspace);
+            let live = stripe.lines.iter().filter(|l| l.keyspace != 0).count();
+            assert_eq!(live, stripe.len);
+            assert!(stripe.len <= t.capacity() / t.stripes.len());
+            for l in stripe.lines.iter().filter(|l| l.keyspace != 0) {
+                let found = stripe.find(
+                    WorkspaceKey {
+                        keyspace: 0,
+                        workspace: l.workspace,
+                    },
+                    t.hash(0, l.workspace),
+                );
+                assert!(found.is_some(), "step {step}: {} not found", l.workspace);
+            }
+            for k in stripe.errors.keys() {
+                assert!(after.contains_key(&k.workspace), "errors of evicted {k:?}");
             }
         }
-        assert_eq!(held.len(), t.tracked());
-        assert!(t.tracked() <= t.capacity());
     }
+    assert!(
+        evictions > 1000 && ties > 100 && among_older > 0,
+        "{evictions} {ties} {among_older}"
+    );
+}
+
+#[test]
+fn evicting_workspaces_seen_in_the_same_slot_keeps_lines_near_their_home() {
+    // All seen in one slot: the eviction picks which of them go. Emptying a run of
+    // neighbours would crowd the rest of the table into long clusters.
+    let t = WorkspaceErrors::with_stripes(312, 1);
+    for ws in 0..20_000u64 {
+        t.record_at(t.key("app", ws).expect("key"), None, 10);
+    }
+    let stripe = t.stripes[0].0.lock().expect("lock");
+    let mask = stripe.lines.len() - 1;
+    let (mut lines, mut displaced) = (0, 0);
+    for (i, l) in stripe.lines.iter().enumerate() {
+        if l.keyspace != 0 {
+            lines += 1;
+            displaced += i.wrapping_sub(usize::from(l.home)) & mask;
+        }
+    }
+    assert_eq!((lines, stripe.lines.len()), (stripe.len, 512));
+    let mean = displaced as f64 / lines as f64;
+    assert!(
+        mean < 3.0,
+        "lines {mean:.1} away from their home on average"
+    );
 }
 
 #[test]
