@@ -67,6 +67,8 @@ pub mod router;
 pub mod server;
 pub mod session;
 pub mod shared;
+#[cfg(test)]
+mod testing;
 pub mod timer;
 pub mod topo;
 pub mod traffic;

@@ -211,13 +211,8 @@ mod tests {
         // leaves, checking after each step that no lane holds more grants than waiters
         // and that the sums are the lanes' sums.
         let mut w = Waiters::default();
-        let mut seed = 0x2545_f491_4f6c_dd1du64;
-        let mut next = |n: u64| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            (seed % n) as usize
-        };
+        let mut seq = crate::testing::xorshift(0x2545_f491_4f6c_dd1d);
+        let mut next = |n: u64| (seq() % n) as usize;
         let mut freed = 0usize;
         for _ in 0..20_000 {
             let lane = next(LANES as u64);

@@ -1,5 +1,6 @@
 //! The per-workspace tracker: windows, eviction, the table's probing.
 use super::*;
+use crate::testing::xorshift;
 
 fn err(code: u16) -> Option<LastError> {
     Some(LastError::new(code, "Table 'ws_3.notes' doesn't exist"))
@@ -106,11 +107,9 @@ fn every_workspace_keeps_its_own_counts_through_growth() {
     let t = WorkspaceErrors::with_stripes(100_000, 4);
     let mut expected = std::collections::HashMap::new();
     // A fixed sequence with repeats and ids that differ only in high bits.
-    let mut x = 0x2545_f491_4f6c_dd1d_u64;
+    let mut next = xorshift(0x2545_f491_4f6c_dd1d_u64);
     for _ in 0..20_000 {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
+        let x = next();
         let ws = (x % 3000) << (x % 2 * 40);
         let ks = if x.is_multiple_of(5) { "dpw" } else { "app" };
         t.record_at(t.key(ks, ws).expect("key"), None, 10);
@@ -183,13 +182,11 @@ fn recency_counts_match_the_lines_through_bumps_evictions_and_growth() {
     // empties the stripe).
     for (cap, stripes) in [(200, 2), (3, 3)] {
         let t = WorkspaceErrors::with_stripes(cap, stripes);
-        let mut x = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = xorshift(0x2545_f491_4f6c_dd1d_u64);
         let mut now = 0u32;
         let (mut evicted, mut older, mut refused) = (0, 0, 0);
         for step in 0..20_000u32 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
+            let x = next();
             now += (x % 3) as u32;
             if step % 3000 == 2999 {
                 // A quiet spell: every line falls out of the last 64 slots.
@@ -228,13 +225,11 @@ fn recency_counts_match_the_lines_through_bumps_evictions_and_growth() {
 fn evictions_take_exactly_the_least_recent_and_leave_every_line_findable() {
     let t = WorkspaceErrors::with_stripes(64, 2);
     let n = 32 / 8;
-    let mut x = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut next = xorshift(0x9e37_79b9_7f4a_7c15_u64);
     let mut now = 0u32;
     let (mut evictions, mut ties, mut among_older) = (0, 0, 0);
     for step in 0..20_000u32 {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
+        let x = next();
         if step % 4 == 0 {
             now += SLOT_SECS;
         }

@@ -7,6 +7,7 @@ use super::cache::SchemaKey;
 use super::cache_key::{self, Class, Scratch, MAX_LITERALS, MAX_TEXT};
 use super::lex::{self, Tok};
 use super::tag;
+use crate::testing::xorshift;
 
 /// The key's literals as the lexer's tokens give them: (span, class, value) in text
 /// order, or None where the key scan must refuse the text.
@@ -100,16 +101,6 @@ fn the_key_scan_finds_the_planner_tests_literals_as_the_lexer_does() {
     let mut s = Scratch::default();
     for sql in super::cache_tests::corpus() {
         check(&sql, &mut s);
-    }
-}
-
-/// A fixed pseudo-random sequence (xorshift64) from `seed`.
-fn xorshift(mut seed: u64) -> impl FnMut() -> u64 {
-    move || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed
     }
 }
 
