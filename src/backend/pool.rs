@@ -574,7 +574,7 @@ impl ClusterPool {
         let wake = {
             let mut g = self.lock();
             // Handed on to a waiter that has none yet, else freed.
-            let hand_on = g.waiters.hand_on(lane_of(crate::workers::current()));
+            let hand_on = g.waiters.hand_on(|| lane_of(crate::workers::current()));
             if hand_on.is_none() {
                 g.leased = g.leased.saturating_sub(1);
             }

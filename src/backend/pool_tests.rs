@@ -163,9 +163,16 @@ fn only_passing_connect_failures_are_retryable() {
     assert!(super::unavailable("c1", "connection refused", false).retryable);
 }
 
-/// A runtime on a thread of its own that counts as session worker `worker`.
-fn worker_thread(worker: u16) -> tokio::runtime::Handle {
+/// A runtime on a thread of its own that counts as session worker `worker`; the thread
+/// ends when this is dropped.
+struct WorkerThread {
+    handle: tokio::runtime::Handle,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+fn worker_thread(worker: u16) -> WorkerThread {
     let (tx, rx) = std::sync::mpsc::channel();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     std::thread::spawn(move || {
         crate::workers::pretend_worker(worker);
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -173,9 +180,12 @@ fn worker_thread(worker: u16) -> tokio::runtime::Handle {
             .build()
             .expect("runtime");
         let _ = tx.send(rt.handle().clone());
-        rt.block_on(std::future::pending::<()>());
+        let _ = rt.block_on(stopped);
     });
-    rx.recv().expect("worker thread")
+    WorkerThread {
+        handle: rx.recv().expect("worker thread"),
+        _stop: stop,
+    }
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -183,9 +193,10 @@ async fn an_ended_lease_goes_to_a_waiter_of_the_worker_it_ended_on_first() {
     let p = pool(1, Duration::from_secs(30));
     assert!(p.take_slot(none).await.is_ok());
     let (one, two) = (worker_thread(1), worker_thread(2));
-    let spawn_on = |h: &tokio::runtime::Handle| {
+    let spawn_on = |w: &WorkerThread| {
         let p = p.clone();
-        h.spawn(async move { p.take_slot(none).await.is_ok() })
+        w.handle
+            .spawn(async move { p.take_slot(none).await.is_ok() })
     };
     let wait_for = |n: usize| {
         let p = p.clone();
@@ -206,7 +217,8 @@ async fn an_ended_lease_goes_to_a_waiter_of_the_worker_it_ended_on_first() {
     wait_for(2).await;
     // The lease ends on worker 1: its own waiter gets it, though it came later.
     let ended = p.clone();
-    one.spawn(async move { ended.end_lease(None) })
+    one.handle
+        .spawn(async move { ended.end_lease(None) })
         .await
         .expect("end on worker 1");
     assert_eq!(on_one.await.ok(), Some(true));
@@ -214,7 +226,8 @@ async fn an_ended_lease_goes_to_a_waiter_of_the_worker_it_ended_on_first() {
     assert_eq!(counts(&p), (1, 1, 0));
     // The next ends on worker 1 too, which has no waiter left: worker 2's gets it.
     let ended = p.clone();
-    one.spawn(async move { ended.end_lease(None) })
+    one.handle
+        .spawn(async move { ended.end_lease(None) })
         .await
         .expect("end on worker 1");
     assert_eq!(on_two.await.ok(), Some(true));

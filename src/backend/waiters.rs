@@ -67,14 +67,16 @@ impl Waiters {
         self.lanes[lane].waiting += 1;
     }
 
-    /// A lease ended on a thread of lane `own`: the lane whose waiter gets it (count it
-    /// there and wake one of that lane), or None when every waiter has one already (the
-    /// lease is freed).
-    pub fn hand_on(&mut self, own: usize) -> Option<usize> {
+    /// A lease ended on a thread of the lane `own` returns: the lane whose waiter gets
+    /// it (count it there and wake one of that lane), or None when every waiter has one
+    /// already (the lease is freed). `own` is asked only when someone waits: nearly
+    /// every lease ends with nobody waiting.
+    pub fn hand_on(&mut self, own: impl FnOnce() -> usize) -> Option<usize> {
         let unserved = self.waiting.saturating_sub(self.granted);
         if unserved == 0 {
             return None;
         }
+        let own = own();
         let mine = self.lanes[own].unserved();
         let others = unserved > mine;
         let lane = if mine > 0 && (!others || self.lanes[own].streak < STREAK) {
@@ -147,15 +149,15 @@ mod tests {
         let mut w = Waiters::default();
         w.join(2); // waiting longer, on the other worker
         w.join(1);
-        assert_eq!(w.hand_on(1), Some(1));
+        assert_eq!(w.hand_on(|| 1), Some(1));
         assert!(w.take_grant(1));
         // Lane 1 has nobody left: lane 2's waiter gets the next.
-        assert_eq!(w.hand_on(1), Some(2));
+        assert_eq!(w.hand_on(|| 1), Some(2));
         assert!(!w.take_grant(1));
         assert!(w.take_grant(2));
         assert_eq!((w.waiting(), w.granted()), (0, 0));
         // Nobody waits: the lease is freed.
-        assert_eq!(w.hand_on(1), None);
+        assert_eq!(w.hand_on(|| 1), None);
     }
 
     #[test]
@@ -166,7 +168,7 @@ mod tests {
         for _ in 0..(2 * STREAK + 2) {
             // Lane 1 always has a new waiter; lane 2's one waits until served.
             w.join(1);
-            let lane = w.hand_on(1);
+            let lane = w.hand_on(|| 1);
             given.push(lane);
             if let Some(lane) = lane {
                 assert!(w.take_grant(lane));
@@ -189,14 +191,14 @@ mod tests {
         let mut w = Waiters::default();
         w.join(1);
         w.join(2);
-        assert_eq!(w.hand_on(1), Some(1));
+        assert_eq!(w.hand_on(|| 1), Some(1));
         // Lane 1's waiter leaves before it takes its lease: lane 2's gets it.
         assert_eq!(w.leave(1), Some(Some(2)));
         assert!(w.take_grant(2));
         assert_eq!((w.waiting(), w.granted()), (0, 0));
         // With nobody else waiting the lease is freed.
         w.join(3);
-        assert_eq!(w.hand_on(3), Some(3));
+        assert_eq!(w.hand_on(|| 3), Some(3));
         assert_eq!(w.leave(3), Some(None));
         assert_eq!((w.waiting(), w.granted()), (0, 0));
         // A waiter leaving with no lease handed to its lane changes nothing else.
@@ -219,7 +221,7 @@ mod tests {
             match next(4) {
                 0 => w.join(lane),
                 1 => {
-                    if w.hand_on(lane).is_none() {
+                    if w.hand_on(|| lane).is_none() {
                         // Freed only when every waiter has a lease handed to it.
                         assert!(w.lanes.iter().all(|l| l.unserved() == 0));
                         freed += 1;
