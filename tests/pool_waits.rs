@@ -8,7 +8,6 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mysql_async::prelude::*;
@@ -38,15 +37,21 @@ async fn scenario() {
     for _ in 0..SESSIONS {
         sessions.push(proxy.connect("app", Some("main")).await);
     }
-    let start = Arc::new(tokio::sync::Barrier::new(SESSIONS));
+    // The proxy hands each new session to the worker with fewer sessions: logged in
+    // one after the other, the even ones are on one worker, the odd ones on the other.
+    // The even ones start first and take every connection, and keep checkouts waiting
+    // on their worker; the odd ones, started a moment later, are served only if
+    // connections are also handed across to their worker.
+    let head_start = Duration::from_millis(300);
+    let t0 = tokio::time::Instant::now() + Duration::from_millis(50);
+    let until = t0 + head_start + RUN;
     let mut tasks = Vec::new();
     for (s, mut c) in sessions.into_iter().enumerate() {
-        let start = start.clone();
+        let begin = if s % 2 == 0 { t0 } else { t0 + head_start };
         tasks.push(tokio::spawn(async move {
-            start.wait().await;
-            let until = Instant::now() + RUN;
+            tokio::time::sleep_until(begin).await;
             let (mut done, mut longest) = (0u32, Duration::ZERO);
-            while Instant::now() < until {
+            while tokio::time::Instant::now() < until {
                 let asked = Instant::now();
                 // Each statement holds its connection for a millisecond on the server.
                 let got: Option<(i64, i64)> = c
