@@ -210,26 +210,23 @@ async fn an_ended_lease_goes_to_a_waiter_of_the_worker_it_ended_on_first() {
             panic!("waiters never reached {n}");
         }
     };
+    let end_on_one = || {
+        let p = p.clone();
+        let ended = one.handle.spawn(async move { p.end_lease(None) });
+        async move { ended.await.expect("end on worker 1") }
+    };
     // Worker 2's checkout waits first, then worker 1's.
     let on_two = spawn_on(&two);
     wait_for(1).await;
     let on_one = spawn_on(&one);
     wait_for(2).await;
     // The lease ends on worker 1: its own waiter gets it, though it came later.
-    let ended = p.clone();
-    one.handle
-        .spawn(async move { ended.end_lease(None) })
-        .await
-        .expect("end on worker 1");
+    end_on_one().await;
     assert_eq!(on_one.await.ok(), Some(true));
     assert!(!on_two.is_finished());
     assert_eq!(counts(&p), (1, 1, 0));
     // The next ends on worker 1 too, which has no waiter left: worker 2's gets it.
-    let ended = p.clone();
-    one.handle
-        .spawn(async move { ended.end_lease(None) })
-        .await
-        .expect("end on worker 1");
+    end_on_one().await;
     assert_eq!(on_two.await.ok(), Some(true));
     assert_eq!(counts(&p), (1, 0, 0));
 }
