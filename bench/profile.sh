@@ -4,6 +4,7 @@
 # code by symbol, in microseconds per query (share of samples x CPU per query).
 #
 # usage: bench/profile.sh      (env: CONNS=16 TIME=8 OUT=/tmp/shardgate-profile SKIP_BUILD=1
+#                               BIN=target/release (e.g. target/pgo from scripts/build-pgo)
 #                               SHARDGATE_RUNTIME / SHARDGATE_THREADS as for `shardgate serve`)
 # needs: perf (linux-perf), python3; builds the release binaries unless SKIP_BUILD=1.
 set -euo pipefail
@@ -14,7 +15,7 @@ OUT=${OUT:-/tmp/shardgate-profile}
 mkdir -p "$OUT"
 command -v perf >/dev/null || { echo "profile.sh: perf is not installed (apt-get install linux-perf)" >&2; exit 1; }
 [ "${SKIP_BUILD:-}" = 1 ] || cargo build --release --bins >&2
-BENCH=target/release/shardgate-bench
+BENCH=${BIN:-target/release}/shardgate-bench
 common=(--workload point-select --connections "$CONNS" --arms shardgate --rounds 1 --warmup 1)
 
 # 1. CPU per query without perf (perf's sampling adds its own cost).

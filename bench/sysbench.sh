@@ -19,12 +19,14 @@
 # straight into A's sbfull.
 #
 # usage: bench/sysbench.sh    (env: ROUNDS=3 TIME=10 THREADS=16 TABLE_SIZE=100000
-#                              WARMUP=3 SKIP_BUILD=1 to reuse target/release
+#                              WARMUP=3 SKIP_BUILD=1 to reuse the binaries built before
+#                              PGO=0 to measure `cargo build --release` (target/release)
+#                              instead of the shipped, profile-guided build
+#                              (scripts/build-pgo, target/pgo)
 #                              PS_MODE=auto for server-side prepared statements
 #                              POOL=N shardgate's [pool] max_connections, default THREADS+16
 #                              LAYOUT=one-server or two-servers
-#                              BIN=DIR the binaries' directory, e.g. target/pgo
-#                              from scripts/build-pgo, with SKIP_BUILD=1)
+#                              BIN=DIR the binaries' directory, with SKIP_BUILD=1)
 # THREADS=64 and THREADS=256 work: the servers take max(1200, 2*THREADS+300) connections
 # and the open-files limit is raised to the hard limit (refused if that is too low).
 set -euo pipefail
@@ -47,10 +49,13 @@ POOL=${POOL:-$((THREADS + 16))}
 MAX_CONNS=$((2 * THREADS + 300)); [ "$MAX_CONNS" -lt 1200 ] && MAX_CONNS=1200
 
 command -v sysbench >/dev/null || { echo "sysbench not found: run scripts/ensure-deps" >&2; exit 1; }
-if [ -z "${SKIP_BUILD:-}" ]; then
-  cargo build --release --bin shardgate --bin shardgate-relay --bin shardgate-bench
+if [ "${PGO:-1}" = 0 ]; then
+  [ -n "${SKIP_BUILD:-}" ] || cargo build --release --bin shardgate --bin shardgate-relay --bin shardgate-bench
+  BIN=${BIN:-${CARGO_TARGET_DIR:-target}/release}
+else
+  [ -n "${SKIP_BUILD:-}" ] || scripts/build-pgo
+  BIN=${BIN:-target/pgo}
 fi
-BIN=${BIN:-${CARGO_TARGET_DIR:-target}/release}
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt $((2 * THREADS + 300)) ]; then
   echo "THREADS=$THREADS needs $((2 * THREADS + 300)) open files; ulimit -Hn is $(ulimit -Hn)" >&2; exit 1
@@ -187,7 +192,7 @@ cr=$(median <<<"${CPU[relay]}"); cs=$(median <<<"${CPU[shardgate]}")
 ur=$(median <<<"${USER[relay]}"); us=$(median <<<"${USER[shardgate]}")
 kr=$(median <<<"${KERNEL[relay]}"); ks=$(median <<<"${KERNEL[shardgate]}")
 echo
-echo "sysbench $TEST, $THREADS threads, --db-ps-mode=$PS_MODE, shards: $LAYOUT, shardgate pool $POOL per cluster, $TABLE_SIZE rows, $ROUNDS rounds x ${TIME}s (medians); $(date -u +%F); $(nproc) cores, $(awk '/MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)"
+echo "sysbench $TEST, $THREADS threads, --db-ps-mode=$PS_MODE, shards: $LAYOUT, shardgate $BIN/shardgate, pool $POOL per cluster, $TABLE_SIZE rows, $ROUNDS rounds x ${TIME}s (medians); $(date -u +%F); $(nproc) cores, $(awk '/MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)"
 echo "| arm | QPS | proxy CPU s/1k q | user / kernel us per q | QPS vs direct | QPS vs relay | CPU vs relay |"
 echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
 awk -v d="$md" -v r="$mr" -v s="$ms" -v cr="$cr" -v cs="$cs" -v ur="$ur" -v us="$us" -v kr="$kr" -v ks="$ks" 'BEGIN {

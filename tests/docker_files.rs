@@ -128,7 +128,23 @@ fn compose_file_parses_and_everything_it_mounts_is_in_the_repository() {
     let dockerfile = context.join(build["dockerfile"].as_str().expect("dockerfile"));
     assert!(dockerfile.is_file(), "{}", dockerfile.display());
     let text = std::fs::read_to_string(&dockerfile).expect("Dockerfile");
-    assert!(text.contains("cargo build --release --locked --bin shardgate"));
+    assert!(text.contains("scripts/build-pgo --proxy-only"));
+    assert!(text.contains("COPY --from=build /src/target/pgo/shardgate "));
+    // The profile names functions by symbols that carry a hash of the compiler's
+    // version: the image must build with the Rust release it was recorded with.
+    let recorded = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/pgo/recorded"),
+    )
+    .expect("bench/pgo/recorded");
+    let rustc = recorded
+        .lines()
+        .find_map(|l| l.strip_prefix("rustc "))
+        .expect("bench/pgo/recorded names its rustc");
+    let minor = rustc.rsplit_once('.').map_or(rustc, |(m, _)| m);
+    assert!(
+        text.contains(&format!("FROM rust:{minor}-bookworm AS build")),
+        "the build stage's Rust is not {minor}, the release the profile was recorded with"
+    );
     assert!(text.contains("FROM debian:bookworm-slim"));
     assert!(
         text.contains("\nUSER "),
