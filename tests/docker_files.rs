@@ -132,10 +132,9 @@ fn compose_file_parses_and_everything_it_mounts_is_in_the_repository() {
     assert!(text.contains("COPY --from=build /src/target/pgo/shardgate "));
     // The profile names functions by symbols that carry a hash of the compiler's
     // version: the image must build with the Rust release it was recorded with.
-    let recorded = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/pgo/recorded"),
-    )
-    .expect("bench/pgo/recorded");
+    let recorded =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/pgo/recorded"))
+            .expect("bench/pgo/recorded");
     let rustc = recorded
         .lines()
         .find_map(|l| l.strip_prefix("rustc "))

@@ -31,7 +31,9 @@ fn functions(text: &str) -> Vec<(String, u64)> {
     let mut out = Vec::new();
     for record in text.split("\n\n") {
         let lines: Vec<&str> = record.lines().filter(|l| !l.is_empty()).collect();
-        let Some(name) = lines.iter().find(|l| !l.starts_with('#') && !l.starts_with(':'))
+        let Some(name) = lines
+            .iter()
+            .find(|l| !l.starts_with('#') && !l.starts_with(':'))
         else {
             continue;
         };
@@ -88,8 +90,7 @@ fn the_kept_profile_is_of_statements_served() {
 
 #[test]
 fn the_kept_profile_names_what_it_was_recorded_with() {
-    let recorded =
-        std::fs::read_to_string(pgo_dir().join("recorded")).expect("bench/pgo/recorded");
+    let recorded = std::fs::read_to_string(pgo_dir().join("recorded")).expect("bench/pgo/recorded");
     for key in ["rustc ", "host ", "cargo-lock-sha256 ", "commit ", "date "] {
         let value = recorded
             .lines()
