@@ -131,7 +131,8 @@ fn compose_file_parses_and_everything_it_mounts_is_in_the_repository() {
     assert!(text.contains("scripts/build-pgo --proxy-only"));
     assert!(text.contains("COPY --from=build /src/target/pgo/shardgate "));
     // The profile names functions by symbols that carry a hash of the compiler's
-    // version: the image must build with the Rust release it was recorded with.
+    // version, patch release included: the image must build with exactly the release
+    // it was recorded with.
     let recorded =
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/pgo/recorded"))
             .expect("bench/pgo/recorded");
@@ -139,10 +140,9 @@ fn compose_file_parses_and_everything_it_mounts_is_in_the_repository() {
         .lines()
         .find_map(|l| l.strip_prefix("rustc "))
         .expect("bench/pgo/recorded names its rustc");
-    let minor = rustc.rsplit_once('.').map_or(rustc, |(m, _)| m);
     assert!(
-        text.contains(&format!("FROM rust:{minor}-bookworm AS build")),
-        "the build stage's Rust is not {minor}, the release the profile was recorded with"
+        text.contains(&format!("FROM rust:{rustc}-bookworm AS build")),
+        "the build stage's Rust is not {rustc}, the release the profile was recorded with"
     );
     assert!(text.contains("FROM debian:bookworm-slim"));
     assert!(
